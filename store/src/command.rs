@@ -1,0 +1,89 @@
+//! The replicated commands: what a Raft log entry carries and what applying it returns.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+use crate::kv::{
+    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
+};
+
+/// A mutating request, applied identically on every replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+    /// Drop history older than `revision`.
+    Compact {
+        revision: i64,
+    },
+    /// Create a lease; `id = 0` lets the state machine choose one.
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    /// Revoke a lease and delete its keys in one revision.
+    LeaseRevoke {
+        id: i64,
+    },
+    /// Leases the leader found expired; each is revoked (unknown ids are skipped).
+    LeaseExpire {
+        ids: Vec<i64>,
+    },
+    /// Add `delta` to the decimal counter at `key` (absent = 0) and return the new value.
+    Incr {
+        key: Vec<u8>,
+        delta: u64,
+    },
+}
+
+/// The outcome of applying one [`Command`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compact {
+        revision: i64,
+    },
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+        revision: i64,
+    },
+    LeaseRevoke {
+        revision: i64,
+    },
+    LeaseExpire {
+        revision: i64,
+        expired: Vec<i64>,
+    },
+    Incr {
+        value: u64,
+        revision: i64,
+    },
+    /// Nothing to apply (Raft blank or membership entries).
+    None {
+        revision: i64,
+    },
+    /// The command was rejected deterministically (e.g. unknown lease); state unchanged.
+    Error(StoreError),
+}
+
+impl CommandResult {
+    /// The store revision after this command.
+    pub fn revision(&self) -> Option<i64> {
+        match self {
+            CommandResult::Put(r) => Some(r.revision),
+            CommandResult::DeleteRange(r) => Some(r.revision),
+            CommandResult::Txn(r) => Some(r.revision),
+            CommandResult::Compact { revision }
+            | CommandResult::LeaseGrant { revision, .. }
+            | CommandResult::LeaseRevoke { revision }
+            | CommandResult::LeaseExpire { revision, .. }
+            | CommandResult::Incr { revision, .. }
+            | CommandResult::None { revision } => Some(*revision),
+            CommandResult::Error(_) => None,
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! `store`: the local half of Cairn's embedded key-value store.
+//!
+//! It owns the storage engines ([`engine`]: `mem`, `sled`, `rocksdb`) and the MVCC state
+//! machine with etcd v3's semantics ([`Mvcc`]): revisions, ranges at past revisions,
+//! put/delete/txn, leases, compaction, native sequences and the [`WatchHub`]. It is
+//! deterministic and local: it never sees openraft, the network or HTTP. The `raft` crate
+//! replicates [`Command`]s and calls [`Mvcc::apply`] with them on every node.
+
+pub mod codec;
+pub mod command;
+pub mod engine;
+pub mod error;
+pub mod kv;
+pub mod mvcc;
+pub mod snapshot;
+pub mod watch;
+
+pub use command::{Command, CommandResult};
+pub use engine::{Cf, Durability, Engine, EngineError, EngineKind, WriteBatch};
+pub use error::StoreError;
+pub use kv::*;
+pub use mvcc::Mvcc;
+pub use watch::{CancelReason, WatchHub, WatchMessage, WatchRequest, WatchStream};

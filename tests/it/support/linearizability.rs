@@ -1,0 +1,557 @@
+//! Linearizability checker for register / compare-and-swap histories.
+//!
+//! A history is a list of client operations (reads, blind writes and CAS) on
+//! string keys, each with an invocation time and, when known, a return time.
+//! Every key is an independent register that starts absent. Because
+//! linearizability is compositional (P-compositionality), the history is split
+//! by key and each key is checked on its own. For one key we run the Wing &
+//! Gong / Lowe (WGL) search as done by porcupine: call and return events are
+//! kept in a time-sorted doubly linked list; the search repeatedly tries to
+//! linearize a pending call whose model step is legal, backtracks when it hits
+//! the return of an op it has not linearized, and memoizes
+//! (linearized-set bitset, register state) pairs so no configuration is
+//! explored twice. Reads whose outcome is unknown are dropped. Writes and CAS
+//! whose outcome is unknown get a return time of +infinity and may stay
+//! un-linearized (never took effect); a linearized unknown CAS must succeed,
+//! since a failed CAS is a no-op. The search succeeds once every op with a
+//! known return is linearized. Equal timestamps count as overlapping.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+/// What an operation did (and, when it returned, observed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpKind {
+    /// Read the key; `None` means the key was absent.
+    Read { result: Option<String> },
+    /// Unconditionally set the key.
+    Write { value: String },
+    /// Set the key to `new` iff it currently equals `expected`
+    /// (`None` = "create only if absent"). `succeeded` is ignored when the
+    /// outcome is unknown.
+    Cas { expected: Option<String>, new: String, succeeded: bool },
+}
+
+/// One client operation in a history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation {
+    pub client: u64,
+    pub key: String,
+    /// Monotonic nanoseconds at invocation.
+    pub call: u64,
+    /// Monotonic nanoseconds at return; `None` = outcome unknown.
+    pub ret: Option<u64>,
+    pub kind: OpKind,
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let show = |v: &Option<String>| v.as_ref().map_or("absent".to_string(), |s| format!("{s:?}"));
+        write!(f, "client {} ", self.client)?;
+        match &self.kind {
+            OpKind::Read { result } => write!(f, "read -> {}", show(result))?,
+            OpKind::Write { value } => write!(f, "write({value:?})")?,
+            OpKind::Cas { expected, new, succeeded } => {
+                let outcome = match (self.ret, succeeded) {
+                    (None, _) => "?",
+                    (Some(_), true) => "ok",
+                    (Some(_), false) => "failed",
+                };
+                write!(f, "cas({} -> {new:?}) {outcome}", show(expected))?;
+            }
+        }
+        match self.ret {
+            Some(ret) => write!(f, " [{}, {ret}]", self.call),
+            None => write!(f, " [{}, ?]", self.call),
+        }
+    }
+}
+
+/// A key whose sub-history is not linearizable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub key: String,
+    /// Human-readable excerpt of the ops that could not be linearized.
+    pub message: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "history of key {:?} is not linearizable: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for Violation {}
+
+/// Checks a whole multi-key history, key by key (in key order).
+pub fn check(history: &[Operation]) -> Result<(), Violation> {
+    let mut by_key: BTreeMap<&str, Vec<&Operation>> = BTreeMap::new();
+    for op in history {
+        by_key.entry(op.key.as_str()).or_default().push(op);
+    }
+    for (key, ops) in by_key {
+        check_register(&ops).map_err(|message| Violation { key: key.to_string(), message })?;
+    }
+    Ok(())
+}
+
+/// Checks ops as a single register; the `key` field is ignored.
+pub fn check_key(ops: &[Operation]) -> bool {
+    check_register(&ops.iter().collect::<Vec<_>>()).is_ok()
+}
+
+/// Register state: 0 = absent, `i + 1` = interned value `i`.
+type State = u32;
+
+enum Step {
+    Read(State),
+    Write(State),
+    Cas { expected: State, new: State, succeeded: bool },
+}
+
+impl Step {
+    fn apply(&self, state: State) -> Option<State> {
+        match *self {
+            Step::Read(v) => (state == v).then_some(state),
+            Step::Write(v) => Some(v),
+            Step::Cas { expected, new, succeeded: true } => (state == expected).then_some(new),
+            Step::Cas { expected, succeeded: false, .. } => (state != expected).then_some(state),
+        }
+    }
+}
+
+struct Op<'a> {
+    step: Step,
+    unknown: bool,
+    src: &'a Operation,
+}
+
+const HEAD: usize = 0;
+const TAIL: usize = 1;
+
+/// Index-based doubly linked list of call/return events (dancing links).
+struct Events {
+    next: Vec<usize>,
+    prev: Vec<usize>,
+    /// (op index, is_call) per node; sentinels hold `usize::MAX`.
+    node: Vec<(usize, bool)>,
+    call_node: Vec<usize>,
+    ret_node: Vec<usize>,
+}
+
+impl Events {
+    fn new(ops: &[Op<'_>]) -> Self {
+        let mut events: Vec<(u64, bool, usize)> = Vec::with_capacity(ops.len() * 2);
+        for (i, op) in ops.iter().enumerate() {
+            let call = op.src.call;
+            // Unknown outcome => +infinity; a bogus ret < call is clamped.
+            let ret = if op.unknown { u64::MAX } else { op.src.ret.map_or(u64::MAX, |r| r.max(call)) };
+            events.push((call, false, i));
+            events.push((ret, true, i));
+        }
+        // Calls sort before returns at equal times: ties count as overlapping.
+        events.sort_unstable();
+        let n = events.len() + 2;
+        let mut list = Events {
+            next: vec![TAIL; n],
+            prev: vec![HEAD; n],
+            node: vec![(usize::MAX, false); n],
+            call_node: vec![0; ops.len()],
+            ret_node: vec![0; ops.len()],
+        };
+        let mut last = HEAD;
+        for (pos, &(_, is_ret, op)) in events.iter().enumerate() {
+            let id = pos + 2;
+            list.node[id] = (op, !is_ret);
+            if is_ret { list.ret_node[op] = id } else { list.call_node[op] = id }
+            list.next[last] = id;
+            list.prev[id] = last;
+            last = id;
+        }
+        list.next[last] = TAIL;
+        list.prev[TAIL] = last;
+        list
+    }
+
+    fn unlink(&mut self, x: usize) {
+        let (p, n) = (self.prev[x], self.next[x]);
+        self.next[p] = n;
+        self.prev[n] = p;
+    }
+
+    fn relink(&mut self, x: usize) {
+        let (p, n) = (self.prev[x], self.next[x]);
+        self.next[p] = x;
+        self.prev[n] = x;
+    }
+
+    fn lift(&mut self, op: usize) {
+        self.unlink(self.call_node[op]);
+        self.unlink(self.ret_node[op]);
+    }
+
+    fn unlift(&mut self, op: usize) {
+        self.relink(self.ret_node[op]);
+        self.relink(self.call_node[op]);
+    }
+}
+
+/// Deepest point the search reached before getting stuck (for reporting).
+struct Stuck {
+    depth: usize,
+    blocked: usize,
+    state: State,
+    done: usize,
+    recent: Vec<usize>,
+    candidates: Vec<usize>,
+}
+
+fn check_register<'a>(history: &[&'a Operation]) -> Result<(), String> {
+    let mut interned: HashMap<&str, State> = HashMap::new();
+    let mut values: Vec<&str> = Vec::new();
+    let mut intern = |v: Option<&'a String>| -> State {
+        let Some(v) = v else { return 0 };
+        *interned.entry(v.as_str()).or_insert_with(|| {
+            values.push(v.as_str());
+            State::try_from(values.len()).expect("fewer than 2^32 distinct values")
+        })
+    };
+    let mut ops = Vec::with_capacity(history.len());
+    for &src in history {
+        let unknown = src.ret.is_none();
+        let step = match &src.kind {
+            OpKind::Read { .. } if unknown => continue,
+            OpKind::Read { result } => Step::Read(intern(result.as_ref())),
+            OpKind::Write { value } => Step::Write(intern(Some(value))),
+            OpKind::Cas { expected, new, succeeded } => Step::Cas {
+                expected: intern(expected.as_ref()),
+                new: intern(Some(new)),
+                // An unknown CAS that linearizes must have succeeded: a failed
+                // CAS is a no-op, i.e. the same as never linearizing it.
+                succeeded: unknown || *succeeded,
+            },
+        };
+        ops.push(Op { step, unknown, src });
+    }
+    let Some(stuck) = search(&ops) else { return Ok(()) };
+
+    let show_state = |s: State| match s {
+        0 => "absent".to_string(),
+        s => format!("{:?}", values[s as usize - 1]),
+    };
+    let list = |ids: &[usize]| ids.iter().map(|&i| format!("{}", ops[i].src)).collect::<Vec<_>>().join("; ");
+    let known = ops.iter().filter(|o| !o.unknown).count();
+    Err(format!(
+        "cannot linearize {{{}}}: the longest partial linearization covers {}/{known} completed ops and \
+         leaves the register {}; last linearized: [{}]; pending candidates: [{}]",
+        ops[stuck.blocked].src,
+        stuck.done,
+        show_state(stuck.state),
+        list(&stuck.recent),
+        list(&stuck.candidates),
+    ))
+}
+
+/// WGL search; `None` means linearizable, otherwise where it got stuck.
+fn search(ops: &[Op<'_>]) -> Option<Stuck> {
+    let known_total = ops.iter().filter(|o| !o.unknown).count();
+    if known_total == 0 {
+        return None;
+    }
+    let mut events = Events::new(ops);
+    let mut linearized = vec![0u64; ops.len().div_ceil(64)];
+    let mut cache: HashSet<(Vec<u64>, State)> = HashSet::new();
+    let mut stack: Vec<(usize, State)> = Vec::new(); // (op, state before it)
+    let mut state: State = 0;
+    let mut done = 0;
+    let mut stuck: Option<Stuck> = None;
+    let mut node = events.next[HEAD];
+    loop {
+        debug_assert_ne!(node, TAIL, "a known return always precedes the tail");
+        let (op, is_call) = events.node[node];
+        if is_call {
+            if let Some(new_state) = ops[op].step.apply(state) {
+                linearized[op / 64] |= 1 << (op % 64);
+                let key = (std::mem::take(&mut linearized), new_state);
+                if cache.contains(&key) {
+                    linearized = key.0;
+                    linearized[op / 64] &= !(1 << (op % 64));
+                } else {
+                    linearized = key.0.clone();
+                    cache.insert(key);
+                    stack.push((op, state));
+                    state = new_state;
+                    events.lift(op);
+                    if !ops[op].unknown {
+                        done += 1;
+                        if done == known_total {
+                            return None;
+                        }
+                    }
+                    node = events.next[HEAD];
+                    continue;
+                }
+            }
+            node = events.next[node];
+        } else {
+            if ops[op].unknown {
+                // Every known return precedes this one, so all are linearized.
+                debug_assert_eq!(done, known_total);
+                return None;
+            }
+            if stuck.as_ref().is_none_or(|s| stack.len() > s.depth) {
+                let mut candidates = Vec::new();
+                let mut n = events.next[HEAD];
+                while n != node && candidates.len() < 8 {
+                    candidates.push(events.node[n].0);
+                    n = events.next[n];
+                }
+                let recent = stack.iter().rev().take(3).rev().map(|&(o, _)| o).collect();
+                stuck = Some(Stuck { depth: stack.len(), blocked: op, state, done, recent, candidates });
+            }
+            let Some((top, prev_state)) = stack.pop() else {
+                return Some(stuck.expect("recorded just above"));
+            };
+            state = prev_state;
+            linearized[top / 64] &= !(1 << (top % 64));
+            if !ops[top].unknown {
+                done -= 1;
+            }
+            events.unlift(top);
+            node = events.next[events.call_node[top]];
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn op(client: u64, call: u64, ret: Option<u64>, kind: OpKind) -> Operation {
+        Operation { client, key: "k".into(), call, ret, kind }
+    }
+    fn s(v: &str) -> Option<String> {
+        Some(v.to_string())
+    }
+    fn r(client: u64, call: u64, ret: u64, result: Option<String>) -> Operation {
+        op(client, call, Some(ret), OpKind::Read { result })
+    }
+    fn w(client: u64, call: u64, ret: Option<u64>, value: &str) -> Operation {
+        op(client, call, ret, OpKind::Write { value: value.into() })
+    }
+    fn cas(c: u64, call: u64, ret: Option<u64>, expected: Option<String>, new: &str, ok: bool) -> Operation {
+        op(c, call, ret, OpKind::Cas { expected, new: new.into(), succeeded: ok })
+    }
+
+    #[test]
+    fn sequential_valid_history_passes() {
+        let h = vec![
+            r(1, 0, 1, None),
+            cas(1, 2, Some(3), None, "a", true),
+            cas(2, 4, Some(5), None, "b", false),
+            r(2, 6, 7, s("a")),
+            w(1, 8, Some(9), "b"),
+            cas(2, 10, Some(11), s("a"), "c", false),
+            cas(1, 12, Some(13), s("b"), "c", true),
+            r(1, 14, 15, s("c")),
+        ];
+        assert!(check_key(&h));
+        assert_eq!(check(&h), Ok(()));
+    }
+
+    #[test]
+    fn stale_read_after_completed_write_fails() {
+        let h = vec![w(1, 0, Some(10), "a"), w(1, 20, Some(30), "b"), r(2, 40, 50, s("a"))];
+        assert!(!check_key(&h));
+        let v = check(&h).unwrap_err();
+        assert_eq!(v.key, "k");
+        assert!(v.message.contains("read -> \"a\""), "{}", v.message);
+        assert!(v.to_string().contains("key \"k\""), "{v}");
+    }
+
+    #[test]
+    fn concurrent_write_and_read_may_see_old_or_new() {
+        for seen in ["a", "b"] {
+            let h = vec![w(1, 0, Some(10), "a"), w(1, 20, Some(40), "b"), r(2, 25, 35, s(seen))];
+            assert!(check_key(&h), "read of {seen}");
+        }
+        // ...but not new-then-old, and equal timestamps count as overlapping.
+        let h = vec![w(1, 0, Some(10), "a"), w(1, 20, Some(40), "b"), r(2, 25, 30, s("b")), r(2, 31, 35, s("a"))];
+        assert!(!check_key(&h));
+        assert!(check_key(&[w(1, 0, Some(10), "a"), r(2, 10, 12, s("a"))]));
+    }
+
+    #[test]
+    fn cas_succeeding_twice_from_same_value_fails() {
+        let seq = vec![
+            w(1, 0, Some(10), "a"),
+            cas(1, 20, Some(30), s("a"), "b", true),
+            cas(2, 40, Some(50), s("a"), "c", true),
+        ];
+        assert!(!check_key(&seq));
+        let conc = vec![
+            w(1, 0, Some(10), "a"),
+            cas(1, 20, Some(50), s("a"), "b", true),
+            cas(2, 20, Some(50), s("a"), "c", true),
+        ];
+        assert!(!check_key(&conc));
+        let creates = vec![cas(1, 0, Some(9), None, "a", true), cas(2, 1, Some(8), None, "b", true)];
+        assert!(!check_key(&creates));
+    }
+
+    #[test]
+    fn unknown_outcome_ops() {
+        let base = || vec![w(1, 0, Some(10), "a"), w(2, 20, None, "b")];
+        for (seen, ok) in [("b", true), ("a", true), ("zz", false)] {
+            let mut h = base();
+            h.push(r(3, 100, 110, s(seen)));
+            assert_eq!(check_key(&h), ok, "read of {seen}");
+        }
+        // Once the unknown write is observed, it cannot be un-observed.
+        let mut h = base();
+        h.extend([r(3, 100, 110, s("b")), r(3, 120, 130, s("a"))]);
+        assert!(!check_key(&h));
+        // Unknown CAS: may take effect only if its expectation held.
+        let mut h = vec![w(1, 0, Some(10), "a"), cas(2, 20, None, s("a"), "b", false)];
+        h.push(r(3, 100, 110, s("b")));
+        assert!(check_key(&h));
+        h[1] = cas(2, 20, None, s("x"), "b", true);
+        assert!(!check_key(&h));
+        // Reads with unknown outcome are dropped.
+        assert!(check_key(&[op(1, 0, None, OpKind::Read { result: s("nope") })]));
+    }
+
+    #[test]
+    fn read_of_value_never_written_fails() {
+        let h = vec![w(1, 0, Some(10), "a"), r(2, 5, 15, s("ghost"))];
+        assert!(!check_key(&h));
+        assert!(!check_key(&[r(1, 0, 1, s("ghost"))]));
+    }
+
+    #[test]
+    fn keys_are_checked_independently() {
+        let mut h = vec![w(1, 0, Some(10), "a"), r(2, 20, 30, s("a"))];
+        let mut other = vec![w(3, 0, Some(10), "x"), r(4, 20, 30, s("a"))];
+        for o in &mut other {
+            o.key = "other".into();
+        }
+        assert_eq!(check(&h), Ok(()));
+        h.extend(other);
+        let v = check(&h).unwrap_err();
+        assert_eq!(v.key, "other");
+        assert!(!v.message.is_empty());
+        let bad = Violation { key: v.key.clone(), message: v.message.clone() };
+        assert_eq!(bad, v);
+    }
+
+    struct Lcg(u64);
+    impl Lcg {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    /// A truly linearizable history: each op takes effect atomically at a
+    /// random point inside its interval; per-client ops are sequential.
+    fn simulate(seed: u64, clients: u64, per_client: usize) -> Vec<Operation> {
+        let mut rng = Lcg(seed);
+        let mut slots = Vec::new(); // (linearization point, call, ret, client, unknown)
+        for client in 0..clients {
+            let mut t = rng.below(50);
+            for _ in 0..per_client {
+                let call = t + rng.below(20);
+                let dur = 1 + rng.below(100);
+                slots.push((call + rng.below(dur + 1), call, call + dur, client, rng.below(40) == 0));
+                t = call + dur + 1;
+            }
+        }
+        slots.sort_unstable();
+        let (mut state, mut written): (Option<String>, Vec<String>) = (None, Vec::new());
+        let mut history = Vec::new();
+        for (i, &(_, call, ret, client, unknown)) in slots.iter().enumerate() {
+            let value = format!("v{i}");
+            let takes_effect = !unknown || rng.below(2) == 0;
+            let kind = match rng.below(10) {
+                0..=3 => OpKind::Read { result: state.clone() },
+                4..=6 => {
+                    if takes_effect {
+                        state = Some(value.clone());
+                    }
+                    OpKind::Write { value }
+                }
+                _ => {
+                    let expected = match rng.below(4) {
+                        0 if !written.is_empty() => Some(written[rng.below(written.len() as u64) as usize].clone()),
+                        1 => None,
+                        _ => state.clone(),
+                    };
+                    let succeeded = expected == state && takes_effect;
+                    if succeeded {
+                        state = Some(value.clone());
+                    }
+                    OpKind::Cas { expected, new: value, succeeded }
+                }
+            };
+            if let OpKind::Write { value } | OpKind::Cas { new: value, .. } = &kind {
+                written.push(value.clone());
+            }
+            history.push(Operation { client, key: "k".into(), call, ret: (!unknown).then_some(ret), kind });
+        }
+        history.sort_by_key(|o| o.call);
+        history
+    }
+
+    fn known_write(o: &Operation) -> Option<(u64, u64, String)> {
+        match (&o.kind, o.ret) {
+            (OpKind::Write { value }, Some(ret)) => Some((o.call, ret, value.clone())),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn randomized_linearizable_history_passes_and_mutations_fail() {
+        for seed in 1..=6 {
+            let h = simulate(seed, 8, 150);
+            assert_eq!(check(&h), Ok(()), "seed {seed}");
+            let reads: Vec<usize> = (0..h.len())
+                .filter(|&i| h[i].ret.is_some() && matches!(h[i].kind, OpKind::Read { .. }))
+                .collect();
+            let writes: Vec<(u64, u64, String)> = h.iter().filter_map(known_write).collect();
+
+            // Mutation 1: an early read returns a value first written after it returned.
+            let i = reads[reads.len() / 4];
+            let (_, _, future) = writes.iter().find(|wr| wr.0 > h[i].ret.unwrap()).unwrap();
+            let mut bad = h.clone();
+            bad[i].kind = OpKind::Read { result: Some(future.clone()) };
+            let v = check(&bad).unwrap_err();
+            assert!(v.message.contains("cannot linearize"), "{v}");
+
+            // Mutation 2: a late read returns a value overwritten by a write
+            // that completed strictly before the read began.
+            let i = reads[reads.len() * 3 / 4];
+            let (w2_call, _, _) = writes.iter().rev().find(|wr| wr.1 < h[i].call).unwrap();
+            let (_, _, old) = writes.iter().rev().find(|wr| wr.1 < *w2_call).unwrap();
+            assert_ne!(h[i].kind, OpKind::Read { result: Some(old.clone()) });
+            let mut bad = h.clone();
+            bad[i].kind = OpKind::Read { result: Some(old.clone()) };
+            assert!(check(&bad).is_err(), "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn randomized_high_concurrency_many_keys() {
+        let started = std::time::Instant::now();
+        let mut all = Vec::new();
+        for (n, seed) in [(64, 11), (32, 12)] {
+            let mut h = simulate(seed, n, 3000 / n as usize);
+            for o in &mut h {
+                o.key = format!("key-{seed}");
+            }
+            all.extend(h);
+        }
+        assert_eq!(check(&all), Ok(()));
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+    }
+}
