@@ -1,1 +1,31 @@
-pub fn x() {}
+//! `raft`: replication of the `store` state machine with openraft (the only crate that
+//! sees openraft).
+//!
+//! - [`log_store`] and [`state_machine`]: openraft's storage traits over one engine per node.
+//! - [`network`]: the peer [`Transport`](network::Transport) — HTTP between processes,
+//!   a simulated network with faults in tests — and openraft's network factory over it.
+//! - [`node`]: a replica's lifecycle (initialize, join, remove, status, shutdown) and its
+//!   answers to peer requests; [`lessor`] keeps lease deadlines on the leader.
+//! - [`kv`]: the [`Kv`] client handle with etcd's API (linearizable reads, forwarding);
+//!   [`concurrency`]: sessions and a fenced mutex. [`backup`]: snapshot save and restore.
+
+pub mod backup;
+pub mod concurrency;
+pub mod error;
+pub mod kv;
+pub mod lessor;
+pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod rpc;
+pub mod state_machine;
+pub mod timing;
+pub mod types;
+
+pub use concurrency::{Fence, Mutex, Session};
+pub use error::{KvError, NodeError};
+pub use kv::{Ctx, Header, Kv, LeaseTtl};
+pub use node::{Node, NodeConfig};
+pub use rpc::NodeStatus;
+pub use timing::Timing;
+pub use types::NodeId;

@@ -1,0 +1,304 @@
+//! etcd's concurrency recipes over [`Kv`]: a [`Session`] (a lease kept alive in the
+//! background) and a [`Mutex`] whose holder gets a fencing token — the create revision
+//! of its lock key. A lease-based lock alone does not give mutual exclusion (a paused
+//! holder can outlive its lease), so every write a lock protects must go through
+//! [`Kv::txn_if_lock_held`], which commits only while the lock key with that token exists.
+
+use std::time::Duration;
+
+use store::{
+    Compare, CompareOp, CompareTarget, DeleteRangeRequest, KeyRange, PutRequest, RangeRequest,
+    RequestOp, SortOrder, SortTarget, TxnRequest, TxnResponse, WatchMessage, WatchRequest,
+};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::KvError;
+use crate::kv::{Ctx, Kv};
+
+/// A lease kept alive by a background task until the session is closed or dropped.
+pub struct Session {
+    kv: Kv,
+    lease: i64,
+    ttl: i64,
+    cancel: CancellationToken,
+    keepalive: Option<JoinHandle<()>>,
+    lost: CancellationToken,
+}
+
+impl Session {
+    /// Grants a lease of `ttl` seconds and keeps it alive every `ttl / 3`.
+    pub async fn new(kv: &Kv, ttl: i64) -> Result<Session, KvError> {
+        let (lease, ttl) = kv.lease_grant(ttl, 0).await?;
+        let cancel = CancellationToken::new();
+        let lost = CancellationToken::new();
+        let task = {
+            let (kv, cancel, lost) = (kv.clone(), cancel.clone(), lost.clone());
+            tokio::spawn(async move {
+                let every = Duration::from_millis((ttl as u64 * 1000 / 3).max(100));
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                    match kv.lease_keepalive(lease).await {
+                        Ok(_) => {}
+                        Err(KvError::Store(store::StoreError::LeaseNotFound(_))) => {
+                            tracing::warn!(lease, "session lease expired");
+                            lost.cancel();
+                            return;
+                        }
+                        Err(e) => tracing::debug!(lease, error = %e, "keepalive failed; retrying"),
+                    }
+                }
+            })
+        };
+        Ok(Session {
+            kv: kv.clone(),
+            lease,
+            ttl,
+            cancel,
+            keepalive: Some(task),
+            lost,
+        })
+    }
+
+    pub fn lease(&self) -> i64 {
+        self.lease
+    }
+
+    pub fn ttl(&self) -> i64 {
+        self.ttl
+    }
+
+    /// Cancelled once the session's lease is known to be gone.
+    pub fn done(&self) -> CancellationToken {
+        self.lost.clone()
+    }
+
+    /// Stops the keepalive and revokes the lease (deleting every key on it).
+    pub async fn close(mut self) -> Result<(), KvError> {
+        self.cancel.cancel();
+        if let Some(t) = self.keepalive.take() {
+            let _ = t.await;
+        }
+        match self.kv.lease_revoke(self.lease).await {
+            Ok(_) | Err(KvError::Store(store::StoreError::LeaseNotFound(_))) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Proof of holding a [`Mutex`]: the lock key and its create revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub key: Vec<u8>,
+    pub token: i64,
+}
+
+/// A distributed mutex over a key prefix (etcd's algorithm: each contender puts
+/// `prefix/<lease>`; the lowest create revision holds the lock).
+pub struct Mutex {
+    prefix: Vec<u8>,
+}
+
+impl Mutex {
+    pub fn new(prefix: impl Into<Vec<u8>>) -> Self {
+        let mut prefix = prefix.into();
+        if !prefix.ends_with(b"/") {
+            prefix.push(b'/');
+        }
+        Self { prefix }
+    }
+
+    fn my_key(&self, session: &Session) -> Vec<u8> {
+        let mut k = self.prefix.clone();
+        k.extend_from_slice(format!("{:x}", session.lease()).as_bytes());
+        k
+    }
+
+    /// Queues for the lock and waits (within `ctx`) until it is held.
+    pub async fn lock(&self, ctx: &Ctx, session: &Session) -> Result<Fence, KvError> {
+        let kv = &session.kv;
+        let key = self.my_key(session);
+        let fence = self.enqueue(kv, session, &key).await?;
+        loop {
+            if ctx.cancel.is_cancelled() {
+                let _ = self.release(kv, &key).await;
+                return Err(KvError::Cancelled);
+            }
+            // The predecessor: the newest contender created before us.
+            let mut req = RangeRequest::new(KeyRange::prefix(self.prefix.clone()));
+            req.max_create_revision = fence.token - 1;
+            req.sort_order = SortOrder::Descend;
+            req.sort_target = SortTarget::Create;
+            req.limit = 1;
+            let resp = kv.range(req).await?;
+            let Some(pred) = resp.kvs.into_iter().next() else {
+                return Ok(fence);
+            };
+            let mut watch = kv.watch(WatchRequest {
+                range: KeyRange::key(pred.key.clone()),
+                start_revision: resp.revision + 1,
+                ..WatchRequest::default()
+            });
+            let wait = async {
+                while let Some(msg) = watch.recv().await {
+                    match msg {
+                        WatchMessage::Events { events, .. } => {
+                            if events.iter().any(|e| e.kind == store::EventKind::Delete) {
+                                return Ok(());
+                            }
+                        }
+                        WatchMessage::Progress { .. } => {}
+                        WatchMessage::Canceled(r) => {
+                            return Err(KvError::Unavailable(r.to_string()));
+                        }
+                    }
+                }
+                Ok(())
+            };
+            let remaining = ctx
+                .deadline
+                .saturating_duration_since(std::time::Instant::now());
+            tokio::select! {
+                _ = ctx.cancel.cancelled() => {}
+                r = tokio::time::timeout(remaining, wait) => match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => { let _ = self.release(kv, &key).await; return Err(e) }
+                    Err(_) => {
+                        let _ = self.release(kv, &key).await;
+                        return Err(KvError::DeadlineExceeded("waiting for the lock".into()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes the lock only if nobody holds it.
+    pub async fn try_lock(&self, session: &Session) -> Result<Option<Fence>, KvError> {
+        let kv = &session.kv;
+        let key = self.my_key(session);
+        let fence = self.enqueue(kv, session, &key).await?;
+        let mut req = RangeRequest::new(KeyRange::prefix(self.prefix.clone()));
+        req.max_create_revision = fence.token - 1;
+        req.count_only = true;
+        if kv.range(req).await?.count == 0 {
+            return Ok(Some(fence));
+        }
+        self.release(kv, &key).await?;
+        Ok(None)
+    }
+
+    async fn enqueue(&self, kv: &Kv, session: &Session, key: &[u8]) -> Result<Fence, KvError> {
+        let put = PutRequest {
+            key: key.to_vec(),
+            value: Vec::new(),
+            lease: session.lease(),
+            ..PutRequest::default()
+        };
+        let req = TxnRequest {
+            compare: vec![Compare::new(
+                key.to_vec(),
+                CompareOp::Equal,
+                CompareTarget::Create(0),
+            )],
+            success: vec![RequestOp::Put(put)],
+            failure: vec![RequestOp::Range(RangeRequest::new(KeyRange::key(
+                key.to_vec(),
+            )))],
+        };
+        let resp = kv.txn(req).await?;
+        let token = if resp.succeeded {
+            resp.revision
+        } else {
+            match resp.responses.first() {
+                Some(store::ResponseOp::Range(r)) => {
+                    r.kvs.first().map_or(resp.revision, |kv| kv.create_revision)
+                }
+                _ => resp.revision,
+            }
+        };
+        Ok(Fence {
+            key: key.to_vec(),
+            token,
+        })
+    }
+
+    async fn release(&self, kv: &Kv, key: &[u8]) -> Result<(), KvError> {
+        kv.delete_range(DeleteRangeRequest {
+            range: KeyRange::key(key.to_vec()),
+            prev_kv: false,
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Gives the lock up.
+    pub async fn unlock(&self, session: &Session, fence: &Fence) -> Result<(), KvError> {
+        let _ = self;
+        session
+            .kv
+            .txn(TxnRequest {
+                compare: vec![Compare::new(
+                    fence.key.clone(),
+                    CompareOp::Equal,
+                    CompareTarget::Create(fence.token),
+                )],
+                success: vec![RequestOp::DeleteRange(DeleteRangeRequest {
+                    range: KeyRange::key(fence.key.clone()),
+                    prev_kv: false,
+                })],
+                failure: vec![],
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+impl Kv {
+    /// Runs `ops` (plus `compare`) only while `fence` still holds its lock: the lock key
+    /// must exist with the fence's create revision. Fails with [`KvError::LockLost`]
+    /// otherwise, so a deposed holder can never commit a protected write.
+    pub async fn txn_if_lock_held(
+        &self,
+        fence: &Fence,
+        mut compare: Vec<Compare>,
+        ops: Vec<RequestOp>,
+    ) -> Result<TxnResponse, KvError> {
+        compare.insert(
+            0,
+            Compare::new(
+                fence.key.clone(),
+                CompareOp::Equal,
+                CompareTarget::Create(fence.token),
+            ),
+        );
+        let resp = self
+            .txn(TxnRequest {
+                compare,
+                success: ops,
+                failure: vec![],
+            })
+            .await?;
+        if !resp.succeeded {
+            let held = self
+                .get(fence.key.clone())
+                .await?
+                .is_some_and(|kv| kv.create_revision == fence.token);
+            if !held {
+                return Err(KvError::LockLost {
+                    key: String::from_utf8_lossy(&fence.key).into_owned(),
+                    token: fence.token,
+                });
+            }
+        }
+        Ok(resp)
+    }
+}

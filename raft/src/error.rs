@@ -1,0 +1,71 @@
+//! Errors of the replicated store, as callers of [`crate::Kv`] and [`crate::Node`] see them.
+
+use serde::{Deserialize, Serialize};
+use store::StoreError;
+
+use crate::types::NodeId;
+
+/// Why a replicated operation failed. Serializable so that a leader's answer to a
+/// forwarded request reaches the caller as the same variant.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum KvError {
+    /// The state machine rejected the request (compacted revision, unknown lease, …).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No leader could be reached before the deadline; nothing was written.
+    #[error("cluster unavailable: {0}")]
+    Unavailable(String),
+    /// The deadline passed after the request may have been proposed: it may or may not
+    /// have taken effect.
+    #[error("request timed out, outcome unknown: {0}")]
+    OutcomeUnknown(String),
+    /// The deadline passed before anything was proposed.
+    #[error("deadline exceeded: {0}")]
+    DeadlineExceeded(String),
+    #[error("request cancelled")]
+    Cancelled,
+    /// This node is not the leader (internal: the handle forwards or retries).
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("unknown node {0}")]
+    UnknownNode(NodeId),
+    #[error("membership change refused: {0}")]
+    Membership(String),
+    #[error("wrong cluster token")]
+    Unauthorized,
+    /// The lock this write was fenced on is no longer held by the caller.
+    #[error("lock {key} is no longer held (fencing token {token})")]
+    LockLost { key: String, token: i64 },
+    /// The local Raft node stopped (shutdown or a fatal storage error).
+    #[error("raft node stopped: {0}")]
+    Stopped(String),
+}
+
+/// Errors starting, initializing or joining a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("data directory {0} already belongs to a cluster; refusing to initialize it again")]
+    AlreadyInitialized(String),
+    #[error("data directory {0} holds no cluster: start it with --init or --join")]
+    NotInitialized(String),
+    #[error("join failed: {0}")]
+    Join(String),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error(transparent)]
+    Kv(#[from] KvError),
+}
+
+impl From<store::EngineError> for NodeError {
+    fn from(e: store::EngineError) -> Self {
+        NodeError::Storage(e.to_string())
+    }
+}
+
+impl From<StoreError> for NodeError {
+    fn from(e: StoreError) -> Self {
+        NodeError::Storage(e.to_string())
+    }
+}

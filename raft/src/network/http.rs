@@ -1,0 +1,132 @@
+//! The HTTP transport: a peer request is a `POST /raft/rpc` with a bincode body and the
+//! cluster token as a bearer token. One pooled reqwest client per node keeps connections
+//! alive (no per-call handshake, `TCP_NODELAY` on).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+
+use super::{PeerHandler, Transport, TransportError};
+use crate::rpc::{PeerRequest, PeerResponse};
+use crate::types::{NodeAddr, decode, encode};
+
+/// Path of the peer endpoint on every node's HTTP port.
+pub const RPC_PATH: &str = "/raft/rpc";
+/// Largest peer request accepted (snapshot chunks are 3 MiB by default).
+pub const MAX_RPC_BODY: usize = 64 << 20;
+
+#[derive(Clone)]
+pub struct HttpTransport {
+    client: reqwest::Client,
+    token: Arc<str>,
+}
+
+impl HttpTransport {
+    pub fn new(token: &str) -> Self {
+        let client = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .expect("a reqwest client with static settings builds");
+        Self {
+            client,
+            token: token.into(),
+        }
+    }
+}
+
+impl Transport for HttpTransport {
+    fn send(
+        &self,
+        target: &NodeAddr,
+        req: PeerRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<PeerResponse, TransportError>> {
+        let url = format!("{}{}", target.addr.trim_end_matches('/'), RPC_PATH);
+        let body = encode(&req);
+        let call = self
+            .client
+            .post(url)
+            .bearer_auth(&*self.token)
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(body)
+            .timeout(timeout);
+        async move {
+            let resp = call.send().await.map_err(|e| {
+                if e.is_connect() {
+                    TransportError::Unreachable(e.to_string())
+                } else {
+                    TransportError::Timeout(e.to_string())
+                }
+            })?;
+            match resp.status() {
+                StatusCode::OK => {}
+                StatusCode::UNAUTHORIZED => return Err(TransportError::Unauthorized),
+                s => return Err(TransportError::Protocol(format!("HTTP {s}"))),
+            }
+            let bytes = resp
+                .bytes()
+                .await
+                .map_err(|e| TransportError::Timeout(e.to_string()))?;
+            decode(&bytes).map_err(|e| TransportError::Protocol(e.to_string()))
+        }
+        .boxed()
+    }
+}
+
+#[derive(Clone)]
+struct PeerState {
+    handler: Arc<dyn PeerHandler>,
+    token: Arc<str>,
+}
+
+/// The axum routes of the peer endpoint, to merge into the node's HTTP server.
+pub fn peer_router(handler: Arc<dyn PeerHandler>, token: &str) -> Router {
+    Router::new()
+        .route(RPC_PATH, post(rpc))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_RPC_BODY))
+        .with_state(PeerState {
+            handler,
+            token: token.into(),
+        })
+}
+
+fn token_ok(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn rpc(State(st): State<PeerState>, headers: HeaderMap, body: Bytes) -> Response {
+    if !token_ok(&headers, &st.token) {
+        return (StatusCode::UNAUTHORIZED, "wrong cluster token").into_response();
+    }
+    let req: PeerRequest = match decode(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("bad peer request: {e}")).into_response();
+        }
+    };
+    let resp = st.handler.handle(req).await;
+    (
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        encode(&resp),
+    )
+        .into_response()
+}

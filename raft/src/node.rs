@@ -1,0 +1,596 @@
+//! A replica: the openraft instance over this node's engine, its state machine, the
+//! lessor and the background tasks it owns, plus the answers to peer requests.
+//!
+//! Lifecycle: [`Node::open`] loads (or creates) the node's identity from its data dir;
+//! then exactly one of [`Node::initialize`] (first node of a new cluster; refused when the
+//! data dir already belongs to one), [`Node::join`] (ask any member to add this node as a
+//! learner, wait for catch-up, promote it) or nothing (a restart). Node IDs are random
+//! 53-bit numbers persisted in the data dir and never reused.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use rand::Rng;
+use store::{Cf, Command, Durability, Engine, EngineKind, Mvcc, WriteBatch};
+use tokio::sync::Mutex as AsyncMutex;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{KvError, NodeError};
+use crate::kv::Kv;
+use crate::lessor::Lessor;
+use crate::log_store::LogStore;
+use crate::network::{NetworkFactory, PeerHandler, Transport, TransportError};
+use crate::rpc::{JoinResponse, NodeStatus, PeerRequest, PeerResponse};
+use crate::state_machine::StateMachine;
+use crate::timing::Timing;
+use crate::types::{NodeAddr, NodeId, Raft, RaftMetrics, decode, encode};
+
+const NODE_ID: &[u8] = b"node_id";
+const CLUSTER_ID: &[u8] = b"cluster_id";
+const VOTE: &[u8] = b"vote";
+
+/// What a node needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+    pub engine: EngineKind,
+    /// The base URL other nodes and clients reach this node at.
+    pub addr: String,
+    pub timing: Timing,
+}
+
+pub(crate) struct NodeInner {
+    pub(crate) id: NodeId,
+    pub(crate) addr: String,
+    pub(crate) raft: Raft,
+    pub(crate) mvcc: Arc<Mvcc>,
+    pub(crate) engine: Arc<dyn Engine>,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) lessor: Lessor,
+    pub(crate) timing: Timing,
+    cluster_id: AtomicU64,
+    membership_lock: AsyncMutex<()>,
+    cancel: CancellationToken,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A running replica. Clones share it.
+#[derive(Clone)]
+pub struct Node {
+    pub(crate) inner: Arc<NodeInner>,
+}
+
+fn raft_err(e: impl std::fmt::Display) -> NodeError {
+    NodeError::Raft(e.to_string())
+}
+
+impl Node {
+    /// Opens the engine at `cfg.data_dir` and starts the replica.
+    pub async fn open(cfg: NodeConfig, transport: Arc<dyn Transport>) -> Result<Node, NodeError> {
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| NodeError::Storage(e.to_string()))?;
+        let engine = store::engine::open(cfg.engine, &cfg.data_dir)?;
+        Self::open_with_engine(cfg, engine, transport).await
+    }
+
+    /// Starts the replica over an already open engine (the simulated cluster restarts a
+    /// node over the same in-memory engine).
+    pub async fn open_with_engine(
+        cfg: NodeConfig,
+        engine: Arc<dyn Engine>,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Node, NodeError> {
+        let id = match engine.get(Cf::RaftMeta, NODE_ID)? {
+            Some(b) => decode::<u64>(&b)?,
+            None => {
+                let id = rand::thread_rng().gen_range(1..(1u64 << 53));
+                let mut b = WriteBatch::new();
+                b.put(Cf::RaftMeta, NODE_ID, encode(&id));
+                engine.write(b, Durability::Sync)?;
+                id
+            }
+        };
+        let cluster_id = match engine.get(Cf::RaftMeta, CLUSTER_ID)? {
+            Some(b) => decode::<u64>(&b)?,
+            None => 0,
+        };
+        let mvcc = Arc::new(Mvcc::open(engine.clone())?);
+        let sm =
+            StateMachine::open(mvcc.clone(), cfg.data_dir.join("snapshot")).map_err(raft_err)?;
+        let log = LogStore::new(engine.clone());
+        let config = Arc::new(
+            cfg.timing
+                .raft_config("cairn")
+                .validate()
+                .map_err(raft_err)?,
+        );
+        let raft = Raft::new(id, config, NetworkFactory::new(transport.clone()), log, sm)
+            .await
+            .map_err(raft_err)?;
+        let inner = Arc::new(NodeInner {
+            id,
+            addr: cfg.addr.clone(),
+            raft,
+            mvcc,
+            engine,
+            transport,
+            lessor: Lessor::default(),
+            timing: cfg.timing.clone(),
+            cluster_id: AtomicU64::new(cluster_id),
+            membership_lock: AsyncMutex::new(()),
+            cancel: CancellationToken::new(),
+            tasks: std::sync::Mutex::new(Vec::new()),
+        });
+        let node = Node { inner };
+        node.spawn("lessor", lessor_loop(node.inner.clone()));
+        node.spawn("watch-progress", progress_loop(node.inner.clone()));
+        Ok(node)
+    }
+
+    fn spawn(
+        &self,
+        name: &'static str,
+        fut: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let cancel = self.inner.cancel.clone();
+        let span = tracing::info_span!("task", name, node = self.inner.id);
+        let handle = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = fut => {}
+                }
+            },
+            span,
+        ));
+        self.inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(handle);
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    pub fn cluster_id(&self) -> u64 {
+        self.inner.cluster_id.load(Ordering::SeqCst)
+    }
+
+    /// The client handle.
+    pub fn kv(&self) -> Kv {
+        Kv {
+            n: self.inner.clone(),
+        }
+    }
+
+    /// The peer-request handler, to serve over a transport.
+    pub fn handler(&self) -> Arc<dyn PeerHandler> {
+        Arc::new(self.clone())
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    pub fn mvcc(&self) -> &Arc<Mvcc> {
+        &self.inner.mvcc
+    }
+
+    /// Whether the data dir already belongs to a cluster (an id, a vote or log entries).
+    pub fn is_member(&self) -> Result<bool, NodeError> {
+        let e = &self.inner.engine;
+        Ok(self.cluster_id() != 0
+            || e.get(Cf::RaftMeta, VOTE)?.is_some()
+            || !e.scan(Cf::RaftLog, &[], None, 1, false)?.is_empty())
+    }
+
+    fn set_cluster_id(&self, id: u64) -> Result<(), NodeError> {
+        let mut b = WriteBatch::new();
+        b.put(Cf::RaftMeta, CLUSTER_ID, encode(&id));
+        self.inner.engine.write(b, Durability::Sync)?;
+        self.inner.cluster_id.store(id, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Makes this node the single voter of a new cluster. Refused when the data dir
+    /// already belongs to a cluster.
+    pub async fn initialize(&self) -> Result<u64, NodeError> {
+        if self.is_member()? {
+            return Err(NodeError::AlreadyInitialized(self.inner.addr.clone()));
+        }
+        let cluster_id = rand::thread_rng().gen_range(1..(1u64 << 53));
+        self.set_cluster_id(cluster_id)?;
+        let mut members = BTreeMap::new();
+        members.insert(
+            self.inner.id,
+            NodeAddr {
+                addr: self.inner.addr.clone(),
+            },
+        );
+        self.inner
+            .raft
+            .initialize(members)
+            .await
+            .map_err(raft_err)?;
+        Ok(cluster_id)
+    }
+
+    /// Joins the cluster that `seed` (any member's address) belongs to: the leader adds
+    /// this node as a learner, waits for it to catch up, then makes it a voter. A node
+    /// that is already a member returns at once.
+    pub async fn join(&self, seed: &str, timeout: Duration) -> Result<JoinResponse, NodeError> {
+        if self.cluster_id() != 0 {
+            return Err(NodeError::Join(
+                "this data dir already belongs to a cluster; restart without --join".into(),
+            ));
+        }
+        let req = PeerRequest::Join {
+            node_id: self.inner.id,
+            addr: NodeAddr {
+                addr: self.inner.addr.clone(),
+            },
+        };
+        let resp = self
+            .inner
+            .transport
+            .send(
+                &NodeAddr {
+                    addr: seed.to_string(),
+                },
+                req,
+                timeout,
+            )
+            .await
+            .map_err(|e| NodeError::Join(format!("{seed}: {e}")))?;
+        match resp {
+            PeerResponse::Join(Ok(j)) => {
+                self.set_cluster_id(j.cluster_id)?;
+                Ok(j)
+            }
+            PeerResponse::Join(Err(e)) => Err(NodeError::Join(e.to_string())),
+            other => Err(NodeError::Join(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Waits until some node is leader, up to `timeout`.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, NodeError> {
+        let m = self
+            .inner
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await
+            .map_err(raft_err)?;
+        m.current_leader
+            .ok_or_else(|| NodeError::Raft("no leader".into()))
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        status(&self.inner)
+    }
+
+    /// Removes a node from the cluster (through the leader).
+    pub async fn remove(&self, node_id: NodeId) -> Result<(), KvError> {
+        self.kv()
+            .call_leader(
+                |_| PeerRequest::Remove { node_id },
+                |r| match r {
+                    PeerResponse::Remove(r) => Some(r),
+                    _ => None,
+                },
+                self.inner.timing.request_timeout * 3,
+            )
+            .await
+    }
+
+    /// Stops background tasks and the Raft node. In-flight requests fail.
+    pub async fn shutdown(&self) {
+        self.inner.cancel.cancel();
+        let tasks: Vec<_> =
+            std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in tasks {
+            let _ = t.await;
+        }
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}
+
+impl NodeInner {
+    pub(crate) fn cluster_id_value(&self) -> u64 {
+        self.cluster_id.load(Ordering::SeqCst)
+    }
+}
+
+pub(crate) fn metrics(inner: &NodeInner) -> RaftMetrics {
+    // Clone and drop the borrow at once: holding it blocks RaftCore.
+    inner.raft.metrics().borrow().clone()
+}
+
+fn status(inner: &NodeInner) -> NodeStatus {
+    let m = metrics(inner);
+    let mem = m.membership_config.membership();
+    let voter_ids: BTreeSet<NodeId> = mem.voter_ids().collect();
+    let mut voters = Vec::new();
+    let mut learners = Vec::new();
+    for (id, node) in mem.nodes() {
+        if voter_ids.contains(id) {
+            voters.push((*id, node.addr.clone()));
+        } else {
+            learners.push((*id, node.addr.clone()));
+        }
+    }
+    let state = match m.state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    };
+    NodeStatus {
+        node_id: inner.id,
+        cluster_id: inner.cluster_id.load(Ordering::SeqCst),
+        addr: inner.addr.clone(),
+        state: state.to_string(),
+        leader: m.current_leader,
+        term: m.current_term,
+        last_log_index: m.last_log_index,
+        committed: None,
+        applied: m.last_applied.map(|l| l.index),
+        revision: inner.mvcc.revision(),
+        compact_revision: inner.mvcc.compact_revision(),
+        voters,
+        learners,
+        engine: inner.engine.name().to_string(),
+        db_size: inner.engine.size_on_disk(),
+        keys: inner.mvcc.key_count(),
+    }
+}
+
+impl PeerHandler for Node {
+    fn handle(&self, req: PeerRequest) -> BoxFuture<'static, PeerResponse> {
+        let node = self.clone();
+        async move { node.answer(req).await }.boxed()
+    }
+}
+
+impl Node {
+    async fn answer(&self, req: PeerRequest) -> PeerResponse {
+        let inner = &self.inner;
+        match req {
+            PeerRequest::Append(r) => PeerResponse::Append(inner.raft.append_entries(r).await),
+            PeerRequest::Vote(r) => PeerResponse::Vote(inner.raft.vote(r).await),
+            PeerRequest::Snapshot(r) => {
+                PeerResponse::Snapshot(inner.raft.install_snapshot(r).await)
+            }
+            PeerRequest::Propose(cmd) => PeerResponse::Propose(self.kv().propose_local(cmd).await),
+            PeerRequest::ReadIndex => {
+                PeerResponse::ReadIndex(match inner.raft.ensure_linearizable().await {
+                    Ok(read) => Ok(read),
+                    Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                        Err(KvError::NotLeader {
+                            leader: f.leader_id,
+                        })
+                    }
+                    Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
+                        Err(KvError::Unavailable(q.to_string()))
+                    }
+                    Err(RaftError::Fatal(f)) => Err(KvError::Stopped(f.to_string())),
+                })
+            }
+            PeerRequest::KeepAlive(id) => PeerResponse::KeepAlive(self.kv().keepalive_local(id)),
+            PeerRequest::LeaseRemaining(id) => {
+                PeerResponse::LeaseRemaining(self.kv().remaining_local(id))
+            }
+            PeerRequest::Join { node_id, addr } => {
+                PeerResponse::Join(self.join_local(node_id, addr).await)
+            }
+            PeerRequest::Remove { node_id } => {
+                PeerResponse::Remove(self.remove_local(node_id).await)
+            }
+            PeerRequest::Status => PeerResponse::Status(status(inner)),
+        }
+    }
+
+    async fn join_local(&self, node_id: NodeId, addr: NodeAddr) -> Result<JoinResponse, KvError> {
+        let inner = &self.inner;
+        let m = metrics(inner);
+        if m.current_leader != Some(inner.id) {
+            // Not the leader: pass the request on.
+            let timeout = inner.timing.request_timeout * 6;
+            return self
+                .kv()
+                .call_leader(
+                    move |_| PeerRequest::Join {
+                        node_id,
+                        addr: addr.clone(),
+                    },
+                    |r| match r {
+                        PeerResponse::Join(r) => Some(r),
+                        _ => None,
+                    },
+                    timeout,
+                )
+                .await;
+        }
+        let _guard = inner.membership_lock.lock().await;
+        let mem = metrics(inner).membership_config.membership().clone();
+        if mem.voter_ids().any(|v| v == node_id) {
+            return Err(KvError::Membership(format!(
+                "node {node_id} is already a voter"
+            )));
+        }
+        if mem.nodes().any(|(_, n)| n.addr == addr.addr)
+            && !mem.nodes().any(|(id, _)| *id == node_id)
+        {
+            return Err(KvError::Membership(format!(
+                "address {} belongs to another node; remove it first",
+                addr.addr
+            )));
+        }
+        let map = |e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => KvError::NotLeader {
+                leader: f.leader_id,
+            },
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+                KvError::Membership(c.to_string())
+            }
+            RaftError::Fatal(f) => KvError::Stopped(f.to_string()),
+        };
+        tracing::info!(node_id, addr = %addr.addr, "adding learner");
+        inner
+            .raft
+            .add_learner(node_id, addr, true)
+            .await
+            .map_err(map)?;
+        tracing::info!(node_id, "learner caught up; promoting to voter");
+        let mut ids = BTreeSet::new();
+        ids.insert(node_id);
+        inner
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(ids), false)
+            .await
+            .map_err(map)?;
+        let m = metrics(inner);
+        Ok(JoinResponse {
+            cluster_id: inner.cluster_id.load(Ordering::SeqCst),
+            leader: inner.id,
+            voters: m.membership_config.membership().voter_ids().collect(),
+        })
+    }
+
+    async fn remove_local(&self, node_id: NodeId) -> Result<(), KvError> {
+        let inner = &self.inner;
+        if metrics(inner).current_leader != Some(inner.id) {
+            return Err(KvError::NotLeader {
+                leader: metrics(inner).current_leader,
+            });
+        }
+        let _guard = inner.membership_lock.lock().await;
+        let mem = metrics(inner).membership_config.membership().clone();
+        if !mem.nodes().any(|(id, _)| *id == node_id) {
+            return Err(KvError::UnknownNode(node_id));
+        }
+        let is_voter = mem.voter_ids().any(|v| v == node_id);
+        if is_voter && mem.voter_ids().count() == 1 {
+            return Err(KvError::Membership("cannot remove the last voter".into()));
+        }
+        let mut ids = BTreeSet::new();
+        ids.insert(node_id);
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters(ids)
+        } else {
+            ChangeMembers::RemoveNodes(ids)
+        };
+        let res = inner.raft.change_membership(change, false).await;
+        res.map_err(|e| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => KvError::NotLeader {
+                leader: f.leader_id,
+            },
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+                KvError::Membership(c.to_string())
+            }
+            RaftError::Fatal(f) => KvError::Stopped(f.to_string()),
+        })?;
+        if is_voter {
+            // A voter is removed in two steps (joint config); also drop it as a learner.
+            let mut ids = BTreeSet::new();
+            ids.insert(node_id);
+            let still_there = metrics(inner)
+                .membership_config
+                .membership()
+                .nodes()
+                .any(|(id, _)| *id == node_id);
+            if still_there {
+                let _ = inner
+                    .raft
+                    .change_membership(ChangeMembers::RemoveNodes(ids), false)
+                    .await;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl From<TransportError> for KvError {
+    fn from(e: TransportError) -> Self {
+        match e {
+            TransportError::Unreachable(s) => KvError::Unavailable(s),
+            TransportError::Unauthorized => KvError::Unauthorized,
+            TransportError::Timeout(s) | TransportError::Protocol(s) => KvError::OutcomeUnknown(s),
+        }
+    }
+}
+
+/// Follows leadership: promotes/demotes the lessor and, while leader, proposes the expiry
+/// of leases whose deadline passed.
+async fn lessor_loop(inner: Arc<NodeInner>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_leader = false;
+    loop {
+        tick.tick().await;
+        let m = metrics(&inner);
+        let leader = m.state == ServerState::Leader && m.current_leader == Some(inner.id);
+        if leader && !was_leader {
+            // Wait until this leader's term is applied locally, so the lease table it
+            // extends is complete.
+            if inner.raft.ensure_linearizable().await.is_err() {
+                continue;
+            }
+            inner.lessor.promote(
+                &inner.mvcc.leases(),
+                Instant::now(),
+                inner.timing.election_max,
+            );
+            tracing::info!(
+                node = inner.id,
+                leases = inner.mvcc.leases().len(),
+                "became leader: lease deadlines refreshed"
+            );
+        } else if !leader && was_leader {
+            inner.lessor.demote();
+        }
+        was_leader = leader;
+        if !leader {
+            continue;
+        }
+        let expired = inner
+            .lessor
+            .take_expired(&inner.mvcc.leases(), Instant::now());
+        if expired.is_empty() {
+            continue;
+        }
+        tracing::info!(leases = ?expired, "expiring leases");
+        if let Err(e) = inner
+            .raft
+            .client_write(Command::LeaseExpire { ids: expired })
+            .await
+        {
+            tracing::warn!(error = %e, "lease expiry proposal failed; retried after another TTL");
+        }
+    }
+}
+
+/// Sends idle watchers their progress notifications.
+async fn progress_loop(inner: Arc<NodeInner>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        inner.mvcc.hub().progress_tick(Duration::from_secs(1));
+    }
+}

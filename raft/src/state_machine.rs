@@ -1,0 +1,239 @@
+//! The Raft state machine over [`store::Mvcc`].
+//!
+//! Applying a batch of entries is one engine write holding the new state *and* the applied
+//! log id and membership, so the applied pointer never runs ahead of (or behind) the state
+//! it describes. A snapshot is a [`Mvcc::dump`] taken while no apply runs (openraft calls
+//! `get_snapshot_builder` on the state-machine task), kept as the node's current snapshot in
+//! `<data>/snapshot/current` (written to a temporary file, synced, renamed). Installing
+//! one is [`Mvcc::restore`]: a single synced batch.
+
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogId};
+use store::{Cf, Command, CommandResult, Mvcc, WriteBatch};
+
+use crate::types::{
+    Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig, decode,
+    encode,
+};
+
+const APPLIED: &[u8] = b"raft/applied";
+const MEMBERSHIP: &[u8] = b"raft/membership";
+
+fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
+    StorageError::from_io_error(
+        ErrorSubject::StateMachine,
+        verb,
+        std::io::Error::other(e.to_string()),
+    )
+}
+
+fn snap_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
+    StorageError::from_io_error(
+        ErrorSubject::Snapshot(None),
+        verb,
+        std::io::Error::other(e.to_string()),
+    )
+}
+
+/// The state machine handed to openraft. Clones share the same `Mvcc`.
+pub struct StateMachine {
+    mvcc: Arc<Mvcc>,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    snapshot_dir: PathBuf,
+    snapshot_seq: u64,
+}
+
+impl StateMachine {
+    /// Opens over `mvcc`; snapshots go to `snapshot_dir` (created if missing).
+    pub fn open(mvcc: Arc<Mvcc>, snapshot_dir: PathBuf) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(&snapshot_dir).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let (applied, membership) = read_applied(&mvcc)?;
+        Ok(Self {
+            mvcc,
+            applied,
+            membership,
+            snapshot_dir,
+            snapshot_seq: 0,
+        })
+    }
+
+    pub fn mvcc(&self) -> &Arc<Mvcc> {
+        &self.mvcc
+    }
+
+    fn current_path(&self) -> PathBuf {
+        self.snapshot_dir.join("current")
+    }
+}
+
+/// Persists `meta` + `data` as the current snapshot of `dir`: temp file, fsync, rename.
+fn save_snapshot(
+    dir: &std::path::Path,
+    meta: &SnapshotMeta,
+    data: &[u8],
+) -> Result<(), StorageError> {
+    let tmp = dir.join("current.tmp");
+    let m = encode(meta);
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&(m.len() as u32).to_be_bytes())?;
+        f.write_all(&m)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join("current"))?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| snap_err(ErrorVerb::Write, e))
+}
+
+fn read_applied(mvcc: &Mvcc) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+    let get = |k: &[u8]| mvcc.meta(k).map_err(|e| sm_err(ErrorVerb::Read, e));
+    let applied = match get(APPLIED)? {
+        Some(b) => decode(&b).map_err(|e| sm_err(ErrorVerb::Read, e))?,
+        None => None,
+    };
+    let membership = match get(MEMBERSHIP)? {
+        Some(b) => decode(&b).map_err(|e| sm_err(ErrorVerb::Read, e))?,
+        None => StoredMembership::default(),
+    };
+    Ok((applied, membership))
+}
+
+fn pointers(applied: &Option<LogId>, membership: &StoredMembership) -> WriteBatch {
+    let mut b = WriteBatch::new();
+    b.put(Cf::Meta, APPLIED, encode(applied));
+    b.put(Cf::Meta, MEMBERSHIP, encode(membership));
+    b
+}
+
+/// A snapshot taken when the builder was created; building only persists it.
+pub struct SnapshotBuilder {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+    sm_dir: PathBuf,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let meta = self.meta.clone();
+        let data = std::mem::take(&mut self.data);
+        let dir = self.sm_dir.clone();
+        let (meta2, data2) = (meta.clone(), data.clone());
+        tokio::task::spawn_blocking(move || save_snapshot(&dir, &meta2, &data2))
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))??;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut commands: Vec<Option<Command>> = Vec::new();
+        for e in entries {
+            self.applied = Some(*e.get_log_id());
+            match e.payload {
+                EntryPayload::Blank => commands.push(None),
+                EntryPayload::Normal(cmd) => commands.push(Some(cmd)),
+                EntryPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(e.log_id), m);
+                    commands.push(None);
+                }
+            }
+        }
+        if commands.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mvcc = self.mvcc.clone();
+        let extra = pointers(&self.applied, &self.membership);
+        tokio::task::spawn_blocking(move || mvcc.apply(commands, extra))
+            .await
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?
+            .map_err(|e| sm_err(ErrorVerb::Write, e))
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.snapshot_seq += 1;
+        let snapshot_id = match self.applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.snapshot_seq),
+            None => format!("0-0-{}", self.snapshot_seq),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: self.applied,
+            last_membership: self.membership.clone(),
+            snapshot_id,
+        };
+        // Taken here, on the state-machine task, so no apply interleaves with the copy.
+        let mut data = Vec::new();
+        if let Err(e) = self.mvcc.dump(&mut data) {
+            tracing::error!(error = %e, "state machine dump failed; the snapshot will be empty and refused");
+            data.clear();
+        }
+        SnapshotBuilder {
+            meta,
+            data,
+            sm_dir: self.snapshot_dir.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let extra = pointers(&meta.last_log_id, &meta.last_membership);
+        let mvcc = self.mvcc.clone();
+        let bytes = data.clone();
+        tokio::task::spawn_blocking(move || mvcc.restore(&mut bytes.as_slice(), extra))
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        save_snapshot(&self.snapshot_dir, meta, &data)
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let bytes = match std::fs::read(self.current_path()) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(snap_err(ErrorVerb::Read, e)),
+        };
+        if bytes.len() < 4 {
+            return Err(snap_err(ErrorVerb::Read, "snapshot file is truncated"));
+        }
+        let ml = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        if bytes.len() < 4 + ml {
+            return Err(snap_err(ErrorVerb::Read, "snapshot file is truncated"));
+        }
+        let meta: SnapshotMeta =
+            decode(&bytes[4..4 + ml]).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes[4 + ml..].to_vec())),
+        }))
+    }
+}

@@ -1,0 +1,96 @@
+//! Timing profiles: how fast a cluster notices a dead leader, and how long a request may
+//! take. `lan` for data-centre links and disks, `edge` for slow disks and flaky links.
+
+use std::time::Duration;
+
+/// Raft and request timings of a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timing {
+    pub name: &'static str,
+    pub heartbeat: Duration,
+    pub election_min: Duration,
+    pub election_max: Duration,
+    /// Default deadline of a client request.
+    pub request_timeout: Duration,
+    /// Build a snapshot after this many applied entries.
+    pub snapshot_every: u64,
+}
+
+impl Timing {
+    /// LAN: heartbeat 100 ms, election 1–2 s (etcd's defaults).
+    pub fn lan() -> Self {
+        Self {
+            name: "lan",
+            heartbeat: Duration::from_millis(100),
+            election_min: Duration::from_millis(1000),
+            election_max: Duration::from_millis(2000),
+            request_timeout: Duration::from_secs(10),
+            snapshot_every: 10_000,
+        }
+    }
+
+    /// Edge: heartbeat 500 ms, election 5–10 s, for SD cards and lossy links.
+    pub fn edge() -> Self {
+        Self {
+            name: "edge",
+            heartbeat: Duration::from_millis(500),
+            election_min: Duration::from_millis(5000),
+            election_max: Duration::from_millis(10_000),
+            request_timeout: Duration::from_secs(30),
+            snapshot_every: 10_000,
+        }
+    }
+
+    /// Fast timings for in-process tests.
+    pub fn test() -> Self {
+        Self {
+            name: "test",
+            heartbeat: Duration::from_millis(50),
+            election_min: Duration::from_millis(300),
+            election_max: Duration::from_millis(600),
+            request_timeout: Duration::from_secs(10),
+            snapshot_every: 10_000,
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "lan" => Some(Self::lan()),
+            "edge" => Some(Self::edge()),
+            "test" => Some(Self::test()),
+            _ => None,
+        }
+    }
+
+    /// The smallest lease TTL granted: ceil(1.5 × the minimum election timeout), as etcd.
+    pub fn min_lease_ttl(&self) -> i64 {
+        ((self.election_min.as_millis() as u64 * 3).div_ceil(2000) as i64).max(1)
+    }
+
+    pub(crate) fn raft_config(&self, cluster: &str) -> openraft::Config {
+        openraft::Config {
+            cluster_name: cluster.to_string(),
+            heartbeat_interval: self.heartbeat.as_millis() as u64,
+            election_timeout_min: self.election_min.as_millis() as u64,
+            election_timeout_max: self.election_max.as_millis() as u64,
+            install_snapshot_timeout: 10_000,
+            max_payload_entries: 512,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            max_in_snapshot_log_to_keep: 2_000,
+            purge_batch_size: 256,
+            ..openraft::Config::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn min_lease_ttl_is_one_and_a_half_election_timeouts_rounded_up() {
+        assert_eq!(Timing::lan().min_lease_ttl(), 2);
+        assert_eq!(Timing::edge().min_lease_ttl(), 8);
+        assert_eq!(Timing::test().min_lease_ttl(), 1);
+    }
+}
