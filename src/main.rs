@@ -1,1 +1,101 @@
-fn main() {}
+//! The `cairn` binary: parses the command line, runs the command, and turns any error
+//! into one readable line and a non-zero exit code.
+
+use std::process::ExitCode;
+
+use anyhow::anyhow;
+use cairn::app::{StoreOptions, StoreServer};
+use cairn::cli::{Cli, Command, ServeArgs, StoreCommand};
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("CAIRN_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cairn: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cairn: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Store {
+            command: StoreCommand::Serve(args),
+        } => serve(args).await,
+        Command::Store { command } => cairn::cli::run_store_client(command).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let opts = StoreOptions {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        advertise: args.advertise,
+        engine: store::EngineKind::parse(&args.engine)?,
+        timing: raft::Timing::parse(&args.timing)
+            .ok_or_else(|| anyhow!("unknown timing profile {:?} (lan or edge)", args.timing))?,
+        init: args.init,
+        join: args.join,
+        client_token: if args.no_client_auth {
+            None
+        } else {
+            Some(args.token.clone())
+        },
+        cluster_token: args.token,
+    };
+    let server = StoreServer::start(opts).await?;
+    // One line on stdout, so scripts and tests learn the bound address and identity.
+    println!(
+        "cairn store: listening on {} node {:x} cluster {:x}",
+        server.url,
+        server.node.id(),
+        server.node.cluster_id()
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.stop().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

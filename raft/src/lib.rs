@@ -22,6 +22,9 @@ pub mod state_machine;
 pub mod timing;
 pub mod types;
 
+#[cfg(test)]
+mod tests;
+
 pub use concurrency::{Fence, Mutex, Session};
 pub use error::{KvError, NodeError};
 pub use kv::{Ctx, Header, Kv, LeaseTtl};

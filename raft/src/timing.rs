@@ -14,6 +14,10 @@ pub struct Timing {
     pub request_timeout: Duration,
     /// Build a snapshot after this many applied entries.
     pub snapshot_every: u64,
+    /// Applied entries kept in the log after a snapshot (openraft's
+    /// `max_in_snapshot_log_to_keep`), so a briefly lagging follower catches up from the log
+    /// rather than by snapshot.
+    pub keep_logs_after_snapshot: u64,
 }
 
 impl Timing {
@@ -26,6 +30,7 @@ impl Timing {
             election_max: Duration::from_millis(2000),
             request_timeout: Duration::from_secs(10),
             snapshot_every: 10_000,
+            keep_logs_after_snapshot: 2_000,
         }
     }
 
@@ -38,6 +43,7 @@ impl Timing {
             election_max: Duration::from_millis(10_000),
             request_timeout: Duration::from_secs(30),
             snapshot_every: 10_000,
+            keep_logs_after_snapshot: 2_000,
         }
     }
 
@@ -50,6 +56,7 @@ impl Timing {
             election_max: Duration::from_millis(600),
             request_timeout: Duration::from_secs(10),
             snapshot_every: 10_000,
+            keep_logs_after_snapshot: 2_000,
         }
     }
 
@@ -76,7 +83,7 @@ impl Timing {
             install_snapshot_timeout: 10_000,
             max_payload_entries: 512,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
-            max_in_snapshot_log_to_keep: 2_000,
+            max_in_snapshot_log_to_keep: self.keep_logs_after_snapshot,
             purge_batch_size: 256,
             ..openraft::Config::default()
         }

@@ -21,3 +21,6 @@ pub use error::StoreError;
 pub use kv::*;
 pub use mvcc::Mvcc;
 pub use watch::{CancelReason, WatchHub, WatchMessage, WatchRequest, WatchStream};
+
+#[cfg(test)]
+mod tests;

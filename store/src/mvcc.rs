@@ -7,7 +7,7 @@
 //! atomic engine write that also carries the caller's metadata (the Raft applied log id),
 //! then publishes the new revisions to the [`WatchHub`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{Read, Write};
 use std::ops::Bound;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -497,8 +497,14 @@ impl Mvcc {
             if c.range.is_single() {
                 compare_holds(st.current.get(&c.range.key), c)
             } else {
-                // A compare over a range holds when it holds for every key in it.
-                range_iter(&st.current, &c.range).all(|kv| compare_holds(Some(kv), c))
+                // A compare over a range holds when it holds for every key in it; an empty
+                // range compares like an absent key (etcd's applyCompare).
+                let mut kvs = range_iter(&st.current, &c.range).peekable();
+                if kvs.peek().is_none() {
+                    compare_holds(None, c)
+                } else {
+                    kvs.all(|kv| compare_holds(Some(kv), c))
+                }
             }
         });
         let ops = if succeeded { req.success } else { req.failure };
@@ -515,7 +521,7 @@ impl Mvcc {
             responses.push(match op {
                 RequestOp::Range(rr) => {
                     if rr.revision > 0 {
-                        ResponseOp::Range(self.range_at(r.st, rr)?)
+                        ResponseOp::Range(self.range_at(r.st, rr, &r.b.revisions)?)
                     } else {
                         let kvs = range_iter(&r.st.current, &rr.range).cloned().collect();
                         ResponseOp::Range(finish_range(kvs, rr, rev))
@@ -554,8 +560,9 @@ impl Mvcc {
                 current: st.revision,
             });
         }
-        // Every revision below `revision` loses its events; each version it wrote is dropped
-        // when a newer version at or below `revision` exists, or when it is a deletion.
+        // Every revision in [compact_revision, revision) loses its events: first those in
+        // the engine, then those applied earlier in this batch (not in the engine yet).
+        let mut seen = HashSet::new();
         let mut from = be(st.compact_revision.max(1)).to_vec();
         let to = be(revision).to_vec();
         loop {
@@ -566,22 +573,59 @@ impl Mvcc {
             from = last.clone();
             from.push(0);
             for (rk, rv) in &page {
-                let r = from_be(rk)?;
                 let events: Vec<Event> = decode(rv)?;
-                for ev in events {
-                    let key = &ev.kv.key;
-                    let superseded = match self.next_version_after(b, key, r)? {
-                        Some(next) => next <= revision,
-                        None => false,
-                    };
-                    if superseded || ev.kind == EventKind::Delete {
-                        b.writes.delete(Cf::History, history_key(key, r));
-                    }
-                }
-                b.writes.delete(Cf::Events, rk.clone());
+                self.compact_revision_events(b, &mut seen, from_be(rk)?, &events, revision)?;
             }
         }
+        let pending: Vec<(i64, Vec<Event>)> = b
+            .revisions
+            .iter()
+            .filter(|(r, _)| *r >= st.compact_revision && *r < revision)
+            .cloned()
+            .collect();
+        for (r, events) in &pending {
+            self.compact_revision_events(b, &mut seen, *r, events, revision)?;
+        }
         st.compact_revision = revision;
+        Ok(())
+    }
+
+    /// Compacts the events of revision `r` < `revision`. Each version `r` wrote is dropped
+    /// when a newer version at or below `revision` exists, or when it is a deletion. The
+    /// first time this compaction meets a key, its versions older than `r` go too: they are
+    /// what an earlier compaction kept as the key's latest, and their events are gone, so
+    /// nothing else would ever drop them (and a deleted key would come back in reads).
+    fn compact_revision_events(
+        &self,
+        b: &mut Batch,
+        seen: &mut HashSet<Vec<u8>>,
+        r: i64,
+        events: &[Event],
+        revision: i64,
+    ) -> Result<(), StoreError> {
+        for ev in events {
+            let key = &ev.kv.key;
+            if seen.insert(key.clone()) {
+                let older = self.engine.scan(
+                    Cf::History,
+                    &history_prefix(key),
+                    Some(&history_key(key, r)),
+                    usize::MAX,
+                    false,
+                )?;
+                for (k, _) in older {
+                    b.writes.delete(Cf::History, k);
+                }
+            }
+            let superseded = match self.next_version_after(b, key, r)? {
+                Some(next) => next <= revision,
+                None => false,
+            };
+            if superseded || ev.kind == EventKind::Delete {
+                b.writes.delete(Cf::History, history_key(key, r));
+            }
+        }
+        b.writes.delete(Cf::Events, be(r).to_vec());
         Ok(())
     }
 
@@ -611,7 +655,7 @@ impl Mvcc {
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, StoreError> {
         let st = self.read();
         if req.revision > 0 && req.revision < st.revision {
-            return self.range_at(&st, req);
+            return self.range_at(&st, req, &[]);
         }
         if req.revision > st.revision {
             return Err(StoreError::FutureRevision {
@@ -640,7 +684,14 @@ impl Mvcc {
         Ok(finish_range(kvs, req, st.revision))
     }
 
-    fn range_at(&self, st: &State, req: &RangeRequest) -> Result<RangeResponse, StoreError> {
+    /// A read at `req.revision` from the history family. `pending` are the revisions that
+    /// the `apply` in progress has made but not yet written to the engine.
+    fn range_at(
+        &self,
+        st: &State,
+        req: &RangeRequest,
+        pending: &[(i64, Vec<Event>)],
+    ) -> Result<RangeResponse, StoreError> {
         let at = req.revision;
         if at < st.compact_revision {
             return Err(StoreError::Compacted {
@@ -693,6 +744,24 @@ impl Mvcc {
             if !prev.tombstone {
                 kvs.push(prev.kv);
             }
+        }
+        // Pending revisions are newer than anything in the engine: replay those up to `at`.
+        let mut newer = pending
+            .iter()
+            .filter(|(rev, _)| *rev <= at)
+            .flat_map(|(_, events)| events)
+            .filter(|e| req.range.contains(&e.kv.key))
+            .peekable();
+        if newer.peek().is_some() {
+            let mut by_key: BTreeMap<Vec<u8>, KeyValue> =
+                kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+            for e in newer {
+                match e.kind {
+                    EventKind::Put => by_key.insert(e.kv.key.clone(), e.kv.clone()),
+                    EventKind::Delete => by_key.remove(&e.kv.key),
+                };
+            }
+            kvs = by_key.into_values().collect();
         }
         // History holds every key of the range in key order, so kvs is sorted by key.
         Ok(finish_range(kvs, req, st.revision))
@@ -800,23 +869,42 @@ fn revoke(st: &mut State, b: &mut Batch, id: i64) {
 }
 
 /// etcd's txn rules: no key is written twice in one branch, puts need their lease and,
-/// with `ignore_*`, their key.
+/// with `ignore_*`, their key, and reads at a past revision need that revision.
 fn validate_txn_ops(st: &State, ops: &[RequestOp]) -> Result<(), StoreError> {
     let mut puts: BTreeSet<&[u8]> = BTreeSet::new();
     for op in ops {
-        if let RequestOp::Put(p) = op {
-            if !puts.insert(&p.key) {
-                return Err(StoreError::DuplicateKey(
-                    String::from_utf8_lossy(&p.key).into_owned(),
-                ));
+        match op {
+            RequestOp::Put(p) => {
+                if !puts.insert(&p.key) {
+                    return Err(StoreError::DuplicateKey(
+                        String::from_utf8_lossy(&p.key).into_owned(),
+                    ));
+                }
+                let existing = st.current.get(&p.key);
+                if (p.ignore_value || p.ignore_lease) && existing.is_none() {
+                    return Err(StoreError::KeyNotFound);
+                }
+                if !p.ignore_lease && p.lease != 0 && !st.leases.contains_key(&p.lease) {
+                    return Err(StoreError::LeaseNotFound(p.lease));
+                }
             }
-            let existing = st.current.get(&p.key);
-            if (p.ignore_value || p.ignore_lease) && existing.is_none() {
-                return Err(StoreError::KeyNotFound);
+            // A read at a past revision must be possible before anything is written: failing
+            // half-way through the ops would leave the earlier ones applied.
+            RequestOp::Range(r) if r.revision > 0 => {
+                if r.revision < st.compact_revision {
+                    return Err(StoreError::Compacted {
+                        requested: r.revision,
+                        compact_revision: st.compact_revision,
+                    });
+                }
+                if r.revision > st.revision {
+                    return Err(StoreError::FutureRevision {
+                        requested: r.revision,
+                        current: st.revision,
+                    });
+                }
             }
-            if !p.ignore_lease && p.lease != 0 && !st.leases.contains_key(&p.lease) {
-                return Err(StoreError::LeaseNotFound(p.lease));
-            }
+            _ => {}
         }
     }
     for op in ops {

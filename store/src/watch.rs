@@ -219,6 +219,9 @@ impl WatchHub {
             let _ = tx.try_send(WatchMessage::Canceled(reason));
             return stream;
         }
+        // Revision 1 is the empty store and has no events: history starts at 2. (Catch-up
+        // would otherwise take the missing events of revision 1 for a compaction.)
+        let next = next.max(2);
         let synced = next > inner.revision;
         let w = Watcher {
             req,

@@ -46,7 +46,7 @@ impl Engine for RocksEngine {
         reverse: bool,
     ) -> Result<Vec<Pair>, EngineError> {
         let (s, e) = cf.bounds(start, end);
-        if s >= e {
+        if s >= e || limit == 0 {
             return Ok(Vec::new());
         }
         let mut ro = ReadOptions::default();

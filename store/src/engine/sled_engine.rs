@@ -2,6 +2,7 @@
 //! family under its prefix byte, so a `sled::Batch` is atomic across families; a
 //! `Durability::Sync` write calls `flush()` (sled alone syncs only every 500 ms).
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use super::{BatchOp, Cf, Durability, Engine, EngineError, Pair, WriteBatch};
@@ -47,7 +48,7 @@ impl Engine for SledEngine {
         reverse: bool,
     ) -> Result<Vec<Pair>, EngineError> {
         let (s, e) = cf.bounds(start, end);
-        if s >= e {
+        if s >= e || limit == 0 {
             return Ok(Vec::new());
         }
         let iter = self.db.range(s..e);
@@ -75,17 +76,33 @@ impl Engine for SledEngine {
 
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<(), EngineError> {
         let mut b = sled::Batch::default();
+        // Keys this batch has put so far: a later DeleteRange must remove them too (ops
+        // apply in order, as on the other engines), and sled cannot read a pending batch.
+        let mut pending: BTreeSet<Vec<u8>> = BTreeSet::new();
         for op in batch.ops {
             match op {
-                BatchOp::Put(cf, k, v) => b.insert(cf.full_key(&k), v),
-                BatchOp::Delete(cf, k) => b.remove(cf.full_key(&k)),
+                BatchOp::Put(cf, k, v) => {
+                    let k = cf.full_key(&k);
+                    pending.insert(k.clone());
+                    b.insert(k, v);
+                }
+                BatchOp::Delete(cf, k) => {
+                    let k = cf.full_key(&k);
+                    pending.remove(&k);
+                    b.remove(k);
+                }
                 BatchOp::DeleteRange(cf, s, e) => {
                     // sled has no range tombstone: expand to point deletes. The batch is
                     // applied under one sled transaction, so this stays atomic.
                     let (s, e) = cf.bounds(&s, e.as_deref());
                     if s < e {
-                        for item in self.db.range(s..e) {
+                        for item in self.db.range(s.clone()..e.clone()) {
                             let (k, _) = item.map_err(io)?;
+                            b.remove(k);
+                        }
+                        let doomed: Vec<Vec<u8>> = pending.range(s..e).cloned().collect();
+                        for k in doomed {
+                            pending.remove(&k);
                             b.remove(k);
                         }
                     }

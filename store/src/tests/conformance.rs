@@ -14,7 +14,10 @@ fn put(e: &dyn Engine, cf: Cf, k: &[u8], v: &[u8]) {
 }
 
 fn pairs(items: &[(&[u8], &[u8])]) -> Vec<Pair> {
-    items.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+    items
+        .iter()
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .collect()
 }
 
 fn keys(ps: &[Pair]) -> Vec<Vec<u8>> {
@@ -34,18 +37,38 @@ fn get_put_delete() {
         assert_eq!(e.get(Cf::Current, b"k").unwrap(), None, "{name}");
 
         put(e, Cf::Current, b"k", b"v1");
-        assert_eq!(e.get(Cf::Current, b"k").unwrap(), Some(b"v1".to_vec()), "{name}");
+        assert_eq!(
+            e.get(Cf::Current, b"k").unwrap(),
+            Some(b"v1".to_vec()),
+            "{name}"
+        );
         put(e, Cf::Current, b"k", b"v2");
-        assert_eq!(e.get(Cf::Current, b"k").unwrap(), Some(b"v2".to_vec()), "{name}");
+        assert_eq!(
+            e.get(Cf::Current, b"k").unwrap(),
+            Some(b"v2".to_vec()),
+            "{name}"
+        );
 
         // Empty keys and values, and bytes at both ends of the range, are ordinary data.
         put(e, Cf::Current, b"", b"");
         put(e, Cf::Current, b"\x00\xff", b"\xff\x00");
         put(e, Cf::Current, b"\xff\xff", b"x");
         assert_eq!(e.get(Cf::Current, b"").unwrap(), Some(Vec::new()), "{name}");
-        assert_eq!(e.get(Cf::Current, b"\x00\xff").unwrap(), Some(b"\xff\x00".to_vec()), "{name}");
-        assert_eq!(e.get(Cf::Current, b"\xff\xff").unwrap(), Some(b"x".to_vec()), "{name}");
-        assert_eq!(e.get(Cf::Current, b"\xff").unwrap(), None, "{name}: no prefix match");
+        assert_eq!(
+            e.get(Cf::Current, b"\x00\xff").unwrap(),
+            Some(b"\xff\x00".to_vec()),
+            "{name}"
+        );
+        assert_eq!(
+            e.get(Cf::Current, b"\xff\xff").unwrap(),
+            Some(b"x".to_vec()),
+            "{name}"
+        );
+        assert_eq!(
+            e.get(Cf::Current, b"\xff").unwrap(),
+            None,
+            "{name}: no prefix match"
+        );
 
         let mut b = WriteBatch::new();
         b.delete(Cf::Current, b"k");
@@ -90,13 +113,33 @@ fn scans_forward_and_reverse_with_bounds_and_limits() {
         assert_eq!(rev, expected_rev, "{name}: full reverse scan");
 
         // Limits count from the scan's starting end.
-        assert_eq!(e.scan(Cf::History, &[], None, 3, false).unwrap(), expect(0..3), "{name}");
+        assert_eq!(
+            e.scan(Cf::History, &[], None, 3, false).unwrap(),
+            expect(0..3),
+            "{name}"
+        );
         let mut last3 = expect(7..10);
         last3.reverse();
-        assert_eq!(e.scan(Cf::History, &[], None, 3, true).unwrap(), last3, "{name}");
-        assert_eq!(e.scan(Cf::History, &[], None, 1, true).unwrap(), expect(9..10), "{name}");
-        assert_eq!(e.scan(Cf::History, &[], None, 10, false).unwrap(), expect(0..10), "{name}");
-        assert_eq!(e.scan(Cf::History, &[], None, 11, false).unwrap(), expect(0..10), "{name}");
+        assert_eq!(
+            e.scan(Cf::History, &[], None, 3, true).unwrap(),
+            last3,
+            "{name}"
+        );
+        assert_eq!(
+            e.scan(Cf::History, &[], None, 1, true).unwrap(),
+            expect(9..10),
+            "{name}"
+        );
+        assert_eq!(
+            e.scan(Cf::History, &[], None, 10, false).unwrap(),
+            expect(0..10),
+            "{name}"
+        );
+        assert_eq!(
+            e.scan(Cf::History, &[], None, 11, false).unwrap(),
+            expect(0..10),
+            "{name}"
+        );
         assert!(
             e.scan(Cf::History, &[], None, 0, false).unwrap().is_empty(),
             "{name}: limit 0 returns nothing forward"
@@ -108,14 +151,16 @@ fn scans_forward_and_reverse_with_bounds_and_limits() {
 
         // Start is inclusive, end exclusive, in both directions.
         assert_eq!(
-            e.scan(Cf::History, &k(3), Some(&k(6)), usize::MAX, false).unwrap(),
+            e.scan(Cf::History, &k(3), Some(&k(6)), usize::MAX, false)
+                .unwrap(),
             expect(3..6),
             "{name}: [k3, k6)"
         );
         let mut mid_rev = expect(3..6);
         mid_rev.reverse();
         assert_eq!(
-            e.scan(Cf::History, &k(3), Some(&k(6)), usize::MAX, true).unwrap(),
+            e.scan(Cf::History, &k(3), Some(&k(6)), usize::MAX, true)
+                .unwrap(),
             mid_rev,
             "{name}: [k3, k6) reversed"
         );
@@ -128,7 +173,8 @@ fn scans_forward_and_reverse_with_bounds_and_limits() {
         );
         // Bounds that fall between keys.
         assert_eq!(
-            e.scan(Cf::History, b"k2x", Some(b"k5\x00"), usize::MAX, false).unwrap(),
+            e.scan(Cf::History, b"k2x", Some(b"k5\x00"), usize::MAX, false)
+                .unwrap(),
             expect(3..6),
             "{name}"
         );
@@ -147,12 +193,19 @@ fn scans_forward_and_reverse_with_bounds_and_limits() {
         for (s, end) in [(k(5), k(5)), (k(6), k(2)), (b"z".to_vec(), b"zz".to_vec())] {
             for reverse in [false, true] {
                 assert!(
-                    e.scan(Cf::History, &s, Some(&end), usize::MAX, reverse).unwrap().is_empty(),
+                    e.scan(Cf::History, &s, Some(&end), usize::MAX, reverse)
+                        .unwrap()
+                        .is_empty(),
                     "{name}: [{s:?}, {end:?}) reverse={reverse}"
                 );
             }
         }
-        assert!(e.scan(Cf::History, b"l", None, usize::MAX, false).unwrap().is_empty(), "{name}");
+        assert!(
+            e.scan(Cf::History, b"l", None, usize::MAX, false)
+                .unwrap()
+                .is_empty(),
+            "{name}"
+        );
     }
 }
 
@@ -170,11 +223,20 @@ fn column_families_are_isolated() {
         e.write(b, Durability::Buffered).unwrap();
 
         for (i, cf) in Cf::ALL.into_iter().enumerate() {
-            assert_eq!(e.get(cf, b"same").unwrap(), Some(vec![i as u8]), "{name} {cf:?}");
+            assert_eq!(
+                e.get(cf, b"same").unwrap(),
+                Some(vec![i as u8]),
+                "{name} {cf:?}"
+            );
             let fwd = all(e, cf);
             assert_eq!(
                 fwd,
-                pairs(&[(b"", &[i as u8]), (b"same", &[i as u8]), (b"\xff", &[i as u8]), (b"\xff\xff\xff", &[i as u8])]),
+                pairs(&[
+                    (b"", &[i as u8]),
+                    (b"same", &[i as u8]),
+                    (b"\xff", &[i as u8]),
+                    (b"\xff\xff\xff", &[i as u8])
+                ]),
                 "{name} {cf:?}: a scan sees only its own family"
             );
             let rev = e.scan(cf, &[], None, usize::MAX, true).unwrap();
@@ -190,7 +252,10 @@ fn column_families_are_isolated() {
         e.write(b, Durability::Buffered).unwrap();
         assert_eq!(e.get(Cf::Current, b"same").unwrap(), None, "{name}");
         assert!(all(e, Cf::History).is_empty(), "{name}");
-        for cf in Cf::ALL.into_iter().filter(|c| ![Cf::Current, Cf::History].contains(c)) {
+        for cf in Cf::ALL
+            .into_iter()
+            .filter(|c| ![Cf::Current, Cf::History].contains(c))
+        {
             assert_eq!(all(e, cf).len(), 4, "{name} {cf:?} untouched");
         }
         assert_eq!(all(e, Cf::Current).len(), 3, "{name}");
@@ -228,9 +293,17 @@ fn delete_range_with_and_without_end() {
         let mut b = WriteBatch::new();
         b.delete_range(Cf::Lease, "d", None);
         e.write(b, Durability::Buffered).unwrap();
-        assert_eq!(keys(&all(e, Cf::Lease)), vec![b"a".to_vec()], "{name}: [d, end of family)");
+        assert_eq!(
+            keys(&all(e, Cf::Lease)),
+            vec![b"a".to_vec()],
+            "{name}: [d, end of family)"
+        );
 
-        assert_eq!(all(e, Cf::Events).len(), 6, "{name}: another family is untouched");
+        assert_eq!(
+            all(e, Cf::Events).len(),
+            6,
+            "{name}: another family is untouched"
+        );
         let mut b = WriteBatch::new();
         b.delete_range(Cf::Events, Vec::new(), None);
         e.write(b, Durability::Buffered).unwrap();
@@ -269,8 +342,16 @@ fn a_batch_applies_all_its_ops_in_order() {
         assert_eq!(b.len(), 12);
         e.write(b, Durability::Buffered).unwrap();
 
-        assert_eq!(e.get(Cf::Meta, b"revision").unwrap(), Some(b"7".to_vec()), "{name}");
-        assert_eq!(e.get(Cf::History, b"h").unwrap(), Some(b"1".to_vec()), "{name}");
+        assert_eq!(
+            e.get(Cf::Meta, b"revision").unwrap(),
+            Some(b"7".to_vec()),
+            "{name}"
+        );
+        assert_eq!(
+            e.get(Cf::History, b"h").unwrap(),
+            Some(b"1".to_vec()),
+            "{name}"
+        );
         assert_eq!(
             all(e, Cf::Current),
             pairs(&[
@@ -298,7 +379,11 @@ fn synced_writes_survive_reopen_of_on_disk_engines() {
         // A buffered write followed by a synced one: the sync covers both.
         let mut b = WriteBatch::new();
         b.delete(Cf::Current, 0u32.to_be_bytes());
-        b.delete_range(Cf::History, 10u32.to_be_bytes(), Some(20u32.to_be_bytes().to_vec()));
+        b.delete_range(
+            Cf::History,
+            10u32.to_be_bytes(),
+            Some(20u32.to_be_bytes().to_vec()),
+        );
         e.write(b, Durability::Buffered).unwrap();
         let mut b = WriteBatch::new();
         b.put(Cf::RaftMeta, "vote", "v");
@@ -309,8 +394,16 @@ fn synced_writes_survive_reopen_of_on_disk_engines() {
         t.reopen();
         let e = t.engine.as_ref();
         assert_eq!(e.name(), name);
-        assert_eq!(e.get(Cf::RaftMeta, b"vote").unwrap(), Some(b"v".to_vec()), "{name}");
-        assert_eq!(e.get(Cf::Current, &0u32.to_be_bytes()).unwrap(), None, "{name}");
+        assert_eq!(
+            e.get(Cf::RaftMeta, b"vote").unwrap(),
+            Some(b"v".to_vec()),
+            "{name}"
+        );
+        assert_eq!(
+            e.get(Cf::Current, &0u32.to_be_bytes()).unwrap(),
+            None,
+            "{name}"
+        );
         assert_eq!(all(e, Cf::Current).len(), 49, "{name}");
         assert_eq!(all(e, Cf::History).len(), 40, "{name}");
         assert!(all(e, Cf::Events).is_empty(), "{name}");
@@ -334,7 +427,11 @@ fn synced_writes_survive_reopen_of_on_disk_engines() {
         b.put(Cf::Current, "after", "reopen");
         e.write(b, Durability::Sync).unwrap();
         t.reopen();
-        assert_eq!(t.engine.get(Cf::Current, b"after").unwrap(), Some(b"reopen".to_vec()), "{name}");
+        assert_eq!(
+            t.engine.get(Cf::Current, b"after").unwrap(),
+            Some(b"reopen".to_vec()),
+            "{name}"
+        );
         assert_eq!(all(t.engine.as_ref(), Cf::Current).len(), 50, "{name}");
     }
 }

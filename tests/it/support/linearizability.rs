@@ -16,7 +16,7 @@
 //! since a failed CAS is a no-op. The search succeeds once every op with a
 //! known return is linearized. Equal timestamps count as overlapping.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 /// What an operation did (and, when it returned, observed).
@@ -122,14 +122,17 @@ impl Step {
 
 struct Op<'a> {
     step: Step,
-    unknown: bool,
+    call: u64,
+    /// Return time; `u64::MAX` (+infinity) when the outcome is unknown.
+    ret: u64,
     src: &'a Operation,
 }
 
 const HEAD: usize = 0;
 const TAIL: usize = 1;
 
-/// Index-based doubly linked list of call/return events (dancing links).
+/// Index-based doubly linked list of the known ops' call/return events,
+/// sorted by time (dancing links: lifted nodes keep their own pointers).
 struct Events {
     next: Vec<usize>,
     prev: Vec<usize>,
@@ -140,14 +143,11 @@ struct Events {
 }
 
 impl Events {
-    fn new(ops: &[Op<'_>]) -> Self {
-        let mut events: Vec<(u64, bool, usize)> = Vec::with_capacity(ops.len() * 2);
-        for (i, op) in ops.iter().enumerate() {
-            let call = op.src.call;
-            // Unknown outcome => +infinity; a bogus ret < call is clamped.
-            let ret = if op.unknown { u64::MAX } else { op.src.ret.map_or(u64::MAX, |r| r.max(call)) };
-            events.push((call, false, i));
-            events.push((ret, true, i));
+    fn new(known: &[Op<'_>]) -> Self {
+        let mut events: Vec<(u64, bool, usize)> = Vec::with_capacity(known.len() * 2);
+        for (i, op) in known.iter().enumerate() {
+            events.push((op.call, false, i));
+            events.push((op.ret, true, i));
         }
         // Calls sort before returns at equal times: ties count as overlapping.
         events.sort_unstable();
@@ -156,8 +156,8 @@ impl Events {
             next: vec![TAIL; n],
             prev: vec![HEAD; n],
             node: vec![(usize::MAX, false); n],
-            call_node: vec![0; ops.len()],
-            ret_node: vec![0; ops.len()],
+            call_node: vec![0; known.len()],
+            ret_node: vec![0; known.len()],
         };
         let mut last = HEAD;
         for (pos, &(_, is_ret, op)) in events.iter().enumerate() {
@@ -194,14 +194,22 @@ impl Events {
         self.relink(self.ret_node[op]);
         self.relink(self.call_node[op]);
     }
+
+    /// First return node: every candidate call must start at or before it.
+    fn window_end(&self) -> usize {
+        let mut n = self.next[HEAD];
+        while self.node[n].1 {
+            n = self.next[n];
+        }
+        n
+    }
 }
 
 /// Deepest point the search reached before getting stuck (for reporting).
 struct Stuck {
-    depth: usize,
+    done: usize,
     blocked: usize,
     state: State,
-    done: usize,
     recent: Vec<usize>,
     candidates: Vec<usize>,
 }
@@ -216,11 +224,10 @@ fn check_register<'a>(history: &[&'a Operation]) -> Result<(), String> {
             State::try_from(values.len()).expect("fewer than 2^32 distinct values")
         })
     };
-    let mut ops = Vec::with_capacity(history.len());
+    let (mut known, mut unknown) = (Vec::new(), Vec::new());
     for &src in history {
-        let unknown = src.ret.is_none();
         let step = match &src.kind {
-            OpKind::Read { .. } if unknown => continue,
+            OpKind::Read { .. } if src.ret.is_none() => continue,
             OpKind::Read { result } => Step::Read(intern(result.as_ref())),
             OpKind::Write { value } => Step::Write(intern(Some(value))),
             OpKind::Cas { expected, new, succeeded } => Step::Cas {
@@ -228,21 +235,28 @@ fn check_register<'a>(history: &[&'a Operation]) -> Result<(), String> {
                 new: intern(Some(new)),
                 // An unknown CAS that linearizes must have succeeded: a failed
                 // CAS is a no-op, i.e. the same as never linearizing it.
-                succeeded: unknown || *succeeded,
+                succeeded: src.ret.is_none() || *succeeded,
             },
         };
-        ops.push(Op { step, unknown, src });
+        // A bogus ret < call is clamped to call.
+        match src.ret {
+            Some(ret) => known.push(Op { step, call: src.call, ret: ret.max(src.call), src }),
+            None => unknown.push(Op { step, call: src.call, ret: u64::MAX, src }),
+        }
     }
-    let Some(stuck) = search(&ops) else { return Ok(()) };
+    unknown.sort_by_key(|o| o.call);
+    let n_known = known.len();
+    known.extend(unknown);
+    let Some(stuck) = search(&known, n_known) else { return Ok(()) };
 
+    let ops = known;
     let show_state = |s: State| match s {
         0 => "absent".to_string(),
         s => format!("{:?}", values[s as usize - 1]),
     };
-    let list = |ids: &[usize]| ids.iter().map(|&i| format!("{}", ops[i].src)).collect::<Vec<_>>().join("; ");
-    let known = ops.iter().filter(|o| !o.unknown).count();
+    let list = |ids: &[usize]| ids.iter().map(|&i| ops[i].src.to_string()).collect::<Vec<_>>().join("; ");
     Err(format!(
-        "cannot linearize {{{}}}: the longest partial linearization covers {}/{known} completed ops and \
+        "cannot linearize {{{}}}: the longest partial linearization covers {}/{n_known} completed ops and \
          leaves the register {}; last linearized: [{}]; pending candidates: [{}]",
         ops[stuck.blocked].src,
         stuck.done,
@@ -252,73 +266,113 @@ fn check_register<'a>(history: &[&'a Operation]) -> Result<(), String> {
     ))
 }
 
-/// WGL search; `None` means linearizable, otherwise where it got stuck.
-fn search(ops: &[Op<'_>]) -> Option<Stuck> {
-    let known_total = ops.iter().filter(|o| !o.unknown).count();
-    if known_total == 0 {
+fn flip(bits: &mut [u64], i: usize) {
+    bits[i / 64] ^= 1 << (i % 64);
+}
+
+/// WGL search over `ops`, whose first `n_known` entries have known returns
+/// and the rest (unknown outcome) are sorted by call time. Returns `None` if
+/// linearizable, otherwise the deepest point where the search got stuck.
+///
+/// At each configuration the candidates are the known calls before the first
+/// pending known return, then the unlinearized unknown ops that were called by
+/// then. The cache maps (known-op bitset, state) to the unknown-op sets seen
+/// with it; a configuration is pruned if a cached one has a subset of its
+/// unknown ops, since any completion of it is also a completion of that one.
+fn search(ops: &[Op<'_>], n_known: usize) -> Option<Stuck> {
+    if n_known == 0 {
         return None;
     }
-    let mut events = Events::new(ops);
-    let mut linearized = vec![0u64; ops.len().div_ceil(64)];
-    let mut cache: HashSet<(Vec<u64>, State)> = HashSet::new();
+    let mut events = Events::new(&ops[..n_known]);
+    // Known-op bitset with the register state appended as a last word.
+    let mut key = vec![0u64; n_known.div_ceil(64) + 1];
+    let mut unknown_bits = vec![0u64; (ops.len() - n_known).div_ceil(64)];
+    let mut cache: HashMap<Vec<u64>, Vec<Vec<u64>>> = HashMap::new();
     let mut stack: Vec<(usize, State)> = Vec::new(); // (op, state before it)
     let mut state: State = 0;
     let mut done = 0;
     let mut stuck: Option<Stuck> = None;
+    // Next candidate: a node of the known list, or else an index into `ops`.
     let mut node = events.next[HEAD];
+    let mut next_unknown = n_known;
     loop {
-        debug_assert_ne!(node, TAIL, "a known return always precedes the tail");
-        let (op, is_call) = events.node[node];
-        if is_call {
-            if let Some(new_state) = ops[op].step.apply(state) {
-                linearized[op / 64] |= 1 << (op % 64);
-                let key = (std::mem::take(&mut linearized), new_state);
-                if cache.contains(&key) {
-                    linearized = key.0;
-                    linearized[op / 64] &= !(1 << (op % 64));
-                } else {
-                    linearized = key.0.clone();
-                    cache.insert(key);
-                    stack.push((op, state));
-                    state = new_state;
-                    events.lift(op);
-                    if !ops[op].unknown {
-                        done += 1;
-                        if done == known_total {
-                            return None;
-                        }
-                    }
-                    node = events.next[HEAD];
-                    continue;
-                }
-            }
+        let candidate = if node != TAIL && events.node[node].1 {
+            let op = events.node[node].0;
             node = events.next[node];
+            Some(op)
         } else {
-            if ops[op].unknown {
-                // Every known return precedes this one, so all are linearized.
-                debug_assert_eq!(done, known_total);
-                return None;
+            let end = events.node[events.window_end()].0;
+            debug_assert!(end < n_known, "the known list is non-empty until success");
+            let u = next_unknown;
+            next_unknown += 1;
+            node = TAIL;
+            (u < ops.len() && ops[u].call <= ops[end].ret).then_some(u)
+        };
+        if let Some(op) = candidate {
+            let Some(new_state) = ops[op].step.apply(state) else { continue };
+            let last = key.len() - 1;
+            if op < n_known { flip(&mut key, op) } else { flip(&mut unknown_bits, op - n_known) }
+            key[last] = u64::from(new_state);
+            let seen = cache.get_mut(key.as_slice());
+            let dominated = seen.as_ref().is_some_and(|sets| {
+                sets.iter().any(|s| s.iter().zip(&unknown_bits).all(|(a, b)| a & !b == 0))
+            });
+            if dominated {
+                if op < n_known { flip(&mut key, op) } else { flip(&mut unknown_bits, op - n_known) }
+                key[last] = u64::from(state);
+                continue;
             }
-            if stuck.as_ref().is_none_or(|s| stack.len() > s.depth) {
-                let mut candidates = Vec::new();
-                let mut n = events.next[HEAD];
-                while n != node && candidates.len() < 8 {
-                    candidates.push(events.node[n].0);
-                    n = events.next[n];
+            match seen {
+                Some(sets) => {
+                    // Keep an antichain: drop sets that the new one dominates.
+                    sets.retain(|s| !unknown_bits.iter().zip(s).all(|(a, b)| a & !b == 0));
+                    sets.push(unknown_bits.clone());
                 }
-                let recent = stack.iter().rev().take(3).rev().map(|&(o, _)| o).collect();
-                stuck = Some(Stuck { depth: stack.len(), blocked: op, state, done, recent, candidates });
+                None => {
+                    cache.insert(key.clone(), vec![unknown_bits.clone()]);
+                }
             }
-            let Some((top, prev_state)) = stack.pop() else {
-                return Some(stuck.expect("recorded just above"));
-            };
-            state = prev_state;
-            linearized[top / 64] &= !(1 << (top % 64));
-            if !ops[top].unknown {
-                done -= 1;
+            stack.push((op, state));
+            state = new_state;
+            if op < n_known {
+                events.lift(op);
+                done += 1;
+                if done == n_known {
+                    return None;
+                }
             }
+            node = events.next[HEAD];
+            next_unknown = n_known;
+            continue;
+        }
+        // No candidate left: the first pending known return cannot be passed.
+        if stuck.as_ref().is_none_or(|s| done > s.done) {
+            let end = events.window_end();
+            let mut candidates = Vec::new();
+            let mut n = events.next[HEAD];
+            while n != end && candidates.len() < 8 {
+                candidates.push(events.node[n].0);
+                n = events.next[n];
+            }
+            let recent = stack.iter().rev().take(3).rev().map(|&(o, _)| o).collect();
+            stuck = Some(Stuck { done, blocked: events.node[end].0, state, recent, candidates });
+        }
+        let Some((top, prev_state)) = stack.pop() else {
+            return Some(stuck.expect("recorded just above"));
+        };
+        state = prev_state;
+        let last = key.len() - 1;
+        key[last] = u64::from(state);
+        if top < n_known {
+            flip(&mut key, top);
+            done -= 1;
             events.unlift(top);
             node = events.next[events.call_node[top]];
+            next_unknown = n_known;
+        } else {
+            flip(&mut unknown_bits, top - n_known);
+            node = TAIL;
+            next_unknown = top + 1;
         }
     }
 }

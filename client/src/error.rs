@@ -1,0 +1,26 @@
+//! The run-service API's error body, shared by server and client.
+
+use serde::{Deserialize, Serialize};
+
+/// Stable error kinds; the server maps each to one HTTP status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    NotFound,
+    Conflict,
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    Unavailable,
+    Internal,
+}
+
+/// `{code, message, details}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
+}

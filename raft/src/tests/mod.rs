@@ -1,0 +1,7 @@
+//! Crate tests of the replication layer: openraft's storage conformance suite over every
+//! engine, and an in-process cluster over the simulated network (elections, partitions,
+//! crash/restart, snapshots, leases, the fenced mutex, watches and seeded fault schedules).
+
+mod cluster;
+mod harness;
+mod storage_suite;

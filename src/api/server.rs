@@ -1,0 +1,66 @@
+//! The node's HTTP server: one port for clients (etcd JSON API, bearer token unless
+//! turned off) and peers (`/raft/rpc`, cluster token), plus `/healthz` and `/readyz`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use raft::Node;
+
+use super::etcd::{self, EtcdError};
+
+/// Limit of a client request body (etcd's default `--max-request-bytes`, plus framing).
+pub const MAX_REQUEST_BYTES: usize = 2 << 20;
+
+#[derive(Clone)]
+struct Auth {
+    token: Option<Arc<str>>,
+}
+
+async fn require_token(State(auth): State<Auth>, req: Request, next: Next) -> Response {
+    if let Some(token) = &auth.token {
+        let ok = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| t.as_bytes() == token.as_bytes());
+        if !ok {
+            return EtcdError::unauthenticated().into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// The whole router of a store node. `client_token = None` turns client auth off.
+pub fn router(node: Node, cluster_token: &str, client_token: Option<String>) -> Router {
+    let auth = Auth {
+        token: client_token.map(Into::into),
+    };
+    let client = etcd::router(node.clone())
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .layer(middleware::from_fn_with_state(auth, require_token));
+    let health = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(node.clone());
+    raft::network::http::peer_router(node.handler(), cluster_token)
+        .merge(client)
+        .merge(health)
+        .fallback(|| async {
+            EtcdError::new(StatusCode::NOT_FOUND, 5, "no such endpoint").into_response()
+        })
+}
+
+async fn readyz(State(node): State<Node>) -> Response {
+    let st = node.status();
+    if st.leader.is_some() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "no leader").into_response()
+    }
+}

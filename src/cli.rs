@@ -1,0 +1,432 @@
+//! The command line: `cairn store serve|get|put|range|del|watch|cluster|snapshot`.
+//! Client commands talk to a node's etcd JSON API through [`cairn_client::etcd`] only.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use cairn_client::etcd::{self as wire, B64Bytes, EtcdClient, I64};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cairn",
+    version,
+    about = "Cairn: a CI/CD run service over an embedded Raft store"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// The embedded key-value store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// Store endpoints (comma separated base URLs).
+    #[arg(
+        long,
+        env = "CAIRN_ENDPOINTS",
+        default_value = "http://127.0.0.1:2379",
+        value_delimiter = ','
+    )]
+    pub endpoints: Vec<String>,
+    /// Bearer token of the store's client port.
+    #[arg(long, env = "CAIRN_TOKEN")]
+    pub token: Option<String>,
+    /// Request timeout in seconds.
+    #[arg(long, default_value_t = 15)]
+    pub timeout: u64,
+}
+
+impl ClientArgs {
+    fn client(&self) -> EtcdClient {
+        EtcdClient::new(
+            self.endpoints.clone(),
+            self.token.clone(),
+            Duration::from_secs(self.timeout),
+        )
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Run a store node.
+    Serve(ServeArgs),
+    /// Print a key (or every key under a prefix).
+    Get {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+        /// Read at this past revision.
+        #[arg(long, default_value_t = 0)]
+        rev: i64,
+        /// Serve from the contacted node without a linearizability barrier.
+        #[arg(long)]
+        serializable: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Write a key.
+    Put {
+        key: String,
+        value: String,
+        /// Attach to this lease id.
+        #[arg(long, default_value_t = 0)]
+        lease: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print every key in [START, END) (END "\0" = to the end).
+    Range {
+        start: String,
+        end: String,
+        #[arg(long, default_value_t = 0)]
+        limit: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a key (or every key under a prefix).
+    Del {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stream changes of a key (or prefix) as lines.
+    Watch {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+        /// Start at this revision (default: changes from now on).
+        #[arg(long, default_value_t = 0)]
+        rev: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cluster membership.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Backups.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Members and each one's status.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a member by id (hex as printed by status, or decimal).
+    Remove {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCommand {
+    /// Save a consistent, checksummed backup of the store to FILE.
+    Save {
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Restore FILE into a new data dir (offline); start it with `serve --init`.
+    Restore {
+        file: PathBuf,
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "sled")]
+        engine: String,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Data directory (Raft log and state machine).
+    #[arg(long, default_value = "cairn-data")]
+    pub data_dir: PathBuf,
+    /// Address of the HTTP port (clients and peers).
+    #[arg(long, default_value = "127.0.0.1:2379")]
+    pub listen: SocketAddr,
+    /// URL other nodes reach this node at (default http://<listen>).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Storage engine: sled (default), mem, rocksdb (with the rocksdb feature).
+    #[arg(long, default_value = "sled")]
+    pub engine: String,
+    /// Timing profile: lan or edge.
+    #[arg(long, default_value = "lan")]
+    pub timing: String,
+    /// Start a new cluster with this node as its only member.
+    #[arg(long, conflicts_with = "join")]
+    pub init: bool,
+    /// Join the cluster of the node at URL.
+    #[arg(long)]
+    pub join: Option<String>,
+    /// Cluster token: authenticates peers, and clients unless --no-client-auth.
+    #[arg(long, env = "CAIRN_TOKEN")]
+    pub token: String,
+    /// Serve clients without a token (loopback addresses only).
+    #[arg(long)]
+    pub no_client_auth: bool,
+}
+
+fn b64(s: &str) -> B64Bytes {
+    B64Bytes(s.as_bytes().to_vec())
+}
+
+fn show(b: &B64Bytes) -> String {
+    String::from_utf8_lossy(&b.0).into_owned()
+}
+
+fn remote(e: wire::ClientError) -> anyhow::Error {
+    anyhow!("{e}")
+}
+
+/// Runs a client command; output goes to stdout.
+pub async fn run_store_client(cmd: StoreCommand) -> anyhow::Result<()> {
+    match cmd {
+        StoreCommand::Serve(_) => unreachable!("serve is handled by main"),
+        StoreCommand::Get {
+            key,
+            prefix,
+            rev,
+            serializable,
+            client,
+        } => {
+            let range_end = if prefix {
+                B64Bytes(wire::prefix_end(key.as_bytes()))
+            } else {
+                B64Bytes::default()
+            };
+            let req = wire::RangeRequest {
+                key: b64(&key),
+                range_end,
+                revision: I64(rev),
+                serializable,
+                ..Default::default()
+            };
+            let resp = client.client().range(&req).await.map_err(remote)?;
+            for kv in resp.kvs {
+                println!("{}\n{}", show(&kv.key), show(&kv.value));
+            }
+        }
+        StoreCommand::Put {
+            key,
+            value,
+            lease,
+            client,
+        } => {
+            let req = wire::PutRequest {
+                key: b64(&key),
+                value: b64(&value),
+                lease: I64(lease),
+                ..Default::default()
+            };
+            let resp = client.client().put(&req).await.map_err(remote)?;
+            println!("OK (revision {})", resp.header.revision.0);
+        }
+        StoreCommand::Range {
+            start,
+            end,
+            limit,
+            client,
+        } => {
+            let end = if end == "\\0" {
+                vec![0]
+            } else {
+                end.into_bytes()
+            };
+            let req = wire::RangeRequest {
+                key: b64(&start),
+                range_end: B64Bytes(end),
+                limit: I64(limit),
+                ..Default::default()
+            };
+            let resp = client.client().range(&req).await.map_err(remote)?;
+            for kv in resp.kvs {
+                println!("{}\n{}", show(&kv.key), show(&kv.value));
+            }
+        }
+        StoreCommand::Del {
+            key,
+            prefix,
+            client,
+        } => {
+            let range_end = if prefix {
+                B64Bytes(wire::prefix_end(key.as_bytes()))
+            } else {
+                B64Bytes::default()
+            };
+            let req = wire::DeleteRangeRequest {
+                key: b64(&key),
+                range_end,
+                prev_kv: false,
+            };
+            let resp = client.client().delete_range(&req).await.map_err(remote)?;
+            println!("{}", resp.deleted.0);
+        }
+        StoreCommand::Watch {
+            key,
+            prefix,
+            rev,
+            client,
+        } => {
+            let range_end = if prefix {
+                B64Bytes(wire::prefix_end(key.as_bytes()))
+            } else {
+                B64Bytes::default()
+            };
+            let req = wire::WatchCreateRequest {
+                key: b64(&key),
+                range_end,
+                start_revision: I64(rev),
+                ..Default::default()
+            };
+            let mut stream = client.client().watch(&req).await.map_err(remote)?;
+            while let Some(msg) = stream.next().await.map_err(remote)? {
+                if msg.canceled {
+                    bail!("watch cancelled: {}", msg.cancel_reason);
+                }
+                for ev in msg.events {
+                    println!(
+                        "{} {} {} (revision {})",
+                        ev.kind.as_str(),
+                        show(&ev.kv.key),
+                        show(&ev.kv.value),
+                        msg.header.revision.0
+                    );
+                }
+            }
+        }
+        StoreCommand::Cluster {
+            command: ClusterCommand::Status { client },
+        } => {
+            let c = client.client();
+            let members = c.member_list().await.map_err(remote)?;
+            println!(
+                "{:<16} {:<8} {:<28} {:>8} {:>10} {:>10}",
+                "ID", "ROLE", "URL", "TERM", "APPLIED", "REVISION"
+            );
+            for m in members.members {
+                let url = m.client_urls.first().cloned().unwrap_or_default();
+                let one = EtcdClient::new(
+                    vec![url.clone()],
+                    client.token.clone(),
+                    Duration::from_secs(3),
+                );
+                match one.status().await {
+                    Ok(st) => {
+                        let role = if st.leader.0 == m.id.0 {
+                            "leader"
+                        } else if m.is_learner {
+                            "learner"
+                        } else {
+                            "follower"
+                        };
+                        println!(
+                            "{:<16x} {:<8} {:<28} {:>8} {:>10} {:>10}",
+                            m.id.0,
+                            role,
+                            url,
+                            st.raft_term.0,
+                            st.raft_applied_index.0,
+                            st.header.revision.0
+                        );
+                    }
+                    Err(e) => println!("{:<16x} {:<8} {:<28} unreachable: {e}", m.id.0, "?", url),
+                }
+            }
+        }
+        StoreCommand::Cluster {
+            command: ClusterCommand::Remove { id, client },
+        } => {
+            let parsed = u64::from_str_radix(id.trim_start_matches("0x"), 16)
+                .or_else(|_| id.parse::<u64>())
+                .map_err(|_| {
+                    anyhow!(
+                        "invalid member id {id:?} (expected hex as printed by `cluster status`)"
+                    )
+                })?;
+            let req = wire::MemberRemoveRequest {
+                id: I64(parsed as i64),
+            };
+            let _: wire::MemberListResponse = client
+                .client()
+                .call("/v3/cluster/member/remove", &req)
+                .await
+                .map_err(remote)?;
+            println!("removed member {parsed:x}");
+        }
+        StoreCommand::Snapshot {
+            command: SnapshotCommand::Save { file, client },
+        } => {
+            let c = client.client();
+            let ep = c.endpoints().first().cloned().unwrap_or_default();
+            let http = reqwest::Client::new();
+            let mut req = http
+                .post(format!("{ep}/v3/maintenance/snapshot"))
+                .json(&serde_json::json!({}));
+            if let Some(t) = &client.token {
+                req = req.bearer_auth(t);
+            }
+            let resp = req.send().await.with_context(|| format!("{ep}"))?;
+            if !resp.status().is_success() {
+                bail!(
+                    "{ep}: HTTP {}: {}",
+                    resp.status(),
+                    resp.text().await.unwrap_or_default()
+                );
+            }
+            let bytes = resp.bytes().await?;
+            let (h, _) = raft::backup::header(&bytes)?;
+            let tmp = file.with_extension("part");
+            std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, &file).with_context(|| format!("writing {}", file.display()))?;
+            println!(
+                "saved revision {} ({} bytes) to {}",
+                h.revision,
+                bytes.len(),
+                file.display()
+            );
+        }
+        StoreCommand::Snapshot {
+            command:
+                SnapshotCommand::Restore {
+                    file,
+                    data_dir,
+                    engine,
+                },
+        } => {
+            let kind = store::EngineKind::parse(&engine)?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let h = raft::backup::restore(&bytes, &data_dir, kind)?;
+            println!(
+                "restored revision {} into {}; start it with `cairn store serve --init --data-dir {}`",
+                h.revision,
+                data_dir.display(),
+                data_dir.display()
+            );
+        }
+    }
+    Ok(())
+}
