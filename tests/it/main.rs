@@ -1,1 +1,11 @@
+//! The one integration-test binary: real `cairn` processes on loopback.
 
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+mod cli;
+mod durability;
+mod etcd_api;
+mod failover;
+mod leases;

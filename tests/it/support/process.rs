@@ -1,0 +1,180 @@
+//! Real `cairn store serve` processes on loopback: start, wait for readiness (the
+//! process prints its URL once it has joined its cluster), kill -9, restart over the
+//! same data dir and port. Every child is killed when its handle drops.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use cairn_client::etcd::{EtcdClient, I64};
+
+pub const TOKEN: &str = "test-token";
+
+pub fn cairn_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cairn")
+}
+
+/// A free loopback port (bound once, then released for the child to take).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// One store node process.
+pub struct StoreProc {
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub engine: String,
+    pub url: String,
+    child: Option<Child>,
+}
+
+impl StoreProc {
+    /// Starts a node: `init` for the first node, `join` for the others, neither for a restart.
+    pub fn start(data_dir: &Path, port: u16, engine: &str, init: bool, join: Option<&str>) -> StoreProc {
+        let mut p = StoreProc {
+            port,
+            data_dir: data_dir.to_path_buf(),
+            engine: engine.to_string(),
+            url: format!("http://127.0.0.1:{port}"),
+            child: None,
+        };
+        p.spawn(init, join);
+        p
+    }
+
+    fn spawn(&mut self, init: bool, join: Option<&str>) {
+        let mut cmd = Command::new(cairn_bin());
+        cmd.args(["store", "serve", "--token", TOKEN, "--engine", &self.engine])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .env("CAIRN_LOG", "error,openraft=off")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if init {
+            cmd.arg("--init");
+        }
+        if let Some(j) = join {
+            cmd.args(["--join", j]);
+        }
+        let mut child = cmd.spawn().expect("spawn cairn");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains("listening on") => break,
+                Ok(_) => continue,
+                Err(_) => {
+                    let _ = child.kill();
+                    let status = child.wait().ok();
+                    panic!("node on port {} did not become ready (exit: {status:?})", self.port);
+                }
+            }
+        }
+        self.child = Some(child);
+    }
+
+    /// Restarts a stopped node over its data dir.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart of a running node");
+        self.spawn(false, None);
+    }
+
+    /// SIGKILL, no cleanup.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn client(&self) -> EtcdClient {
+        EtcdClient::new(vec![self.url.clone()], Some(TOKEN.to_string()), Duration::from_secs(10))
+    }
+}
+
+impl Drop for StoreProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A cluster of store processes.
+pub struct Cluster {
+    pub nodes: Vec<StoreProc>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn start(n: usize, engine: &str) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut nodes: Vec<StoreProc> = Vec::new();
+        for i in 0..n {
+            let data = dir.path().join(format!("n{i}"));
+            let join = nodes.first().map(|n| n.url.clone());
+            nodes.push(StoreProc::start(&data, free_port(), engine, i == 0, join.as_deref()));
+        }
+        Cluster { nodes, _dir: dir }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.url.clone()).collect()
+    }
+
+    /// A client that tries every node in turn.
+    pub fn client(&self) -> EtcdClient {
+        EtcdClient::new(self.urls(), Some(TOKEN.to_string()), Duration::from_secs(10))
+    }
+
+    /// Index of the node the running nodes agree is leader, waiting up to `timeout`.
+    pub async fn leader(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let members = match self.client().member_list().await {
+                Ok(m) => m.members,
+                Err(_) => Vec::new(),
+            };
+            for (i, n) in self.nodes.iter().enumerate() {
+                if !n.is_running() {
+                    continue;
+                }
+                if let Ok(st) = n.client().status().await {
+                    let me = members.iter().find(|m| m.client_urls.contains(&n.url)).map(|m| m.id);
+                    if st.leader != I64(0) && Some(st.leader) == me {
+                        return i;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Waits until `check` passes, polling, or panics with `what` after `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
