@@ -188,8 +188,23 @@ impl Kv {
         }
     }
 
-    /// etcd's Txn. A txn whose branches only read is served as a read.
+    /// etcd's Txn. A txn whose branches only read is served as a read (linearizable
+    /// unless every range in it is serializable), without a Raft round of its own.
     pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, KvError> {
+        let ranges = || {
+            req.success.iter().chain(&req.failure).map(|op| match op {
+                RequestOp::Range(r) => Some(r.serializable),
+                _ => None,
+            })
+        };
+        if ranges().all(|r| r.is_some()) {
+            if !ranges().all(|r| r == Some(true))
+                || req.success.is_empty() && req.failure.is_empty()
+            {
+                self.read_barrier().await?;
+            }
+            return Ok(self.n.mvcc.read_txn(&req)?);
+        }
         match self.propose(Command::Txn(req)).await? {
             CommandResult::Txn(r) => Ok(r),
             _ => Err(unexpected("txn")),

@@ -131,6 +131,7 @@ impl Node {
         let node = Node { inner };
         node.spawn("lessor", lessor_loop(node.inner.clone()));
         node.spawn("watch-progress", progress_loop(node.inner.clone()));
+        node.spawn("auto-compaction", compaction_loop(node.inner.clone()));
         Ok(node)
     }
 
@@ -583,6 +584,57 @@ async fn lessor_loop(inner: Arc<NodeInner>) {
         {
             tracing::warn!(error = %e, "lease expiry proposal failed; retried after another TTL");
         }
+    }
+}
+
+/// History kept by automatic compaction, in revisions.
+pub const KEEP_REVISIONS: i64 = 10_000;
+
+/// The revision automatic compaction should compact to, if any: keep the last
+/// `keep` revisions, and only act once another tenth of that has accumulated so the
+/// leader does not propose a compaction for every write.
+pub fn auto_compact_target(revision: i64, compact_revision: i64, keep: i64) -> Option<i64> {
+    let target = revision - keep;
+    (target > compact_revision + keep / 10).then_some(target)
+}
+
+/// On the leader, compacts history older than [`KEEP_REVISIONS`] every 30 s.
+async fn compaction_loop(inner: Arc<NodeInner>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !inner.lessor.is_primary() {
+            continue;
+        }
+        let (rev, compacted) = (inner.mvcc.revision(), inner.mvcc.compact_revision());
+        let Some(target) = auto_compact_target(rev, compacted, KEEP_REVISIONS) else {
+            continue;
+        };
+        match inner
+            .raft
+            .client_write(Command::Compact { revision: target })
+            .await
+        {
+            Ok(_) => tracing::info!(revision = target, "compacted history"),
+            Err(e) => {
+                tracing::warn!(error = %e, "automatic compaction failed; retried at the next tick")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod auto_compaction_tests {
+    use super::auto_compact_target;
+
+    #[test]
+    fn compacts_only_once_a_tenth_more_than_the_kept_history_accumulated() {
+        assert_eq!(auto_compact_target(5_000, 0, 10_000), None);
+        assert_eq!(auto_compact_target(11_000, 0, 10_000), None);
+        assert_eq!(auto_compact_target(11_001, 0, 10_000), Some(1_001));
+        assert_eq!(auto_compact_target(12_000, 1_001, 10_000), None);
+        assert_eq!(auto_compact_target(12_002, 1_001, 10_000), Some(2_002));
     }
 }
 

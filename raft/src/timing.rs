@@ -21,26 +21,28 @@ pub struct Timing {
 }
 
 impl Timing {
-    /// LAN: heartbeat 100 ms, election 1–2 s (etcd's defaults).
+    /// LAN: heartbeat 100 ms; a follower calls an election 1–2 s after the last heartbeat
+    /// (see [`Timing::election_window`]).
     pub fn lan() -> Self {
         Self {
             name: "lan",
             heartbeat: Duration::from_millis(100),
-            election_min: Duration::from_millis(1000),
-            election_max: Duration::from_millis(2000),
+            election_min: Duration::from_millis(500),
+            election_max: Duration::from_millis(1000),
             request_timeout: Duration::from_secs(10),
             snapshot_every: 10_000,
             keep_logs_after_snapshot: 2_000,
         }
     }
 
-    /// Edge: heartbeat 500 ms, election 5–10 s, for SD cards and lossy links.
+    /// Edge: heartbeat 500 ms, elections 5–10 s after the last heartbeat, for SD cards
+    /// and lossy links.
     pub fn edge() -> Self {
         Self {
             name: "edge",
             heartbeat: Duration::from_millis(500),
-            election_min: Duration::from_millis(5000),
-            election_max: Duration::from_millis(10_000),
+            election_min: Duration::from_millis(2500),
+            election_max: Duration::from_millis(5000),
             request_timeout: Duration::from_secs(30),
             snapshot_every: 10_000,
             keep_logs_after_snapshot: 2_000,
@@ -69,9 +71,19 @@ impl Timing {
         }
     }
 
-    /// The smallest lease TTL granted: ceil(1.5 × the minimum election timeout), as etcd.
+    /// When a follower that lost its leader calls an election: openraft 0.9 first waits
+    /// out the old leader's lease (`election_max`) and then a random election timeout in
+    /// `[election_min, election_max]`, so the window is
+    /// `[election_max + election_min, 2 × election_max]` after the last heartbeat.
+    pub fn election_window(&self) -> (Duration, Duration) {
+        (self.election_max + self.election_min, self.election_max * 2)
+    }
+
+    /// The smallest lease TTL granted: ceil(1.5 × the earliest election), as etcd does
+    /// with its election timeout, so a lease always outlives a leader change.
     pub fn min_lease_ttl(&self) -> i64 {
-        ((self.election_min.as_millis() as u64 * 3).div_ceil(2000) as i64).max(1)
+        let earliest = self.election_window().0.as_millis() as u64;
+        ((earliest * 3).div_ceil(2000) as i64).max(1)
     }
 
     pub(crate) fn raft_config(&self, cluster: &str) -> openraft::Config {
@@ -95,9 +107,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn min_lease_ttl_is_one_and_a_half_election_timeouts_rounded_up() {
-        assert_eq!(Timing::lan().min_lease_ttl(), 2);
-        assert_eq!(Timing::edge().min_lease_ttl(), 8);
-        assert_eq!(Timing::test().min_lease_ttl(), 1);
+    fn min_lease_ttl_is_one_and_a_half_earliest_elections_rounded_up() {
+        assert_eq!(Timing::lan().min_lease_ttl(), 3);
+        assert_eq!(Timing::edge().min_lease_ttl(), 12);
+        assert_eq!(Timing::test().min_lease_ttl(), 2);
     }
 }

@@ -229,6 +229,22 @@ fn compare_holds(kv: Option<&KeyValue>, c: &Compare) -> bool {
     }
 }
 
+/// Whether every compare of a txn holds. A compare over a range holds when it holds for
+/// every key in it; an empty range compares like an absent key (etcd's applyCompare).
+fn compares_hold(st: &State, compares: &[Compare]) -> bool {
+    compares.iter().all(|c| {
+        if c.range.is_single() {
+            return compare_holds(st.current.get(&c.range.key), c);
+        }
+        let mut kvs = range_iter(&st.current, &c.range).peekable();
+        if kvs.peek().is_none() {
+            compare_holds(None, c)
+        } else {
+            kvs.all(|kv| compare_holds(Some(kv), c))
+        }
+    })
+}
+
 fn finish_range(mut kvs: Vec<KeyValue>, req: &RangeRequest, revision: i64) -> RangeResponse {
     kvs.retain(|kv| {
         (req.min_mod_revision == 0 || kv.mod_revision >= req.min_mod_revision)
@@ -493,20 +509,7 @@ impl Mvcc {
         b: &mut Batch,
         req: TxnRequest,
     ) -> Result<TxnResponse, StoreError> {
-        let succeeded = req.compare.iter().all(|c| {
-            if c.range.is_single() {
-                compare_holds(st.current.get(&c.range.key), c)
-            } else {
-                // A compare over a range holds when it holds for every key in it; an empty
-                // range compares like an absent key (etcd's applyCompare).
-                let mut kvs = range_iter(&st.current, &c.range).peekable();
-                if kvs.peek().is_none() {
-                    compare_holds(None, c)
-                } else {
-                    kvs.all(|kv| compare_holds(Some(kv), c))
-                }
-            }
-        });
+        let succeeded = compares_hold(st, &req.compare);
         let ops = if succeeded { req.success } else { req.failure };
         validate_txn_ops(st, &ops)?;
         let rev = st.revision + 1;
@@ -544,6 +547,42 @@ impl Mvcc {
             succeeded,
             responses,
             revision,
+        })
+    }
+
+    /// Evaluates a transaction whose branches only read, without creating a revision:
+    /// compares and ranges all see the same state.
+    pub fn read_txn(&self, req: &TxnRequest) -> Result<TxnResponse, StoreError> {
+        let st = self.read();
+        let succeeded = compares_hold(&st, &req.compare);
+        let ops = if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let RequestOp::Range(rr) = op else {
+                return Err(StoreError::InvalidArgument("read_txn given a write".into()));
+            };
+            let resp = if rr.revision > 0 {
+                self.range_at(&st, rr, &[])?
+            } else {
+                finish_range(
+                    range_iter(&st.current, &rr.range).cloned().collect(),
+                    rr,
+                    st.revision,
+                )
+            };
+            responses.push(ResponseOp::Range(RangeResponse {
+                revision: st.revision,
+                ..resp
+            }));
+        }
+        Ok(TxnResponse {
+            succeeded,
+            responses,
+            revision: st.revision,
         })
     }
 

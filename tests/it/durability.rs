@@ -21,7 +21,11 @@ async fn crash_loop(engine: &str) {
             writers.push(tokio::spawn(async move {
                 for i in 0.. {
                     let key = format!("d/{round}/{w}/{i}");
-                    let req = PutRequest { key: key.as_str().into(), value: B64Bytes(vec![7; 256]), ..Default::default() };
+                    let req = PutRequest {
+                        key: key.as_str().into(),
+                        value: B64Bytes(vec![7; 256]),
+                        ..Default::default()
+                    };
                     match client.put(&req).await {
                         Ok(_) => {
                             acked.lock().unwrap().insert(key);
@@ -45,13 +49,27 @@ async fn crash_loop(engine: &str) {
         node.restart();
         let all = node
             .client()
-            .range(&RangeRequest { key: "d/".into(), range_end: B64Bytes(prefix_end(b"d/")), keys_only: true, ..Default::default() })
+            .range(&RangeRequest {
+                key: "d/".into(),
+                range_end: B64Bytes(prefix_end(b"d/")),
+                keys_only: true,
+                ..Default::default()
+            })
             .await
             .unwrap();
-        let present: BTreeSet<String> = all.kvs.iter().map(|kv| String::from_utf8(kv.key.0.clone()).unwrap()).collect();
+        let present: BTreeSet<String> = all
+            .kvs
+            .iter()
+            .map(|kv| String::from_utf8(kv.key.0.clone()).unwrap())
+            .collect();
         let acked = acked.lock().unwrap();
         let lost: Vec<&String> = acked.difference(&present).collect();
-        assert!(lost.is_empty(), "{engine}: round {round}: {} acknowledged writes lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
+        assert!(
+            lost.is_empty(),
+            "{engine}: round {round}: {} acknowledged writes lost, e.g. {:?}",
+            lost.len(),
+            &lost[..lost.len().min(5)]
+        );
     }
 }
 

@@ -44,25 +44,48 @@ async fn client_loop(id: u64, client: EtcdClient, rec: Arc<Recorder>, stop: Arc<
         match rng.gen_range(0..10) {
             0..=2 => {
                 let ack = format!("ack/{id}/{n}");
-                let req = PutRequest { key: ack.as_str().into(), value: "x".into(), ..Default::default() };
+                let req = PutRequest {
+                    key: ack.as_str().into(),
+                    value: "x".into(),
+                    ..Default::default()
+                };
                 if client.put(&req).await.is_ok() {
                     rec.acked.lock().unwrap().insert(ack);
                 }
             }
             3..=5 => {
-                let req = RangeRequest { key: key.as_str().into(), ..Default::default() };
+                let req = RangeRequest {
+                    key: key.as_str().into(),
+                    ..Default::default()
+                };
                 if let Ok(r) = client.range(&req).await {
                     let result = r.kvs.first().map(|kv| s(&kv.value));
                     last_seen[reg] = result.clone();
-                    let op = Operation { client: id, key, call, ret: Some(rec.now()), kind: OpKind::Read { result } };
+                    let op = Operation {
+                        client: id,
+                        key,
+                        call,
+                        ret: Some(rec.now()),
+                        kind: OpKind::Read { result },
+                    };
                     rec.history.lock().unwrap().push(op);
                 }
             }
             6..=7 => {
                 let value = format!("w{id}-{n}");
-                let req = PutRequest { key: key.as_str().into(), value: value.as_str().into(), ..Default::default() };
+                let req = PutRequest {
+                    key: key.as_str().into(),
+                    value: value.as_str().into(),
+                    ..Default::default()
+                };
                 let ret = client.put(&req).await.ok().map(|_| rec.now());
-                rec.history.lock().unwrap().push(Operation { client: id, key, call, ret, kind: OpKind::Write { value } });
+                rec.history.lock().unwrap().push(Operation {
+                    client: id,
+                    key,
+                    call,
+                    ret,
+                    kind: OpKind::Write { value },
+                });
             }
             _ => {
                 let new = format!("c{id}-{n}");
@@ -81,10 +104,17 @@ async fn client_loop(id: u64, client: EtcdClient, rec: Arc<Recorder>, stop: Arc<
                         ..Default::default()
                     },
                 };
-                let put = PutRequest { key: key.as_str().into(), value: new.as_str().into(), ..Default::default() };
+                let put = PutRequest {
+                    key: key.as_str().into(),
+                    value: new.as_str().into(),
+                    ..Default::default()
+                };
                 let req = TxnRequest {
                     compare: vec![compare],
-                    success: vec![RequestOp { request_put: Some(put), ..Default::default() }],
+                    success: vec![RequestOp {
+                        request_put: Some(put),
+                        ..Default::default()
+                    }],
                     failure: vec![],
                 };
                 let (ret, succeeded) = match client.txn(&req).await {
@@ -94,8 +124,18 @@ async fn client_loop(id: u64, client: EtcdClient, rec: Arc<Recorder>, stop: Arc<
                 if succeeded {
                     last_seen[reg] = Some(new.clone());
                 }
-                let kind = OpKind::Cas { expected, new, succeeded };
-                rec.history.lock().unwrap().push(Operation { client: id, key, call, ret, kind });
+                let kind = OpKind::Cas {
+                    expected,
+                    new,
+                    succeeded,
+                };
+                rec.history.lock().unwrap().push(Operation {
+                    client: id,
+                    key,
+                    call,
+                    ret,
+                    kind,
+                });
             }
         }
     }
@@ -110,9 +150,20 @@ async fn watch_loop(urls: Vec<String>, stop: Arc<AtomicBool>, seen: Arc<Mutex<Se
     while !stop.load(Ordering::Relaxed) {
         let url = urls[i % urls.len()].clone();
         i += 1;
-        let client = EtcdClient::new(vec![url], Some(crate::support::process::TOKEN.into()), Duration::from_secs(5));
-        let req = WatchCreateRequest { key: "reg/".into(), range_end: B64Bytes(prefix_end(b"reg/")), start_revision: I64(next), ..Default::default() };
-        let Ok(mut stream) = client.watch(&req).await else { continue };
+        let client = EtcdClient::new(
+            vec![url],
+            Some(crate::support::process::TOKEN.into()),
+            Duration::from_secs(5),
+        );
+        let req = WatchCreateRequest {
+            key: "reg/".into(),
+            range_end: B64Bytes(prefix_end(b"reg/")),
+            start_revision: I64(next),
+            ..Default::default()
+        };
+        let Ok(mut stream) = client.watch(&req).await else {
+            continue;
+        };
         loop {
             let msg = tokio::select! {
                 m = stream.next() => m,
@@ -124,7 +175,11 @@ async fn watch_loop(urls: Vec<String>, stop: Arc<AtomicBool>, seen: Arc<Mutex<Se
             assert!(!msg.canceled, "watch cancelled: {}", msg.cancel_reason);
             let mut seen = seen.lock().unwrap();
             for ev in &msg.events {
-                let value = if ev.kind == EventType::Delete { "<deleted>".into() } else { s(&ev.kv.value) };
+                let value = if ev.kind == EventType::Delete {
+                    "<deleted>".into()
+                } else {
+                    s(&ev.kv.value)
+                };
                 seen.push((ev.kv.mod_revision.0, s(&ev.kv.key), value));
             }
             if !msg.events.is_empty() {
@@ -137,7 +192,11 @@ async fn watch_loop(urls: Vec<String>, stop: Arc<AtomicBool>, seen: Arc<Mutex<Se
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill9_of_the_leader_under_load_loses_nothing_and_stays_linearizable() {
     let mut cluster = Cluster::start(3, "sled");
-    let rec = Arc::new(Recorder { start: Instant::now(), history: Mutex::default(), acked: Mutex::default() });
+    let rec = Arc::new(Recorder {
+        start: Instant::now(),
+        history: Mutex::default(),
+        acked: Mutex::default(),
+    });
     let stop = Arc::new(AtomicBool::new(false));
     let seen: Arc<Mutex<Seen>> = Arc::default();
     let watcher = tokio::spawn(watch_loop(cluster.urls(), stop.clone(), seen.clone()));
@@ -152,20 +211,35 @@ async fn kill9_of_the_leader_under_load_loses_nothing_and_stays_linearizable() {
         let killed_at = Instant::now();
         cluster.nodes[leader].kill9();
         // The survivors elect a new leader and acknowledge writes again.
-        eventually(Duration::from_secs(30), "writes acknowledged after the kill", || {
-            let rec = rec.clone();
-            async move { rec.acked.lock().unwrap().len() > acked_before + 5 }
-        })
+        eventually(
+            Duration::from_secs(30),
+            "writes acknowledged after the kill",
+            || {
+                let rec = rec.clone();
+                async move { rec.acked.lock().unwrap().len() > acked_before + 5 }
+            },
+        )
         .await;
         failovers.push(killed_at.elapsed());
         cluster.nodes[leader].restart();
         let url = cluster.nodes[leader].url.clone();
-        eventually(Duration::from_secs(30), "restarted node has a leader", || {
-            let url = url.clone();
-            async move { reqwest::get(format!("{url}/readyz")).await.is_ok_and(|r| r.status().is_success()) }
-        })
+        eventually(
+            Duration::from_secs(30),
+            "restarted node has a leader",
+            || {
+                let url = url.clone();
+                async move {
+                    reqwest::get(format!("{url}/readyz"))
+                        .await
+                        .is_ok_and(|r| r.status().is_success())
+                }
+            },
+        )
         .await;
-        println!("trial {trial}: killed node {leader}, writes resumed after {:?}", failovers.last().unwrap());
+        println!(
+            "trial {trial}: killed node {leader}, writes resumed after {:?}",
+            failovers.last().unwrap()
+        );
     }
     stop.store(true, Ordering::Relaxed);
     for c in clients {
@@ -175,7 +249,11 @@ async fn kill9_of_the_leader_under_load_loses_nothing_and_stays_linearizable() {
 
     // 1. Every acknowledged write is on every replica.
     let acked = rec.acked.lock().unwrap().clone();
-    assert!(acked.len() > 100, "the load generated too few writes ({})", acked.len());
+    assert!(
+        acked.len() > 100,
+        "the load generated too few writes ({})",
+        acked.len()
+    );
     let target = cluster.client().status().await.unwrap().header.revision;
     for n in &cluster.nodes {
         let c = n.client();
@@ -185,19 +263,36 @@ async fn kill9_of_the_leader_under_load_loses_nothing_and_stays_linearizable() {
         })
         .await;
         let all = c
-            .range(&RangeRequest { key: "ack/".into(), range_end: B64Bytes(prefix_end(b"ack/")), keys_only: true, serializable: true, ..Default::default() })
+            .range(&RangeRequest {
+                key: "ack/".into(),
+                range_end: B64Bytes(prefix_end(b"ack/")),
+                keys_only: true,
+                serializable: true,
+                ..Default::default()
+            })
             .await
             .unwrap();
         let present: BTreeSet<String> = all.kvs.iter().map(|kv| s(&kv.key)).collect();
         let lost: Vec<_> = acked.difference(&present).take(5).collect();
-        assert!(lost.is_empty(), "{}: acknowledged writes missing: {lost:?}", n.url);
+        assert!(
+            lost.is_empty(),
+            "{}: acknowledged writes missing: {lost:?}",
+            n.url
+        );
     }
 
     // 2. The register/CAS history is linearizable.
     let history = rec.history.lock().unwrap().clone();
-    assert!(history.len() > 100, "too few register operations ({})", history.len());
+    assert!(
+        history.len() > 100,
+        "too few register operations ({})",
+        history.len()
+    );
     if let Err(v) = check(&history) {
-        panic!("history of {} operations is not linearizable: {v}", history.len());
+        panic!(
+            "history of {} operations is not linearizable: {v}",
+            history.len()
+        );
     }
 
     // 3. The watch stream equals the committed history of reg/ (ordered, no gap, no duplicate).
@@ -205,20 +300,45 @@ async fn kill9_of_the_leader_under_load_loses_nothing_and_stays_linearizable() {
     let last = seen.last().map_or(0, |e| e.0);
     let c = cluster.client();
     let mut full = c
-        .watch(&WatchCreateRequest { key: "reg/".into(), range_end: B64Bytes(prefix_end(b"reg/")), start_revision: I64(1), ..Default::default() })
+        .watch(&WatchCreateRequest {
+            key: "reg/".into(),
+            range_end: B64Bytes(prefix_end(b"reg/")),
+            start_revision: I64(1),
+            ..Default::default()
+        })
         .await
         .unwrap();
     let mut truth: Seen = Vec::new();
     while truth.last().map_or(0, |e| e.0) < last {
-        let msg = tokio::time::timeout(Duration::from_secs(10), full.next()).await.unwrap().unwrap().unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(10), full.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         for ev in &msg.events {
-            let value = if ev.kind == EventType::Delete { "<deleted>".into() } else { s(&ev.kv.value) };
+            let value = if ev.kind == EventType::Delete {
+                "<deleted>".into()
+            } else {
+                s(&ev.kv.value)
+            };
             truth.push((ev.kv.mod_revision.0, s(&ev.kv.key), value));
         }
     }
     assert!(!seen.is_empty(), "the watcher saw nothing");
-    assert_eq!(seen.len(), truth.len(), "watch stream has a gap or a duplicate");
-    assert_eq!(seen, truth, "watch stream differs from the committed history");
+    assert_eq!(
+        seen.len(),
+        truth.len(),
+        "watch stream has a gap or a duplicate"
+    );
+    assert_eq!(
+        seen, truth,
+        "watch stream differs from the committed history"
+    );
     let worst = failovers.iter().max().unwrap();
-    println!("{} register ops, {} acked writes, {} watch events; worst failover {worst:?}", history.len(), acked.len(), seen.len());
+    println!(
+        "{} register ops, {} acked writes, {} watch events; worst failover {worst:?}",
+        history.len(),
+        acked.len(),
+        seen.len()
+    );
 }

@@ -29,7 +29,11 @@ pub enum OpKind {
     /// Set the key to `new` iff it currently equals `expected`
     /// (`None` = "create only if absent"). `succeeded` is ignored when the
     /// outcome is unknown.
-    Cas { expected: Option<String>, new: String, succeeded: bool },
+    Cas {
+        expected: Option<String>,
+        new: String,
+        succeeded: bool,
+    },
 }
 
 /// One client operation in a history.
@@ -46,12 +50,19 @@ pub struct Operation {
 
 impl fmt::Display for Operation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let show = |v: &Option<String>| v.as_ref().map_or("absent".to_string(), |s| format!("{s:?}"));
+        let show = |v: &Option<String>| {
+            v.as_ref()
+                .map_or("absent".to_string(), |s| format!("{s:?}"))
+        };
         write!(f, "client {} ", self.client)?;
         match &self.kind {
             OpKind::Read { result } => write!(f, "read -> {}", show(result))?,
             OpKind::Write { value } => write!(f, "write({value:?})")?,
-            OpKind::Cas { expected, new, succeeded } => {
+            OpKind::Cas {
+                expected,
+                new,
+                succeeded,
+            } => {
                 let outcome = match (self.ret, succeeded) {
                     (None, _) => "?",
                     (Some(_), true) => "ok",
@@ -77,7 +88,11 @@ pub struct Violation {
 
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "history of key {:?} is not linearizable: {}", self.key, self.message)
+        write!(
+            f,
+            "history of key {:?} is not linearizable: {}",
+            self.key, self.message
+        )
     }
 }
 
@@ -90,7 +105,10 @@ pub fn check(history: &[Operation]) -> Result<(), Violation> {
         by_key.entry(op.key.as_str()).or_default().push(op);
     }
     for (key, ops) in by_key {
-        check_register(&ops).map_err(|message| Violation { key: key.to_string(), message })?;
+        check_register(&ops).map_err(|message| Violation {
+            key: key.to_string(),
+            message,
+        })?;
     }
     Ok(())
 }
@@ -106,7 +124,11 @@ type State = u32;
 enum Step {
     Read(State),
     Write(State),
-    Cas { expected: State, new: State, succeeded: bool },
+    Cas {
+        expected: State,
+        new: State,
+        succeeded: bool,
+    },
 }
 
 impl Step {
@@ -114,8 +136,16 @@ impl Step {
         match *self {
             Step::Read(v) => (state == v).then_some(state),
             Step::Write(v) => Some(v),
-            Step::Cas { expected, new, succeeded: true } => (state == expected).then_some(new),
-            Step::Cas { expected, succeeded: false, .. } => (state != expected).then_some(state),
+            Step::Cas {
+                expected,
+                new,
+                succeeded: true,
+            } => (state == expected).then_some(new),
+            Step::Cas {
+                expected,
+                succeeded: false,
+                ..
+            } => (state != expected).then_some(state),
         }
     }
 }
@@ -163,7 +193,11 @@ impl Events {
         for (pos, &(_, is_ret, op)) in events.iter().enumerate() {
             let id = pos + 2;
             list.node[id] = (op, !is_ret);
-            if is_ret { list.ret_node[op] = id } else { list.call_node[op] = id }
+            if is_ret {
+                list.ret_node[op] = id
+            } else {
+                list.call_node[op] = id
+            }
             list.next[last] = id;
             list.prev[id] = last;
             last = id;
@@ -230,7 +264,11 @@ fn check_register<'a>(history: &[&'a Operation]) -> Result<(), String> {
             OpKind::Read { .. } if src.ret.is_none() => continue,
             OpKind::Read { result } => Step::Read(intern(result.as_ref())),
             OpKind::Write { value } => Step::Write(intern(Some(value))),
-            OpKind::Cas { expected, new, succeeded } => Step::Cas {
+            OpKind::Cas {
+                expected,
+                new,
+                succeeded,
+            } => Step::Cas {
                 expected: intern(expected.as_ref()),
                 new: intern(Some(new)),
                 // An unknown CAS that linearizes must have succeeded: a failed
@@ -240,21 +278,38 @@ fn check_register<'a>(history: &[&'a Operation]) -> Result<(), String> {
         };
         // A bogus ret < call is clamped to call.
         match src.ret {
-            Some(ret) => known.push(Op { step, call: src.call, ret: ret.max(src.call), src }),
-            None => unknown.push(Op { step, call: src.call, ret: u64::MAX, src }),
+            Some(ret) => known.push(Op {
+                step,
+                call: src.call,
+                ret: ret.max(src.call),
+                src,
+            }),
+            None => unknown.push(Op {
+                step,
+                call: src.call,
+                ret: u64::MAX,
+                src,
+            }),
         }
     }
     unknown.sort_by_key(|o| o.call);
     let n_known = known.len();
     known.extend(unknown);
-    let Some(stuck) = search(&known, n_known) else { return Ok(()) };
+    let Some(stuck) = search(&known, n_known) else {
+        return Ok(());
+    };
 
     let ops = known;
     let show_state = |s: State| match s {
         0 => "absent".to_string(),
         s => format!("{:?}", values[s as usize - 1]),
     };
-    let list = |ids: &[usize]| ids.iter().map(|&i| ops[i].src.to_string()).collect::<Vec<_>>().join("; ");
+    let list = |ids: &[usize]| {
+        ids.iter()
+            .map(|&i| ops[i].src.to_string())
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
     Err(format!(
         "cannot linearize {{{}}}: the longest partial linearization covers {}/{n_known} completed ops and \
          leaves the register {}; last linearized: [{}]; pending candidates: [{}]",
@@ -309,16 +364,27 @@ fn search(ops: &[Op<'_>], n_known: usize) -> Option<Stuck> {
             (u < ops.len() && ops[u].call <= ops[end].ret).then_some(u)
         };
         if let Some(op) = candidate {
-            let Some(new_state) = ops[op].step.apply(state) else { continue };
+            let Some(new_state) = ops[op].step.apply(state) else {
+                continue;
+            };
             let last = key.len() - 1;
-            if op < n_known { flip(&mut key, op) } else { flip(&mut unknown_bits, op - n_known) }
+            if op < n_known {
+                flip(&mut key, op)
+            } else {
+                flip(&mut unknown_bits, op - n_known)
+            }
             key[last] = u64::from(new_state);
             let seen = cache.get_mut(key.as_slice());
             let dominated = seen.as_ref().is_some_and(|sets| {
-                sets.iter().any(|s| s.iter().zip(&unknown_bits).all(|(a, b)| a & !b == 0))
+                sets.iter()
+                    .any(|s| s.iter().zip(&unknown_bits).all(|(a, b)| a & !b == 0))
             });
             if dominated {
-                if op < n_known { flip(&mut key, op) } else { flip(&mut unknown_bits, op - n_known) }
+                if op < n_known {
+                    flip(&mut key, op)
+                } else {
+                    flip(&mut unknown_bits, op - n_known)
+                }
                 key[last] = u64::from(state);
                 continue;
             }
@@ -355,7 +421,13 @@ fn search(ops: &[Op<'_>], n_known: usize) -> Option<Stuck> {
                 n = events.next[n];
             }
             let recent = stack.iter().rev().take(3).rev().map(|&(o, _)| o).collect();
-            stuck = Some(Stuck { done, blocked: events.node[end].0, state, recent, candidates });
+            stuck = Some(Stuck {
+                done,
+                blocked: events.node[end].0,
+                state,
+                recent,
+                candidates,
+            });
         }
         let Some((top, prev_state)) = stack.pop() else {
             return Some(stuck.expect("recorded just above"));
@@ -383,7 +455,13 @@ mod tests {
     use super::*;
 
     fn op(client: u64, call: u64, ret: Option<u64>, kind: OpKind) -> Operation {
-        Operation { client, key: "k".into(), call, ret, kind }
+        Operation {
+            client,
+            key: "k".into(),
+            call,
+            ret,
+            kind,
+        }
     }
     fn s(v: &str) -> Option<String> {
         Some(v.to_string())
@@ -392,10 +470,33 @@ mod tests {
         op(client, call, Some(ret), OpKind::Read { result })
     }
     fn w(client: u64, call: u64, ret: Option<u64>, value: &str) -> Operation {
-        op(client, call, ret, OpKind::Write { value: value.into() })
+        op(
+            client,
+            call,
+            ret,
+            OpKind::Write {
+                value: value.into(),
+            },
+        )
     }
-    fn cas(c: u64, call: u64, ret: Option<u64>, expected: Option<String>, new: &str, ok: bool) -> Operation {
-        op(c, call, ret, OpKind::Cas { expected, new: new.into(), succeeded: ok })
+    fn cas(
+        c: u64,
+        call: u64,
+        ret: Option<u64>,
+        expected: Option<String>,
+        new: &str,
+        ok: bool,
+    ) -> Operation {
+        op(
+            c,
+            call,
+            ret,
+            OpKind::Cas {
+                expected,
+                new: new.into(),
+                succeeded: ok,
+            },
+        )
     }
 
     #[test]
@@ -416,7 +517,11 @@ mod tests {
 
     #[test]
     fn stale_read_after_completed_write_fails() {
-        let h = vec![w(1, 0, Some(10), "a"), w(1, 20, Some(30), "b"), r(2, 40, 50, s("a"))];
+        let h = vec![
+            w(1, 0, Some(10), "a"),
+            w(1, 20, Some(30), "b"),
+            r(2, 40, 50, s("a")),
+        ];
         assert!(!check_key(&h));
         let v = check(&h).unwrap_err();
         assert_eq!(v.key, "k");
@@ -427,11 +532,20 @@ mod tests {
     #[test]
     fn concurrent_write_and_read_may_see_old_or_new() {
         for seen in ["a", "b"] {
-            let h = vec![w(1, 0, Some(10), "a"), w(1, 20, Some(40), "b"), r(2, 25, 35, s(seen))];
+            let h = vec![
+                w(1, 0, Some(10), "a"),
+                w(1, 20, Some(40), "b"),
+                r(2, 25, 35, s(seen)),
+            ];
             assert!(check_key(&h), "read of {seen}");
         }
         // ...but not new-then-old, and equal timestamps count as overlapping.
-        let h = vec![w(1, 0, Some(10), "a"), w(1, 20, Some(40), "b"), r(2, 25, 30, s("b")), r(2, 31, 35, s("a"))];
+        let h = vec![
+            w(1, 0, Some(10), "a"),
+            w(1, 20, Some(40), "b"),
+            r(2, 25, 30, s("b")),
+            r(2, 31, 35, s("a")),
+        ];
         assert!(!check_key(&h));
         assert!(check_key(&[w(1, 0, Some(10), "a"), r(2, 10, 12, s("a"))]));
     }
@@ -450,7 +564,10 @@ mod tests {
             cas(2, 20, Some(50), s("a"), "c", true),
         ];
         assert!(!check_key(&conc));
-        let creates = vec![cas(1, 0, Some(9), None, "a", true), cas(2, 1, Some(8), None, "b", true)];
+        let creates = vec![
+            cas(1, 0, Some(9), None, "a", true),
+            cas(2, 1, Some(8), None, "b", true),
+        ];
         assert!(!check_key(&creates));
     }
 
@@ -473,7 +590,12 @@ mod tests {
         h[1] = cas(2, 20, None, s("x"), "b", true);
         assert!(!check_key(&h));
         // Reads with unknown outcome are dropped.
-        assert!(check_key(&[op(1, 0, None, OpKind::Read { result: s("nope") })]));
+        assert!(check_key(&[op(
+            1,
+            0,
+            None,
+            OpKind::Read { result: s("nope") }
+        )]));
     }
 
     #[test]
@@ -495,14 +617,20 @@ mod tests {
         let v = check(&h).unwrap_err();
         assert_eq!(v.key, "other");
         assert!(!v.message.is_empty());
-        let bad = Violation { key: v.key.clone(), message: v.message.clone() };
+        let bad = Violation {
+            key: v.key.clone(),
+            message: v.message.clone(),
+        };
         assert_eq!(bad, v);
     }
 
     struct Lcg(u64);
     impl Lcg {
         fn below(&mut self, n: u64) -> u64 {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (self.0 >> 33) % n
         }
     }
@@ -517,7 +645,13 @@ mod tests {
             for _ in 0..per_client {
                 let call = t + rng.below(20);
                 let dur = 1 + rng.below(100);
-                slots.push((call + rng.below(dur + 1), call, call + dur, client, rng.below(40) == 0));
+                slots.push((
+                    call + rng.below(dur + 1),
+                    call,
+                    call + dur,
+                    client,
+                    rng.below(40) == 0,
+                ));
                 t = call + dur + 1;
             }
         }
@@ -528,7 +662,9 @@ mod tests {
             let value = format!("v{i}");
             let takes_effect = !unknown || rng.below(2) == 0;
             let kind = match rng.below(10) {
-                0..=3 => OpKind::Read { result: state.clone() },
+                0..=3 => OpKind::Read {
+                    result: state.clone(),
+                },
                 4..=6 => {
                     if takes_effect {
                         state = Some(value.clone());
@@ -537,7 +673,9 @@ mod tests {
                 }
                 _ => {
                     let expected = match rng.below(4) {
-                        0 if !written.is_empty() => Some(written[rng.below(written.len() as u64) as usize].clone()),
+                        0 if !written.is_empty() => {
+                            Some(written[rng.below(written.len() as u64) as usize].clone())
+                        }
                         1 => None,
                         _ => state.clone(),
                     };
@@ -545,13 +683,23 @@ mod tests {
                     if succeeded {
                         state = Some(value.clone());
                     }
-                    OpKind::Cas { expected, new: value, succeeded }
+                    OpKind::Cas {
+                        expected,
+                        new: value,
+                        succeeded,
+                    }
                 }
             };
             if let OpKind::Write { value } | OpKind::Cas { new: value, .. } = &kind {
                 written.push(value.clone());
             }
-            history.push(Operation { client, key: "k".into(), call, ret: (!unknown).then_some(ret), kind });
+            history.push(Operation {
+                client,
+                key: "k".into(),
+                call,
+                ret: (!unknown).then_some(ret),
+                kind,
+            });
         }
         history.sort_by_key(|o| o.call);
         history
@@ -578,7 +726,9 @@ mod tests {
             let i = reads[reads.len() / 4];
             let (_, _, future) = writes.iter().find(|wr| wr.0 > h[i].ret.unwrap()).unwrap();
             let mut bad = h.clone();
-            bad[i].kind = OpKind::Read { result: Some(future.clone()) };
+            bad[i].kind = OpKind::Read {
+                result: Some(future.clone()),
+            };
             let v = check(&bad).unwrap_err();
             assert!(v.message.contains("cannot linearize"), "{v}");
 
@@ -587,9 +737,16 @@ mod tests {
             let i = reads[reads.len() * 3 / 4];
             let (w2_call, _, _) = writes.iter().rev().find(|wr| wr.1 < h[i].call).unwrap();
             let (_, _, old) = writes.iter().rev().find(|wr| wr.1 < *w2_call).unwrap();
-            assert_ne!(h[i].kind, OpKind::Read { result: Some(old.clone()) });
+            assert_ne!(
+                h[i].kind,
+                OpKind::Read {
+                    result: Some(old.clone())
+                }
+            );
             let mut bad = h.clone();
-            bad[i].kind = OpKind::Read { result: Some(old.clone()) };
+            bad[i].kind = OpKind::Read {
+                result: Some(old.clone()),
+            };
             assert!(check(&bad).is_err(), "seed {seed}");
         }
     }
@@ -606,6 +763,10 @@ mod tests {
             all.extend(h);
         }
         assert_eq!(check(&all), Ok(()));
-        assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -34,7 +34,13 @@ pub struct StoreProc {
 
 impl StoreProc {
     /// Starts a node: `init` for the first node, `join` for the others, neither for a restart.
-    pub fn start(data_dir: &Path, port: u16, engine: &str, init: bool, join: Option<&str>) -> StoreProc {
+    pub fn start(
+        data_dir: &Path,
+        port: u16,
+        engine: &str,
+        init: bool,
+        join: Option<&str>,
+    ) -> StoreProc {
         let mut p = StoreProc {
             port,
             data_dir: data_dir.to_path_buf(),
@@ -78,7 +84,10 @@ impl StoreProc {
                 Err(_) => {
                     let _ = child.kill();
                     let status = child.wait().ok();
-                    panic!("node on port {} did not become ready (exit: {status:?})", self.port);
+                    panic!(
+                        "node on port {} did not become ready (exit: {status:?})",
+                        self.port
+                    );
                 }
             }
         }
@@ -104,7 +113,11 @@ impl StoreProc {
     }
 
     pub fn client(&self) -> EtcdClient {
-        EtcdClient::new(vec![self.url.clone()], Some(TOKEN.to_string()), Duration::from_secs(10))
+        EtcdClient::new(
+            vec![self.url.clone()],
+            Some(TOKEN.to_string()),
+            Duration::from_secs(10),
+        )
     }
 }
 
@@ -127,7 +140,13 @@ impl Cluster {
         for i in 0..n {
             let data = dir.path().join(format!("n{i}"));
             let join = nodes.first().map(|n| n.url.clone());
-            nodes.push(StoreProc::start(&data, free_port(), engine, i == 0, join.as_deref()));
+            nodes.push(StoreProc::start(
+                &data,
+                free_port(),
+                engine,
+                i == 0,
+                join.as_deref(),
+            ));
         }
         Cluster { nodes, _dir: dir }
     }
@@ -138,31 +157,52 @@ impl Cluster {
 
     /// A client that tries every node in turn.
     pub fn client(&self) -> EtcdClient {
-        EtcdClient::new(self.urls(), Some(TOKEN.to_string()), Duration::from_secs(10))
+        EtcdClient::new(
+            self.urls(),
+            Some(TOKEN.to_string()),
+            Duration::from_secs(10),
+        )
     }
 
-    /// Index of the node the running nodes agree is leader, waiting up to `timeout`.
+    /// Index of the current leader: the leader named in the highest term any running
+    /// node reports, once that node itself confirms it in the same term (a restarted
+    /// old leader may still name itself from its persisted vote, with a stale term).
     pub async fn leader(&self, timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;
         loop {
-            let members = match self.client().member_list().await {
-                Ok(m) => m.members,
-                Err(_) => Vec::new(),
-            };
-            for (i, n) in self.nodes.iter().enumerate() {
-                if !n.is_running() {
-                    continue;
-                }
-                if let Ok(st) = n.client().status().await {
-                    let me = members.iter().find(|m| m.client_urls.contains(&n.url)).map(|m| m.id);
-                    if st.leader != I64(0) && Some(st.leader) == me {
-                        return i;
-                    }
-                }
+            if let Some(i) = self.try_leader().await {
+                return i;
             }
             assert!(Instant::now() < deadline, "no leader within {timeout:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    async fn try_leader(&self) -> Option<usize> {
+        let members = self.client().member_list().await.ok()?.members;
+        let mut views = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.is_running() {
+                if let Ok(st) = n.client().status().await {
+                    views.push((i, st.raft_term, st.leader));
+                }
+            }
+        }
+        let (_, term, leader) = *views.iter().max_by_key(|v| v.1)?;
+        if leader == I64(0) {
+            return None;
+        }
+        let url = members
+            .iter()
+            .find(|m| m.id == leader)?
+            .client_urls
+            .first()?
+            .clone();
+        let idx = self.nodes.iter().position(|n| n.url == url)?;
+        let confirmed = views
+            .iter()
+            .any(|&(i, t, l)| i == idx && t == term && l == leader);
+        confirmed.then_some(idx)
     }
 }
 
