@@ -388,7 +388,7 @@ pub async fn run_store_client(cmd: StoreCommand) -> anyhow::Result<()> {
             if let Some(t) = &client.token {
                 req = req.bearer_auth(t);
             }
-            let resp = req.send().await.with_context(|| format!("{ep}"))?;
+            let resp = req.send().await.with_context(|| ep.to_string())?;
             if !resp.status().is_success() {
                 bail!(
                     "{ep}: HTTP {}: {}",

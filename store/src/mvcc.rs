@@ -96,17 +96,17 @@ impl Rev<'_> {
             version: prev.as_ref().map_or(1, |p| p.version + 1),
             lease,
         };
-        if let Some(p) = &prev {
-            if p.lease != 0 && p.lease != lease {
-                if let Some(l) = self.st.leases.get_mut(&p.lease) {
-                    l.keys.remove(&req.key);
-                }
-            }
+        if let Some(p) = &prev
+            && p.lease != 0
+            && p.lease != lease
+            && let Some(l) = self.st.leases.get_mut(&p.lease)
+        {
+            l.keys.remove(&req.key);
         }
-        if lease != 0 {
-            if let Some(l) = self.st.leases.get_mut(&lease) {
-                l.keys.insert(req.key.clone());
-            }
+        if lease != 0
+            && let Some(l) = self.st.leases.get_mut(&lease)
+        {
+            l.keys.insert(req.key.clone());
         }
         self.record(kv.clone(), false, prev.clone());
         self.st.current.insert(req.key.clone(), kv);
@@ -134,10 +134,10 @@ impl Rev<'_> {
 
     fn delete_key(&mut self, prev: KeyValue) {
         self.st.current.remove(&prev.key);
-        if prev.lease != 0 {
-            if let Some(l) = self.st.leases.get_mut(&prev.lease) {
-                l.keys.remove(&prev.key);
-            }
+        if prev.lease != 0
+            && let Some(l) = self.st.leases.get_mut(&prev.lease)
+        {
+            l.keys.remove(&prev.key);
         }
         let kv = KeyValue {
             key: prev.key.clone(),
@@ -750,10 +750,10 @@ impl Mvcc {
         } else {
             req.range.end_bound().map(|e| crate::codec::escape(&e))
         };
-        if let Some(e) = &end {
-            if e.as_slice() <= start.as_slice() {
-                return Ok(finish_range(Vec::new(), req, st.revision));
-            }
+        if let Some(e) = &end
+            && e.as_slice() <= start.as_slice()
+        {
+            return Ok(finish_range(Vec::new(), req, st.revision));
         }
         let mut kvs: Vec<KeyValue> = Vec::new();
         let mut latest: Option<Version> = None;
@@ -771,18 +771,19 @@ impl Mvcc {
                     continue;
                 }
                 let ver: Version = decode(v)?;
-                if let Some(prev) = latest.take() {
-                    if prev.kv.key != ver.kv.key && !prev.tombstone {
-                        kvs.push(prev.kv);
-                    }
+                if let Some(prev) = latest.take()
+                    && prev.kv.key != ver.kv.key
+                    && !prev.tombstone
+                {
+                    kvs.push(prev.kv);
                 }
                 latest = Some(ver);
             }
         }
-        if let Some(prev) = latest {
-            if !prev.tombstone {
-                kvs.push(prev.kv);
-            }
+        if let Some(prev) = latest
+            && !prev.tombstone
+        {
+            kvs.push(prev.kv);
         }
         // Pending revisions are newer than anything in the engine: replay those up to `at`.
         let mut newer = pending
@@ -947,12 +948,12 @@ fn validate_txn_ops(st: &State, ops: &[RequestOp]) -> Result<(), StoreError> {
         }
     }
     for op in ops {
-        if let RequestOp::DeleteRange(d) = op {
-            if let Some(k) = puts.iter().find(|k| d.range.contains(k)) {
-                return Err(StoreError::DuplicateKey(
-                    String::from_utf8_lossy(k).into_owned(),
-                ));
-            }
+        if let RequestOp::DeleteRange(d) = op
+            && let Some(k) = puts.iter().find(|k| d.range.contains(k))
+        {
+            return Err(StoreError::DuplicateKey(
+                String::from_utf8_lossy(k).into_owned(),
+            ));
         }
     }
     Ok(())
@@ -993,10 +994,10 @@ fn load_state(engine: &dyn Engine) -> Result<State, StoreError> {
         from.push(0);
         for (k, v) in page {
             let kv: KeyValue = decode(&v)?;
-            if kv.lease != 0 {
-                if let Some(l) = st.leases.get_mut(&kv.lease) {
-                    l.keys.insert(k.clone());
-                }
+            if kv.lease != 0
+                && let Some(l) = st.leases.get_mut(&kv.lease)
+            {
+                l.keys.insert(k.clone());
             }
             st.current.insert(k, kv);
         }

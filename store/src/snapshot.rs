@@ -8,6 +8,9 @@ use crate::engine::Cf;
 use crate::error::StoreError;
 
 const MAGIC: &[u8; 8] = b"CAIRNSM1";
+
+/// One record of a dump: family, key, value.
+pub type Record = (Cf, Vec<u8>, Vec<u8>);
 const END: u8 = 0xff;
 
 fn io(e: std::io::Error) -> StoreError {
@@ -95,7 +98,7 @@ impl<'a> SnapshotReader<'a> {
     }
 
     /// The next record, or `None` after the end marker once the checksum matched.
-    pub fn next_record(&mut self) -> Result<Option<(Cf, Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn next_record(&mut self) -> Result<Option<Record>, StoreError> {
         if self.done {
             return Ok(None);
         }

@@ -645,6 +645,7 @@ async fn watch_on_follower_is_ordered_and_gap_free_across_leader_changes() {
             "acknowledged {key} at {rev}"
         );
     }
+    c.wait_converged(WAIT).await;
     c.assert_replicas_equal().await;
     c.shutdown().await;
 }

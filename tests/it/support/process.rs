@@ -182,10 +182,11 @@ impl Cluster {
         let members = self.client().member_list().await.ok()?.members;
         let mut views = Vec::new();
         for (i, n) in self.nodes.iter().enumerate() {
-            if n.is_running() {
-                if let Ok(st) = n.client().status().await {
-                    views.push((i, st.raft_term, st.leader));
-                }
+            if !n.is_running() {
+                continue;
+            }
+            if let Ok(st) = n.client().status().await {
+                views.push((i, st.raft_term, st.leader));
             }
         }
         let (_, term, leader) = *views.iter().max_by_key(|v| v.1)?;
