@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use store::{Cf, Durability, EngineKind, Mvcc, WriteBatch};
+use store::{Cf, EngineKind, Mvcc, WriteBatch};
 
 use crate::error::{KvError, NodeError};
 use crate::node::Node;
@@ -82,6 +82,5 @@ pub fn restore(
     reset.delete(Cf::Meta, b"raft/applied".to_vec());
     reset.delete(Cf::Meta, b"raft/membership".to_vec());
     mvcc.restore(&mut &dump[..], reset)?;
-    engine.write(WriteBatch::new(), Durability::Sync)?;
     Ok(h)
 }

@@ -115,14 +115,16 @@ fn pointers(applied: &Option<LogId>, membership: &StoredMembership) -> WriteBatc
 /// A snapshot taken when the builder was created; building only persists it.
 pub struct SnapshotBuilder {
     meta: SnapshotMeta,
-    data: Vec<u8>,
+    /// The dump, or why it could not be taken (then building fails).
+    data: Result<Vec<u8>, String>,
     sm_dir: PathBuf,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let meta = self.meta.clone();
-        let data = std::mem::take(&mut self.data);
+        let data = std::mem::replace(&mut self.data, Err("snapshot already built".into()))
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
         let dir = self.sm_dir.clone();
         let (meta2, data2) = (meta.clone(), data.clone());
         tokio::task::spawn_blocking(move || save_snapshot(&dir, &meta2, &data2))
@@ -182,14 +184,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             snapshot_id,
         };
         // Taken here, on the state-machine task, so no apply interleaves with the copy.
+        // Applies are written unsynced (the synced Raft log can replay them), but once a
+        // snapshot exists openraft may purge that log: make the applied state durable first.
         let mut data = Vec::new();
-        if let Err(e) = self.mvcc.dump(&mut data) {
-            tracing::error!(error = %e, "state machine dump failed; the snapshot will be empty and refused");
-            data.clear();
-        }
+        let taken = self
+            .mvcc
+            .engine()
+            .sync()
+            .map_err(|e| e.to_string())
+            .and_then(|()| self.mvcc.dump(&mut data).map_err(|e| e.to_string()))
+            .map(|()| data);
         SnapshotBuilder {
             meta,
-            data,
+            data: taken,
             sm_dir: self.snapshot_dir.clone(),
         }
     }

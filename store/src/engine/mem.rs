@@ -78,6 +78,10 @@ impl Engine for MemEngine {
         Ok(())
     }
 
+    fn sync(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
+
     fn size_on_disk(&self) -> u64 {
         0
     }

@@ -188,6 +188,9 @@ pub trait Engine: Send + Sync + 'static {
     /// Applies a batch atomically.
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<(), EngineError>;
 
+    /// Makes every write so far durable (including `Buffered` ones).
+    fn sync(&self) -> Result<(), EngineError>;
+
     /// Approximate bytes on disk (0 for memory).
     fn size_on_disk(&self) -> u64;
 

@@ -87,6 +87,10 @@ impl Engine for RocksEngine {
         self.db.write_opt(b, &wo).map_err(io)
     }
 
+    fn sync(&self) -> Result<(), EngineError> {
+        self.db.flush_wal(true).map_err(io)
+    }
+
     fn size_on_disk(&self) -> u64 {
         self.db
             .property_int_value("rocksdb.total-sst-files-size")

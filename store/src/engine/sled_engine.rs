@@ -116,6 +116,10 @@ impl Engine for SledEngine {
         Ok(())
     }
 
+    fn sync(&self) -> Result<(), EngineError> {
+        self.db.flush().map(|_| ()).map_err(io)
+    }
+
     fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
     }
