@@ -36,6 +36,36 @@ async fn require_token(State(auth): State<Auth>, req: Request, next: Next) -> Re
     next.run(req).await
 }
 
+/// Rewrites the plain-text errors axum itself produces (body too large, wrong method)
+/// into etcd's JSON error body, so every client error has the same shape.
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => 3,
+        StatusCode::UNAUTHORIZED => 16,
+        StatusCode::NOT_FOUND => 5,
+        s if s.is_server_error() => 13,
+        _ => 3,
+    };
+    let reason = status
+        .canonical_reason()
+        .unwrap_or("error")
+        .to_ascii_lowercase();
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        format!("etcdserver: request is too large (limit {MAX_REQUEST_BYTES} bytes)")
+    } else {
+        format!("etcdserver: {reason}")
+    };
+    EtcdError::new(status, code, message).into_response()
+}
+
 /// The whole router of a store node. `client_token = None` turns client auth off.
 pub fn router(node: Node, cluster_token: &str, client_token: Option<String>) -> Router {
     let auth = Auth {
@@ -43,7 +73,8 @@ pub fn router(node: Node, cluster_token: &str, client_token: Option<String>) -> 
     };
     let client = etcd::router(node.clone())
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
-        .layer(middleware::from_fn_with_state(auth, require_token));
+        .layer(middleware::from_fn_with_state(auth, require_token))
+        .layer(middleware::map_response(json_errors));
     let health = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))

@@ -16,7 +16,7 @@
 //! since a failed CAS is a no-op. The search succeeds once every op with a
 //! known return is linearized. Equal timestamps count as overlapping.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
 /// What an operation did (and, when it returned, observed).
@@ -118,7 +118,9 @@ pub fn check_key(ops: &[Operation]) -> bool {
     check_register(&ops.iter().collect::<Vec<_>>()).is_ok()
 }
 
-/// Register state: 0 = absent, `i + 1` = interned value `i`.
+/// Register state: 0 = absent, 1 = any value that no read or CAS observes
+/// (all such values behave identically, so merging them helps the cache),
+/// `i + 2` = interned observed value `i`.
 type State = u32;
 
 enum Step {
@@ -249,14 +251,24 @@ struct Stuck {
 }
 
 fn check_register<'a>(history: &[&'a Operation]) -> Result<(), String> {
+    let observed: HashSet<&str> = (history.iter())
+        .filter_map(|o| match &o.kind {
+            OpKind::Read { result } if o.ret.is_some() => result.as_deref(),
+            OpKind::Cas { expected, .. } => expected.as_deref(),
+            _ => None,
+        })
+        .collect();
     let mut interned: HashMap<&str, State> = HashMap::new();
     let mut values: Vec<&str> = Vec::new();
     let mut intern = |v: Option<&'a String>| -> State {
-        let Some(v) = v else { return 0 };
-        *interned.entry(v.as_str()).or_insert_with(|| {
-            values.push(v.as_str());
-            State::try_from(values.len()).expect("fewer than 2^32 distinct values")
-        })
+        match v {
+            None => 0,
+            Some(v) if !observed.contains(v.as_str()) => 1,
+            Some(v) => *interned.entry(v.as_str()).or_insert_with(|| {
+                values.push(v.as_str());
+                State::try_from(values.len() + 1).expect("fewer than 2^32 distinct values")
+            }),
+        }
     };
     let (mut known, mut unknown) = (Vec::new(), Vec::new());
     for &src in history {
@@ -302,7 +314,8 @@ fn check_register<'a>(history: &[&'a Operation]) -> Result<(), String> {
     let ops = known;
     let show_state = |s: State| match s {
         0 => "absent".to_string(),
-        s => format!("{:?}", values[s as usize - 1]),
+        1 => "holding a value no op observed".to_string(),
+        s => format!("{:?}", values[s as usize - 2]),
     };
     let list = |ids: &[usize]| {
         ids.iter()
@@ -321,132 +334,201 @@ fn check_register<'a>(history: &[&'a Operation]) -> Result<(), String> {
     ))
 }
 
-fn flip(bits: &mut [u64], i: usize) {
-    bits[i / 64] ^= 1 << (i % 64);
+/// One linearization step on the search stack.
+struct Frame {
+    op: usize,
+    /// Register state before `op`.
+    prev: State,
+    /// Index of the next candidate to try after this one is backtracked, or
+    /// `None` if `op` was committed without branching (see `search`).
+    resume: Option<usize>,
+}
+
+struct Search<'s, 'a> {
+    ops: &'s [Op<'a>],
+    n_known: usize,
+    events: Events,
+    /// Known-op bitset with the register state appended as a last word.
+    key: Vec<u64>,
+    unknown_bits: Vec<u64>,
+    /// (known bitset + state) -> antichain of unknown-op sets seen with it.
+    cache: HashMap<Vec<u64>, Vec<Vec<u64>>>,
+    stack: Vec<Frame>,
+    state: State,
+    done: usize,
+}
+
+fn subset(a: &[u64], b: &[u64]) -> bool {
+    a.iter().zip(b).all(|(x, y)| x & !y == 0)
+}
+
+impl Search<'_, '_> {
+    fn toggle(&mut self, op: usize, state: State) {
+        let (bits, i) = match op.checked_sub(self.n_known) {
+            None => (&mut self.key, op),
+            Some(u) => (&mut self.unknown_bits, u),
+        };
+        bits[i / 64] ^= 1 << (i % 64);
+        let last = self.key.len() - 1;
+        self.key[last] = u64::from(state);
+    }
+
+    /// Candidates of the current configuration, in a deterministic order: the
+    /// known calls before the first pending known return, most likely next
+    /// first (earliest interval midpoint), then the unknown ops called by then.
+    fn candidates(&self) -> Vec<usize> {
+        let end = self.events.window_end();
+        let mut out = Vec::new();
+        let mut n = self.events.next[HEAD];
+        while n != end {
+            out.push(self.events.node[n].0);
+            n = self.events.next[n];
+        }
+        let ops = self.ops;
+        if end == TAIL {
+            return out; // every known op is linearized
+        }
+        out.sort_by_key(|&o| (ops[o].call / 2 + ops[o].ret / 2, o));
+        let horizon = ops[self.events.node[end].0].ret;
+        out.extend(
+            (self.n_known..ops.len())
+                .take_while(|&u| ops[u].call <= horizon)
+                .filter(|&u| {
+                    let i = u - self.n_known;
+                    self.unknown_bits[i / 64] & (1 << (i % 64)) == 0
+                }),
+        );
+        out
+    }
+
+    /// Linearizes `op` next unless that is illegal or the resulting
+    /// configuration is dominated by one already visited.
+    fn try_push(&mut self, op: usize, resume: Option<usize>) -> bool {
+        let Some(new_state) = self.ops[op].step.apply(self.state) else {
+            return false;
+        };
+        self.toggle(op, new_state);
+        let seen = self.cache.get_mut(self.key.as_slice());
+        if seen
+            .as_ref()
+            .is_some_and(|sets| sets.iter().any(|s| subset(s, &self.unknown_bits)))
+        {
+            self.toggle(op, self.state);
+            return false;
+        }
+        match seen {
+            Some(sets) => {
+                sets.retain(|s| !subset(&self.unknown_bits, s));
+                sets.push(self.unknown_bits.clone());
+            }
+            None => {
+                self.cache
+                    .insert(self.key.clone(), vec![self.unknown_bits.clone()]);
+            }
+        }
+        self.stack.push(Frame {
+            op,
+            prev: self.state,
+            resume,
+        });
+        self.state = new_state;
+        if op < self.n_known {
+            self.events.lift(op);
+            self.done += 1;
+        }
+        true
+    }
+
+    fn pop(&mut self) -> Option<Frame> {
+        let frame = self.stack.pop()?;
+        self.state = frame.prev;
+        self.toggle(frame.op, frame.prev);
+        if frame.op < self.n_known {
+            self.events.unlift(frame.op);
+            self.done -= 1;
+        }
+        Some(frame)
+    }
+
+    fn stuck(&self, candidates: &[usize]) -> Stuck {
+        let recent = self
+            .stack
+            .iter()
+            .rev()
+            .take(3)
+            .rev()
+            .map(|f| f.op)
+            .collect();
+        Stuck {
+            done: self.done,
+            blocked: self.events.node[self.events.window_end()].0,
+            state: self.state,
+            recent,
+            candidates: candidates.iter().copied().take(8).collect(),
+        }
+    }
 }
 
 /// WGL search over `ops`, whose first `n_known` entries have known returns
 /// and the rest (unknown outcome) are sorted by call time. Returns `None` if
 /// linearizable, otherwise the deepest point where the search got stuck.
 ///
-/// At each configuration the candidates are the known calls before the first
-/// pending known return, then the unlinearized unknown ops that were called by
-/// then. The cache maps (known-op bitset, state) to the unknown-op sets seen
-/// with it; a configuration is pruned if a cached one has a subset of its
-/// unknown ops, since any completion of it is also a completion of that one.
+/// Two prunings keep this fast, both sound:
+/// - The cache maps (known-op bitset, state) to the unknown-op sets seen with
+///   it; a configuration is skipped if a visited one has a subset of its
+///   unknown ops, since any completion of it also completes that one.
+/// - A legal candidate that leaves the state unchanged (a read, a failed CAS)
+///   can be moved to the front of any completion, so it is committed without
+///   trying alternatives; if that fails, the configuration fails.
 fn search(ops: &[Op<'_>], n_known: usize) -> Option<Stuck> {
-    if n_known == 0 {
-        return None;
-    }
-    let mut events = Events::new(&ops[..n_known]);
-    // Known-op bitset with the register state appended as a last word.
-    let mut key = vec![0u64; n_known.div_ceil(64) + 1];
-    let mut unknown_bits = vec![0u64; (ops.len() - n_known).div_ceil(64)];
-    let mut cache: HashMap<Vec<u64>, Vec<Vec<u64>>> = HashMap::new();
-    let mut stack: Vec<(usize, State)> = Vec::new(); // (op, state before it)
-    let mut state: State = 0;
-    let mut done = 0;
+    let mut s = Search {
+        ops,
+        n_known,
+        events: Events::new(&ops[..n_known]),
+        key: vec![0; n_known.div_ceil(64) + 1],
+        unknown_bits: vec![0; (ops.len() - n_known).div_ceil(64)],
+        cache: HashMap::new(),
+        stack: Vec::new(),
+        state: 0,
+        done: 0,
+    };
     let mut stuck: Option<Stuck> = None;
-    // Next candidate: a node of the known list, or else an index into `ops`.
-    let mut node = events.next[HEAD];
-    let mut next_unknown = n_known;
-    loop {
-        let candidate = if node != TAIL && events.node[node].1 {
-            let op = events.node[node].0;
-            node = events.next[node];
-            Some(op)
-        } else {
-            let end = events.node[events.window_end()].0;
-            debug_assert!(end < n_known, "the known list is non-empty until success");
-            let u = next_unknown;
-            next_unknown += 1;
-            node = TAIL;
-            (u < ops.len() && ops[u].call <= ops[end].ret).then_some(u)
-        };
-        if let Some(op) = candidate {
-            let Some(new_state) = ops[op].step.apply(state) else {
-                continue;
-            };
-            let last = key.len() - 1;
-            if op < n_known {
-                flip(&mut key, op)
+    let (mut cands, mut next, mut fresh) = (s.candidates(), 0, true);
+    while s.done < n_known {
+        if fresh {
+            let state = s.state;
+            let preserving = |&&o: &&usize| o < n_known && ops[o].step.apply(state) == Some(state);
+            let forced = cands
+                .iter()
+                .filter(preserving)
+                .any(|&o| s.try_push(o, None));
+            (cands, next, fresh) = if forced {
+                (s.candidates(), 0, true)
             } else {
-                flip(&mut unknown_bits, op - n_known)
+                (cands, 0, false)
+            };
+        } else if let Some(&op) = cands.get(next) {
+            next += 1;
+            if s.try_push(op, Some(next)) {
+                (cands, next, fresh) = (s.candidates(), 0, true);
             }
-            key[last] = u64::from(new_state);
-            let seen = cache.get_mut(key.as_slice());
-            let dominated = seen.as_ref().is_some_and(|sets| {
-                sets.iter()
-                    .any(|s| s.iter().zip(&unknown_bits).all(|(a, b)| a & !b == 0))
-            });
-            if dominated {
-                if op < n_known {
-                    flip(&mut key, op)
-                } else {
-                    flip(&mut unknown_bits, op - n_known)
-                }
-                key[last] = u64::from(state);
-                continue;
-            }
-            match seen {
-                Some(sets) => {
-                    // Keep an antichain: drop sets that the new one dominates.
-                    sets.retain(|s| !unknown_bits.iter().zip(s).all(|(a, b)| a & !b == 0));
-                    sets.push(unknown_bits.clone());
-                }
-                None => {
-                    cache.insert(key.clone(), vec![unknown_bits.clone()]);
-                }
-            }
-            stack.push((op, state));
-            state = new_state;
-            if op < n_known {
-                events.lift(op);
-                done += 1;
-                if done == n_known {
-                    return None;
-                }
-            }
-            node = events.next[HEAD];
-            next_unknown = n_known;
-            continue;
-        }
-        // No candidate left: the first pending known return cannot be passed.
-        if stuck.as_ref().is_none_or(|s| done > s.done) {
-            let end = events.window_end();
-            let mut candidates = Vec::new();
-            let mut n = events.next[HEAD];
-            while n != end && candidates.len() < 8 {
-                candidates.push(events.node[n].0);
-                n = events.next[n];
-            }
-            let recent = stack.iter().rev().take(3).rev().map(|&(o, _)| o).collect();
-            stuck = Some(Stuck {
-                done,
-                blocked: events.node[end].0,
-                state,
-                recent,
-                candidates,
-            });
-        }
-        let Some((top, prev_state)) = stack.pop() else {
-            return Some(stuck.expect("recorded just above"));
-        };
-        state = prev_state;
-        let last = key.len() - 1;
-        key[last] = u64::from(state);
-        if top < n_known {
-            flip(&mut key, top);
-            done -= 1;
-            events.unlift(top);
-            node = events.next[events.call_node[top]];
-            next_unknown = n_known;
         } else {
-            flip(&mut unknown_bits, top - n_known);
-            node = TAIL;
-            next_unknown = top + 1;
+            if stuck.as_ref().is_none_or(|st| s.done > st.done) {
+                stuck = Some(s.stuck(&cands));
+            }
+            let resume = loop {
+                match s.pop() {
+                    None => return stuck,
+                    Some(Frame {
+                        resume: Some(r), ..
+                    }) => break r,
+                    Some(_) => {}
+                }
+            };
+            (cands, next) = (s.candidates(), resume);
         }
     }
+    None
 }
 
 #[cfg(test)]
