@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::RaftError;
 use store::{
     Command, CommandResult, Compare, CompareOp, CompareTarget, DeleteRangeRequest,
     DeleteRangeResponse, KeyRange, KeyValue, LeaseInfo, PutRequest, PutResponse, RangeRequest,
@@ -443,24 +443,15 @@ impl Kv {
 
     /// Proposes on this node; `NotLeader` when it is not the leader (nothing proposed).
     pub(crate) async fn propose_local(&self, cmd: Command) -> Result<CommandResult, KvError> {
-        let write = self.n.raft.client_write(cmd);
-        match tokio::time::timeout(self.n.timing.request_timeout, write).await {
-            Err(_) => Err(KvError::OutcomeUnknown(
-                "not committed within the request timeout".into(),
-            )),
-            Ok(Ok(resp)) => Ok(resp.data),
-            // openraft answers ForwardToLeader before proposing, or after truncating the
-            // entry: in both cases it was not applied.
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(KvError::NotLeader {
-                    leader: f.leader_id,
-                })
-            }
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                Err(KvError::Membership(e.to_string()))
-            }
-            Ok(Err(RaftError::Fatal(f))) => Err(KvError::Stopped(f.to_string())),
+        if !self.is_leader() {
+            return Err(KvError::NotLeader {
+                leader: metrics(&self.n).current_leader,
+            });
         }
+        self.n
+            .proposer
+            .propose(cmd, self.n.timing.request_timeout)
+            .await
     }
 
     /// Sends a request to the current leader, waiting for one and following leader

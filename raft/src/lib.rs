@@ -21,6 +21,7 @@ pub mod lessor;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod proposer;
 pub mod rpc;
 pub mod state_machine;
 pub mod timing;

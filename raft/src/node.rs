@@ -28,6 +28,7 @@ use crate::kv::Kv;
 use crate::lessor::Lessor;
 use crate::log_store::LogStore;
 use crate::network::{NetworkFactory, PeerHandler, Transport, TransportError};
+use crate::proposer::{ProposerHandle, proposer_loop};
 use crate::rpc::{JoinResponse, NodeStatus, PeerRequest, PeerResponse};
 use crate::state_machine::StateMachine;
 use crate::timing::Timing;
@@ -55,6 +56,7 @@ pub(crate) struct NodeInner {
     pub(crate) engine: Arc<dyn Engine>,
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) lessor: Lessor,
+    pub(crate) proposer: ProposerHandle,
     pub(crate) timing: Timing,
     cluster_id: AtomicU64,
     membership_lock: AsyncMutex<()>,
@@ -114,6 +116,7 @@ impl Node {
         let raft = Raft::new(id, config, NetworkFactory::new(transport.clone()), log, sm)
             .await
             .map_err(raft_err)?;
+        let (proposer, proposals) = ProposerHandle::new();
         let inner = Arc::new(NodeInner {
             id,
             addr: cfg.addr.clone(),
@@ -125,10 +128,19 @@ impl Node {
             timing: cfg.timing.clone(),
             cluster_id: AtomicU64::new(cluster_id),
             membership_lock: AsyncMutex::new(()),
+            proposer,
             cancel: CancellationToken::new(),
             tasks: std::sync::Mutex::new(Vec::new()),
         });
         let node = Node { inner };
+        node.spawn(
+            "proposer",
+            proposer_loop(
+                node.inner.raft.clone(),
+                proposals,
+                cfg.timing.request_timeout,
+            ),
+        );
         node.spawn("lessor", lessor_loop(node.inner.clone()));
         node.spawn("watch-progress", progress_loop(node.inner.clone()));
         node.spawn("auto-compaction", compaction_loop(node.inner.clone()));

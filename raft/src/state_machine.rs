@@ -71,12 +71,26 @@ impl StateMachine {
     }
 }
 
-/// Persists `meta` + `data` as the current snapshot of `dir`: temp file, fsync, rename.
+/// Serializes snapshot saves. openraft finishes a build on a task of its own, so a build
+/// can finish while the state machine installs a received snapshot into the same dir (and,
+/// with an in-process restart, while the next incarnation of the node saves one). Unserialized,
+/// both write `current.tmp`: one rename fails (a fatal storage error) or the file interleaves.
+static SAVE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Persists `meta` + `data` as the current snapshot of `dir`: temp file, fsync, rename. A
+/// snapshot older than the one already saved (a slow build finishing after an install) is
+/// not saved: the current snapshot never goes back.
 fn save_snapshot(
     dir: &std::path::Path,
     meta: &SnapshotMeta,
     data: &[u8],
 ) -> Result<(), StorageError> {
+    let _serial = SAVE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(saved) = read_saved_meta(&dir.join("current"))?
+        && saved.last_log_id > meta.last_log_id
+    {
+        return Ok(());
+    }
     let tmp = dir.join("current.tmp");
     let m = encode(meta);
     let write = || -> std::io::Result<()> {
@@ -90,6 +104,25 @@ fn save_snapshot(
         std::fs::File::open(dir)?.sync_all()
     };
     write().map_err(|e| snap_err(ErrorVerb::Write, e))
+}
+
+/// The meta of the snapshot saved at `path`, if any (reads only the header).
+fn read_saved_meta(path: &std::path::Path) -> Result<Option<SnapshotMeta>, StorageError> {
+    use std::io::Read;
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(snap_err(ErrorVerb::Read, e)),
+    };
+    let mut len = [0u8; 4];
+    f.read_exact(&mut len)
+        .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+    let mut m = vec![0u8; u32::from_be_bytes(len) as usize];
+    f.read_exact(&mut m)
+        .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+    decode(&m)
+        .map(Some)
+        .map_err(|e| snap_err(ErrorVerb::Read, e))
 }
 
 fn read_applied(mvcc: &Mvcc) -> Result<(Option<LogId>, StoredMembership), StorageError> {

@@ -35,6 +35,10 @@ pub enum Command {
         key: Vec<u8>,
         delta: u64,
     },
+    /// Several independent requests in one Raft entry (group commit). Each is applied as
+    /// if it were its own entry, in order, with its own revision and its own result.
+    /// Batches do not nest.
+    Batch(Vec<Command>),
 }
 
 /// The outcome of applying one [`Command`].
@@ -68,6 +72,8 @@ pub enum CommandResult {
     },
     /// The command was rejected deterministically (e.g. unknown lease); state unchanged.
     Error(StoreError),
+    /// One result per command of a [`Command::Batch`].
+    Batch(Vec<CommandResult>),
 }
 
 impl CommandResult {
@@ -84,6 +90,7 @@ impl CommandResult {
             | CommandResult::Incr { revision, .. }
             | CommandResult::None { revision } => Some(*revision),
             CommandResult::Error(_) => None,
+            CommandResult::Batch(rs) => rs.iter().rev().find_map(CommandResult::revision),
         }
     }
 }

@@ -354,10 +354,12 @@ impl Mvcc {
                 None => CommandResult::None {
                     revision: st.revision,
                 },
-                Some(cmd) => match self.apply_one(&mut st, &mut b, cmd) {
-                    Ok(r) => r,
-                    Err(e) => CommandResult::Error(e),
-                },
+                Some(Command::Batch(cmds)) => CommandResult::Batch(
+                    cmds.into_iter()
+                        .map(|cmd| self.apply_or_reject(&mut st, &mut b, cmd))
+                        .collect(),
+                ),
+                Some(cmd) => self.apply_or_reject(&mut st, &mut b, cmd),
             };
             results.push(r);
         }
@@ -372,6 +374,11 @@ impl Mvcc {
         self.hub
             .publish(b.revisions, st.revision, st.compact_revision);
         Ok(results)
+    }
+
+    fn apply_or_reject(&self, st: &mut State, b: &mut Batch, cmd: Command) -> CommandResult {
+        self.apply_one(st, b, cmd)
+            .unwrap_or_else(CommandResult::Error)
     }
 
     fn apply_one(
@@ -469,6 +476,9 @@ impl Mvcc {
                     revision: st.revision,
                     expired,
                 }
+            }
+            Command::Batch(_) => {
+                return Err(StoreError::InvalidArgument("batches do not nest".into()));
             }
             Command::Incr { key, delta } => {
                 let (current, lease) = match st.current.get(&key) {

@@ -409,10 +409,12 @@ impl WatchHub {
         let mut inner = self.lock();
         let revision = inner.revision;
         for w in inner.watchers.values_mut() {
-            if w.synced && w.req.progress_notify && w.last_sent.elapsed() >= idle {
-                if w.tx.try_send(WatchMessage::Progress { revision }).is_ok() {
-                    w.last_sent = Instant::now();
-                }
+            if w.synced
+                && w.req.progress_notify
+                && w.last_sent.elapsed() >= idle
+                && w.tx.try_send(WatchMessage::Progress { revision }).is_ok()
+            {
+                w.last_sent = Instant::now();
             }
         }
     }
@@ -420,10 +422,10 @@ impl WatchHub {
     fn request_progress(&self, id: u64) {
         let inner = self.lock();
         let revision = inner.revision;
-        if let Some(w) = inner.watchers.get(&id) {
-            if w.synced {
-                let _ = w.tx.try_send(WatchMessage::Progress { revision });
-            }
+        if let Some(w) = inner.watchers.get(&id)
+            && w.synced
+        {
+            let _ = w.tx.try_send(WatchMessage::Progress { revision });
         }
     }
 }
