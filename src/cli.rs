@@ -153,7 +153,7 @@ pub enum SnapshotCommand {
         file: PathBuf,
         #[arg(long)]
         data_dir: PathBuf,
-        #[arg(long, default_value = "sled")]
+        #[arg(long, default_value = "redb")]
         engine: String,
     },
 }
@@ -169,8 +169,8 @@ pub struct ServeArgs {
     /// URL other nodes reach this node at (default http://<listen>).
     #[arg(long)]
     pub advertise: Option<String>,
-    /// Storage engine: sled (default), mem, rocksdb (with the rocksdb feature).
-    #[arg(long, default_value = "sled")]
+    /// Storage engine: redb (default), sled, mem, rocksdb (with the rocksdb feature).
+    #[arg(long, default_value = "redb")]
     pub engine: String,
     /// Timing profile: lan or edge.
     #[arg(long, default_value = "lan")]

@@ -1,6 +1,6 @@
 //! `store`: the local half of Cairn's embedded key-value store.
 //!
-//! It owns the storage engines ([`engine`]: `mem`, `sled`, `rocksdb`) and the MVCC state
+//! It owns the storage engines ([`engine`]: `mem`, `redb`, `sled`, `rocksdb`) and the MVCC state
 //! machine with etcd v3's semantics ([`Mvcc`]): revisions, ranges at past revisions,
 //! put/delete/txn, leases, compaction, native sequences and the [`WatchHub`]. It is
 //! deterministic and local: it never sees openraft, the network or HTTP. The `raft` crate

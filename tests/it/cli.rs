@@ -32,7 +32,7 @@ fn assert_one_line_error(code: i32, stderr: &str, needle: &str) {
 #[test]
 fn put_get_range_del_and_cluster_status_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
-    let n = StoreProc::start(&dir.path().join("n"), free_port(), "sled", true, None);
+    let n = StoreProc::start(&dir.path().join("n"), free_port(), "redb", true, None);
     let ep = n.url.as_str();
     let (code, out, err) = cairn(&[
         "store",
@@ -128,7 +128,7 @@ fn bad_invocations_fail_with_one_line() {
     assert_one_line_error(code, &err, "127.0.0.1:1");
 
     let dir = tempfile::tempdir().unwrap();
-    let n = StoreProc::start(&dir.path().join("n"), free_port(), "sled", true, None);
+    let n = StoreProc::start(&dir.path().join("n"), free_port(), "redb", true, None);
     let (code, _, err) = cairn(&[
         "store",
         "get",
@@ -235,7 +235,7 @@ fn bad_invocations_fail_with_one_line() {
 #[test]
 fn snapshot_save_and_offline_restore_make_a_new_cluster_with_the_same_data() {
     let dir = tempfile::tempdir().unwrap();
-    let n = StoreProc::start(&dir.path().join("n"), free_port(), "sled", true, None);
+    let n = StoreProc::start(&dir.path().join("n"), free_port(), "redb", true, None);
     for i in 0..20 {
         cairn(&[
             "store",
@@ -298,7 +298,7 @@ fn snapshot_save_and_offline_restore_make_a_new_cluster_with_the_same_data() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("restored revision 21"), "{out}");
-    let r = StoreProc::start(&restored, free_port(), "sled", true, None);
+    let r = StoreProc::start(&restored, free_port(), "redb", true, None);
     let (_, out, _) = cairn(&[
         "store",
         "get",

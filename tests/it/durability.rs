@@ -1,4 +1,4 @@
-//! Crash durability on every on-disk engine: kill -9 a single-node store during
+//! Crash durability on every on-disk engine (redb, sled, and rocksdb with its feature): kill -9 a single-node store during
 //! concurrent writes, reopen it: nothing acknowledged is lost and it opens cleanly.
 
 use std::collections::BTreeSet;
@@ -71,6 +71,11 @@ async fn crash_loop(engine: &str) {
             &lost[..lost.len().min(5)]
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_during_writes_loses_nothing_acknowledged_on_redb() {
+    crash_loop("redb").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,7 +44,7 @@ impl Raw {
 
 fn node() -> (tempfile::TempDir, StoreProc, Raw) {
     let dir = tempfile::tempdir().unwrap();
-    let p = StoreProc::start(&dir.path().join("n"), free_port(), "sled", true, None);
+    let p = StoreProc::start(&dir.path().join("n"), free_port(), "redb", true, None);
     let raw = Raw {
         http: reqwest::Client::new(),
         url: p.url.clone(),

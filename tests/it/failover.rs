@@ -191,7 +191,7 @@ async fn watch_loop(urls: Vec<String>, stop: Arc<AtomicBool>, seen: Arc<Mutex<Se
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill9_of_the_leader_under_load_loses_nothing_and_stays_linearizable() {
-    let mut cluster = Cluster::start(3, "sled");
+    let mut cluster = Cluster::start(3, "redb");
     let rec = Arc::new(Recorder {
         start: Instant::now(),
         history: Mutex::default(),

@@ -45,7 +45,7 @@ async fn exists(c: &EtcdClient, key: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leased_key_disappears_within_ttl_plus_two_seconds_after_keepalives_stop() {
-    let cluster = Cluster::start(1, "sled");
+    let cluster = Cluster::start(1, "redb");
     let c = cluster.client();
     let id = grant(&c, 3).await;
     c.put(&PutRequest {
@@ -83,7 +83,7 @@ async fn a_leased_key_disappears_within_ttl_plus_two_seconds_after_keepalives_st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_change_does_not_expire_a_kept_alive_lease() {
-    let mut cluster = Cluster::start(3, "sled");
+    let mut cluster = Cluster::start(3, "redb");
     let c = cluster.client();
     let id = grant(&c, 4).await;
     c.put(&PutRequest {

@@ -9,6 +9,7 @@
 //! Engines know nothing of revisions, Raft or HTTP: they store bytes.
 
 mod mem;
+mod redb_engine;
 #[cfg(feature = "rocksdb")]
 mod rocks;
 mod sled_engine;
@@ -17,6 +18,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use mem::MemEngine;
+pub use redb_engine::RedbEngine;
 #[cfg(feature = "rocksdb")]
 pub use rocks::RocksEngine;
 pub use sled_engine::SledEngine;
@@ -163,7 +165,7 @@ pub enum EngineError {
     #[error("storage is corrupt: {0}")]
     Corrupt(String),
     #[error(
-        "unknown engine {0:?} (expected mem, sled or rocksdb; rocksdb needs the `rocksdb` feature)"
+        "unknown engine {0:?} (expected redb, sled, mem or rocksdb; rocksdb needs the `rocksdb` feature)"
     )]
     UnknownEngine(String),
 }
@@ -194,7 +196,7 @@ pub trait Engine: Send + Sync + 'static {
     /// Approximate bytes on disk (0 for memory).
     fn size_on_disk(&self) -> u64;
 
-    /// A short name: `mem`, `sled` or `rocksdb`.
+    /// A short name: `mem`, `redb`, `sled` or `rocksdb`.
     fn name(&self) -> &'static str;
 }
 
@@ -202,6 +204,7 @@ pub trait Engine: Send + Sync + 'static {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EngineKind {
     Mem,
+    Redb,
     Sled,
     #[cfg(feature = "rocksdb")]
     Rocksdb,
@@ -209,11 +212,12 @@ pub enum EngineKind {
 
 impl EngineKind {
     /// The engine of the default build.
-    pub const DEFAULT: EngineKind = EngineKind::Sled;
+    pub const DEFAULT: EngineKind = EngineKind::Redb;
 
     pub fn parse(s: &str) -> Result<Self, EngineError> {
         match s {
             "mem" => Ok(EngineKind::Mem),
+            "redb" => Ok(EngineKind::Redb),
             "sled" => Ok(EngineKind::Sled),
             #[cfg(feature = "rocksdb")]
             "rocksdb" => Ok(EngineKind::Rocksdb),
@@ -225,6 +229,7 @@ impl EngineKind {
     pub fn all() -> Vec<EngineKind> {
         vec![
             EngineKind::Mem,
+            EngineKind::Redb,
             EngineKind::Sled,
             #[cfg(feature = "rocksdb")]
             EngineKind::Rocksdb,
@@ -234,6 +239,7 @@ impl EngineKind {
     pub fn as_str(self) -> &'static str {
         match self {
             EngineKind::Mem => "mem",
+            EngineKind::Redb => "redb",
             EngineKind::Sled => "sled",
             #[cfg(feature = "rocksdb")]
             EngineKind::Rocksdb => "rocksdb",
@@ -245,6 +251,7 @@ impl EngineKind {
 pub fn open(kind: EngineKind, dir: &Path) -> Result<Arc<dyn Engine>, EngineError> {
     Ok(match kind {
         EngineKind::Mem => Arc::new(MemEngine::new()),
+        EngineKind::Redb => Arc::new(RedbEngine::open(dir)?),
         EngineKind::Sled => Arc::new(SledEngine::open(dir)?),
         #[cfg(feature = "rocksdb")]
         EngineKind::Rocksdb => Arc::new(RocksEngine::open(dir)?),

@@ -798,29 +798,33 @@ fn repeated_compactions_never_resurrect_deleted_keys() {
         let name = t.kind.as_str();
         put(&m, "x", "1"); // 2
         put(&m, "y", "1"); // 3
-        compact(&m, 3); // x@2 is x's latest version at 3: it stays
+        compact(&m, 3); // x@2 is x's latest version at 3: it stays, its events go
         delete(&m, KeyRange::key("x")); // 4
         put(&m, "z", "1"); // 5
         compact(&m, 5);
-        for r in [5, 0] {
-            assert_eq!(
-                keys_of(&range_all(&m, r).unwrap()),
-                vec!["y", "z"],
-                "{name}@{r}"
-            );
+        put(&m, "later", "1"); // 6: so that reads at 5 come from the history
+        for r in [5, 6, 0] {
             assert_eq!(get_at(&m, "x", r), None, "{name}@{r}");
         }
-        // The same with a key overwritten across compactions.
-        put(&m, "y", "2"); // 6
-        compact(&m, 6);
-        delete(&m, KeyRange::key("y")); // 7
-        put(&m, "w", "1"); // 8
-        compact(&m, 8);
         assert_eq!(
-            keys_of(&range_all(&m, 8).unwrap()),
-            vec!["w", "z"],
+            keys_of(&range_all(&m, 5).unwrap()),
+            vec!["y", "z"],
             "{name}"
         );
+        // The same with a key overwritten across compactions.
+        put(&m, "y", "2"); // 7
+        put(&m, "filler", "1"); // 8
+        compact(&m, 8);
+        delete(&m, KeyRange::key("y")); // 9
+        put(&m, "w", "1"); // 10
+        compact(&m, 10);
+        put(&m, "later", "2"); // 11
+        assert_eq!(
+            keys_of(&range_all(&m, 10).unwrap()),
+            vec!["filler", "later", "w", "z"],
+            "{name}"
+        );
+        assert_eq!(get_at(&m, "y", 10), None, "{name}");
     }
 }
 
@@ -829,9 +833,12 @@ fn compaction_removes_superseded_history_records() {
     for (t, m) in stores() {
         let name = t.kind.as_str();
         let e = t.engine.as_ref();
+        // Each time, the key's latest version is older than the compact revision, so its
+        // events go while the version stays.
         for v in ["1", "2", "3"] {
             put(&m, "k", v);
         }
+        put(&m, "other", "1");
         assert_eq!(history_versions(e, "k"), 3, "{name}");
         compact(&m, m.revision());
         assert_eq!(
@@ -842,6 +849,7 @@ fn compaction_removes_superseded_history_records() {
 
         put(&m, "k", "4");
         put(&m, "k", "5");
+        put(&m, "other", "2");
         compact(&m, m.revision());
         assert_eq!(
             history_versions(e, "k"),
@@ -850,13 +858,14 @@ fn compaction_removes_superseded_history_records() {
         );
 
         delete(&m, KeyRange::key("k"));
-        put(&m, "other", "x");
+        put(&m, "other", "3");
         compact(&m, m.revision());
         assert_eq!(
             history_versions(e, "k"),
             0,
             "{name}: a deleted key leaves nothing"
         );
+        assert_eq!(history_versions(e, "other"), 1, "{name}");
         assert_eq!(event_revisions(e), vec![m.revision()], "{name}");
 
         // Compaction inside the same apply batch as the writes it drops.

@@ -1,0 +1,144 @@
+//! The redb engine: pure Rust, copy-on-write B-tree, ACID commits with a real fsync
+//! (`fdatasync`). The default engine of the pure-Rust build (see the README for why it
+//! replaced sled). One table holds every column family under its prefix byte, so one
+//! write transaction is atomic across families. `Durability::Buffered` commits with
+//! redb's `Durability::None`: visible at once, made durable by the next synced commit, and
+//! rolled back as a whole by a crash before it.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, TableDefinition};
+
+use super::{BatchOp, Cf, Durability, Engine, EngineError, Pair, WriteBatch};
+
+const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+
+pub struct RedbEngine {
+    db: Database,
+    path: std::path::PathBuf,
+}
+
+fn io(e: impl std::fmt::Display) -> EngineError {
+    let s = e.to_string();
+    if s.to_ascii_lowercase().contains("corrupt") {
+        EngineError::Corrupt(s)
+    } else {
+        EngineError::Io(s)
+    }
+}
+
+impl RedbEngine {
+    pub fn open(dir: &Path) -> Result<Self, EngineError> {
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let path = dir.join("cairn.redb");
+        let db = Database::create(&path).map_err(io)?;
+        // Create the table once, so read transactions always find it.
+        let txn = db.begin_write().map_err(io)?;
+        txn.open_table(KV).map_err(io)?;
+        txn.commit().map_err(io)?;
+        Ok(Self { db, path })
+    }
+}
+
+impl Engine for RedbEngine {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        let txn = self.db.begin_read().map_err(io)?;
+        let table = txn.open_table(KV).map_err(io)?;
+        let full = cf.full_key(key);
+        Ok(table
+            .get(full.as_slice())
+            .map_err(io)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    fn scan(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<Pair>, EngineError> {
+        let (s, e) = cf.bounds(start, end);
+        if s >= e || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let txn = self.db.begin_read().map_err(io)?;
+        let table = txn.open_table(KV).map_err(io)?;
+        let range = table
+            .range::<&[u8]>(s.as_slice()..e.as_slice())
+            .map_err(io)?;
+        let mut out = Vec::new();
+        type Item<'a> = Result<
+            (
+                redb::AccessGuard<'a, &'static [u8]>,
+                redb::AccessGuard<'a, &'static [u8]>,
+            ),
+            redb::StorageError,
+        >;
+        let mut push = |item: Item<'_>| {
+            let (k, v) = item.map_err(io)?;
+            out.push((k.value()[1..].to_vec(), v.value().to_vec()));
+            Ok::<bool, EngineError>(out.len() < limit)
+        };
+        if reverse {
+            for item in range.rev() {
+                if !push(item)? {
+                    break;
+                }
+            }
+        } else {
+            for item in range {
+                if !push(item)? {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn write(&self, batch: WriteBatch, durability: Durability) -> Result<(), EngineError> {
+        let mut txn = self.db.begin_write().map_err(io)?;
+        let level = match durability {
+            Durability::Sync => redb::Durability::Immediate,
+            Durability::Buffered => redb::Durability::None,
+        };
+        txn.set_durability(level).map_err(io)?;
+        {
+            let mut table = txn.open_table(KV).map_err(io)?;
+            for op in batch.ops {
+                match op {
+                    BatchOp::Put(cf, k, v) => {
+                        table
+                            .insert(cf.full_key(&k).as_slice(), v.as_slice())
+                            .map_err(io)?;
+                    }
+                    BatchOp::Delete(cf, k) => {
+                        table.remove(cf.full_key(&k).as_slice()).map_err(io)?;
+                    }
+                    BatchOp::DeleteRange(cf, s, e) => {
+                        let (s, e) = cf.bounds(&s, e.as_deref());
+                        if s < e {
+                            table
+                                .retain_in::<&[u8], _>(s.as_slice()..e.as_slice(), |_, _| false)
+                                .map_err(io)?;
+                        }
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(io)
+    }
+
+    fn sync(&self) -> Result<(), EngineError> {
+        self.write(WriteBatch::new(), Durability::Sync)
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+
+    fn name(&self) -> &'static str {
+        "redb"
+    }
+}
