@@ -636,6 +636,15 @@ async fn compaction_loop(inner: Arc<NodeInner>) {
     }
 }
 
+/// Sends idle watchers their progress notifications.
+async fn progress_loop(inner: Arc<NodeInner>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        inner.mvcc.hub().progress_tick(Duration::from_secs(1));
+    }
+}
+
 #[cfg(test)]
 mod auto_compaction_tests {
     use super::auto_compact_target;
@@ -647,14 +656,5 @@ mod auto_compaction_tests {
         assert_eq!(auto_compact_target(11_001, 0, 10_000), Some(1_001));
         assert_eq!(auto_compact_target(12_000, 1_001, 10_000), None);
         assert_eq!(auto_compact_target(12_002, 1_001, 10_000), Some(2_002));
-    }
-}
-
-/// Sends idle watchers their progress notifications.
-async fn progress_loop(inner: Arc<NodeInner>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tick.tick().await;
-        inner.mvcc.hub().progress_tick(Duration::from_secs(1));
     }
 }

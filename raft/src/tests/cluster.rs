@@ -778,6 +778,7 @@ async fn run_fault_schedule(seed: u64, duration: Duration) {
         c.restart(j).await;
     }
     c.wait_converged(Duration::from_secs(30)).await;
+    print!("{}", c.describe());
     c.assert_replicas_equal().await;
 
     let distinct: BTreeSet<u64> = acked.incrs.iter().copied().collect();

@@ -164,6 +164,13 @@ impl Cluster {
             .unwrap_or_else(|| panic!("node {} is already down", i + 1));
         self.net.unregister(&self.slots[i].addr);
         node.shutdown().await;
+        // openraft does not join its state-machine worker on shutdown: wait until it has
+        // dropped the state machine (its `Mvcc` clone), as a dead process would have, so no
+        // apply of this incarnation lands after the restart has loaded the engine.
+        eventually(WAIT, "the crashed node's state machine to stop", || {
+            (Arc::strong_count(node.mvcc()) == 1).then_some(())
+        })
+        .await;
     }
 
     /// Starts node `i` again over the engine it had.
@@ -217,7 +224,7 @@ impl Cluster {
     pub async fn wait_converged(&self, timeout: Duration) {
         let up = self.up();
         let leader = self.wait_leader(&up, timeout).await;
-        eventually(timeout, "every replica to apply the leader's log", || {
+        let converged = || {
             let last = metrics(&self.try_node(leader)?).last_log_index;
             let mut revs = Vec::new();
             for &i in &up {
@@ -228,8 +235,49 @@ impl Cluster {
                 revs.push(n.mvcc().revision());
             }
             revs.windows(2).all(|w| w[0] == w[1]).then_some(())
-        })
-        .await;
+        };
+        let deadline = Instant::now() + timeout;
+        while converged().is_none() {
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for every replica to apply the \
+                     leader's log:\n{}",
+                    self.describe()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// One line of Raft state per node, for failure messages.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for i in 0..self.len() {
+            let line = match self.try_node(i) {
+                None => format!("node {} (id {}): down", i + 1, self.id(i)),
+                Some(n) => {
+                    let m = metrics(&n);
+                    format!(
+                        "node {} (id {}): {:?} term {} leader {:?} last_log {:?} applied {:?} \
+                         snapshot {:?} purged {:?} revision {} running {:?}",
+                        i + 1,
+                        m.id,
+                        m.state,
+                        m.current_term,
+                        m.current_leader,
+                        m.last_log_index,
+                        m.last_applied.map(|l| l.index),
+                        m.snapshot.map(|l| l.index),
+                        m.purged.map(|l| l.index),
+                        n.mvcc().revision(),
+                        m.running_state,
+                    )
+                }
+            };
+            out.push_str(&line);
+            out.push('\n');
+        }
+        out
     }
 
     /// Node `i`'s revision and every key it holds (a serializable read).
