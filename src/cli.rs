@@ -197,6 +197,22 @@ fn show(b: &B64Bytes) -> String {
     String::from_utf8_lossy(&b.0).into_owned()
 }
 
+/// The range end for a key, or for every key under it with `--prefix`.
+fn range_end_for(key: &str, prefix: bool) -> B64Bytes {
+    if prefix {
+        B64Bytes(wire::prefix_end(key.as_bytes()))
+    } else {
+        B64Bytes::default()
+    }
+}
+
+/// Key and value on lines of their own, as etcdctl prints them.
+fn print_kvs(kvs: &[wire::KeyValue]) {
+    for kv in kvs {
+        println!("{}\n{}", show(&kv.key), show(&kv.value));
+    }
+}
+
 fn remote(e: wire::ClientError) -> anyhow::Error {
     anyhow!("{e}")
 }
@@ -212,11 +228,7 @@ pub async fn run_store_client(cmd: StoreCommand) -> anyhow::Result<()> {
             serializable,
             client,
         } => {
-            let range_end = if prefix {
-                B64Bytes(wire::prefix_end(key.as_bytes()))
-            } else {
-                B64Bytes::default()
-            };
+            let range_end = range_end_for(&key, prefix);
             let req = wire::RangeRequest {
                 key: b64(&key),
                 range_end,
@@ -225,9 +237,7 @@ pub async fn run_store_client(cmd: StoreCommand) -> anyhow::Result<()> {
                 ..Default::default()
             };
             let resp = client.client().range(&req).await.map_err(remote)?;
-            for kv in resp.kvs {
-                println!("{}\n{}", show(&kv.key), show(&kv.value));
-            }
+            print_kvs(&resp.kvs);
         }
         StoreCommand::Put {
             key,
@@ -262,20 +272,14 @@ pub async fn run_store_client(cmd: StoreCommand) -> anyhow::Result<()> {
                 ..Default::default()
             };
             let resp = client.client().range(&req).await.map_err(remote)?;
-            for kv in resp.kvs {
-                println!("{}\n{}", show(&kv.key), show(&kv.value));
-            }
+            print_kvs(&resp.kvs);
         }
         StoreCommand::Del {
             key,
             prefix,
             client,
         } => {
-            let range_end = if prefix {
-                B64Bytes(wire::prefix_end(key.as_bytes()))
-            } else {
-                B64Bytes::default()
-            };
+            let range_end = range_end_for(&key, prefix);
             let req = wire::DeleteRangeRequest {
                 key: b64(&key),
                 range_end,
@@ -290,11 +294,7 @@ pub async fn run_store_client(cmd: StoreCommand) -> anyhow::Result<()> {
             rev,
             client,
         } => {
-            let range_end = if prefix {
-                B64Bytes(wire::prefix_end(key.as_bytes()))
-            } else {
-                B64Bytes::default()
-            };
+            let range_end = range_end_for(&key, prefix);
             let req = wire::WatchCreateRequest {
                 key: b64(&key),
                 range_end,
