@@ -166,7 +166,7 @@ pub struct ServeArgs {
     /// Address of the HTTP port (clients and peers).
     #[arg(long, default_value = "127.0.0.1:2379")]
     pub listen: SocketAddr,
-    /// URL other nodes reach this node at (default http://<listen>).
+    /// URL other nodes reach this node at (default: http://LISTEN).
     #[arg(long)]
     pub advertise: Option<String>,
     /// Storage engine: redb (default), sled, mem, rocksdb (with the rocksdb feature).

@@ -4,9 +4,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::EngineError;
 
-/// Why a request to the store failed. Variants are what callers branch on; the ones that
-/// are decided deterministically while applying a command ([`StoreError::is_deterministic`])
-/// travel through Raft as command results.
+/// Why a request to the store failed. Variants are what callers branch on; those decided
+/// while applying a command (unknown lease, duplicate key, …) travel through Raft as
+/// [`CommandResult::Error`](crate::CommandResult::Error), so every replica agrees on them.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum StoreError {
     #[error(

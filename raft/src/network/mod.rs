@@ -1,5 +1,5 @@
 //! How nodes reach each other. A [`Transport`] delivers a [`PeerRequest`] to a node and
-//! returns its [`PeerResponse`]; [`RaftNetworkFactory`] adapts any transport to openraft.
+//! returns its [`PeerResponse`]; [`NetworkFactory`] adapts any transport to openraft.
 //! Implementations: [`http`] (reqwest to the peer's `/raft/rpc`, bincode bodies, cluster
 //! token, pooled keep-alive connections) and [`sim`] (in-process, with a fault matrix).
 

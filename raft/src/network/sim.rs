@@ -21,7 +21,7 @@ struct Fabric {
     cut: HashSet<(String, String)>,
 }
 
-/// The shared network. Each node gets its own [`SimTransport`] from [`SimNetwork::transport`].
+/// The shared network. Each node gets its own transport from [`SimNetwork::transport`].
 #[derive(Clone, Default)]
 pub struct SimNetwork {
     fabric: Arc<Mutex<Fabric>>,
