@@ -46,7 +46,9 @@ pub enum KvError {
 pub enum NodeError {
     #[error("storage: {0}")]
     Storage(String),
-    #[error("data directory {0} already belongs to a cluster; refusing to initialize it again")]
+    #[error(
+        "data dir {0} already belongs to a cluster; refusing to initialize it again (restart without --init, or use a new --data-dir)"
+    )]
     AlreadyInitialized(String),
     #[error("data directory {0} holds no cluster: start it with --init or --join")]
     NotInitialized(String),

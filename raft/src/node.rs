@@ -51,6 +51,7 @@ pub struct NodeConfig {
 pub(crate) struct NodeInner {
     pub(crate) id: NodeId,
     pub(crate) addr: String,
+    data_dir: PathBuf,
     pub(crate) raft: Raft,
     pub(crate) mvcc: Arc<Mvcc>,
     pub(crate) engine: Arc<dyn Engine>,
@@ -120,6 +121,7 @@ impl Node {
         let inner = Arc::new(NodeInner {
             id,
             addr: cfg.addr.clone(),
+            data_dir: cfg.data_dir.clone(),
             raft,
             mvcc,
             engine,
@@ -222,7 +224,9 @@ impl Node {
     /// already belongs to a cluster.
     pub async fn initialize(&self) -> Result<u64, NodeError> {
         if self.is_member()? {
-            return Err(NodeError::AlreadyInitialized(self.inner.addr.clone()));
+            return Err(NodeError::AlreadyInitialized(
+                self.inner.data_dir.display().to_string(),
+            ));
         }
         let cluster_id = rand::thread_rng().gen_range(1..(1u64 << 53));
         self.set_cluster_id(cluster_id)?;
