@@ -159,10 +159,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let data = std::mem::replace(&mut self.data, Err("snapshot already built".into()))
             .map_err(|e| snap_err(ErrorVerb::Read, e))?;
         let dir = self.sm_dir.clone();
-        let (meta2, data2) = (meta.clone(), data.clone());
-        tokio::task::spawn_blocking(move || save_snapshot(&dir, &meta2, &data2))
-            .await
-            .map_err(|e| snap_err(ErrorVerb::Write, e))??;
+        let meta2 = meta.clone();
+        // The data goes to the blocking task and comes back: no copy of the snapshot.
+        let data =
+            tokio::task::spawn_blocking(move || save_snapshot(&dir, &meta2, &data).map(|()| data))
+                .await
+                .map_err(|e| snap_err(ErrorVerb::Write, e))??;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -246,11 +248,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         let extra = pointers(&meta.last_log_id, &meta.last_membership);
         let mvcc = self.mvcc.clone();
-        let bytes = data.clone();
-        tokio::task::spawn_blocking(move || mvcc.restore(&mut bytes.as_slice(), extra))
-            .await
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let data = tokio::task::spawn_blocking(move || {
+            mvcc.restore(&mut data.as_slice(), extra).map(|()| data)
+        })
+        .await
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         save_snapshot(&self.snapshot_dir, meta, &data)

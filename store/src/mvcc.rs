@@ -612,20 +612,18 @@ impl Mvcc {
         // Every revision in [compact_revision, revision) loses its events: first those in
         // the engine, then those applied earlier in this batch (not in the engine yet).
         let mut seen = HashSet::new();
-        let mut from = be(st.compact_revision.max(1)).to_vec();
-        let to = be(revision).to_vec();
-        loop {
-            let page = self
-                .engine
-                .scan(Cf::Events, &from, Some(&to), SCAN_PAGE, false)?;
-            let Some((last, _)) = page.last() else { break };
-            from = last.clone();
-            from.push(0);
-            for (rk, rv) in &page {
-                let events: Vec<Event> = decode(rv)?;
-                self.compact_revision_events(b, &mut seen, from_be(rk)?, &events, revision)?;
-            }
-        }
+        let from = be(st.compact_revision.max(1)).to_vec();
+        let to = be(revision);
+        for_each_pair(
+            self.engine.as_ref(),
+            Cf::Events,
+            from,
+            Some(&to),
+            |rk, rv| {
+                let events: Vec<Event> = decode(&rv)?;
+                self.compact_revision_events(b, &mut seen, from_be(&rk)?, &events, revision)
+            },
+        )?;
         let pending: Vec<(i64, Vec<Event>)> = b
             .revisions
             .iter()
@@ -767,20 +765,17 @@ impl Mvcc {
         }
         let mut kvs: Vec<KeyValue> = Vec::new();
         let mut latest: Option<Version> = None;
-        let mut from = start;
-        loop {
-            let page = self
-                .engine
-                .scan(Cf::History, &from, end.as_deref(), SCAN_PAGE, false)?;
-            let Some((last, _)) = page.last() else { break };
-            from = last.clone();
-            from.push(0);
-            for (k, v) in &page {
+        for_each_pair(
+            self.engine.as_ref(),
+            Cf::History,
+            start,
+            end.as_deref(),
+            |k, v| {
                 let rev = from_be(&k[k.len() - 8..])?;
                 if rev > at {
-                    continue;
+                    return Ok(());
                 }
-                let ver: Version = decode(v)?;
+                let ver: Version = decode(&v)?;
                 if let Some(prev) = latest.take()
                     && prev.kv.key != ver.kv.key
                     && !prev.tombstone
@@ -788,8 +783,9 @@ impl Mvcc {
                     kvs.push(prev.kv);
                 }
                 latest = Some(ver);
-            }
-        }
+                Ok(())
+            },
+        )?;
         if let Some(prev) = latest
             && !prev.tombstone
         {
@@ -847,16 +843,9 @@ impl Mvcc {
         let _st = self.read();
         let mut w = SnapshotWriter::new(out)?;
         for cf in Cf::STATE_MACHINE {
-            let mut from: Vec<u8> = Vec::new();
-            loop {
-                let page = self.engine.scan(cf, &from, None, SCAN_PAGE, false)?;
-                let Some((last, _)) = page.last() else { break };
-                from = last.clone();
-                from.push(0);
-                for (k, v) in &page {
-                    w.record(cf, k, v)?;
-                }
-            }
+            for_each_pair(self.engine.as_ref(), cf, Vec::new(), None, |k, v| {
+                w.record(cf, &k, &v)
+            })?;
         }
         w.finish()
     }
@@ -979,40 +968,49 @@ fn load_state(engine: &dyn Engine) -> Result<State, StoreError> {
         next_lease_id: meta(META_NEXT_LEASE)?.unwrap_or(1),
         ..State::default()
     };
-    let mut from: Vec<u8> = Vec::new();
-    loop {
-        let page = engine.scan(Cf::Lease, &from, None, SCAN_PAGE, false)?;
-        let Some((last, _)) = page.last() else { break };
-        from = last.clone();
-        from.push(0);
-        for (_, v) in &page {
-            let rec: LeaseRecord = decode(v)?;
-            st.leases.insert(
-                rec.id,
-                LeaseState {
-                    ttl: rec.ttl,
-                    keys: BTreeSet::new(),
-                },
-            );
+    for_each_pair(engine, Cf::Lease, Vec::new(), None, |_, v| {
+        let rec: LeaseRecord = decode(&v)?;
+        let lease = LeaseState {
+            ttl: rec.ttl,
+            keys: BTreeSet::new(),
+        };
+        st.leases.insert(rec.id, lease);
+        Ok(())
+    })?;
+    for_each_pair(engine, Cf::Current, Vec::new(), None, |k, v| {
+        let kv: KeyValue = decode(&v)?;
+        if kv.lease != 0
+            && let Some(l) = st.leases.get_mut(&kv.lease)
+        {
+            l.keys.insert(k.clone());
         }
-    }
-    let mut from: Vec<u8> = Vec::new();
+        st.current.insert(k, kv);
+        Ok(())
+    })?;
+    Ok(st)
+}
+
+/// Visits every pair of `[start, end)` in `cf` in key order, a page at a time, so a large
+/// family is never read into memory at once.
+fn for_each_pair(
+    engine: &dyn Engine,
+    cf: Cf,
+    start: Vec<u8>,
+    end: Option<&[u8]>,
+    mut f: impl FnMut(Vec<u8>, Vec<u8>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut from = start;
     loop {
-        let page = engine.scan(Cf::Current, &from, None, SCAN_PAGE, false)?;
-        let Some((last, _)) = page.last() else { break };
+        let page = engine.scan(cf, &from, end, SCAN_PAGE, false)?;
+        let Some((last, _)) = page.last() else {
+            return Ok(());
+        };
         from = last.clone();
         from.push(0);
         for (k, v) in page {
-            let kv: KeyValue = decode(&v)?;
-            if kv.lease != 0
-                && let Some(l) = st.leases.get_mut(&kv.lease)
-            {
-                l.keys.insert(k.clone());
-            }
-            st.current.insert(k, kv);
+            f(k, v)?;
         }
     }
-    Ok(st)
 }
 
 /// Reads the events of revisions `[from, to]` (at most `limit` revisions) from the engine.
