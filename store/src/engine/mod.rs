@@ -157,6 +157,21 @@ pub enum Durability {
 /// A key-value pair read from an engine.
 pub type Pair = (Vec<u8>, Vec<u8>);
 
+/// Takes at most `limit` items of an engine's range iterator, from the end when `reverse`,
+/// turning each into a pair (keys without the family prefix).
+pub(crate) fn take_pairs<I: DoubleEndedIterator>(
+    iter: I,
+    limit: usize,
+    reverse: bool,
+    pair: impl FnMut(I::Item) -> Result<Pair, EngineError>,
+) -> Result<Vec<Pair>, EngineError> {
+    if reverse {
+        iter.rev().take(limit).map(pair).collect()
+    } else {
+        iter.take(limit).map(pair).collect()
+    }
+}
+
 /// Errors from a storage engine. Any of them is fatal for the write that hit it.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

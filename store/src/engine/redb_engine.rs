@@ -9,7 +9,7 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, TableDefinition};
 
-use super::{BatchOp, Cf, Durability, Engine, EngineError, Pair, WriteBatch};
+use super::{BatchOp, Cf, Durability, Engine, EngineError, Pair, WriteBatch, take_pairs};
 
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 
@@ -68,33 +68,10 @@ impl Engine for RedbEngine {
         let range = table
             .range::<&[u8]>(s.as_slice()..e.as_slice())
             .map_err(io)?;
-        let mut out = Vec::new();
-        type Item<'a> = Result<
-            (
-                redb::AccessGuard<'a, &'static [u8]>,
-                redb::AccessGuard<'a, &'static [u8]>,
-            ),
-            redb::StorageError,
-        >;
-        let mut push = |item: Item<'_>| {
+        take_pairs(range, limit, reverse, |item| {
             let (k, v) = item.map_err(io)?;
-            out.push((k.value()[1..].to_vec(), v.value().to_vec()));
-            Ok::<bool, EngineError>(out.len() < limit)
-        };
-        if reverse {
-            for item in range.rev() {
-                if !push(item)? {
-                    break;
-                }
-            }
-        } else {
-            for item in range {
-                if !push(item)? {
-                    break;
-                }
-            }
-        }
-        Ok(out)
+            Ok((k.value()[1..].to_vec(), v.value().to_vec()))
+        })
     }
 
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<(), EngineError> {

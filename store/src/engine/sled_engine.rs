@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use super::{BatchOp, Cf, Durability, Engine, EngineError, Pair, WriteBatch};
+use super::{BatchOp, Cf, Durability, Engine, EngineError, Pair, WriteBatch, take_pairs};
 
 pub struct SledEngine {
     db: sled::Db,
@@ -52,26 +52,10 @@ impl Engine for SledEngine {
             return Ok(Vec::new());
         }
         let iter = self.db.range(s..e);
-        let mut out = Vec::new();
-        let mut push = |item: sled::Result<(sled::IVec, sled::IVec)>| -> Result<bool, EngineError> {
+        take_pairs(iter, limit, reverse, |item| {
             let (k, v) = item.map_err(io)?;
-            out.push((k[1..].to_vec(), v.to_vec()));
-            Ok(out.len() < limit)
-        };
-        if reverse {
-            for item in iter.rev() {
-                if !push(item)? {
-                    break;
-                }
-            }
-        } else {
-            for item in iter {
-                if !push(item)? {
-                    break;
-                }
-            }
-        }
-        Ok(out)
+            Ok((k[1..].to_vec(), v.to_vec()))
+        })
     }
 
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<(), EngineError> {
