@@ -1,11 +1,18 @@
 //! `cairn-client`: the types and HTTP clients of Cairn's public APIs. It depends on no
 //! internal crate, so other programs can use it as they are.
 //!
+//! - [`runconfig`], [`run`], [`executor`]: the run service's objects, as the API shows
+//!   them and as the service stores them.
+//! - [`api`]: request and response bodies of `/api/v1`.
+//! - [`error`]: the stable error body `{code, message, details}` of the run-service API.
 //! - [`etcd`]: the store's etcd v3 JSON API (the shapes of etcd 3.4's gRPC gateway) and
 //!   [`etcd::EtcdClient`], a small async client for it used by the CLI and the benchmarks.
-//! - [`error`]: the stable error body `{code, message, details}` of the run-service API.
 
+pub mod api;
 pub mod error;
 pub mod etcd;
+pub mod executor;
+pub mod run;
+pub mod runconfig;
 
-pub use error::ApiError;
+pub use error::{ApiError, ErrorCode};

@@ -1,0 +1,191 @@
+//! Request and response bodies of the run-service API (`/api/v1`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::executor::{AssignedTask, Executor, ExecutorTask};
+use crate::run::{Run, RunPhase, RunResult};
+use crate::runconfig::{Env, RunConfig, SourceRef};
+
+/// The git reference a run is for; selects the config's `when` clauses.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+}
+
+/// A config file as sent by the client: its repository-relative path (for error
+/// messages and to pick the format) and its text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigFile {
+    pub path: String,
+    pub content: String,
+}
+
+/// `POST /api/v1/runs`: one run per config run whose `when` matches.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateRunRequest {
+    /// `/project/<id>/branch/<b>`, `/user/<id>/branch/<b>`, …
+    pub group: String,
+    pub config: ConfigFile,
+    #[serde(default)]
+    pub reference: RefSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceRef>,
+    /// Values for `from_variable`.
+    #[serde(default)]
+    pub variables: BTreeMap<String, String>,
+    /// Run-level environment (wins over task environment).
+    #[serde(default)]
+    pub environment: Env,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_group: Option<String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// Only these tasks and their ancestors (by name); empty = all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<String>,
+    /// Only the config run with this name; empty = every matching run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_name: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateRunResponse {
+    pub runs: Vec<RunResponse>,
+}
+
+/// `POST /api/v1/runs/{id}/restart`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartRunRequest {
+    /// Re-run every task; otherwise only failed tasks and their descendants.
+    #[serde(default)]
+    pub from_start: bool,
+    /// Replaces the run-level environment when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<Env>,
+}
+
+/// A run with its config and, while it waits, why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunResponse {
+    pub run: Run,
+    pub run_config: RunConfig,
+    /// Why the run, or each not-started task (by task name), is waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingReasons>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingReasons {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    #[serde(default)]
+    pub tasks: BTreeMap<String, String>,
+}
+
+/// `GET /api/v1/runs` query.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListRunsQuery {
+    /// Group path prefix on segment boundaries (`/project/p1` matches `/project/p1/…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phase: Vec<RunPhase>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub result: Vec<RunResult>,
+    /// Only the last run of each group.
+    #[serde(default)]
+    pub last_run: bool,
+    /// Continue after this cursor (from a previous page's `next`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// Oldest first (default newest first).
+    #[serde(default)]
+    pub asc: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunsPage {
+    pub runs: Vec<Run>,
+    /// Cursor of the next page, absent on the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunAction {
+    /// Running runs: stop their tasks; result becomes stopped.
+    Stop,
+    /// Queued runs: never start.
+    Cancel,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunActionRequest {
+    pub action: RunAction,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum TaskActionRequest {
+    Approve {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approver: Option<String>,
+    },
+    SetAnnotations {
+        annotations: BTreeMap<String, String>,
+    },
+}
+
+/// `POST /api/v1/executors/{id}` reply: how long the registration lives without a
+/// heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    pub lease_ttl_secs: i64,
+    pub executor: Executor,
+}
+
+/// `GET /api/v1/executors/{id}/tasks?after=R&wait=S`: the executor's tasks as of
+/// `revision`; a long poll returns early when one of them changes after `after`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutorTasksResponse {
+    pub revision: i64,
+    pub tasks: Vec<AssignedTask>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutorsResponse {
+    pub executors: Vec<Executor>,
+    /// Unfinished executor tasks per executor id.
+    #[serde(default)]
+    pub assigned: BTreeMap<String, usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutorTaskResponse {
+    pub task: ExecutorTask,
+}
+
+/// `POST /api/v1/sources`: where an uploaded working-tree snapshot was stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceUploadResponse {
+    pub source: SourceRef,
+}
+
+/// `GET /readyz` and `GET /api/v1/cluster`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub node_id: u64,
+    pub leader_id: Option<u64>,
+    pub scheduler_active: bool,
+    pub revision: i64,
+}
