@@ -8,3 +8,4 @@
 pub mod api;
 pub mod app;
 pub mod cli;
+pub mod datamanager;

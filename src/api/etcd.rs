@@ -285,6 +285,7 @@ fn range_in(r: wire::RangeRequest) -> Result<store::RangeRequest, EtcdError> {
         max_mod_revision: nonneg("max_mod_revision", r.max_mod_revision)?,
         min_create_revision: nonneg("min_create_revision", r.min_create_revision)?,
         max_create_revision: nonneg("max_create_revision", r.max_create_revision)?,
+        page_only: false,
     })
 }
 

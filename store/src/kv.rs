@@ -143,6 +143,10 @@ pub struct RangeRequest {
     pub max_mod_revision: i64,
     pub min_create_revision: i64,
     pub max_create_revision: i64,
+    /// Cairn extension for paging: with a limit, `count` is only `kvs.len()` (+1 when
+    /// `more`), so a page costs O(limit) rather than O(matching keys).
+    #[serde(default)]
+    pub page_only: bool,
 }
 
 impl RangeRequest {

@@ -710,6 +710,15 @@ impl Mvcc {
                 current: st.revision,
             });
         }
+        if req.page_only
+            && req.limit > 0
+            && !req.count_only
+            && no_filters(req)
+            && req.sort_target == SortTarget::Key
+            && !req.range.is_single()
+        {
+            return Ok(page(&st.current, req, st.revision));
+        }
         if req.sort_order == SortOrder::None && !req.count_only && req.limit > 0 && no_filters(req)
         {
             // Fast path: stop copying at the limit, count the rest without cloning.
@@ -874,6 +883,38 @@ impl Mvcc {
         *st = load_state(self.engine.as_ref())?;
         self.hub.reset(st.revision, st.compact_revision);
         Ok(())
+    }
+}
+
+/// One page of a key-ordered range (either direction) without counting the rest.
+fn page(current: &BTreeMap<Vec<u8>, KeyValue>, req: &RangeRequest, revision: i64) -> RangeResponse {
+    let end = match req.range.end_bound() {
+        Some(e) if e.as_slice() <= req.range.key.as_slice() => {
+            return RangeResponse {
+                revision,
+                ..RangeResponse::default()
+            };
+        }
+        Some(e) => Bound::Excluded(e),
+        None => Bound::Unbounded,
+    };
+    let it = current.range::<Vec<u8>, _>((Bound::Included(req.range.key.clone()), end));
+    let take = req.limit as usize + 1;
+    let mut kvs: Vec<KeyValue> = if req.sort_order == SortOrder::Descend {
+        it.rev().take(take).map(|(_, v)| v.clone()).collect()
+    } else {
+        it.take(take).map(|(_, v)| v.clone()).collect()
+    };
+    let more = kvs.len() > req.limit as usize;
+    kvs.truncate(req.limit as usize);
+    if req.keys_only {
+        kvs.iter_mut().for_each(|kv| kv.value.clear());
+    }
+    RangeResponse {
+        count: kvs.len() as i64 + i64::from(more),
+        kvs,
+        more,
+        revision,
     }
 }
 
