@@ -22,6 +22,9 @@ pub struct StoreOptions {
     pub engine: EngineKind,
     pub timing: Timing,
     pub init: bool,
+    /// Initialize a new single-node cluster when the data dir holds none (and no join
+    /// is asked); restart otherwise.
+    pub init_if_new: bool,
     pub join: Option<String>,
     pub cluster_token: String,
     /// `None` turns client auth off (allowed on loopback only).
@@ -40,6 +43,14 @@ pub struct StoreServer {
 impl StoreServer {
     /// Opens the node, binds the port and brings the node into its cluster.
     pub async fn start(opts: StoreOptions) -> anyhow::Result<StoreServer> {
+        Self::start_with(opts, |_| axum::Router::new()).await
+    }
+
+    /// Like [`StoreServer::start`], serving `extra(node)` on the same port too.
+    pub async fn start_with<F>(opts: StoreOptions, extra: F) -> anyhow::Result<StoreServer>
+    where
+        F: FnOnce(&Node) -> axum::Router,
+    {
         if opts.client_token.is_none() && !opts.listen.ip().is_loopback() {
             bail!(
                 "client auth can only be turned off on a loopback address (listening on {})",
@@ -67,11 +78,11 @@ impl StoreServer {
         let node = Node::open(cfg, transport)
             .await
             .with_context(|| format!("opening data dir {}", opts.data_dir.display()))?;
-        let app = crate::api::server::router(
+        let app = extra(&node).merge(crate::api::server::router(
             node.clone(),
             &opts.cluster_token,
             opts.client_token.clone(),
-        );
+        ));
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         let server = tokio::spawn(async move {
@@ -123,6 +134,14 @@ impl StoreServer {
                         Err(e) => return Err(e.into()),
                     }
                 }
+            }
+            (false, None) if opts.init_if_new && !node.is_member()? => {
+                let id = node.initialize().await?;
+                tracing::info!(
+                    cluster_id = id,
+                    node_id = node.id(),
+                    "initialized a new single-node cluster"
+                );
             }
             (false, _) => {
                 if !node.is_member()? {

@@ -22,6 +22,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run the service: store, API, scheduler (a fresh single node initializes itself).
+    Serve(RunServeArgs),
     /// The embedded key-value store.
     Store {
         #[command(subcommand)]
@@ -187,6 +189,39 @@ pub struct ServeArgs {
     /// Serve clients without a token (loopback addresses only).
     #[arg(long)]
     pub no_client_auth: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunServeArgs {
+    /// Data directory (store, token, and by default object storage).
+    #[arg(long, default_value = "cairn-data")]
+    pub data_dir: PathBuf,
+    /// Address of the HTTP port (API, etcd API and peers); port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// URL other nodes and executors reach this node at (default: http://LISTEN).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Storage engine: redb (default), sled, mem, rocksdb (with the rocksdb feature).
+    #[arg(long, default_value = "redb")]
+    pub engine: String,
+    /// Timing profile: lan or edge.
+    #[arg(long, default_value = "lan")]
+    pub timing: String,
+    /// Start a new cluster with this node as its only member (the default for a fresh
+    /// data dir without --join).
+    #[arg(long, conflicts_with = "join")]
+    pub init: bool,
+    /// Join the cluster of the node at URL (needs that cluster's --token).
+    #[arg(long, requires = "token")]
+    pub join: Option<String>,
+    /// Cluster and API token (default: the one in DATA_DIR/token, made on first start).
+    #[arg(long, env = "CAIRN_TOKEN")]
+    pub token: Option<String>,
+    /// Object storage: a directory, file:///dir, memory:, or s3://bucket/prefix
+    /// (default: DATA_DIR/objects).
+    #[arg(long)]
+    pub objects: Option<String>,
 }
 
 fn b64(s: &str) -> B64Bytes {

@@ -1,11 +1,20 @@
 //! `cairn`: the CI/CD run service binary and its library.
 //!
-//! Today it holds the store's front ends: [`api`] (the etcd v3 JSON API over the
-//! replicated store, the peer endpoint, health) and [`app`] (starting a store node and
-//! serving it until shutdown). The run service, scheduler, executor and datamanager
-//! build on these (see ARCHITECTURE.md).
+//! Codemap (dependencies point down; see ARCHITECTURE.md):
+//! - [`service`]: the composition root of `cairn serve` (store node, API, scheduler).
+//! - [`api`]: HTTP front ends, the only place that knows status codes: the run-service
+//!   API (`/api/v1`), the store's etcd v3 JSON API, peers, health.
+//! - [`scheduler`]: the loop that advances runs and hands tasks to executors.
+//! - [`runservice`]: run and task state machines as pure functions.
+//! - [`configfile`]: the run config format: parse, validate, expand.
+//! - [`datamanager`]: typed collections over the store, and object storage.
+//! - [`app`]: starting a store node and serving it until shutdown.
 
 pub mod api;
 pub mod app;
 pub mod cli;
+pub mod configfile;
 pub mod datamanager;
+pub mod runservice;
+pub mod scheduler;
+pub mod service;

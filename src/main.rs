@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::anyhow;
 use cairn::app::{StoreOptions, StoreServer};
-use cairn::cli::{Cli, Command, ServeArgs, StoreCommand};
+use cairn::cli::{Cli, Command, RunServeArgs, ServeArgs, StoreCommand};
+use cairn::service::{Service, ServiceOptions};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -39,6 +40,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Serve(args) => serve_service(args).await,
         Command::Store {
             command: StoreCommand::Serve(args),
         } => serve(args).await,
@@ -55,6 +57,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         timing: raft::Timing::parse(&args.timing)
             .ok_or_else(|| anyhow!("unknown timing profile {:?} (lan or edge)", args.timing))?,
         init: args.init,
+        init_if_new: false,
         join: args.join,
         client_token: if args.no_client_auth {
             None
@@ -74,6 +77,34 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down");
     server.stop().await;
+    Ok(())
+}
+
+async fn serve_service(args: RunServeArgs) -> anyhow::Result<()> {
+    let opts = ServiceOptions {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        advertise: args.advertise,
+        engine: store::EngineKind::parse(&args.engine)?,
+        timing: raft::Timing::parse(&args.timing)
+            .ok_or_else(|| anyhow!("unknown timing profile {:?} (lan or edge)", args.timing))?,
+        init: args.init,
+        join: args.join,
+        token: args.token,
+        objects: args.objects,
+        scheduler: cairn::scheduler::SchedulerConfig::default(),
+    };
+    let service = Service::start(opts).await?;
+    // One line on stdout, so scripts and tests learn the address and the token's place.
+    println!(
+        "cairn: serving on {} node {:x}; API token in {}",
+        service.url(),
+        service.store.node.id(),
+        service.token_file.display()
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    service.stop().await;
     Ok(())
 }
 

@@ -3,7 +3,8 @@
 //!
 //! - [`runconfig`], [`run`], [`executor`]: the run service's objects, as the API shows
 //!   them and as the service stores them.
-//! - [`api`]: request and response bodies of `/api/v1`.
+//! - [`api`]: request and response bodies of `/api/v1`; [`http::RunClient`] calls every
+//!   endpoint (with failover across a cluster's nodes), [`sse`] parses run-event streams.
 //! - [`error`]: the stable error body `{code, message, details}` of the run-service API.
 //! - [`etcd`]: the store's etcd v3 JSON API (the shapes of etcd 3.4's gRPC gateway) and
 //!   [`etcd::EtcdClient`], a small async client for it used by the CLI and the benchmarks.
@@ -12,7 +13,12 @@ pub mod api;
 pub mod error;
 pub mod etcd;
 pub mod executor;
+pub mod http;
+pub mod logs;
 pub mod run;
 pub mod runconfig;
+pub mod sse;
 
 pub use error::{ApiError, ErrorCode};
+pub use http::{ClientError, RunClient};
+pub use logs::LogStep;

@@ -1,7 +1,15 @@
 //! HTTP front ends; the only place that knows HTTP status codes.
 //!
+//! - [`service`]: the run-service API router (`/api/v1`), with [`runs`], [`executors`]
+//!   and [`blobs`] handlers and [`error`], the mapping of every failure to
+//!   `{code, message, details}`.
 //! - [`etcd`]: the store's client port, etcd v3's JSON API (etcd 3.4 gateway shapes).
 //! - [`server`]: the node's HTTP server: the etcd API, the Raft peer endpoint and health.
 
+pub mod blobs;
+pub mod error;
 pub mod etcd;
+pub mod executors;
+pub mod runs;
 pub mod server;
+pub mod service;

@@ -102,7 +102,10 @@ impl Datamanager {
         ops.extend(run_write_ops(Some(&prev.value), run));
         let resp = self.commit(compare, ops).await?;
         if !resp.succeeded {
-            return Err(DmError::Conflict(format!("run {} or its change groups", run.id)));
+            return Err(DmError::Conflict(format!(
+                "run {} or its change groups",
+                run.id
+            )));
         }
         Ok(resp.revision)
     }
@@ -120,7 +123,10 @@ impl Datamanager {
         for kv in old {
             let key = String::from_utf8_lossy(&kv.key).into_owned();
             let resp = self
-                .commit(vec![unchanged(key.clone(), kv.mod_revision)], vec![delete(key)])
+                .commit(
+                    vec![unchanged(key.clone(), kv.mod_revision)],
+                    vec![delete(key)],
+                )
                 .await?;
             deleted += usize::from(resp.succeeded);
         }

@@ -41,7 +41,8 @@ impl Datamanager {
         if self.executor(id).await?.is_none() {
             return Err(DmError::not_found("executor", id));
         }
-        self.commit(vec![], vec![delete(keys::executor(id))]).await?;
+        self.commit(vec![], vec![delete(keys::executor(id))])
+            .await?;
         Ok(())
     }
 }

@@ -160,7 +160,10 @@ mod tests {
 
     #[test]
     fn groups_normalize_to_one_form() {
-        assert_eq!(normalize_group("project/p1/").as_deref(), Some("/project/p1"));
+        assert_eq!(
+            normalize_group("project/p1/").as_deref(),
+            Some("/project/p1")
+        );
         assert_eq!(normalize_group("//a//b").as_deref(), Some("/a/b"));
         assert_eq!(normalize_group("/").as_deref(), Some("/"));
         assert_eq!(normalize_group("/a/../b"), None);

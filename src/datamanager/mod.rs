@@ -8,10 +8,14 @@
 //! otherwise). The scheduler adds its fence to each write so that a deposed scheduler
 //! can never commit. This module knows keys and JSON, not HTTP and not run semantics.
 
+pub mod archives;
+pub mod blobs;
+pub mod caches;
 pub mod changegroup;
 pub mod events;
 pub mod executors;
 pub mod keys;
+pub mod logs;
 pub mod runs;
 pub mod tasks;
 
@@ -80,7 +84,11 @@ impl Datamanager {
     }
 
     /// Commits `ops` if every compare holds (and the fence, if any, is held).
-    async fn commit(&self, compare: Vec<Compare>, ops: Vec<RequestOp>) -> Result<TxnResponse, DmError> {
+    async fn commit(
+        &self,
+        compare: Vec<Compare>,
+        ops: Vec<RequestOp>,
+    ) -> Result<TxnResponse, DmError> {
         let resp = match &self.fence {
             Some(f) => self.kv.txn_if_lock_held(f, compare, ops).await?,
             None => {
@@ -96,7 +104,10 @@ impl Datamanager {
         Ok(resp)
     }
 
-    async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<Versioned<T>>, DmError> {
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<Versioned<T>>, DmError> {
         match self.kv.get(key.as_bytes().to_vec()).await? {
             None => Ok(None),
             Some(kv) => Ok(Some(Versioned {
@@ -127,7 +138,10 @@ impl Datamanager {
     }
 
     /// Several raw key-values read at one revision.
-    async fn get_many_json_raw(&self, keys: &[String]) -> Result<Vec<Option<store::KeyValue>>, DmError> {
+    async fn get_many_json_raw(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<Option<store::KeyValue>>, DmError> {
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(64) {
             let ops = chunk
@@ -153,7 +167,10 @@ impl Datamanager {
     }
 
     /// Every value under `prefix`, in key order, read at one revision in pages.
-    async fn scan_json<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<Versioned<T>>, DmError> {
+    async fn scan_json<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<Versioned<T>>, DmError> {
         let mut out = Vec::new();
         for kv in self.scan(prefix, false).await? {
             let key = String::from_utf8_lossy(&kv.key).into_owned();
@@ -218,13 +235,6 @@ pub(crate) fn put_with_lease(key: impl Into<String>, value: Vec<u8>, lease: i64)
 pub(crate) fn delete(key: impl Into<String>) -> RequestOp {
     RequestOp::DeleteRange(DeleteRangeRequest {
         range: KeyRange::key(key.into().into_bytes()),
-        prev_kv: false,
-    })
-}
-
-pub(crate) fn delete_prefix(prefix: &str) -> RequestOp {
-    RequestOp::DeleteRange(DeleteRangeRequest {
-        range: KeyRange::prefix(prefix.as_bytes().to_vec()),
         prev_kv: false,
     })
 }

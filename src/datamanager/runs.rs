@@ -43,7 +43,10 @@ impl Datamanager {
             let (config, run) = make(&id, next_counter);
             let mut compare = vec![
                 unchanged(keys::RUN_SEQ, seq.as_ref().map_or(0, |kv| kv.mod_revision)),
-                unchanged(counter_key.clone(), counter.as_ref().map_or(0, |kv| kv.mod_revision)),
+                unchanged(
+                    counter_key.clone(),
+                    counter.as_ref().map_or(0, |kv| kv.mod_revision),
+                ),
                 absent(keys::run(&id)),
             ];
             compare.shrink_to_fit();
@@ -109,7 +112,12 @@ impl Datamanager {
     /// Several runs read at one revision; missing ones are left out.
     pub async fn runs(&self, ids: &[String]) -> Result<Vec<Versioned<Run>>, DmError> {
         let keys: Vec<String> = ids.iter().map(|id| keys::run(id)).collect();
-        Ok(self.get_many_json(&keys).await?.into_iter().flatten().collect())
+        Ok(self
+            .get_many_json(&keys)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect())
     }
 
     /// Ids of up to `limit` runs of one index stream, after `cursor`, oldest first
@@ -126,7 +134,10 @@ impl Datamanager {
         let end = store::prefix_end(prefix.as_bytes());
         let (start, end) = match (cursor, asc) {
             (Some(c), true) => (format!("{prefix}{c}\0").into_bytes(), end),
-            (Some(c), false) => (prefix.clone().into_bytes(), format!("{prefix}{c}").into_bytes()),
+            (Some(c), false) => (
+                prefix.clone().into_bytes(),
+                format!("{prefix}{c}").into_bytes(),
+            ),
             (None, _) => (prefix.clone().into_bytes(), end),
         };
         let mut req = RangeRequest::new(KeyRange::interval(start, end));
@@ -220,9 +231,18 @@ impl Datamanager {
     }
 
     /// The newest run of every group under `group`, paged by group path.
-    async fn list_last_runs(&self, group: &str, q: &ListRunsQuery, limit: usize) -> Result<RunsPage, DmError> {
+    async fn list_last_runs(
+        &self,
+        group: &str,
+        q: &ListRunsQuery,
+        limit: usize,
+    ) -> Result<RunsPage, DmError> {
         let exact = keys::last(group);
-        let sub = if group == "/" { keys::last("/") } else { keys::last(&format!("{group}/")) };
+        let sub = if group == "/" {
+            keys::last("/")
+        } else {
+            keys::last(&format!("{group}/"))
+        };
         let end = store::prefix_end(sub.as_bytes());
         let start = match &q.cursor {
             Some(c) => format!("{}\0", keys::last(c)).into_bytes(),
@@ -234,19 +254,30 @@ impl Datamanager {
         let resp = self.kv().range(req).await?;
         let mut pairs = Vec::new();
         for kv in &resp.kvs {
-            let g = keys::id_of(&kv.key, keys::LAST).unwrap_or_default().to_string();
+            let g = keys::id_of(&kv.key, keys::LAST)
+                .unwrap_or_default()
+                .to_string();
             if g != group && !g.starts_with(&format!("{}/", group.trim_end_matches('/'))) {
                 continue;
             }
             pairs.push((g, String::from_utf8_lossy(&kv.value).into_owned()));
         }
         let ids: Vec<String> = pairs.iter().map(|(_, id)| id.clone()).collect();
-        let mut runs: Vec<Run> = self.runs(&ids).await?.into_iter().map(|v| v.value).collect();
+        let mut runs: Vec<Run> = self
+            .runs(&ids)
+            .await?
+            .into_iter()
+            .map(|v| v.value)
+            .collect();
         runs.retain(|r| {
             (q.phase.is_empty() || q.phase.contains(&r.phase))
                 && (q.result.is_empty() || q.result.contains(&r.result))
         });
-        let next = if resp.more { pairs.last().map(|(g, _)| g.clone()) } else { None };
+        let next = if resp.more {
+            pairs.last().map(|(g, _)| g.clone())
+        } else {
+            None
+        };
         Ok(RunsPage { runs, next })
     }
 }
@@ -256,7 +287,11 @@ impl Datamanager {
 /// result changed, a run event.
 pub(super) fn run_write_ops(prev: Option<&Run>, run: &Run) -> Vec<RequestOp> {
     let mut ops = vec![put(keys::run(&run.id), encode(run))];
-    let old: BTreeSet<String> = prev.map(keys::index_keys).unwrap_or_default().into_iter().collect();
+    let old: BTreeSet<String> = prev
+        .map(keys::index_keys)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     let new: BTreeSet<String> = keys::index_keys(run).into_iter().collect();
     for k in old.difference(&new) {
         ops.push(delete(k.clone()));

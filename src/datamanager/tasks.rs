@@ -29,7 +29,10 @@ impl Datamanager {
         Ok(resp.succeeded)
     }
 
-    pub async fn executor_task(&self, id: &str) -> Result<Option<Versioned<ExecutorTask>>, DmError> {
+    pub async fn executor_task(
+        &self,
+        id: &str,
+    ) -> Result<Option<Versioned<ExecutorTask>>, DmError> {
         self.get_json(&keys::executor_task(id)).await
     }
 
@@ -58,7 +61,10 @@ impl Datamanager {
     }
 
     /// Deletes `prev` if unchanged since it was read.
-    pub async fn delete_executor_task(&self, prev: &Versioned<ExecutorTask>) -> Result<(), DmError> {
+    pub async fn delete_executor_task(
+        &self,
+        prev: &Versioned<ExecutorTask>,
+    ) -> Result<(), DmError> {
         let et = &prev.value;
         let resp = self
             .commit(

@@ -157,6 +157,26 @@ impl WatchStream {
         }
     }
 
+    /// The next message if one is ready now, without waiting.
+    pub fn try_recv(&mut self) -> Option<WatchMessage> {
+        if self.ended {
+            return None;
+        }
+        match self.rx.try_recv() {
+            Ok(WatchMessage::Canceled(r)) => {
+                self.ended = true;
+                Some(WatchMessage::Canceled(r))
+            }
+            Ok(m) => Some(m),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+            Err(mpsc::error::TryRecvError::Disconnected) => {
+                self.ended = true;
+                let reason = self.cancel.lock().unwrap_or_else(|p| p.into_inner()).take();
+                reason.map(WatchMessage::Canceled)
+            }
+        }
+    }
+
     /// Asks for a progress notification as soon as this watcher is synced.
     pub fn request_progress(&self) {
         self.hub.request_progress(self.id);

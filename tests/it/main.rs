@@ -9,3 +9,4 @@ mod durability;
 mod etcd_api;
 mod failover;
 mod leases;
+mod runs_flow;

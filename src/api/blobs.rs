@@ -1,0 +1,247 @@
+//! Blob endpoints: step logs (live append by executors; read and follow by anyone, from
+//! any byte offset, live or archived), workspace archives, caches (first writer wins,
+//! prefix lookup takes the newest) and uploaded source snapshots.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use cairn_client::ErrorCode;
+use cairn_client::api::SourceUploadResponse;
+use cairn_client::runconfig::SourceRef;
+use futures::TryStreamExt;
+use serde::Deserialize;
+
+use super::error::{ApiResult, Failure};
+use super::service::ApiState;
+use crate::datamanager::logs::{LogError, LogId, LogStep};
+
+#[derive(Debug, Default, Deserialize)]
+pub struct LogParams {
+    step: Option<String>,
+    #[serde(default)]
+    offset: u64,
+    #[serde(default)]
+    follow: bool,
+    #[serde(default)]
+    end: bool,
+}
+
+fn log_step(step: &Option<String>) -> Result<LogStep, Failure> {
+    match step.as_deref() {
+        None => Err(Failure::bad_request(
+            "step is required: `setup` or a step index",
+        )),
+        Some("setup") => Ok(LogStep::Setup),
+        Some(n) => n.parse().map(LogStep::Step).map_err(|_| {
+            Failure::bad_request(format!("step {n:?} is neither `setup` nor a step index"))
+        }),
+    }
+}
+
+/// `GET /runs/{id}/tasks/{task_id}/logs?step=&offset=&follow=`.
+pub async fn logs(
+    State(st): State<ApiState>,
+    Path((run_id, task_id)): Path<(String, String)>,
+    Query(p): Query<LogParams>,
+) -> ApiResult<Response> {
+    let step = log_step(&p.step)?;
+    let run = st.dm.run(&run_id).await?.value;
+    let config = st.dm.run_config(&run_id).await?;
+    // Tasks can be named by id or by name.
+    let task_id = if run.tasks.contains_key(&task_id) {
+        task_id
+    } else {
+        config
+            .tasks
+            .values()
+            .find(|t| t.name == task_id)
+            .map(|t| t.id.clone())
+            .ok_or_else(|| Failure::not_found(format!("run {run_id} has no task {task_id:?}")))?
+    };
+    let rt = &run.tasks[&task_id];
+    if let LogStep::Step(n) = step
+        && n >= rt.steps.len()
+    {
+        return Err(Failure::not_found(format!(
+            "task {task_id} has {} steps; there is no step {n}",
+            rt.steps.len()
+        )));
+    }
+    let log = LogId { task_id, step };
+    let complete = st.logs.is_complete(&log).await.map_err(log_failure)?;
+    let body = if p.follow && !complete {
+        Body::from_stream(st.logs.follow(&log, p.offset))
+    } else {
+        Body::from_stream(st.logs.read(&log, p.offset).await.map_err(log_failure)?)
+    };
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if complete {
+        resp.headers_mut()
+            .insert("x-cairn-log-complete", HeaderValue::from_static("true"));
+    }
+    Ok(resp)
+}
+
+fn log_failure(e: LogError) -> Failure {
+    match e {
+        LogError::OffsetMismatch { expected } => Failure::new(
+            ErrorCode::Conflict,
+            format!("log offset mismatch: the log has {expected} bytes"),
+        )
+        .with_details(serde_json::json!({ "length": expected })),
+        other => {
+            tracing::error!(error = %other, "log storage failed");
+            Failure::new(ErrorCode::Internal, other.to_string())
+        }
+    }
+}
+
+/// `POST /executors/{id}/tasks/{task_id}/logs?step=&offset=&end=`: appends a chunk.
+pub async fn append_log(
+    State(st): State<ApiState>,
+    Path((id, task_id)): Path<(String, String)>,
+    Query(p): Query<LogParams>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let step = log_step(&p.step)?;
+    owned(&st, &id, &task_id).await?;
+    let log = LogId { task_id, step };
+    if !body.is_empty() {
+        st.logs
+            .append(&log, p.offset, body)
+            .await
+            .map_err(log_failure)?;
+    }
+    if p.end {
+        st.logs.finish(&log).await.map_err(log_failure)?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The executor must own the task to write its blobs.
+async fn owned(st: &ApiState, id: &str, task_id: &str) -> Result<(), Failure> {
+    let et = st
+        .dm
+        .executor_task(task_id)
+        .await?
+        .ok_or_else(|| Failure::not_found(format!("task {task_id} not found")))?;
+    if et.value.spec.executor_id != id {
+        return Err(Failure::new(
+            ErrorCode::Forbidden,
+            format!("task {task_id} is assigned to another executor"),
+        ));
+    }
+    Ok(())
+}
+
+fn archive_key(task_id: &str, step: usize) -> Result<String, Failure> {
+    if task_id.is_empty() || task_id.contains('/') || task_id.contains("..") {
+        return Err(Failure::bad_request(format!("bad task id {task_id:?}")));
+    }
+    Ok(format!("archives/{task_id}/{step}.tar"))
+}
+
+pub async fn upload_archive(
+    State(st): State<ApiState>,
+    Path((id, task_id, step)): Path<(String, String, usize)>,
+    body: Body,
+) -> ApiResult<StatusCode> {
+    owned(&st, &id, &task_id).await?;
+    let key = archive_key(&task_id, step)?;
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    st.blobs.put_stream(&key, stream).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn download_archive(
+    State(st): State<ApiState>,
+    Path((task_id, step)): Path<(String, usize)>,
+) -> ApiResult<Response> {
+    let key = archive_key(&task_id, step)?;
+    let stream = st.blobs.get(&key).await?;
+    Ok(Response::new(Body::from_stream(stream)))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct CacheParams {
+    #[serde(default)]
+    prefix: bool,
+}
+
+pub async fn head_cache(
+    State(st): State<ApiState>,
+    Path(key): Path<String>,
+    Query(p): Query<CacheParams>,
+) -> ApiResult<StatusCode> {
+    if st.caches.exists(&key, p.prefix).await? {
+        Ok(StatusCode::OK)
+    } else {
+        Err(Failure::not_found(format!("cache {key:?} not found")))
+    }
+}
+
+pub async fn get_cache(
+    State(st): State<ApiState>,
+    Path(key): Path<String>,
+    Query(p): Query<CacheParams>,
+) -> ApiResult<Response> {
+    match st.caches.get(&key, p.prefix).await? {
+        Some(hit) => {
+            let mut resp = Response::new(Body::from_stream(hit.data));
+            if let Ok(v) = HeaderValue::from_str(&hit.key) {
+                resp.headers_mut().insert("x-cairn-cache-key", v);
+            }
+            Ok(resp)
+        }
+        None => Err(Failure::not_found(format!("cache {key:?} not found"))),
+    }
+}
+
+pub async fn put_cache(
+    State(st): State<ApiState>,
+    Path(key): Path<String>,
+    body: Body,
+) -> ApiResult<Response> {
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    if st.caches.put(&key, stream).await? {
+        Ok(StatusCode::CREATED.into_response())
+    } else {
+        Ok(StatusCode::NOT_MODIFIED.into_response())
+    }
+}
+
+pub async fn upload_source(
+    State(st): State<ApiState>,
+    body: Body,
+) -> ApiResult<(StatusCode, axum::Json<SourceUploadResponse>)> {
+    let object = format!("sources/{}.tar", uuid::Uuid::new_v4());
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    st.blobs.put_stream(&object, stream).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(SourceUploadResponse {
+            source: SourceRef::Snapshot { object },
+        }),
+    ))
+}
+
+pub async fn download_source(
+    State(st): State<ApiState>,
+    Path(object): Path<String>,
+) -> ApiResult<Response> {
+    let key = if object.starts_with("sources/") {
+        object
+    } else {
+        format!("sources/{object}")
+    };
+    if key.contains("..") {
+        return Err(Failure::bad_request("bad source object name"));
+    }
+    let stream = st.blobs.get(&key).await?;
+    Ok(Response::new(Body::from_stream(stream)))
+}

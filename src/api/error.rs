@@ -1,0 +1,149 @@
+//! The run-service API's errors: every failure becomes `{code, message, details}` with the
+//! HTTP status of its code. The only place domain errors meet status codes.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use cairn_client::{ApiError, ErrorCode};
+
+use crate::datamanager::DmError;
+use crate::runservice::RunServiceError;
+
+/// A failed API request.
+#[derive(Debug)]
+pub struct Failure(pub ApiError);
+
+pub type ApiResult<T> = Result<T, Failure>;
+
+impl Failure {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Failure {
+        Failure(ApiError {
+            code,
+            message: message.into(),
+            details: None,
+        })
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Failure {
+        Failure::new(ErrorCode::BadRequest, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Failure {
+        Failure::new(ErrorCode::NotFound, message)
+    }
+
+    pub fn with_details(mut self, details: serde_json::Value) -> Failure {
+        self.0.details = Some(details);
+        self
+    }
+}
+
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::Conflict => StatusCode::CONFLICT,
+        ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (status_of(self.0.code), Json(self.0)).into_response()
+    }
+}
+
+impl From<DmError> for Failure {
+    fn from(e: DmError) -> Failure {
+        let code = match &e {
+            DmError::NotFound { .. } => ErrorCode::NotFound,
+            DmError::Conflict(_) => ErrorCode::Conflict,
+            DmError::Invalid { .. } => ErrorCode::BadRequest,
+            DmError::Corrupt { .. } => ErrorCode::Internal,
+            DmError::Kv(k) => kv_code(k),
+        };
+        if code == ErrorCode::Internal {
+            tracing::error!(error = %e, "request failed");
+        }
+        Failure::new(code, e.to_string())
+    }
+}
+
+fn kv_code(e: &raft::KvError) -> ErrorCode {
+    use raft::KvError as K;
+    match e {
+        K::Unavailable(_) | K::NotLeader { .. } | K::Stopped(_) | K::DeadlineExceeded(_) => {
+            ErrorCode::Unavailable
+        }
+        K::OutcomeUnknown(_) => ErrorCode::Unavailable,
+        K::LockLost { .. } => ErrorCode::Conflict,
+        K::Unauthorized => ErrorCode::Unauthorized,
+        _ => ErrorCode::Internal,
+    }
+}
+
+impl From<RunServiceError> for Failure {
+    fn from(e: RunServiceError) -> Failure {
+        Failure::new(e.code(), e.to_string())
+    }
+}
+
+impl From<crate::datamanager::blobs::BlobError> for Failure {
+    fn from(e: crate::datamanager::blobs::BlobError) -> Failure {
+        use crate::datamanager::blobs::BlobError;
+        match e {
+            BlobError::NotFound { key } => Failure::not_found(format!("{key} not found")),
+            e @ BlobError::InvalidKey { .. } => Failure::bad_request(e.to_string()),
+            other => {
+                tracing::error!(error = %other, "object storage failed");
+                Failure::new(ErrorCode::Internal, other.to_string())
+            }
+        }
+    }
+}
+
+impl From<crate::datamanager::caches::CacheError> for Failure {
+    fn from(e: crate::datamanager::caches::CacheError) -> Failure {
+        use crate::datamanager::caches::CacheError;
+        match e {
+            e @ CacheError::BadKey { .. } => Failure::bad_request(e.to_string()),
+            CacheError::Blob(b) => b.into(),
+        }
+    }
+}
+
+/// Axum's own rejections (bad JSON, wrong content type, body too large) as our body.
+pub async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let code = match status {
+        StatusCode::NOT_FOUND => ErrorCode::NotFound,
+        StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
+        StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Unavailable,
+        s if s.is_server_error() => ErrorCode::Internal,
+        _ => ErrorCode::BadRequest,
+    };
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let mut message = String::from_utf8_lossy(&text).trim().to_string();
+    if message.is_empty() {
+        message = status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase();
+    }
+    let mut out = Failure::new(code, message).into_response();
+    *out.status_mut() = parts.status;
+    out
+}

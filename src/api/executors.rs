@@ -1,0 +1,228 @@
+//! Executor endpoints: register/heartbeat (the executor's key lives on a lease the
+//! heartbeats keep alive), delete, list, the long poll for assigned tasks (each with its
+//! spec data generated from the run and its config, never stored), status reports, and
+//! the node's cluster view.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use cairn_client::ErrorCode;
+use cairn_client::api::{ExecutorTasksResponse, ExecutorsResponse, HeartbeatResponse, NodeInfo};
+use cairn_client::executor::{AssignedTask, Executor, ExecutorTask, ExecutorTaskStatus};
+use serde::Deserialize;
+use store::WatchMessage;
+
+use super::error::{ApiResult, Failure};
+use super::service::ApiState;
+use crate::datamanager::{DmError, Versioned};
+use crate::runservice;
+
+/// Executor registrations live this long without a heartbeat.
+pub const EXECUTOR_LEASE_SECS: i64 = 15;
+/// Longest long poll.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+fn check_id(id: &str) -> Result<(), Failure> {
+    if id.is_empty()
+        || id.len() > 128
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(Failure::bad_request(format!(
+            "executor id {id:?} must be 1..=128 characters of [A-Za-z0-9._-]"
+        )));
+    }
+    Ok(())
+}
+
+pub async fn heartbeat(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+    Json(mut ex): Json<Executor>,
+) -> ApiResult<Json<HeartbeatResponse>> {
+    check_id(&id)?;
+    if ex.id != id {
+        return Err(Failure::bad_request(format!(
+            "body id {:?} does not match path id {id:?}",
+            ex.id
+        )));
+    }
+    let kv = st.dm.kv();
+    let ttl = EXECUTOR_LEASE_SECS.max(kv.min_lease_ttl());
+    // Keep the current lease alive; grant a new one when there is none (first
+    // registration, or the old one expired).
+    let current = st.dm.executor(&id).await?;
+    let mut lease = 0;
+    if let Some(cur) = current
+        && cur.lease != 0
+        && kv.lease_keepalive(cur.lease).await.is_ok()
+    {
+        lease = cur.lease;
+    }
+    if lease == 0 {
+        let (granted, _) = kv.lease_grant(ttl, 0).await.map_err(DmError::from)?;
+        lease = granted;
+        tracing::info!(executor_id = %id, "executor registered");
+    }
+    ex.lease = lease;
+    ex.last_heartbeat = Some(chrono::Utc::now());
+    st.dm.put_executor(&ex).await?;
+    Ok(Json(HeartbeatResponse {
+        lease_ttl_secs: ttl,
+        executor: ex,
+    }))
+}
+
+pub async fn delete(State(st): State<ApiState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    st.dm.delete_executor(&id).await?;
+    tracing::info!(executor_id = %id, "executor deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn list(State(st): State<ApiState>) -> ApiResult<Json<ExecutorsResponse>> {
+    let executors = st.dm.executors().await?;
+    let mut assigned = BTreeMap::new();
+    for et in st.dm.all_executor_tasks().await? {
+        if !et.value.status.phase.is_finished() {
+            *assigned.entry(et.value.spec.executor_id).or_insert(0) += 1;
+        }
+    }
+    Ok(Json(ExecutorsResponse {
+        executors,
+        assigned,
+    }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct TasksParams {
+    #[serde(default)]
+    after: i64,
+    /// Seconds.
+    #[serde(default)]
+    wait: u64,
+}
+
+/// `GET /executors/{id}/tasks?after=R&wait=S`: the executor's tasks; with `after`, waits
+/// up to `S` seconds for one of them to change after revision `R`.
+pub async fn tasks(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+    Query(p): Query<TasksParams>,
+) -> ApiResult<Json<ExecutorTasksResponse>> {
+    check_id(&id)?;
+    if p.after > 0 && p.wait > 0 {
+        let wait = Duration::from_secs(p.wait).min(MAX_WAIT);
+        let mut watch = st.dm.watch_executor_tasks(&id, p.after + 1);
+        let _ = tokio::time::timeout(wait, async {
+            loop {
+                match watch.recv().await {
+                    Some(WatchMessage::Progress { .. }) => continue,
+                    _ => return,
+                }
+            }
+        })
+        .await;
+    }
+    let (tasks, revision) = st.dm.executor_tasks_of(&id).await?;
+    let mut out = Vec::with_capacity(tasks.len());
+    for et in tasks {
+        if let Some(a) = assigned(&st, et.value).await? {
+            out.push(a);
+        }
+    }
+    Ok(Json(ExecutorTasksResponse {
+        revision,
+        tasks: out,
+    }))
+}
+
+/// The task with its generated spec data; `None` when its run is gone.
+async fn assigned(st: &ApiState, task: ExecutorTask) -> Result<Option<AssignedTask>, Failure> {
+    let run = match st.dm.run(&task.spec.run_id).await {
+        Ok(r) => r.value,
+        Err(DmError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let config = st.dm.run_config(&run.id).await?;
+    Ok(runservice::spec_data(&run, &config, &task.id).map(|data| AssignedTask { task, data }))
+}
+
+pub async fn task(
+    State(st): State<ApiState>,
+    Path((id, task_id)): Path<(String, String)>,
+) -> ApiResult<Json<AssignedTask>> {
+    let et = owned_task(&st, &id, &task_id).await?;
+    assigned(&st, et.value)
+        .await?
+        .map(Json)
+        .ok_or_else(|| Failure::not_found(format!("task {task_id} not found")))
+}
+
+async fn owned_task(
+    st: &ApiState,
+    id: &str,
+    task_id: &str,
+) -> Result<Versioned<ExecutorTask>, Failure> {
+    let et = st
+        .dm
+        .executor_task(task_id)
+        .await?
+        .ok_or_else(|| Failure::not_found(format!("task {task_id} not found")))?;
+    if et.value.spec.executor_id != id {
+        return Err(Failure::new(
+            ErrorCode::Forbidden,
+            format!("task {task_id} is assigned to another executor"),
+        ));
+    }
+    Ok(et)
+}
+
+/// `PUT /executors/{id}/tasks/{task_id}/status`: replaces the task's status.
+pub async fn status(
+    State(st): State<ApiState>,
+    Path((id, task_id)): Path<(String, String)>,
+    Json(status): Json<ExecutorTaskStatus>,
+) -> ApiResult<StatusCode> {
+    for _ in 0..20 {
+        let et = owned_task(&st, &id, &task_id).await?;
+        if et.value.status == status {
+            return Ok(StatusCode::NO_CONTENT);
+        }
+        if et.value.status.phase.is_finished() && !status.phase.is_finished() {
+            return Err(Failure::new(
+                ErrorCode::Conflict,
+                format!(
+                    "task {task_id} already finished ({}); a {} report is refused",
+                    et.value.status.phase.as_str(),
+                    status.phase.as_str()
+                ),
+            ));
+        }
+        let mut next = et.value.clone();
+        next.status = status.clone();
+        match st.dm.update_executor_task(&et, &next).await {
+            Ok(_) => return Ok(StatusCode::NO_CONTENT),
+            Err(DmError::Conflict(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Failure::new(
+        ErrorCode::Conflict,
+        format!("task {task_id} kept changing; retry"),
+    ))
+}
+
+pub async fn cluster(State(st): State<ApiState>) -> ApiResult<Json<NodeInfo>> {
+    let s = st.node.status();
+    Ok(Json(NodeInfo {
+        node_id: st.node.id(),
+        leader_id: s.leader,
+        scheduler_active: st.scheduler_active.load(Ordering::Relaxed),
+        revision: st.dm.kv().header().revision,
+    }))
+}

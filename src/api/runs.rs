@@ -1,0 +1,462 @@
+//! Run endpoints: create (from a config file and a source reference), restart, get with
+//! "why is it pending", list, run and task actions, and the run-event stream (SSE).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use cairn_client::api::{
+    CreateRunRequest, CreateRunResponse, ListRunsQuery, PendingReasons, RestartRunRequest,
+    RunAction, RunActionRequest, RunResponse, RunsPage, TaskActionRequest,
+};
+use cairn_client::run::{Run, RunPhase, RunResult};
+use cairn_client::runconfig::{Env, RunConfig};
+use futures::Stream;
+use serde::Deserialize;
+use store::WatchMessage;
+
+use super::error::{ApiResult, Failure};
+use super::service::ApiState;
+use crate::configfile;
+use crate::datamanager::keys;
+use crate::datamanager::{Datamanager, DmError};
+use crate::runservice;
+
+/// Conflicting concurrent writes to one run are retried this many times.
+const ACTION_ATTEMPTS: usize = 20;
+
+pub async fn create(
+    State(st): State<ApiState>,
+    Json(req): Json<CreateRunRequest>,
+) -> ApiResult<(StatusCode, Json<CreateRunResponse>)> {
+    let group = keys::normalize_group(&req.group)
+        .filter(|g| g.split('/').filter(|s| !s.is_empty()).count() >= 2)
+        .ok_or_else(|| {
+            Failure::bad_request(format!(
+                "group {:?} must be an absolute path of at least two segments, like /user/<id>/branch/<name>",
+                req.group
+            ))
+        })?;
+    let config =
+        configfile::parse(&req.config.path, &req.config.content).map_err(config_failure)?;
+    let mut names: Vec<String> = configfile::matching_runs(&config, &req.reference)
+        .into_iter()
+        .map(|r| r.name.clone())
+        .collect();
+    if let Some(only) = &req.run_name {
+        names.retain(|n| n == only);
+        if names.is_empty() {
+            return Err(Failure::bad_request(format!(
+                "{}: no run named {only:?} matches this reference",
+                req.config.path
+            )));
+        }
+    }
+    if names.is_empty() {
+        return Err(Failure::bad_request(format!(
+            "{}: no run of the config matches this reference",
+            req.config.path
+        )));
+    }
+    let ctx = configfile::ExpandContext {
+        reference: req.reference.clone(),
+        variables: req.variables.clone(),
+        only_tasks: req.tasks.clone(),
+    };
+    let mut expanded = Vec::new();
+    for name in &names {
+        let tasks = configfile::expand(&config, name, &ctx).map_err(config_failure)?;
+        expanded.push((name.clone(), tasks));
+    }
+    let mut runs = Vec::new();
+    for (name, tasks) in expanded {
+        let template = RunConfig {
+            id: String::new(),
+            name,
+            group: group.clone(),
+            setup_errors: Vec::new(),
+            annotations: req.annotations.clone(),
+            static_environment: static_environment(&group, &req),
+            environment: req.environment.clone(),
+            tasks,
+            cache_group: req.cache_group.clone(),
+            source: req.source.clone(),
+        };
+        let now = chrono::Utc::now();
+        let created = st
+            .dm
+            .create_run(&group, |id, counter| {
+                let mut config = template.clone();
+                config.id = id.to_string();
+                config
+                    .static_environment
+                    .insert("CAIRN_RUN_ID".into(), id.to_string());
+                config
+                    .static_environment
+                    .insert("CAIRN_RUN_COUNTER".into(), counter.to_string());
+                let run = runservice::new_run(&config, counter, now);
+                (config, run)
+            })
+            .await?;
+        tracing::info!(run_id = %created.run.value.id, group = %group, "run created");
+        runs.push(RunResponse {
+            run: created.run.value,
+            run_config: created.config,
+            pending: None,
+        });
+    }
+    Ok((StatusCode::CREATED, Json(CreateRunResponse { runs })))
+}
+
+fn config_failure(e: configfile::ConfigErrors) -> Failure {
+    let details = serde_json::to_value(&e).unwrap_or_default();
+    Failure::bad_request(e.to_string()).with_details(details)
+}
+
+/// What every task of a run sees: CI markers and the reference it runs for.
+fn static_environment(group: &str, req: &CreateRunRequest) -> Env {
+    let mut env = Env::new();
+    env.insert("CI".into(), "true".into());
+    env.insert("CAIRN".into(), "true".into());
+    env.insert("CAIRN_RUN_GROUP".into(), group.to_string());
+    let r = &req.reference;
+    for (name, value) in [("BRANCH", &r.branch), ("TAG", &r.tag), ("REF", &r.git_ref)] {
+        if let Some(v) = value {
+            env.insert(format!("CAIRN_GIT_{name}"), v.clone());
+            env.insert(format!("AGOLA_GIT_{name}"), v.clone());
+        }
+    }
+    if let Some(cairn_client::runconfig::SourceRef::Git { url, commit, .. }) = &req.source {
+        env.insert("CAIRN_REPOSITORY_URL".into(), url.clone());
+        env.insert("AGOLA_REPOSITORY_URL".into(), url.clone());
+        env.insert("CAIRN_GIT_COMMITSHA".into(), commit.clone());
+        env.insert("AGOLA_GIT_COMMITSHA".into(), commit.clone());
+    }
+    env
+}
+
+pub async fn get(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RunResponse>> {
+    Ok(Json(run_response(&st, &id).await?))
+}
+
+/// The run, its config and why it (or each waiting task) is pending.
+async fn run_response(st: &ApiState, id: &str) -> Result<RunResponse, Failure> {
+    let run = st.dm.run(id).await?.value;
+    let config = st.dm.run_config(id).await?;
+    let pending = pending(&st.dm, &run, &config).await?;
+    Ok(RunResponse {
+        run,
+        run_config: config,
+        pending,
+    })
+}
+
+async fn pending(
+    dm: &Datamanager,
+    run: &Run,
+    config: &RunConfig,
+) -> Result<Option<PendingReasons>, Failure> {
+    let mut reasons = PendingReasons::default();
+    match run.phase {
+        RunPhase::Queued => {
+            let running = dm.running_in(&run.group, 1).await?;
+            reasons.run = Some(match running.first() {
+                Some(other) => format!(
+                    "queued behind run {other}, which is running in group {}",
+                    run.group
+                ),
+                None => match dm.first_queued(&run.group).await? {
+                    Some(first) if first != run.id => {
+                        format!("queued behind run {first} in group {}", run.group)
+                    }
+                    _ => "queued; starting as soon as the scheduler sees it".to_string(),
+                },
+            });
+        }
+        RunPhase::Running => {}
+        _ => return Ok(None),
+    }
+    let ets: BTreeMap<_, _> = dm
+        .executor_tasks_of_run(run)
+        .await?
+        .into_iter()
+        .map(|(k, v)| (k, v.value))
+        .collect();
+    let executors = dm.executors().await?;
+    let mut assigned: BTreeMap<String, usize> = BTreeMap::new();
+    for et in dm.all_executor_tasks().await? {
+        if !et.value.status.phase.is_finished() {
+            *assigned.entry(et.value.spec.executor_id).or_default() += 1;
+        }
+    }
+    let placement = |task: &cairn_client::runconfig::RunConfigTask| {
+        runservice::choose_executor(task, &executors, &assigned)
+            .err()
+            .map(|e| e.to_string())
+    };
+    reasons.tasks = runservice::task_pending_reasons(run, config, &ets, &placement);
+    Ok(Some(reasons))
+}
+
+/// `GET /runs` query as sent on the wire (lists comma-separated).
+#[derive(Debug, Default, Deserialize)]
+pub struct ListParams {
+    group: Option<String>,
+    phase: Option<String>,
+    result: Option<String>,
+    #[serde(default)]
+    last_run: bool,
+    cursor: Option<String>,
+    limit: Option<usize>,
+    #[serde(default)]
+    asc: bool,
+}
+
+fn parse_list<T>(
+    raw: &Option<String>,
+    what: &str,
+    parse: fn(&str) -> Option<T>,
+) -> Result<Vec<T>, Failure> {
+    let Some(raw) = raw else {
+        return Ok(Vec::new());
+    };
+    raw.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| parse(s).ok_or_else(|| Failure::bad_request(format!("unknown {what} {s:?}"))))
+        .collect()
+}
+
+pub async fn list(
+    State(st): State<ApiState>,
+    Query(p): Query<ListParams>,
+) -> ApiResult<Json<RunsPage>> {
+    if p.limit == Some(0) {
+        return Err(Failure::bad_request("limit must be at least 1"));
+    }
+    let q = ListRunsQuery {
+        group: p.group.clone(),
+        phase: parse_list(&p.phase, "phase", RunPhase::parse)?,
+        result: parse_list(&p.result, "result", RunResult::parse)?,
+        last_run: p.last_run,
+        cursor: p.cursor.clone(),
+        limit: p.limit,
+        asc: p.asc,
+    };
+    Ok(Json(st.dm.list_runs(&q).await?))
+}
+
+pub async fn restart(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+    body: Option<Json<RestartRunRequest>>,
+) -> ApiResult<(StatusCode, Json<RunResponse>)> {
+    let req = body.map(|b| b.0).unwrap_or_default();
+    let old = st.dm.run(&id).await?.value;
+    let old_config = st.dm.run_config(&id).await?;
+    if req.from_start {
+        if !runservice::can_restart_from_scratch(&old) {
+            return Err(Failure::new(
+                cairn_client::ErrorCode::Conflict,
+                format!(
+                    "run {id} cannot be restarted from the start while it is {}",
+                    old.phase.as_str()
+                ),
+            ));
+        }
+    } else if !runservice::can_restart_from_failed(&old) {
+        return Err(Failure::new(
+            cairn_client::ErrorCode::Conflict,
+            format!(
+                "run {id} cannot be restarted from its failed tasks (phase {}, result {}); use from_start",
+                old.phase.as_str(),
+                old.result.as_str()
+            ),
+        ));
+    }
+    let now = chrono::Utc::now();
+    let mut failure = None;
+    let created = st
+        .dm
+        .create_run(&old.group, |new_id, counter| {
+            let mut fresh = || uuid::Uuid::new_v4().to_string();
+            match runservice::restart(
+                &old,
+                &old_config,
+                req.from_start,
+                new_id,
+                counter,
+                req.environment.clone(),
+                now,
+                &mut fresh,
+            ) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    failure = Some(e);
+                    // Never committed: the error below is returned instead.
+                    (old_config.clone(), old.clone())
+                }
+            }
+        })
+        .await;
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    let created = created?;
+    tracing::info!(run_id = %created.run.value.id, restarted_from = %id, "run restarted");
+    Ok((
+        StatusCode::CREATED,
+        Json(RunResponse {
+            run: created.run.value,
+            run_config: created.config,
+            pending: None,
+        }),
+    ))
+}
+
+/// Applies `f` to run `id` and writes it back, retrying on concurrent changes.
+async fn update_run<F>(dm: &Datamanager, id: &str, mut f: F) -> Result<(), Failure>
+where
+    F: FnMut(&mut Run) -> Result<(), runservice::RunServiceError>,
+{
+    for _ in 0..ACTION_ATTEMPTS {
+        let prev = dm.run(id).await?;
+        let mut run = prev.value.clone();
+        f(&mut run)?;
+        match dm.update_run(&prev, &run).await {
+            Ok(_) => return Ok(()),
+            Err(DmError::Conflict(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Failure::new(
+        cairn_client::ErrorCode::Conflict,
+        format!("run {id} kept changing; try again"),
+    ))
+}
+
+pub async fn action(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+    Json(req): Json<RunActionRequest>,
+) -> ApiResult<Json<RunResponse>> {
+    let now = chrono::Utc::now();
+    update_run(&st.dm, &id, |run| match req.action {
+        RunAction::Stop => runservice::stop(run),
+        RunAction::Cancel => runservice::cancel(run, now),
+    })
+    .await?;
+    tracing::info!(run_id = %id, action = ?req.action, "run action");
+    Ok(Json(run_response(&st, &id).await?))
+}
+
+pub async fn task_action(
+    State(st): State<ApiState>,
+    Path((id, task_id)): Path<(String, String)>,
+    Json(req): Json<TaskActionRequest>,
+) -> ApiResult<Json<RunResponse>> {
+    // Tasks can be named by id or by name.
+    let config = st.dm.run_config(&id).await?;
+    let task_id = if config.tasks.contains_key(&task_id) {
+        task_id
+    } else {
+        config
+            .tasks
+            .values()
+            .find(|t| t.name == task_id)
+            .map(|t| t.id.clone())
+            .ok_or_else(|| Failure::not_found(format!("run {id} has no task {task_id:?}")))?
+    };
+    update_run(&st.dm, &id, |run| match &req {
+        TaskActionRequest::Approve { approver } => {
+            runservice::approve(run, &task_id, approver.as_deref())
+        }
+        TaskActionRequest::SetAnnotations { annotations } => {
+            runservice::set_task_annotations(run, &task_id, annotations.clone())
+        }
+    })
+    .await?;
+    Ok(Json(run_response(&st, &id).await?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct EventParams {
+    after: Option<u64>,
+}
+
+/// `GET /runs/events?after=SEQ`: every run event after `SEQ` (or `Last-Event-ID`),
+/// then live ones, as server-sent events whose id is the sequence.
+pub async fn events(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    Query(p): Query<EventParams>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let after = p.after.or_else(|| {
+        headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+    });
+    let (backlog, revision) = match after {
+        Some(a) => st.dm.events_after(a).await?,
+        None => (Vec::new(), st.dm.kv().header().revision),
+    };
+    let mut watch = st.dm.watch_events(revision + 1);
+    let stream = async_stream(move |tx| async move {
+        for ev in backlog {
+            if tx.send(sse_event(&ev)).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            let m = tokio::select! {
+                _ = tx.closed() => return,
+                m = watch.recv() => m,
+            };
+            let Some(m) = m else { return };
+            match m {
+                WatchMessage::Events { events, .. } => {
+                    for e in events {
+                        let Ok(ev) = crate::datamanager::events::event_from(
+                            &e.kv.key,
+                            &e.kv.value,
+                            e.kv.mod_revision,
+                        ) else {
+                            continue;
+                        };
+                        if tx.send(sse_event(&ev)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                WatchMessage::Progress { .. } => {}
+                WatchMessage::Canceled(_) => return,
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+fn sse_event(ev: &cairn_client::run::RunEvent) -> Result<Event, Infallible> {
+    Ok(Event::default()
+        .id(ev.sequence.to_string())
+        .data(serde_json::to_string(ev).unwrap_or_default()))
+}
+
+/// A stream fed by a producer task; the task ends when the consumer goes away.
+fn async_stream<T, F, Fut>(f: F) -> impl Stream<Item = T>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(f(tx));
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}

@@ -1,0 +1,112 @@
+//! The run-service API router (`/api/v1`): shared state, bearer-token auth, body limits.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use cairn_client::ErrorCode;
+use raft::Node;
+
+use super::error::{Failure, json_errors};
+use super::{blobs, executors, runs};
+use crate::datamanager::Datamanager;
+use crate::datamanager::blobs::Blobs;
+use crate::datamanager::caches::CacheStore;
+use crate::datamanager::logs::LogStore;
+
+/// Limit of JSON request bodies.
+pub const MAX_JSON_BYTES: usize = 2 << 20;
+/// Limit of uploaded blobs (log chunks, archives, caches, sources).
+pub const MAX_BLOB_BYTES: usize = 4 << 30;
+
+/// Everything a handler may use.
+#[derive(Clone)]
+pub struct ApiState {
+    pub node: Node,
+    pub dm: Datamanager,
+    pub blobs: Blobs,
+    pub logs: LogStore,
+    pub caches: CacheStore,
+    /// Whether this node's scheduler is the active one.
+    pub scheduler_active: Arc<AtomicBool>,
+}
+
+#[derive(Clone)]
+struct Token(Arc<str>);
+
+async fn require_token(State(token): State<Token>, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| constant_time_eq(t.as_bytes(), token.0.as_bytes()));
+    if !ok {
+        return Failure::new(ErrorCode::Unauthorized, "missing or wrong bearer token")
+            .into_response();
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `/api/v1/*`, authenticated with `token`.
+pub fn router(state: ApiState, token: &str) -> Router {
+    let json = Router::new()
+        .route("/runs", post(runs::create).get(runs::list))
+        .route("/runs/events", get(runs::events))
+        .route("/runs/{id}", get(runs::get))
+        .route("/runs/{id}/restart", post(runs::restart))
+        .route("/runs/{id}/actions", put(runs::action))
+        .route("/runs/{id}/tasks/{task_id}/actions", put(runs::task_action))
+        .route("/runs/{id}/tasks/{task_id}/logs", get(blobs::logs))
+        .route("/executors", get(executors::list))
+        .route(
+            "/executors/{id}",
+            post(executors::heartbeat).delete(executors::delete),
+        )
+        .route("/executors/{id}/tasks", get(executors::tasks))
+        .route("/executors/{id}/tasks/{task_id}", get(executors::task))
+        .route(
+            "/executors/{id}/tasks/{task_id}/status",
+            put(executors::status),
+        )
+        .route("/cluster", get(executors::cluster))
+        .layer(DefaultBodyLimit::max(MAX_JSON_BYTES));
+    let uploads = Router::new()
+        .route(
+            "/executors/{id}/tasks/{task_id}/logs",
+            post(blobs::append_log),
+        )
+        .route(
+            "/executors/{id}/tasks/{task_id}/archives/{step}",
+            put(blobs::upload_archive),
+        )
+        .route("/archives/{task_id}/{step}", get(blobs::download_archive))
+        .route(
+            "/caches/{key}",
+            get(blobs::get_cache)
+                .head(blobs::head_cache)
+                .post(blobs::put_cache),
+        )
+        .route("/sources", post(blobs::upload_source))
+        .route("/sources/{object}", get(blobs::download_source))
+        .layer(DefaultBodyLimit::max(MAX_BLOB_BYTES));
+    let api = json
+        .merge(uploads)
+        .fallback(|| async { Failure::not_found("no such endpoint") })
+        .with_state(state)
+        .layer(middleware::from_fn_with_state(
+            Token(token.into()),
+            require_token,
+        ))
+        .layer(middleware::map_response(json_errors));
+    Router::new().nest("/api/v1", api)
+}

@@ -1,0 +1,301 @@
+//! The decoder's toolbox: [`Decoder`] collects every error of a file while typed
+//! accessors turn [`Node`]s into strings, booleans, lists, `from_variable` values,
+//! environment maps and durations, each complaining with the node's position and path
+//! ("expected a string, found a list"). The grammar itself is in `document.rs`,
+//! `step.rs`, `depend.rs` and `when.rs`.
+
+use std::collections::BTreeMap;
+
+use super::error::ConfigError;
+use super::model::{ConfigValue, Loc};
+use super::yaml::{Entry, Kind, Node, child_path};
+
+/// Collects the errors of one file.
+pub(super) struct Decoder<'f> {
+    pub(super) file: &'f str,
+    pub(super) errors: Vec<ConfigError>,
+}
+
+/// A map whose keys have been checked against the allowed ones.
+pub(super) struct Fields<'a> {
+    pub(super) node: Node<'a>,
+    entries: Vec<Entry<'a>>,
+}
+
+impl<'a> Fields<'a> {
+    /// The value of `key`, if present and not null.
+    pub(super) fn get(&self, key: &str) -> Option<&Node<'a>> {
+        self.entries
+            .iter()
+            .find(|e| e.key == Some(key))
+            .map(|e| &e.value)
+            .filter(|v| !v.is_null())
+    }
+
+    /// The value of `key`, which must be present (a null value is kept, so that the
+    /// type check names it).
+    pub(super) fn require(&self, dec: &mut Decoder<'_>, key: &str) -> Option<Node<'a>> {
+        match self.entries.iter().find(|e| e.key == Some(key)) {
+            Some(e) => Some(e.value.clone()),
+            None => {
+                dec.errors.push(ConfigError::new(
+                    dec.file,
+                    self.node.line(),
+                    self.node.column(),
+                    child_path(&self.node.path, key),
+                    format!("missing required key `{key}`"),
+                ));
+                None
+            }
+        }
+    }
+}
+
+impl<'f> Decoder<'f> {
+    pub(super) fn new(file: &'f str) -> Decoder<'f> {
+        Decoder {
+            file,
+            errors: Vec::new(),
+        }
+    }
+
+    pub(super) fn error(&mut self, node: &Node<'_>, message: impl Into<String>) {
+        self.errors.push(node.error(self.file, message));
+    }
+
+    pub(super) fn loc(&self, node: &Node<'_>) -> Loc {
+        Loc {
+            line: node.line(),
+            column: node.column(),
+            field: node.path.clone(),
+        }
+    }
+
+    fn expected(&mut self, node: &Node<'_>, what: &str) {
+        let found = node.kind().describe();
+        self.error(node, format!("expected {what}, found {found}"));
+    }
+
+    /// The node as a map whose keys are all in `allowed`; `what` names the object in
+    /// the unknown-key message ("unknown key `enviroment` in task; expected one of …").
+    pub(super) fn fields<'a>(
+        &mut self,
+        node: &Node<'a>,
+        what: &str,
+        allowed: &[&str],
+    ) -> Option<Fields<'a>> {
+        let Some(entries) = node.entries() else {
+            self.expected(node, &format!("a map ({what})"));
+            return None;
+        };
+        for e in &entries {
+            match e.key {
+                Some(k) if allowed.contains(&k) => {}
+                Some(k) => {
+                    let message = format!(
+                        "unknown key `{k}` in {what}; expected one of {}",
+                        allowed.join(", ")
+                    );
+                    self.error(&e.key_node, message);
+                }
+                None => self.error(&e.key_node, "expected a string key"),
+            }
+        }
+        Some(Fields {
+            node: node.clone(),
+            entries,
+        })
+    }
+
+    /// A map's entries with string keys, for maps keyed by user names (environment,
+    /// registries, labels, single-key step and depend forms).
+    pub(super) fn map_entries<'a>(&mut self, node: &Node<'a>) -> Option<Vec<(String, Node<'a>)>> {
+        let Some(entries) = node.entries() else {
+            self.expected(node, "a map");
+            return None;
+        };
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            match e.key {
+                Some(k) => out.push((k.to_string(), e.value)),
+                None => self.error(&e.key_node, "expected a string key"),
+            }
+        }
+        Some(out)
+    }
+
+    pub(super) fn list<'a>(&mut self, node: &Node<'a>) -> Option<Vec<Node<'a>>> {
+        let items = node.items();
+        if items.is_none() {
+            self.expected(node, "a list");
+        }
+        items
+    }
+
+    pub(super) fn string(&mut self, node: &Node<'_>) -> Option<String> {
+        let s = node.as_str();
+        if s.is_none() {
+            self.expected(node, "a string");
+        }
+        s.map(str::to_string)
+    }
+
+    /// A string, or a number or boolean taken as written (`1.10` → "1.10").
+    pub(super) fn stringish(&mut self, node: &Node<'_>) -> Option<String> {
+        match node.kind() {
+            Kind::Str | Kind::Int | Kind::Float | Kind::Bool => node.text().map(str::to_string),
+            _ => {
+                self.expected(node, "a string");
+                None
+            }
+        }
+    }
+
+    pub(super) fn bool(&mut self, node: &Node<'_>) -> Option<bool> {
+        let b = node.as_bool();
+        if b.is_none() {
+            self.expected(node, "true or false");
+        }
+        b
+    }
+
+    pub(super) fn strings(&mut self, node: &Node<'_>) -> Option<Vec<String>> {
+        let items = self.list(node)?;
+        let strings: Vec<_> = items.iter().filter_map(|i| self.string(i)).collect();
+        (strings.len() == items.len()).then_some(strings)
+    }
+
+    /// A literal (string, number or boolean) or `{from_variable: name}`.
+    pub(super) fn value(&mut self, node: &Node<'_>) -> Option<ConfigValue> {
+        if node.kind() == Kind::Map {
+            let fields = self.fields(node, "value", &["from_variable"])?;
+            let name = fields.require(self, "from_variable")?;
+            return self.string(&name).map(ConfigValue::FromVariable);
+        }
+        match node.kind() {
+            Kind::Null => Some(ConfigValue::Literal(String::new())),
+            Kind::Str | Kind::Int | Kind::Float | Kind::Bool => {
+                self.stringish(node).map(ConfigValue::Literal)
+            }
+            _ => {
+                self.expected(node, "a string or {from_variable: name}");
+                None
+            }
+        }
+    }
+
+    /// `NAME: value` pairs.
+    pub(super) fn env(&mut self, node: &Node<'_>) -> BTreeMap<String, ConfigValue> {
+        let mut env = BTreeMap::new();
+        for (name, value) in self.map_entries(node).unwrap_or_default() {
+            if let Some(v) = self.value(&value) {
+                env.insert(name, v);
+            }
+        }
+        env
+    }
+
+    /// `NAME: "literal"` pairs (labels).
+    pub(super) fn string_map(&mut self, node: &Node<'_>) -> BTreeMap<String, String> {
+        let mut map = BTreeMap::new();
+        for (name, value) in self.map_entries(node).unwrap_or_default() {
+            if let Some(v) = self.stringish(&value) {
+                map.insert(name, v);
+            }
+        }
+        map
+    }
+
+    /// Seconds, from an integer or a duration string such as "1h30m", "45s".
+    pub(super) fn duration(&mut self, node: &Node<'_>) -> Option<u64> {
+        let parsed = match node.kind() {
+            Kind::Int => node
+                .as_int()
+                .and_then(|i| u64::try_from(i).ok())
+                .ok_or_else(|| "a timeout must not be negative".to_string()),
+            Kind::Str => parse_duration(node.as_str().unwrap_or_default()),
+            _ => Err(format!(
+                "expected a duration (\"30m\", \"1h30m\", \"45s\" or seconds), found {}",
+                node.kind().describe()
+            )),
+        };
+        match parsed {
+            Ok(0) => {
+                self.error(node, "a timeout must be longer than zero");
+                None
+            }
+            Ok(secs) => Some(secs),
+            Err(message) => {
+                self.error(node, message);
+                None
+            }
+        }
+    }
+}
+
+/// "1h30m", "45s", "2m", "90" (seconds) → seconds.
+pub(super) fn parse_duration(text: &str) -> Result<u64, String> {
+    let bad = || {
+        format!(
+            "invalid duration \"{text}\"; expected hours, minutes and seconds such as \"30m\", \"1h30m\", \"45s\""
+        )
+    };
+    let text_trimmed = text.trim();
+    if text_trimmed.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(secs) = text_trimmed.parse::<u64>() {
+        return Ok(secs);
+    }
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    let mut last_unit = u64::MAX;
+    for c in text_trimmed.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return Err(bad()),
+        };
+        // Units appear once each, largest first.
+        if digits.is_empty() || unit >= last_unit {
+            return Err(bad());
+        }
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+        digits.clear();
+        last_unit = unit;
+    }
+    if !digits.is_empty() {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_hours_minutes_seconds_or_plain_seconds() {
+        assert_eq!(parse_duration("30m"), Ok(1800));
+        assert_eq!(parse_duration("1h30m"), Ok(5400));
+        assert_eq!(parse_duration("45s"), Ok(45));
+        assert_eq!(parse_duration("1h2m3s"), Ok(3723));
+        assert_eq!(parse_duration("90"), Ok(90));
+    }
+
+    #[test]
+    fn malformed_durations_are_refused() {
+        for bad in ["", "m", "1d", "30m1h", "5m5m", "1h 30m", "1.5h", "-3s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+}

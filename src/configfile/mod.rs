@@ -1,0 +1,244 @@
+//! The run config format (Agola's `.agola/config.yml`, `.agola/config.json`, and
+//! Cairn's `.cairn/config.yml`): parse, validate, expand.
+//!
+//! Map of this module:
+//! - `yaml`: loads YAML/JSON with positions and offers a path-aware node view;
+//! - `decode`: the error-collecting decoder and its typed accessors;
+//! - `document`, `step`, `depend`, `when`: the grammar, node → `model` types;
+//! - `validate`: checks across nodes (names, dependencies, cycles, redundancy);
+//! - `expand`: a config run → `cairn_client::runconfig::RunConfigTask`s;
+//! - `error`: [`ConfigError`] (file, line, column, field, message) and [`ConfigErrors`].
+//!
+//! It owns the format only: no I/O but [`find_config`] and no knowledge of runs, the
+//! store or HTTP.
+
+mod decode;
+mod depend;
+mod document;
+mod error;
+mod expand;
+mod model;
+mod step;
+mod validate;
+mod when;
+mod yaml;
+
+use std::path::{Path, PathBuf};
+
+pub use document::MAX_NAME_LEN;
+pub use error::{ConfigError, ConfigErrors};
+pub use expand::{DEFAULT_SHELL, DEFAULT_WORKING_DIR, ExpandContext, expand, matching_runs};
+pub use model::{
+    Config, ConfigContainer, ConfigDepend, ConfigRegistryAuth, ConfigRun, ConfigRunStep,
+    ConfigRuntime, ConfigStep, ConfigTask, ConfigValue, Loc,
+};
+pub use step::CLONE_STEP_NAME;
+pub use when::{Matcher, When, WhenConditions, when_matches};
+
+/// The config file names looked for in a repository, most preferred first: when
+/// several exist, `.agola/config.yml` wins over `.agola/config.json`, which wins over
+/// `.cairn/config.yml`.
+pub const CONFIG_FILES: [&str; 3] = [
+    ".agola/config.yml",
+    ".agola/config.json",
+    ".cairn/config.yml",
+];
+
+/// The first of [`CONFIG_FILES`] that exists as a file under `dir`.
+pub fn find_config(dir: &Path) -> Option<PathBuf> {
+    CONFIG_FILES
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|path| path.is_file())
+}
+
+/// Parses and validates a config file's `content`; `path` names the file in errors
+/// (`.json` files are read as JSON, anything else as YAML). Returns every problem
+/// found, in document order.
+pub fn parse(path: &str, content: &str) -> Result<Config, ConfigErrors> {
+    let root = yaml::load(path, content).map_err(ConfigErrors::single)?;
+    let mut dec = decode::Decoder::new(path);
+    let config = document::decode_config(&mut dec, &root);
+    let mut errors = dec.errors;
+    errors.extend(validate::validate(&config));
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        errors.sort_by_key(|e| (e.line, e.column));
+        Err(ConfigErrors(errors))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reference §8's minimal example.
+    pub(super) const MINIMAL: &str = "\
+runs:
+  - name: ci
+    tasks:
+      - name: test
+        runtime:
+          containers:
+            - image: golang:1.13
+        steps:
+          - clone:
+          - run: go test ./...
+";
+
+    /// Reference §8's typical example.
+    pub(super) const TYPICAL: &str = r#"
+docker_registries_auth:
+  registry.example.com:
+    username: ci
+    password: { from_variable: registry_password }
+runs:
+  - name: pipeline
+    tasks:
+      - name: build
+        runtime: { arch: amd64, containers: [ { image: golang:1.13 } ] }
+        environment: { GO111MODULE: "on" }
+        steps:
+          - clone:
+          - restore_cache: { keys: ['mod-{{ md5sum "go.sum" }}', 'mod-'], dest_dir: /go/pkg/mod }
+          - run: { name: build, command: "make all" }
+          - save_cache: { key: 'mod-{{ md5sum "go.sum" }}', contents: [ { source_dir: /go/pkg/mod } ] }
+          - save_to_workspace: { contents: [ { source_dir: ./bin, dest_dir: /bin, paths: ['*'] } ] }
+      - name: test
+        runtime: { containers: [ { image: golang:1.13 }, { image: postgres:11 } ] }
+        steps:
+          - restore_workspace: { dest_dir: . }
+          - run: ./bin/tests
+        depends: [ build ]
+      - name: report failure
+        runtime: { containers: [ { image: alpine } ] }
+        steps: [ { run: echo failed } ]
+        depends: [ { test: [ on_failure ] } ]
+      - name: deploy
+        runtime: { containers: [ { image: alpine } ] }
+        approval: true
+        when: { tag: '#v.*#' }
+        steps: [ { run: ./deploy.sh } ]
+        depends: [ test ]
+"#;
+
+    #[test]
+    fn the_minimal_example_parses() {
+        let config = parse(".agola/config.yml", MINIMAL).expect("valid");
+        assert_eq!(config.runs.len(), 1);
+        let task = &config.runs[0].tasks[0];
+        assert_eq!(task.name, "test");
+        assert_eq!(task.runtime.containers[0].image, "golang:1.13");
+        assert_eq!(
+            task.steps,
+            [
+                ConfigStep::Clone {
+                    name: CLONE_STEP_NAME.into()
+                },
+                ConfigStep::Run(ConfigRunStep {
+                    name: "go test ./...".into(),
+                    command: "go test ./...".into(),
+                    ..ConfigRunStep::default()
+                })
+            ]
+        );
+    }
+
+    #[test]
+    fn the_typical_example_parses() {
+        let config = parse(".agola/config.yml", TYPICAL).expect("valid");
+        let run = &config.runs[0];
+        let names: Vec<_> = run.tasks.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["build", "test", "report failure", "deploy"]);
+        assert_eq!(
+            config.docker_registries_auth["registry.example.com"].password,
+            ConfigValue::FromVariable("registry_password".into())
+        );
+        assert_eq!(
+            run.tasks[0].environment["GO111MODULE"],
+            ConfigValue::Literal("on".into())
+        );
+        assert_eq!(run.tasks[0].steps.len(), 5);
+        assert!(run.tasks[3].approval);
+        assert!(run.tasks[3].when.is_some());
+    }
+
+    #[test]
+    fn json_configs_parse_with_positions() {
+        let json = r#"{
+  "runs": [
+    {
+      "name": "ci",
+      "tasks": [
+        {
+          "name": "test",
+          "runtime": {"containers": [{"image": "alpine"}]},
+          "steps": [{"type": "run", "command": "true"}],
+          "enviroment": {"A": 1}
+        }
+      ]
+    }
+  ]
+}"#;
+        let errors = parse(".agola/config.json", json).expect_err("typo");
+        assert_eq!(errors.len(), 1);
+        let e = &errors.0[0];
+        assert_eq!((e.line, e.column), (10, 11));
+        assert_eq!(e.field, "runs[0].tasks[0].enviroment");
+        assert!(e.message.starts_with(
+            "unknown key `enviroment` in task; expected one of name, runtime, environment"
+        ));
+        let fixed = json.replace("enviroment", "environment");
+        let config = parse(".agola/config.json", &fixed).expect("valid json");
+        assert_eq!(
+            config.runs[0].tasks[0].environment["A"],
+            ConfigValue::Literal("1".into())
+        );
+    }
+
+    #[test]
+    fn every_error_is_reported_not_only_the_first() {
+        let yaml = "\
+runs:
+  - name: ci
+    tasks:
+      - name: a
+        runtime: { containers: [ { image: alpine } ] }
+        ignore_failure: yes
+        depends: [ buidl ]
+      - name: b
+        runtime: { containers: [] }
+        task_timeout: 10x
+";
+        let errors = parse("c.yml", yaml).expect_err("three problems");
+        let lines: Vec<_> = errors.lines();
+        assert_eq!(
+            lines,
+            [
+                "c.yml:6:25: runs[0].tasks[0].ignore_failure: expected true or false, found a string",
+                "c.yml:7:20: runs[0].tasks[0].depends[0]: unknown task \"buidl\"",
+                "c.yml:9:32: runs[0].tasks[1].runtime.containers: a runtime needs at least one container",
+                "c.yml:10:23: runs[0].tasks[1].task_timeout: invalid duration \"10x\"; expected hours, minutes and seconds such as \"30m\", \"1h30m\", \"45s\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn find_config_prefers_agola_yaml_then_json_then_cairn() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(find_config(dir.path()), None);
+        let write = |name: &str| {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().expect("has a parent")).expect("mkdir");
+            std::fs::write(&path, MINIMAL).expect("write");
+            path
+        };
+        let cairn = write(".cairn/config.yml");
+        assert_eq!(find_config(dir.path()), Some(cairn));
+        let json = write(".agola/config.json");
+        assert_eq!(find_config(dir.path()), Some(json));
+        let yml = write(".agola/config.yml");
+        assert_eq!(find_config(dir.path()), Some(yml));
+    }
+}

@@ -1,0 +1,1050 @@
+//! Object storage for Cairn's big data: step logs, workspace archives, caches, exports.
+//!
+//! [`Blobs`] is a cheap, cloneable handle over one [`ObjectStore`] chosen by URL: a local
+//! directory (the default), `memory:` (tests) or `s3://bucket/prefix` (cargo feature `s3`).
+//! It owns the generic object operations and their guarantees — atomic puts, streaming
+//! uploads that never buffer a whole object, first-writer-wins creation, ordered string-prefix
+//! listings — and knows nothing of what the objects mean: the key layouts live in
+//! [`super::logs`], [`super::caches`] and [`super::archives`].
+//!
+//! Keys are `/`-separated strings whose segments are valid [`object_store::path::Path`] parts;
+//! callers that put untrusted text into a key encode it with [`key_segment`] first. A key
+//! must never be both an object and the directory of others (`a` and `a/b`): a local
+//! directory store cannot hold both, so layouts keep objects and directories apart.
+//! Prefixes are plain string prefixes of keys (`caches/proj-go` matches
+//! `caches/proj-go-1234`), not directory names.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::stream::{self, BoxStream};
+use futures::{Stream, StreamExt, TryStreamExt};
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::{Path, PathPart};
+use object_store::{
+    GetOptions, GetRange, ObjectMeta, ObjectStore, PutMode, PutOptions, PutPayload, WriteMultipart,
+};
+
+/// Size of one part of a streaming upload; smaller objects go up in one atomic put.
+/// 5 MiB is S3's minimum part size.
+const PART_SIZE: usize = 5 * 1024 * 1024;
+
+/// Parts of one streaming upload in flight at once (bounds memory to this many parts).
+const UPLOAD_CONCURRENCY: usize = 2;
+
+/// Where streaming creates stage their data before it is linked into place.
+const STAGING_PREFIX: &str = "_staging/";
+
+/// What went wrong with an object-store operation.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// The object does not exist.
+    #[error("object {key:?} not found")]
+    NotFound { key: String },
+    /// The key is not a valid object key (empty segment, `.`/`..`, control characters, …).
+    #[error("invalid object key {key:?}: {reason}")]
+    InvalidKey { key: String, reason: String },
+    /// The object-store URL (or one of its options) cannot be used by this build.
+    #[error("cannot open object store {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    /// A read asked for bytes past the end of the object.
+    #[error("offset {offset} is past the end of object {key:?} ({size} bytes)")]
+    OffsetPastEnd { key: String, offset: u64, size: u64 },
+    /// The stream being uploaded failed; nothing was stored.
+    #[error("upload of {key:?} aborted: its source failed: {source}")]
+    Source {
+        key: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The local directory of a file store could not be created.
+    #[error("cannot create object store directory {path:?}: {source}")]
+    Directory {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The backend failed.
+    #[error("object store {op} of {key:?} failed: {source}")]
+    Store {
+        op: &'static str,
+        key: String,
+        source: object_store::Error,
+    },
+}
+
+impl BlobError {
+    /// True when the error says the object does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, BlobError::NotFound { .. })
+    }
+
+    fn store(op: &'static str, key: &str, source: object_store::Error) -> BlobError {
+        match source {
+            object_store::Error::NotFound { .. } => BlobError::NotFound {
+                key: key.to_owned(),
+            },
+            source => BlobError::Store {
+                op,
+                key: key.to_owned(),
+                source,
+            },
+        }
+    }
+}
+
+/// What the store knows about one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    /// Size in bytes.
+    pub size: u64,
+    /// When the object was (last) written.
+    pub last_modified: DateTime<Utc>,
+}
+
+impl From<&ObjectMeta> for Meta {
+    fn from(meta: &ObjectMeta) -> Meta {
+        Meta {
+            size: meta.size,
+            last_modified: meta.last_modified,
+        }
+    }
+}
+
+/// A stream of an object's bytes.
+pub type ByteStream = BoxStream<'static, Result<Bytes, BlobError>>;
+
+/// Encodes arbitrary text as one key segment: `/`, `%`, `#`, control characters and the
+/// characters object stores dislike are percent-encoded, `.` and `..` are escaped. The
+/// encoding keeps string prefixes: a prefix of the text encodes to a prefix of the segment.
+pub fn key_segment(text: &str) -> String {
+    PathPart::from(text).as_ref().to_owned()
+}
+
+/// A handle on one object store. Cloning is cheap (one `Arc`).
+#[derive(Clone)]
+pub struct Blobs {
+    store: Arc<dyn ObjectStore>,
+}
+
+impl std::fmt::Debug for Blobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Blobs({})", self.store)
+    }
+}
+
+impl Blobs {
+    /// Opens the object store named by `url`:
+    /// - `file:///abs/dir` or a plain path: a local directory, created if missing;
+    /// - `memory:`: a fresh in-memory store (tests);
+    /// - `s3://bucket[/prefix]`: S3 or an S3-compatible store (cargo feature `s3`); see
+    ///   [`Blobs::open_with`] for credentials and endpoint.
+    pub fn open(url: &str) -> Result<Blobs, BlobError> {
+        Blobs::open_with(url, std::iter::empty::<(&str, &str)>())
+    }
+
+    /// Like [`Blobs::open`] with backend options, for S3 the `object_store` AWS config keys
+    /// (`aws_access_key_id`, `aws_secret_access_key`, `aws_region`, `aws_endpoint`,
+    /// `aws_allow_http`, …). Options are refused for backends that take none, and nothing is
+    /// read from the environment: configuration passes them in.
+    pub fn open_with<I, K, V>(url: &str, options: I) -> Result<Blobs, BlobError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: Into<String>,
+    {
+        let bad = |reason: &str| BlobError::BadUrl {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let options: Vec<(String, String)> = options
+            .into_iter()
+            .map(|(k, v)| (k.as_ref().to_owned(), v.into()))
+            .collect();
+        if let Some(rest) = url.strip_prefix("s3://") {
+            return open_s3(url, rest, options);
+        }
+        if !options.is_empty() {
+            return Err(bad("options are only accepted for s3:// stores"));
+        }
+        if url == "memory:" || url == "memory://" {
+            return Ok(Blobs::from_store(Arc::new(InMemory::new())));
+        }
+        let dir = match url.strip_prefix("file://") {
+            Some(dir) if dir.starts_with('/') => dir,
+            Some(_) => return Err(bad("a file:// URL needs an absolute path (file:///dir)")),
+            None if url.contains("://") => {
+                return Err(bad(
+                    "unknown scheme (use file:///dir, a plain path, memory: or s3://bucket)",
+                ));
+            }
+            None if url.is_empty() => return Err(bad("empty path")),
+            None => url,
+        };
+        std::fs::create_dir_all(dir).map_err(|source| BlobError::Directory {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let store = LocalFileSystem::new_with_prefix(dir)
+            .map_err(|source| BlobError::store("open", dir, source))?
+            .with_automatic_cleanup(true);
+        Ok(Blobs::from_store(Arc::new(store)))
+    }
+
+    /// Wraps an already built store (tests, failure injection, custom backends).
+    pub fn from_store(store: Arc<dyn ObjectStore>) -> Blobs {
+        Blobs { store }
+    }
+
+    /// Stores `data` at `key`, replacing any object there. Atomic: readers see the old
+    /// object or the whole new one, never a part.
+    pub async fn put(&self, key: &str, data: Bytes) -> Result<(), BlobError> {
+        let path = parse_key(key)?;
+        self.store
+            .put(&path, PutPayload::from(data))
+            .await
+            .map_err(|e| BlobError::store("put", key, e))?;
+        Ok(())
+    }
+
+    /// Stores `data` at `key` only if no object is there. Returns whether this call created
+    /// it: of concurrent writers exactly one gets `true`, and the object is its data.
+    pub async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool, BlobError> {
+        let path = parse_key(key)?;
+        let opts = PutOptions::from(PutMode::Create);
+        match self
+            .store
+            .put_opts(&path, PutPayload::from(data.clone()), opts)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(object_store::Error::NotImplemented) => {
+                // A backend without conditional puts: stage and link, which every backend
+                // Cairn opens supports.
+                self.put_stream_if_absent(key, stream::iter([Ok::<_, BlobError>(data)]))
+                    .await
+            }
+            Err(e) => Err(BlobError::store("put", key, e)),
+        }
+    }
+
+    /// Uploads a stream to `key` without holding the whole object in memory (parts of
+    /// 5 MiB), replacing any object there, and returns its size. Atomic: the object
+    /// appears only when the stream ended cleanly; if the stream fails nothing is stored.
+    pub async fn put_stream<S, E>(&self, key: &str, data: S) -> Result<u64, BlobError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let path = parse_key(key)?;
+        let mut data = pin!(data);
+        let source = |e: E| BlobError::Source {
+            key: key.to_owned(),
+            source: e.into(),
+        };
+
+        // Small objects (the common case for logs) go up in one put.
+        let mut first: Vec<Bytes> = Vec::new();
+        let mut first_len = 0usize;
+        let mut more = None;
+        while let Some(item) = data.next().await {
+            let chunk = item.map_err(source)?;
+            if first_len + chunk.len() > PART_SIZE {
+                more = Some(chunk);
+                break;
+            }
+            first_len += chunk.len();
+            first.push(chunk);
+        }
+        let Some(overflow) = more else {
+            let payload: PutPayload = first.into_iter().collect();
+            self.store
+                .put(&path, payload)
+                .await
+                .map_err(|e| BlobError::store("put", key, e))?;
+            return Ok(first_len as u64);
+        };
+
+        let upload = self
+            .store
+            .put_multipart(&path)
+            .await
+            .map_err(|e| BlobError::store("put_multipart", key, e))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let mut total = (first_len + overflow.len()) as u64;
+        for chunk in first.into_iter().chain([overflow]) {
+            writer.put(chunk);
+        }
+        loop {
+            if let Err(e) = writer.wait_for_capacity(UPLOAD_CONCURRENCY).await {
+                abort(writer, key).await;
+                return Err(BlobError::store("put_multipart", key, e));
+            }
+            match data.next().await {
+                Some(Ok(chunk)) => {
+                    total += chunk.len() as u64;
+                    writer.put(chunk);
+                }
+                Some(Err(e)) => {
+                    abort(writer, key).await;
+                    return Err(source(e));
+                }
+                None => break,
+            }
+        }
+        writer
+            .finish()
+            .await
+            .map_err(|e| BlobError::store("put_multipart", key, e))?;
+        Ok(total)
+    }
+
+    /// Uploads a stream to `key` only if no object is there, returning whether this call
+    /// created it (first writer wins; a loser's data is discarded). The stream is staged
+    /// under `_staging/` and linked into place with copy-if-not-exists.
+    pub async fn put_stream_if_absent<S, E>(&self, key: &str, data: S) -> Result<bool, BlobError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let path = parse_key(key)?;
+        if self.head(key).await?.is_some() {
+            return Ok(false);
+        }
+        let staging = format!("{STAGING_PREFIX}{}", unique_name());
+        self.put_stream(&staging, data).await?;
+        let staged = parse_key(&staging)?;
+        let linked = match self.store.copy_if_not_exists(&staged, &path).await {
+            Ok(()) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(BlobError::store("copy_if_not_exists", key, e)),
+        };
+        self.delete(&staging).await?;
+        linked
+    }
+
+    /// Streams the whole object at `key`.
+    pub async fn get(&self, key: &str) -> Result<ByteStream, BlobError> {
+        let path = parse_key(key)?;
+        let result = self
+            .store
+            .get(&path)
+            .await
+            .map_err(|e| BlobError::store("get", key, e))?;
+        Ok(byte_stream(key, result.into_stream()))
+    }
+
+    /// Streams the object at `key` from byte `from_offset` to its end. An offset equal to the
+    /// size gives an empty stream; a larger one is [`BlobError::OffsetPastEnd`].
+    pub async fn get_range(&self, key: &str, from_offset: u64) -> Result<ByteStream, BlobError> {
+        if from_offset == 0 {
+            return self.get(key).await;
+        }
+        let path = parse_key(key)?;
+        let Some(meta) = self.head(key).await? else {
+            return Err(BlobError::NotFound {
+                key: key.to_owned(),
+            });
+        };
+        if from_offset == meta.size {
+            return Ok(stream::empty().boxed());
+        }
+        if from_offset > meta.size {
+            return Err(BlobError::OffsetPastEnd {
+                key: key.to_owned(),
+                offset: from_offset,
+                size: meta.size,
+            });
+        }
+        let opts = GetOptions {
+            range: Some(GetRange::Offset(from_offset)),
+            ..GetOptions::default()
+        };
+        let result = self
+            .store
+            .get_opts(&path, opts)
+            .await
+            .map_err(|e| BlobError::store("get", key, e))?;
+        Ok(byte_stream(key, result.into_stream()))
+    }
+
+    /// Reads the whole object at `key` into memory (for small objects: markers, tests).
+    pub async fn get_bytes(&self, key: &str) -> Result<Bytes, BlobError> {
+        let path = parse_key(key)?;
+        let result = self
+            .store
+            .get(&path)
+            .await
+            .map_err(|e| BlobError::store("get", key, e))?;
+        result
+            .bytes()
+            .await
+            .map_err(|e| BlobError::store("get", key, e))
+    }
+
+    /// The object's size and modification time, or `None` when it does not exist.
+    pub async fn head(&self, key: &str) -> Result<Option<Meta>, BlobError> {
+        let path = parse_key(key)?;
+        match self.store.head(&path).await {
+            Ok(meta) => Ok(Some(Meta::from(&meta))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(BlobError::store("head", key, e)),
+        }
+    }
+
+    /// All objects whose key starts with `prefix`, ordered by key.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, Meta)>, BlobError> {
+        // object_store lists by directory; narrow to the prefix's directory, then filter.
+        let dir = match prefix.rfind('/') {
+            Some(i) => &prefix[..i],
+            None => "",
+        };
+        let dir_path = if dir.is_empty() {
+            None
+        } else {
+            Some(parse_key(dir)?)
+        };
+        let mut listing = self.store.list(dir_path.as_ref());
+        let mut found = Vec::new();
+        while let Some(item) = listing.next().await {
+            match item {
+                Ok(meta) => {
+                    let key = meta.location.as_ref();
+                    if key.starts_with(prefix) && !key.starts_with(STAGING_PREFIX) {
+                        found.push((key.to_owned(), Meta::from(&meta)));
+                    }
+                }
+                // Deleted while the listing ran (or the directory never existed).
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(BlobError::store("list", prefix, e)),
+            }
+        }
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(found)
+    }
+
+    /// The most recently modified object whose key starts with `prefix` (ties go to the
+    /// greatest key), or `None` when there is none.
+    pub async fn newest_with_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<Option<(String, Meta)>, BlobError> {
+        Ok(self.list(prefix).await?.into_iter().max_by(|a, b| {
+            a.1.last_modified
+                .cmp(&b.1.last_modified)
+                .then(a.0.cmp(&b.0))
+        }))
+    }
+
+    /// Deletes the object at `key`; a missing object is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), BlobError> {
+        let path = parse_key(key)?;
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(BlobError::store("delete", key, e)),
+        }
+    }
+
+    /// Deletes every object whose key starts with `prefix`; returns how many there were.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<usize, BlobError> {
+        let keys: Vec<String> = self
+            .list(prefix)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        self.delete_keys(keys).await
+    }
+
+    /// Deletes every object under `prefix` last modified strictly before `cutoff`; returns
+    /// how many were deleted.
+    pub async fn delete_older_than(
+        &self,
+        prefix: &str,
+        cutoff: DateTime<Utc>,
+    ) -> Result<usize, BlobError> {
+        let keys: Vec<String> = self
+            .list(prefix)
+            .await?
+            .into_iter()
+            .filter(|(_, meta)| meta.last_modified < cutoff)
+            .map(|(k, _)| k)
+            .collect();
+        self.delete_keys(keys).await
+    }
+
+    /// Removes staged uploads older than `cutoff` (left by writers that died mid-upload).
+    pub async fn clean_staging(&self, cutoff: DateTime<Utc>) -> Result<usize, BlobError> {
+        let mut listing = self.store.list(Some(&Path::from("_staging")));
+        let mut stale = Vec::new();
+        while let Some(item) = listing.next().await {
+            match item {
+                Ok(meta) if meta.last_modified < cutoff => {
+                    stale.push(meta.location.as_ref().to_owned());
+                }
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(BlobError::store("list", STAGING_PREFIX, e)),
+            }
+        }
+        self.delete_keys(stale).await
+    }
+
+    /// Deletes `keys` (batched where the backend can), in the order given.
+    pub async fn delete_keys(&self, keys: Vec<String>) -> Result<usize, BlobError> {
+        let count = keys.len();
+        let paths = keys
+            .iter()
+            .map(|k| parse_key(k))
+            .collect::<Result<Vec<_>, _>>()?;
+        let locations = stream::iter(paths.into_iter().map(Ok)).boxed();
+        let mut deleted = self.store.delete_stream(locations);
+        while let Some(item) = deleted.next().await {
+            match item {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(BlobError::store("delete", "(batch)", e)),
+            }
+        }
+        Ok(count)
+    }
+}
+
+/// Opens an S3 store at `s3://<rest>` (the `s3` feature).
+#[cfg(feature = "s3")]
+fn open_s3(url: &str, rest: &str, options: Vec<(String, String)>) -> Result<Blobs, BlobError> {
+    use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3CopyIfNotExists};
+    use object_store::prefix::PrefixStore;
+
+    let bad = |reason: String| BlobError::BadUrl {
+        url: url.to_owned(),
+        reason,
+    };
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(bad("missing bucket name (s3://bucket/prefix)".to_owned()));
+    }
+    // Conditional puts (If-None-Match) are on by default; linking staged streams uses a
+    // conditional multipart copy, which AWS and most compatible stores support.
+    let mut builder = AmazonS3Builder::new()
+        .with_bucket_name(bucket)
+        .with_copy_if_not_exists(S3CopyIfNotExists::Multipart);
+    for (key, value) in options {
+        let key: AmazonS3ConfigKey = key
+            .parse()
+            .map_err(|e| bad(format!("unknown s3 option {key:?}: {e}")))?;
+        builder = builder.with_config(key, value);
+    }
+    let store = builder
+        .build()
+        .map_err(|e| bad(format!("invalid s3 configuration: {e}")))?;
+    let prefix = prefix.trim_matches('/');
+    if prefix.is_empty() {
+        return Ok(Blobs::from_store(Arc::new(store)));
+    }
+    let prefix = parse_key(prefix)?;
+    Ok(Blobs::from_store(Arc::new(PrefixStore::new(store, prefix))))
+}
+
+/// Without the `s3` feature an `s3://` URL is a clear configuration error.
+#[cfg(not(feature = "s3"))]
+fn open_s3(url: &str, _rest: &str, _options: Vec<(String, String)>) -> Result<Blobs, BlobError> {
+    Err(BlobError::BadUrl {
+        url: url.to_owned(),
+        reason: "this build has no S3 support (rebuild with `--features s3`)".to_owned(),
+    })
+}
+
+/// Gives up a multipart upload after a failure; the caller reports the original error.
+async fn abort(writer: WriteMultipart, key: &str) {
+    if let Err(error) = writer.abort().await {
+        tracing::warn!(key, error = %error, "aborting a failed upload left parts behind");
+    }
+}
+
+/// Parses a key into a store path, refusing what would be silently rewritten.
+fn parse_key(key: &str) -> Result<Path, BlobError> {
+    let invalid = |reason: String| BlobError::InvalidKey {
+        key: key.to_owned(),
+        reason,
+    };
+    if key.is_empty() || key.starts_with('/') || key.ends_with('/') || key.contains("//") {
+        return Err(invalid(
+            "keys are non-empty segments joined by single '/'".to_owned(),
+        ));
+    }
+    Path::parse(key).map_err(|e| invalid(e.to_string()))
+}
+
+/// Maps a backend byte stream to [`ByteStream`], naming the key in errors.
+fn byte_stream(key: &str, inner: BoxStream<'static, object_store::Result<Bytes>>) -> ByteStream {
+    let key = key.to_owned();
+    inner
+        .map_err(move |e| BlobError::store("get", &key, e))
+        .boxed()
+}
+
+/// A name no other writer (in this process or another) will pick.
+fn unique_name() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut random = RandomState::new().build_hasher();
+    random.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    let nanos = Utc::now().timestamp_nanos_opt().unwrap_or_default();
+    format!("{nanos:x}-{}-{:016x}", std::process::id(), random.finish())
+}
+
+/// Backends and helpers shared by the datamanager's object-storage tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// An open store plus the directory that must outlive it (file backend).
+    pub(crate) struct Backend {
+        pub(crate) name: &'static str,
+        pub(crate) blobs: Blobs,
+        pub(crate) _dir: Option<tempfile::TempDir>,
+    }
+
+    /// A fresh in-memory store and a fresh `file://` store in a temporary directory.
+    pub(crate) fn backends() -> Vec<Backend> {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let url = format!("file://{}", dir.path().display());
+        vec![
+            Backend {
+                name: "memory",
+                blobs: Blobs::open("memory:").expect("memory store"),
+                _dir: None,
+            },
+            Backend {
+                name: "file",
+                blobs: Blobs::open(&url).expect("file store"),
+                _dir: Some(dir),
+            },
+        ]
+    }
+
+    /// Collects a byte stream.
+    pub(crate) async fn collect<E: std::fmt::Debug>(
+        stream: BoxStream<'static, Result<Bytes, E>>,
+    ) -> Vec<u8> {
+        stream
+            .map(|item| item.expect("stream item"))
+            .fold(Vec::new(), |mut all, b| async move {
+                all.extend_from_slice(&b);
+                all
+            })
+            .await
+    }
+
+    /// A stream of `data` cut into `piece`-byte chunks.
+    pub(crate) fn pieces(
+        data: &[u8],
+        piece: usize,
+    ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + use<> {
+        let chunks: Vec<Result<Bytes, std::io::Error>> = data
+            .chunks(piece)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        stream::iter(chunks)
+    }
+
+    /// Rewrites `key` until its modification time is strictly after `after` (file systems
+    /// stamp times with a coarse clock; this waits for the clock, not for a fixed delay).
+    pub(crate) async fn put_newer_than(
+        blobs: &Blobs,
+        key: &str,
+        data: &'static [u8],
+        after: DateTime<Utc>,
+    ) -> Meta {
+        loop {
+            blobs.put(key, Bytes::from_static(data)).await.expect("put");
+            let meta = blobs.head(key).await.expect("head").expect("just written");
+            if meta.last_modified > after {
+                return meta;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{backends, collect, pieces, put_newer_than};
+    use super::*;
+
+    fn b(s: &'static str) -> Bytes {
+        Bytes::from_static(s.as_bytes())
+    }
+
+    fn failed<T>(result: Result<T, BlobError>, what: &str) -> BlobError {
+        match result {
+            Ok(_) => panic!("{what}: expected an error"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn open_accepts_memory_file_urls_and_plain_paths_creating_the_directory() {
+        assert!(Blobs::open("memory:").is_ok());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nested = dir.path().join("a/b/blobs");
+        Blobs::open(nested.to_str().expect("utf-8 path")).expect("plain path");
+        assert!(nested.is_dir());
+        let url = format!("file://{}", dir.path().join("c").display());
+        Blobs::open(&url).expect("file url");
+        assert!(dir.path().join("c").is_dir());
+    }
+
+    #[test]
+    fn open_refuses_unknown_schemes_relative_file_urls_and_stray_options() {
+        for url in ["gs://bucket", "file://relative/dir", "", "http://x/y"] {
+            let err = Blobs::open(url).expect_err(url);
+            assert!(matches!(err, BlobError::BadUrl { .. }), "{url}: {err}");
+        }
+        let err = Blobs::open_with("memory:", [("aws_region", "x")]).expect_err("options");
+        assert!(matches!(err, BlobError::BadUrl { .. }));
+    }
+
+    #[cfg(not(feature = "s3"))]
+    #[test]
+    fn s3_urls_without_the_feature_say_how_to_get_it() {
+        let err = Blobs::open("s3://bucket/prefix").expect_err("no s3 in this build");
+        assert!(err.to_string().contains("--features s3"), "{err}");
+    }
+
+    #[cfg(feature = "s3")]
+    #[test]
+    fn s3_urls_with_the_feature_build_a_store_and_check_options() {
+        Blobs::open_with(
+            "s3://bucket/some/prefix",
+            [
+                ("aws_region", "eu-west-1"),
+                ("aws_endpoint", "http://127.0.0.1:9"),
+            ],
+        )
+        .expect("s3 store");
+        let err = Blobs::open_with("s3://bucket", [("no_such_option", "x")]).expect_err("bad");
+        assert!(matches!(err, BlobError::BadUrl { .. }));
+        assert!(Blobs::open("s3://").is_err());
+    }
+
+    #[tokio::test]
+    async fn put_then_get_returns_the_bytes_and_put_replaces() {
+        for be in backends() {
+            be.blobs.put("a/b/c", b("hello")).await.expect("put");
+            let got = collect(be.blobs.get("a/b/c").await.expect("get")).await;
+            assert_eq!(got, b"hello", "{}", be.name);
+            be.blobs.put("a/b/c", b("bye")).await.expect("put again");
+            assert_eq!(&be.blobs.get_bytes("a/b/c").await.expect("get")[..], b"bye");
+        }
+    }
+
+    #[tokio::test]
+    async fn missing_objects_are_not_found_for_get_and_none_for_head() {
+        for be in backends() {
+            let err = failed(be.blobs.get("no/such").await, "missing");
+            assert!(err.is_not_found(), "{}: {err}", be.name);
+            let err = failed(be.blobs.get_range("no/such", 3).await, "missing");
+            assert!(err.is_not_found(), "{}: {err}", be.name);
+            assert_eq!(be.blobs.head("no/such").await.expect("head"), None);
+        }
+    }
+
+    #[tokio::test]
+    async fn get_range_streams_from_an_offset_to_the_end() {
+        for be in backends() {
+            be.blobs.put("r", b("0123456789")).await.expect("put");
+            let tail = collect(be.blobs.get_range("r", 4).await.expect("range")).await;
+            assert_eq!(tail, b"456789", "{}", be.name);
+            let all = collect(be.blobs.get_range("r", 0).await.expect("range")).await;
+            assert_eq!(all, b"0123456789");
+            let none = collect(be.blobs.get_range("r", 10).await.expect("at end")).await;
+            assert!(none.is_empty());
+            let err = failed(be.blobs.get_range("r", 11).await, "past end");
+            assert!(
+                matches!(err, BlobError::OffsetPastEnd { size: 10, .. }),
+                "{err}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn head_reports_size_and_modification_time() {
+        for be in backends() {
+            let before = Utc::now() - chrono::Duration::seconds(5);
+            be.blobs.put("h", b("12345")).await.expect("put");
+            let meta = be.blobs.head("h").await.expect("head").expect("exists");
+            assert_eq!(meta.size, 5, "{}", be.name);
+            assert!(meta.last_modified > before);
+        }
+    }
+
+    #[tokio::test]
+    async fn put_stream_uploads_large_objects_in_parts_byte_identical() {
+        let data: Vec<u8> = (0..(2 * PART_SIZE + 12_345))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        for be in backends() {
+            let size = be
+                .blobs
+                .put_stream("big/object", pieces(&data, 64 * 1024))
+                .await
+                .expect("put_stream");
+            assert_eq!(size, data.len() as u64, "{}", be.name);
+            let got = collect(be.blobs.get("big/object").await.expect("get")).await;
+            assert!(got == data, "{}: content differs", be.name);
+        }
+    }
+
+    #[tokio::test]
+    async fn put_stream_of_a_small_or_empty_stream_stores_it() {
+        for be in backends() {
+            let size = be
+                .blobs
+                .put_stream("small", pieces(b"abcdef", 2))
+                .await
+                .expect("put_stream");
+            assert_eq!(size, 6);
+            assert_eq!(
+                &be.blobs.get_bytes("small").await.expect("get")[..],
+                b"abcdef"
+            );
+            let empty = stream::iter(Vec::<Result<Bytes, std::io::Error>>::new());
+            assert_eq!(be.blobs.put_stream("empty", empty).await.expect("empty"), 0);
+            assert_eq!(
+                be.blobs.head("empty").await.expect("head").map(|m| m.size),
+                Some(0)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_source_stores_nothing_small_or_large() {
+        let big = vec![7u8; PART_SIZE + 1];
+        for be in backends() {
+            for (key, first) in [("small", vec![1u8; 10]), ("large", big.clone())] {
+                let items = vec![
+                    Ok(Bytes::from(first)),
+                    Ok(Bytes::from_static(b"more")),
+                    Err(std::io::Error::other("client went away")),
+                ];
+                let err = be
+                    .blobs
+                    .put_stream(key, stream::iter(items))
+                    .await
+                    .expect_err("source failed");
+                assert!(
+                    matches!(err, BlobError::Source { .. }),
+                    "{}: {err}",
+                    be.name
+                );
+                assert_eq!(be.blobs.head(key).await.expect("head"), None, "{}", be.name);
+                assert!(be.blobs.list("").await.expect("list").is_empty());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn put_if_absent_keeps_the_first_writers_data() {
+        for be in backends() {
+            assert!(
+                be.blobs
+                    .put_if_absent("k", b("first"))
+                    .await
+                    .expect("first")
+            );
+            assert!(
+                !be.blobs
+                    .put_if_absent("k", b("second"))
+                    .await
+                    .expect("second")
+            );
+            assert_eq!(&be.blobs.get_bytes("k").await.expect("get")[..], b"first");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_put_if_absent_has_exactly_one_winner() {
+        for be in backends() {
+            let writers: Vec<_> = (0..8)
+                .map(|i| {
+                    let blobs = be.blobs.clone();
+                    tokio::spawn(async move {
+                        let won = blobs
+                            .put_if_absent("race/key", Bytes::from(format!("writer {i}")))
+                            .await
+                            .expect("put_if_absent");
+                        (i, won)
+                    })
+                })
+                .collect();
+            let mut winners = Vec::new();
+            for w in writers {
+                let (i, won) = w.await.expect("writer task");
+                if won {
+                    winners.push(i);
+                }
+            }
+            assert_eq!(winners.len(), 1, "{}: {winners:?}", be.name);
+            let stored = be.blobs.get_bytes("race/key").await.expect("get");
+            assert_eq!(stored, format!("writer {}", winners[0]).as_bytes());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_put_stream_if_absent_has_exactly_one_winner() {
+        for be in backends() {
+            let writers: Vec<_> = (0..6)
+                .map(|i| {
+                    let blobs = be.blobs.clone();
+                    tokio::spawn(async move {
+                        let data = format!("streamed by writer {i}").into_bytes();
+                        let won = blobs
+                            .put_stream_if_absent("race/stream", pieces(&data, 3))
+                            .await
+                            .expect("put_stream_if_absent");
+                        (i, won)
+                    })
+                })
+                .collect();
+            let mut winners = Vec::new();
+            for w in writers {
+                let (i, won) = w.await.expect("writer task");
+                if won {
+                    winners.push(i);
+                }
+            }
+            assert_eq!(winners.len(), 1, "{}: {winners:?}", be.name);
+            let stored = be.blobs.get_bytes("race/stream").await.expect("get");
+            assert_eq!(
+                stored,
+                format!("streamed by writer {}", winners[0]).as_bytes()
+            );
+            // Losers' staged data is gone.
+            assert_eq!(be.blobs.clean_staging(Utc::now()).await.expect("clean"), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn list_is_ordered_by_key_and_matches_string_prefixes() {
+        for be in backends() {
+            // (No key is both an object and a directory: local stores cannot do that.)
+            for key in ["p/b", "p/a/x", "p/ab", "p/c", "q/a", "p/a/b"] {
+                be.blobs.put(key, b("x")).await.expect("put");
+            }
+            let keys = |v: Vec<(String, Meta)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+            assert_eq!(
+                keys(be.blobs.list("p/a").await.expect("list")),
+                ["p/a/b", "p/a/x", "p/ab"],
+                "{}",
+                be.name
+            );
+            assert_eq!(keys(be.blobs.list("p/").await.expect("list")).len(), 5);
+            assert_eq!(keys(be.blobs.list("").await.expect("list")).len(), 6);
+            assert!(be.blobs.list("zzz/").await.expect("list").is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn newest_with_prefix_picks_the_most_recently_written() {
+        for be in backends() {
+            assert_eq!(be.blobs.newest_with_prefix("c/").await.expect("none"), None);
+            be.blobs.put("c/z-old", b("old")).await.expect("put");
+            let old = be
+                .blobs
+                .head("c/z-old")
+                .await
+                .expect("head")
+                .expect("exists");
+            put_newer_than(&be.blobs, "c/a-new", b"new", old.last_modified).await;
+            be.blobs.put("d/other", b("elsewhere")).await.expect("put");
+            let (key, meta) = be
+                .blobs
+                .newest_with_prefix("c/")
+                .await
+                .expect("newest")
+                .expect("some");
+            assert_eq!(key, "c/a-new", "{}", be.name);
+            assert_eq!(meta.size, 3);
+        }
+    }
+
+    #[tokio::test]
+    async fn delete_tolerates_missing_and_delete_prefix_stays_inside_its_prefix() {
+        for be in backends() {
+            be.blobs.delete("never/was").await.expect("missing is fine");
+            for key in ["t1/a", "t1/b/c", "t10/a", "t2/a"] {
+                be.blobs.put(key, b("x")).await.expect("put");
+            }
+            assert_eq!(be.blobs.delete_prefix("t1/").await.expect("delete"), 2);
+            let left: Vec<String> = be
+                .blobs
+                .list("")
+                .await
+                .expect("list")
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+            assert_eq!(left, ["t10/a", "t2/a"], "{}", be.name);
+        }
+    }
+
+    #[tokio::test]
+    async fn delete_older_than_removes_only_objects_written_before_the_cutoff() {
+        for be in backends() {
+            be.blobs.put("e/old1", b("x")).await.expect("put");
+            be.blobs.put("e/old2", b("x")).await.expect("put");
+            let old = be
+                .blobs
+                .head("e/old2")
+                .await
+                .expect("head")
+                .expect("exists");
+            let new = put_newer_than(&be.blobs, "e/new", b"x", old.last_modified).await;
+            be.blobs.put("f/old", b("x")).await.expect("put");
+            let deleted = be
+                .blobs
+                .delete_older_than("e/", new.last_modified)
+                .await
+                .expect("expire");
+            assert_eq!(deleted, 2, "{}", be.name);
+            assert!(be.blobs.head("e/new").await.expect("head").is_some());
+            assert!(be.blobs.head("f/old").await.expect("head").is_some());
+        }
+    }
+
+    #[tokio::test]
+    async fn malformed_keys_are_refused_before_touching_the_store() {
+        for be in backends() {
+            for key in ["", "/abs", "a//b", "a/", "a/../b", "a/./b", "bad\ncontrol"] {
+                let err = be.blobs.put(key, b("x")).await.expect_err(key);
+                assert!(
+                    matches!(err, BlobError::InvalidKey { .. }),
+                    "{key:?}: {err}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn key_segment_encodes_separators_and_keeps_prefixes() {
+        assert_eq!(key_segment("a/b#1 c"), "a%2Fb%231 c");
+        assert_eq!(key_segment(".."), "%2E%2E");
+        let full = key_segment("proj-go/mod#v1");
+        assert!(full.starts_with(&key_segment("proj-go/m")));
+    }
+
+    #[tokio::test]
+    async fn encoded_segments_round_trip_through_the_file_store() {
+        for be in backends() {
+            let key = format!("x/{}", key_segment("we/ird #12 %41 ~key"));
+            be.blobs.put(&key, b("v")).await.expect("put");
+            let listed = be.blobs.list("x/").await.expect("list");
+            assert_eq!(listed.len(), 1, "{}", be.name);
+            assert_eq!(listed[0].0, key, "{}", be.name);
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! [`RunServiceError`]: why a run-service decision refused its input. Its variants are what
+//! callers branch on; [`RunServiceError::code`] gives the stable API error kind, and the API
+//! layer alone turns that into an HTTP status.
+
+use cairn_client::ErrorCode;
+use cairn_client::run::{ExecutorTaskPhase, RunPhase, RunTaskStatus};
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RunServiceError {
+    /// The run has no task with this id.
+    #[error("run {run_id} has no task {task_id}")]
+    TaskNotFound { run_id: String, task_id: String },
+
+    /// The action is not allowed in the run's current phase.
+    #[error("run {run_id} is {}, expected {}", .found.as_str(), phase_list(.expected))]
+    InvalidPhase {
+        run_id: String,
+        expected: &'static [RunPhase],
+        found: RunPhase,
+    },
+
+    /// The run may not be restarted this way (it succeeded, or data of the tasks it would
+    /// reuse is not in object storage yet).
+    #[error("run {run_id} cannot be restarted: {reason}")]
+    CannotRestart { run_id: String, reason: String },
+
+    /// Approval asked for a task that does not wait for it.
+    #[error("task {task_id} is not waiting for approval")]
+    NotWaitingApproval { task_id: String },
+
+    /// Approval asked twice.
+    #[error("task {task_id} is already approved")]
+    AlreadyApproved { task_id: String },
+
+    /// The task's `approvers` annotation is not a JSON list of strings.
+    #[error("task {task_id} has an approvers annotation that is not a JSON list: {reason}")]
+    BadApproversAnnotation { task_id: String, reason: String },
+
+    /// An executor task reported for another run.
+    #[error("executor task {task_id} belongs to run {reported}, not to run {run_id}")]
+    WrongRun {
+        task_id: String,
+        run_id: String,
+        reported: String,
+    },
+
+    /// An executor reported a phase that cannot follow the task's current status.
+    #[error(
+        "task {task_id} is {}: a report of phase {} cannot follow",
+        .current.as_str(),
+        .reported.as_str()
+    )]
+    InconsistentStatus {
+        task_id: String,
+        current: RunTaskStatus,
+        reported: ExecutorTaskPhase,
+    },
+
+    /// An executor reported a different number of steps than the task has.
+    #[error("task {task_id} has {expected} steps, the executor reported {reported}")]
+    StepCountMismatch {
+        task_id: String,
+        expected: usize,
+        reported: usize,
+    },
+}
+
+impl RunServiceError {
+    /// The stable error kind of this error in the API.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RunServiceError::TaskNotFound { .. } => ErrorCode::NotFound,
+            RunServiceError::InvalidPhase { .. }
+            | RunServiceError::CannotRestart { .. }
+            | RunServiceError::AlreadyApproved { .. }
+            | RunServiceError::InconsistentStatus { .. } => ErrorCode::Conflict,
+            RunServiceError::NotWaitingApproval { .. }
+            | RunServiceError::BadApproversAnnotation { .. }
+            | RunServiceError::WrongRun { .. }
+            | RunServiceError::StepCountMismatch { .. } => ErrorCode::BadRequest,
+        }
+    }
+}
+
+fn phase_list(phases: &[RunPhase]) -> String {
+    phases
+        .iter()
+        .map(|p| p.as_str())
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_phase_names_what_was_expected_and_found() {
+        let err = RunServiceError::InvalidPhase {
+            run_id: "r1".into(),
+            expected: &[RunPhase::Finished, RunPhase::Cancelled],
+            found: RunPhase::Running,
+        };
+        assert_eq!(
+            err.to_string(),
+            "run r1 is running, expected finished or cancelled"
+        );
+        assert_eq!(err.code(), ErrorCode::Conflict);
+    }
+
+    #[test]
+    fn missing_tasks_are_not_found_and_bad_reports_are_bad_requests() {
+        let missing = RunServiceError::TaskNotFound {
+            run_id: "r1".into(),
+            task_id: "t9".into(),
+        };
+        assert_eq!(missing.code(), ErrorCode::NotFound);
+        let bad = RunServiceError::StepCountMismatch {
+            task_id: "t1".into(),
+            expected: 2,
+            reported: 3,
+        };
+        assert_eq!(bad.code(), ErrorCode::BadRequest);
+        assert_eq!(
+            bad.to_string(),
+            "task t1 has 2 steps, the executor reported 3"
+        );
+    }
+}

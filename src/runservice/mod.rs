@@ -1,0 +1,44 @@
+//! The run service's decisions, as pure functions: data in, data out.
+//!
+//! This module owns every change of a [`Run`](cairn_client::run::Run)'s phase, result and
+//! task states, and the data derived from a run for executors and for "why is it
+//! pending?". It performs no I/O, reads no clock (callers pass `now`) and never touches the
+//! store: the scheduler and the API read the run, its config and its executor tasks, call
+//! these functions, and write the results back with compare-and-swap.
+//!
+//! - [`create`]: a new run from its config.
+//! - [`restart`](mod@restart): a new run (and config) from a finished one, from scratch
+//!   or from failed tasks.
+//! - [`advance`](mod@advance): the state machine (result, phase, dependency conditions with skip
+//!   propagation, approval, stop, cancellation) and the tasks ready to hand out.
+//! - [`actions`]: user actions (start, cancel, stop, approve, task annotations).
+//! - [`task_status`]: executor status reports applied to the run, lost executor tasks.
+//! - [`spec`]: the executor task spec data generated at every hand-out.
+//! - [`placement`]: which executor gets a task, or why none can.
+//! - [`pending`]: why each not-started task is waiting.
+//! - [`depends`]: the evaluation of a task's parents shared by the above.
+//! - [`error`]: the typed [`RunServiceError`].
+
+pub mod actions;
+pub mod advance;
+pub mod create;
+pub mod depends;
+pub mod error;
+pub mod pending;
+pub mod placement;
+pub mod restart;
+pub mod spec;
+pub mod task_status;
+
+#[cfg(test)]
+mod fixture;
+
+pub use actions::{APPROVERS_ANNOTATION, approve, cancel, set_task_annotations, start, stop};
+pub use advance::{Advance, advance};
+pub use create::new_run;
+pub use error::RunServiceError;
+pub use pending::task_pending_reasons;
+pub use placement::{NoExecutor, choose_executor};
+pub use restart::{can_restart_from_failed, can_restart_from_scratch, restart};
+pub use spec::spec_data;
+pub use task_status::{apply_executor_status, fail_lost_task};

@@ -1,0 +1,374 @@
+//! Restarting a finished run as a new run: from scratch (every task re-runs) or from its
+//! failed tasks (successful tasks are kept, everything else and everything downstream of it
+//! re-runs).
+//!
+//! Re-run tasks get fresh ids, so their logs and archives never mix with the old run's;
+//! kept tasks keep their id and their whole run-task state (status, steps, fetch phases),
+//! so the new run reuses the logs and workspace archives already in object storage. That
+//! is why restarting from failed tasks needs every successful task fully fetched.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use cairn_client::run::{Run, RunPhase, RunResult, RunTaskStatus, Time};
+use cairn_client::runconfig::{Env, RunConfig};
+
+use super::create::new_run;
+use super::depends::in_level_order;
+use super::error::RunServiceError;
+
+const RESTARTABLE: &[RunPhase] = &[RunPhase::Finished, RunPhase::Cancelled];
+
+/// The run is over (finished or cancelled; a setuperror run has nothing to restart).
+pub fn can_restart_from_scratch(run: &Run) -> bool {
+    run.phase.is_finished() && run.phase != RunPhase::SetupError
+}
+
+/// The run is over, did not succeed, and every successful task's logs and archives are in
+/// object storage (the new run reuses them).
+pub fn can_restart_from_failed(run: &Run) -> bool {
+    can_restart_from_scratch(run)
+        && run.result != RunResult::Success
+        && run
+            .tasks
+            .values()
+            .filter(|t| t.status == RunTaskStatus::Success)
+            .all(|t| t.all_fetched())
+}
+
+/// The config and run of a restart of `old_run` as run `new_id`, number `counter`,
+/// enqueued at `now`. `environment`, when given, replaces the run-level environment.
+/// `new_task_id` is called once per re-run task, in (level, name) order.
+#[allow(clippy::too_many_arguments)] // the brief's signature: every input is distinct data
+pub fn restart(
+    old_run: &Run,
+    old_config: &RunConfig,
+    from_start: bool,
+    new_id: &str,
+    counter: u64,
+    environment: Option<Env>,
+    now: Time,
+    new_task_id: &mut dyn FnMut() -> String,
+) -> Result<(RunConfig, Run), RunServiceError> {
+    check_restartable(old_run, from_start)?;
+
+    let rerun = rerun_tasks(old_run, old_config, from_start);
+    let ids: BTreeMap<String, String> = in_level_order(old_config)
+        .into_iter()
+        .map(|task| {
+            let id = if rerun.contains(task.id.as_str()) {
+                new_task_id()
+            } else {
+                task.id.clone()
+            };
+            (task.id.clone(), id)
+        })
+        .collect();
+    let renamed = |id: &String| ids.get(id).cloned().unwrap_or_else(|| id.clone());
+
+    let mut config = old_config.clone();
+    config.id = new_id.to_string();
+    if let Some(environment) = environment {
+        config.environment = environment;
+    }
+    config.tasks = old_config
+        .tasks
+        .values()
+        .map(|task| {
+            let mut task = task.clone();
+            task.id = renamed(&task.id);
+            task.depends = task
+                .depends
+                .into_values()
+                .map(|mut depend| {
+                    depend.task_id = renamed(&depend.task_id);
+                    (depend.task_id.clone(), depend)
+                })
+                .collect();
+            (task.id.clone(), task)
+        })
+        .collect();
+
+    let mut run = new_run(&config, counter, now);
+    for (id, task) in &mut run.tasks {
+        if !rerun.contains(id.as_str())
+            && let Some(old) = old_run.tasks.get(id)
+        {
+            *task = old.clone();
+        }
+    }
+    Ok((config, run))
+}
+
+fn check_restartable(run: &Run, from_start: bool) -> Result<(), RunServiceError> {
+    if !can_restart_from_scratch(run) {
+        return Err(RunServiceError::InvalidPhase {
+            run_id: run.id.clone(),
+            expected: RESTARTABLE,
+            found: run.phase,
+        });
+    }
+    if from_start || can_restart_from_failed(run) {
+        return Ok(());
+    }
+    let reason = if run.result == RunResult::Success {
+        "it succeeded: restart it from the start"
+    } else {
+        "the logs and archives of its successful tasks are not in object storage yet"
+    };
+    Err(RunServiceError::CannotRestart {
+        run_id: run.id.clone(),
+        reason: reason.to_string(),
+    })
+}
+
+/// Old ids of the tasks to re-run: all when `from_start`; else every task that did not
+/// succeed and, transitively, every descendant of one.
+fn rerun_tasks<'c>(run: &Run, config: &'c RunConfig, from_start: bool) -> BTreeSet<&'c str> {
+    let mut rerun: BTreeSet<&str> = BTreeSet::new();
+    // Parents come first in level order, so one pass reaches every descendant.
+    for task in in_level_order(config) {
+        let succeeded = run
+            .tasks
+            .get(&task.id)
+            .is_some_and(|t| t.status == RunTaskStatus::Success);
+        let below_rerun = task.depends.keys().any(|p| rerun.contains(p.as_str()));
+        if from_start || !succeeded || below_rerun {
+            rerun.insert(task.id.as_str());
+        }
+    }
+    rerun
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runservice::fixture::{at, config, running, set_status, task};
+    use RunTaskStatus::{Failed, Skipped, Success};
+    use cairn_client::run::FetchPhase;
+
+    /// a → b → c, a → d, e alone: a, d and e succeeded, b failed, c was skipped.
+    fn failed_run() -> (RunConfig, Run) {
+        let mut cfg = config(vec![
+            task("a", &[]),
+            task("b", &["a"]),
+            task("c", &["b"]),
+            task("d", &["a"]),
+            task("e", &[]),
+        ]);
+        cfg.environment = Env::from([("V".to_string(), "1".to_string())]);
+        let mut run = running(&cfg);
+        for (id, status) in [
+            ("a", Success),
+            ("b", Failed),
+            ("c", Skipped),
+            ("d", Success),
+            ("e", Success),
+        ] {
+            set_status(&mut run, id, status);
+        }
+        run.tasks.get_mut("a").expect("a").start_time = Some(at(3));
+        run.result = RunResult::Failed;
+        run.phase = RunPhase::Finished;
+        run.end_time = Some(at(9));
+        run.archived = true;
+        (cfg, run)
+    }
+
+    fn counter_ids() -> impl FnMut() -> String {
+        let mut n = 0;
+        move || {
+            n += 1;
+            format!("new{n}")
+        }
+    }
+
+    #[test]
+    fn restarting_from_failed_re_runs_failed_tasks_and_their_descendants_only() {
+        let (old_cfg, old_run) = failed_run();
+        let (cfg, run) = restart(
+            &old_run,
+            &old_cfg,
+            false,
+            "run2",
+            8,
+            None,
+            at(20),
+            &mut counter_ids(),
+        )
+        .expect("restartable");
+
+        // b (level 1) then c (level 2) get fresh ids, in level order.
+        let names: BTreeMap<&str, &str> = cfg
+            .tasks
+            .values()
+            .map(|t| (t.name.as_str(), t.id.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            BTreeMap::from([
+                ("a", "a"),
+                ("b", "new1"),
+                ("c", "new2"),
+                ("d", "d"),
+                ("e", "e")
+            ])
+        );
+        assert_eq!(cfg.id, "run2");
+        assert_eq!(
+            cfg.tasks["new1"].depends.keys().collect::<Vec<_>>(),
+            vec!["a"]
+        );
+        assert_eq!(cfg.tasks["new2"].depends["new1"].task_id, "new1");
+        assert_eq!(cfg.environment, old_cfg.environment, "kept when not given");
+
+        assert_eq!(run.id, "run2");
+        assert_eq!(run.counter, 8);
+        assert_eq!(run.phase, RunPhase::Queued);
+        assert_eq!(run.result, RunResult::Unknown);
+        assert!(!run.stop && !run.archived);
+        assert_eq!(run.enqueue_time, Some(at(20)));
+        assert_eq!((run.start_time, run.end_time), (None, None));
+        assert_eq!(run.tasks["a"], old_run.tasks["a"], "kept with its state");
+        assert_eq!(run.tasks["a"].start_time, Some(at(3)));
+        assert_eq!(run.tasks["d"].status, Success);
+        assert_eq!(run.tasks["new1"].status, RunTaskStatus::NotStarted);
+        assert_eq!(run.tasks["new2"].status, RunTaskStatus::NotStarted);
+        assert_eq!(
+            run.tasks["new1"].setup_step.log_phase,
+            FetchPhase::NotStarted
+        );
+    }
+
+    #[test]
+    fn restarting_from_scratch_re_runs_everything_with_a_new_environment() {
+        let (old_cfg, old_run) = failed_run();
+        let env = Env::from([("V".to_string(), "2".to_string())]);
+        let (cfg, run) = restart(
+            &old_run,
+            &old_cfg,
+            true,
+            "run2",
+            8,
+            Some(env.clone()),
+            at(20),
+            &mut counter_ids(),
+        )
+        .expect("restartable");
+        let ids: BTreeSet<&str> = cfg.tasks.keys().map(String::as_str).collect();
+        assert_eq!(
+            ids,
+            BTreeSet::from(["new1", "new2", "new3", "new4", "new5"])
+        );
+        assert_eq!(cfg.environment, env);
+        assert!(
+            run.tasks
+                .values()
+                .all(|t| t.status == RunTaskStatus::NotStarted)
+        );
+        let by_name: BTreeMap<&str, &str> = cfg
+            .tasks
+            .values()
+            .map(|t| (t.name.as_str(), t.id.as_str()))
+            .collect();
+        let c = &cfg.tasks[by_name["c"]];
+        assert_eq!(c.depends.keys().collect::<Vec<_>>(), vec![by_name["b"]]);
+    }
+
+    #[test]
+    fn a_running_run_cannot_be_restarted() {
+        let cfg = config(vec![task("a", &[])]);
+        let run = running(&cfg);
+        for from_start in [true, false] {
+            let refused = restart(
+                &run,
+                &cfg,
+                from_start,
+                "run2",
+                2,
+                None,
+                at(5),
+                &mut counter_ids(),
+            );
+            assert_eq!(
+                refused,
+                Err(RunServiceError::InvalidPhase {
+                    run_id: "run1".into(),
+                    expected: RESTARTABLE,
+                    found: RunPhase::Running,
+                })
+            );
+        }
+        assert!(!can_restart_from_scratch(&run));
+    }
+
+    #[test]
+    fn which_runs_can_be_restarted() {
+        let (_, failed) = failed_run();
+        assert!(can_restart_from_scratch(&failed));
+        assert!(can_restart_from_failed(&failed));
+
+        let mut succeeded = failed.clone();
+        succeeded.result = RunResult::Success;
+        assert!(can_restart_from_scratch(&succeeded));
+        assert!(!can_restart_from_failed(&succeeded));
+
+        let mut unfetched = failed.clone();
+        unfetched
+            .tasks
+            .get_mut("a")
+            .expect("a")
+            .steps
+            .push(Default::default());
+        assert!(!can_restart_from_failed(&unfetched));
+
+        let mut setup_error = failed.clone();
+        setup_error.phase = RunPhase::SetupError;
+        assert!(!can_restart_from_scratch(&setup_error));
+
+        let mut cancelled = failed;
+        cancelled.phase = RunPhase::Cancelled;
+        assert!(can_restart_from_scratch(&cancelled));
+    }
+
+    #[test]
+    fn restarting_a_successful_run_from_failed_tasks_is_refused_with_a_reason() {
+        let (cfg, mut run) = failed_run();
+        run.result = RunResult::Success;
+        let refused = restart(
+            &run,
+            &cfg,
+            false,
+            "run2",
+            2,
+            None,
+            at(5),
+            &mut counter_ids(),
+        );
+        assert!(matches!(
+            refused,
+            Err(RunServiceError::CannotRestart { ref reason, .. }) if reason.contains("succeeded")
+        ));
+
+        let (cfg, mut run) = failed_run();
+        run.tasks.get_mut("d").expect("d").setup_step.log_phase = FetchPhase::NotStarted;
+        let refused = restart(
+            &run,
+            &cfg,
+            false,
+            "run2",
+            2,
+            None,
+            at(5),
+            &mut counter_ids(),
+        );
+        assert!(matches!(
+            refused,
+            Err(RunServiceError::CannotRestart { ref reason, .. })
+                if reason.contains("object storage")
+        ));
+        assert!(
+            restart(&run, &cfg, true, "run2", 2, None, at(5), &mut counter_ids()).is_ok(),
+            "from scratch reuses nothing"
+        );
+    }
+}

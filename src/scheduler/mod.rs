@@ -1,0 +1,306 @@
+//! The scheduler: advances runs and tasks, hands ready tasks to executors, queues runs
+//! per group, fails the tasks of lost executors, moves finished logs to object storage
+//! and archives finished runs.
+//!
+//! Exactly one scheduler is active in a cluster: each node's [`Scheduler`] queues for the
+//! store mutex `rs/lock/scheduler/`, and the holder writes only through a fenced
+//! [`Datamanager`], so a deposed scheduler (paused, partitioned) cannot commit anything.
+//! It is event-driven — watches on runs, executor tasks and executors mark runs dirty and
+//! each dirty run is re-evaluated at once — with a slow sweep of every active run as a
+//! safety net. Decisions are the pure functions of [`crate::runservice`]; this module
+//! only reads, calls them, and writes back with compare-and-swap.
+
+mod housekeeping;
+mod pass;
+mod queue;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use raft::{Ctx, Kv, Mutex, Session};
+use store::{KeyRange, WatchMessage, WatchRequest, WatchStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::datamanager::logs::LogStore;
+use crate::datamanager::{Datamanager, DmError, keys};
+
+/// Tunables of the scheduler loop.
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// Every active run is re-evaluated this often even without events.
+    pub sweep_every: Duration,
+    /// Change-group compaction, event pruning and blob expiry run this often.
+    pub housekeeping_every: Duration,
+    /// Caches and workspace archives older than this are deleted.
+    pub blob_ttl: Duration,
+    /// Run events kept.
+    pub keep_events: usize,
+    /// TTL of the scheduler's lock session, in seconds.
+    pub session_ttl: i64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            sweep_every: Duration::from_secs(5),
+            housekeeping_every: Duration::from_secs(60),
+            blob_ttl: Duration::from_secs(7 * 24 * 3600),
+            keep_events: 10_000,
+            session_ttl: 5,
+        }
+    }
+}
+
+/// Handle of one node's scheduler task.
+pub struct Scheduler {
+    active: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+    cancel: CancellationToken,
+}
+
+impl Scheduler {
+    /// Starts the scheduler task: it competes for the lock and, once it holds it,
+    /// schedules until `cancel` fires or the lock is lost (then competes again).
+    pub fn spawn(
+        kv: Kv,
+        logs: LogStore,
+        blobs: crate::datamanager::blobs::Blobs,
+        config: SchedulerConfig,
+        active: Arc<AtomicBool>,
+        cancel: CancellationToken,
+    ) -> Scheduler {
+        let ctx = Shared {
+            kv,
+            logs,
+            blobs,
+            config,
+            active: active.clone(),
+        };
+        let c = cancel.clone();
+        let task = tokio::spawn(async move {
+            let span = tracing::info_span!("scheduler");
+            let _enter = span.enter();
+            drop(_enter);
+            ctx.compete(c).await;
+        });
+        Scheduler {
+            active,
+            task,
+            cancel,
+        }
+    }
+
+    /// Whether this node's scheduler holds the lock now.
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Stops the task and waits for it to end.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+    }
+}
+
+struct Shared {
+    kv: Kv,
+    logs: LogStore,
+    blobs: crate::datamanager::blobs::Blobs,
+    config: SchedulerConfig,
+    active: Arc<AtomicBool>,
+}
+
+impl Shared {
+    /// Queues for the lock, schedules while holding it, and starts over when it is lost.
+    async fn compete(&self, cancel: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        while !cancel.is_cancelled() {
+            match self.hold_and_schedule(&cancel).await {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    tracing::warn!(error = %e, "scheduler lost its lock or the store; competing again");
+                    tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+            self.active.store(false, Ordering::Relaxed);
+        }
+    }
+
+    async fn hold_and_schedule(&self, cancel: &CancellationToken) -> Result<(), DmError> {
+        let session = Session::new(&self.kv, self.config.session_ttl).await?;
+        let mutex = Mutex::new(keys::SCHEDULER_LOCK);
+        let ctx = Ctx::with_cancel(Duration::from_secs(365 * 24 * 3600), cancel.clone());
+        let fence = match mutex.lock(&ctx, &session).await {
+            Ok(f) => f,
+            Err(raft::KvError::Cancelled) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        tracing::info!(token = fence.token, "scheduler active");
+        self.active.store(true, Ordering::Relaxed);
+        let dm = Datamanager::new(self.kv.clone()).fenced(fence.clone());
+        let lost = session.done();
+        let result = tokio::select! {
+            _ = cancel.cancelled() => Ok(()),
+            _ = lost.cancelled() => Err(DmError::Kv(raft::KvError::LockLost {
+                key: String::from_utf8_lossy(&fence.key).into_owned(),
+                token: fence.token,
+            })),
+            r = self.schedule(&dm) => r,
+        };
+        self.active.store(false, Ordering::Relaxed);
+        let _ = mutex.unlock(&session, &fence).await;
+        let _ = session.close().await;
+        result
+    }
+
+    /// The active scheduler's loop: watches mark runs dirty; dirty runs are passed.
+    async fn schedule(&self, dm: &Datamanager) -> Result<(), DmError> {
+        let from = self.kv.header().revision + 1;
+        let mut runs = watch_prefix(&self.kv, keys::RUN, from, false);
+        let mut tasks = watch_prefix(&self.kv, keys::EXECUTOR_TASK, from, true);
+        let mut executors = watch_prefix(&self.kv, keys::EXECUTOR, from, true);
+        let mut dirty: BTreeSet<String> = dm.active_run_ids().await?.into_iter().collect();
+        let mut state = pass::State::default();
+        let mut sweep = tokio::time::interval(self.config.sweep_every);
+        let mut housekeeping = tokio::time::interval(self.config.housekeeping_every);
+        sweep.tick().await;
+        housekeeping.tick().await;
+        loop {
+            while !dirty.is_empty() {
+                let batch = std::mem::take(&mut dirty);
+                for id in batch {
+                    match self.pass(dm, &mut state, &id).await {
+                        Ok(again) => {
+                            if again {
+                                dirty.insert(id);
+                            }
+                        }
+                        Err(DmError::Conflict(what)) => {
+                            tracing::debug!(run_id = %id, %what, "conflict; re-evaluating");
+                            dirty.insert(id);
+                        }
+                        Err(e @ DmError::Kv(raft::KvError::LockLost { .. })) => return Err(e),
+                        Err(e) => {
+                            tracing::warn!(run_id = %id, error = %e, "scheduling a run failed");
+                        }
+                    }
+                }
+                for group in std::mem::take(&mut state.groups_to_check) {
+                    if let Some(id) = self.start_next(dm, &group).await? {
+                        dirty.insert(id);
+                    }
+                }
+                // Drain events that arrived meanwhile before waiting.
+                drain(&mut runs, &mut dirty, run_id_of_run_event)?;
+                drain(&mut tasks, &mut dirty, run_id_of_task_event)?;
+                if drain_executors(&mut executors)? {
+                    self.fail_lost_tasks(dm, &mut dirty).await?;
+                    dirty.extend(std::mem::take(&mut state.waiting_for_executor));
+                }
+            }
+            tokio::select! {
+                m = runs.recv() => on_message(m, &mut dirty, run_id_of_run_event)?,
+                m = tasks.recv() => on_message(m, &mut dirty, run_id_of_task_event)?,
+                m = executors.recv() => {
+                    let mut changed = false;
+                    on_executor_message(m, &mut changed)?;
+                    if changed {
+                        self.fail_lost_tasks(dm, &mut dirty).await?;
+                        dirty.extend(std::mem::take(&mut state.waiting_for_executor));
+                    }
+                }
+                _ = sweep.tick() => {
+                    dirty.extend(dm.active_run_ids().await?);
+                    self.fail_lost_tasks(dm, &mut dirty).await?;
+                }
+                _ = housekeeping.tick() => self.housekeeping(dm).await,
+            }
+        }
+    }
+}
+
+fn watch_prefix(kv: &Kv, prefix: &str, from: i64, prev_kv: bool) -> WatchStream {
+    kv.watch(WatchRequest {
+        range: KeyRange::prefix(prefix.as_bytes().to_vec()),
+        start_revision: from,
+        prev_kv,
+        progress_notify: false,
+        filter_put: false,
+        filter_delete: false,
+    })
+}
+
+fn run_id_of_run_event(ev: &store::Event) -> Option<String> {
+    keys::id_of(&ev.kv.key, keys::RUN).map(str::to_string)
+}
+
+fn run_id_of_task_event(ev: &store::Event) -> Option<String> {
+    let value = if ev.kv.value.is_empty() {
+        ev.prev_kv.as_ref().map(|kv| kv.value.as_slice())?
+    } else {
+        ev.kv.value.as_slice()
+    };
+    serde_json::from_slice::<cairn_client::executor::ExecutorTask>(value)
+        .ok()
+        .map(|et| et.spec.run_id)
+}
+
+fn on_message(
+    m: Option<WatchMessage>,
+    dirty: &mut BTreeSet<String>,
+    id_of: fn(&store::Event) -> Option<String>,
+) -> Result<(), DmError> {
+    match m {
+        Some(WatchMessage::Events { events, .. }) => {
+            dirty.extend(events.iter().filter_map(id_of));
+            Ok(())
+        }
+        Some(WatchMessage::Progress { .. }) => Ok(()),
+        Some(WatchMessage::Canceled(reason)) => Err(watch_ended(reason.to_string())),
+        None => Err(watch_ended("closed".into())),
+    }
+}
+
+fn on_executor_message(m: Option<WatchMessage>, changed: &mut bool) -> Result<(), DmError> {
+    match m {
+        Some(WatchMessage::Events { .. }) => {
+            *changed = true;
+            Ok(())
+        }
+        Some(WatchMessage::Progress { .. }) => Ok(()),
+        Some(WatchMessage::Canceled(reason)) => Err(watch_ended(reason.to_string())),
+        None => Err(watch_ended("closed".into())),
+    }
+}
+
+fn drain(
+    w: &mut WatchStream,
+    dirty: &mut BTreeSet<String>,
+    id_of: fn(&store::Event) -> Option<String>,
+) -> Result<(), DmError> {
+    while let Some(m) = w.try_recv() {
+        on_message(Some(m), dirty, id_of)?;
+    }
+    Ok(())
+}
+
+fn drain_executors(w: &mut WatchStream) -> Result<bool, DmError> {
+    let mut changed = false;
+    while let Some(m) = w.try_recv() {
+        on_executor_message(Some(m), &mut changed)?;
+    }
+    Ok(changed)
+}
+
+fn watch_ended(why: String) -> DmError {
+    DmError::Kv(raft::KvError::Unavailable(format!(
+        "scheduler watch ended: {why}"
+    )))
+}

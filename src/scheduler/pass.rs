@@ -1,0 +1,214 @@
+//! One scheduling pass over one run: mirror executor-task reports into the run, advance
+//! it, move finished tasks' logs to object storage, write it back (compare-and-swap),
+//! stop, delete and create executor tasks.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use cairn_client::executor::ExecutorTask;
+use cairn_client::run::{FetchPhase, RunPhase};
+use cairn_client::runconfig::RunConfig;
+
+use super::Shared;
+use crate::datamanager::logs::{LogId, LogStep};
+use crate::datamanager::{Datamanager, DmError};
+use crate::runservice;
+
+/// What the scheduler remembers between passes.
+#[derive(Default)]
+pub(super) struct State {
+    /// Runs with a ready task that no executor could take.
+    pub waiting_for_executor: BTreeSet<String>,
+    /// Groups whose queue may be able to start a run.
+    pub groups_to_check: BTreeSet<String>,
+    /// Run configs are immutable: read once.
+    configs: HashMap<String, Arc<RunConfig>>,
+}
+
+impl State {
+    async fn config(&mut self, dm: &Datamanager, id: &str) -> Result<Arc<RunConfig>, DmError> {
+        if let Some(c) = self.configs.get(id) {
+            return Ok(c.clone());
+        }
+        if self.configs.len() > 4096 {
+            self.configs.clear();
+        }
+        let c = Arc::new(dm.run_config(id).await?);
+        self.configs.insert(id.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
+impl Shared {
+    /// Passes run `id` once. Returns whether it wants another pass at once.
+    pub(super) async fn pass(
+        &self,
+        dm: &Datamanager,
+        state: &mut State,
+        id: &str,
+    ) -> Result<bool, DmError> {
+        let prev = match dm.run(id).await {
+            Ok(r) => r,
+            Err(DmError::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if prev.value.archived {
+            return Ok(false);
+        }
+        let config = state.config(dm, id).await?;
+        let ets = dm.executor_tasks_of_run(&prev.value).await?;
+        let now = chrono::Utc::now();
+
+        let mut run = prev.value.clone();
+        for et in ets.values() {
+            if let Err(e) = runservice::apply_executor_status(&mut run, &et.value) {
+                tracing::debug!(run_id = %id, task_id = %et.value.id, error = %e, "ignoring an inconsistent executor report");
+            }
+        }
+        let plain: BTreeMap<String, ExecutorTask> = ets
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value.clone()))
+            .collect();
+        let adv = runservice::advance(&run, &config, &plain, now);
+        let mut run = adv.run;
+
+        // Finished executor tasks: their logs go to object storage; then they can go.
+        let mut done_ets = Vec::new();
+        for (task_id, et) in &ets {
+            let Some(rt) = run.tasks.get_mut(task_id) else {
+                continue;
+            };
+            if !et.value.status.phase.is_finished() || !rt.status.is_finished() {
+                continue;
+            }
+            if !rt.all_fetched() {
+                let mut logs = vec![LogStep::Setup];
+                logs.extend((0..rt.steps.len()).map(LogStep::Step));
+                for step in logs {
+                    let log = LogId {
+                        task_id: task_id.clone(),
+                        step,
+                    };
+                    if let Err(e) = self.logs.archive(&log).await {
+                        tracing::warn!(task_id = %task_id, step = %log.step, error = %e, "archiving a log failed; retrying later");
+                        return Ok(false);
+                    }
+                }
+                rt.setup_step.log_phase = FetchPhase::Finished;
+                for s in &mut rt.steps {
+                    s.log_phase = FetchPhase::Finished;
+                }
+                // Workspace archives are uploaded straight to object storage.
+                for p in &mut rt.workspace_archives_phase {
+                    *p = FetchPhase::Finished;
+                }
+            }
+            done_ets.push(task_id.clone());
+        }
+
+        if run.phase.is_finished() && ets.is_empty() && run.tasks.values().all(|t| t.all_fetched())
+        {
+            run.archived = true;
+        }
+        if run.phase == RunPhase::Queued {
+            state.groups_to_check.insert(run.group.clone());
+        }
+        if run != prev.value {
+            dm.update_run(&prev, &run).await?;
+            if run.phase.is_finished() && !prev.value.phase.is_finished() {
+                state.groups_to_check.insert(run.group.clone());
+            }
+            if run.archived {
+                tracing::debug!(run_id = %id, "run archived");
+            }
+        }
+
+        for task_id in &adv.stop {
+            if let Some(et) = ets.get(task_id)
+                && !et.value.spec.stop
+            {
+                let mut next = et.value.clone();
+                next.spec.stop = true;
+                dm.update_executor_task(et, &next).await?;
+            }
+        }
+        for task_id in &done_ets {
+            if let Some(et) = ets.get(task_id) {
+                dm.delete_executor_task(et).await?;
+            }
+        }
+
+        state.waiting_for_executor.remove(id);
+        if !adv.to_run.is_empty() && run.phase == RunPhase::Running {
+            self.hand_out(dm, state, &run.id, &config, &adv.to_run)
+                .await?;
+        }
+        Ok(!done_ets.is_empty())
+    }
+
+    /// Creates an executor task for each ready task that an executor can take.
+    async fn hand_out(
+        &self,
+        dm: &Datamanager,
+        state: &mut State,
+        run_id: &str,
+        config: &RunConfig,
+        to_run: &[String],
+    ) -> Result<(), DmError> {
+        let executors = dm.executors().await?;
+        let mut assigned: BTreeMap<String, usize> = BTreeMap::new();
+        for et in dm.all_executor_tasks().await? {
+            if !et.value.status.phase.is_finished() {
+                *assigned
+                    .entry(et.value.spec.executor_id.clone())
+                    .or_default() += 1;
+            }
+        }
+        for task_id in to_run {
+            let Some(task) = config.tasks.get(task_id) else {
+                continue;
+            };
+            match runservice::choose_executor(task, &executors, &assigned) {
+                Ok(executor_id) => {
+                    let et = ExecutorTask::new(task_id, run_id, &executor_id, task.steps.len());
+                    if dm.create_executor_task(&et).await? {
+                        *assigned.entry(executor_id.clone()).or_default() += 1;
+                        tracing::debug!(run_id, task_id = %task_id, executor_id = %executor_id, "task handed out");
+                    }
+                }
+                Err(why) => {
+                    tracing::debug!(run_id, task_id = %task_id, reason = %why, "task waits for an executor");
+                    state.waiting_for_executor.insert(run_id.to_string());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails every unfinished executor task whose executor is gone (deleted, or its
+    /// lease expired), with end times on the task and its running steps.
+    pub(super) async fn fail_lost_tasks(
+        &self,
+        dm: &Datamanager,
+        dirty: &mut BTreeSet<String>,
+    ) -> Result<(), DmError> {
+        let alive: BTreeSet<String> = dm.executors().await?.into_iter().map(|e| e.id).collect();
+        let now = chrono::Utc::now();
+        for et in dm.all_executor_tasks().await? {
+            if et.value.status.phase.is_finished() || alive.contains(&et.value.spec.executor_id) {
+                continue;
+            }
+            let mut next = et.value.clone();
+            let reason = format!("executor {} is gone", et.value.spec.executor_id);
+            if runservice::fail_lost_task(&mut next, &reason, now) {
+                match dm.update_executor_task(&et, &next).await {
+                    Ok(_) | Err(DmError::Conflict(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                tracing::info!(task_id = %next.id, run_id = %next.spec.run_id, %reason, "task failed");
+                dirty.insert(next.spec.run_id.clone());
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,169 @@
+//! The composition root of `cairn serve`: the store node, the run-service API on the same
+//! port, object storage, and the scheduler (one active in the cluster). Owns their
+//! lifetimes: [`Service::stop`] cancels the scheduler, then stops serving and the node.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context;
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{StoreOptions, StoreServer};
+use crate::datamanager::Datamanager;
+use crate::datamanager::blobs::Blobs;
+use crate::datamanager::caches::CacheStore;
+use crate::datamanager::logs::LogStore;
+use crate::scheduler::{Scheduler, SchedulerConfig};
+
+/// How to start a run-service node.
+#[derive(Clone, Debug)]
+pub struct ServiceOptions {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub advertise: Option<String>,
+    pub engine: store::EngineKind,
+    pub timing: raft::Timing,
+    pub init: bool,
+    pub join: Option<String>,
+    /// The cluster and API token; `None` = the one kept in the data dir (made on first
+    /// start).
+    pub token: Option<String>,
+    /// Object storage URL; `None` = `<data_dir>/objects`.
+    pub objects: Option<String>,
+    pub scheduler: SchedulerConfig,
+}
+
+/// A running run-service node.
+pub struct Service {
+    pub store: StoreServer,
+    pub token_file: PathBuf,
+    pub token: String,
+    scheduler: Scheduler,
+}
+
+/// The token file of a data dir.
+pub fn token_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("token")
+}
+
+/// Reads the data dir's token, making one on first start.
+fn load_or_make_token(data_dir: &Path) -> anyhow::Result<String> {
+    let path = token_file(data_dir);
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let mut bytes = [0u8; 24];
+    rand::thread_rng().fill(&mut bytes);
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = path.with_extension("tmp");
+    write_private(&tmp, token.as_bytes())?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(token)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+impl Service {
+    pub async fn start(opts: ServiceOptions) -> anyhow::Result<Service> {
+        let token = match &opts.token {
+            Some(t) if !t.is_empty() => {
+                // Kept so that a restart needs no --token.
+                let path = token_file(&opts.data_dir);
+                if !path.exists() {
+                    std::fs::create_dir_all(&opts.data_dir)
+                        .with_context(|| format!("creating {}", opts.data_dir.display()))?;
+                    write_private(&path, t.as_bytes())?;
+                }
+                t.clone()
+            }
+            _ => load_or_make_token(&opts.data_dir)?,
+        };
+        let objects = match &opts.objects {
+            Some(url) => url.clone(),
+            None => opts.data_dir.join("objects").display().to_string(),
+        };
+        let blobs =
+            Blobs::open(&objects).with_context(|| format!("opening object storage {objects}"))?;
+        let logs = LogStore::new(blobs.clone());
+        let caches = CacheStore::new(blobs.clone());
+        let store_opts = StoreOptions {
+            data_dir: opts.data_dir.clone(),
+            listen: opts.listen,
+            advertise: opts.advertise.clone(),
+            engine: opts.engine,
+            timing: opts.timing.clone(),
+            init: opts.init,
+            // A fresh single node initializes itself; a joining node never does.
+            init_if_new: opts.join.is_none(),
+            join: opts.join.clone(),
+            cluster_token: token.clone(),
+            client_token: Some(token.clone()),
+        };
+        let active = Arc::new(AtomicBool::new(false));
+        let api_token = token.clone();
+        let (b, l, c, a) = (blobs.clone(), logs.clone(), caches.clone(), active.clone());
+        let store = StoreServer::start_with(store_opts, move |node| {
+            let state = crate::api::service::ApiState {
+                node: node.clone(),
+                dm: Datamanager::new(node.kv()),
+                blobs: b,
+                logs: l,
+                caches: c,
+                scheduler_active: a,
+            };
+            crate::api::service::router(state, &api_token)
+        })
+        .await?;
+        let scheduler = Scheduler::spawn(
+            store.node.kv(),
+            logs,
+            blobs,
+            opts.scheduler.clone(),
+            active,
+            CancellationToken::new(),
+        );
+        Ok(Service {
+            store,
+            token_file: token_file(&opts.data_dir),
+            token,
+            scheduler,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.store.url
+    }
+
+    pub fn scheduler_active(&self) -> bool {
+        self.scheduler.is_active()
+    }
+
+    /// Stops the scheduler, then the API and the node.
+    pub async fn stop(self) {
+        self.scheduler.stop().await;
+        self.store.stop().await;
+    }
+}
