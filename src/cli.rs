@@ -222,6 +222,10 @@ pub struct RunServeArgs {
     /// (default: DATA_DIR/objects).
     #[arg(long)]
     pub objects: Option<String>,
+    /// Seconds an executor stays registered without a heartbeat; its unfinished tasks
+    /// are failed once it is gone.
+    #[arg(long, default_value_t = 15)]
+    pub executor_ttl: i64,
 }
 
 fn b64(s: &str) -> B64Bytes {

@@ -93,6 +93,7 @@ async fn serve_service(args: RunServeArgs) -> anyhow::Result<()> {
         token: args.token,
         objects: args.objects,
         scheduler: cairn::scheduler::SchedulerConfig::default(),
+        executor_ttl_secs: args.executor_ttl,
     };
     let service = Service::start(opts).await?;
     // One line on stdout, so scripts and tests learn the address and the token's place.

@@ -34,6 +34,9 @@ pub struct ServiceOptions {
     /// Object storage URL; `None` = `<data_dir>/objects`.
     pub objects: Option<String>,
     pub scheduler: SchedulerConfig,
+    /// Executor registrations live this long without a heartbeat (seconds; raised to
+    /// the store's minimum lease TTL).
+    pub executor_ttl_secs: i64,
 }
 
 /// A running run-service node.
@@ -125,6 +128,7 @@ impl Service {
         let active = Arc::new(AtomicBool::new(false));
         let api_token = token.clone();
         let (b, l, c, a) = (blobs.clone(), logs.clone(), caches.clone(), active.clone());
+        let executor_ttl = opts.executor_ttl_secs;
         let store = StoreServer::start_with(store_opts, move |node| {
             let state = crate::api::service::ApiState {
                 node: node.clone(),
@@ -133,6 +137,7 @@ impl Service {
                 logs: l,
                 caches: c,
                 scheduler_active: a,
+                executor_ttl_secs: executor_ttl,
             };
             crate::api::service::router(state, &api_token)
         })

@@ -21,7 +21,7 @@ use super::service::ApiState;
 use crate::datamanager::{DmError, Versioned};
 use crate::runservice;
 
-/// Executor registrations live this long without a heartbeat.
+/// Executor registrations live this long without a heartbeat, by default.
 pub const EXECUTOR_LEASE_SECS: i64 = 15;
 /// Longest long poll.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -53,7 +53,7 @@ pub async fn heartbeat(
         )));
     }
     let kv = st.dm.kv();
-    let ttl = EXECUTOR_LEASE_SECS.max(kv.min_lease_ttl());
+    let ttl = st.executor_ttl_secs.max(kv.min_lease_ttl());
     // Keep the current lease alive; grant a new one when there is none (first
     // registration, or the old one expired).
     let current = st.dm.executor(&id).await?;

@@ -34,6 +34,8 @@ pub struct ApiState {
     pub caches: CacheStore,
     /// Whether this node's scheduler is the active one.
     pub scheduler_active: Arc<AtomicBool>,
+    /// How long an executor's registration lives without a heartbeat, in seconds.
+    pub executor_ttl_secs: i64,
 }
 
 #[derive(Clone)]

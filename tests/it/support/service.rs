@@ -17,6 +17,7 @@ pub struct ServiceProc {
     pub port: u16,
     pub data_dir: PathBuf,
     pub url: String,
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -27,7 +28,19 @@ impl ServiceProc {
     }
 
     pub fn start(data_dir: &Path, port: u16, init: bool, join: Option<&str>) -> ServiceProc {
+        ServiceProc::start_with(data_dir, port, init, join, &[])
+    }
+
+    /// Like [`ServiceProc::start`] with extra `cairn serve` arguments (kept on restart).
+    pub fn start_with(
+        data_dir: &Path,
+        port: u16,
+        init: bool,
+        join: Option<&str>,
+        extra: &[&str],
+    ) -> ServiceProc {
         let mut p = ServiceProc {
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             port,
             data_dir: data_dir.to_path_buf(),
             url: format!("http://127.0.0.1:{port}"),
@@ -43,6 +56,7 @@ impl ServiceProc {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(&self.extra)
             .env("CAIRN_LOG", "error,openraft=off")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
