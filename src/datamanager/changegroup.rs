@@ -157,3 +157,48 @@ mod tests {
         assert!(validate_name(&"x".repeat(257)).is_err());
     }
 }
+
+#[cfg(test)]
+mod store_tests {
+    use cairn_client::runconfig::RunConfig;
+
+    use super::*;
+    use crate::datamanager::testing::TestStore;
+
+    #[tokio::test]
+    async fn a_token_guards_against_a_concurrent_writer_of_the_same_group() {
+        let st = TestStore::start().await;
+        let dm = st.dm();
+        let created = dm
+            .create_run("/project/p/branch/a", |id, counter| {
+                let config = RunConfig {
+                    id: id.to_string(),
+                    group: "/project/p/branch/a".into(),
+                    ..RunConfig::default()
+                };
+                let run = crate::runservice::new_run(&config, counter, chrono::Utc::now());
+                (config, run)
+            })
+            .await
+            .expect("create");
+        let group = vec!["queue-x".to_string()];
+        let t1 = dm.change_group_token(&group).await.expect("token");
+        let t2 = dm.change_group_token(&group).await.expect("token");
+        let mut a = created.run.value.clone();
+        a.stop = true;
+        let rev = dm
+            .update_run_guarded(&created.run, &a, &t1)
+            .await
+            .expect("first wins");
+        // The second writer read the group before the first wrote it: refused, even
+        // though it writes the run at its new revision.
+        let fresh = Versioned {
+            value: a.clone(),
+            mod_revision: rev,
+        };
+        assert!(matches!(
+            dm.update_run_guarded(&fresh, &a, &t2).await,
+            Err(DmError::Conflict(_))
+        ));
+    }
+}

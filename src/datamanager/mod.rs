@@ -18,6 +18,8 @@ pub mod keys;
 pub mod logs;
 pub mod runs;
 pub mod tasks;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use raft::{Fence, Kv, KvError};
 use serde::Serialize;

@@ -342,3 +342,225 @@ fn parse_u64(value: Option<&[u8]>) -> Result<u64, DmError> {
             }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use cairn_client::api::ListRunsQuery;
+    use cairn_client::run::{RunPhase, RunResult};
+    use cairn_client::runconfig::RunConfig;
+
+    use super::*;
+    use crate::datamanager::testing::TestStore;
+
+    async fn create(dm: &Datamanager, group: &str) -> Versioned<Run> {
+        dm.create_run(group, |id, counter| {
+            let config = RunConfig {
+                id: id.to_string(),
+                name: "ci".into(),
+                group: group.to_string(),
+                ..RunConfig::default()
+            };
+            let run = crate::runservice::new_run(&config, counter, chrono::Utc::now());
+            (config, run)
+        })
+        .await
+        .expect("create")
+        .run
+    }
+
+    fn ids(page: &RunsPage) -> Vec<String> {
+        page.runs.iter().map(|r| r.id.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn counters_are_per_root_group_and_ids_global() {
+        let st = TestStore::start().await;
+        let dm = st.dm();
+        let a1 = create(&dm, "/project/a/branch/main").await;
+        let a2 = create(&dm, "/project/a/branch/dev").await;
+        let b1 = create(&dm, "/project/b/branch/main").await;
+        assert_eq!(
+            (a1.value.counter, a2.value.counter, b1.value.counter),
+            (1, 2, 1)
+        );
+        assert!(a1.value.id < a2.value.id && a2.value.id < b1.value.id);
+        assert_eq!(
+            dm.run_config(&b1.value.id).await.expect("config").group,
+            "/project/b/branch/main"
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_creations_get_unique_counters_in_id_order() {
+        let st = TestStore::start().await;
+        let dm = st.dm();
+        let mut handles = Vec::new();
+        for _ in 0..12 {
+            let dm = dm.clone();
+            handles.push(tokio::spawn(async move {
+                create(&dm, "/user/u/branch/main").await
+            }));
+        }
+        let mut runs = Vec::new();
+        for h in handles {
+            runs.push(h.await.expect("join").value);
+        }
+        runs.sort_by(|a, b| a.id.cmp(&b.id));
+        let counters: Vec<u64> = runs.iter().map(|r| r.counter).collect();
+        assert_eq!(counters, (1..=12).collect::<Vec<u64>>());
+    }
+
+    #[tokio::test]
+    async fn listing_by_group_never_matches_a_sibling_with_a_longer_name() {
+        let st = TestStore::start().await;
+        let dm = st.dm();
+        let p1 = create(&dm, "/project/p1/branch/main").await;
+        create(&dm, "/project/p10/branch/main").await;
+        let q = ListRunsQuery {
+            group: Some("/project/p1".into()),
+            ..ListRunsQuery::default()
+        };
+        assert_eq!(
+            ids(&dm.list_runs(&q).await.expect("list")),
+            vec![p1.value.id]
+        );
+    }
+
+    #[tokio::test]
+    async fn pages_walk_every_run_once_in_both_directions() {
+        let st = TestStore::start().await;
+        let dm = st.dm();
+        let mut all = Vec::new();
+        for i in 0..7 {
+            let g = if i % 2 == 0 {
+                "/project/p/branch/a"
+            } else {
+                "/project/p/branch/b"
+            };
+            all.push(create(&dm, g).await.value.id);
+        }
+        for asc in [true, false] {
+            let mut seen = Vec::new();
+            let mut cursor = None;
+            loop {
+                let q = ListRunsQuery {
+                    group: Some("/project/p".into()),
+                    limit: Some(3),
+                    cursor: cursor.clone(),
+                    asc,
+                    ..ListRunsQuery::default()
+                };
+                let page = dm.list_runs(&q).await.expect("list");
+                assert!(page.runs.len() <= 3);
+                seen.extend(ids(&page));
+                match page.next {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            let mut want = all.clone();
+            if !asc {
+                want.reverse();
+            }
+            assert_eq!(seen, want, "asc={asc}");
+        }
+    }
+
+    #[tokio::test]
+    async fn phase_and_result_indexes_follow_updates() {
+        let st = TestStore::start().await;
+        let dm = st.dm();
+        let r = create(&dm, "/project/p/branch/a").await;
+        let other = create(&dm, "/project/p/branch/b").await;
+        let mut next = r.value.clone();
+        crate::runservice::start(&mut next, chrono::Utc::now()).expect("start");
+        next.result = RunResult::Failed;
+        dm.update_run(&r, &next).await.expect("update");
+        let by = |phase: Vec<RunPhase>, result: Vec<RunResult>| ListRunsQuery {
+            phase,
+            result,
+            ..ListRunsQuery::default()
+        };
+        let running = dm
+            .list_runs(&by(vec![RunPhase::Running], vec![]))
+            .await
+            .expect("list");
+        assert_eq!(ids(&running), vec![r.value.id.clone()]);
+        let queued = dm
+            .list_runs(&by(vec![RunPhase::Queued], vec![]))
+            .await
+            .expect("list");
+        assert_eq!(ids(&queued), vec![other.value.id.clone()]);
+        let failed = dm
+            .list_runs(&by(vec![], vec![RunResult::Failed]))
+            .await
+            .expect("list");
+        assert_eq!(ids(&failed), vec![r.value.id.clone()]);
+        let both = dm
+            .list_runs(&by(
+                vec![RunPhase::Queued, RunPhase::Running],
+                vec![RunResult::Failed],
+            ))
+            .await
+            .expect("list");
+        assert_eq!(ids(&both), vec![r.value.id.clone()]);
+        assert_eq!(
+            dm.first_queued("/project/p/branch/b").await.expect("q"),
+            Some(other.value.id)
+        );
+        assert_eq!(
+            dm.running_in("/project/p/branch/a", 5).await.expect("r"),
+            vec![r.value.id]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stale_write_is_a_conflict_and_changes_nothing() {
+        let st = TestStore::start().await;
+        let dm = st.dm();
+        let r = create(&dm, "/project/p/branch/a").await;
+        let mut a = r.value.clone();
+        a.stop = true;
+        dm.update_run(&r, &a).await.expect("first write");
+        let mut b = r.value.clone();
+        b.annotations.insert("k".into(), "v".into());
+        assert!(matches!(
+            dm.update_run(&r, &b).await,
+            Err(DmError::Conflict(_))
+        ));
+        let now = dm.run(&r.value.id).await.expect("read").value;
+        assert!(now.stop && now.annotations.is_empty());
+    }
+
+    #[tokio::test]
+    async fn last_run_lists_the_newest_run_of_each_group() {
+        let st = TestStore::start().await;
+        let dm = st.dm();
+        create(&dm, "/project/p/branch/a").await;
+        let a2 = create(&dm, "/project/p/branch/a").await;
+        let b1 = create(&dm, "/project/p/branch/b").await;
+        let q = ListRunsQuery {
+            group: Some("/project/p".into()),
+            last_run: true,
+            ..ListRunsQuery::default()
+        };
+        let mut got = ids(&dm.list_runs(&q).await.expect("list"));
+        got.sort();
+        assert_eq!(got, vec![a2.value.id, b1.value.id]);
+    }
+
+    #[tokio::test]
+    async fn events_resume_after_a_sequence_without_gaps() {
+        let st = TestStore::start().await;
+        let dm = st.dm();
+        let r = create(&dm, "/project/p/branch/a").await;
+        let mut next = r.value.clone();
+        crate::runservice::start(&mut next, chrono::Utc::now()).expect("start");
+        dm.update_run(&r, &next).await.expect("update");
+        let (all, _) = dm.events_after(0).await.expect("events");
+        let phases: Vec<RunPhase> = all.iter().map(|e| e.phase).collect();
+        assert_eq!(phases, vec![RunPhase::Queued, RunPhase::Running]);
+        let (rest, _) = dm.events_after(all[0].sequence).await.expect("events");
+        assert_eq!(rest, all[1..].to_vec());
+    }
+}

@@ -2284,3 +2284,33 @@ async fn a_restore_moves_watchers_to_the_restored_history() {
         assert_eq!(next_events(&mut w).await.0, 7, "{name}");
     }
 }
+
+#[test]
+fn page_only_ranges_return_one_page_in_either_direction_with_more_set() {
+    for (_t, m) in stores() {
+        for k in ["p/a", "p/b", "p/c", "p/d", "q/a"] {
+            put(&m, k, "v");
+        }
+        let mut req = RangeRequest::new(KeyRange::prefix("p/"));
+        req.limit = 2;
+        req.page_only = true;
+        req.keys_only = true;
+        let fwd = m.range(&req).unwrap();
+        let keys: Vec<&[u8]> = fwd.kvs.iter().map(|kv| kv.key.as_slice()).collect();
+        assert_eq!(keys, vec![b"p/a".as_slice(), b"p/b"]);
+        assert!(fwd.more);
+        assert_eq!(
+            fwd.count, 3,
+            "a page counts itself plus one when there is more"
+        );
+        assert!(fwd.kvs.iter().all(|kv| kv.value.is_empty()));
+        req.sort_order = SortOrder::Descend;
+        let back = m.range(&req).unwrap();
+        let keys: Vec<&[u8]> = back.kvs.iter().map(|kv| kv.key.as_slice()).collect();
+        assert_eq!(keys, vec![b"p/d".as_slice(), b"p/c"]);
+        req.limit = 10;
+        let all = m.range(&req).unwrap();
+        assert_eq!(all.kvs.len(), 4);
+        assert!(!all.more);
+    }
+}

@@ -1,0 +1,44 @@
+//! A one-node in-process store for the datamanager's unit tests (memory engine,
+//! simulated network).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use raft::network::sim::SimNetwork;
+use raft::{Node, NodeConfig, Timing};
+use store::engine::MemEngine;
+
+use super::Datamanager;
+
+/// A started single-node store; the node stops when this drops.
+pub struct TestStore {
+    pub node: Node,
+    _dir: tempfile::TempDir,
+}
+
+impl TestStore {
+    pub async fn start() -> TestStore {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let net = SimNetwork::new();
+        let addr = "sim://dm";
+        let cfg = NodeConfig {
+            data_dir: dir.path().to_path_buf(),
+            engine: store::EngineKind::Mem,
+            addr: addr.to_string(),
+            timing: Timing::test(),
+        };
+        let node = Node::open_with_engine(cfg, Arc::new(MemEngine::new()), net.transport(addr))
+            .await
+            .expect("open node");
+        net.register(addr, node.handler());
+        node.initialize().await.expect("initialize");
+        node.wait_for_leader(Duration::from_secs(10))
+            .await
+            .expect("leader");
+        TestStore { node, _dir: dir }
+    }
+
+    pub fn dm(&self) -> Datamanager {
+        Datamanager::new(self.node.kv())
+    }
+}
