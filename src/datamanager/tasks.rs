@@ -102,12 +102,14 @@ impl Datamanager {
         executor_id: &str,
     ) -> Result<(Vec<Versioned<ExecutorTask>>, i64), DmError> {
         let prefix = keys::executor_tasks_of(executor_id);
+        // Taken before reading: a long poll resuming from it may wake once for nothing,
+        // but never misses a change.
+        let revision = self.kv().header().revision;
         let markers = self.scan(&prefix, true).await?;
         let keys: Vec<String> = markers
             .iter()
             .filter_map(|kv| keys::id_of(&kv.key, &prefix).map(keys::executor_task))
             .collect();
-        let revision = self.kv().header().revision;
         let tasks = self
             .get_many_json::<ExecutorTask>(&keys)
             .await?
