@@ -533,8 +533,8 @@ impl RunClient {
         self.call_json(call).await
     }
 
-    /// `GET /runs/events`: every run event after sequence `after` (all retained ones when
-    /// `None`), for ever. A dropped stream is reopened after the last sequence seen, so no
+    /// `GET /runs/events`: every run event after sequence `after` (`Some(0)`: all retained
+    /// ones; `None`: only events from now on), for ever. A dropped stream is reopened after the last sequence seen, so no
     /// event is lost or repeated. Failures to reopen are yielded (the stream then keeps
     /// trying, with a growing pause); an error that retrying cannot fix (bad request,
     /// unauthorized…) is yielded last.

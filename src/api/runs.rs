@@ -34,6 +34,7 @@ pub async fn create(
     Json(req): Json<CreateRunRequest>,
 ) -> ApiResult<(StatusCode, Json<CreateRunResponse>)> {
     let group = keys::normalize_group(&req.group)
+        .filter(|_| req.group.starts_with('/'))
         .filter(|g| g.split('/').filter(|s| !s.is_empty()).count() >= 2)
         .ok_or_else(|| {
             Failure::bad_request(format!(

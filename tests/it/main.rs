@@ -9,4 +9,5 @@ mod durability;
 mod etcd_api;
 mod failover;
 mod leases;
+mod runs_api;
 mod runs_flow;

@@ -106,7 +106,7 @@ async fn a_dag_runs_to_success_in_dependency_order_and_is_archived() {
     let pending = waiting.pending.expect("pending reasons while running");
     assert_eq!(pending.tasks["build"], "no executor is registered");
 
-    let ex = ScriptedExecutor::start(&[node.url.clone()], TOKEN, Script::new("ex1"));
+    let ex = ScriptedExecutor::start(std::slice::from_ref(&node.url), TOKEN, Script::new("ex1"));
     let done = wait_run_phase(&client, &id, RunPhase::Finished).await;
     assert_eq!(done.run.result, RunResult::Success);
     let by_name = |name: &str| {

@@ -52,6 +52,8 @@ pub struct ScriptedExecutor {
     pub id: String,
     /// Task ids this executor started, in order (duplicates would show twice).
     pub started: Arc<Mutex<Vec<String>>>,
+    /// Task ids this executor was asked to stop, in the order it first saw each request.
+    pub stop_requests: Arc<Mutex<Vec<String>>>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -61,6 +63,7 @@ impl ScriptedExecutor {
         let client = RunClient::new(urls, Some(token.to_string())).expect("client");
         let cancel = CancellationToken::new();
         let started = Arc::new(Mutex::new(Vec::new()));
+        let stop_requests = Arc::new(Mutex::new(Vec::new()));
         let me = Executor {
             id: script.id.clone(),
             archs: Arch::host().into_iter().collect(),
@@ -83,6 +86,7 @@ impl ScriptedExecutor {
         };
         let poller = {
             let (client, cancel, started) = (client.clone(), cancel.clone(), started.clone());
+            let stop_requests = stop_requests.clone();
             tokio::spawn(async move {
                 // First registration must land before polling makes sense.
                 while client.heartbeat(&me).await.is_err() {
@@ -106,8 +110,8 @@ impl ScriptedExecutor {
                     after = resp.revision;
                     for t in resp.tasks {
                         let id = t.task.id.clone();
-                        if t.task.spec.stop {
-                            stops.lock().expect("lock").insert(id.clone());
+                        if t.task.spec.stop && stops.lock().expect("lock").insert(id.clone()) {
+                            stop_requests.lock().expect("lock").push(id.clone());
                         }
                         if t.task.status.phase == ExecutorTaskPhase::NotStarted
                             && !running.contains(&id)
@@ -128,6 +132,7 @@ impl ScriptedExecutor {
         ScriptedExecutor {
             id: script.id,
             started,
+            stop_requests,
             cancel,
             tasks: vec![heartbeat, poller],
         }
@@ -135,6 +140,11 @@ impl ScriptedExecutor {
 
     pub fn started(&self) -> Vec<String> {
         self.started.lock().expect("lock").clone()
+    }
+
+    /// Task ids whose executor task came with `stop` set, each once.
+    pub fn stop_requests(&self) -> Vec<String> {
+        self.stop_requests.lock().expect("lock").clone()
     }
 
     /// Stops heartbeats and polling (as if the process died).

@@ -112,7 +112,7 @@ impl ServiceProc {
     }
 
     pub fn client(&self) -> RunClient {
-        RunClient::new(&[self.url.clone()], Some(TOKEN.to_string())).expect("client")
+        RunClient::new(std::slice::from_ref(&self.url), Some(TOKEN.to_string())).expect("client")
     }
 }
 
