@@ -218,8 +218,9 @@ pub struct RunServeArgs {
     /// Cluster and API token (default: the one in DATA_DIR/token, made on first start).
     #[arg(long, env = "CAIRN_TOKEN")]
     pub token: Option<String>,
-    /// Object storage: a directory, file:///dir, memory:, or s3://bucket/prefix
-    /// (default: DATA_DIR/objects).
+    /// Object storage: a directory, file:///dir, memory:, or s3://bucket/prefix (with the
+    /// s3 feature). Default: DATA_DIR/objects; a cluster's nodes must share one (required
+    /// with --join).
     #[arg(long)]
     pub objects: Option<String>,
     /// Seconds an executor stays registered without a heartbeat; its unfinished tasks

@@ -91,6 +91,11 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 impl Service {
     pub async fn start(opts: ServiceOptions) -> anyhow::Result<Service> {
+        if opts.join.is_some() && opts.objects.is_none() {
+            anyhow::bail!(
+                "a cluster needs object storage all its nodes share (logs written through one node are archived by the scheduler on another): pass --objects s3://bucket/prefix, or a directory every node mounts, on every node"
+            );
+        }
         let token = match &opts.token {
             Some(t) if !t.is_empty() => {
                 // Kept so that a restart needs no --token.

@@ -11,3 +11,4 @@ mod failover;
 mod leases;
 mod runs_api;
 mod runs_flow;
+mod scheduling;

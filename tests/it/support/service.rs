@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use cairn_client::RunClient;
+use cairn_client::api::NodeInfo;
 
 use super::process::{TOKEN, cairn_bin, free_port};
 
@@ -25,6 +26,11 @@ impl ServiceProc {
     /// A fresh single node that initializes itself.
     pub fn single(data_dir: &Path) -> ServiceProc {
         ServiceProc::start(data_dir, free_port(), false, None)
+    }
+
+    /// Like [`ServiceProc::single`] with extra `cairn serve` arguments (kept on restart).
+    pub fn single_with(data_dir: &Path, extra: &[&str]) -> ServiceProc {
+        ServiceProc::start_with(data_dir, free_port(), false, None, extra)
     }
 
     pub fn start(data_dir: &Path, port: u16, init: bool, join: Option<&str>) -> ServiceProc {
@@ -111,6 +117,30 @@ impl ServiceProc {
         self.child.is_some()
     }
 
+    /// SIGSTOP: the process freezes (its sockets stay open) until [`ServiceProc::resume`].
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`ServiceProc::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .expect("a running node")
+            .id()
+            .to_string();
+        let status = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} {pid}");
+    }
+
     pub fn client(&self) -> RunClient {
         RunClient::new(std::slice::from_ref(&self.url), Some(TOKEN.to_string())).expect("client")
     }
@@ -129,20 +159,84 @@ pub struct ServiceCluster {
 }
 
 impl ServiceCluster {
-    pub fn start(n: usize) -> ServiceCluster {
+    /// `n` nodes on one object storage directory (as a real cluster shares a bucket, and
+    /// as `cairn serve --join` requires): logs appended through one node can be archived
+    /// by the scheduler on another.
+    pub fn start_sharing_objects(n: usize) -> ServiceCluster {
         let dir = tempfile::tempdir().expect("tempdir");
+        let objects = dir.path().join("objects").display().to_string();
+        let extra = ["--objects", objects.as_str()];
         let mut nodes: Vec<ServiceProc> = Vec::new();
         for i in 0..n {
             let data = dir.path().join(format!("n{i}"));
             let join = nodes.first().map(|n| n.url.clone());
-            nodes.push(ServiceProc::start(
+            nodes.push(ServiceProc::start_with(
                 &data,
                 free_port(),
                 i == 0,
                 join.as_deref(),
+                &extra,
             ));
         }
         ServiceCluster { nodes, _dir: dir }
+    }
+
+    /// Every running node's `GET /api/v1/cluster`, by node index (a node that does not
+    /// answer is left out).
+    pub async fn views(&self) -> Vec<(usize, NodeInfo)> {
+        let mut views = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if !n.is_running() {
+                continue;
+            }
+            if let Ok(info) = n.client().cluster().await {
+                views.push((i, info));
+            }
+        }
+        views
+    }
+
+    /// Index of the node whose scheduler is active, once every running node answers and
+    /// exactly one of them says its scheduler is active.
+    pub async fn scheduler_holder(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let running = self.nodes.iter().filter(|n| n.is_running()).count();
+            let views = self.views().await;
+            let active: Vec<usize> = views
+                .iter()
+                .filter(|(_, v)| v.scheduler_active)
+                .map(|(i, _)| *i)
+                .collect();
+            if views.len() == running && active.len() == 1 {
+                return active[0];
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no single active scheduler within {timeout:?}: {views:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Index of the Raft leader, once every running node answers and names the same
+    /// leader, which is one of them.
+    pub async fn leader(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let running = self.nodes.iter().filter(|n| n.is_running()).count();
+            let views = self.views().await;
+            let leader = views.first().and_then(|(_, v)| v.leader_id);
+            let agreed = views.len() == running && views.iter().all(|(_, v)| v.leader_id == leader);
+            if agreed && let Some(&(i, _)) = views.iter().find(|(_, v)| Some(v.node_id) == leader) {
+                return i;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {timeout:?}: {views:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn urls(&self) -> Vec<String> {
