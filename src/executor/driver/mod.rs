@@ -96,8 +96,9 @@ pub trait Pod: Send + Sync {
     /// The user's home directory in container 0 (what `~` expands to).
     async fn home(&self, user: &str) -> Result<String, DriverError>;
 
-    /// Extracts the tar archive `tar` under the absolute directory `dest`, creating it.
-    async fn put_archive(&self, dest: &str, tar: Bytes) -> Result<(), DriverError>;
+    /// Extracts the tar archive `tar` under the absolute directory `dest`, creating it
+    /// (owned by `user` when the driver can set owners; empty = the container's user).
+    async fn put_archive(&self, dest: &str, user: &str, tar: ByteStream) -> Result<(), DriverError>;
 
     /// The files under the absolute path `path` as a tar archive whose entry names are
     /// relative to `path`. `NotFound` when it does not exist.

@@ -1,0 +1,1 @@
+//! The local driver (placeholder, being written).
