@@ -4,6 +4,7 @@
 //! - [`service`]: the composition root of `cairn serve` (store node, API, scheduler).
 //! - [`api`]: HTTP front ends, the only place that knows status codes: the run-service
 //!   API (`/api/v1`), the store's etcd v3 JSON API, peers, health.
+//! - [`executor`]: the agent that runs tasks, and its drivers.
 //! - [`scheduler`]: the loop that advances runs and hands tasks to executors.
 //! - [`runservice`]: run and task state machines as pure functions.
 //! - [`configfile`]: the run config format: parse, validate, expand.
@@ -15,6 +16,7 @@ pub mod app;
 pub mod cli;
 pub mod configfile;
 pub mod datamanager;
+pub mod executor;
 pub mod runservice;
 pub mod scheduler;
 pub mod service;
