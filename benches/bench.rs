@@ -1,10 +1,14 @@
 //! Cairn's benchmarks. `store`: Cairn's store against etcd 3.4, as real processes on
 //! loopback, through the same client ([`cairn_client::etcd::EtcdClient`]) over the same
 //! etcd v3 JSON HTTP API — write throughput and latency at 1 and 64 clients, linearizable
-//! and serializable read latency, and leader failover time on three nodes.
+//! and serializable read latency, and leader failover time on three nodes. `scheduler`:
+//! the run service's scheduler through a `cairn serve` process and in-process executors —
+//! task ready → handed latency, draining 1,000 queued runs, and whether the cost per
+//! event stays flat as finished runs pile up (see `bench/scheduler.rs` for its knobs).
 //!
-//! Run `cargo bench --bench bench -- store` or `scripts/bench-store.sh`; BENCHMARKS.md
-//! has the results. Environment:
+//! Run `cargo bench --bench bench -- store` (or `scripts/bench-store.sh`) and `cargo
+//! bench --bench bench -- scheduler`; no name runs both. BENCHMARKS.md has the results.
+//! Environment:
 //! - `CAIRN_BIN`: the `cairn` binary (default: the one cargo built for this bench);
 //! - `CAIRN_BENCH_ENGINE`: sled (default), mem, or rocksdb (needs `--features rocksdb`);
 //! - `ETCD_BIN`: etcd 3.4 (default `/usr/bin/etcd`); `CAIRN_BENCH_NO_ETCD=1` skips etcd;
@@ -19,6 +23,8 @@ mod load;
 mod procs;
 #[path = "bench/report.rs"]
 mod report;
+#[path = "bench/scheduler.rs"]
+mod scheduler;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -308,14 +314,29 @@ async fn store_bench() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The benchmarks, by the name that selects them.
+const BENCHMARKS: [&str; 2] = ["store", "scheduler"];
+
+async fn run(name: &str) -> anyhow::Result<()> {
+    match name {
+        "store" => store_bench().await,
+        "scheduler" => scheduler::scheduler_bench().await,
+        _ => bail!("no benchmark {name:?}"),
+    }
+}
+
 fn main() -> ExitCode {
     // cargo passes `--bench`; the other words filter benchmarks by name.
     let filters: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    if !filters.is_empty() && !filters.iter().any(|f| "store".contains(f.as_str())) {
-        println!("bench: no benchmark matches {filters:?} (benchmarks: store)");
+    let selected: Vec<&str> = BENCHMARKS
+        .into_iter()
+        .filter(|b| filters.is_empty() || filters.iter().any(|f| b.contains(f.as_str())))
+        .collect();
+    if selected.is_empty() {
+        println!("bench: no benchmark matches {filters:?} (benchmarks: {BENCHMARKS:?})");
         return ExitCode::SUCCESS;
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -328,18 +349,26 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // On Ctrl-C the bench future is dropped, and with it every process guard.
-    let result = rt.block_on(async {
-        tokio::select! {
-            r = store_bench() => r,
-            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    let mut failed = false;
+    for name in selected {
+        // On Ctrl-C the bench future is dropped, and with it every process guard.
+        let result = rt.block_on(async {
+            tokio::select! {
+                r = run(name) => r,
+                _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+            }
+        });
+        if let Err(e) = result {
+            eprintln!("bench: {name}: {e:#}");
+            failed = true;
+            if e.to_string() == "interrupted" {
+                break;
+            }
         }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bench: {e:#}");
-            ExitCode::FAILURE
-        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }

@@ -22,8 +22,11 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the service: store, API, scheduler (a fresh single node initializes itself).
+    /// Run the service: store, API, scheduler and an executor (a fresh single node
+    /// initializes itself).
     Serve(RunServeArgs),
+    /// Run an executor against remote servers (it only dials out).
+    Executor(ExecutorArgs),
     /// The embedded key-value store.
     Store {
         #[command(subcommand)]
@@ -227,6 +230,58 @@ pub struct RunServeArgs {
     /// are failed once it is gone.
     #[arg(long, default_value_t = 15)]
     pub executor_ttl: i64,
+    /// Do not run the in-process executor (tasks then wait for remote executors).
+    #[arg(long)]
+    pub no_executor: bool,
+    #[command(flatten)]
+    pub executor: ExecutorTuning,
+}
+
+/// How an executor runs tasks.
+#[derive(Args, Debug, Clone)]
+pub struct ExecutorTuning {
+    /// Where tasks run: local (host processes) or docker (containers).
+    #[arg(long, default_value = "local")]
+    pub driver: String,
+    /// Labels tasks can require (k=v, repeatable or comma separated).
+    #[arg(long = "label", value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// Most tasks run at once (0 = no limit).
+    #[arg(long, default_value_t = 2)]
+    pub active_tasks_limit: u32,
+    /// Allow tasks with privileged containers.
+    #[arg(long)]
+    pub allow_privileged: bool,
+}
+
+impl ExecutorTuning {
+    /// The labels as a map; `k=v` only.
+    pub fn label_map(&self) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+        self.labels
+            .iter()
+            .map(|l| {
+                l.split_once('=')
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                    .filter(|(k, _)| !k.is_empty())
+                    .ok_or_else(|| anyhow!("label {l:?} is not k=v"))
+            })
+            .collect()
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ExecutorArgs {
+    /// Server URLs (comma separated; the executor fails over between them).
+    #[arg(long, env = "CAIRN_SERVER", value_delimiter = ',', required = true)]
+    pub server: Vec<String>,
+    /// The servers' API token.
+    #[arg(long, env = "CAIRN_TOKEN")]
+    pub token: String,
+    /// Data directory (executor id, task directories).
+    #[arg(long, default_value = "cairn-executor")]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub executor: ExecutorTuning,
 }
 
 fn b64(s: &str) -> B64Bytes {

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::anyhow;
 use cairn::app::{StoreOptions, StoreServer};
+use cairn::cli::ExecutorArgs;
 use cairn::cli::{Cli, Command, RunServeArgs, ServeArgs, StoreCommand};
-use cairn::service::{Service, ServiceOptions};
+use cairn::service::{DriverKind, ExecutorOptions, Service, ServiceOptions};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -41,6 +42,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve_service(args).await,
+        Command::Executor(args) => run_executor(args).await,
         Command::Store {
             command: StoreCommand::Serve(args),
         } => serve(args).await,
@@ -81,6 +83,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn serve_service(args: RunServeArgs) -> anyhow::Result<()> {
+    let executor_dir = args.data_dir.join("executor");
     let opts = ServiceOptions {
         data_dir: args.data_dir,
         listen: args.listen,
@@ -94,6 +97,17 @@ async fn serve_service(args: RunServeArgs) -> anyhow::Result<()> {
         objects: args.objects,
         scheduler: cairn::scheduler::SchedulerConfig::default(),
         executor_ttl_secs: args.executor_ttl,
+        executor: if args.no_executor {
+            None
+        } else {
+            Some(ExecutorOptions {
+                data_dir: executor_dir.clone(),
+                driver: DriverKind::parse(&args.executor.driver)?,
+                labels: args.executor.label_map()?,
+                active_tasks_limit: args.executor.active_tasks_limit,
+                allow_privileged: args.executor.allow_privileged,
+            })
+        },
     };
     let service = Service::start(opts).await?;
     // One line on stdout, so scripts and tests learn the address and the token's place.
@@ -106,6 +120,27 @@ async fn serve_service(args: RunServeArgs) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down");
     service.stop().await;
+    Ok(())
+}
+
+async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
+    let opts = ExecutorOptions {
+        data_dir: args.data_dir,
+        driver: DriverKind::parse(&args.executor.driver)?,
+        labels: args.executor.label_map()?,
+        active_tasks_limit: args.executor.active_tasks_limit,
+        allow_privileged: args.executor.allow_privileged,
+    };
+    let agent = opts.start(args.server.clone(), Some(args.token)).await?;
+    println!(
+        "cairn: executor {} ({} driver) serving {}",
+        agent.id,
+        args.executor.driver,
+        args.server.join(",")
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    agent.stop().await;
     Ok(())
 }
 

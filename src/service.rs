@@ -1,6 +1,7 @@
 //! The composition root of `cairn serve`: the store node, the run-service API on the same
-//! port, object storage, and the scheduler (one active in the cluster). Owns their
-//! lifetimes: [`Service::stop`] cancels the scheduler, then stops serving and the node.
+//! port, object storage, the scheduler (one active in the cluster) and, by default, an
+//! in-process executor. Owns their lifetimes: [`Service::stop`] stops the executor and
+//! the scheduler, then stops serving and the node.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,10 @@ use crate::datamanager::Datamanager;
 use crate::datamanager::blobs::Blobs;
 use crate::datamanager::caches::CacheStore;
 use crate::datamanager::logs::LogStore;
+use crate::executor::agent::{Agent, AgentConfig};
+use crate::executor::driver::Driver;
+use crate::executor::driver::docker::{DockerDriver, DockerOptions};
+use crate::executor::driver::local::LocalDriver;
 use crate::scheduler::{Scheduler, SchedulerConfig};
 
 /// How to start a run-service node.
@@ -37,6 +42,68 @@ pub struct ServiceOptions {
     /// Executor registrations live this long without a heartbeat (seconds; raised to
     /// the store's minimum lease TTL).
     pub executor_ttl_secs: i64,
+    /// The in-process executor; `None` runs none.
+    pub executor: Option<ExecutorOptions>,
+}
+
+/// Which driver an executor runs tasks with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriverKind {
+    Local,
+    Docker,
+}
+
+impl DriverKind {
+    pub fn parse(s: &str) -> anyhow::Result<DriverKind> {
+        match s {
+            "local" => Ok(DriverKind::Local),
+            "docker" => Ok(DriverKind::Docker),
+            other => anyhow::bail!("unknown driver {other:?} (local or docker)"),
+        }
+    }
+}
+
+/// How an executor (in-process or standalone) is set up.
+#[derive(Clone, Debug)]
+pub struct ExecutorOptions {
+    pub data_dir: PathBuf,
+    pub driver: DriverKind,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub active_tasks_limit: u32,
+    pub allow_privileged: bool,
+}
+
+impl ExecutorOptions {
+    /// Starts an executor agent against `servers`.
+    pub async fn start(
+        &self,
+        servers: Vec<String>,
+        token: Option<String>,
+    ) -> anyhow::Result<Agent> {
+        // Absolute, so that step working directories never depend on the process's.
+        let data_dir = std::path::absolute(&self.data_dir)
+            .with_context(|| format!("resolving {}", self.data_dir.display()))?;
+        let driver: Arc<dyn Driver> = match self.driver {
+            DriverKind::Local => Arc::new(LocalDriver::new(data_dir.join("tasks"))),
+            DriverKind::Docker => Arc::new(
+                DockerDriver::connect(DockerOptions {
+                    allow_privileged: self.allow_privileged,
+                    network: None,
+                })
+                .await
+                .context("connecting to the Docker Engine")?,
+            ),
+        };
+        Agent::start(AgentConfig {
+            data_dir,
+            servers,
+            token,
+            labels: self.labels.clone(),
+            active_tasks_limit: self.active_tasks_limit,
+            allow_privileged: self.allow_privileged,
+            driver,
+        })
+    }
 }
 
 /// A running run-service node.
@@ -45,6 +112,7 @@ pub struct Service {
     pub token_file: PathBuf,
     pub token: String,
     scheduler: Scheduler,
+    agent: Option<Agent>,
 }
 
 /// The token file of a data dir.
@@ -155,11 +223,23 @@ impl Service {
             active,
             CancellationToken::new(),
         );
+        let agent = match &opts.executor {
+            Some(ex) => match ex.start(vec![store.url.clone()], Some(token.clone())).await {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    scheduler.stop().await;
+                    store.stop().await;
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         Ok(Service {
             store,
             token_file: token_file(&opts.data_dir),
             token,
             scheduler,
+            agent,
         })
     }
 
@@ -171,8 +251,16 @@ impl Service {
         self.scheduler.is_active()
     }
 
-    /// Stops the scheduler, then the API and the node.
+    /// The in-process executor's id, if it runs one.
+    pub fn executor_id(&self) -> Option<&str> {
+        self.agent.as_ref().map(|a| a.id.as_str())
+    }
+
+    /// Stops the executor, the scheduler, then the API and the node.
     pub async fn stop(self) {
+        if let Some(a) = self.agent {
+            a.stop().await;
+        }
         self.scheduler.stop().await;
         self.store.stop().await;
     }

@@ -2,6 +2,20 @@
 //! (`cairn_client::RunClient`), in-process in `cairn serve` or standalone as
 //! `cairn executor`; it only dials out.
 //!
+//! - [`agent`]: registration, heartbeats, the task long poll, runners, restart recovery.
+//! - [`task`]: one task: setup, steps in order, status reports, stop and timeout.
+//! - [`steps`]: clone, run, workspaces and caches over the driver's pod.
+//! - [`log_upload`]: a step's output streamed to the server as it is produced.
 //! - [`driver`]: where steps run (`local` host processes, `docker` containers).
+//! - [`archive`]: selecting and renaming tar entries for workspaces and caches.
+//! - [`cache_key`]: cache key templates (`{{ md5sum "go.sum" }}`…), parsed then rendered.
+//! - [`source`]: unpacking (and packing) a working-tree snapshot.
 
+pub mod agent;
+pub mod archive;
+pub mod cache_key;
 pub mod driver;
+pub mod log_upload;
+pub mod source;
+pub mod steps;
+pub mod task;

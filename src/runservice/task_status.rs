@@ -2,15 +2,17 @@
 //! executor tasks whose executor is gone ([`fail_lost_task`], DESIGN §4 rule 1).
 //!
 //! A report may move a run task only along the executor task's state machine (Agola's
-//! table, §4.4 of the reference):
+//! table, §4.4 of the reference, widened so that a finished report also applies over a
+//! not-started task: the store keeps only an executor task's latest status, so the
+//! scheduler may never see the `running` in between):
 //!
 //! | reported phase | allowed current run-task status |
 //! |---|---|
 //! | notstarted | notstarted |
 //! | cancelled | cancelled, notstarted |
 //! | running | running, notstarted |
-//! | stopped | stopped, running |
-//! | success | success, running |
+//! | stopped | stopped, running, notstarted |
+//! | success | success, running, notstarted |
 //! | failed | failed, notstarted, running |
 //!
 //! Anything else is an inconsistent (late or replayed) report and is refused with a typed

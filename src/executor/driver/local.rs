@@ -1,1 +1,332 @@
-//! The local driver (placeholder, being written).
+//! The local driver: a task's steps are processes on the executor's host, run in the
+//! task's own directory (its home: `~` expands to it). There is no isolation and images
+//! are ignored: this is the driver of `cairn run` and of small edge hosts.
+//!
+//! Every command runs in a new process group; cancelling it (stop, timeout) kills the
+//! whole group, so nothing a step started outlives it. The groups of each task are
+//! recorded in `<task dir>/pgids`, so a restarted executor can kill the leftovers of a
+//! crashed one ([`Driver::remove_orphans`]).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cairn_client::runconfig::Arch;
+use futures::StreamExt;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio_util::sync::CancellationToken;
+
+use super::{ByteStream, Driver, DriverError, ExecRequest, LogSink, Pod, PodSpec};
+
+/// Runs steps as host processes.
+pub struct LocalDriver {
+    /// Where task directories live (`<executor data dir>/tasks`).
+    tasks_root: PathBuf,
+}
+
+impl LocalDriver {
+    pub fn new(tasks_root: impl Into<PathBuf>) -> LocalDriver {
+        LocalDriver {
+            tasks_root: tasks_root.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl Driver for LocalDriver {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn archs(&self) -> Vec<Arch> {
+        Arch::host().into_iter().collect()
+    }
+
+    async fn create_pod(
+        &self,
+        spec: &PodSpec,
+        setup_log: &mut dyn LogSink,
+    ) -> Result<Box<dyn Pod>, DriverError> {
+        let home = spec.task_dir.join("home");
+        tokio::fs::create_dir_all(&home).await?;
+        let images: Vec<&str> = spec.containers.iter().map(|c| c.image.as_str()).collect();
+        setup_log
+            .write(Bytes::from(format!(
+                "local driver: running on this host in {} (images {images:?} are not used)\n",
+                home.display()
+            )))
+            .await;
+        if spec.containers.len() > 1 {
+            setup_log
+                .write(Bytes::from_static(
+                    b"local driver: service containers are not started\n",
+                ))
+                .await;
+        }
+        Ok(Box::new(LocalPod {
+            home,
+            task_dir: spec.task_dir.clone(),
+            groups: Arc::default(),
+        }))
+    }
+
+    async fn remove_orphans(
+        &self,
+        _executor_id: &str,
+        keep: &[String],
+    ) -> Result<usize, DriverError> {
+        let mut removed = 0;
+        let Ok(mut dir) = tokio::fs::read_dir(&self.tasks_root).await else {
+            return Ok(0);
+        };
+        while let Some(entry) = dir.next_entry().await? {
+            let task = entry.file_name().to_string_lossy().into_owned();
+            if keep.contains(&task) {
+                continue;
+            }
+            let pgids = tokio::fs::read_to_string(entry.path().join("pgids"))
+                .await
+                .unwrap_or_default();
+            for pgid in pgids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                if killpg(Pid::from_raw(pgid), Signal::SIGKILL).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// One task's directory and the process groups started in it.
+struct LocalPod {
+    home: PathBuf,
+    task_dir: PathBuf,
+    groups: Arc<Mutex<Vec<i32>>>,
+}
+
+impl LocalPod {
+    fn resolve(&self, dir: &str) -> PathBuf {
+        if dir.is_empty() {
+            self.home.clone()
+        } else if Path::new(dir).is_absolute() {
+            PathBuf::from(dir)
+        } else {
+            self.home.join(dir)
+        }
+    }
+
+    fn kill_all(&self) {
+        let groups = self
+            .groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for g in groups {
+            let _ = killpg(Pid::from_raw(g), Signal::SIGKILL);
+        }
+    }
+
+    async fn record_group(&self, pgid: i32) {
+        let list = {
+            let mut g = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+            g.push(pgid);
+            g.iter().map(|p| format!("{p}\n")).collect::<String>()
+        };
+        let _ = tokio::fs::write(self.task_dir.join("pgids"), list).await;
+    }
+}
+
+/// Reads `r` to its end, sending each chunk to `tx`.
+async fn pump(mut r: impl AsyncRead + Unpin, tx: tokio::sync::mpsc::Sender<Bytes>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Pod for LocalPod {
+    async fn exec(
+        &self,
+        req: &ExecRequest,
+        out: &mut dyn LogSink,
+        cancel: &CancellationToken,
+    ) -> Result<Option<i32>, DriverError> {
+        let Some((program, args)) = req.cmd.split_first() else {
+            return Err(DriverError::Start {
+                what: "an empty command".into(),
+                why: "no program".into(),
+            });
+        };
+        let dir = self.resolve(&req.working_dir);
+        tokio::fs::create_dir_all(&dir).await?;
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args)
+            .current_dir(&dir)
+            .envs(&req.env)
+            .env("HOME", &self.home)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| DriverError::Start {
+            what: program.clone(),
+            why: e.to_string(),
+        })?;
+        let pgid = child.id().and_then(|p| i32::try_from(p).ok());
+        if let Some(g) = pgid {
+            self.record_group(g).await;
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+        if let Some(o) = child.stdout.take() {
+            tokio::spawn(pump(o, tx.clone()));
+        }
+        if let Some(e) = child.stderr.take() {
+            tokio::spawn(pump(e, tx.clone()));
+        }
+        drop(tx);
+        let kill = |pgid: Option<i32>| {
+            if let Some(g) = pgid {
+                let _ = killpg(Pid::from_raw(g), Signal::SIGKILL);
+            }
+        };
+        let mut status = None;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    kill(pgid);
+                    let _ = child.wait().await;
+                    return Ok(None);
+                }
+                s = child.wait(), if status.is_none() => {
+                    status = Some(s?);
+                    // Background processes the step left behind die with it, which
+                    // also closes the pipes they held.
+                    kill(pgid);
+                }
+                chunk = rx.recv() => match chunk {
+                    Some(c) => out.write(c).await,
+                    None if status.is_some() => break,
+                    None => {
+                        // Output closed before exit: just wait for the exit.
+                        let s = tokio::select! {
+                            _ = cancel.cancelled() => {
+                                kill(pgid);
+                                let _ = child.wait().await;
+                                return Ok(None);
+                            }
+                            s = child.wait() => s?,
+                        };
+                        kill(pgid);
+                        status = Some(s);
+                        break;
+                    }
+                },
+            }
+        }
+        let status = status.expect("the loop ends only with a status");
+        Ok(Some(exit_code(status)))
+    }
+
+    async fn home(&self, _user: &str) -> Result<String, DriverError> {
+        Ok(self.home.display().to_string())
+    }
+
+    async fn put_archive(
+        &self,
+        dest: &str,
+        _user: &str,
+        mut tar: ByteStream,
+    ) -> Result<(), DriverError> {
+        let dest = self.resolve(dest);
+        tokio::fs::create_dir_all(&dest).await?;
+        // Spool to a file, then extract off the runtime (tar refuses entries that
+        // would escape `dest`).
+        let spool = self
+            .task_dir
+            .join(format!("in-{}.tar", uuid::Uuid::new_v4()));
+        {
+            use tokio::io::AsyncWriteExt;
+            let mut f = tokio::fs::File::create(&spool).await?;
+            while let Some(chunk) = tar.next().await {
+                f.write_all(&chunk?).await?;
+            }
+            f.flush().await?;
+        }
+        let s = spool.clone();
+        let result = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let f = std::fs::File::open(&s)?;
+            let mut archive = tar::Archive::new(f);
+            archive.set_preserve_permissions(true);
+            archive.set_overwrite(true);
+            archive.unpack(&dest)
+        })
+        .await
+        .map_err(|e| DriverError::Io(std::io::Error::other(e)))?;
+        let _ = tokio::fs::remove_file(&spool).await;
+        result?;
+        Ok(())
+    }
+
+    async fn get_archive(&self, path: &str) -> Result<ByteStream, DriverError> {
+        let src = self.resolve(path);
+        let meta = tokio::fs::metadata(&src)
+            .await
+            .map_err(|_| DriverError::NotFound(path.to_string()))?;
+        let spool = self
+            .task_dir
+            .join(format!("out-{}.tar", uuid::Uuid::new_v4()));
+        let s = spool.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let f = std::fs::File::create(&s)?;
+            let mut b = tar::Builder::new(std::io::BufWriter::new(f));
+            b.follow_symlinks(false);
+            if meta.is_dir() {
+                b.append_dir_all(".", &src)?;
+            } else {
+                let name = src.file_name().map(PathBuf::from).unwrap_or_default();
+                b.append_path_with_name(&src, name)?;
+            }
+            b.into_inner()?
+                .into_inner()
+                .map_err(|e| e.into_error())?
+                .sync_all()
+        })
+        .await
+        .map_err(|e| DriverError::Io(std::io::Error::other(e)))??;
+        let file = tokio::fs::File::open(&spool).await?;
+        // The spool is unlinked now; the open handle keeps its data readable.
+        let _ = tokio::fs::remove_file(&spool).await;
+        Ok(tokio_util::io::ReaderStream::new(file)
+            .map(|r| r.map_err(DriverError::Io))
+            .boxed())
+    }
+
+    async fn stop(&self) {
+        self.kill_all();
+    }
+
+    async fn remove(&self) {
+        self.kill_all();
+        let _ = tokio::fs::remove_file(self.task_dir.join("pgids")).await;
+    }
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}

@@ -98,7 +98,8 @@ pub trait Pod: Send + Sync {
 
     /// Extracts the tar archive `tar` under the absolute directory `dest`, creating it
     /// (owned by `user` when the driver can set owners; empty = the container's user).
-    async fn put_archive(&self, dest: &str, user: &str, tar: ByteStream) -> Result<(), DriverError>;
+    async fn put_archive(&self, dest: &str, user: &str, tar: ByteStream)
+    -> Result<(), DriverError>;
 
     /// The files under the absolute path `path` as a tar archive whose entry names are
     /// relative to `path`. `NotFound` when it does not exist.
@@ -128,5 +129,9 @@ pub trait Driver: Send + Sync {
 
     /// Removes pods of `executor_id` (or of executors that no longer exist) whose task is
     /// not in `keep`: the leftovers of a crashed executor. Returns how many.
-    async fn remove_orphans(&self, executor_id: &str, keep: &[String]) -> Result<usize, DriverError>;
+    async fn remove_orphans(
+        &self,
+        executor_id: &str,
+        keep: &[String],
+    ) -> Result<usize, DriverError>;
 }

@@ -19,14 +19,28 @@ fn io(e: sled::Error) -> EngineError {
 }
 
 impl SledEngine {
+    /// Opens (or creates) the database. sled releases its file lock from a background
+    /// thread after the previous handle is dropped, so a reopen in the same process can
+    /// find the lock still held for a moment: that case is retried for up to 5 s.
     pub fn open(dir: &Path) -> Result<Self, EngineError> {
-        let db = sled::Config::new()
-            .path(dir.join("sled"))
-            .flush_every_ms(None)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(io)?;
-        Ok(Self { db })
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let opened = sled::Config::new()
+                .path(dir.join("sled"))
+                .flush_every_ms(None)
+                .mode(sled::Mode::HighThroughput)
+                .open();
+            match opened {
+                Ok(db) => return Ok(Self { db }),
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(io(e)),
+            }
+        }
     }
 }
 

@@ -58,7 +58,7 @@ impl ServiceProc {
 
     fn spawn(&mut self, init: bool, join: Option<&str>) {
         let mut cmd = Command::new(cairn_bin());
-        cmd.args(["serve", "--token", TOKEN])
+        cmd.args(["serve", "--token", TOKEN, "--no-executor"])
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])

@@ -1,0 +1,270 @@
+//! The executor agent: registers and keeps its registration alive, long-polls its tasks,
+//! starts a runner for each new one (up to its active-task limit), forwards stop flags,
+//! re-sends statuses after a reconnect, reports tasks it lost in a restart as failed, and
+//! cleans the directories and pods of tasks that are gone. It only dials out.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_client::RunClient;
+use cairn_client::executor::{AssignedTask, Executor};
+use cairn_client::run::ExecutorTaskPhase;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::driver::Driver;
+use super::task::{self, TaskEnv, TaskHandle};
+
+/// How an agent runs.
+#[derive(Clone)]
+pub struct AgentConfig {
+    pub data_dir: PathBuf,
+    pub servers: Vec<String>,
+    pub token: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// 0 = no limit.
+    pub active_tasks_limit: u32,
+    pub allow_privileged: bool,
+    pub driver: Arc<dyn Driver>,
+}
+
+/// A running agent.
+pub struct Agent {
+    pub id: String,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// The agent's id, kept in its data dir so a restart is the same executor.
+pub fn load_or_make_id(data_dir: &std::path::Path) -> std::io::Result<String> {
+    let path = data_dir.join("executor-id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, &id)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(id)
+}
+
+impl Agent {
+    /// Starts the agent's loops; they run until [`Agent::stop`].
+    pub fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
+        let id = load_or_make_id(&cfg.data_dir)?;
+        let client = RunClient::new(&cfg.servers, cfg.token.clone())?;
+        let cancel = CancellationToken::new();
+        let state = State {
+            env: TaskEnv {
+                client,
+                executor_id: id.clone(),
+                driver: cfg.driver.clone(),
+                tasks_root: cfg.data_dir.join("tasks"),
+                allow_privileged: cfg.allow_privileged,
+            },
+            cfg,
+            running: BTreeMap::new(),
+        };
+        let c = cancel.clone();
+        let task = tokio::spawn(async move {
+            let span = tracing::info_span!("executor", executor_id = %state.env.executor_id);
+            tracing::Instrument::instrument(state.run(c), span).await;
+        });
+        Ok(Agent { id, cancel, task })
+    }
+
+    /// Stops polling and every running task (their pods are removed), then returns.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+    }
+}
+
+struct State {
+    cfg: AgentConfig,
+    env: TaskEnv,
+    running: BTreeMap<String, TaskHandle>,
+}
+
+impl State {
+    fn me(&self) -> Executor {
+        Executor {
+            id: self.env.executor_id.clone(),
+            archs: self.cfg.driver.archs(),
+            labels: self.cfg.labels.clone(),
+            allow_privileged: self.cfg.allow_privileged,
+            active_tasks_limit: self.cfg.active_tasks_limit,
+            active_tasks: u32::try_from(self.running.len()).unwrap_or(u32::MAX),
+            ..Executor::default()
+        }
+    }
+
+    async fn run(mut self, cancel: CancellationToken) {
+        let client = self.env.client.clone();
+        // Register first (retrying until a server answers), and learn the lease TTL.
+        let ttl = loop {
+            match client.heartbeat(&self.me()).await {
+                Ok(r) => {
+                    tracing::info!(driver = self.cfg.driver.name(), "executor registered");
+                    break r.lease_ttl_secs.max(1);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot register; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        // Leftovers of a previous process of this executor.
+        let tasks_root = self.env.tasks_root.clone();
+        let known = known_task_dirs(&tasks_root).await;
+        match self
+            .cfg
+            .driver
+            .remove_orphans(&self.env.executor_id, &[])
+            .await
+        {
+            Ok(n) if n > 0 => tracing::info!(removed = n, "orphans of a previous run removed"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "orphan cleanup failed"),
+        }
+        for dir in known {
+            let _ = tokio::fs::remove_dir_all(tasks_root.join(dir)).await;
+        }
+
+        let heartbeat_every = Duration::from_millis((ttl as u64 * 1000 / 3).max(200));
+        let mut heartbeat = tokio::time::interval(heartbeat_every);
+        let mut resend = tokio::time::interval(Duration::from_secs(5));
+        let mut after = 0i64;
+        let mut poll = Box::pin(poll(client.clone(), self.env.executor_id.clone(), after));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = heartbeat.tick() => {
+                    if let Err(e) = client.heartbeat(&self.me()).await {
+                        tracing::warn!(error = %e, "heartbeat failed");
+                    }
+                }
+                _ = resend.tick() => self.resend().await,
+                r = &mut poll => {
+                    match r {
+                        Ok(resp) => {
+                            after = resp.revision;
+                            self.reconcile(resp.tasks).await;
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "polling for tasks failed");
+                            tokio::select! {
+                                _ = cancel.cancelled() => break,
+                                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                            }
+                        }
+                    }
+                    self.reap();
+                    poll = Box::pin(self::poll(client.clone(), self.env.executor_id.clone(), after));
+                }
+            }
+        }
+        for (_, h) in std::mem::take(&mut self.running) {
+            h.stop.cancel();
+            let _ = h.join.await;
+        }
+    }
+
+    /// Acts on the server's view of this executor's tasks.
+    async fn reconcile(&mut self, tasks: Vec<AssignedTask>) {
+        let limit = self.cfg.active_tasks_limit as usize;
+        for t in tasks {
+            let id = t.task.id.clone();
+            if let Some(h) = self.running.get(&id) {
+                if t.task.spec.stop {
+                    h.stop.cancel();
+                }
+                continue;
+            }
+            match t.task.status.phase {
+                ExecutorTaskPhase::NotStarted => {
+                    if limit > 0 && self.running.len() >= limit && !t.task.spec.stop {
+                        continue;
+                    }
+                    tracing::info!(task_id = %id, task = %t.data.task_name, "task started");
+                    let h = task::spawn(self.env.clone(), t);
+                    self.running.insert(id, h);
+                }
+                ExecutorTaskPhase::Running => {
+                    // The server thinks it runs here, but this process does not run it:
+                    // an earlier process of this executor died with it.
+                    let mut status = t.task.status.clone();
+                    let now = chrono::Utc::now();
+                    status.phase = ExecutorTaskPhase::Failed;
+                    status.fail_error = Some("the executor restarted and lost the task".into());
+                    status.end_time = Some(now);
+                    for s in std::iter::once(&mut status.setup_step).chain(status.steps.iter_mut())
+                    {
+                        if s.phase == ExecutorTaskPhase::Running {
+                            s.phase = ExecutorTaskPhase::Failed;
+                            s.end_time = Some(now);
+                        }
+                    }
+                    tracing::warn!(task_id = %id, "task lost in a restart reported failed");
+                    task::report(&self.env.client, &self.env.executor_id, &id, &status).await;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Forgets finished runners.
+    fn reap(&mut self) {
+        self.running.retain(|_, h| !h.join.is_finished());
+    }
+
+    /// Re-sends the latest status of every running task (after a reconnect a report may
+    /// have been lost; the server ignores repeats).
+    async fn resend(&mut self) {
+        self.reap();
+        for (id, h) in &self.running {
+            let status = h.status.borrow().clone();
+            if status.phase == ExecutorTaskPhase::NotStarted {
+                continue;
+            }
+            if let Err(e) = self
+                .env
+                .client
+                .report_status(&self.env.executor_id, id, &status)
+                .await
+            {
+                tracing::debug!(task_id = %id, error = %e, "status re-send failed");
+            }
+        }
+    }
+}
+
+async fn poll(
+    client: RunClient,
+    id: String,
+    after: i64,
+) -> Result<cairn_client::api::ExecutorTasksResponse, cairn_client::ClientError> {
+    client
+        .executor_tasks(&id, after, Duration::from_secs(30))
+        .await
+}
+
+async fn known_task_dirs(root: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(mut d) = tokio::fs::read_dir(root).await {
+        while let Ok(Some(e)) = d.next_entry().await {
+            out.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    out
+}

@@ -1,0 +1,622 @@
+//! Workspace and cache archives: choosing entries of a tar taken out of a pod with
+//! doublestar globs and writing them, renamed under a destination directory, into the
+//! archive a step uploads ([`ArchiveWriter`]); and checking an archive before it is put
+//! back into a pod ([`validate_archive`]). This is what Agola's `toolbox archive` did
+//! inside the container; here the pod only hands out a tar of a directory (see
+//! [`super::driver::Pod::get_archive`]) and the selection happens on the executor.
+//!
+//! Pure streaming over `Read`/`Write`: no pods, no network, no file held in memory.
+//!
+//! Glob semantics (Go's doublestar): `*` and `?` stay within a path segment, `**` spans
+//! segments (`src/**/*.rs` matches `src/main.rs` and `src/a/b.rs`), `[abc]` and `{a,b}`.
+//! A pattern that matches a directory selects everything under it, so `paths: [bin]` saves
+//! the whole `bin` tree and `paths: ['*']` saves everything, as users expect. (Agola's
+//! toolbox matched each walked path on its own, so there `*` saved the top-level files
+//! and bare top-level directories; naming a directory is what `save_cache` of
+//! `node_modules` or `target` means, and the difference only ever saves more.)
+
+use std::collections::HashSet;
+use std::io::{self, Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use tar::{EntryType, Header};
+
+/// Why an archive could not be written or was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    /// A glob in `paths` does not parse.
+    #[error("bad path pattern {pattern:?}: {why}")]
+    BadPattern { pattern: String, why: String },
+    /// The destination directory is absolute or climbs out with `..`.
+    #[error("bad destination directory {0:?}: it must be relative and stay inside the root")]
+    BadDestDir(String),
+    /// An entry would land outside the directory it is extracted into.
+    #[error("archive entry {entry:?} escapes the root: {why}")]
+    Escape { entry: String, why: &'static str },
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// What [`validate_archive`] counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArchiveSummary {
+    /// Regular files in the archive.
+    pub files: u64,
+    /// Their total size.
+    pub bytes: u64,
+}
+
+/// The normalized name of an archive entry relative to the archive's root, or `None`
+/// when it is absolute or contains a `..` segment. `./` prefixes, `.` segments and
+/// trailing slashes are dropped; the root itself (`.`, `./`) is the empty path.
+pub fn relative_entry_name(name: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for part in name.components() {
+        match part {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) | Component::ParentDir => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Which entries a list of doublestar globs selects.
+#[derive(Clone, Debug)]
+pub struct Selection {
+    /// `None`: everything.
+    globs: Option<GlobSet>,
+}
+
+impl Selection {
+    /// Compiles `paths`, relative to the source directory; empty selects everything, and
+    /// so does a pattern that is `.` or empty (the source directory itself).
+    pub fn new(paths: &[String]) -> Result<Self, ArchiveError> {
+        if paths.is_empty() {
+            return Ok(Self { globs: None });
+        }
+        let mut set = GlobSetBuilder::new();
+        for pattern in paths {
+            let trimmed = pattern.trim_start_matches("./").trim_end_matches('/');
+            if trimmed.is_empty() || trimmed == "." {
+                return Ok(Self { globs: None });
+            }
+            let glob = GlobBuilder::new(trimmed)
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .map_err(|e| ArchiveError::BadPattern {
+                    pattern: pattern.clone(),
+                    why: e.kind().to_string(),
+                })?;
+            set.add(glob);
+        }
+        let globs = set.build().map_err(|e| ArchiveError::BadPattern {
+            pattern: paths.join(", "),
+            why: e.to_string(),
+        })?;
+        Ok(Self { globs: Some(globs) })
+    }
+
+    /// Whether the entry `rel` (a normalized relative name) is selected: it, or a
+    /// directory above it, matches a pattern.
+    pub fn includes(&self, rel: &Path) -> bool {
+        match &self.globs {
+            None => true,
+            Some(globs) => rel
+                .ancestors()
+                .filter(|p| !p.as_os_str().is_empty())
+                .any(|p| globs.is_match(p)),
+        }
+    }
+}
+
+/// Checks and normalizes a destination directory: `""` and `"."` are the root.
+fn dest_prefix(dest_dir: &str) -> Result<PathBuf, ArchiveError> {
+    relative_entry_name(Path::new(dest_dir))
+        .ok_or_else(|| ArchiveError::BadDestDir(dest_dir.to_owned()))
+}
+
+/// Writes a tar archive out of selected parts of other tar archives.
+pub struct ArchiveWriter<W: Write> {
+    tar: tar::Builder<W>,
+}
+
+impl<W: Write> ArchiveWriter<W> {
+    pub fn new(out: W) -> Self {
+        let mut tar = tar::Builder::new(out);
+        tar.follow_symlinks(false);
+        Self { tar }
+    }
+
+    /// Copies the entries of `source` (a tar whose names are relative to a source
+    /// directory) selected by `paths` (see [`Selection`]) into this archive, renamed to
+    /// `dest_dir/<name>`. Regular files, directories and symbolic links keep their mode,
+    /// owner and mtime; hard links are kept when their target is selected too. Entries
+    /// whose names are absolute or contain `..`, and other kinds (devices, fifos), are
+    /// skipped. Returns how many entries were added.
+    pub fn add_selected(
+        &mut self,
+        source: impl Read,
+        paths: &[String],
+        dest_dir: &str,
+    ) -> Result<usize, ArchiveError> {
+        let selection = Selection::new(paths)?;
+        let dest = dest_prefix(dest_dir)?;
+        let mut source = tar::Archive::new(source);
+        let mut added = 0;
+        for entry in source.entries()? {
+            let mut entry = entry?;
+            let Some(rel) = relative_entry_name(&entry.path()?) else {
+                continue;
+            };
+            if rel.as_os_str().is_empty() || !selection.includes(&rel) {
+                continue;
+            }
+            let name = dest.join(&rel);
+            let kind = entry.header().entry_type();
+            let mut header = copied_header(entry.header(), kind);
+            if kind.is_file() {
+                header.set_size(entry.size());
+                self.tar.append_data(&mut header, &name, &mut entry)?;
+            } else if kind.is_dir() {
+                self.tar.append_data(&mut header, &name, io::empty())?;
+            } else if kind.is_symlink() {
+                let Some(target) = entry.link_name()? else {
+                    continue;
+                };
+                self.tar.append_link(&mut header, &name, target)?;
+            } else if kind.is_hard_link() {
+                let target = entry.link_name()?.and_then(|t| relative_entry_name(&t));
+                match target {
+                    Some(t) if !t.as_os_str().is_empty() && selection.includes(&t) => {
+                        self.tar.append_link(&mut header, &name, dest.join(t))?;
+                    }
+                    _ => continue,
+                }
+            } else {
+                continue;
+            }
+            added += 1;
+        }
+        Ok(added)
+    }
+
+    /// Ends the archive and returns the writer.
+    pub fn finish(self) -> Result<W, ArchiveError> {
+        Ok(self.tar.into_inner()?)
+    }
+}
+
+/// A fresh header of `kind` with the mode, owner and mtime of `from` (size 0).
+fn copied_header(from: &Header, kind: EntryType) -> Header {
+    let mut header = Header::new_gnu();
+    header.set_entry_type(kind);
+    let default_mode = if kind.is_dir() { 0o755 } else { 0o644 };
+    header.set_mode(from.mode().unwrap_or(default_mode));
+    header.set_mtime(from.mtime().unwrap_or(0));
+    header.set_uid(from.uid().unwrap_or(0));
+    header.set_gid(from.gid().unwrap_or(0));
+    header.set_size(0);
+    header
+}
+
+/// Reads a whole archive and refuses it if any entry would land outside the directory it
+/// is extracted into: an absolute name, a `..` segment, a name under a symbolic link
+/// defined earlier in the archive, or a hard link to such a place. Symbolic link targets
+/// themselves are data and may point anywhere (extraction never follows them).
+pub fn validate_archive(read: impl Read) -> Result<ArchiveSummary, ArchiveError> {
+    let mut archive = tar::Archive::new(read);
+    let mut summary = ArchiveSummary::default();
+    let mut symlinks: HashSet<PathBuf> = HashSet::new();
+    for entry in archive.entries()? {
+        let entry = entry?;
+        let raw = entry.path()?.into_owned();
+        let shown = || raw.display().to_string();
+        let rel = relative_entry_name(&raw).ok_or_else(|| ArchiveError::Escape {
+            entry: shown(),
+            why: "absolute or contains `..`",
+        })?;
+        if rel.ancestors().skip(1).any(|a| symlinks.contains(a)) {
+            return Err(ArchiveError::Escape {
+                entry: shown(),
+                why: "lies under a symbolic link",
+            });
+        }
+        let kind = entry.header().entry_type();
+        if kind.is_symlink() {
+            symlinks.insert(rel);
+        } else {
+            symlinks.remove(&rel);
+            if kind.is_hard_link() {
+                let target = entry.link_name()?.and_then(|t| relative_entry_name(&t));
+                let escapes = match target {
+                    None => true,
+                    Some(t) => t.ancestors().any(|a| symlinks.contains(a)),
+                };
+                if escapes {
+                    return Err(ArchiveError::Escape {
+                        entry: shown(),
+                        why: "hard link target outside the root",
+                    });
+                }
+            } else if kind.is_file() {
+                summary.files += 1;
+                summary.bytes += entry.size();
+            }
+        }
+    }
+    Ok(summary)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// One entry of a test archive.
+    pub(crate) enum Item<'a> {
+        File(&'a str, &'a [u8], u32),
+        Dir(&'a str),
+        Symlink(&'a str, &'a str),
+        HardLink(&'a str, &'a str),
+    }
+
+    /// Builds a tar; names are written raw, so hostile names (`../x`, `/etc/x`) survive.
+    pub(crate) fn tar_of(items: &[Item<'_>]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for item in items {
+            let mut h = Header::new_gnu();
+            let (name, data): (&str, &[u8]) = match item {
+                Item::File(name, data, mode) => {
+                    h.set_entry_type(EntryType::Regular);
+                    h.set_mode(*mode);
+                    (name, data)
+                }
+                Item::Dir(name) => {
+                    h.set_entry_type(EntryType::Directory);
+                    h.set_mode(0o755);
+                    (name, &[])
+                }
+                Item::Symlink(name, target) | Item::HardLink(name, target) => {
+                    let kind = if matches!(item, Item::Symlink(..)) {
+                        EntryType::Symlink
+                    } else {
+                        EntryType::Link
+                    };
+                    h.set_entry_type(kind);
+                    h.set_mode(0o777);
+                    h.set_link_name(target).expect("short link name");
+                    (name, &[])
+                }
+            };
+            let raw = h.as_old_mut();
+            raw.name = [0; 100];
+            raw.name[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_size(data.len() as u64);
+            h.set_mtime(1_600_000_000);
+            h.set_cksum();
+            b.append(&h, data).expect("append to a Vec");
+        }
+        b.into_inner().expect("finish a Vec")
+    }
+
+    /// What an archive holds: name → (kind, mode, mtime, content or link target).
+    fn listing(tar: &[u8]) -> BTreeMap<String, (char, u32, u64, String)> {
+        let mut a = tar::Archive::new(tar);
+        let mut out = BTreeMap::new();
+        for e in a.entries().expect("entries") {
+            let mut e = e.expect("entry");
+            let name = e.path().expect("path").display().to_string();
+            let kind = e.header().entry_type();
+            let h = e.header().clone();
+            let (c, body) = if kind.is_dir() {
+                ('d', String::new())
+            } else if kind.is_symlink() || kind.is_hard_link() {
+                let t = e.link_name().expect("link").expect("target");
+                (
+                    if kind.is_symlink() { 'l' } else { 'h' },
+                    t.display().to_string(),
+                )
+            } else {
+                let mut s = String::new();
+                e.read_to_string(&mut s).expect("utf-8 body");
+                ('f', s)
+            };
+            let mode = h.mode().expect("mode");
+            out.insert(name, (c, mode, h.mtime().expect("mtime"), body));
+        }
+        out
+    }
+
+    fn names(tar: &[u8]) -> Vec<String> {
+        listing(tar).into_keys().collect()
+    }
+
+    fn select(source: &[u8], paths: &[&str], dest: &str) -> (usize, Vec<u8>) {
+        let mut w = ArchiveWriter::new(Vec::new());
+        let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+        let n = w.add_selected(source, &paths, dest).expect("add_selected");
+        (n, w.finish().expect("finish"))
+    }
+
+    fn project() -> Vec<u8> {
+        tar_of(&[
+            Item::Dir("."),
+            Item::File("README.md", b"readme", 0o644),
+            Item::Dir("bin"),
+            Item::File("bin/tool", b"#!/bin/sh", 0o755),
+            Item::Dir("bin/extra"),
+            Item::File("bin/extra/helper", b"help", 0o755),
+            Item::Dir("src"),
+            Item::File("src/main.rs", b"fn main() {}", 0o644),
+            Item::Dir("src/net"),
+            Item::File("src/net/tcp.rs", b"tcp", 0o644),
+            Item::File("src/net/notes.txt", b"notes", 0o644),
+            Item::File("./build.rs", b"build", 0o644),
+        ])
+    }
+
+    #[test]
+    fn empty_paths_select_everything_but_the_root_entry() {
+        let (n, out) = select(&project(), &[], "");
+        assert_eq!(n, 11);
+        assert_eq!(
+            names(&out),
+            [
+                "README.md",
+                "bin",
+                "bin/extra",
+                "bin/extra/helper",
+                "bin/tool",
+                "build.rs",
+                "src",
+                "src/main.rs",
+                "src/net",
+                "src/net/notes.txt",
+                "src/net/tcp.rs",
+            ]
+        );
+    }
+
+    #[test]
+    fn double_star_selects_everything() {
+        let (_, all) = select(&project(), &[], "");
+        let (_, out) = select(&project(), &["**"], "");
+        assert_eq!(names(&out), names(&all));
+    }
+
+    #[test]
+    fn star_in_a_bin_dir_selects_its_files_and_whole_subdirectories() {
+        let bin = tar_of(&[
+            Item::File("tool", b"t", 0o755),
+            Item::File("other", b"o", 0o755),
+            Item::Dir("sub"),
+            Item::File("sub/deep", b"d", 0o644),
+        ]);
+        let (n, out) = select(&bin, &["*"], "bin");
+        assert_eq!(n, 4);
+        assert_eq!(
+            names(&out),
+            ["bin/other", "bin/sub", "bin/sub/deep", "bin/tool"]
+        );
+    }
+
+    #[test]
+    fn star_does_not_cross_segments_for_files() {
+        let (_, out) = select(&project(), &["*.rs"], "");
+        assert_eq!(names(&out), ["build.rs"]);
+    }
+
+    #[test]
+    fn double_star_spans_zero_or_more_segments() {
+        let (_, out) = select(&project(), &["src/**/*.rs"], "");
+        assert_eq!(names(&out), ["src/main.rs", "src/net/tcp.rs"]);
+    }
+
+    #[test]
+    fn question_mark_matches_one_character_of_a_segment() {
+        let (_, out) = select(&project(), &["bin/too?", "src/?.rs"], "");
+        assert_eq!(names(&out), ["bin/tool"]);
+    }
+
+    #[test]
+    fn character_classes_and_alternatives_match() {
+        let (_, out) = select(&project(), &["[bB]uild.rs", "src/net/{tcp.rs,udp.rs}"], "");
+        assert_eq!(names(&out), ["build.rs", "src/net/tcp.rs"]);
+    }
+
+    #[test]
+    fn a_pattern_naming_a_directory_selects_its_whole_tree() {
+        let (_, out) = select(&project(), &["bin"], "");
+        assert_eq!(
+            names(&out),
+            ["bin", "bin/extra", "bin/extra/helper", "bin/tool"]
+        );
+    }
+
+    #[test]
+    fn several_patterns_add_up() {
+        let (_, out) = select(&project(), &["README.md", "src/net/*.txt"], "");
+        assert_eq!(names(&out), ["README.md", "src/net/notes.txt"]);
+    }
+
+    #[test]
+    fn dot_and_dot_slash_patterns_mean_everything() {
+        let (n, _) = select(&project(), &["."], "");
+        assert_eq!(n, 11);
+        let (_, out) = select(&project(), &["./src/main.rs"], "");
+        assert_eq!(names(&out), ["src/main.rs"]);
+    }
+
+    #[test]
+    fn a_bad_pattern_is_an_error() {
+        let mut w = ArchiveWriter::new(Vec::new());
+        let err = w
+            .add_selected(&project()[..], &["src/[".to_owned()], "")
+            .expect_err("unclosed class");
+        assert!(matches!(err, ArchiveError::BadPattern { .. }), "{err}");
+    }
+
+    #[test]
+    fn dest_dir_prefixes_every_name() {
+        let (_, out) = select(&project(), &["src/main.rs", "bin/tool"], "out/x");
+        assert_eq!(names(&out), ["out/x/bin/tool", "out/x/src/main.rs"]);
+        let (_, root) = select(&project(), &["bin/tool"], "./");
+        assert_eq!(names(&root), ["bin/tool"]);
+        let (_, dot) = select(&project(), &["bin/tool"], ".");
+        assert_eq!(names(&dot), ["bin/tool"]);
+    }
+
+    #[test]
+    fn dest_dir_must_stay_inside_the_root() {
+        for bad in ["/abs", "../up", "a/../../b"] {
+            let mut w = ArchiveWriter::new(Vec::new());
+            let err = w
+                .add_selected(&project()[..], &[], bad)
+                .expect_err("refused dest dir");
+            assert!(matches!(err, ArchiveError::BadDestDir(_)), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn modes_mtimes_and_contents_are_kept() {
+        let (_, out) = select(&project(), &["bin"], "ws");
+        let l = listing(&out);
+        assert_eq!(
+            l["ws/bin/tool"],
+            ('f', 0o755, 1_600_000_000, "#!/bin/sh".to_owned())
+        );
+        assert_eq!(l["ws/bin/extra"].0, 'd');
+        assert_eq!(l["ws/bin/extra"].1, 0o755);
+    }
+
+    #[test]
+    fn symlinks_are_kept_as_links_with_their_target() {
+        let src = tar_of(&[
+            Item::File("real", b"x", 0o644),
+            Item::Symlink("rel", "real"),
+            Item::Symlink("abs", "/usr/bin/env"),
+        ]);
+        let (n, out) = select(&src, &[], "d");
+        assert_eq!(n, 3);
+        let l = listing(&out);
+        assert_eq!(l["d/rel"].0, 'l');
+        assert_eq!(l["d/rel"].3, "real");
+        assert_eq!(l["d/abs"].3, "/usr/bin/env");
+    }
+
+    #[test]
+    fn hard_links_are_kept_only_with_their_target_and_renamed() {
+        let src = tar_of(&[
+            Item::File("a/orig", b"x", 0o644),
+            Item::HardLink("a/copy", "a/orig"),
+            Item::HardLink("b/copy", "a/orig"),
+        ]);
+        let (_, out) = select(&src, &["a"], "w");
+        let l = listing(&out);
+        assert_eq!(
+            l["w/a/copy"],
+            ('h', 0o777, 1_600_000_000, "w/a/orig".to_owned())
+        );
+        let (_, only_b) = select(&src, &["b"], "w");
+        assert!(names(&only_b).is_empty());
+    }
+
+    #[test]
+    fn escaping_entries_are_skipped_not_copied() {
+        let src = tar_of(&[
+            Item::File("../evil", b"x", 0o644),
+            Item::File("/etc/passwd", b"x", 0o644),
+            Item::File("ok/../../evil", b"x", 0o644),
+            Item::File("fine", b"y", 0o644),
+        ]);
+        let (n, out) = select(&src, &[], "");
+        assert_eq!(n, 1);
+        assert_eq!(names(&out), ["fine"]);
+    }
+
+    #[test]
+    fn several_sources_go_into_one_archive() {
+        let mut w = ArchiveWriter::new(Vec::new());
+        let a = tar_of(&[Item::File("x", b"1", 0o644)]);
+        let b = tar_of(&[Item::File("y", b"2", 0o644)]);
+        assert_eq!(w.add_selected(&a[..], &[], "one").expect("a"), 1);
+        assert_eq!(w.add_selected(&b[..], &[], "two").expect("b"), 1);
+        let out = w.finish().expect("finish");
+        assert_eq!(names(&out), ["one/x", "two/y"]);
+    }
+
+    #[test]
+    fn long_names_survive_rewriting() {
+        let deep = format!("{}/file", "d".repeat(120));
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = Header::new_gnu();
+        h.set_entry_type(EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(2);
+        b.append_data(&mut h, &deep, &b"hi"[..]).expect("long name");
+        let src = b.into_inner().expect("finish");
+        let (_, out) = select(&src, &["**/file"], "cache");
+        assert_eq!(names(&out), [format!("cache/{deep}")]);
+    }
+
+    #[test]
+    fn validate_counts_files_and_bytes() {
+        let summary = validate_archive(&project()[..]).expect("valid");
+        assert_eq!(
+            summary,
+            ArchiveSummary {
+                files: 7,
+                bytes: 44
+            }
+        );
+    }
+
+    #[test]
+    fn validate_refuses_parent_and_absolute_names() {
+        for name in ["../x", "/etc/x", "a/../../x"] {
+            let tar = tar_of(&[Item::File("ok", b"", 0o644), Item::File(name, b"x", 0o644)]);
+            let err = validate_archive(&tar[..]).expect_err("escaping entry");
+            assert!(matches!(err, ArchiveError::Escape { .. }), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn validate_refuses_entries_under_an_earlier_symlink() {
+        let tar = tar_of(&[
+            Item::Symlink("etc", "/etc"),
+            Item::File("etc/passwd", b"x", 0o644),
+        ]);
+        let err = validate_archive(&tar[..]).expect_err("write through a link");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+    }
+
+    #[test]
+    fn validate_accepts_symlinks_pointing_anywhere() {
+        let tar = tar_of(&[
+            Item::Symlink("python", "/usr/bin/python3"),
+            Item::Symlink("up", "../x"),
+        ]);
+        assert_eq!(
+            validate_archive(&tar[..]).expect("valid"),
+            ArchiveSummary::default()
+        );
+    }
+
+    #[test]
+    fn validate_refuses_hard_links_leaving_the_root() {
+        let tar = tar_of(&[Item::HardLink("shadow", "/etc/shadow")]);
+        assert!(validate_archive(&tar[..]).is_err());
+    }
+
+    #[test]
+    fn relative_entry_names_are_normalized() {
+        let n = |s: &str| relative_entry_name(Path::new(s)).map(|p| p.display().to_string());
+        assert_eq!(n("./a/./b/"), Some("a/b".to_owned()));
+        assert_eq!(n("."), Some(String::new()));
+        assert_eq!(n("/a"), None);
+        assert_eq!(n("a/../b"), None);
+    }
+}

@@ -1,0 +1,447 @@
+//! The steps of a task, written once over the [`Pod`] interface: clone, run,
+//! save/restore workspace, save/restore cache. Each returns the step's exit code (`None`
+//! when it was cancelled) and writes what it does to the step's log.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use cairn_client::executor::ExecutorTaskSpecData;
+use cairn_client::runconfig::{
+    Env, RestoreCacheStep, RestoreWorkspaceStep, RunStep, SaveCacheStep, SaveContent,
+    SaveToWorkspaceStep, SourceRef,
+};
+use cairn_client::{ClientError, RunClient};
+use futures::{StreamExt, TryStreamExt};
+use tokio_util::sync::CancellationToken;
+
+use super::archive::ArchiveWriter;
+use super::cache_key::{self, KeyContext};
+use super::driver::{ByteStream, DriverError, ExecRequest, LogSink, Pod};
+
+/// Why a step could not run (as opposed to running and failing).
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    #[error("server: {0}")]
+    Server(#[from] ClientError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What every step of one task shares.
+pub struct StepCtx<'a> {
+    pub pod: &'a dyn Pod,
+    pub client: &'a RunClient,
+    pub executor_id: &'a str,
+    pub task_id: &'a str,
+    pub spec: &'a ExecutorTaskSpecData,
+    /// The executor's directory for this task (spool files).
+    pub task_dir: PathBuf,
+    /// Container 0's user, or the task's.
+    pub user: String,
+    /// The task's working directory, `~` expanded.
+    pub working_dir: String,
+    pub home: String,
+}
+
+impl StepCtx<'_> {
+    /// `dir` relative to the working directory (`~` = home); absolute stays.
+    pub fn path(&self, dir: &str) -> String {
+        resolve(&self.home, &self.working_dir, dir)
+    }
+
+    async fn log(&self, out: &mut dyn LogSink, line: String) {
+        out.write(Bytes::from(line + "\n")).await;
+    }
+}
+
+/// Resolves `dir` against `base` with `~` as `home`.
+pub fn resolve(home: &str, base: &str, dir: &str) -> String {
+    let expanded = expand_tilde(home, dir);
+    if expanded.is_empty() || expanded == "." {
+        base.to_string()
+    } else if expanded.starts_with('/') {
+        expanded
+    } else {
+        format!(
+            "{}/{}",
+            base.trim_end_matches('/'),
+            expanded.trim_start_matches("./")
+        )
+    }
+}
+
+/// `~` and `~/x` become paths under `home`.
+pub fn expand_tilde(home: &str, dir: &str) -> String {
+    if dir == "~" {
+        home.to_string()
+    } else if let Some(rest) = dir.strip_prefix("~/") {
+        format!("{}/{rest}", home.trim_end_matches('/'))
+    } else {
+        dir.to_string()
+    }
+}
+
+/// The shell words of a step: the step's shell, else the task's, else `/bin/sh -e`.
+pub fn shell_words(step_shell: &str, task_shell: &str) -> Vec<String> {
+    let shell = [step_shell, task_shell]
+        .into_iter()
+        .find(|s| !s.trim().is_empty())
+        .unwrap_or("/bin/sh -e");
+    shell.split_whitespace().map(str::to_string).collect()
+}
+
+/// The environment of a step: the task's (already merged with the run's), overlaid by
+/// the step's own.
+pub fn step_env(task: &Env, step: &Env) -> Env {
+    let mut env = task.clone();
+    env.extend(step.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env
+}
+
+pub async fn run(
+    ctx: &StepCtx<'_>,
+    step: &RunStep,
+    out: &mut dyn LogSink,
+    cancel: &CancellationToken,
+) -> Result<Option<i32>, StepError> {
+    let mut cmd = shell_words(&step.shell, &ctx.spec.shell);
+    cmd.push("-c".into());
+    cmd.push(step.command.clone());
+    let working_dir = if step.working_dir.is_empty() {
+        ctx.working_dir.clone()
+    } else {
+        ctx.path(&step.working_dir)
+    };
+    let req = ExecRequest {
+        cmd,
+        env: step_env(&ctx.spec.environment, &step.environment),
+        working_dir,
+        user: ctx.user.clone(),
+    };
+    Ok(ctx.pod.exec(&req, out, cancel).await?)
+}
+
+/// Checks out the run's source into the working directory.
+pub async fn clone(
+    ctx: &StepCtx<'_>,
+    out: &mut dyn LogSink,
+    cancel: &CancellationToken,
+) -> Result<Option<i32>, StepError> {
+    match &ctx.spec.source {
+        None => {
+            ctx.log(out, "no source for this run: nothing to clone".into())
+                .await;
+            Ok(Some(0))
+        }
+        Some(SourceRef::Snapshot { object }) => {
+            ctx.log(
+                out,
+                format!(
+                    "restoring the uploaded working tree into {}",
+                    ctx.working_dir
+                ),
+            )
+            .await;
+            let stream = ctx.client.download_source(object).await?;
+            let stream: ByteStream = stream
+                .map_err(|e| DriverError::Engine(format!("downloading the source: {e}")))
+                .boxed();
+            ctx.pod
+                .put_archive(&ctx.working_dir, &ctx.user, stream)
+                .await?;
+            Ok(Some(0))
+        }
+        Some(SourceRef::Git {
+            url,
+            git_ref,
+            commit,
+        }) => {
+            let target = if commit.is_empty() {
+                "FETCH_HEAD"
+            } else {
+                commit.as_str()
+            };
+            let fetch = if git_ref.is_empty() {
+                "HEAD"
+            } else {
+                git_ref.as_str()
+            };
+            let script = format!(
+                "git init -q . && git fetch -q --depth 50 {} {} && git checkout -q {}",
+                shell_quote(url),
+                shell_quote(fetch),
+                shell_quote(target)
+            );
+            ctx.log(
+                out,
+                format!("git: fetching {fetch} of {url}, checking out {target}"),
+            )
+            .await;
+            let req = ExecRequest {
+                cmd: vec!["/bin/sh".into(), "-e".into(), "-c".into(), script],
+                env: ctx.spec.environment.clone(),
+                working_dir: ctx.working_dir.clone(),
+                user: ctx.user.clone(),
+            };
+            Ok(ctx.pod.exec(&req, out, cancel).await?)
+        }
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Builds one tar of `contents` (each a directory of the pod and globs under it) in a
+/// spool file of the task directory. Returns its path and how many entries it holds.
+async fn build_archive(
+    ctx: &StepCtx<'_>,
+    contents: &[SaveContent],
+) -> Result<(PathBuf, usize), StepError> {
+    let spool = ctx
+        .task_dir
+        .join(format!("archive-{}.tar", uuid::Uuid::new_v4()));
+    let file = std::fs::File::create(&spool)?;
+    let mut writer = ArchiveWriter::new(file);
+    let mut entries = 0;
+    for c in contents {
+        let source = ctx.path(&c.source_dir);
+        let stream = match ctx.pod.get_archive(&source).await {
+            Ok(s) => s,
+            Err(DriverError::NotFound(_)) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let reader = tokio_util::io::StreamReader::new(
+            stream.map_err(|e| std::io::Error::other(e.to_string())),
+        );
+        let paths = c.paths.clone();
+        let dest = c.dest_dir.clone();
+        let (w, n) = tokio::task::spawn_blocking(move || {
+            let sync = tokio_util::io::SyncIoBridge::new(reader);
+            let n = writer.add_selected(sync, &paths, &dest);
+            (writer, n)
+        })
+        .await
+        .map_err(|e| StepError::Invalid(format!("archiving failed: {e}")))?;
+        writer = w;
+        entries += n.map_err(|e| StepError::Invalid(e.to_string()))?;
+    }
+    writer
+        .finish()
+        .map_err(|e| StepError::Invalid(e.to_string()))?;
+    Ok((spool, entries))
+}
+
+async fn file_stream(path: &PathBuf) -> Result<cairn_client::http::Payload, StepError> {
+    let file = tokio::fs::File::open(path).await?;
+    let stream = tokio_util::io::ReaderStream::new(file);
+    Ok(cairn_client::http::Payload::stream(stream))
+}
+
+pub async fn save_to_workspace(
+    ctx: &StepCtx<'_>,
+    index: usize,
+    step: &SaveToWorkspaceStep,
+    out: &mut dyn LogSink,
+) -> Result<Option<i32>, StepError> {
+    let (spool, entries) = build_archive(ctx, &step.contents).await?;
+    let size = tokio::fs::metadata(&spool).await?.len();
+    ctx.log(
+        out,
+        format!("saving {entries} entries ({size} bytes) to the workspace"),
+    )
+    .await;
+    let payload = file_stream(&spool).await?;
+    let r = ctx
+        .client
+        .upload_archive(ctx.executor_id, ctx.task_id, index, payload)
+        .await;
+    let _ = tokio::fs::remove_file(&spool).await;
+    r?;
+    Ok(Some(0))
+}
+
+pub async fn restore_workspace(
+    ctx: &StepCtx<'_>,
+    step: &RestoreWorkspaceStep,
+    out: &mut dyn LogSink,
+) -> Result<Option<i32>, StepError> {
+    let dest = ctx.path(&step.dest_dir);
+    if ctx.spec.workspace_operations.is_empty() {
+        ctx.log(out, "no parent saved anything to the workspace".into())
+            .await;
+    }
+    for op in &ctx.spec.workspace_operations {
+        ctx.log(
+            out,
+            format!(
+                "restoring the workspace of task {} step {} into {dest}",
+                op.task_id, op.step
+            ),
+        )
+        .await;
+        let stream = ctx.client.download_archive(&op.task_id, op.step).await?;
+        let stream: ByteStream = stream
+            .map_err(|e| DriverError::Engine(format!("downloading the archive: {e}")))
+            .boxed();
+        ctx.pod.put_archive(&dest, &ctx.user, stream).await?;
+    }
+    Ok(Some(0))
+}
+
+/// Renders a key template, reading the files it hashes from the pod.
+async fn render_key(ctx: &StepCtx<'_>, template: &str) -> Result<String, StepError> {
+    let parsed = cache_key::parse(template)
+        .map_err(|e| StepError::Invalid(format!("cache key {template:?}: {e}")))?;
+    let mut file_sums = BTreeMap::new();
+    for f in parsed.files() {
+        let bytes = read_file(ctx, &ctx.path(&f)).await?;
+        let d = cache_key::digest(&f, &bytes[..]).map_err(|e| StepError::Invalid(e.to_string()))?;
+        file_sums.insert(f.clone(), d);
+    }
+    let arch = ctx
+        .spec
+        .arch
+        .or_else(cairn_client::runconfig::Arch::host)
+        .map_or("", |a| a.as_str());
+    let kctx = KeyContext {
+        env: &ctx.spec.environment,
+        os: std::env::consts::OS,
+        arch,
+        now: chrono::Utc::now(),
+        file_sums,
+        prefix: &ctx.spec.cache_prefix,
+    };
+    let rendered = parsed
+        .render(&kctx)
+        .map_err(|e| StepError::Invalid(format!("cache key {template:?}: {e}")))?;
+    Ok(cache_key::cache_key(&ctx.spec.cache_prefix, &rendered))
+}
+
+/// A whole (small) file of the pod.
+async fn read_file(ctx: &StepCtx<'_>, path: &str) -> Result<Vec<u8>, StepError> {
+    let stream = ctx.pod.get_archive(path).await?;
+    let tar: Vec<u8> = stream
+        .try_fold(Vec::new(), |mut acc, b| async move {
+            acc.extend_from_slice(&b);
+            Ok(acc)
+        })
+        .await?;
+    let mut archive = tar::Archive::new(std::io::Cursor::new(tar));
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        if entry.header().entry_type().is_file() {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut buf)?;
+            return Ok(buf);
+        }
+    }
+    Err(StepError::Invalid(format!("{path} is not a file")))
+}
+
+pub async fn save_cache(
+    ctx: &StepCtx<'_>,
+    step: &SaveCacheStep,
+    out: &mut dyn LogSink,
+) -> Result<Option<i32>, StepError> {
+    let key = render_key(ctx, &step.key).await?;
+    if ctx.client.cache_exists(&key, false).await? {
+        ctx.log(
+            out,
+            format!("cache {key} already exists: not saving it again"),
+        )
+        .await;
+        return Ok(Some(0));
+    }
+    let (spool, entries) = build_archive(ctx, &step.contents).await?;
+    let size = tokio::fs::metadata(&spool).await?.len();
+    let payload = file_stream(&spool).await?;
+    let created = ctx.client.upload_cache(&key, payload).await;
+    let _ = tokio::fs::remove_file(&spool).await;
+    if created? {
+        ctx.log(
+            out,
+            format!("saved cache {key}: {entries} entries, {size} bytes"),
+        )
+        .await;
+    } else {
+        ctx.log(
+            out,
+            format!("cache {key} was saved by another task meanwhile: kept theirs"),
+        )
+        .await;
+    }
+    Ok(Some(0))
+}
+
+pub async fn restore_cache(
+    ctx: &StepCtx<'_>,
+    step: &RestoreCacheStep,
+    out: &mut dyn LogSink,
+) -> Result<Option<i32>, StepError> {
+    let dest = ctx.path(&step.dest_dir);
+    for template in &step.keys {
+        let key = render_key(ctx, template).await?;
+        if let Some(stream) = ctx.client.download_cache(&key, true).await? {
+            ctx.log(out, format!("restoring cache {key} into {dest}"))
+                .await;
+            let stream: ByteStream = stream
+                .map_err(|e| DriverError::Engine(format!("downloading the cache: {e}")))
+                .boxed();
+            ctx.pod.put_archive(&dest, &ctx.user, stream).await?;
+            return Ok(Some(0));
+        }
+        ctx.log(out, format!("no cache matches {key}")).await;
+    }
+    ctx.log(out, "no cache restored".into()).await;
+    Ok(Some(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_resolve_against_the_working_dir_with_tilde_as_home() {
+        assert_eq!(resolve("/h", "/h/project", ""), "/h/project");
+        assert_eq!(resolve("/h", "/h/project", "."), "/h/project");
+        assert_eq!(resolve("/h", "/h/project", "bin"), "/h/project/bin");
+        assert_eq!(resolve("/h", "/h/project", "./bin"), "/h/project/bin");
+        assert_eq!(resolve("/h", "/h/project", "/abs"), "/abs");
+        assert_eq!(resolve("/h", "/h/project", "~/x"), "/h/x");
+        assert_eq!(expand_tilde("/h", "~"), "/h");
+    }
+
+    #[test]
+    fn shells_fall_back_from_step_to_task_to_sh() {
+        assert_eq!(shell_words("", ""), vec!["/bin/sh", "-e"]);
+        assert_eq!(
+            shell_words("", "/bin/bash -eo pipefail"),
+            vec!["/bin/bash", "-eo", "pipefail"]
+        );
+        assert_eq!(shell_words("zsh", "/bin/bash"), vec!["zsh"]);
+    }
+
+    #[test]
+    fn step_environment_wins_over_the_task() {
+        let task: Env = [
+            ("A".to_string(), "1".to_string()),
+            ("B".to_string(), "1".to_string()),
+        ]
+        .into();
+        let step: Env = [("B".to_string(), "2".to_string())].into();
+        let env = step_env(&task, &step);
+        assert_eq!(env["A"], "1");
+        assert_eq!(env["B"], "2");
+    }
+
+    #[test]
+    fn quoting_survives_single_quotes() {
+        assert_eq!(shell_quote("a'b"), "'a'\\''b'");
+    }
+}
