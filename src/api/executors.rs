@@ -193,7 +193,8 @@ pub async fn status(
         if et.value.status == status {
             return Ok(StatusCode::NO_CONTENT);
         }
-        if et.value.status.phase.is_finished() && !status.phase.is_finished() {
+        // A finished status is final: a late or replayed report cannot rewrite it.
+        if et.value.status.phase.is_finished() {
             return Err(Failure::new(
                 ErrorCode::Conflict,
                 format!(

@@ -71,6 +71,7 @@ impl Agent {
             },
             cfg,
             running: BTreeMap::new(),
+            finished: Default::default(),
         };
         let c = cancel.clone();
         let task = tokio::spawn(async move {
@@ -91,6 +92,9 @@ struct State {
     cfg: AgentConfig,
     env: TaskEnv,
     running: BTreeMap<String, TaskHandle>,
+    /// Tasks this process ran to the end (a poll answered before their last report
+    /// landed may still show them running; they are not lost).
+    finished: std::collections::BTreeSet<String>,
 }
 
 impl State {
@@ -191,6 +195,9 @@ impl State {
                 }
                 continue;
             }
+            if self.finished.contains(&id) {
+                continue;
+            }
             match t.task.status.phase {
                 ExecutorTaskPhase::NotStarted => {
                     if limit > 0 && self.running.len() >= limit && !t.task.spec.stop {
@@ -223,9 +230,22 @@ impl State {
         }
     }
 
-    /// Forgets finished runners.
+    /// Forgets finished runners (remembering their ids).
     fn reap(&mut self) {
-        self.running.retain(|_, h| !h.join.is_finished());
+        let done: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(_, h)| h.join.is_finished())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in done {
+            self.running.remove(&id);
+            self.finished.insert(id);
+        }
+        // Bounded memory: the server deletes finished tasks soon after they end.
+        if self.finished.len() > 10_000 {
+            self.finished.clear();
+        }
     }
 
     /// Re-sends the latest status of every running task (after a reconnect a report may
