@@ -118,7 +118,10 @@ pub async fn append_log(
             .map_err(log_failure)?;
     }
     if p.end {
-        st.logs.finish(&log).await.map_err(log_failure)?;
+        // The step's log is complete: archive it now (one object; followers switch to it
+        // without a gap). The scheduler archives again when the task ends, harmlessly,
+        // which covers logs an executor never closed.
+        st.logs.archive(&log).await.map_err(log_failure)?;
     }
     Ok(StatusCode::NO_CONTENT)
 }
