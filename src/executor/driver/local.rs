@@ -330,3 +330,157 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Collects output in memory.
+    #[derive(Default)]
+    struct Capture(Vec<u8>);
+
+    #[async_trait]
+    impl LogSink for Capture {
+        async fn write(&mut self, data: Bytes) {
+            self.0.extend_from_slice(&data);
+        }
+    }
+
+    async fn pod(dir: &Path) -> Box<dyn Pod> {
+        let driver = LocalDriver::new(dir.join("tasks"));
+        let spec = PodSpec {
+            task_id: "t1".into(),
+            executor_id: "e1".into(),
+            containers: vec![],
+            registry_auth: Default::default(),
+            task_dir: dir.join("tasks/t1"),
+        };
+        driver
+            .create_pod(&spec, &mut super::super::Discard)
+            .await
+            .expect("pod")
+    }
+
+    fn sh(script: &str) -> ExecRequest {
+        ExecRequest {
+            cmd: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            ..ExecRequest::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn exec_streams_output_and_returns_the_exit_code() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pod = pod(dir.path()).await;
+        let mut out = Capture::default();
+        let mut req = sh("echo out; echo err >&2; echo $GREETING; pwd; exit 3");
+        req.env.insert("GREETING".into(), "hi".into());
+        req.working_dir = "sub".into();
+        let code = pod
+            .exec(&req, &mut out, &CancellationToken::new())
+            .await
+            .expect("exec");
+        assert_eq!(code, Some(3));
+        // stdout and stderr are two pipes: their relative order is not kept.
+        let text = String::from_utf8(out.0).expect("utf8");
+        let lines: Vec<&str> = text.lines().collect();
+        for want in ["out", "err", "hi"] {
+            assert!(lines.contains(&want), "{want} missing from {text:?}");
+        }
+        assert!(lines.iter().any(|l| l.ends_with("/home/sub")), "{text:?}");
+    }
+
+    #[tokio::test]
+    async fn cancel_kills_the_whole_process_group() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pod = pod(dir.path()).await;
+        let pidfile = dir.path().join("child.pid");
+        let script = format!("sleep 600 & echo $! > {}; wait", pidfile.display());
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        let pf = pidfile.clone();
+        tokio::spawn(async move {
+            while !pf.exists() {
+                tokio::task::yield_now().await;
+            }
+            c.cancel();
+        });
+        let code = pod
+            .exec(&sh(&script), &mut super::super::Discard, &cancel)
+            .await
+            .expect("exec");
+        assert_eq!(code, None);
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .expect("pid")
+            .trim()
+            .parse()
+            .expect("number");
+        // The background sleep dies (SIGKILL is delivered asynchronously; a dead child
+        // may linger as a zombie until it is reaped).
+        let alive = || {
+            nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok()
+                && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .unwrap_or_default()
+                    .contains(") Z ")
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while alive() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(!alive(), "the step's background process survived");
+    }
+
+    #[tokio::test]
+    async fn a_background_process_does_not_hold_the_step_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pod = pod(dir.path()).await;
+        let code = pod
+            .exec(
+                &sh("sleep 600 & echo started"),
+                &mut super::super::Discard,
+                &CancellationToken::new(),
+            )
+            .await
+            .expect("exec");
+        assert_eq!(code, Some(0));
+    }
+
+    #[tokio::test]
+    async fn archives_round_trip_with_names_relative_to_the_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pod = pod(dir.path()).await;
+        pod.exec(
+            &sh("mkdir -p src/a && echo one > src/a/1.txt && echo two > src/2.txt"),
+            &mut super::super::Discard,
+            &CancellationToken::new(),
+        )
+        .await
+        .expect("exec");
+        let home = pod.home("").await.expect("home");
+        let tar = pod.get_archive(&format!("{home}/src")).await.expect("get");
+        pod.put_archive(&format!("{home}/copy"), "", tar)
+            .await
+            .expect("put");
+        let copied = std::fs::read_to_string(format!("{home}/copy/a/1.txt")).expect("copied");
+        assert_eq!(copied, "one\n");
+        assert!(matches!(
+            pod.get_archive(&format!("{home}/missing")).await,
+            Err(DriverError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_a_start_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pod = pod(dir.path()).await;
+        let req = ExecRequest {
+            cmd: vec!["/no/such/program".into()],
+            ..ExecRequest::default()
+        };
+        assert!(matches!(
+            pod.exec(&req, &mut super::super::Discard, &CancellationToken::new())
+                .await,
+            Err(DriverError::Start { .. })
+        ));
+    }
+}
