@@ -1,9 +1,14 @@
-//! The command line: `cairn store serve|get|put|range|del|watch|cluster|snapshot`.
+//! The command line: `cairn run`, `cairn serve`, `cairn executor`, and
+//! `cairn store serve|get|put|range|del|watch|cluster|snapshot`.
 //! Client commands talk to a node's etcd JSON API through [`cairn_client::etcd`] only.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+pub mod direct;
+pub mod snapshot;
+pub mod terminal;
 
 use anyhow::{Context, anyhow, bail};
 use cairn_client::etcd::{self as wire, B64Bytes, EtcdClient, I64};
@@ -22,6 +27,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run the pipeline of a directory now, streaming its logs (an embedded node unless
+    /// --server).
+    Run(direct::RunArgs),
     /// Run the service: store, API, scheduler and an executor (a fresh single node
     /// initializes itself).
     Serve(RunServeArgs),

@@ -13,10 +13,14 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `cairn run` prints task output: only problems from the embedded node go to stderr.
+    let default_filter = match cli.command {
+        Command::Run(_) => "error,openraft=off",
+        _ => "info,openraft=warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("CAIRN_LOG")
-                .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
+            EnvFilter::try_from_env("CAIRN_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -31,22 +35,31 @@ fn main() -> ExitCode {
         }
     };
     match rt.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("cairn: {e:#}");
-            ExitCode::FAILURE
+            // Setup errors of `cairn run` (no config, a config error…) exit 2.
+            if e.downcast_ref::<cairn::cli::direct::SetupError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
-        Command::Serve(args) => serve_service(args).await,
-        Command::Executor(args) => run_executor(args).await,
+        Command::Run(args) => {
+            cairn::cli::direct::check(&args)?;
+            cairn::cli::direct::run(args).await
+        }
+        Command::Serve(args) => serve_service(args).await.map(|()| 0),
+        Command::Executor(args) => run_executor(args).await.map(|()| 0),
         Command::Store {
             command: StoreCommand::Serve(args),
-        } => serve(args).await,
-        Command::Store { command } => cairn::cli::run_store_client(command).await,
+        } => serve(args).await.map(|()| 0),
+        Command::Store { command } => cairn::cli::run_store_client(command).await.map(|()| 0),
     }
 }
 

@@ -7,6 +7,8 @@ mod support;
 mod cli;
 mod durability;
 mod etcd_api;
+mod executor_docker;
+mod executor_e2e;
 mod failover;
 mod leases;
 mod runs_api;

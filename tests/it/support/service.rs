@@ -1,6 +1,7 @@
 //! Real `cairn serve` processes: start (ready once it prints its URL), kill -9, restart
-//! over the same data dir and port, and 3-node clusters. Every child is killed when its
-//! handle drops.
+//! over the same data dir and port, and 3-node clusters; `cairn serve` with its
+//! in-process executor, and standalone `cairn executor` processes. Every child is killed
+//! when its handle drops.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -19,10 +20,30 @@ pub struct ServiceProc {
     pub data_dir: PathBuf,
     pub url: String,
     extra: Vec<String>,
+    /// Runs its in-process executor (the harness passes `--no-executor` otherwise).
+    executor: bool,
     child: Option<Child>,
 }
 
 impl ServiceProc {
+    /// A fresh single node WITH its in-process executor (data dir `<data_dir>/executor`,
+    /// local driver unless `extra` says `--driver docker`), and extra `cairn serve`
+    /// arguments (kept on restart). When the handle drops, step processes the executor
+    /// left behind are killed too.
+    pub fn with_executor(data_dir: &Path, extra: &[&str]) -> ServiceProc {
+        let mut p = ServiceProc {
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            port: free_port(),
+            data_dir: data_dir.to_path_buf(),
+            url: String::new(),
+            executor: true,
+            child: None,
+        };
+        p.url = format!("http://127.0.0.1:{}", p.port);
+        p.spawn(false, None);
+        p
+    }
+
     /// A fresh single node that initializes itself.
     pub fn single(data_dir: &Path) -> ServiceProc {
         ServiceProc::start(data_dir, free_port(), false, None)
@@ -50,6 +71,7 @@ impl ServiceProc {
             port,
             data_dir: data_dir.to_path_buf(),
             url: format!("http://127.0.0.1:{port}"),
+            executor: false,
             child: None,
         };
         p.spawn(init, join);
@@ -58,8 +80,11 @@ impl ServiceProc {
 
     fn spawn(&mut self, init: bool, join: Option<&str>) {
         let mut cmd = Command::new(cairn_bin());
-        cmd.args(["serve", "--token", TOKEN, "--no-executor"])
-            .arg("--data-dir")
+        cmd.args(["serve", "--token", TOKEN]);
+        if !self.executor {
+            cmd.arg("--no-executor");
+        }
+        cmd.arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .args(&self.extra)
@@ -149,6 +174,133 @@ impl ServiceProc {
 impl Drop for ServiceProc {
     fn drop(&mut self) {
         self.kill9();
+        if self.executor {
+            kill_step_leftovers(&self.data_dir.join("executor").join("tasks"));
+        }
+    }
+}
+
+/// SIGKILLs the process groups the local driver recorded for the tasks under
+/// `tasks_root` (`<task>/pgids`): what a killed executor's steps left running.
+pub fn kill_step_leftovers(tasks_root: &Path) {
+    let Ok(dir) = std::fs::read_dir(tasks_root) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let pgids = std::fs::read_to_string(entry.path().join("pgids")).unwrap_or_default();
+        for pgid in pgids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Whether process `pid` is alive (`kill -0` succeeds on it) and not a zombie: a step
+/// process killed after its executor died is reparented, and may stay a zombie until
+/// whoever adopted it reaps it.
+pub fn process_alive(pid: i32) -> bool {
+    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start())
+            .is_none_or(|rest| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
+    }
+}
+
+/// A standalone `cairn executor --server URL --token T --data-dir D` process: start
+/// (ready once it prints its id), kill -9, restart over the same data dir. The child is
+/// killed when the handle drops, and so are the step processes it left behind.
+pub struct ExecutorProc {
+    /// The executor's id (kept in its data dir, so a restart keeps it).
+    pub id: String,
+    pub data_dir: PathBuf,
+    server: String,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl ExecutorProc {
+    /// Starts an executor of `server` with extra `cairn executor` arguments (kept on
+    /// restart).
+    pub fn start(server: &str, data_dir: &Path, extra: &[&str]) -> ExecutorProc {
+        let mut p = ExecutorProc {
+            id: String::new(),
+            data_dir: data_dir.to_path_buf(),
+            server: server.to_string(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        p.spawn();
+        p
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(cairn_bin());
+        cmd.args(["executor", "--server", &self.server, "--token", TOKEN])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.extra)
+            .env("CAIRN_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn cairn executor");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                // "cairn: executor <id> (<driver> driver) serving <urls>"
+                Ok(line) if line.starts_with("cairn: executor ") => {
+                    self.id = line
+                        .split_whitespace()
+                        .nth(2)
+                        .expect("the executor id on its ready line")
+                        .to_string();
+                    break;
+                }
+                Ok(_) => continue,
+                Err(_) => {
+                    let _ = child.kill();
+                    let status = child.wait().ok();
+                    panic!("cairn executor did not start (exit: {status:?})");
+                }
+            }
+        }
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, no cleanup: its step processes keep running.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Restarts a killed executor over its data dir (same id).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart of a running executor");
+        self.spawn();
+    }
+}
+
+impl Drop for ExecutorProc {
+    fn drop(&mut self) {
+        self.kill9();
+        kill_step_leftovers(&self.data_dir.join("tasks"));
     }
 }
 

@@ -1,0 +1,560 @@
+//! `cairn run [DIR]`: a direct run of the pipeline in DIR. It validates the config,
+//! snapshots the working tree, uploads it, creates the run in the user's group with the
+//! repository's cache group, and streams every task's log to the terminal as it is
+//! produced, with a live status line and a final summary. Without `--server` it starts
+//! an embedded single node (store, scheduler, local executor) over a persistent data dir.
+//!
+//! Exit codes: 0 success, 1 failed or stopped, 2 setup error (no config, a config error,
+//! a server that cannot be reached), 130 interrupted (the run is stopped first).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use cairn_client::api::{ConfigFile, CreateRunRequest, RefSpec, RunAction, RunResponse};
+use cairn_client::http::Payload;
+use cairn_client::run::{ExecutorTaskPhase, RunPhase, RunResult, RunTask, RunTaskStatus};
+use cairn_client::{LogStep, RunClient};
+use clap::Args;
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch};
+
+use super::snapshot::WorkTree;
+use super::terminal::{Terminal, duration};
+use crate::configfile;
+use crate::service::{DriverKind, ExecutorOptions, Service, ServiceOptions};
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The repository (or any directory) whose pipeline to run.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Run on this server or cluster (comma separated URLs) instead of an embedded node.
+    #[arg(long, env = "CAIRN_SERVER", value_delimiter = ',')]
+    pub server: Vec<String>,
+    /// The server's API token.
+    #[arg(long, env = "CAIRN_TOKEN")]
+    pub token: Option<String>,
+    /// Also send files git ignores.
+    #[arg(long)]
+    pub ignored: bool,
+    /// A variable for `from_variable` (NAME=VALUE, repeatable; wins over --var-file).
+    #[arg(long = "var")]
+    pub vars: Vec<String>,
+    /// A YAML map of variables (repeatable).
+    #[arg(long = "var-file")]
+    pub var_files: Vec<PathBuf>,
+    /// The branch the run is for (default: the current git branch, else main).
+    #[arg(long, conflicts_with_all = ["tag", "git_ref"])]
+    pub branch: Option<String>,
+    /// The tag the run is for.
+    #[arg(long, conflicts_with = "git_ref")]
+    pub tag: Option<String>,
+    /// The git ref the run is for.
+    #[arg(long = "ref")]
+    pub git_ref: Option<String>,
+    /// Only this task and its ancestors (by name, repeatable).
+    #[arg(long = "task")]
+    pub tasks: Vec<String>,
+    /// Data directory of the embedded node (default: the user's data dir).
+    #[arg(long, env = "CAIRN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Driver of the embedded executor: local or docker.
+    #[arg(long, default_value = "local")]
+    pub driver: String,
+}
+
+/// Where `cairn run` keeps its embedded node: `$XDG_DATA_HOME/cairn` or
+/// `~/.local/share/cairn`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("cairn");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/share/cairn"),
+        None => PathBuf::from(".cairn-data"),
+    }
+}
+
+/// A failure before the run exists: exit 2.
+#[derive(Debug)]
+pub struct SetupError(pub String);
+
+impl std::fmt::Display for SetupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SetupError {}
+
+fn setup<E: std::fmt::Display>(e: E) -> anyhow::Error {
+    anyhow::Error::new(SetupError(e.to_string()))
+}
+
+/// The user a direct run belongs to.
+fn user_name() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .ok()
+        .filter(|u| !u.is_empty())
+        .map(|u| u.replace('/', "_"))
+        .unwrap_or_else(|| "local".to_string())
+}
+
+/// `NAME=VALUE` pairs from `--var-file`s then `--var`s.
+fn variables(args: &RunArgs) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut vars = BTreeMap::new();
+    for f in &args.var_files {
+        let text =
+            std::fs::read_to_string(f).map_err(|e| setup(format!("{}: {e}", f.display())))?;
+        use saphyr::LoadableYamlNode;
+        let doc = saphyr::Yaml::load_from_str(&text)
+            .map_err(|e| setup(format!("{}: {e}", f.display())))?;
+        let map = doc
+            .first()
+            .and_then(|d| d.as_mapping())
+            .ok_or_else(|| setup(format!("{}: expected a map of NAME: value", f.display())))?;
+        for (k, v) in map {
+            let (Some(k), Some(v)) = (scalar(k), scalar(v)) else {
+                return Err(setup(format!(
+                    "{}: variables must be NAME: value scalars",
+                    f.display()
+                )));
+            };
+            vars.insert(k, v);
+        }
+    }
+    for v in &args.vars {
+        let (k, val) = v
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| setup(format!("--var {v:?} is not NAME=VALUE")))?;
+        vars.insert(k.to_string(), val.to_string());
+    }
+    Ok(vars)
+}
+
+fn scalar(y: &saphyr::Yaml) -> Option<String> {
+    use saphyr::{Scalar, Yaml};
+    match y {
+        Yaml::Value(Scalar::String(s)) => Some(s.to_string()),
+        Yaml::Value(Scalar::Integer(i)) => Some(i.to_string()),
+        Yaml::Value(Scalar::FloatingPoint(f)) => Some(f.to_string()),
+        Yaml::Value(Scalar::Boolean(b)) => Some(b.to_string()),
+        Yaml::Representation(s, _, _) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+/// Runs the pipeline and returns the process exit code.
+pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let mut term = Terminal::new();
+    let tree = WorkTree::open(&args.dir).map_err(setup)?;
+    let config_path = configfile::find_config(&tree.root).ok_or_else(|| {
+        setup(format!(
+            "no pipeline in {}: add .agola/config.yml, .agola/config.json or .cairn/config.yml",
+            tree.root.display()
+        ))
+    })?;
+    let rel = config_path
+        .strip_prefix(&tree.root)
+        .unwrap_or(&config_path)
+        .display()
+        .to_string();
+    let content =
+        std::fs::read_to_string(&config_path).map_err(|e| setup(format!("{rel}: {e}")))?;
+    if let Err(errors) = configfile::parse(&rel, &content) {
+        return Err(setup(errors.to_string().trim_end()));
+    }
+    let variables = variables(&args)?;
+    let user = user_name();
+    let repo = tree.repo_uuid().map_err(setup)?;
+    let reference = RefSpec {
+        branch: match (&args.branch, &args.tag, &args.git_ref) {
+            (Some(b), _, _) => Some(b.clone()),
+            (None, None, None) => Some(tree.branch().unwrap_or_else(|| "main".into())),
+            _ => None,
+        },
+        tag: args.tag.clone(),
+        git_ref: args.git_ref.clone(),
+    };
+    let (kind, name) = match (&reference.branch, &reference.tag, &reference.git_ref) {
+        (Some(b), _, _) => ("branch", b.clone()),
+        (_, Some(t), _) => ("tag", t.clone()),
+        (_, _, Some(r)) => ("ref", r.clone()),
+        _ => ("branch", "main".to_string()),
+    };
+    let group = format!(
+        "/user/{user}/{kind}/{}",
+        name.replace('%', "%25").replace('/', "%2F")
+    );
+
+    // The server: a remote one, or the embedded node.
+    let mut embedded = None;
+    let client = if args.server.is_empty() {
+        let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+        let service = start_embedded(&data_dir, &args.driver)
+            .await
+            .map_err(setup)?;
+        let client = RunClient::new(&[service.url().to_string()], Some(service.token.clone()))
+            .map_err(setup)?;
+        embedded = Some(service);
+        client
+    } else {
+        RunClient::new(&args.server, args.token.clone()).map_err(setup)?
+    };
+
+    let result = async {
+        // Snapshot and upload the working tree.
+        let files = tree.files(args.ignored).map_err(setup)?;
+        let spool = tempfile::NamedTempFile::new().map_err(setup)?;
+        let count = tree
+            .pack(
+                &files,
+                std::io::BufWriter::new(spool.reopen().map_err(setup)?),
+            )
+            .map_err(setup)?;
+        let file = tokio::fs::File::open(spool.path()).await.map_err(setup)?;
+        let source = client
+            .upload_source(Payload::stream(tokio_util::io::ReaderStream::new(file)))
+            .await
+            .map_err(|e| setup(format!("uploading the working tree: {e}")))?;
+        term.note(&format!(
+            "cairn: {count} files of {} sent; running {rel}",
+            tree.root.display()
+        ));
+        let req = CreateRunRequest {
+            group: group.clone(),
+            config: ConfigFile {
+                path: rel.clone(),
+                content: content.clone(),
+            },
+            reference,
+            source: Some(source),
+            variables,
+            environment: Default::default(),
+            cache_group: Some(format!("{user}-{repo}")),
+            annotations: [("run_type".to_string(), "direct".to_string())].into(),
+            tasks: args.tasks.clone(),
+            run_name: None,
+        };
+        let created = client.create_run(&req).await.map_err(|e| match e.code() {
+            Some(cairn_client::ErrorCode::BadRequest) => setup(e_message(&e)),
+            _ => setup(format!("creating the run: {e}")),
+        })?;
+        let mut worst = 0u8;
+        for r in created.runs {
+            term.note(&format!(
+                "cairn: run {} #{} ({}) in {}",
+                r.run.id, r.run.counter, r.run.name, r.run.group
+            ));
+            let code = watch_run(&client, &mut term, r).await?;
+            worst = worst.max(code);
+        }
+        Ok::<u8, anyhow::Error>(worst)
+    }
+    .await;
+    if let Some(s) = embedded {
+        s.stop().await;
+    }
+    result
+}
+
+fn e_message(e: &cairn_client::ClientError) -> String {
+    match e {
+        cairn_client::ClientError::Api(a) => a.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+async fn start_embedded(data_dir: &std::path::Path, driver: &str) -> anyhow::Result<Service> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let opts = ServiceOptions {
+        data_dir: data_dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().expect("a valid address"),
+        advertise: None,
+        engine: store::EngineKind::Redb,
+        timing: raft::Timing::solo(),
+        init: false,
+        join: None,
+        token: None,
+        objects: None,
+        scheduler: crate::scheduler::SchedulerConfig::default(),
+        executor_ttl_secs: 15,
+        executor: Some(ExecutorOptions {
+            data_dir: data_dir.join("executor"),
+            driver: DriverKind::parse(driver)?,
+            labels: Default::default(),
+            active_tasks_limit: 0,
+            allow_privileged: false,
+        }),
+    };
+    Service::start(opts).await.map_err(|e| {
+        let text = format!("{e:#}");
+        if text.contains("lock") || text.contains("in use") || text.contains("Database already open") {
+            anyhow!("the embedded node's data dir {} is in use by another cairn (pass --data-dir, or --server): {text}", data_dir.display())
+        } else {
+            anyhow!("starting the embedded node in {}: {text}", data_dir.display())
+        }
+    })
+}
+
+/// A line of task output for the printer.
+struct Line {
+    task: String,
+    index: usize,
+    text: String,
+}
+
+/// Follows a run to its end: task logs as they are produced, the status line, the
+/// summary. Ctrl-C stops the run and exits 130.
+async fn watch_run(
+    client: &RunClient,
+    term: &mut Terminal,
+    created: RunResponse,
+) -> anyhow::Result<u8> {
+    let run_id = created.run.id.clone();
+    let config = created.run_config.clone();
+    let mut names: Vec<(String, String, u32)> = config
+        .tasks
+        .values()
+        .map(|t| (t.id.clone(), t.name.clone(), t.level))
+        .collect();
+    names.sort_by(|a, b| (a.2, &a.1).cmp(&(b.2, &b.1)));
+    let width = names.iter().map(|n| n.1.chars().count()).max().unwrap_or(4);
+    let index: BTreeMap<String, usize> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.0.clone(), i))
+        .collect();
+    let (line_tx, mut line_rx) = mpsc::channel::<Line>(1024);
+    let mut followers: BTreeMap<
+        String,
+        (watch::Sender<Option<RunTask>>, tokio::task::JoinHandle<()>),
+    > = BTreeMap::new();
+    let mut last = created;
+    let mut interrupted = false;
+    let mut tick = tokio::time::interval(Duration::from_millis(150));
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            Some(l) = line_rx.recv() => {
+                term.task_line(&l.task, l.index, width, &l.text);
+                continue;
+            }
+            _ = &mut ctrl_c, if !interrupted => {
+                interrupted = true;
+                term.note("cairn: interrupted: stopping the run");
+                let action = if last.run.phase == RunPhase::Queued { RunAction::Cancel } else { RunAction::Stop };
+                if let Err(e) = client.run_action(&run_id, action).await {
+                    term.note(&format!("cairn: could not stop the run: {e}"));
+                    return Ok(130);
+                }
+                continue;
+            }
+            _ = tick.tick() => {}
+        }
+        match client.run(&run_id).await {
+            Ok(r) => last = r,
+            Err(e) => {
+                term.note(&format!("cairn: lost the server: {e}"));
+                return Ok(if interrupted { 130 } else { 2 });
+            }
+        }
+        for (task_id, rt) in &last.run.tasks {
+            let started = rt.status != RunTaskStatus::NotStarted;
+            match followers.get(task_id) {
+                Some((tx, _)) => {
+                    tx.send_replace(Some(rt.clone()));
+                }
+                None if started => {
+                    let (tx, rx) = watch::channel(Some(rt.clone()));
+                    let name = config
+                        .tasks
+                        .get(task_id)
+                        .map(|t| t.name.clone())
+                        .unwrap_or_default();
+                    let h = tokio::spawn(follow_task(
+                        client.clone(),
+                        run_id.clone(),
+                        task_id.clone(),
+                        name,
+                        index.get(task_id).copied().unwrap_or(0),
+                        rx,
+                        line_tx.clone(),
+                    ));
+                    followers.insert(task_id.clone(), (tx, h));
+                }
+                None => {}
+            }
+        }
+        let status: Vec<String> = names
+            .iter()
+            .filter_map(|(id, name, _)| {
+                last.run
+                    .tasks
+                    .get(id)
+                    .map(|t| format!("{} {name}", term.glyph(t.status, t.waiting_approval)))
+            })
+            .collect();
+        let waiting = last
+            .pending
+            .as_ref()
+            .and_then(|p| p.run.clone())
+            .map(|r| format!("  ({r})"))
+            .unwrap_or_default();
+        term.status(&format!("{}{waiting}", status.join("  ")));
+        if last.run.phase.is_finished() && followers.values().all(|(_, h)| h.is_finished()) {
+            // Drain what the followers printed last.
+            while let Ok(l) = line_rx.try_recv() {
+                term.task_line(&l.task, l.index, width, &l.text);
+            }
+            break;
+        }
+    }
+    term.clear_status();
+    summary(term, &last, &names);
+    if interrupted {
+        return Ok(130);
+    }
+    Ok(match last.run.result {
+        RunResult::Success => 0,
+        _ if last.run.phase == RunPhase::SetupError => 2,
+        _ => 1,
+    })
+}
+
+fn summary(term: &mut Terminal, r: &RunResponse, names: &[(String, String, u32)]) {
+    let rows: Vec<Vec<String>> = names
+        .iter()
+        .filter_map(|(id, name, _)| {
+            let t = r.run.tasks.get(id)?;
+            let took = match (t.start_time, t.end_time) {
+                (Some(s), Some(e)) => duration(e - s),
+                _ => String::new(),
+            };
+            let mut word = term.result_word(t.status.as_str());
+            if t.timedout {
+                word.push_str(" (timed out)");
+            }
+            Some(vec![name.clone(), word, took])
+        })
+        .collect();
+    println!();
+    term.table(&["TASK", "RESULT", "TIME"], &rows);
+    let total = match (r.run.start_time, r.run.end_time) {
+        (Some(s), Some(e)) => format!(" in {}", duration(e - s)),
+        _ => String::new(),
+    };
+    let result = match r.run.phase {
+        RunPhase::Cancelled => "cancelled",
+        _ => r.run.result.as_str(),
+    };
+    println!(
+        "\nrun {} #{}: {}{total}",
+        r.run.id,
+        r.run.counter,
+        term.result_word(result)
+    );
+}
+
+/// Prints one task's step logs in order, each from its start to its end.
+async fn follow_task(
+    client: RunClient,
+    run_id: String,
+    task_id: String,
+    name: String,
+    index: usize,
+    mut state: watch::Receiver<Option<RunTask>>,
+    out: mpsc::Sender<Line>,
+) {
+    let steps = state.borrow().as_ref().map_or(0, |t| t.steps.len());
+    let mut logs: Vec<LogStep> = vec![LogStep::Setup];
+    logs.extend((0..steps).map(LogStep::Step));
+    for step in logs {
+        // Wait until the step has started, or the task is over.
+        loop {
+            let t = state.borrow().clone();
+            let Some(t) = t else { return };
+            let phase = match step {
+                LogStep::Setup => t.setup_step.phase,
+                LogStep::Step(i) => t
+                    .steps
+                    .get(i)
+                    .map_or(ExecutorTaskPhase::NotStarted, |s| s.phase),
+            };
+            if phase != ExecutorTaskPhase::NotStarted {
+                // The setup log is only worth showing when setup failed.
+                if step == LogStep::Setup && phase != ExecutorTaskPhase::Failed {
+                    if phase == ExecutorTaskPhase::Running {
+                        if state.changed().await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    break;
+                }
+                print_log(&client, &run_id, &task_id, step, &name, index, &out).await;
+                break;
+            }
+            if t.status.is_finished() {
+                break;
+            }
+            if state.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+    let _ = BTreeSet::<()>::new();
+}
+
+async fn print_log(
+    client: &RunClient,
+    run_id: &str,
+    task_id: &str,
+    step: LogStep,
+    name: &str,
+    index: usize,
+    out: &mpsc::Sender<Line>,
+) {
+    let Ok(mut stream) = client.logs(run_id, task_id, step, 0, true).await else {
+        return;
+    };
+    let mut partial = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else { break };
+        partial.extend_from_slice(&chunk);
+        while let Some(pos) = partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = partial.drain(..=pos).collect();
+            let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+            let _ = out
+                .send(Line {
+                    task: name.to_string(),
+                    index,
+                    text,
+                })
+                .await;
+        }
+    }
+    if !partial.is_empty() {
+        let _ = out
+            .send(Line {
+                task: name.to_string(),
+                index,
+                text: String::from_utf8_lossy(&partial).into_owned(),
+            })
+            .await;
+    }
+}
+
+/// Bails with exit code 2 semantics when `args` cannot make a run.
+pub fn check(args: &RunArgs) -> anyhow::Result<()> {
+    if !args.server.is_empty() && args.token.is_none() {
+        bail!(SetupError("--server needs --token (or CAIRN_TOKEN)".into()));
+    }
+    Ok(())
+}
