@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod direct;
+pub mod runs;
 pub mod snapshot;
 pub mod terminal;
 
@@ -30,6 +31,25 @@ pub enum Command {
     /// Run the pipeline of a directory now, streaming its logs (an embedded node unless
     /// --server).
     Run(direct::RunArgs),
+    /// Runs: list, show, logs, stop, cancel, approve, restart.
+    Runs {
+        #[command(subcommand)]
+        command: runs::RunsCommand,
+        #[command(flatten)]
+        server: runs::ServerArgs,
+    },
+    /// Executors: list, delete.
+    Executors {
+        #[command(subcommand)]
+        command: runs::ExecutorsCommand,
+        #[command(flatten)]
+        server: runs::ServerArgs,
+    },
+    /// Check a directory's pipeline config (errors with file, line and field).
+    Validate {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
     /// Run the service: store, API, scheduler and an executor (a fresh single node
     /// initializes itself).
     Serve(RunServeArgs),

@@ -15,7 +15,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // `cairn run` prints task output: only problems from the embedded node go to stderr.
     let default_filter = match cli.command {
-        Command::Run(_) => "error,openraft=off",
+        Command::Run(_) | Command::Runs { .. } | Command::Executors { .. } => "error,openraft=off",
         _ => "info,openraft=warn",
     };
     tracing_subscriber::fmt()
@@ -54,6 +54,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             cairn::cli::direct::check(&args)?;
             cairn::cli::direct::run(args).await
         }
+        Command::Runs { command, server } => cairn::cli::runs::runs(command, server).await,
+        Command::Executors { command, server } => {
+            cairn::cli::runs::executors(command, server).await
+        }
+        Command::Validate { dir } => cairn::cli::runs::validate(&dir),
         Command::Serve(args) => serve_service(args).await.map(|()| 0),
         Command::Executor(args) => run_executor(args).await.map(|()| 0),
         Command::Store {

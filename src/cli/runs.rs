@@ -1,0 +1,409 @@
+//! `cairn runs …`, `cairn executors …` and `cairn validate`: the client commands. They
+//! talk to a server through `cairn-client` only; without `--server` they open the
+//! embedded node of `cairn run` (its data dir), so direct runs can be listed, read and
+//! restarted from the same machine.
+
+use std::path::PathBuf;
+
+use anyhow::anyhow;
+use cairn_client::api::{ListRunsQuery, RestartRunRequest, RunAction, TaskActionRequest};
+use cairn_client::run::{RunPhase, RunResult};
+use cairn_client::{LogStep, RunClient};
+use clap::{Args, Subcommand, ValueEnum};
+use futures::StreamExt;
+use std::io::Write;
+
+use super::direct::{SetupError, default_data_dir};
+use super::terminal::{Terminal, duration};
+use crate::configfile;
+use crate::service::{Service, ServiceOptions};
+
+/// Where the commands find a server.
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// Server URLs (comma separated); default: the embedded node of `cairn run`.
+    #[arg(long, env = "CAIRN_SERVER", value_delimiter = ',', global = true)]
+    pub server: Vec<String>,
+    /// The server's API token.
+    #[arg(long, env = "CAIRN_TOKEN", global = true)]
+    pub token: Option<String>,
+    /// Data directory of the embedded node (without --server).
+    #[arg(long, env = "CAIRN_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Output format of listings.
+    #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
+    pub output: Output,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RunsCommand {
+    /// Runs, newest first.
+    List {
+        /// Only runs under this group (`/user/me`, `/project/p1/branch/main`…).
+        #[arg(long)]
+        group: Option<String>,
+        /// Only these phases (comma separated).
+        #[arg(long, value_delimiter = ',')]
+        phase: Vec<String>,
+        /// Only these results (comma separated).
+        #[arg(long, value_delimiter = ',')]
+        result: Vec<String>,
+        #[arg(long, default_value_t = 25)]
+        limit: usize,
+        /// Continue after this cursor (printed after a full page).
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// A run, its tasks, and why it waits.
+    Show { run: String },
+    /// A task's step logs (all steps in order).
+    Logs {
+        run: String,
+        /// Task name or id.
+        task: String,
+        /// Only this step (`setup` or an index).
+        #[arg(long)]
+        step: Option<String>,
+        /// Keep following until the task ends.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Stop a running run.
+    Stop { run: String },
+    /// Cancel a queued run.
+    Cancel { run: String },
+    /// Approve a task waiting for approval.
+    Approve { run: String, task: String },
+    /// Restart a finished run: its failed tasks and what depends on them, or everything.
+    Restart {
+        run: String,
+        #[arg(long)]
+        from_start: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExecutorsCommand {
+    /// Registered executors and their load.
+    List,
+    /// Unregister an executor (its unfinished tasks are failed).
+    Delete { id: String },
+}
+
+/// A connected client and, without `--server`, the embedded node behind it.
+struct Connection {
+    client: RunClient,
+    embedded: Option<Service>,
+}
+
+impl Connection {
+    async fn open(args: &ServerArgs) -> anyhow::Result<Connection> {
+        if !args.server.is_empty() {
+            let token = args
+                .token
+                .clone()
+                .ok_or_else(|| anyhow!("--server needs --token (or CAIRN_TOKEN)"))?;
+            return Ok(Connection {
+                client: RunClient::new(&args.server, Some(token))?,
+                embedded: None,
+            });
+        }
+        let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+        if !data_dir.join("token").exists() {
+            return Err(anyhow!(
+                "no embedded node in {} yet (run `cairn run` first, or pass --server)",
+                data_dir.display()
+            ));
+        }
+        let service = Service::start(ServiceOptions {
+            data_dir: data_dir.clone(),
+            listen: "127.0.0.1:0".parse().expect("a valid address"),
+            advertise: None,
+            engine: store::EngineKind::Redb,
+            timing: raft::Timing::solo(),
+            init: false,
+            join: None,
+            token: None,
+            objects: None,
+            scheduler: crate::scheduler::SchedulerConfig::default(),
+            executor_ttl_secs: 15,
+            executor: None,
+        })
+        .await
+        .map_err(|e| anyhow!("opening the embedded node in {}: {e:#}", data_dir.display()))?;
+        Ok(Connection {
+            client: RunClient::new(&[service.url().to_string()], Some(service.token.clone()))?,
+            embedded: Some(service),
+        })
+    }
+
+    async fn close(self) {
+        if let Some(s) = self.embedded {
+            s.stop().await;
+        }
+    }
+}
+
+/// Runs a `cairn runs` command.
+pub async fn runs(cmd: RunsCommand, args: ServerArgs) -> anyhow::Result<u8> {
+    let conn = Connection::open(&args).await?;
+    let result = runs_on(&conn.client, cmd, &args).await;
+    conn.close().await;
+    result
+}
+
+async fn runs_on(client: &RunClient, cmd: RunsCommand, args: &ServerArgs) -> anyhow::Result<u8> {
+    let mut term = Terminal::new();
+    match cmd {
+        RunsCommand::List {
+            group,
+            phase,
+            result,
+            limit,
+            cursor,
+        } => {
+            let q = ListRunsQuery {
+                group,
+                phase: phase
+                    .iter()
+                    .map(|p| RunPhase::parse(p).ok_or_else(|| anyhow!("unknown phase {p:?}")))
+                    .collect::<anyhow::Result<_>>()?,
+                result: result
+                    .iter()
+                    .map(|r| RunResult::parse(r).ok_or_else(|| anyhow!("unknown result {r:?}")))
+                    .collect::<anyhow::Result<_>>()?,
+                cursor,
+                limit: Some(limit),
+                ..ListRunsQuery::default()
+            };
+            let page = client.list_runs(&q).await?;
+            if args.output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&page)?);
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = page
+                .runs
+                .iter()
+                .map(|r| {
+                    let took = match (r.start_time, r.end_time) {
+                        (Some(s), Some(e)) => duration(e - s),
+                        _ => String::new(),
+                    };
+                    vec![
+                        r.id.clone(),
+                        format!("#{}", r.counter),
+                        r.name.clone(),
+                        r.group.clone(),
+                        r.phase.as_str().to_string(),
+                        term.result_word(r.result.as_str()),
+                        took,
+                    ]
+                })
+                .collect();
+            term.table(
+                &["ID", "#", "NAME", "GROUP", "PHASE", "RESULT", "TIME"],
+                &rows,
+            );
+            if let Some(next) = page.next {
+                println!("more: --cursor {next}");
+            }
+            Ok(0)
+        }
+        RunsCommand::Show { run } => {
+            let r = client.run(&run).await?;
+            if args.output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(0);
+            }
+            println!(
+                "run {} #{} {} in {}: {} {}",
+                r.run.id,
+                r.run.counter,
+                r.run.name,
+                r.run.group,
+                r.run.phase.as_str(),
+                term.result_word(r.run.result.as_str())
+            );
+            if let Some(why) = r.pending.as_ref().and_then(|p| p.run.clone()) {
+                println!("waiting: {why}");
+            }
+            let mut tasks: Vec<_> = r.run_config.tasks.values().collect();
+            tasks.sort_by(|a, b| (a.level, &a.name).cmp(&(b.level, &b.name)));
+            let rows: Vec<Vec<String>> = tasks
+                .iter()
+                .filter_map(|t| {
+                    let rt = r.run.tasks.get(&t.id)?;
+                    let took = match (rt.start_time, rt.end_time) {
+                        (Some(s), Some(e)) => duration(e - s),
+                        _ => String::new(),
+                    };
+                    let why = r
+                        .pending
+                        .as_ref()
+                        .and_then(|p| p.tasks.get(&t.name).cloned())
+                        .or_else(|| rt.fail_error.clone())
+                        .unwrap_or_default();
+                    Some(vec![
+                        t.name.clone(),
+                        term.result_word(rt.status.as_str()),
+                        took,
+                        why,
+                    ])
+                })
+                .collect();
+            term.table(&["TASK", "STATUS", "TIME", "NOTE"], &rows);
+            Ok(0)
+        }
+        RunsCommand::Logs {
+            run,
+            task,
+            step,
+            follow,
+        } => {
+            let r = client.run(&run).await?;
+            let t = r
+                .run_config
+                .tasks
+                .values()
+                .find(|t| t.name == task || t.id == task)
+                .ok_or_else(|| anyhow!("run {run} has no task {task:?}"))?;
+            let steps: Vec<LogStep> = match step.as_deref() {
+                Some("setup") => vec![LogStep::Setup],
+                Some(n) => {
+                    vec![LogStep::Step(n.parse().map_err(|_| {
+                        anyhow!("--step {n:?} is neither setup nor an index")
+                    })?)]
+                }
+                None => (0..t.steps.len()).map(LogStep::Step).collect(),
+            };
+            let mut out = std::io::stdout();
+            for s in steps {
+                let mut stream = client.logs(&run, &t.id, s, 0, follow).await?;
+                while let Some(chunk) = stream.next().await {
+                    out.write_all(&chunk?)?;
+                    out.flush()?;
+                }
+            }
+            Ok(0)
+        }
+        RunsCommand::Stop { run } => {
+            let r = client.run_action(&run, RunAction::Stop).await?;
+            println!("run {} stopping", r.run.id);
+            Ok(0)
+        }
+        RunsCommand::Cancel { run } => {
+            let r = client.run_action(&run, RunAction::Cancel).await?;
+            println!("run {} cancelled", r.run.id);
+            Ok(0)
+        }
+        RunsCommand::Approve { run, task } => {
+            let approver = std::env::var("USER").ok();
+            client
+                .task_action(&run, &task, &TaskActionRequest::Approve { approver })
+                .await?;
+            println!("task {task} of run {run} approved");
+            Ok(0)
+        }
+        RunsCommand::Restart { run, from_start } => {
+            let r = client
+                .restart_run(
+                    &run,
+                    &RestartRunRequest {
+                        from_start,
+                        environment: None,
+                    },
+                )
+                .await?;
+            println!("run {} #{} created from {run}", r.run.id, r.run.counter);
+            Ok(0)
+        }
+    }
+}
+
+/// Runs a `cairn executors` command.
+pub async fn executors(cmd: ExecutorsCommand, args: ServerArgs) -> anyhow::Result<u8> {
+    let conn = Connection::open(&args).await?;
+    let result = async {
+        let mut term = Terminal::new();
+        match cmd {
+            ExecutorsCommand::List => {
+                let list = conn.client.executors().await?;
+                if args.output == Output::Json {
+                    println!("{}", serde_json::to_string_pretty(&list)?);
+                    return Ok(0);
+                }
+                let rows: Vec<Vec<String>> = list
+                    .executors
+                    .iter()
+                    .map(|e| {
+                        let archs: Vec<&str> = e.archs.iter().map(|a| a.as_str()).collect();
+                        let labels: Vec<String> =
+                            e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        vec![
+                            e.id.clone(),
+                            archs.join(","),
+                            labels.join(","),
+                            format!(
+                                "{}/{}",
+                                list.assigned.get(&e.id).copied().unwrap_or(0),
+                                if e.active_tasks_limit == 0 {
+                                    "-".to_string()
+                                } else {
+                                    e.active_tasks_limit.to_string()
+                                }
+                            ),
+                            e.last_heartbeat.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                term.table(&["ID", "ARCHS", "LABELS", "TASKS", "LAST HEARTBEAT"], &rows);
+                Ok(0)
+            }
+            ExecutorsCommand::Delete { id } => {
+                conn.client.delete_executor(&id).await?;
+                println!("executor {id} deleted");
+                Ok(0)
+            }
+        }
+    }
+    .await;
+    conn.close().await;
+    result
+}
+
+/// `cairn validate [DIR]`: the config's errors with file, line and field; exit 2 if any.
+pub fn validate(dir: &std::path::Path) -> anyhow::Result<u8> {
+    let path = configfile::find_config(dir).ok_or_else(|| {
+        anyhow::Error::new(SetupError(format!(
+            "no pipeline in {}: add .agola/config.yml, .agola/config.json or .cairn/config.yml",
+            dir.display()
+        )))
+    })?;
+    let rel = path
+        .strip_prefix(dir)
+        .unwrap_or(&path)
+        .display()
+        .to_string();
+    let content = std::fs::read_to_string(&path)
+        .map_err(|e| anyhow::Error::new(SetupError(format!("{rel}: {e}"))))?;
+    match configfile::parse(&rel, &content) {
+        Ok(config) => {
+            let tasks: usize = config.runs.iter().map(|r| r.tasks.len()).sum();
+            println!("{rel}: ok ({} runs, {tasks} tasks)", config.runs.len());
+            Ok(0)
+        }
+        Err(errors) => {
+            for line in errors.to_string().lines() {
+                eprintln!("{line}");
+            }
+            eprintln!("{rel}: {} error(s)", errors.len());
+            Ok(2)
+        }
+    }
+}
