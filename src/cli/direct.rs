@@ -12,12 +12,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use cairn_client::api::{ConfigFile, CreateRunRequest, RefSpec, RunAction, RunResponse};
+use cairn_client::api::{
+    ConfigFile, CreateRunRequest, RefSpec, RunAction, RunResponse, TaskActionRequest,
+};
 use cairn_client::http::Payload;
 use cairn_client::run::{ExecutorTaskPhase, RunPhase, RunResult, RunTask, RunTaskStatus};
 use cairn_client::{LogStep, RunClient};
 use clap::Args;
 use futures::StreamExt;
+use std::io::IsTerminal;
 use tokio::sync::{mpsc, watch};
 
 use super::snapshot::WorkTree;
@@ -63,6 +66,10 @@ pub struct RunArgs {
     /// Driver of the embedded executor: local or docker.
     #[arg(long, default_value = "local")]
     pub driver: String,
+    /// Approve every task that waits for approval (otherwise: a prompt on a terminal;
+    /// without one the run is stopped).
+    #[arg(long)]
+    pub approve: bool,
 }
 
 /// Where `cairn run` keeps its embedded node: `$XDG_DATA_HOME/cairn` or
@@ -250,7 +257,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
                 "cairn: run {} #{} ({}) in {}",
                 r.run.id, r.run.counter, r.run.name, r.run.group
             ));
-            let code = watch_run(&client, &mut term, r).await?;
+            let code = watch_run(&client, &mut term, r, args.approve).await?;
             worst = worst.max(code);
         }
         Ok::<u8, anyhow::Error>(worst)
@@ -315,6 +322,7 @@ async fn watch_run(
     client: &RunClient,
     term: &mut Terminal,
     created: RunResponse,
+    approve_all: bool,
 ) -> anyhow::Result<u8> {
     let run_id = created.run.id.clone();
     let config = created.run_config.clone();
@@ -337,6 +345,8 @@ async fn watch_run(
     > = BTreeMap::new();
     let mut last = created;
     let mut interrupted = false;
+    let mut asked: BTreeSet<String> = BTreeSet::new();
+    let (answer_tx, mut answer_rx) = mpsc::channel::<(String, bool)>(8);
     let mut tick = tokio::time::interval(Duration::from_millis(150));
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
@@ -353,6 +363,18 @@ async fn watch_run(
                 if let Err(e) = client.run_action(&run_id, action).await {
                     term.note(&format!("cairn: could not stop the run: {e}"));
                     return Ok(130);
+                }
+                continue;
+            }
+            Some((task, yes)) = answer_rx.recv() => {
+                if yes {
+                    let req = TaskActionRequest::Approve { approver: Some(user_name()) };
+                    if let Err(e) = client.task_action(&run_id, &task, &req).await {
+                        term.note(&format!("cairn: approving {task} failed: {e}"));
+                    }
+                } else {
+                    term.note(&format!("cairn: {task} not approved: stopping the run"));
+                    let _ = client.run_action(&run_id, RunAction::Stop).await;
                 }
                 continue;
             }
@@ -390,6 +412,32 @@ async fn watch_run(
                     followers.insert(task_id.clone(), (tx, h));
                 }
                 None => {}
+            }
+        }
+        for (id, name, _) in &names {
+            let waiting = last.run.tasks.get(id).is_some_and(|t| t.waiting_approval);
+            if !waiting || !asked.insert(id.clone()) {
+                continue;
+            }
+            if approve_all {
+                term.note(&format!("cairn: approving {name} (--approve)"));
+                let _ = answer_tx.send((name.clone(), true)).await;
+            } else if std::io::stdin().is_terminal() {
+                term.clear_status();
+                print!("cairn: task {name} waits for approval. Approve it? [y/N] ");
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+                let (tx, name) = (answer_tx.clone(), name.clone());
+                tokio::task::spawn_blocking(move || {
+                    let mut line = String::new();
+                    let yes = std::io::stdin().read_line(&mut line).is_ok()
+                        && matches!(line.trim(), "y" | "Y" | "yes");
+                    let _ = tx.blocking_send((name, yes));
+                });
+            } else {
+                term.note(&format!(
+                    "cairn: task {name} waits for approval and there is no terminal to ask: stopping the run (pass --approve to approve)"
+                ));
+                let _ = answer_tx.send((name.clone(), false)).await;
             }
         }
         let status: Vec<String> = names
@@ -509,7 +557,6 @@ async fn follow_task(
             }
         }
     }
-    let _ = BTreeSet::<()>::new();
 }
 
 async fn print_log(
