@@ -247,6 +247,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             tasks: args.tasks.clone(),
             run_name: None,
         };
+        // Ctrl-C is caught from here on, before the run exists: one pressed before the
+        // watch starts still stops the run instead of killing `cairn run` and leaving
+        // the run behind, unwatched, to block its group.
+        let mut ctrl_c: Interrupt = Box::pin(tokio::signal::ctrl_c());
+        let _ = futures::FutureExt::now_or_never(&mut ctrl_c);
+        let mut interrupted = false;
         let created = client.create_run(&req).await.map_err(|e| match e.code() {
             Some(cairn_client::ErrorCode::BadRequest) => setup(e_message(&e)),
             _ => setup(format!("creating the run: {e}")),
@@ -257,7 +263,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
                 "cairn: run {} #{} ({}) in {}",
                 r.run.id, r.run.counter, r.run.name, r.run.group
             ));
-            let code = watch_run(&client, &mut term, r, args.approve).await?;
+            let code = watch_run(
+                &client,
+                &mut term,
+                r,
+                args.approve,
+                &mut ctrl_c,
+                &mut interrupted,
+            )
+            .await?;
             worst = worst.max(code);
         }
         Ok::<u8, anyhow::Error>(worst)
@@ -316,13 +330,18 @@ struct Line {
     text: String,
 }
 
+/// The Ctrl-C future, polled once early so that its handler is installed.
+type Interrupt = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>;
+
 /// Follows a run to its end: task logs as they are produced, the status line, the
-/// summary. Ctrl-C stops the run and exits 130.
+/// summary. Ctrl-C (now, or before: `interrupted`) stops the run and exits 130.
 async fn watch_run(
     client: &RunClient,
     term: &mut Terminal,
     created: RunResponse,
     approve_all: bool,
+    ctrl_c: &mut Interrupt,
+    interrupted: &mut bool,
 ) -> anyhow::Result<u8> {
     let run_id = created.run.id.clone();
     let config = created.run_config.clone();
@@ -344,26 +363,41 @@ async fn watch_run(
         (watch::Sender<Option<RunTask>>, tokio::task::JoinHandle<()>),
     > = BTreeMap::new();
     let mut last = created;
-    let mut interrupted = false;
+    let mut stopping = false;
     let mut asked: BTreeSet<String> = BTreeSet::new();
     let (answer_tx, mut answer_rx) = mpsc::channel::<(String, bool)>(8);
     let mut tick = tokio::time::interval(Duration::from_millis(150));
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
     loop {
+        if *interrupted && !stopping {
+            stopping = true;
+            term.note("cairn: interrupted: stopping the run");
+            let action = if last.run.phase == RunPhase::Queued {
+                RunAction::Cancel
+            } else {
+                RunAction::Stop
+            };
+            let mut sent = client.run_action(&run_id, action).await;
+            if sent.is_err() {
+                // The run started (or was cancelled) since it was last read: the other one.
+                let other = if action == RunAction::Cancel {
+                    RunAction::Stop
+                } else {
+                    RunAction::Cancel
+                };
+                sent = client.run_action(&run_id, other).await;
+            }
+            if let Err(e) = sent {
+                term.note(&format!("cairn: could not stop the run: {e}"));
+                return Ok(130);
+            }
+        }
         tokio::select! {
             Some(l) = line_rx.recv() => {
                 term.task_line(&l.task, l.index, width, &l.text);
                 continue;
             }
-            _ = &mut ctrl_c, if !interrupted => {
-                interrupted = true;
-                term.note("cairn: interrupted: stopping the run");
-                let action = if last.run.phase == RunPhase::Queued { RunAction::Cancel } else { RunAction::Stop };
-                if let Err(e) = client.run_action(&run_id, action).await {
-                    term.note(&format!("cairn: could not stop the run: {e}"));
-                    return Ok(130);
-                }
+            _ = ctrl_c.as_mut(), if !*interrupted => {
+                *interrupted = true;
                 continue;
             }
             Some((task, yes)) = answer_rx.recv() => {
@@ -384,7 +418,7 @@ async fn watch_run(
             Ok(r) => last = r,
             Err(e) => {
                 term.note(&format!("cairn: lost the server: {e}"));
-                return Ok(if interrupted { 130 } else { 2 });
+                return Ok(if *interrupted { 130 } else { 2 });
             }
         }
         for (task_id, rt) in &last.run.tasks {
@@ -466,7 +500,7 @@ async fn watch_run(
     }
     term.clear_status();
     summary(term, &last, &names);
-    if interrupted {
+    if *interrupted {
         return Ok(130);
     }
     Ok(match last.run.result {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::anyhow;
 use cairn_client::api::{ListRunsQuery, RestartRunRequest, RunAction, TaskActionRequest};
-use cairn_client::run::{RunPhase, RunResult};
+use cairn_client::run::{ExecutorTaskPhase, RunPhase, RunResult};
 use cairn_client::{LogStep, RunClient};
 use clap::{Args, Subcommand, ValueEnum};
 use futures::StreamExt;
@@ -284,6 +284,11 @@ async fn runs_on(client: &RunClient, cmd: RunsCommand, args: &ServerArgs) -> any
             };
             let mut out = std::io::stdout();
             for s in steps {
+                // A step that never starts (its task skipped or ended before it) has no
+                // log to follow: waiting for one would never end.
+                if follow && !wait_step_started(client, &run, &t.id, s).await? {
+                    continue;
+                }
                 let mut stream = client.logs(&run, &t.id, s, 0, follow).await?;
                 while let Some(chunk) = stream.next().await {
                     out.write_all(&chunk?)?;
@@ -323,6 +328,36 @@ async fn runs_on(client: &RunClient, cmd: RunsCommand, args: &ServerArgs) -> any
             println!("run {} #{} created from {run}", r.run.id, r.run.counter);
             Ok(0)
         }
+    }
+}
+
+/// Waits until `step` of the task has started (true), or the task has ended without it
+/// (false).
+async fn wait_step_started(
+    client: &RunClient,
+    run: &str,
+    task_id: &str,
+    step: LogStep,
+) -> anyhow::Result<bool> {
+    loop {
+        let r = client.run(run).await?;
+        let Some(rt) = r.run.tasks.get(task_id) else {
+            return Ok(false);
+        };
+        let phase = match step {
+            LogStep::Setup => rt.setup_step.phase,
+            LogStep::Step(i) => rt
+                .steps
+                .get(i)
+                .map_or(ExecutorTaskPhase::NotStarted, |s| s.phase),
+        };
+        if phase != ExecutorTaskPhase::NotStarted {
+            return Ok(true);
+        }
+        if rt.status.is_finished() || r.run.phase.is_finished() {
+            return Ok(false);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
 

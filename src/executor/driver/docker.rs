@@ -9,7 +9,7 @@
 //! - Container 0 idles with [`IDLE_COMMAND`] (unless the task gives an entrypoint): a plain
 //!   `sh` loop, so nothing is injected into the image; steps run by `docker exec` in it.
 //! - Files move through the Engine's archive API, so images need no `tar`; the archives are
-//!   rewritten on the fly by [`TarRewriter`] (entry names relative to the path asked for,
+//!   rewritten on the fly by `TarRewriter` (entry names relative to the path asked for,
 //!   owners set to the step's user).
 //! - Cancelling an exec kills container 0 (SIGKILL to its init process takes every process
 //!   of its PID namespace with it): docker has no "kill this exec", and a second exec would

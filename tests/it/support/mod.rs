@@ -2,6 +2,7 @@
 //! `serve`), a scripted executor that speaks the executor protocol, and the
 //! linearizability checker for the histories they record.
 
+pub mod cli;
 pub mod linearizability;
 pub mod process;
 pub mod scripted;
