@@ -5,9 +5,13 @@
 //! the run service's scheduler through a `cairn serve` process and in-process executors —
 //! task ready → handed latency, draining 1,000 queued runs, and whether the cost per
 //! event stays flat as finished runs pile up (see `bench/scheduler.rs` for its knobs).
+//! `e2e`: `cairn serve` with its in-process executor (local driver) — ready time, idle
+//! RSS, submit → finished of a one-task run, and a step printing 200 MB: follower
+//! first-byte latency and throughput to the archived log (see `bench/e2e.rs`).
 //!
-//! Run `cargo bench --bench bench -- store` (or `scripts/bench-store.sh`) and `cargo
-//! bench --bench bench -- scheduler`; no name runs both. BENCHMARKS.md has the results.
+//! Run `cargo bench --bench bench -- store` (or `scripts/bench-store.sh`), `cargo bench
+//! --bench bench -- scheduler` and `cargo bench --bench bench -- e2e`; no name runs them
+//! all. BENCHMARKS.md has the results.
 //! Environment:
 //! - `CAIRN_BIN`: the `cairn` binary (default: the one cargo built for this bench);
 //! - `CAIRN_BENCH_ENGINE`: sled (default), mem, or rocksdb (needs `--features rocksdb`);
@@ -17,6 +21,8 @@
 //! - `CAIRN_BENCH_DIR`: where the temp data dirs go (default: the system temp dir);
 //! - `CAIRN_BENCH_SCENARIOS`: comma-separated subset of cairn-1, etcd-1, cairn-3, etcd-3.
 
+#[path = "bench/e2e.rs"]
+mod e2e;
 #[path = "bench/load.rs"]
 mod load;
 #[path = "bench/procs.rs"]
@@ -315,12 +321,13 @@ async fn store_bench() -> anyhow::Result<()> {
 }
 
 /// The benchmarks, by the name that selects them.
-const BENCHMARKS: [&str; 2] = ["store", "scheduler"];
+const BENCHMARKS: [&str; 3] = ["store", "scheduler", "e2e"];
 
 async fn run(name: &str) -> anyhow::Result<()> {
     match name {
         "store" => store_bench().await,
         "scheduler" => scheduler::scheduler_bench().await,
+        "e2e" => e2e::e2e_bench().await,
         _ => bail!("no benchmark {name:?}"),
     }
 }
