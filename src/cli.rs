@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod admin;
 pub mod direct;
 pub mod runs;
 pub mod snapshot;
@@ -42,6 +43,24 @@ pub enum Command {
     Executors {
         #[command(subcommand)]
         command: runs::ExecutorsCommand,
+        #[command(flatten)]
+        server: runs::ServerArgs,
+    },
+    /// Maintenance mode: on, off, status.
+    Maintenance {
+        #[command(subcommand)]
+        command: admin::MaintenanceCommand,
+        #[command(flatten)]
+        server: runs::ServerArgs,
+    },
+    /// Write the run service's data (run configs, runs, counters, events) to stdout.
+    Export {
+        #[command(flatten)]
+        server: runs::ServerArgs,
+    },
+    /// Replace the run service's data with an export (maintenance mode only).
+    Import {
+        file: PathBuf,
         #[command(flatten)]
         server: runs::ServerArgs,
     },

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod configfile;
 pub mod datamanager;
 pub mod executor;
+pub mod maintenance;
 pub mod runservice;
 pub mod scheduler;
 pub mod service;

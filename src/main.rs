@@ -59,6 +59,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             cairn::cli::runs::executors(command, server).await
         }
         Command::Validate { dir } => cairn::cli::runs::validate(&dir),
+        Command::Maintenance { command, server } => {
+            cairn::cli::admin::maintenance(command, server).await
+        }
+        Command::Export { server } => cairn::cli::admin::export(server).await,
+        Command::Import { file, server } => cairn::cli::admin::import(file, server).await,
         Command::Serve(args) => serve_service(args).await.map(|()| 0),
         Command::Executor(args) => run_executor(args).await.map(|()| 0),
         Command::Store {

@@ -21,6 +21,7 @@ use crate::executor::agent::{Agent, AgentConfig};
 use crate::executor::driver::Driver;
 use crate::executor::driver::docker::{DockerDriver, DockerOptions};
 use crate::executor::driver::local::LocalDriver;
+use crate::maintenance::ModeSwitch;
 use crate::scheduler::{Scheduler, SchedulerConfig};
 
 /// How to start a run-service node.
@@ -113,6 +114,7 @@ pub struct Service {
     pub token: String,
     scheduler: Scheduler,
     agent: Option<Agent>,
+    switch: ModeSwitch,
 }
 
 /// The token file of a data dir.
@@ -199,6 +201,8 @@ impl Service {
             client_token: Some(token.clone()),
         };
         let active = Arc::new(AtomicBool::new(false));
+        let (mode_tx, mode_rx) = tokio::sync::watch::channel(false);
+        let api_mode = mode_rx.clone();
         let api_token = token.clone();
         let (b, l, c, a) = (blobs.clone(), logs.clone(), caches.clone(), active.clone());
         let executor_ttl = opts.executor_ttl_secs;
@@ -211,16 +215,19 @@ impl Service {
                 caches: c,
                 scheduler_active: a,
                 executor_ttl_secs: executor_ttl,
+                maintenance: api_mode,
             };
             crate::api::service::router(state, &api_token)
         })
         .await?;
+        let switch = ModeSwitch::spawn(store.node.kv(), store.node.id(), mode_tx);
         let scheduler = Scheduler::spawn(
             store.node.kv(),
             logs,
             blobs,
             opts.scheduler.clone(),
             active,
+            mode_rx,
             CancellationToken::new(),
         );
         let agent = match &opts.executor {
@@ -228,6 +235,7 @@ impl Service {
                 Ok(a) => Some(a),
                 Err(e) => {
                     scheduler.stop().await;
+                    switch.stop().await;
                     store.stop().await;
                     return Err(e);
                 }
@@ -240,6 +248,7 @@ impl Service {
             token,
             scheduler,
             agent,
+            switch,
         })
     }
 
@@ -262,6 +271,7 @@ impl Service {
             a.stop().await;
         }
         self.scheduler.stop().await;
+        self.switch.stop().await;
         self.store.stop().await;
     }
 }

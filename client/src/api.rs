@@ -189,3 +189,27 @@ pub struct NodeInfo {
     pub scheduler_active: bool,
     pub revision: i64,
 }
+
+/// One node's view of maintenance mode (`GET /api/v1/maintenance`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeMode {
+    pub node_id: u64,
+    /// Whether this node has switched to maintenance.
+    pub maintenance: bool,
+    pub since: crate::run::Time,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceStatus {
+    /// Whether maintenance is requested (the key exists).
+    pub requested: bool,
+    /// Each live node's current mode.
+    pub nodes: Vec<NodeMode>,
+}
+
+/// `POST /api/v1/import` reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportResponse {
+    pub entries: u64,
+    pub runs: u64,
+}

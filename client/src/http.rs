@@ -780,6 +780,35 @@ impl RunClient {
         self.call_stream(Call::get(&["sources", object])).await
     }
 
+    // --- maintenance, export, import ---------------------------------------------------
+
+    /// `GET /maintenance`: whether maintenance is asked for, and each node's mode.
+    pub async fn maintenance(&self) -> Result<crate::api::MaintenanceStatus, ClientError> {
+        self.call_json(Call::get(&["maintenance"])).await
+    }
+
+    /// `PUT /maintenance` (on) or `DELETE /maintenance` (off).
+    pub async fn set_maintenance(&self, on: bool) -> Result<(), ClientError> {
+        let method = if on { Method::PUT } else { Method::DELETE };
+        self.call_empty(Call::api(method, &["maintenance"])).await
+    }
+
+    /// `GET /export`: the datamanager's contents as a versioned, checksummed stream.
+    pub async fn export(&self) -> Result<ByteStream, ClientError> {
+        self.call_stream(Call::get(&["export"]).streamed()).await
+    }
+
+    /// `POST /import`: replaces the datamanager's contents (maintenance mode only).
+    pub async fn import(
+        &self,
+        body: impl Into<Payload>,
+    ) -> Result<crate::api::ImportResponse, ClientError> {
+        let call = Call::api(Method::POST, &["import"])
+            .payload(body.into())
+            .streamed();
+        self.call_json(call).await
+    }
+
     // --- cluster and health -----------------------------------------------------------
 
     /// `GET /cluster`: the answering node's view of the cluster.

@@ -60,7 +60,7 @@ impl From<DmError> for Failure {
     fn from(e: DmError) -> Failure {
         let code = match &e {
             DmError::NotFound { .. } => ErrorCode::NotFound,
-            DmError::Conflict(_) => ErrorCode::Conflict,
+            DmError::Conflict(_) | DmError::Refused(_) => ErrorCode::Conflict,
             DmError::Invalid { .. } => ErrorCode::BadRequest,
             DmError::Corrupt { .. } => ErrorCode::Internal,
             DmError::Kv(k) => kv_code(k),

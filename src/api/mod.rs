@@ -10,6 +10,7 @@ pub mod blobs;
 pub mod error;
 pub mod etcd;
 pub mod executors;
+pub mod maintenance;
 pub mod runs;
 pub mod server;
 pub mod service;

@@ -13,7 +13,7 @@ use cairn_client::ErrorCode;
 use raft::Node;
 
 use super::error::{Failure, json_errors};
-use super::{blobs, executors, runs};
+use super::{blobs, executors, maintenance, runs};
 use crate::datamanager::Datamanager;
 use crate::datamanager::blobs::Blobs;
 use crate::datamanager::caches::CacheStore;
@@ -36,6 +36,30 @@ pub struct ApiState {
     pub scheduler_active: Arc<AtomicBool>,
     /// How long an executor's registration lives without a heartbeat, in seconds.
     pub executor_ttl_secs: i64,
+    /// This node's maintenance mode.
+    pub maintenance: tokio::sync::watch::Receiver<bool>,
+}
+
+/// In maintenance, only the maintenance, export and import endpoints answer.
+async fn gate(
+    State(mode): State<tokio::sync::watch::Receiver<bool>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if *mode.borrow() {
+        let path = req.uri().path();
+        let allowed = ["/maintenance", "/export", "/import"]
+            .iter()
+            .any(|p| path.ends_with(p));
+        if !allowed {
+            return Failure::new(
+                ErrorCode::Unavailable,
+                "the service is in maintenance mode: only /maintenance, /export and /import answer",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 #[derive(Clone)]
@@ -81,6 +105,13 @@ pub fn router(state: ApiState, token: &str) -> Router {
             put(executors::status),
         )
         .route("/cluster", get(executors::cluster))
+        .route(
+            "/maintenance",
+            get(maintenance::status)
+                .put(maintenance::enable)
+                .delete(maintenance::disable),
+        )
+        .route("/export", get(maintenance::export))
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES));
     let uploads = Router::new()
         .route(
@@ -99,12 +130,15 @@ pub fn router(state: ApiState, token: &str) -> Router {
                 .post(blobs::put_cache),
         )
         .route("/sources", post(blobs::upload_source))
+        .route("/import", post(maintenance::import))
         .route("/sources/{object}", get(blobs::download_source))
         .layer(DefaultBodyLimit::max(MAX_BLOB_BYTES));
+    let mode = state.maintenance.clone();
     let api = json
         .merge(uploads)
         .fallback(|| async { Failure::not_found("no such endpoint") })
         .with_state(state)
+        .layer(middleware::from_fn_with_state(mode, gate))
         .layer(middleware::from_fn_with_state(
             Token(token.into()),
             require_token,

@@ -97,13 +97,13 @@ pub enum ExecutorsCommand {
 }
 
 /// A connected client and, without `--server`, the embedded node behind it.
-struct Connection {
-    client: RunClient,
+pub(crate) struct Connection {
+    pub(crate) client: RunClient,
     embedded: Option<Service>,
 }
 
 impl Connection {
-    async fn open(args: &ServerArgs) -> anyhow::Result<Connection> {
+    pub(crate) async fn open(args: &ServerArgs) -> anyhow::Result<Connection> {
         if !args.server.is_empty() {
             let token = args
                 .token
@@ -143,7 +143,7 @@ impl Connection {
         })
     }
 
-    async fn close(self) {
+    pub(crate) async fn close(self) {
         if let Some(s) = self.embedded {
             s.stop().await;
         }

@@ -13,9 +13,11 @@ pub mod blobs;
 pub mod caches;
 pub mod changegroup;
 pub mod events;
+pub mod exchange;
 pub mod executors;
 pub mod keys;
 pub mod logs;
+pub mod maintenance;
 pub mod runs;
 pub mod tasks;
 #[cfg(test)]
@@ -37,6 +39,9 @@ pub enum DmError {
     /// The object changed since it was read; re-read and retry.
     #[error("{0} was changed concurrently")]
     Conflict(String),
+    /// The operation is not allowed in the current state (maintenance already on…).
+    #[error("{0}")]
+    Refused(String),
     #[error("invalid {what}: {why}")]
     Invalid { what: &'static str, why: String },
     #[error("stored {key} is corrupt: {why}")]
@@ -249,6 +254,13 @@ pub(crate) fn unchanged(key: impl Into<String>, rev: i64) -> Compare {
     } else {
         Compare::new(key, CompareOp::Equal, CompareTarget::Mod(rev))
     }
+}
+
+pub(crate) fn delete_range(prefix: &str) -> RequestOp {
+    RequestOp::DeleteRange(DeleteRangeRequest {
+        range: KeyRange::prefix(prefix.as_bytes().to_vec()),
+        prev_kv: false,
+    })
 }
 
 pub(crate) fn absent(key: impl Into<String>) -> Compare {

@@ -70,6 +70,7 @@ impl Scheduler {
         blobs: crate::datamanager::blobs::Blobs,
         config: SchedulerConfig,
         active: Arc<AtomicBool>,
+        maintenance: tokio::sync::watch::Receiver<bool>,
         cancel: CancellationToken,
     ) -> Scheduler {
         let ctx = Shared {
@@ -78,6 +79,7 @@ impl Scheduler {
             blobs,
             config,
             active: active.clone(),
+            maintenance,
         };
         let c = cancel.clone();
         let task = tokio::spawn(async move {
@@ -111,6 +113,8 @@ struct Shared {
     blobs: crate::datamanager::blobs::Blobs,
     config: SchedulerConfig,
     active: Arc<AtomicBool>,
+    /// While on, this node's scheduler stops and does not compete.
+    maintenance: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Shared {
@@ -118,6 +122,12 @@ impl Shared {
     async fn compete(&self, cancel: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         while !cancel.is_cancelled() {
+            // In maintenance the scheduler waits, holding nothing.
+            let mut mode = self.maintenance.clone();
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = mode.wait_for(|on| !*on) => if r.is_err() { return },
+            }
             match self.hold_and_schedule(&cancel).await {
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(e) => {
@@ -146,8 +156,13 @@ impl Shared {
         self.active.store(true, Ordering::Relaxed);
         let dm = Datamanager::new(self.kv.clone()).fenced(fence.clone());
         let lost = session.done();
+        let mut mode = self.maintenance.clone();
         let result = tokio::select! {
             _ = cancel.cancelled() => Ok(()),
+            _ = mode.wait_for(|on| *on) => {
+                tracing::info!("maintenance mode: the scheduler stops");
+                Ok(())
+            }
             _ = lost.cancelled() => Err(DmError::Kv(raft::KvError::LockLost {
                 key: String::from_utf8_lossy(&fence.key).into_owned(),
                 token: fence.token,

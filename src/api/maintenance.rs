@@ -1,0 +1,86 @@
+//! Maintenance, export and import endpoints. They answer in both modes (export) or only in
+//! maintenance (import); turning maintenance on or off is a key in the store that every
+//! node follows on its own.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use cairn_client::ErrorCode;
+use cairn_client::api::{ImportResponse, MaintenanceStatus};
+use futures::StreamExt;
+
+use super::error::{ApiResult, Failure};
+use super::service::ApiState;
+use crate::datamanager::exchange::Validator;
+
+pub async fn status(State(st): State<ApiState>) -> ApiResult<Json<MaintenanceStatus>> {
+    Ok(Json(st.dm.maintenance_status().await?))
+}
+
+pub async fn enable(State(st): State<ApiState>) -> ApiResult<StatusCode> {
+    st.dm.set_maintenance(true).await?;
+    tracing::info!("maintenance mode requested");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn disable(State(st): State<ApiState>) -> ApiResult<StatusCode> {
+    st.dm.set_maintenance(false).await?;
+    tracing::info!("maintenance mode ended");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /export`: the datamanager's contents, streamed; a failure mid-way aborts the
+/// body, so the client sees a truncated (and therefore refused) export.
+pub async fn export(State(st): State<ApiState>) -> ApiResult<Response> {
+    let stream = st
+        .dm
+        .export()
+        .map(|r| r.map_err(|e| std::io::Error::other(e.to_string())));
+    let mut resp = Response::new(Body::from_stream(stream));
+    resp.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/x-ndjson"),
+    );
+    Ok(resp)
+}
+
+/// `POST /import`: only in maintenance. The whole stream is validated (while spooled to
+/// a temporary file) before anything changes.
+pub async fn import(State(st): State<ApiState>, body: Body) -> ApiResult<Json<ImportResponse>> {
+    let not_in_maintenance = || {
+        Failure::new(
+            ErrorCode::Conflict,
+            "import is accepted only in maintenance mode (cairn maintenance on, then wait until every node has switched)",
+        )
+    };
+    if !st.dm.maintenance_requested().await? || !*st.maintenance.borrow() {
+        return Err(not_in_maintenance());
+    }
+    let spool = tempfile::NamedTempFile::new()
+        .map_err(|e| Failure::new(ErrorCode::Internal, format!("spooling the import: {e}")))?;
+    let file = spool
+        .reopen()
+        .map_err(|e| Failure::new(ErrorCode::Internal, format!("spooling the import: {e}")))?;
+    let mut v = Validator::new(std::io::BufWriter::new(file));
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Failure::bad_request(format!("reading the import: {e}")))?;
+        v.push(&chunk)?;
+    }
+    v.finish()?;
+    if !st.dm.maintenance_requested().await? {
+        return Err(not_in_maintenance());
+    }
+    let summary = st.dm.import(spool.path()).await?;
+    tracing::info!(
+        entries = summary.entries,
+        runs = summary.runs,
+        "import applied"
+    );
+    Ok(Json(ImportResponse {
+        entries: summary.entries,
+        runs: summary.runs,
+    }))
+}

@@ -1,0 +1,446 @@
+//! Export and import of the datamanager's contents: run configs, runs (active and
+//! archived), counters, the run sequence and run events — not logs, archives or caches,
+//! and not the state derived from them (indexes, executor tasks, change groups).
+//!
+//! The stream is newline-delimited JSON: a header `{"format":"cairn-export","version":1,
+//! "revision":R}`, then one `{"key":…,"value":…}` per object in strictly increasing key
+//! order, all read at store revision R, then a trailer `{"trailer":{"entries":N,
+//! "sha256":…}}` whose checksum covers every line before it. An import validates the whole
+//! stream (format, version, order, count, checksum) before it changes anything.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+
+use bytes::Bytes;
+use cairn_client::run::{ExecutorTaskPhase, Run, RunTaskStatus};
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use store::{KeyRange, RangeRequest};
+
+use super::keys;
+use super::{Datamanager, DmError, delete_range, put};
+
+pub const FORMAT: &str = "cairn-export";
+pub const VERSION: u32 = 1;
+
+/// The key prefixes that make up an export, in key order.
+pub const EXPORTED: [&str; 5] = [
+    keys::COUNTER,
+    keys::EVENT,
+    keys::RUN,
+    keys::RUN_CONFIG,
+    keys::RUN_SEQ,
+];
+
+/// Prefixes an import clears (everything derived from the exported objects too).
+const CLEARED: [&str; 10] = [
+    keys::COUNTER,
+    keys::EVENT,
+    keys::RUN,
+    keys::RUN_CONFIG,
+    keys::ACTIVE,
+    keys::INDEX,
+    keys::LAST,
+    keys::EXECUTOR_TASK,
+    keys::EXECUTOR_TASK_BY_EXECUTOR,
+    keys::CHANGE_GROUP,
+];
+
+/// Set while an import is being applied; maintenance cannot end meanwhile.
+pub const IMPORTING: &str = "rs/importing";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    format: String,
+    version: u32,
+    revision: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Entry {
+    key: String,
+    value: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct TrailerBody {
+    entries: u64,
+    sha256: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Trailer {
+    trailer: TrailerBody,
+}
+
+fn is_exported(key: &str) -> bool {
+    EXPORTED.iter().any(|p| {
+        if *p == keys::RUN_SEQ {
+            key == *p
+        } else {
+            key.starts_with(p)
+        }
+    })
+}
+
+impl Datamanager {
+    /// The export stream, read at the current revision, page by page (memory does not
+    /// grow with the export's size). A read failure ends the stream with an error, so the
+    /// receiver sees a truncated (invalid) export.
+    pub fn export(&self) -> impl Stream<Item = Result<Bytes, DmError>> + Send + 'static {
+        let dm = self.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, DmError>>(16);
+        tokio::spawn(async move {
+            let r = dm.export_into(&tx).await;
+            if let Err(e) = r {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+    }
+
+    async fn export_into(
+        &self,
+        tx: &tokio::sync::mpsc::Sender<Result<Bytes, DmError>>,
+    ) -> Result<(), DmError> {
+        let revision = self.kv().header().revision;
+        // A linearizable read first, so the revision is the cluster's, not a stale one.
+        self.kv().read_barrier().await?;
+        let mut hash = Sha256::new();
+        let mut count = 0u64;
+        let header = serde_json::to_vec(&Header {
+            format: FORMAT.into(),
+            version: VERSION,
+            revision,
+        })
+        .expect("headers serialize");
+        let mut line = header;
+        line.push(b'\n');
+        hash.update(&line);
+        if tx.send(Ok(Bytes::from(line))).await.is_err() {
+            return Ok(());
+        }
+        for prefix in EXPORTED {
+            let range = if prefix == keys::RUN_SEQ {
+                KeyRange::key(prefix.as_bytes().to_vec())
+            } else {
+                KeyRange::prefix(prefix.as_bytes().to_vec())
+            };
+            let end = range.end_bound();
+            let mut start = range.key.clone();
+            loop {
+                let mut req = RangeRequest::new(match &end {
+                    Some(e) => KeyRange::interval(start.clone(), e.clone()),
+                    None => KeyRange::key(start.clone()),
+                });
+                req.revision = revision;
+                req.limit = 500;
+                req.page_only = end.is_some();
+                req.serializable = true;
+                let resp = self.kv().range(req).await?;
+                let mut out = Vec::new();
+                for kv in &resp.kvs {
+                    let key = String::from_utf8_lossy(&kv.key).into_owned();
+                    // `rs/run/` is a prefix of `rs/runconfig/`'s keys? No: the `/` ends it.
+                    if !is_exported(&key) {
+                        continue;
+                    }
+                    let entry = Entry {
+                        key,
+                        value: String::from_utf8_lossy(&kv.value).into_owned(),
+                    };
+                    let mut l = serde_json::to_vec(&entry).expect("entries serialize");
+                    l.push(b'\n');
+                    hash.update(&l);
+                    out.extend_from_slice(&l);
+                    count += 1;
+                }
+                if !out.is_empty() && tx.send(Ok(Bytes::from(out))).await.is_err() {
+                    return Ok(());
+                }
+                match resp.kvs.last() {
+                    Some(last) if resp.more => {
+                        start = last.key.clone();
+                        start.push(0);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        let trailer = Trailer {
+            trailer: TrailerBody {
+                entries: count,
+                sha256: hex(&hash.finalize()),
+            },
+        };
+        let mut l = serde_json::to_vec(&trailer).expect("trailers serialize");
+        l.push(b'\n');
+        let _ = tx.send(Ok(Bytes::from(l))).await;
+        Ok(())
+    }
+
+    /// Replaces the datamanager's contents with a validated export (see
+    /// [`validate_export`]). The caller must hold maintenance mode. Run ids and counters
+    /// never go backwards: the sequence and each counter become the larger of the
+    /// imported and the current value. Runs that were active lose their executor tasks:
+    /// their running tasks are failed ("lost in an import"), queued runs stay queued.
+    pub async fn import(&self, spool: &std::path::Path) -> Result<ImportSummary, DmError> {
+        let now = chrono::Utc::now();
+        // What must not go backwards.
+        let mut floors: BTreeMap<String, u64> = BTreeMap::new();
+        for kv in self.scan(keys::COUNTER, false).await? {
+            let k = String::from_utf8_lossy(&kv.key).into_owned();
+            floors.insert(k, parse_u64(&kv.value));
+        }
+        if let Some(kv) = self.kv().get(keys::RUN_SEQ.as_bytes().to_vec()).await? {
+            floors.insert(keys::RUN_SEQ.to_string(), parse_u64(&kv.value));
+        }
+        self.commit(vec![], vec![put(IMPORTING, b"1".to_vec())])
+            .await?;
+        let clear: Vec<_> = CLEARED.iter().map(|p| delete_range(p)).collect();
+        self.commit(vec![], clear).await?;
+
+        let file =
+            std::fs::File::open(spool).map_err(|e| invalid(format!("reading the spool: {e}")))?;
+        let mut lines = std::io::BufReader::new(file).lines();
+        let _header = lines.next();
+        let mut summary = ImportSummary::default();
+        let mut batch = Vec::new();
+        // The newest run of each group, written once at the end (a transaction may not
+        // put one key twice).
+        let mut last: BTreeMap<String, String> = BTreeMap::new();
+        for line in lines {
+            let line = line.map_err(|e| invalid(format!("reading the spool: {e}")))?;
+            if line.starts_with("{\"trailer\"") {
+                break;
+            }
+            let entry: Entry = serde_json::from_str(&line).map_err(|e| invalid(e.to_string()))?;
+            summary.entries += 1;
+            if let Some(id) = entry.key.strip_prefix(keys::RUN) {
+                let mut run: Run = serde_json::from_str(&entry.value)
+                    .map_err(|e| invalid(format!("run {id}: {e}")))?;
+                lose_running_tasks(&mut run, now);
+                summary.runs += 1;
+                batch.push(put(
+                    keys::run(&run.id),
+                    serde_json::to_vec(&run).expect("runs serialize"),
+                ));
+                for k in keys::index_keys(&run) {
+                    batch.push(put(k, Vec::new()));
+                }
+                last.insert(run.group.clone(), run.id.clone());
+                if !run.archived {
+                    batch.push(put(keys::active(&run.id), Vec::new()));
+                }
+            } else if entry.key.starts_with(keys::COUNTER) || entry.key == keys::RUN_SEQ {
+                let v =
+                    parse_u64(entry.value.as_bytes()).max(floors.remove(&entry.key).unwrap_or(0));
+                batch.push(put(entry.key, v.to_string().into_bytes()));
+            } else {
+                batch.push(put(entry.key, entry.value.into_bytes()));
+            }
+            if batch.len() >= 256 {
+                self.commit(vec![], std::mem::take(&mut batch)).await?;
+            }
+        }
+        if !batch.is_empty() {
+            self.commit(vec![], std::mem::take(&mut batch)).await?;
+        }
+        for (group, id) in last {
+            batch.push(put(keys::last(&group), id.into_bytes()));
+            if batch.len() >= 256 {
+                self.commit(vec![], std::mem::take(&mut batch)).await?;
+            }
+        }
+        // Counters of roots the export does not know keep their values.
+        for (k, v) in floors {
+            batch.push(put(k, v.to_string().into_bytes()));
+        }
+        if !batch.is_empty() {
+            self.commit(vec![], batch).await?;
+        }
+        self.commit(vec![], vec![super::delete(IMPORTING)]).await?;
+        Ok(summary)
+    }
+}
+
+/// What an import wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ImportSummary {
+    pub entries: u64,
+    pub runs: u64,
+}
+
+/// A running task of an imported run has no executor task any more: it failed.
+fn lose_running_tasks(run: &mut Run, now: chrono::DateTime<chrono::Utc>) {
+    if run.phase.is_finished() {
+        return;
+    }
+    for t in run.tasks.values_mut() {
+        if t.status == RunTaskStatus::Running {
+            t.status = RunTaskStatus::Failed;
+            t.fail_error = Some("lost in an import".into());
+            t.end_time = Some(now);
+            for s in std::iter::once(&mut t.setup_step).chain(t.steps.iter_mut()) {
+                if s.phase == ExecutorTaskPhase::Running {
+                    s.phase = ExecutorTaskPhase::Failed;
+                    s.end_time = Some(now);
+                }
+            }
+        }
+    }
+}
+
+fn invalid(why: String) -> DmError {
+    DmError::Invalid {
+        what: "export",
+        why,
+    }
+}
+
+fn parse_u64(v: &[u8]) -> u64 {
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks a whole export stream, line by line, while copying it to `spool`: format and
+/// version, known keys in strictly increasing order, each value well-formed, and a
+/// trailer whose entry count and checksum match. Returns the number of entries.
+pub struct Validator<W: Write> {
+    spool: W,
+    hash: Sha256,
+    partial: Vec<u8>,
+    header: bool,
+    last_key: Option<String>,
+    entries: u64,
+    trailer: Option<TrailerBody>,
+    line_no: u64,
+}
+
+impl<W: Write> Validator<W> {
+    pub fn new(spool: W) -> Validator<W> {
+        Validator {
+            spool,
+            hash: Sha256::new(),
+            partial: Vec::new(),
+            header: false,
+            last_key: None,
+            entries: 0,
+            trailer: None,
+            line_no: 0,
+        }
+    }
+
+    /// Feeds the next bytes of the stream.
+    pub fn push(&mut self, data: &[u8]) -> Result<(), DmError> {
+        self.spool
+            .write_all(data)
+            .map_err(|e| invalid(format!("spooling the import: {e}")))?;
+        self.partial.extend_from_slice(data);
+        while let Some(pos) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=pos).collect();
+            self.line(&line)?;
+        }
+        Ok(())
+    }
+
+    fn line(&mut self, line: &[u8]) -> Result<(), DmError> {
+        self.line_no += 1;
+        let n = self.line_no;
+        if self.trailer.is_some() {
+            return Err(invalid(format!("line {n}: data after the trailer")));
+        }
+        let text = std::str::from_utf8(&line[..line.len() - 1])
+            .map_err(|_| invalid(format!("line {n}: not UTF-8")))?;
+        if !self.header {
+            let h: Header = serde_json::from_str(text)
+                .map_err(|e| invalid(format!("line 1: not a cairn export header: {e}")))?;
+            if h.format != FORMAT {
+                return Err(invalid(format!(
+                    "line 1: format {:?} is not {FORMAT}",
+                    h.format
+                )));
+            }
+            if h.version != VERSION {
+                return Err(invalid(format!(
+                    "line 1: export version {} is not supported (this Cairn reads version {VERSION})",
+                    h.version
+                )));
+            }
+            self.header = true;
+            self.hash.update(line);
+            return Ok(());
+        }
+        if text.starts_with("{\"trailer\"") {
+            let t: Trailer = serde_json::from_str(text)
+                .map_err(|e| invalid(format!("line {n}: bad trailer: {e}")))?;
+            self.trailer = Some(t.trailer);
+            return Ok(());
+        }
+        self.hash.update(line);
+        let e: Entry = serde_json::from_str(text).map_err(|e| invalid(format!("line {n}: {e}")))?;
+        if !is_exported(&e.key) {
+            return Err(invalid(format!("line {n}: unexpected key {:?}", e.key)));
+        }
+        if self
+            .last_key
+            .as_deref()
+            .is_some_and(|k| k >= e.key.as_str())
+        {
+            return Err(invalid(format!(
+                "line {n}: key {:?} is out of order",
+                e.key
+            )));
+        }
+        if e.key.starts_with(keys::RUN) {
+            serde_json::from_str::<Run>(&e.value)
+                .map_err(|err| invalid(format!("line {n}: run: {err}")))?;
+        } else if e.key.starts_with(keys::RUN_CONFIG) {
+            serde_json::from_str::<cairn_client::runconfig::RunConfig>(&e.value)
+                .map_err(|err| invalid(format!("line {n}: run config: {err}")))?;
+        } else if e.key.starts_with(keys::COUNTER) || e.key == keys::RUN_SEQ {
+            e.value
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| invalid(format!("line {n}: {:?} is not a number", e.value)))?;
+        }
+        self.last_key = Some(e.key);
+        self.entries += 1;
+        Ok(())
+    }
+
+    /// Ends the stream: the trailer must be there and match.
+    pub fn finish(mut self) -> Result<(u64, W), DmError> {
+        if !self.partial.is_empty() {
+            return Err(invalid(
+                "the export is truncated (its last line is incomplete)".into(),
+            ));
+        }
+        let Some(t) = self.trailer.take() else {
+            return Err(invalid("the export is truncated (no trailer)".into()));
+        };
+        if t.entries != self.entries {
+            return Err(invalid(format!(
+                "the trailer counts {} entries, the export holds {}",
+                t.entries, self.entries
+            )));
+        }
+        let sum = hex(&self.hash.finalize_reset());
+        if t.sha256 != sum {
+            return Err(invalid(
+                "the checksum does not match: the export was altered".into(),
+            ));
+        }
+        self.spool
+            .flush()
+            .map_err(|e| invalid(format!("spooling the import: {e}")))?;
+        Ok((self.entries, self.spool))
+    }
+}

@@ -1,0 +1,120 @@
+//! Each node's maintenance switch: a task that watches `rs/maintenance` and publishes the
+//! node's mode on a `watch` channel (the API gates on it, the scheduler stops while it is
+//! on) and records it in the store for `GET /api/v1/maintenance`. Switching is
+//! asynchronous: every node follows the key on its own.
+
+use std::time::Duration;
+
+use cairn_client::api::NodeMode;
+use raft::{Kv, Session};
+use store::{KeyRange, WatchMessage, WatchRequest};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::datamanager::Datamanager;
+use crate::datamanager::maintenance::MAINTENANCE;
+
+/// The node's maintenance switch and its task.
+pub struct ModeSwitch {
+    pub mode: watch::Receiver<bool>,
+    task: JoinHandle<()>,
+    cancel: CancellationToken,
+}
+
+impl ModeSwitch {
+    /// Starts following the maintenance key, publishing on `tx` (whose receivers see
+    /// off until the key has been read).
+    pub fn spawn(kv: Kv, node_id: u64, tx: watch::Sender<bool>) -> ModeSwitch {
+        let rx = tx.subscribe();
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        let task = tokio::spawn(async move {
+            let span = tracing::info_span!("maintenance");
+            tracing::Instrument::instrument(follow(kv, node_id, tx, c), span).await;
+        });
+        ModeSwitch {
+            mode: rx,
+            task,
+            cancel,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+    }
+}
+
+async fn follow(kv: Kv, node_id: u64, tx: watch::Sender<bool>, cancel: CancellationToken) {
+    let dm = Datamanager::new(kv.clone());
+    while !cancel.is_cancelled() {
+        if let Err(e) = follow_once(&kv, &dm, node_id, &tx, &cancel).await {
+            tracing::debug!(error = %e, "maintenance watch failed; retrying");
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+}
+
+async fn follow_once(
+    kv: &Kv,
+    dm: &Datamanager,
+    node_id: u64,
+    tx: &watch::Sender<bool>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let session = Session::new(kv, 10).await?;
+    let set = |on: bool| {
+        let changed = *tx.borrow() != on;
+        if changed {
+            tracing::info!(maintenance = on, "switching mode");
+            tx.send_replace(on);
+        }
+        changed
+    };
+    let current = kv.get(MAINTENANCE.as_bytes().to_vec()).await?;
+    let from = kv.header().revision + 1;
+    set(current.is_some());
+    let record = |on: bool| NodeMode {
+        node_id,
+        maintenance: on,
+        since: chrono::Utc::now(),
+    };
+    dm.put_node_mode(&record(current.is_some()), session.lease())
+        .await?;
+    let mut w = kv.watch(WatchRequest {
+        range: KeyRange::key(MAINTENANCE.as_bytes().to_vec()),
+        start_revision: from,
+        prev_kv: false,
+        progress_notify: false,
+        filter_put: false,
+        filter_delete: false,
+    });
+    let lost = session.done();
+    loop {
+        let m = tokio::select! {
+            _ = cancel.cancelled() => {
+                let _ = session.close().await;
+                return Ok(());
+            }
+            _ = lost.cancelled() => anyhow::bail!("the node-mode lease expired"),
+            m = w.recv() => m,
+        };
+        match m {
+            Some(WatchMessage::Events { events, .. }) => {
+                let on = events
+                    .last()
+                    .is_some_and(|e| e.kind == store::EventKind::Put);
+                if set(on) {
+                    dm.put_node_mode(&record(on), session.lease()).await?;
+                }
+            }
+            Some(WatchMessage::Progress { .. }) => {}
+            Some(WatchMessage::Canceled(r)) => anyhow::bail!("watch cancelled: {r}"),
+            None => anyhow::bail!("watch closed"),
+        }
+    }
+}
