@@ -444,3 +444,170 @@ impl<W: Write> Validator<W> {
         Ok((self.entries, self.spool))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A valid export of `entries` (key, value) with a correct trailer.
+    fn export_of(entries: &[(&str, &str)]) -> Vec<u8> {
+        let mut lines: Vec<Vec<u8>> = vec![
+            serde_json::to_vec(&Header {
+                format: FORMAT.into(),
+                version: VERSION,
+                revision: 7,
+            })
+            .expect("json"),
+        ];
+        for (k, v) in entries {
+            let e = Entry {
+                key: k.to_string(),
+                value: v.to_string(),
+            };
+            lines.push(serde_json::to_vec(&e).expect("json"));
+        }
+        let mut hash = Sha256::new();
+        let mut out = Vec::new();
+        for l in &mut lines {
+            l.push(b'\n');
+            hash.update(&l);
+            out.extend_from_slice(l);
+        }
+        let t = Trailer {
+            trailer: TrailerBody {
+                entries: entries.len() as u64,
+                sha256: hex(&hash.finalize()),
+            },
+        };
+        out.extend_from_slice(&serde_json::to_vec(&t).expect("json"));
+        out.push(b'\n');
+        out
+    }
+
+    fn validate(bytes: &[u8], chunk: usize) -> Result<u64, DmError> {
+        let mut v = Validator::new(Vec::new());
+        for c in bytes.chunks(chunk) {
+            v.push(c)?;
+        }
+        v.finish().map(|(n, _)| n)
+    }
+
+    const GOOD: &[(&str, &str)] = &[("rs/counter/p", "3"), ("rs/seq/run", "9")];
+
+    #[test]
+    fn a_valid_export_passes_in_any_chunking() {
+        let e = export_of(GOOD);
+        for chunk in [1, 7, 64, 4096] {
+            assert_eq!(validate(&e, chunk).expect("valid"), 2);
+        }
+    }
+
+    #[test]
+    fn truncation_anywhere_is_detected() {
+        let e = export_of(GOOD);
+        for cut in 1..e.len() {
+            assert!(validate(&e[..cut], 13).is_err(), "cut at {cut} passed");
+        }
+    }
+
+    #[test]
+    fn an_altered_value_fails_the_checksum() {
+        let e = export_of(GOOD);
+        let text = String::from_utf8(e)
+            .expect("utf8")
+            .replace("\"3\"", "\"4\"");
+        let err = validate(text.as_bytes(), 64).expect_err("altered");
+        assert!(err.to_string().contains("checksum"), "{err}");
+    }
+
+    #[test]
+    fn keys_out_of_order_unknown_or_a_wrong_version_are_refused() {
+        let swapped = export_of(&[("rs/seq/run", "9"), ("rs/counter/p", "3")]);
+        assert!(
+            validate(&swapped, 64)
+                .expect_err("order")
+                .to_string()
+                .contains("out of order")
+        );
+        let unknown = export_of(&[("rs/executor/x", "{}")]);
+        assert!(
+            validate(&unknown, 64)
+                .expect_err("key")
+                .to_string()
+                .contains("unexpected key")
+        );
+        let bad_number = export_of(&[("rs/counter/p", "three")]);
+        assert!(validate(&bad_number, 64).is_err());
+        let v2 = String::from_utf8(export_of(GOOD))
+            .expect("utf8")
+            .replace("\"version\":1", "\"version\":2");
+        assert!(
+            validate(v2.as_bytes(), 64)
+                .expect_err("version")
+                .to_string()
+                .contains("version 2")
+        );
+    }
+
+    #[tokio::test]
+    async fn export_then_import_restores_runs_and_never_moves_counters_back() {
+        let a = crate::datamanager::testing::TestStore::start().await;
+        let dm = a.dm();
+        for _ in 0..3 {
+            dm.create_run("/project/p/branch/main", |id, counter| {
+                let config = cairn_client::runconfig::RunConfig {
+                    id: id.to_string(),
+                    group: "/project/p/branch/main".into(),
+                    ..Default::default()
+                };
+                let run = crate::runservice::new_run(&config, counter, chrono::Utc::now());
+                (config, run)
+            })
+            .await
+            .expect("create");
+        }
+        let mut bytes = Vec::new();
+        let mut s = Box::pin(dm.export());
+        while let Some(chunk) = futures::StreamExt::next(&mut s).await {
+            bytes.extend_from_slice(&chunk.expect("chunk"));
+        }
+        let spool = tempfile::NamedTempFile::new().expect("spool");
+        let mut v = Validator::new(spool.reopen().expect("reopen"));
+        v.push(&bytes).expect("valid");
+        v.finish().expect("complete");
+
+        // A second store already at counter 5 for the same root.
+        let b = crate::datamanager::testing::TestStore::start().await;
+        let db = b.dm();
+        db.commit(
+            vec![],
+            vec![
+                put(keys::counter("p"), b"5".to_vec()),
+                put(keys::RUN_SEQ, b"5".to_vec()),
+            ],
+        )
+        .await
+        .expect("seed");
+        let summary = db.import(spool.path()).await.expect("import");
+        assert_eq!(summary.runs, 3);
+        let page = db
+            .list_runs(&cairn_client::api::ListRunsQuery::default())
+            .await
+            .expect("list");
+        assert_eq!(page.runs.len(), 3);
+        let next = db
+            .create_run("/project/p/branch/main", |id, counter| {
+                let config = cairn_client::runconfig::RunConfig {
+                    id: id.to_string(),
+                    group: "/project/p/branch/main".into(),
+                    ..Default::default()
+                };
+                let run = crate::runservice::new_run(&config, counter, chrono::Utc::now());
+                (config, run)
+            })
+            .await
+            .expect("create after import");
+        assert_eq!(next.run.value.counter, 6, "the counter went backwards");
+        assert_eq!(next.run.value.id, keys::run_id(6));
+    }
+}
