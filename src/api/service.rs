@@ -40,7 +40,8 @@ pub struct ApiState {
     pub maintenance: tokio::sync::watch::Receiver<bool>,
 }
 
-/// In maintenance, only the maintenance, export and import endpoints answer.
+/// In maintenance, only the maintenance, export and import endpoints (and executor
+/// heartbeats) answer.
 async fn gate(
     State(mode): State<tokio::sync::watch::Receiver<bool>>,
     req: Request,
@@ -48,9 +49,17 @@ async fn gate(
 ) -> Response {
     if *mode.borrow() {
         let path = req.uri().path();
-        let allowed = ["/maintenance", "/export", "/import"]
-            .iter()
-            .any(|p| path.ends_with(p));
+        // Executor heartbeats go on, so that registrations (and the tasks they hold)
+        // outlive a long maintenance; executors get no tasks meanwhile.
+        let heartbeat = req.method() == axum::http::Method::POST
+            && path
+                .trim_start_matches("/api/v1")
+                .strip_prefix("/executors/")
+                .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
+        let allowed = heartbeat
+            || ["/maintenance", "/export", "/import"]
+                .iter()
+                .any(|p| path.ends_with(p));
         if !allowed {
             return Failure::new(
                 ErrorCode::Unavailable,

@@ -210,6 +210,7 @@ impl Datamanager {
         // The newest run of each group, written once at the end (a transaction may not
         // put one key twice).
         let mut last: BTreeMap<String, String> = BTreeMap::new();
+        let mut events = Vec::new();
         for line in lines {
             let line = line.map_err(|e| invalid(format!("reading the spool: {e}")))?;
             if line.starts_with("{\"trailer\"") {
@@ -233,6 +234,13 @@ impl Datamanager {
                 if !run.archived {
                     batch.push(put(keys::active(&run.id), Vec::new()));
                 }
+            } else if entry.key.starts_with(keys::EVENT) {
+                // An event's sequence is the revision that wrote it: one commit each
+                // (in the order they happened), so sequences stay unique and ordered.
+                let time = serde_json::from_str::<cairn_client::run::RunEvent>(&entry.value)
+                    .ok()
+                    .map(|e| e.time);
+                events.push((time, entry.key, entry.value));
             } else if entry.key.starts_with(keys::COUNTER) || entry.key == keys::RUN_SEQ {
                 let v =
                     parse_u64(entry.value.as_bytes()).max(floors.remove(&entry.key).unwrap_or(0));
@@ -246,6 +254,11 @@ impl Datamanager {
         }
         if !batch.is_empty() {
             self.commit(vec![], std::mem::take(&mut batch)).await?;
+        }
+        events.sort();
+        for (_, key, value) in events {
+            self.commit(vec![], vec![put(key, value.into_bytes())])
+                .await?;
         }
         for (group, id) in last {
             batch.push(put(keys::last(&group), id.into_bytes()));
