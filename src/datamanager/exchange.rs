@@ -181,7 +181,7 @@ impl Datamanager {
     }
 
     /// Replaces the datamanager's contents with a validated export (see
-    /// [`validate_export`]). The caller must hold maintenance mode. Run ids and counters
+    /// [`Validator`]). The caller must hold maintenance mode. Run ids and counters
     /// never go backwards: the sequence and each counter become the larger of the
     /// imported and the current value. Runs that were active lose their executor tasks:
     /// their running tasks are failed ("lost in an import"), queued runs stay queued.
