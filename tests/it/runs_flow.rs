@@ -148,3 +148,40 @@ async fn a_dag_runs_to_success_in_dependency_order_and_is_archived() {
     .await;
     assert!(archived.run.tasks.values().all(|t| t.all_fetched()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_cancelled_while_queued_is_archived_with_nothing_to_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = ServiceProc::single(&dir.path().join("n"));
+    let client = node.client();
+    let req = create_request("/project/p1/branch/main", DAG);
+    let first = client.create_run(&req).await.unwrap().runs[0]
+        .run
+        .id
+        .clone();
+    let second = client.create_run(&req).await.unwrap().runs[0]
+        .run
+        .id
+        .clone();
+    // No executor: the first run starts and waits, the second stays queued behind it.
+    wait_run_phase(&client, &first, RunPhase::Running).await;
+    let queued = client.run(&second).await.unwrap();
+    assert_eq!(queued.run.phase, RunPhase::Queued);
+    client
+        .run_action(&second, cairn_client::api::RunAction::Cancel)
+        .await
+        .unwrap();
+    let archived = wait_for(
+        Duration::from_secs(60),
+        "the cancelled run to be archived",
+        || async { client.run(&second).await.ok().filter(|r| r.run.archived) },
+    )
+    .await;
+    assert_eq!(archived.run.phase, RunPhase::Cancelled);
+    assert!(archived.run.tasks.values().all(|t| t.all_fetched()));
+    // The first run is untouched: still running, its root task still waiting.
+    assert_eq!(
+        client.run(&first).await.unwrap().run.phase,
+        RunPhase::Running
+    );
+}
