@@ -27,11 +27,20 @@ fn io(e: impl std::fmt::Display) -> EngineError {
     }
 }
 
+/// The page cache of one redb database.
+pub const CACHE_BYTES: usize = 64 << 20;
+
 impl RedbEngine {
     pub fn open(dir: &Path) -> Result<Self, EngineError> {
         std::fs::create_dir_all(dir).map_err(io)?;
         let path = dir.join("cairn.redb");
-        let db = Database::create(&path).map_err(io)?;
+        // redb's default page cache is 1 GiB; the current state is in memory in `Mvcc`
+        // anyway, so the cache mostly serves history reads and the Raft log. A bounded
+        // cache keeps a large store's RSS in check (edge hosts, many runs).
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(io)?;
         // Create the table once, so read transactions always find it.
         let txn = db.begin_write().map_err(io)?;
         txn.open_table(KV).map_err(io)?;
