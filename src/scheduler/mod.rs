@@ -215,21 +215,19 @@ impl Shared {
                 // Drain events that arrived meanwhile before waiting.
                 drain(&mut runs, &mut dirty, run_id_of_run_event)?;
                 drain(&mut tasks, &mut dirty, run_id_of_task_event)?;
-                if drain_executors(&mut executors)? {
-                    self.fail_lost_tasks(dm, &mut dirty).await?;
-                    dirty.extend(std::mem::take(&mut state.waiting_for_executor));
+                let mut seen = ExecutorChanges::default();
+                while let Some(m) = executors.try_recv() {
+                    seen.add(Some(m))?;
                 }
+                self.executors_changed(dm, seen, &mut state, &mut dirty).await?;
             }
             tokio::select! {
                 m = runs.recv() => on_message(m, &mut dirty, run_id_of_run_event)?,
                 m = tasks.recv() => on_message(m, &mut dirty, run_id_of_task_event)?,
                 m = executors.recv() => {
-                    let mut changed = false;
-                    on_executor_message(m, &mut changed)?;
-                    if changed {
-                        self.fail_lost_tasks(dm, &mut dirty).await?;
-                        dirty.extend(std::mem::take(&mut state.waiting_for_executor));
-                    }
+                    let mut seen = ExecutorChanges::default();
+                    seen.add(m)?;
+                    self.executors_changed(dm, seen, &mut state, &mut dirty).await?;
                 }
                 _ = sweep.tick() => {
                     dirty.extend(dm.active_run_ids().await?);
@@ -283,15 +281,51 @@ fn on_message(
     }
 }
 
-fn on_executor_message(m: Option<WatchMessage>, changed: &mut bool) -> Result<(), DmError> {
-    match m {
-        Some(WatchMessage::Events { .. }) => {
-            *changed = true;
-            Ok(())
+/// What the executor watch reported: registrations and heartbeats (puts), and
+/// executors gone (deleted, or their lease expired).
+#[derive(Default)]
+struct ExecutorChanges {
+    put: bool,
+    gone: bool,
+}
+
+impl ExecutorChanges {
+    fn add(&mut self, m: Option<WatchMessage>) -> Result<(), DmError> {
+        match m {
+            Some(WatchMessage::Events { events, .. }) => {
+                for e in events {
+                    match e.kind {
+                        store::EventKind::Put => self.put = true,
+                        store::EventKind::Delete => self.gone = true,
+                    }
+                }
+                Ok(())
+            }
+            Some(WatchMessage::Progress { .. }) => Ok(()),
+            Some(WatchMessage::Canceled(reason)) => Err(watch_ended(reason.to_string())),
+            None => Err(watch_ended("closed".into())),
         }
-        Some(WatchMessage::Progress { .. }) => Ok(()),
-        Some(WatchMessage::Canceled(reason)) => Err(watch_ended(reason.to_string())),
-        None => Err(watch_ended("closed".into())),
+    }
+}
+
+impl Shared {
+    /// A gone executor's unfinished tasks fail; any put (a new executor, or a heartbeat
+    /// reporting capacity) gives runs waiting for an executor another pass. Heartbeats
+    /// therefore never scan the executor tasks.
+    async fn executors_changed(
+        &self,
+        dm: &Datamanager,
+        seen: ExecutorChanges,
+        state: &mut pass::State,
+        dirty: &mut BTreeSet<String>,
+    ) -> Result<(), DmError> {
+        if seen.gone {
+            self.fail_lost_tasks(dm, dirty).await?;
+        }
+        if seen.put || seen.gone {
+            dirty.extend(std::mem::take(&mut state.waiting_for_executor));
+        }
+        Ok(())
     }
 }
 
@@ -304,14 +338,6 @@ fn drain(
         on_message(Some(m), dirty, id_of)?;
     }
     Ok(())
-}
-
-fn drain_executors(w: &mut WatchStream) -> Result<bool, DmError> {
-    let mut changed = false;
-    while let Some(m) = w.try_recv() {
-        on_executor_message(Some(m), &mut changed)?;
-    }
-    Ok(changed)
 }
 
 fn watch_ended(why: String) -> DmError {
