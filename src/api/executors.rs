@@ -3,7 +3,6 @@
 //! spec data generated from the run and its config, never stored), status reports, and
 //! the node's cluster view.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -86,12 +85,7 @@ pub async fn delete(State(st): State<ApiState>, Path(id): Path<String>) -> ApiRe
 
 pub async fn list(State(st): State<ApiState>) -> ApiResult<Json<ExecutorsResponse>> {
     let executors = st.dm.executors().await?;
-    let mut assigned = BTreeMap::new();
-    for et in st.dm.all_executor_tasks().await? {
-        if !et.value.status.phase.is_finished() {
-            *assigned.entry(et.value.spec.executor_id).or_insert(0) += 1;
-        }
-    }
+    let assigned = st.dm.assigned_counts().await?;
     Ok(Json(ExecutorsResponse {
         executors,
         assigned,

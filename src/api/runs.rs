@@ -191,12 +191,7 @@ async fn pending(
         .map(|(k, v)| (k, v.value))
         .collect();
     let executors = dm.executors().await?;
-    let mut assigned: BTreeMap<String, usize> = BTreeMap::new();
-    for et in dm.all_executor_tasks().await? {
-        if !et.value.status.phase.is_finished() {
-            *assigned.entry(et.value.spec.executor_id).or_default() += 1;
-        }
-    }
+    let assigned = dm.assigned_counts().await?;
     let placement = |task: &cairn_client::runconfig::RunConfigTask| {
         runservice::choose_executor(task, &executors, &assigned)
             .err()

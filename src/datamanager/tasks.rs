@@ -120,6 +120,18 @@ impl Datamanager {
         Ok((tasks, revision))
     }
 
+    /// Unfinished executor tasks per executor id: the load the scheduler counts against
+    /// each executor's capacity.
+    pub async fn assigned_counts(&self) -> Result<BTreeMap<String, usize>, DmError> {
+        let mut assigned = BTreeMap::new();
+        for et in self.all_executor_tasks().await? {
+            if !et.value.status.phase.is_finished() {
+                *assigned.entry(et.value.spec.executor_id).or_default() += 1;
+            }
+        }
+        Ok(assigned)
+    }
+
     /// Every executor task (they exist only while runs are active).
     pub async fn all_executor_tasks(&self) -> Result<Vec<Versioned<ExecutorTask>>, DmError> {
         self.scan_json(keys::EXECUTOR_TASK).await

@@ -156,14 +156,7 @@ impl Shared {
         to_run: &[String],
     ) -> Result<(), DmError> {
         let executors = dm.executors().await?;
-        let mut assigned: BTreeMap<String, usize> = BTreeMap::new();
-        for et in dm.all_executor_tasks().await? {
-            if !et.value.status.phase.is_finished() {
-                *assigned
-                    .entry(et.value.spec.executor_id.clone())
-                    .or_default() += 1;
-            }
-        }
+        let mut assigned = dm.assigned_counts().await?;
         for task_id in to_run {
             let Some(task) = config.tasks.get(task_id) else {
                 continue;
