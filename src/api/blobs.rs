@@ -48,18 +48,11 @@ pub async fn logs(
     let step = log_step(&p.step)?;
     let run = st.dm.run(&run_id).await?.value;
     let config = st.dm.run_config(&run_id).await?;
-    // Tasks can be named by id or by name.
-    let task_id = if run.tasks.contains_key(&task_id) {
-        task_id
-    } else {
-        config
-            .tasks
-            .values()
-            .find(|t| t.name == task_id)
-            .map(|t| t.id.clone())
-            .ok_or_else(|| Failure::not_found(format!("run {run_id} has no task {task_id:?}")))?
-    };
-    let rt = &run.tasks[&task_id];
+    let task_id = super::runs::task_id(&config, &run_id, &task_id)?;
+    let rt = run
+        .tasks
+        .get(&task_id)
+        .ok_or_else(|| Failure::not_found(format!("run {run_id} has no task {task_id:?}")))?;
     if let LogStep::Step(n) = step
         && n >= rt.steps.len()
     {
@@ -109,7 +102,7 @@ pub async fn append_log(
     body: Bytes,
 ) -> ApiResult<StatusCode> {
     let step = log_step(&p.step)?;
-    owned(&st, &id, &task_id).await?;
+    super::executors::owned_task(&st, &id, &task_id).await?;
     let log = LogId { task_id, step };
     if !body.is_empty() {
         st.logs
@@ -126,22 +119,6 @@ pub async fn append_log(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The executor must own the task to write its blobs.
-async fn owned(st: &ApiState, id: &str, task_id: &str) -> Result<(), Failure> {
-    let et = st
-        .dm
-        .executor_task(task_id)
-        .await?
-        .ok_or_else(|| Failure::not_found(format!("task {task_id} not found")))?;
-    if et.value.spec.executor_id != id {
-        return Err(Failure::new(
-            ErrorCode::Forbidden,
-            format!("task {task_id} is assigned to another executor"),
-        ));
-    }
-    Ok(())
-}
-
 fn archive_key(task_id: &str, step: usize) -> Result<String, Failure> {
     if task_id.is_empty() || task_id.contains('/') || task_id.contains("..") {
         return Err(Failure::bad_request(format!("bad task id {task_id:?}")));
@@ -154,7 +131,7 @@ pub async fn upload_archive(
     Path((id, task_id, step)): Path<(String, String, usize)>,
     body: Body,
 ) -> ApiResult<StatusCode> {
-    owned(&st, &id, &task_id).await?;
+    super::executors::owned_task(&st, &id, &task_id).await?;
     let key = archive_key(&task_id, step)?;
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     st.blobs.put_stream(&key, stream).await?;

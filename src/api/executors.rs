@@ -157,7 +157,9 @@ pub async fn task(
         .ok_or_else(|| Failure::not_found(format!("task {task_id} not found")))
 }
 
-async fn owned_task(
+/// The executor task `task_id`, which executor `id` must own (its blobs and status are
+/// its to write).
+pub(super) async fn owned_task(
     st: &ApiState,
     id: &str,
     task_id: &str,

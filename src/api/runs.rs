@@ -354,21 +354,11 @@ pub async fn action(
 
 pub async fn task_action(
     State(st): State<ApiState>,
-    Path((id, task_id)): Path<(String, String)>,
+    Path((id, task)): Path<(String, String)>,
     Json(req): Json<TaskActionRequest>,
 ) -> ApiResult<Json<RunResponse>> {
-    // Tasks can be named by id or by name.
     let config = st.dm.run_config(&id).await?;
-    let task_id = if config.tasks.contains_key(&task_id) {
-        task_id
-    } else {
-        config
-            .tasks
-            .values()
-            .find(|t| t.name == task_id)
-            .map(|t| t.id.clone())
-            .ok_or_else(|| Failure::not_found(format!("run {id} has no task {task_id:?}")))?
-    };
+    let task_id = task_id(&config, &id, &task)?;
     update_run(&st.dm, &id, |run| match &req {
         TaskActionRequest::Approve { approver } => {
             runservice::approve(run, &task_id, approver.as_deref())
@@ -379,6 +369,19 @@ pub async fn task_action(
     })
     .await?;
     Ok(Json(run_response(&st, &id).await?))
+}
+
+/// The id of a run's task named by its id or by its name.
+pub(super) fn task_id(config: &RunConfig, run_id: &str, name_or_id: &str) -> Result<String, Failure> {
+    if config.tasks.contains_key(name_or_id) {
+        return Ok(name_or_id.to_string());
+    }
+    config
+        .tasks
+        .values()
+        .find(|t| t.name == name_or_id)
+        .map(|t| t.id.clone())
+        .ok_or_else(|| Failure::not_found(format!("run {run_id} has no task {name_or_id:?}")))
 }
 
 #[derive(Debug, Default, Deserialize)]
