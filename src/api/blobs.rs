@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use super::error::{ApiResult, Failure};
 use super::service::ApiState;
+use crate::datamanager::archives::ArchiveStore;
 use crate::datamanager::logs::{LogError, LogId, LogStep};
 
 #[derive(Debug, Default, Deserialize)]
@@ -119,22 +120,16 @@ pub async fn append_log(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn archive_key(task_id: &str, step: usize) -> Result<String, Failure> {
-    if task_id.is_empty() || task_id.contains('/') || task_id.contains("..") {
-        return Err(Failure::bad_request(format!("bad task id {task_id:?}")));
-    }
-    Ok(format!("archives/{task_id}/{step}.tar"))
-}
-
 pub async fn upload_archive(
     State(st): State<ApiState>,
     Path((id, task_id, step)): Path<(String, String, usize)>,
     body: Body,
 ) -> ApiResult<StatusCode> {
     super::executors::owned_task(&st, &id, &task_id).await?;
-    let key = archive_key(&task_id, step)?;
     let stream = body.into_data_stream().map_err(std::io::Error::other);
-    st.blobs.put_stream(&key, stream).await?;
+    ArchiveStore::new(st.blobs.clone())
+        .put(&task_id, step, stream)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -142,9 +137,12 @@ pub async fn download_archive(
     State(st): State<ApiState>,
     Path((task_id, step)): Path<(String, usize)>,
 ) -> ApiResult<Response> {
-    let key = archive_key(&task_id, step)?;
-    let stream = st.blobs.get(&key).await?;
-    Ok(Response::new(Body::from_stream(stream)))
+    match ArchiveStore::new(st.blobs.clone()).get(&task_id, step).await? {
+        Some(archive) => Ok(Response::new(Body::from_stream(archive.data))),
+        None => Err(Failure::not_found(format!(
+            "task {task_id} has no workspace archive of step {step}"
+        ))),
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
