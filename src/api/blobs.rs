@@ -137,7 +137,10 @@ pub async fn download_archive(
     State(st): State<ApiState>,
     Path((task_id, step)): Path<(String, usize)>,
 ) -> ApiResult<Response> {
-    match ArchiveStore::new(st.blobs.clone()).get(&task_id, step).await? {
+    match ArchiveStore::new(st.blobs.clone())
+        .get(&task_id, step)
+        .await?
+    {
         Some(archive) => Ok(Response::new(Body::from_stream(archive.data))),
         None => Err(Failure::not_found(format!(
             "task {task_id} has no workspace archive of step {step}"

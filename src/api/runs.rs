@@ -372,7 +372,11 @@ pub async fn task_action(
 }
 
 /// The id of a run's task named by its id or by its name.
-pub(super) fn task_id(config: &RunConfig, run_id: &str, name_or_id: &str) -> Result<String, Failure> {
+pub(super) fn task_id(
+    config: &RunConfig,
+    run_id: &str,
+    name_or_id: &str,
+) -> Result<String, Failure> {
     if config.tasks.contains_key(name_or_id) {
         return Ok(name_or_id.to_string());
     }

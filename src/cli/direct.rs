@@ -290,10 +290,13 @@ fn e_message(e: &cairn_client::ClientError) -> String {
     }
 }
 
-async fn start_embedded(data_dir: &std::path::Path, driver: &str) -> anyhow::Result<Service> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
-    let opts = ServiceOptions {
+/// The embedded single node of the CLI over `data_dir` (loopback, any port, the `solo`
+/// timing), with `executor` or none.
+pub(crate) fn embedded_options(
+    data_dir: &std::path::Path,
+    executor: Option<ExecutorOptions>,
+) -> ServiceOptions {
+    ServiceOptions {
         data_dir: data_dir.to_path_buf(),
         listen: "127.0.0.1:0".parse().expect("a valid address"),
         advertise: None,
@@ -305,14 +308,23 @@ async fn start_embedded(data_dir: &std::path::Path, driver: &str) -> anyhow::Res
         objects: None,
         scheduler: crate::scheduler::SchedulerConfig::default(),
         executor_ttl_secs: 15,
-        executor: Some(ExecutorOptions {
+        executor,
+    }
+}
+
+async fn start_embedded(data_dir: &std::path::Path, driver: &str) -> anyhow::Result<Service> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let opts = embedded_options(
+        data_dir,
+        Some(ExecutorOptions {
             data_dir: data_dir.join("executor"),
             driver: DriverKind::parse(driver)?,
             labels: Default::default(),
             active_tasks_limit: 0,
             allow_privileged: false,
         }),
-    };
+    );
     Service::start(opts).await.map_err(|e| {
         let text = format!("{e:#}");
         if text.contains("lock") || text.contains("in use") || text.contains("Database already open") {

@@ -16,7 +16,7 @@ use std::io::Write;
 use super::direct::{SetupError, default_data_dir};
 use super::terminal::{Terminal, duration};
 use crate::configfile;
-use crate::service::{Service, ServiceOptions};
+use crate::service::Service;
 
 /// Where the commands find a server.
 #[derive(Args, Debug, Clone)]
@@ -121,22 +121,9 @@ impl Connection {
                 data_dir.display()
             ));
         }
-        let service = Service::start(ServiceOptions {
-            data_dir: data_dir.clone(),
-            listen: "127.0.0.1:0".parse().expect("a valid address"),
-            advertise: None,
-            engine: store::EngineKind::Redb,
-            timing: raft::Timing::solo(),
-            init: false,
-            join: None,
-            token: None,
-            objects: None,
-            scheduler: crate::scheduler::SchedulerConfig::default(),
-            executor_ttl_secs: 15,
-            executor: None,
-        })
-        .await
-        .map_err(|e| anyhow!("opening the embedded node in {}: {e:#}", data_dir.display()))?;
+        let service = Service::start(super::direct::embedded_options(&data_dir, None))
+            .await
+            .map_err(|e| anyhow!("opening the embedded node in {}: {e:#}", data_dir.display()))?;
         Ok(Connection {
             client: RunClient::new(&[service.url().to_string()], Some(service.token.clone()))?,
             embedded: Some(service),

@@ -219,7 +219,8 @@ impl Shared {
                 while let Some(m) = executors.try_recv() {
                     seen.add(Some(m))?;
                 }
-                self.executors_changed(dm, seen, &mut state, &mut dirty).await?;
+                self.executors_changed(dm, seen, &mut state, &mut dirty)
+                    .await?;
             }
             tokio::select! {
                 m = runs.recv() => on_message(m, &mut dirty, run_id_of_run_event)?,
