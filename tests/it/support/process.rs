@@ -23,6 +23,38 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
+/// Spawns `cmd` with stdout piped and waits (up to 60 s) for its first stdout line that
+/// `ready` accepts; returns the child and that line. Panics, killing the child, naming
+/// `what`, when it exits or stays silent instead.
+pub fn spawn_until_ready(
+    mut cmd: Command,
+    what: &str,
+    ready: impl Fn(&str) -> bool,
+) -> (Child, String) {
+    cmd.stdout(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if ready(&line) => return (child, line),
+            Ok(_) => continue,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                panic!("{what} did not become ready (exit: {status:?})");
+            }
+        }
+    }
+}
+
 /// One store node process.
 pub struct StoreProc {
     pub port: u16,
@@ -67,30 +99,8 @@ impl StoreProc {
         if let Some(j) = join {
             cmd.args(["--join", j]);
         }
-        let mut child = cmd.spawn().expect("spawn cairn");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.contains("listening on") => break,
-                Ok(_) => continue,
-                Err(_) => {
-                    let _ = child.kill();
-                    let status = child.wait().ok();
-                    panic!(
-                        "node on port {} did not become ready (exit: {status:?})",
-                        self.port
-                    );
-                }
-            }
-        }
+        let what = format!("node on port {}", self.port);
+        let (child, _) = spawn_until_ready(cmd, &what, |l| l.contains("listening on"));
         self.child = Some(child);
     }
 

@@ -3,16 +3,14 @@
 //! in-process executor, and standalone `cairn executor` processes. Every child is killed
 //! when its handle drops.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use cairn_client::RunClient;
 use cairn_client::api::NodeInfo;
 
-use super::process::{TOKEN, cairn_bin, free_port};
+use super::process::{TOKEN, cairn_bin, free_port, spawn_until_ready};
 
 /// One `cairn serve` process.
 pub struct ServiceProc {
@@ -97,30 +95,8 @@ impl ServiceProc {
         if let Some(j) = join {
             cmd.args(["--join", j]);
         }
-        let mut child = cmd.spawn().expect("spawn cairn serve");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.contains("serving on") => break,
-                Ok(_) => continue,
-                Err(_) => {
-                    let _ = child.kill();
-                    let status = child.wait().ok();
-                    panic!(
-                        "cairn serve on port {} did not become ready (exit: {status:?})",
-                        self.port
-                    );
-                }
-            }
-        }
+        let what = format!("cairn serve on port {}", self.port);
+        let (child, _) = spawn_until_ready(cmd, &what, |l| l.contains("serving on"));
         self.child = Some(child);
     }
 
@@ -250,35 +226,14 @@ impl ExecutorProc {
             .env("CAIRN_LOG", "error")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        let mut child = cmd.spawn().expect("spawn cairn executor");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                // "cairn: executor <id> (<driver> driver) serving <urls>"
-                Ok(line) if line.starts_with("cairn: executor ") => {
-                    self.id = line
-                        .split_whitespace()
-                        .nth(2)
-                        .expect("the executor id on its ready line")
-                        .to_string();
-                    break;
-                }
-                Ok(_) => continue,
-                Err(_) => {
-                    let _ = child.kill();
-                    let status = child.wait().ok();
-                    panic!("cairn executor did not start (exit: {status:?})");
-                }
-            }
-        }
+        // "cairn: executor <id> (<driver> driver) serving <urls>"
+        let (child, line) =
+            spawn_until_ready(cmd, "cairn executor", |l| l.starts_with("cairn: executor "));
+        self.id = line
+            .split_whitespace()
+            .nth(2)
+            .expect("the executor id on its ready line")
+            .to_string();
         self.child = Some(child);
     }
 
