@@ -31,6 +31,8 @@ mod procs;
 mod report;
 #[path = "bench/scheduler.rs"]
 mod scheduler;
+#[path = "bench/tracker.rs"]
+mod tracker;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

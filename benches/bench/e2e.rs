@@ -29,24 +29,23 @@
 //! `CAIRN_BENCH_E2E_BULK_UNFOLLOWED` (2), plus the store
 //! bench's `CAIRN_BIN`, `CAIRN_BENCH_ENGINE` and `CAIRN_BENCH_DIR`.
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use cairn_client::api::{ConfigFile, CreateRunRequest, RefSpec};
-use cairn_client::run::{FetchPhase, Run, RunEvent, RunResult};
+use cairn_client::run::{FetchPhase, Run, RunResult};
 use cairn_client::{LogStep, RunClient};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use crate::load::Sample;
+use crate::tracker::{AbortOnDrop, Tracker};
 use crate::{command_line, env_num};
 
 const TOKEN: &str = "cairn-bench-token";
@@ -311,76 +310,6 @@ async fn create(
     Ok((run.id.clone(), task.clone()))
 }
 
-/// A spawned task that ends with its handle.
-struct AbortOnDrop<T>(JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-type Done = (RunResult, Instant);
-
-/// Finished runs as the run-event stream reports them, with when they were seen.
-#[derive(Default)]
-struct Tracker {
-    state: Mutex<TrackerState>,
-}
-
-#[derive(Default)]
-struct TrackerState {
-    done: HashMap<String, Done>,
-    waiters: HashMap<String, oneshot::Sender<Done>>,
-}
-
-impl Tracker {
-    fn on_event(&self, ev: &RunEvent) {
-        if !ev.phase.is_finished() {
-            return;
-        }
-        let v = (ev.result, Instant::now());
-        let mut st = self.state.lock().expect("tracker lock");
-        match st.waiters.remove(&ev.run_id) {
-            Some(tx) => {
-                let _ = tx.send(v);
-            }
-            None => {
-                st.done.insert(ev.run_id.clone(), v);
-            }
-        }
-    }
-
-    async fn wait(&self, id: &str) -> anyhow::Result<Done> {
-        let rx = {
-            let mut st = self.state.lock().expect("tracker lock");
-            if let Some(v) = st.done.remove(id) {
-                return Ok(v);
-            }
-            let (tx, rx) = oneshot::channel();
-            st.waiters.insert(id.to_string(), tx);
-            rx
-        };
-        match tokio::time::timeout(RUN_TIMEOUT, rx).await {
-            Ok(Ok(v)) => Ok(v),
-            _ => bail!("run {id} did not finish within {RUN_TIMEOUT:?}"),
-        }
-    }
-
-    fn follow(self: &Arc<Self>, client: &RunClient) -> AbortOnDrop<()> {
-        let (me, client) = (self.clone(), client.clone());
-        AbortOnDrop(tokio::spawn(async move {
-            let mut events = std::pin::pin!(client.run_events(Some(0)));
-            while let Some(ev) = events.next().await {
-                match ev {
-                    Ok(ev) => me.on_event(&ev),
-                    Err(e) => eprintln!("bench: e2e: run events: {e}"),
-                }
-            }
-        }))
-    }
-}
-
 /// Polls `GET /runs/{id}` until `done` says so; the run, and when it was seen.
 async fn poll_run(
     client: &RunClient,
@@ -449,7 +378,7 @@ async fn true_runs(
     let mut ids = Vec::new();
     for _ in 0..WARMUP_RUNS {
         let (id, _) = create(client, group, config.clone()).await?;
-        tracker.wait(&id).await?;
+        tracker.wait(&id, RUN_TIMEOUT).await?;
         ids.push(id);
     }
     let (mut finished, mut created) = (Vec::new(), Vec::new());
@@ -459,7 +388,7 @@ async fn true_runs(
         let (t0, w0) = (Instant::now(), SystemTime::now());
         let (id, task_id) = create(client, group, config.clone()).await?;
         created.push(t0.elapsed());
-        let (result, at) = tracker.wait(&id).await?;
+        let (result, at) = tracker.wait(&id, RUN_TIMEOUT).await?;
         let seen = SystemTime::now() - at.elapsed();
         if result != RunResult::Success {
             bail!("run {id} ended {}", result.as_str());
@@ -707,7 +636,7 @@ pub async fn e2e_bench() -> anyhow::Result<()> {
     let mut rss = vec![idle_rss(pid, "after startup (3 s idle)", Duration::from_secs(3)).await];
 
     let tracker = Arc::new(Tracker::default());
-    let events = tracker.follow(&client);
+    let events = tracker.follow(&client, "e2e");
     let result = async {
         eprintln!("bench: e2e: 2. {} sequential runs of `true`", cfg.runs);
         let trues = true_runs(&cfg, &client, &tracker).await?;

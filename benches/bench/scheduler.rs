@@ -37,14 +37,14 @@ use anyhow::{Context, bail};
 use cairn_client::RunClient;
 use cairn_client::api::{ConfigFile, CreateRunRequest, ListRunsQuery, RefSpec};
 use cairn_client::executor::{AssignedTask, Executor, ExecutorTaskStatus, StepStatus};
-use cairn_client::run::{ExecutorTaskPhase, RunEvent, RunPhase, RunResult};
+use cairn_client::run::{ExecutorTaskPhase, RunPhase, RunResult};
 use cairn_client::runconfig::Arch;
-use futures::StreamExt;
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::load::Sample;
+use crate::tracker::{AbortOnDrop, Tracker};
 use crate::{command_line, env_num};
 
 const TOKEN: &str = "cairn-bench-token";
@@ -218,81 +218,6 @@ async fn create(client: &RunClient, group: &str, config: &str) -> anyhow::Result
         .await
         .with_context(|| format!("creating a run in {group}"))?;
     Ok(resp.runs.first().context("no run created")?.run.id.clone())
-}
-
-/// A spawned task that ends with its handle (also when an interrupted bench drops it).
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-// --- finished runs, from the run-event stream ------------------------------------------
-
-/// Finished runs as the run-event stream reports them, with when they were seen.
-#[derive(Default)]
-struct Tracker {
-    state: Mutex<TrackerState>,
-}
-
-type Done = (RunResult, Instant);
-
-#[derive(Default)]
-struct TrackerState {
-    /// Finished and not waited for yet.
-    done: HashMap<String, Done>,
-    waiters: HashMap<String, oneshot::Sender<Done>>,
-}
-
-impl Tracker {
-    fn on_event(&self, ev: &RunEvent) {
-        if !ev.phase.is_finished() {
-            return;
-        }
-        let v = (ev.result, Instant::now());
-        let mut st = self.state.lock().expect("tracker lock");
-        match st.waiters.remove(&ev.run_id) {
-            Some(tx) => {
-                let _ = tx.send(v);
-            }
-            None => {
-                st.done.insert(ev.run_id.clone(), v);
-            }
-        }
-    }
-
-    /// Waits until run `id` is finished; its result and when that was seen.
-    async fn wait(&self, id: &str) -> anyhow::Result<Done> {
-        let rx = {
-            let mut st = self.state.lock().expect("tracker lock");
-            if let Some(v) = st.done.remove(id) {
-                return Ok(v);
-            }
-            let (tx, rx) = oneshot::channel();
-            st.waiters.insert(id.to_string(), tx);
-            rx
-        };
-        match tokio::time::timeout(RUN_TIMEOUT, rx).await {
-            Ok(Ok(v)) => Ok(v),
-            _ => bail!("run {id} did not finish within {RUN_TIMEOUT:?}"),
-        }
-    }
-
-    /// Follows the run-event stream from the first event on, for ever.
-    fn follow(self: &Arc<Self>, client: &RunClient) -> AbortOnDrop {
-        let (me, client) = (self.clone(), client.clone());
-        AbortOnDrop(tokio::spawn(async move {
-            let mut events = std::pin::pin!(client.run_events(Some(0)));
-            while let Some(ev) = events.next().await {
-                match ev {
-                    Ok(ev) => me.on_event(&ev),
-                    Err(e) => eprintln!("bench: scheduler: run events: {e}"),
-                }
-            }
-        }))
-    }
 }
 
 // --- bench executors -------------------------------------------------------------------
@@ -550,7 +475,7 @@ async fn chain(
     let config = chain_config();
     for _ in 0..cfg.chain_runs {
         let id = create(client, "/project/chain/branch/main", &config).await?;
-        let (result, _) = tracker.wait(&id).await?;
+        let (result, _) = tracker.wait(&id, RUN_TIMEOUT).await?;
         if result != RunResult::Success {
             bail!("chain run {id} ended {}", result.as_str());
         }
@@ -601,7 +526,7 @@ async fn drain(cfg: &Config, client: &RunClient, tracker: &Arc<Tracker>) -> anyh
     let created_in = started.elapsed();
     let mut last = started;
     for id in &ids {
-        let (result, at) = tracker.wait(id).await?;
+        let (result, at) = tracker.wait(id, RUN_TIMEOUT).await?;
         if result != RunResult::Success {
             bail!("run {id} ended {}", result.as_str());
         }
@@ -648,7 +573,7 @@ async fn fill(
             let mut last = None;
             while next.fetch_add(1, Ordering::Relaxed) < n {
                 let id = create(&client, &group, &config).await?;
-                let (result, _) = tracker.wait(&id).await?;
+                let (result, _) = tracker.wait(&id, RUN_TIMEOUT).await?;
                 if result != RunResult::Success {
                     bail!("run {id} ended {}", result.as_str());
                 }
@@ -772,7 +697,7 @@ pub async fn scheduler_bench() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let tracker = Arc::new(Tracker::default());
-    let events = tracker.follow(&client);
+    let events = tracker.follow(&client, "scheduler");
     let probe = Arc::new(Probe::default());
     let ex0 = BenchExecutor::start(&client, "bench-ex0", &probe);
     // Two runs that stay running (on bench-ex0), so `phase=running` has something.
