@@ -41,7 +41,7 @@ impl Datamanager {
             let next_counter = parse_u64(counter.as_ref().map(|kv| kv.value.as_slice()))? + 1;
             let id = keys::run_id(next_seq);
             let (config, run) = make(&id, next_counter);
-            let mut compare = vec![
+            let compare = vec![
                 unchanged(keys::RUN_SEQ, seq.as_ref().map_or(0, |kv| kv.mod_revision)),
                 unchanged(
                     counter_key.clone(),
@@ -49,7 +49,6 @@ impl Datamanager {
                 ),
                 absent(keys::run(&id)),
             ];
-            compare.shrink_to_fit();
             let mut ops = vec![
                 put(keys::RUN_SEQ, next_seq.to_string().into_bytes()),
                 put(counter_key.clone(), next_counter.to_string().into_bytes()),
