@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogId};
-use store::{Cf, Command, CommandResult, Mvcc, WriteBatch};
+use store::{Cf, Command, CommandResult, Mvcc, StateSnapshot, WriteBatch};
 
 use crate::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig, decode,
@@ -145,26 +145,30 @@ fn pointers(applied: &Option<LogId>, membership: &StoredMembership) -> WriteBatc
     b
 }
 
-/// A snapshot taken when the builder was created; building only persists it.
+/// A snapshot fixed when the builder was created; building writes it out and persists it.
 pub struct SnapshotBuilder {
     meta: SnapshotMeta,
-    /// The dump, or why it could not be taken (then building fails).
-    data: Result<Vec<u8>, String>,
+    /// The fixed state, or why it could not be taken (then building fails).
+    data: Result<StateSnapshot, String>,
     sm_dir: PathBuf,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let meta = self.meta.clone();
-        let data = std::mem::replace(&mut self.data, Err("snapshot already built".into()))
+        let fixed = std::mem::replace(&mut self.data, Err("snapshot already built".into()))
             .map_err(|e| snap_err(ErrorVerb::Read, e))?;
         let dir = self.sm_dir.clone();
         let meta2 = meta.clone();
-        // The data goes to the blocking task and comes back: no copy of the snapshot.
-        let data =
-            tokio::task::spawn_blocking(move || save_snapshot(&dir, &meta2, &data).map(|()| data))
-                .await
-                .map_err(|e| snap_err(ErrorVerb::Write, e))??;
+        let data = tokio::task::spawn_blocking(move || {
+            let mut data = Vec::new();
+            fixed
+                .write_to(&mut data)
+                .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+            save_snapshot(&dir, &meta2, &data).map(|()| data)
+        })
+        .await
+        .map_err(|e| snap_err(ErrorVerb::Write, e))??;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -218,17 +222,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             last_membership: self.membership.clone(),
             snapshot_id,
         };
-        // Taken here, on the state-machine task, so no apply interleaves with the copy.
-        // Applies are written unsynced (the synced Raft log can replay them), but once a
-        // snapshot exists openraft may purge that log: make the applied state durable first.
-        let mut data = Vec::new();
+        // Fixed here, on the state-machine task, so no apply interleaves; written out later
+        // by `build_snapshot` on a task of its own, while applies go on (on engines with a
+        // point-in-time view; see `Mvcc::snapshot`). Applies are written unsynced (the
+        // synced Raft log can replay them), but once a snapshot exists openraft may purge
+        // that log: make the applied state durable first.
         let taken = self
             .mvcc
             .engine()
             .sync()
             .map_err(|e| e.to_string())
-            .and_then(|()| self.mvcc.dump(&mut data).map_err(|e| e.to_string()))
-            .map(|()| data);
+            .and_then(|()| self.mvcc.snapshot().map_err(|e| e.to_string()));
         SnapshotBuilder {
             meta,
             data: taken,

@@ -16,10 +16,10 @@ pub mod snapshot;
 pub mod watch;
 
 pub use command::{Command, CommandResult};
-pub use engine::{Cf, Durability, Engine, EngineError, EngineKind, WriteBatch};
+pub use engine::{Cf, Durability, Engine, EngineError, EngineKind, EngineView, WriteBatch};
 pub use error::StoreError;
 pub use kv::*;
-pub use mvcc::Mvcc;
+pub use mvcc::{Mvcc, StateSnapshot};
 pub use watch::{CancelReason, WatchHub, WatchMessage, WatchRequest, WatchStream};
 
 #[cfg(test)]

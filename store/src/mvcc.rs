@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::codec::{be, decode, encode, from_be, history_key, history_prefix};
 use crate::command::{Command, CommandResult};
-use crate::engine::{Cf, Durability, Engine, WriteBatch};
+use crate::engine::{Cf, Durability, Engine, EngineView, Pair, WriteBatch};
 use crate::error::StoreError;
 use crate::kv::*;
 use crate::snapshot::{SnapshotReader, SnapshotWriter};
@@ -849,14 +849,24 @@ impl Mvcc {
     /// Writes a consistent point-in-time copy of the whole state machine (no concurrent
     /// apply can interleave: the state lock is held while copying).
     pub fn dump(&self, out: &mut dyn Write) -> Result<(), StoreError> {
+        self.snapshot()?.write_to(out)
+    }
+
+    /// Fixes the state as of now for a later [`StateSnapshot::write_to`]. Where the engine
+    /// has a point-in-time view this is cheap and applies go on while the dump is written;
+    /// otherwise the dump is written to memory here, holding applies up for its duration.
+    pub fn snapshot(&self) -> Result<StateSnapshot, StoreError> {
         let _st = self.read();
-        let mut w = SnapshotWriter::new(out)?;
-        for cf in Cf::STATE_MACHINE {
-            for_each_pair(self.engine.as_ref(), cf, Vec::new(), None, |k, v| {
-                w.record(cf, &k, &v)
-            })?;
+        if let Some(view) = self.engine.view()? {
+            return Ok(StateSnapshot(Fixed::View(view)));
         }
-        w.finish()
+        let mut dumped = Vec::new();
+        let engine = self.engine.as_ref();
+        write_dump(
+            &|cf, from| Ok(engine.scan(cf, from, None, SCAN_PAGE, false)?),
+            &mut dumped,
+        )?;
+        Ok(StateSnapshot(Fixed::Dumped(dumped)))
     }
 
     /// Replaces the whole state machine with a dump, atomically (one synced engine write),
@@ -884,6 +894,52 @@ impl Mvcc {
         self.hub.reset(st.revision, st.compact_revision);
         Ok(())
     }
+}
+
+/// The state machine as of one moment (see [`Mvcc::snapshot`]).
+pub struct StateSnapshot(Fixed);
+
+enum Fixed {
+    View(Box<dyn EngineView>),
+    Dumped(Vec<u8>),
+}
+
+impl StateSnapshot {
+    /// Writes the dump [`Mvcc::restore`] reads.
+    pub fn write_to(self, out: &mut dyn Write) -> Result<(), StoreError> {
+        match self.0 {
+            Fixed::View(view) => write_dump(
+                &|cf, from| Ok(view.scan(cf, from, None, SCAN_PAGE, false)?),
+                out,
+            ),
+            Fixed::Dumped(bytes) => out
+                .write_all(&bytes)
+                .map_err(|e| StoreError::Storage(format!("writing a snapshot: {e}"))),
+        }
+    }
+}
+
+/// Pages of one family from a key on, in key order.
+type PageFn<'a> = dyn Fn(Cf, &[u8]) -> Result<Vec<Pair>, StoreError> + 'a;
+
+/// Writes every state-machine family, page by page, as a snapshot dump.
+fn write_dump(page: &PageFn<'_>, out: &mut dyn Write) -> Result<(), StoreError> {
+    let mut w = SnapshotWriter::new(out)?;
+    for cf in Cf::STATE_MACHINE {
+        let mut from = Vec::new();
+        loop {
+            let pairs = page(cf, &from)?;
+            let Some((last, _)) = pairs.last() else {
+                break;
+            };
+            from = last.clone();
+            from.push(0);
+            for (k, v) in pairs {
+                w.record(cf, &k, &v)?;
+            }
+        }
+    }
+    w.finish()
 }
 
 /// One page of a key-ordered range (either direction) without counting the rest.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::RwLock;
 
-use super::{BatchOp, Cf, Durability, Engine, EngineError, Pair, WriteBatch};
+use super::{BatchOp, Cf, Durability, Engine, EngineError, EngineView, Pair, WriteBatch};
 
 #[derive(Default)]
 pub struct MemEngine {
@@ -42,13 +42,7 @@ impl Engine for MemEngine {
             return Ok(Vec::new());
         }
         let map = self.map.read().map_err(|_| poisoned())?;
-        let range = map.range::<Vec<u8>, _>((Bound::Included(&s), Bound::Excluded(&e)));
-        let strip = |(k, v): (&Vec<u8>, &Vec<u8>)| (k[1..].to_vec(), v.clone());
-        Ok(if reverse {
-            range.rev().take(limit).map(strip).collect()
-        } else {
-            range.take(limit).map(strip).collect()
-        })
+        Ok(scan_map(&map, &s, &e, limit, reverse))
     }
 
     fn write(&self, batch: WriteBatch, _durability: Durability) -> Result<(), EngineError> {
@@ -88,5 +82,49 @@ impl Engine for MemEngine {
 
     fn name(&self) -> &'static str {
         "mem"
+    }
+
+    /// A copy of the map (this engine is for tests).
+    fn view(&self) -> Result<Option<Box<dyn EngineView>>, EngineError> {
+        let map = self.map.read().map_err(|_| poisoned())?.clone();
+        Ok(Some(Box::new(MemView { map })))
+    }
+}
+
+struct MemView {
+    map: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+impl EngineView for MemView {
+    fn scan(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<Pair>, EngineError> {
+        let (s, e) = cf.bounds(start, end);
+        if s >= e {
+            return Ok(Vec::new());
+        }
+        Ok(scan_map(&self.map, &s, &e, limit, reverse))
+    }
+}
+
+/// Up to `limit` pairs of `[s, e)` (full keys), family prefix stripped.
+fn scan_map(
+    map: &BTreeMap<Vec<u8>, Vec<u8>>,
+    s: &[u8],
+    e: &[u8],
+    limit: usize,
+    reverse: bool,
+) -> Vec<Pair> {
+    let range = map.range::<[u8], _>((Bound::Included(s), Bound::Excluded(e)));
+    let strip = |(k, v): (&Vec<u8>, &Vec<u8>)| (k[1..].to_vec(), v.clone());
+    if reverse {
+        range.rev().take(limit).map(strip).collect()
+    } else {
+        range.take(limit).map(strip).collect()
     }
 }

@@ -213,6 +213,27 @@ pub trait Engine: Send + Sync + 'static {
 
     /// A short name: `mem`, `redb`, `sled` or `rocksdb`.
     fn name(&self) -> &'static str;
+
+    /// A point-in-time view of everything written so far, which later writes do not
+    /// change, for long reads (snapshot dumps) that must not hold up writers. `None` where
+    /// the engine has no cheap view (sled, rocksdb): the caller then reads under its own
+    /// exclusion.
+    fn view(&self) -> Result<Option<Box<dyn EngineView>>, EngineError> {
+        Ok(None)
+    }
+}
+
+/// A read-only, point-in-time view of an engine (see [`Engine::view`]).
+pub trait EngineView: Send + Sync + 'static {
+    /// As [`Engine::scan`], at the moment the view was taken.
+    fn scan(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<Pair>, EngineError>;
 }
 
 /// Which engine to open.

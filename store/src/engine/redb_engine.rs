@@ -9,7 +9,9 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, TableDefinition};
 
-use super::{BatchOp, Cf, Durability, Engine, EngineError, Pair, WriteBatch, take_pairs};
+use super::{
+    BatchOp, Cf, Durability, Engine, EngineError, EngineView, Pair, WriteBatch, take_pairs,
+};
 
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 
@@ -74,13 +76,7 @@ impl Engine for RedbEngine {
         }
         let txn = self.db.begin_read().map_err(io)?;
         let table = txn.open_table(KV).map_err(io)?;
-        let range = table
-            .range::<&[u8]>(s.as_slice()..e.as_slice())
-            .map_err(io)?;
-        take_pairs(range, limit, reverse, |item| {
-            let (k, v) = item.map_err(io)?;
-            Ok((k.value()[1..].to_vec(), v.value().to_vec()))
-        })
+        scan_table(&table, &s, &e, limit, reverse)
     }
 
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<(), EngineError> {
@@ -127,4 +123,48 @@ impl Engine for RedbEngine {
     fn name(&self) -> &'static str {
         "redb"
     }
+
+    /// A read transaction: redb's copy-on-write pages keep its view while writers commit.
+    fn view(&self) -> Result<Option<Box<dyn EngineView>>, EngineError> {
+        let txn = self.db.begin_read().map_err(io)?;
+        let table = txn.open_table(KV).map_err(io)?;
+        Ok(Some(Box::new(RedbView { table })))
+    }
+}
+
+/// An open read transaction's table (it holds the transaction alive).
+struct RedbView {
+    table: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+}
+
+impl EngineView for RedbView {
+    fn scan(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<Pair>, EngineError> {
+        let (s, e) = cf.bounds(start, end);
+        if s >= e || limit == 0 {
+            return Ok(Vec::new());
+        }
+        scan_table(&self.table, &s, &e, limit, reverse)
+    }
+}
+
+/// Up to `limit` pairs of `[s, e)` (full keys), family prefix stripped.
+fn scan_table(
+    table: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    s: &[u8],
+    e: &[u8],
+    limit: usize,
+    reverse: bool,
+) -> Result<Vec<Pair>, EngineError> {
+    let range = table.range::<&[u8]>(s..e).map_err(io)?;
+    take_pairs(range, limit, reverse, |item| {
+        let (k, v) = item.map_err(io)?;
+        Ok((k.value()[1..].to_vec(), v.value().to_vec()))
+    })
 }
