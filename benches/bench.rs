@@ -23,6 +23,8 @@
 
 #[path = "bench/e2e.rs"]
 mod e2e;
+#[path = "bench/import_fill.rs"]
+mod import_fill;
 #[path = "bench/load.rs"]
 mod load;
 #[path = "bench/procs.rs"]

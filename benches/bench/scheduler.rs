@@ -65,6 +65,9 @@ struct Config {
     scales: Vec<usize>,
     in_flight: usize,
     pages: usize,
+    /// Fill the store for the flatness points by import (`CAIRN_BENCH_SCHED_FILL=import`)
+    /// rather than through the scheduler (`api`, the default).
+    fill_by_import: bool,
 }
 
 fn config() -> anyhow::Result<Config> {
@@ -89,6 +92,11 @@ fn config() -> anyhow::Result<Config> {
         scales,
         in_flight: env_num("CAIRN_BENCH_SCHED_IN_FLIGHT", 32)?.max(1),
         pages: env_num("CAIRN_BENCH_SCHED_PAGES", 200)?.max(1),
+        fill_by_import: match std::env::var("CAIRN_BENCH_SCHED_FILL").as_deref() {
+            Err(_) | Ok("api") => false,
+            Ok("import") => true,
+            Ok(other) => bail!("CAIRN_BENCH_SCHED_FILL: {other:?} is not api or import"),
+        },
     })
 }
 
@@ -610,15 +618,70 @@ async fn fill(
         return Err(e);
     }
     for id in &lasts {
-        let deadline = Instant::now() + RUN_TIMEOUT;
-        while !client.run(id).await?.run.archived {
-            if Instant::now() > deadline {
-                bail!("run {id} was not archived within {RUN_TIMEOUT:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_archived(client, id).await?;
     }
     Ok(started.elapsed())
+}
+
+async fn wait_archived(client: &RunClient, id: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    while !client.run(id).await?.run.archived {
+        if Instant::now() > deadline {
+            bail!("run {id} was not archived within {RUN_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// The fill by import: one real run through the scheduler, archived, then `n - 1` copies
+/// of it imported (see `import_fill`). The import fails the held runs' tasks, so two new
+/// held runs are made and waited for.
+async fn fill_by_import(
+    cfg: &Config,
+    client: &RunClient,
+    tracker: &Arc<Tracker>,
+    n: usize,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let group = "/project/fill/branch/w";
+    let template = create(client, &format!("{group}000"), &one_task_config("job")).await?;
+    let (result, _) = tracker.wait(&template, RUN_TIMEOUT).await?;
+    if result != RunResult::Success {
+        bail!("run {template} ended {}", result.as_str());
+    }
+    wait_archived(client, &template).await?;
+    crate::import_fill::import_copies(client, &template, n.saturating_sub(1), group, cfg.in_flight)
+        .await?;
+    let held = hold_runs(client).await?;
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let running = ListRunsQuery {
+        phase: vec![RunPhase::Running],
+        limit: Some(25),
+        ..ListRunsQuery::default()
+    };
+    loop {
+        let page = client.list_runs(&running).await?;
+        let ids: HashSet<&str> = page.runs.iter().map(|r| r.id.as_str()).collect();
+        if ids == held.iter().map(String::as_str).collect() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the new held runs were not the running ones within {RUN_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(started.elapsed())
+}
+
+/// Two runs whose task never ends (bench-ex0 holds them), so `phase=running` has something.
+async fn hold_runs(client: &RunClient) -> anyhow::Result<Vec<String>> {
+    let hold = one_task_config(HOLD);
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        ids.push(create(client, &format!("/project/hold/branch/h{i}"), &hold).await?);
+    }
+    Ok(ids)
 }
 
 /// `pages` requests of one listing; checks the page size.
@@ -646,6 +709,8 @@ async fn pages(
 
 struct Scale {
     finished: usize,
+    /// The server's RSS and peak RSS after the point's measurements.
+    memory: String,
     built_in: Option<(usize, Duration)>,
     chain: Chain,
     all: Sample,
@@ -664,6 +729,19 @@ async fn retire(client: &RunClient, executors: Vec<BenchExecutor>) -> anyhow::Re
         e.retire(client).await?;
     }
     Ok(())
+}
+
+/// `VmRSS / VmHWM` of a process, in MiB.
+fn memory(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .map_or("?".to_string(), |kib| format!("{:.0}", kib / 1024.0))
+    };
+    format!("{} / {} MiB", field("VmRSS:"), field("VmHWM:"))
 }
 
 fn load_average() -> String {
@@ -700,12 +778,8 @@ pub async fn scheduler_bench() -> anyhow::Result<()> {
     let events = tracker.follow(&client, "scheduler");
     let probe = Arc::new(Probe::default());
     let ex0 = BenchExecutor::start(&client, "bench-ex0", &probe);
-    // Two runs that stay running (on bench-ex0), so `phase=running` has something.
-    let hold = one_task_config(HOLD);
-    for i in 0..2 {
-        create(&client, &format!("/project/hold/branch/h{i}"), &hold).await?;
-    }
-    let result = scenarios(&cfg, &client, &tracker, &probe).await;
+    hold_runs(&client).await?;
+    let result = scenarios(&cfg, &client, &tracker, &probe, svc.child.id()).await;
     drop(ex0);
     drop(events);
     let load_after = load_average();
@@ -756,6 +830,7 @@ async fn scenarios(
     client: &RunClient,
     tracker: &Arc<Tracker>,
     probe: &Arc<Probe>,
+    server_pid: u32,
 ) -> anyhow::Result<(Chain, Drain, Vec<Scale>)> {
     let mut finished = 0;
     eprintln!("bench: scheduler: 1. ready → handed, empty store");
@@ -774,9 +849,14 @@ async fn scenarios(
         if finished < target {
             let n = target - finished;
             eprintln!("bench: scheduler: 3. filling to {target} finished runs ({n} more)");
-            let extra = extra_executors(cfg, client, probe);
-            let took = fill(cfg, client, tracker, n).await?;
-            retire(client, extra).await?;
+            let took = if cfg.fill_by_import {
+                fill_by_import(cfg, client, tracker, n).await?
+            } else {
+                let extra = extra_executors(cfg, client, probe);
+                let took = fill(cfg, client, tracker, n).await?;
+                retire(client, extra).await?;
+                took
+            };
             eprintln!(
                 "bench: scheduler: {n} runs made, finished and archived in {:.1} s ({:.0}/s)",
                 took.as_secs_f64(),
@@ -815,8 +895,11 @@ async fn scenarios(
             ms(running.pct_ms(0.5)),
             ms(running.pct_ms(0.99)),
         );
+        let memory = memory(server_pid);
+        eprintln!("bench: scheduler: {tag}: server memory {memory}");
         scales.push(Scale {
             finished,
+            memory,
             built_in,
             chain,
             all,
@@ -862,8 +945,8 @@ fn render(context: &str, chain0: &Chain, drain: &Drain, scales: &[Scale]) -> Str
         drain.runs as f64 / drain.finished_in.as_secs_f64(),
     );
     out += "\n#### 3. Cost per event as finished runs grow\n\n";
-    out += "| finished runs in store | built (runs, s, runs/s) | ready → handed p50 / p99 ms | `GET /runs?limit=25` p50 / p99 ms | `phase=running` p50 / p99 ms |\n";
-    out += "| ---: | --- | --- | --- | --- |\n";
+    out += "| finished runs in store | built (runs, s, runs/s) | ready → handed p50 / p99 ms | `GET /runs?limit=25` p50 / p99 ms | `phase=running` p50 / p99 ms | server RSS / peak |\n";
+    out += "| ---: | --- | --- | --- | --- | --- |\n";
     for s in scales {
         let built = s.built_in.map_or("-".to_string(), |(n, d)| {
             format!(
@@ -873,7 +956,7 @@ fn render(context: &str, chain0: &Chain, drain: &Drain, scales: &[Scale]) -> Str
             )
         });
         out += &format!(
-            "| {} | {built} | {} / {} | {} / {} | {} / {} |\n",
+            "| {} | {built} | {} / {} | {} / {} | {} / {} | {} |\n",
             s.finished,
             ms(s.chain.handed.pct_ms(0.5)),
             ms(s.chain.handed.pct_ms(0.99)),
@@ -881,6 +964,7 @@ fn render(context: &str, chain0: &Chain, drain: &Drain, scales: &[Scale]) -> Str
             ms(s.all.pct_ms(0.99)),
             ms(s.running.pct_ms(0.5)),
             ms(s.running.pct_ms(0.99)),
+            s.memory,
         );
     }
     out
