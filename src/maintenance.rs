@@ -1,7 +1,9 @@
 //! Each node's maintenance switch: a task that watches `rs/maintenance` and publishes the
 //! node's mode on a `watch` channel (the API gates on it, the scheduler stops while it is
-//! on) and records it in the store for `GET /api/v1/maintenance`. Switching is
-//! asynchronous: every node follows the key on its own.
+//! on) and records it in the store for `GET /api/v1/maintenance` — switching on is recorded
+//! only once the node's scheduler has stopped and released the store, so an operator who
+//! waits for every node knows no scheduler writes any more. Switching is asynchronous:
+//! every node follows the key on its own.
 
 use std::time::Duration;
 
@@ -24,14 +26,20 @@ pub struct ModeSwitch {
 
 impl ModeSwitch {
     /// Starts following the maintenance key, publishing on `tx` (whose receivers see
-    /// off until the key has been read).
-    pub fn spawn(kv: Kv, node_id: u64, tx: watch::Sender<bool>) -> ModeSwitch {
+    /// off until the key has been read). `quiet` is the scheduler's "stopped for
+    /// maintenance" signal, awaited before the node records that it is in maintenance.
+    pub fn spawn(
+        kv: Kv,
+        node_id: u64,
+        tx: watch::Sender<bool>,
+        quiet: watch::Receiver<bool>,
+    ) -> ModeSwitch {
         let rx = tx.subscribe();
         let cancel = CancellationToken::new();
         let c = cancel.clone();
         let task = tokio::spawn(async move {
             let span = tracing::info_span!("maintenance");
-            tracing::Instrument::instrument(follow(kv, node_id, tx, c), span).await;
+            tracing::Instrument::instrument(follow(kv, node_id, tx, quiet, c), span).await;
         });
         ModeSwitch {
             mode: rx,
@@ -46,10 +54,16 @@ impl ModeSwitch {
     }
 }
 
-async fn follow(kv: Kv, node_id: u64, tx: watch::Sender<bool>, cancel: CancellationToken) {
+async fn follow(
+    kv: Kv,
+    node_id: u64,
+    tx: watch::Sender<bool>,
+    mut quiet: watch::Receiver<bool>,
+    cancel: CancellationToken,
+) {
     let dm = Datamanager::new(kv.clone());
     while !cancel.is_cancelled() {
-        if let Err(e) = follow_once(&kv, &dm, node_id, &tx, &cancel).await {
+        if let Err(e) = follow_once(&kv, &dm, node_id, &tx, &mut quiet, &cancel).await {
             tracing::debug!(error = %e, "maintenance watch failed; retrying");
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -64,6 +78,7 @@ async fn follow_once(
     dm: &Datamanager,
     node_id: u64,
     tx: &watch::Sender<bool>,
+    quiet: &mut watch::Receiver<bool>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
     let session = Session::new(kv, 10).await?;
@@ -83,6 +98,10 @@ async fn follow_once(
         maintenance: on,
         since: chrono::Utc::now(),
     };
+    if current.is_some() && !scheduler_quiet(quiet, cancel).await {
+        let _ = session.close().await;
+        return Ok(());
+    }
     dm.put_node_mode(&record(current.is_some()), session.lease())
         .await?;
     let mut w = kv.watch(WatchRequest {
@@ -109,6 +128,10 @@ async fn follow_once(
                     .last()
                     .is_some_and(|e| e.kind == store::EventKind::Put);
                 if set(on) {
+                    if on && !scheduler_quiet(quiet, cancel).await {
+                        let _ = session.close().await;
+                        return Ok(());
+                    }
                     dm.put_node_mode(&record(on), session.lease()).await?;
                 }
             }
@@ -116,5 +139,14 @@ async fn follow_once(
             Some(WatchMessage::Canceled(r)) => anyhow::bail!("watch cancelled: {r}"),
             None => anyhow::bail!("watch closed"),
         }
+    }
+}
+
+/// Waits until the node's scheduler has stopped for maintenance; false if cancelled first
+/// (or the scheduler is gone).
+async fn scheduler_quiet(quiet: &mut watch::Receiver<bool>, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        r = quiet.wait_for(|q| *q) => r.is_ok(),
     }
 }

@@ -220,7 +220,8 @@ impl Service {
             crate::api::service::router(state, &api_token)
         })
         .await?;
-        let switch = ModeSwitch::spawn(store.node.kv(), store.node.id(), mode_tx);
+        let (quiet_tx, quiet_rx) = tokio::sync::watch::channel(false);
+        let switch = ModeSwitch::spawn(store.node.kv(), store.node.id(), mode_tx, quiet_rx);
         let scheduler = Scheduler::spawn(
             store.node.kv(),
             logs,
@@ -228,6 +229,7 @@ impl Service {
             opts.scheduler.clone(),
             active,
             mode_rx,
+            quiet_tx,
             CancellationToken::new(),
         );
         let agent = match &opts.executor {

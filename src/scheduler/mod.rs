@@ -71,6 +71,7 @@ impl Scheduler {
         config: SchedulerConfig,
         active: Arc<AtomicBool>,
         maintenance: tokio::sync::watch::Receiver<bool>,
+        quiet: tokio::sync::watch::Sender<bool>,
         cancel: CancellationToken,
     ) -> Scheduler {
         let ctx = Shared {
@@ -80,6 +81,7 @@ impl Scheduler {
             config,
             active: active.clone(),
             maintenance,
+            quiet,
         };
         let c = cancel.clone();
         let task = tokio::spawn(async move {
@@ -115,6 +117,9 @@ struct Shared {
     active: Arc<AtomicBool>,
     /// While on, this node's scheduler stops and does not compete.
     maintenance: tokio::sync::watch::Receiver<bool>,
+    /// Set once the scheduler has stopped for maintenance and released the store (lock,
+    /// session); cleared when it competes again. The node reports maintenance only then.
+    quiet: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -124,10 +129,14 @@ impl Shared {
         while !cancel.is_cancelled() {
             // In maintenance the scheduler waits, holding nothing.
             let mut mode = self.maintenance.clone();
+            if *mode.borrow_and_update() {
+                self.quiet.send_replace(true);
+            }
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 r = mode.wait_for(|on| !*on) => if r.is_err() { return },
             }
+            self.quiet.send_replace(false);
             match self.hold_and_schedule(&cancel).await {
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(e) => {
@@ -147,17 +156,31 @@ impl Shared {
         let session = Session::new(&self.kv, self.config.session_ttl).await?;
         let mutex = Mutex::new(keys::SCHEDULER_LOCK);
         let ctx = Ctx::with_cancel(Duration::from_secs(365 * 24 * 3600), cancel.clone());
-        let fence = match mutex.lock(&ctx, &session).await {
-            Ok(f) => f,
-            Err(raft::KvError::Cancelled) => return Ok(()),
-            Err(e) => return Err(e.into()),
+        // Maintenance while queued for the lock: leave the queue (closing the session
+        // deletes this node's place in it).
+        let mut mode = self.maintenance.clone();
+        let queued = tokio::select! {
+            biased;
+            _ = mode.wait_for(|on| *on) => None,
+            r = mutex.lock(&ctx, &session) => Some(r),
+        };
+        let fence = match queued {
+            Some(Ok(f)) => f,
+            None | Some(Err(raft::KvError::Cancelled)) => {
+                let _ = session.close().await;
+                return Ok(());
+            }
+            Some(Err(e)) => {
+                let _ = session.close().await;
+                return Err(e.into());
+            }
         };
         tracing::info!(token = fence.token, "scheduler active");
         self.active.store(true, Ordering::Relaxed);
         let dm = Datamanager::new(self.kv.clone()).fenced(fence.clone());
         let lost = session.done();
-        let mut mode = self.maintenance.clone();
         let result = tokio::select! {
+            biased;
             _ = cancel.cancelled() => Ok(()),
             _ = mode.wait_for(|on| *on) => {
                 tracing::info!("maintenance mode: the scheduler stops");

@@ -356,19 +356,15 @@ async fn a_truncated_or_altered_export_is_refused_with_nothing_changed() {
         create(&client, group, &one_task("ok")).await;
     }
     set_mode(&client, 1, true).await;
-    // The node reports maintenance as soon as it switched; its scheduler then releases its
-    // lock, one more store revision. Take the reference export once the revision is still.
-    let (good, parsed) = wait_for(
-        Duration::from_secs(60),
-        "a still store revision",
-        || async {
-            let a = parse_export(&export(&client).await);
-            let good = export(&client).await;
-            let b = parse_export(&good);
-            (a.header["revision"] == b.header["revision"]).then_some((good, b))
-        },
-    )
-    .await;
+    // The node reports maintenance only once its scheduler has stopped and released its
+    // lock: from then on nothing writes, and two exports are taken at the same revision.
+    let first = parse_export(&export(&client).await);
+    let good = export(&client).await;
+    let parsed = parse_export(&good);
+    assert_eq!(
+        first.header["revision"], parsed.header["revision"],
+        "the store moved after the node reported maintenance"
+    );
     let text = String::from_utf8(good.clone()).unwrap();
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     assert!(lines.len() > 6, "{text}");
