@@ -228,8 +228,10 @@ impl Service {
             blobs,
             opts.scheduler.clone(),
             active,
-            mode_rx,
-            quiet_tx,
+            crate::scheduler::Maintenance {
+                mode: mode_rx,
+                quiet: quiet_tx,
+            },
             CancellationToken::new(),
         );
         let agent = match &opts.executor {

@@ -61,6 +61,14 @@ pub struct Scheduler {
     cancel: CancellationToken,
 }
 
+/// The scheduler's side of the node's maintenance switch.
+pub struct Maintenance {
+    /// The node's mode: the scheduler stops while it is on.
+    pub mode: tokio::sync::watch::Receiver<bool>,
+    /// Set by the scheduler once it has stopped for maintenance and released the store.
+    pub quiet: tokio::sync::watch::Sender<bool>,
+}
+
 impl Scheduler {
     /// Starts the scheduler task: it competes for the lock and, once it holds it,
     /// schedules until `cancel` fires or the lock is lost (then competes again).
@@ -70,8 +78,7 @@ impl Scheduler {
         blobs: crate::datamanager::blobs::Blobs,
         config: SchedulerConfig,
         active: Arc<AtomicBool>,
-        maintenance: tokio::sync::watch::Receiver<bool>,
-        quiet: tokio::sync::watch::Sender<bool>,
+        maintenance: Maintenance,
         cancel: CancellationToken,
     ) -> Scheduler {
         let ctx = Shared {
@@ -80,8 +87,8 @@ impl Scheduler {
             blobs,
             config,
             active: active.clone(),
-            maintenance,
-            quiet,
+            maintenance: maintenance.mode,
+            quiet: maintenance.quiet,
         };
         let c = cancel.clone();
         let task = tokio::spawn(async move {
