@@ -118,7 +118,10 @@ impl ServiceChild {
             .arg(dir.join("data"))
             .args(["--listen", "127.0.0.1:0", "--token", TOKEN, "--no-executor"])
             .args(["--engine", &cfg.engine])
-            .env("CAIRN_LOG", "warn")
+            .env(
+                "CAIRN_LOG",
+                std::env::var("CAIRN_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(std::fs::File::create(&log)?))
@@ -361,11 +364,15 @@ async fn poll(client: RunClient, me: Executor, probe: Arc<Probe>, cancel: Cancel
                 .expect("probe lock")
                 .remove(&t.task.spec.run_id)
             {
-                probe
-                    .handed
-                    .lock()
-                    .expect("probe lock")
-                    .push(at.duration_since(ready));
+                let took = at.duration_since(ready);
+                if took > Duration::from_millis(500) {
+                    eprintln!(
+                        "bench: scheduler: slow hand-out: {} ms, handed at {}",
+                        took.as_millis(),
+                        chrono::Utc::now().format("%H:%M:%S%.3f")
+                    );
+                }
+                probe.handed.lock().expect("probe lock").push(took);
             }
             let (client, exec, probe) = (client.clone(), me.id.clone(), probe.clone());
             tokio::spawn(async move { run_task(&client, &exec, t, &probe).await });
@@ -817,6 +824,21 @@ pub async fn scheduler_bench() -> anyhow::Result<()> {
             .map_or(String::new(), |e| format!(" (first: {e})")),
     );
     println!("{}", render(&context, &chain0, &drain, &scales));
+    let log = std::fs::read_to_string(&svc.log).unwrap_or_default();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("WARN")
+                || l.contains("ERROR")
+                || l.contains("compacted history")
+                || l.contains("snapshot saved")
+        })
+        .collect();
+    eprintln!(
+        "bench: scheduler: the server logged {} warnings, errors, compactions and snapshots; the last ones:\n{}",
+        warnings.len(),
+        warnings[warnings.len().saturating_sub(20)..].join("\n")
+    );
     drop(svc);
     eprintln!(
         "bench: scheduler took {:.0} s",

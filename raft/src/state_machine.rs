@@ -77,33 +77,60 @@ impl StateMachine {
 /// both write `current.tmp`: one rename fails (a fatal storage error) or the file interleaves.
 static SAVE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Persists `meta` + `data` as the current snapshot of `dir`: temp file, fsync, rename. A
-/// snapshot older than the one already saved (a slow build finishing after an install) is
-/// not saved: the current snapshot never goes back.
+/// Persists `meta` + `data` as the current snapshot of `dir` (see [`save_snapshot_with`]).
 fn save_snapshot(
     dir: &std::path::Path,
     meta: &SnapshotMeta,
     data: &[u8],
 ) -> Result<(), StorageError> {
-    let _serial = SAVE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(saved) = read_saved_meta(&dir.join("current"))?
-        && saved.last_log_id > meta.last_log_id
-    {
-        return Ok(());
+    save_snapshot_with(dir, meta, |out| {
+        out.write_all(data)
+            .map_err(|e| snap_err(ErrorVerb::Write, e))
+    })
+}
+
+/// Persists `meta` and what `write_data` writes as the current snapshot of `dir`: a temp
+/// file of its own (written without the lock, so a big dump does not hold up an install),
+/// fsync, then, under [`SAVE_LOCK`], rename. A snapshot older than the one already saved
+/// (a slow build finishing after an install) is not saved: the current snapshot never
+/// goes back.
+fn save_snapshot_with(
+    dir: &std::path::Path,
+    meta: &SnapshotMeta,
+    write_data: impl FnOnce(&mut dyn std::io::Write) -> Result<(), StorageError>,
+) -> Result<(), StorageError> {
+    use std::io::Write;
+    static NEXT_TMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT_TMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!("current.tmp.{}.{n}", std::process::id()));
+    let io = |e: std::io::Error| snap_err(ErrorVerb::Write, e);
+    let written = (|| {
+        let m = encode(meta);
+        let mut f =
+            std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp).map_err(io)?);
+        f.write_all(&(m.len() as u32).to_be_bytes()).map_err(io)?;
+        f.write_all(&m).map_err(io)?;
+        write_data(&mut f)?;
+        let f = f.into_inner().map_err(|e| io(e.into_error()))?;
+        f.sync_all().map_err(io)
+    })();
+    let installed = written.and_then(|()| {
+        let _serial = SAVE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(saved) = read_saved_meta(&dir.join("current"))?
+            && saved.last_log_id > meta.last_log_id
+        {
+            return Ok(false);
+        }
+        std::fs::rename(&tmp, dir.join("current")).map_err(io)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        Ok(true)
+    });
+    if !matches!(installed, Ok(true)) {
+        let _ = std::fs::remove_file(&tmp);
     }
-    let tmp = dir.join("current.tmp");
-    let m = encode(meta);
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&(m.len() as u32).to_be_bytes())?;
-        f.write_all(&m)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, dir.join("current"))?;
-        std::fs::File::open(dir)?.sync_all()
-    };
-    write().map_err(|e| snap_err(ErrorVerb::Write, e))
+    installed.map(|_| ())
 }
 
 /// The meta of the snapshot saved at `path`, if any (reads only the header).
@@ -160,18 +187,29 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .map_err(|e| snap_err(ErrorVerb::Read, e))?;
         let dir = self.sm_dir.clone();
         let meta2 = meta.clone();
-        let data = tokio::task::spawn_blocking(move || {
-            let mut data = Vec::new();
-            fixed
-                .write_to(&mut data)
-                .map_err(|e| snap_err(ErrorVerb::Read, e))?;
-            save_snapshot(&dir, &meta2, &data).map(|()| data)
+        // Streamed to the snapshot file, never whole in memory.
+        let started = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || {
+            save_snapshot_with(&dir, &meta2, |out| {
+                fixed
+                    .write_to(out)
+                    .map_err(|e| snap_err(ErrorVerb::Write, e))
+            })
         })
         .await
         .map_err(|e| snap_err(ErrorVerb::Write, e))??;
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            took_ms = started.elapsed().as_millis() as u64,
+            "snapshot saved"
+        );
+        // openraft 0.9 keeps only the meta of a snapshot it had built (its state-machine
+        // worker maps the result to `Response::BuildSnapshot(snap.meta)`); a snapshot is
+        // sent to followers from `get_current_snapshot`, which reads the file. So no copy
+        // of the data is handed back here.
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(Cursor::new(Vec::new())),
         })
     }
 }

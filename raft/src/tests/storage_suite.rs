@@ -98,12 +98,14 @@ async fn a_snapshot_build_racing_an_install_keeps_the_newer_snapshot() {
         let mut slow_build = follower.get_snapshot_builder().await;
         index += 1;
         leader.apply([normal(index)]).await.unwrap();
-        let newer = leader
+        // A built snapshot is sent from the saved file, as openraft does.
+        leader
             .get_snapshot_builder()
             .await
             .build_snapshot()
             .await
             .unwrap();
+        let newer = leader.get_current_snapshot().await.unwrap().unwrap();
 
         let (built, installed) = tokio::join!(
             slow_build.build_snapshot(),
