@@ -15,14 +15,15 @@
 //! 3. **flatness**: with ~1k, 10k (and, on request, 100k) finished and archived runs in
 //!    the store, (1) again, plus `GET /runs?limit=25` and `GET /runs?phase=running&limit=25`.
 //!    The runs are made through the API by 32 concurrent creators (each in its own group,
-//!    creating its next run once its last one finished) and 4 executors.
+//!    creating its next run once its last one finished) and 4 executors, or imported.
 //!
 //! Two runs whose task never ends stay running the whole time, so the `phase=running`
 //! page is not empty. Environment: `CAIRN_BENCH_SCHED_CHAIN_RUNS` (11: 209 hand-outs),
 //! `CAIRN_BENCH_SCHED_RUNS` (1000), `CAIRN_BENCH_SCHED_GROUPS` (50),
 //! `CAIRN_BENCH_SCHED_EXECUTORS` (4), `CAIRN_BENCH_SCHED_SCALES` (`1000,10000`; add
 //! `100000` for the full run), `CAIRN_BENCH_SCHED_IN_FLIGHT` (32),
-//! `CAIRN_BENCH_SCHED_PAGES` (200), plus the store bench's `CAIRN_BIN`,
+//! `CAIRN_BENCH_SCHED_PAGES` (200), `CAIRN_BENCH_SCHED_FILL` (`api`, or `import`: see
+//! `import_fill`), `CAIRN_BENCH_SERVER_LOG` (`warn`), plus the store bench's `CAIRN_BIN`,
 //! `CAIRN_BENCH_ENGINE` and `CAIRN_BENCH_DIR`.
 
 use std::collections::{HashMap, HashSet};
