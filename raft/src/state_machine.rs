@@ -2,10 +2,11 @@
 //!
 //! Applying a batch of entries is one engine write holding the new state *and* the applied
 //! log id and membership, so the applied pointer never runs ahead of (or behind) the state
-//! it describes. A snapshot is a [`Mvcc::dump`] taken while no apply runs (openraft calls
-//! `get_snapshot_builder` on the state-machine task), kept as the node's current snapshot in
-//! `<data>/snapshot/current` (written to a temporary file, synced, renamed). Installing
-//! one is [`Mvcc::restore`]: a single synced batch.
+//! it describes. A snapshot is fixed by [`Mvcc::snapshot`] while no apply runs (openraft
+//! calls `get_snapshot_builder` on the state-machine task) — on redb a read transaction, so
+//! fixing it is cheap — then streamed by `build_snapshot`, on a task of its own while
+//! applies go on, into the node's current snapshot `<data>/snapshot/current` (a temporary
+//! file, synced, renamed). Installing one is [`Mvcc::restore`]: a single synced batch.
 
 use std::io::Cursor;
 use std::path::PathBuf;
