@@ -611,6 +611,14 @@ impl Mvcc {
         }
         // Every revision in [compact_revision, revision) loses its events: first those in
         // the engine, then those applied earlier in this batch (not in the engine yet).
+        // The engine is read through one view where it has one (two history lookups per
+        // event; a read transaction each would dominate a big compaction). Both see the
+        // same thing: what earlier batches wrote, not this one.
+        let view = self.engine.view()?;
+        let reader = match &view {
+            Some(v) => Reader::View(v.as_ref()),
+            None => Reader::Engine(self.engine.as_ref()),
+        };
         let mut seen = HashSet::new();
         let from = be(st.compact_revision.max(1)).to_vec();
         let to = be(revision);
@@ -621,7 +629,7 @@ impl Mvcc {
             Some(&to),
             |rk, rv| {
                 let events: Vec<Event> = decode(&rv)?;
-                self.compact_revision_events(b, &mut seen, from_be(&rk)?, &events, revision)
+                compact_revision_events(&reader, b, &mut seen, from_be(&rk)?, &events, revision)
             },
         )?;
         let pending: Vec<(i64, Vec<Event>)> = b
@@ -631,71 +639,10 @@ impl Mvcc {
             .cloned()
             .collect();
         for (r, events) in &pending {
-            self.compact_revision_events(b, &mut seen, *r, events, revision)?;
+            compact_revision_events(&reader, b, &mut seen, *r, events, revision)?;
         }
         st.compact_revision = revision;
         Ok(())
-    }
-
-    /// Compacts the events of revision `r` < `revision`. Each version `r` wrote is dropped
-    /// when a newer version at or below `revision` exists, or when it is a deletion. The
-    /// first time this compaction meets a key, its versions older than `r` go too: they are
-    /// what an earlier compaction kept as the key's latest, and their events are gone, so
-    /// nothing else would ever drop them (and a deleted key would come back in reads).
-    fn compact_revision_events(
-        &self,
-        b: &mut Batch,
-        seen: &mut HashSet<Vec<u8>>,
-        r: i64,
-        events: &[Event],
-        revision: i64,
-    ) -> Result<(), StoreError> {
-        for ev in events {
-            let key = &ev.kv.key;
-            if seen.insert(key.clone()) {
-                let older = self.engine.scan(
-                    Cf::History,
-                    &history_prefix(key),
-                    Some(&history_key(key, r)),
-                    usize::MAX,
-                    false,
-                )?;
-                for (k, _) in older {
-                    b.writes.delete(Cf::History, k);
-                }
-            }
-            let superseded = match self.next_version_after(b, key, r)? {
-                Some(next) => next <= revision,
-                None => false,
-            };
-            if superseded || ev.kind == EventKind::Delete {
-                b.writes.delete(Cf::History, history_key(key, r));
-            }
-        }
-        b.writes.delete(Cf::Events, be(r).to_vec());
-        Ok(())
-    }
-
-    /// The first revision after `r` at which `key` has a version, on disk or in this batch.
-    fn next_version_after(&self, b: &Batch, key: &[u8], r: i64) -> Result<Option<i64>, StoreError> {
-        let start = history_key(key, r + 1);
-        let end = crate::kv::prefix_end(&history_prefix(key));
-        let on_disk = match self
-            .engine
-            .scan(Cf::History, &start, Some(&end), 1, false)?
-            .first()
-        {
-            Some((k, _)) => Some(from_be(&k[k.len() - 8..])?),
-            None => None,
-        };
-        let pending = b
-            .pending_history
-            .get(key)
-            .and_then(|revs| revs.iter().copied().filter(|&x| x > r).min());
-        Ok(match (on_disk, pending) {
-            (Some(a), Some(p)) => Some(a.min(p)),
-            (a, p) => a.or(p),
-        })
     }
 
     /// A read of the current state or, with `req.revision > 0`, of a past revision.
@@ -1124,4 +1071,86 @@ pub(crate) fn read_events(
     page.iter()
         .map(|(k, v)| Ok((from_be(k)?, decode(v)?)))
         .collect()
+}
+
+/// Reads of the engine for a compaction: through a point-in-time view, or directly.
+enum Reader<'a> {
+    View(&'a dyn EngineView),
+    Engine(&'a dyn Engine),
+}
+
+impl Reader<'_> {
+    fn scan(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Pair>, StoreError> {
+        Ok(match self {
+            Reader::View(v) => v.scan(cf, start, end, limit, false)?,
+            Reader::Engine(e) => e.scan(cf, start, end, limit, false)?,
+        })
+    }
+}
+
+/// Compacts the events of revision `r` < `revision`. Each version `r` wrote is dropped
+/// when a newer version at or below `revision` exists, or when it is a deletion. The
+/// first time this compaction meets a key, its versions older than `r` go too: they are
+/// what an earlier compaction kept as the key's latest, and their events are gone, so
+/// nothing else would ever drop them (and a deleted key would come back in reads).
+fn compact_revision_events(
+    reader: &Reader<'_>,
+    b: &mut Batch,
+    seen: &mut HashSet<Vec<u8>>,
+    r: i64,
+    events: &[Event],
+    revision: i64,
+) -> Result<(), StoreError> {
+    for ev in events {
+        let key = &ev.kv.key;
+        if seen.insert(key.clone()) {
+            let older = reader.scan(
+                Cf::History,
+                &history_prefix(key),
+                Some(&history_key(key, r)),
+                usize::MAX,
+            )?;
+            for (k, _) in older {
+                b.writes.delete(Cf::History, k);
+            }
+        }
+        let superseded = match next_version_after(reader, b, key, r)? {
+            Some(next) => next <= revision,
+            None => false,
+        };
+        if superseded || ev.kind == EventKind::Delete {
+            b.writes.delete(Cf::History, history_key(key, r));
+        }
+    }
+    b.writes.delete(Cf::Events, be(r).to_vec());
+    Ok(())
+}
+
+/// The first revision after `r` at which `key` has a version, on disk or in this batch.
+fn next_version_after(
+    reader: &Reader<'_>,
+    b: &Batch,
+    key: &[u8],
+    r: i64,
+) -> Result<Option<i64>, StoreError> {
+    let start = history_key(key, r + 1);
+    let end = crate::kv::prefix_end(&history_prefix(key));
+    let on_disk = match reader.scan(Cf::History, &start, Some(&end), 1)?.first() {
+        Some((k, _)) => Some(from_be(&k[k.len() - 8..])?),
+        None => None,
+    };
+    let pending = b
+        .pending_history
+        .get(key)
+        .and_then(|revs| revs.iter().copied().filter(|&x| x > r).min());
+    Ok(match (on_disk, pending) {
+        (Some(a), Some(p)) => Some(a.min(p)),
+        (a, p) => a.or(p),
+    })
 }
