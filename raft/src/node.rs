@@ -606,6 +606,9 @@ async fn lessor_loop(inner: Arc<NodeInner>) {
 /// History kept by automatic compaction, in revisions.
 pub const KEEP_REVISIONS: i64 = 10_000;
 
+/// About how many bytes of stored events one automatic compaction step drops.
+const COMPACTION_STEP_BYTES: usize = 4 << 20;
+
 /// The revision automatic compaction should compact to, if any: keep the last
 /// `keep` revisions, and only act once another tenth of that has accumulated so the
 /// leader does not propose a compaction for every write.
@@ -614,7 +617,8 @@ pub fn auto_compact_target(revision: i64, compact_revision: i64, keep: i64) -> O
     (target > compact_revision + keep / 10).then_some(target)
 }
 
-/// On the leader, compacts history older than [`KEEP_REVISIONS`] every 30 s.
+/// On the leader, compacts history older than [`KEEP_REVISIONS`] every 30 s, in steps of
+/// [`COMPACTION_STEP_BYTES`] (see `Mvcc::compaction_step`).
 async fn compaction_loop(inner: Arc<NodeInner>) {
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -627,14 +631,31 @@ async fn compaction_loop(inner: Arc<NodeInner>) {
         let Some(target) = auto_compact_target(rev, compacted, KEEP_REVISIONS) else {
             continue;
         };
-        match inner
-            .raft
-            .client_write(Command::Compact { revision: target })
-            .await
-        {
-            Ok(_) => tracing::info!(revision = target, "compacted history"),
-            Err(e) => {
-                tracing::warn!(error = %e, "automatic compaction failed; retried at the next tick")
+        // In steps of about COMPACTION_STEP_BYTES of events, each its own apply.
+        let mut steps = 0;
+        loop {
+            let step = match inner.mvcc.compaction_step(target, COMPACTION_STEP_BYTES) {
+                Ok(step) => step,
+                Err(e) => {
+                    tracing::warn!(error = %e, "automatic compaction failed; retried at the next tick");
+                    break;
+                }
+            };
+            if let Err(e) = inner
+                .raft
+                .client_write(Command::Compact { revision: step })
+                .await
+            {
+                tracing::warn!(error = %e, "automatic compaction failed; retried at the next tick");
+                break;
+            }
+            steps += 1;
+            if step >= target {
+                tracing::info!(revision = target, steps, "compacted history");
+                break;
+            }
+            if !inner.lessor.is_primary() {
+                break;
             }
         }
     }

@@ -328,6 +328,37 @@ impl Mvcc {
         self.read().compact_revision
     }
 
+    /// Where a compaction from the current compact revision towards `target` should stop
+    /// so that it drops about `budget` bytes of stored events at most, but at least one
+    /// revision's: automatic compaction goes in such steps, each its own apply, so that no
+    /// single apply holds the state machine for long (after a bulk write, say).
+    pub fn compaction_step(&self, target: i64, budget: usize) -> Result<i64, StoreError> {
+        let from = self.compact_revision().max(1);
+        if target <= from {
+            return Ok(target);
+        }
+        let mut bytes = 0usize;
+        let mut start = be(from).to_vec();
+        let stop = be(target);
+        loop {
+            let page = self
+                .engine
+                .scan(Cf::Events, &start, Some(&stop), SCAN_PAGE, false)?;
+            let Some((last, _)) = page.last() else {
+                return Ok(target);
+            };
+            start = last.clone();
+            start.push(0);
+            for (k, v) in &page {
+                bytes += v.len();
+                if bytes > budget {
+                    // `Compact { revision }` drops the events of revisions below it.
+                    return Ok((from_be(k)? + 1).min(target));
+                }
+            }
+        }
+    }
+
     /// Number of live keys.
     pub fn key_count(&self) -> usize {
         self.read().current.len()

@@ -1717,6 +1717,54 @@ fn dump(m: &Mvcc) -> Vec<u8> {
 }
 
 #[test]
+fn compaction_steps_bound_the_events_they_drop_and_always_progress() {
+    for (t, m) in stores() {
+        let name = t.kind.as_str();
+        // Revisions 2..=41: 40 puts of 1 KiB values.
+        for i in 0..40 {
+            put(&m, &format!("k/{}", i % 7), &"v".repeat(1024));
+        }
+        let target = m.revision();
+        // Nothing to drop yet beyond the budget: the whole way in one step.
+        assert_eq!(
+            m.compaction_step(target, usize::MAX).unwrap(),
+            target,
+            "{name}"
+        );
+        // A 10 KiB budget: a few revisions' events per step (a record holds one event).
+        let mut steps = 0;
+        let mut from = m.compact_revision();
+        while m.compact_revision() < target {
+            let step = m.compaction_step(target, 10 * 1024).unwrap();
+            assert!(
+                step > from.max(1) && step <= target,
+                "{name}: step {step} after {from}"
+            );
+            assert!(
+                step - from.max(1) <= 11,
+                "{name}: step {step} after {from} is too big"
+            );
+            compact(&m, step);
+            from = step;
+            steps += 1;
+        }
+        // At most 11 revisions a step (so at least 4 steps), and several revisions a step
+        // (a record holds ~1–2 KiB here).
+        assert!((4..=10).contains(&steps), "{name}: {steps} steps");
+        // A budget smaller than one revision still moves one revision on.
+        put(&m, "k/last", "x");
+        let next = m.revision();
+        assert_eq!(m.compaction_step(next, 0).unwrap(), target + 1, "{name}");
+        // The steps left the same readable state a single compaction would.
+        assert_eq!(
+            get(&m, "k/3").map(|kv| kv.value.len()),
+            Some(1024),
+            "{name}"
+        );
+    }
+}
+
+#[test]
 fn a_snapshot_is_fixed_when_taken_and_later_writes_stay_out_of_its_dump() {
     for (t, src) in stores() {
         let name = t.kind.as_str();
