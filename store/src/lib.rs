@@ -16,7 +16,7 @@ pub mod snapshot;
 pub mod watch;
 
 pub use command::{Command, CommandResult};
-pub use engine::{Cf, Durability, Engine, EngineError, EngineKind, EngineView, WriteBatch};
+pub use engine::{Cf, Durability, Engine, EngineError, EngineKind, Scan, WriteBatch};
 pub use error::StoreError;
 pub use kv::*;
 pub use mvcc::{Mvcc, StateSnapshot};

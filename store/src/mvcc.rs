@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::codec::{be, decode, encode, from_be, history_key, history_prefix};
 use crate::command::{Command, CommandResult};
-use crate::engine::{Cf, Durability, Engine, EngineView, Pair, WriteBatch};
+use crate::engine::{Cf, Durability, Engine, Scan, WriteBatch};
 use crate::error::StoreError;
 use crate::kv::*;
 use crate::snapshot::{SnapshotReader, SnapshotWriter};
@@ -646,9 +646,9 @@ impl Mvcc {
         // event; a read transaction each would dominate a big compaction). Both see the
         // same thing: what earlier batches wrote, not this one.
         let view = self.engine.view()?;
-        let reader = match &view {
-            Some(v) => Reader::View(v.as_ref()),
-            None => Reader::Engine(self.engine.as_ref()),
+        let reader: &dyn Scan = match &view {
+            Some(v) => v.as_ref(),
+            None => self.engine.as_ref(),
         };
         let mut seen = HashSet::new();
         let from = be(st.compact_revision.max(1)).to_vec();
@@ -660,7 +660,7 @@ impl Mvcc {
             Some(&to),
             |rk, rv| {
                 let events: Vec<Event> = decode(&rv)?;
-                compact_revision_events(&reader, b, &mut seen, from_be(&rk)?, &events, revision)
+                compact_revision_events(reader, b, &mut seen, from_be(&rk)?, &events, revision)
             },
         )?;
         let pending: Vec<(i64, Vec<Event>)> = b
@@ -670,7 +670,7 @@ impl Mvcc {
             .cloned()
             .collect();
         for (r, events) in &pending {
-            compact_revision_events(&reader, b, &mut seen, *r, events, revision)?;
+            compact_revision_events(reader, b, &mut seen, *r, events, revision)?;
         }
         st.compact_revision = revision;
         Ok(())
@@ -839,11 +839,7 @@ impl Mvcc {
             return Ok(StateSnapshot(Fixed::View(view)));
         }
         let mut dumped = Vec::new();
-        let engine = self.engine.as_ref();
-        write_dump(
-            &|cf, from| Ok(engine.scan(cf, from, None, SCAN_PAGE, false)?),
-            &mut dumped,
-        )?;
+        write_dump(self.engine.as_ref(), &mut dumped)?;
         Ok(StateSnapshot(Fixed::Dumped(dumped)))
     }
 
@@ -878,7 +874,7 @@ impl Mvcc {
 pub struct StateSnapshot(Fixed);
 
 enum Fixed {
-    View(Box<dyn EngineView>),
+    View(Box<dyn Scan>),
     Dumped(Vec<u8>),
 }
 
@@ -886,10 +882,7 @@ impl StateSnapshot {
     /// Writes the dump [`Mvcc::restore`] reads.
     pub fn write_to(self, out: &mut dyn Write) -> Result<(), StoreError> {
         match self.0 {
-            Fixed::View(view) => write_dump(
-                &|cf, from| Ok(view.scan(cf, from, None, SCAN_PAGE, false)?),
-                out,
-            ),
+            Fixed::View(view) => write_dump(view.as_ref(), out),
             Fixed::Dumped(bytes) => out
                 .write_all(&bytes)
                 .map_err(|e| StoreError::Storage(format!("writing a snapshot: {e}"))),
@@ -897,25 +890,11 @@ impl StateSnapshot {
     }
 }
 
-/// Pages of one family from a key on, in key order.
-type PageFn<'a> = dyn Fn(Cf, &[u8]) -> Result<Vec<Pair>, StoreError> + 'a;
-
-/// Writes every state-machine family, page by page, as a snapshot dump.
-fn write_dump(page: &PageFn<'_>, out: &mut dyn Write) -> Result<(), StoreError> {
+/// Writes every state-machine family of `from` as a snapshot dump.
+fn write_dump(from: &dyn Scan, out: &mut dyn Write) -> Result<(), StoreError> {
     let mut w = SnapshotWriter::new(out)?;
     for cf in Cf::STATE_MACHINE {
-        let mut from = Vec::new();
-        loop {
-            let pairs = page(cf, &from)?;
-            let Some((last, _)) = pairs.last() else {
-                break;
-            };
-            from = last.clone();
-            from.push(0);
-            for (k, v) in pairs {
-                w.record(cf, &k, &v)?;
-            }
-        }
+        for_each_pair(from, cf, Vec::new(), None, |k, v| w.record(cf, &k, &v))?;
     }
     w.finish()
 }
@@ -1068,7 +1047,7 @@ fn load_state(engine: &dyn Engine) -> Result<State, StoreError> {
 /// Visits every pair of `[start, end)` in `cf` in key order, a page at a time, so a large
 /// family is never read into memory at once.
 fn for_each_pair(
-    engine: &dyn Engine,
+    engine: &dyn Scan,
     cf: Cf,
     start: Vec<u8>,
     end: Option<&[u8]>,
@@ -1104,34 +1083,13 @@ pub(crate) fn read_events(
         .collect()
 }
 
-/// Reads of the engine for a compaction: through a point-in-time view, or directly.
-enum Reader<'a> {
-    View(&'a dyn EngineView),
-    Engine(&'a dyn Engine),
-}
-
-impl Reader<'_> {
-    fn scan(
-        &self,
-        cf: Cf,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<Pair>, StoreError> {
-        Ok(match self {
-            Reader::View(v) => v.scan(cf, start, end, limit, false)?,
-            Reader::Engine(e) => e.scan(cf, start, end, limit, false)?,
-        })
-    }
-}
-
 /// Compacts the events of revision `r` < `revision`. Each version `r` wrote is dropped
 /// when a newer version at or below `revision` exists, or when it is a deletion. The
 /// first time this compaction meets a key, its versions older than `r` go too: they are
 /// what an earlier compaction kept as the key's latest, and their events are gone, so
 /// nothing else would ever drop them (and a deleted key would come back in reads).
 fn compact_revision_events(
-    reader: &Reader<'_>,
+    reader: &dyn Scan,
     b: &mut Batch,
     seen: &mut HashSet<Vec<u8>>,
     r: i64,
@@ -1146,6 +1104,7 @@ fn compact_revision_events(
                 &history_prefix(key),
                 Some(&history_key(key, r)),
                 usize::MAX,
+                false,
             )?;
             for (k, _) in older {
                 b.writes.delete(Cf::History, k);
@@ -1165,14 +1124,17 @@ fn compact_revision_events(
 
 /// The first revision after `r` at which `key` has a version, on disk or in this batch.
 fn next_version_after(
-    reader: &Reader<'_>,
+    reader: &dyn Scan,
     b: &Batch,
     key: &[u8],
     r: i64,
 ) -> Result<Option<i64>, StoreError> {
     let start = history_key(key, r + 1);
     let end = crate::kv::prefix_end(&history_prefix(key));
-    let on_disk = match reader.scan(Cf::History, &start, Some(&end), 1)?.first() {
+    let on_disk = match reader
+        .scan(Cf::History, &start, Some(&end), 1, false)?
+        .first()
+    {
         Some((k, _)) => Some(from_be(&k[k.len() - 8..])?),
         None => None,
     };

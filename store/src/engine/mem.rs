@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::RwLock;
 
-use super::{BatchOp, Cf, Durability, Engine, EngineError, EngineView, Pair, WriteBatch};
+use super::{BatchOp, Cf, Durability, Engine, EngineError, Pair, Scan, WriteBatch};
 
 #[derive(Default)]
 pub struct MemEngine {
@@ -23,12 +23,7 @@ fn poisoned() -> EngineError {
     EngineError::Io("memory engine lock poisoned".into())
 }
 
-impl Engine for MemEngine {
-    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
-        let map = self.map.read().map_err(|_| poisoned())?;
-        Ok(map.get(&cf.full_key(key)).cloned())
-    }
-
+impl Scan for MemEngine {
     fn scan(
         &self,
         cf: Cf,
@@ -43,6 +38,13 @@ impl Engine for MemEngine {
         }
         let map = self.map.read().map_err(|_| poisoned())?;
         Ok(scan_map(&map, &s, &e, limit, reverse))
+    }
+}
+
+impl Engine for MemEngine {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        let map = self.map.read().map_err(|_| poisoned())?;
+        Ok(map.get(&cf.full_key(key)).cloned())
     }
 
     fn write(&self, batch: WriteBatch, _durability: Durability) -> Result<(), EngineError> {
@@ -85,7 +87,7 @@ impl Engine for MemEngine {
     }
 
     /// A copy of the map (this engine is for tests).
-    fn view(&self) -> Result<Option<Box<dyn EngineView>>, EngineError> {
+    fn view(&self) -> Result<Option<Box<dyn Scan>>, EngineError> {
         let map = self.map.read().map_err(|_| poisoned())?.clone();
         Ok(Some(Box::new(MemView { map })))
     }
@@ -95,7 +97,7 @@ struct MemView {
     map: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
-impl EngineView for MemView {
+impl Scan for MemView {
     fn scan(
         &self,
         cf: Cf,

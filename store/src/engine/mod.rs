@@ -185,11 +185,9 @@ pub enum EngineError {
     UnknownEngine(String),
 }
 
-/// An ordered, atomic-batch key-value engine.
-pub trait Engine: Send + Sync + 'static {
-    /// Reads one key.
-    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError>;
-
+/// Ordered reads: what an engine and a point-in-time view of one (see [`Engine::view`])
+/// both offer.
+pub trait Scan: Send + Sync + 'static {
     /// Reads up to `limit` pairs of `[start, end)` within `cf` (end `None` = to the end of
     /// the family), in key order or, with `reverse`, from the end backwards. Keys are
     /// returned without the family prefix.
@@ -201,6 +199,12 @@ pub trait Engine: Send + Sync + 'static {
         limit: usize,
         reverse: bool,
     ) -> Result<Vec<Pair>, EngineError>;
+}
+
+/// An ordered, atomic-batch key-value engine.
+pub trait Engine: Scan {
+    /// Reads one key.
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError>;
 
     /// Applies a batch atomically.
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<(), EngineError>;
@@ -215,25 +219,12 @@ pub trait Engine: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     /// A point-in-time view of everything written so far, which later writes do not
-    /// change, for long reads (snapshot dumps) that must not hold up writers. `None` where
-    /// the engine has no cheap view (sled, rocksdb): the caller then reads under its own
-    /// exclusion.
-    fn view(&self) -> Result<Option<Box<dyn EngineView>>, EngineError> {
+    /// change, for long reads (snapshot dumps, compactions) that must not hold up writers
+    /// or pay for a read transaction per lookup. `None` where the engine has no cheap view
+    /// (sled, rocksdb): the caller then reads the engine itself, under its own exclusion.
+    fn view(&self) -> Result<Option<Box<dyn Scan>>, EngineError> {
         Ok(None)
     }
-}
-
-/// A read-only, point-in-time view of an engine (see [`Engine::view`]).
-pub trait EngineView: Send + Sync + 'static {
-    /// As [`Engine::scan`], at the moment the view was taken.
-    fn scan(
-        &self,
-        cf: Cf,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-        reverse: bool,
-    ) -> Result<Vec<Pair>, EngineError>;
 }
 
 /// Which engine to open.

@@ -9,9 +9,7 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, TableDefinition};
 
-use super::{
-    BatchOp, Cf, Durability, Engine, EngineError, EngineView, Pair, WriteBatch, take_pairs,
-};
+use super::{BatchOp, Cf, Durability, Engine, EngineError, Pair, Scan, WriteBatch, take_pairs};
 
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 
@@ -51,17 +49,7 @@ impl RedbEngine {
     }
 }
 
-impl Engine for RedbEngine {
-    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
-        let txn = self.db.begin_read().map_err(io)?;
-        let table = txn.open_table(KV).map_err(io)?;
-        let full = cf.full_key(key);
-        Ok(table
-            .get(full.as_slice())
-            .map_err(io)?
-            .map(|v| v.value().to_vec()))
-    }
-
+impl Scan for RedbEngine {
     fn scan(
         &self,
         cf: Cf,
@@ -77,6 +65,18 @@ impl Engine for RedbEngine {
         let txn = self.db.begin_read().map_err(io)?;
         let table = txn.open_table(KV).map_err(io)?;
         scan_table(&table, &s, &e, limit, reverse)
+    }
+}
+
+impl Engine for RedbEngine {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        let txn = self.db.begin_read().map_err(io)?;
+        let table = txn.open_table(KV).map_err(io)?;
+        let full = cf.full_key(key);
+        Ok(table
+            .get(full.as_slice())
+            .map_err(io)?
+            .map(|v| v.value().to_vec()))
     }
 
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<(), EngineError> {
@@ -125,7 +125,7 @@ impl Engine for RedbEngine {
     }
 
     /// A read transaction: redb's copy-on-write pages keep its view while writers commit.
-    fn view(&self) -> Result<Option<Box<dyn EngineView>>, EngineError> {
+    fn view(&self) -> Result<Option<Box<dyn Scan>>, EngineError> {
         let txn = self.db.begin_read().map_err(io)?;
         let table = txn.open_table(KV).map_err(io)?;
         Ok(Some(Box::new(RedbView { table })))
@@ -137,7 +137,7 @@ struct RedbView {
     table: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
 }
 
-impl EngineView for RedbView {
+impl Scan for RedbView {
     fn scan(
         &self,
         cf: Cf,

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use rocksdb::{DB, Direction, IteratorMode, Options, ReadOptions, WriteOptions};
 
-use super::{BatchOp, Cf, Durability, Engine, EngineError, Pair, WriteBatch};
+use super::{BatchOp, Cf, Durability, Engine, EngineError, Pair, Scan, WriteBatch};
 
 pub struct RocksEngine {
     db: DB,
@@ -32,11 +32,7 @@ impl RocksEngine {
     }
 }
 
-impl Engine for RocksEngine {
-    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
-        self.db.get(cf.full_key(key)).map_err(io)
-    }
-
+impl Scan for RocksEngine {
     fn scan(
         &self,
         cf: Cf,
@@ -66,6 +62,12 @@ impl Engine for RocksEngine {
             }
         }
         Ok(out)
+    }
+}
+
+impl Engine for RocksEngine {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        self.db.get(cf.full_key(key)).map_err(io)
     }
 
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<(), EngineError> {

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use super::{BatchOp, Cf, Durability, Engine, EngineError, Pair, WriteBatch, take_pairs};
+use super::{BatchOp, Cf, Durability, Engine, EngineError, Pair, Scan, WriteBatch, take_pairs};
 
 pub struct SledEngine {
     db: sled::Db,
@@ -44,15 +44,7 @@ impl SledEngine {
     }
 }
 
-impl Engine for SledEngine {
-    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
-        Ok(self
-            .db
-            .get(cf.full_key(key))
-            .map_err(io)?
-            .map(|v| v.to_vec()))
-    }
-
+impl Scan for SledEngine {
     fn scan(
         &self,
         cf: Cf,
@@ -70,6 +62,16 @@ impl Engine for SledEngine {
             let (k, v) = item.map_err(io)?;
             Ok((k[1..].to_vec(), v.to_vec()))
         })
+    }
+}
+
+impl Engine for SledEngine {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        Ok(self
+            .db
+            .get(cf.full_key(key))
+            .map_err(io)?
+            .map(|v| v.to_vec()))
     }
 
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<(), EngineError> {
