@@ -14,13 +14,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use cairn::datamanager::exchange::ExportWriter;
 use cairn_client::RunClient;
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use serde::Deserialize;
 
 /// One object of an export stream.
-#[derive(Deserialize, Serialize)]
+#[derive(Deserialize)]
 struct Entry {
     key: String,
     value: String,
@@ -100,26 +100,14 @@ pub async fn import_copies(
     entries.insert("rs/seq/run".into(), (seq + n as u64).to_string());
     entries.insert(counter_key, (counter + n as u64).to_string());
 
-    let mut out = Vec::with_capacity(text.len() * (n + 1000) / 1000);
-    let mut hash = Sha256::new();
-    let mut line = |out: &mut Vec<u8>, s: String| {
-        let mut l = s.into_bytes();
-        l.push(b'\n');
-        hash.update(&l);
-        out.extend_from_slice(&l);
-    };
-    line(&mut out, header);
-    let count = entries.len();
+    let revision = serde_json::from_str::<serde_json::Value>(&header)?["revision"]
+        .as_i64()
+        .context("the export header has no revision")?;
+    let (mut writer, mut out) = ExportWriter::start(revision);
     for (key, value) in entries {
-        line(&mut out, serde_json::to_string(&Entry { key, value })?);
+        writer.entry(key, value, &mut out);
     }
-    let sum: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    out.extend_from_slice(
-        serde_json::json!({"trailer": {"entries": count, "sha256": sum}})
-            .to_string()
-            .as_bytes(),
-    );
-    out.push(b'\n');
+    out.extend_from_slice(&writer.finish());
 
     set_maintenance(client, true).await?;
     let started = Instant::now();

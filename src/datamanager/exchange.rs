@@ -84,6 +84,58 @@ fn is_exported(key: &str) -> bool {
     })
 }
 
+/// Writes the lines of an export: the header, the entries (the caller keeps them in key
+/// order), and the trailer whose count and checksum cover every line before it.
+pub struct ExportWriter {
+    hash: Sha256,
+    count: u64,
+}
+
+impl ExportWriter {
+    /// Starts an export read at `revision`: the writer, and the header line.
+    pub fn start(revision: i64) -> (ExportWriter, Vec<u8>) {
+        let mut w = ExportWriter {
+            hash: Sha256::new(),
+            count: 0,
+        };
+        let header = Header {
+            format: FORMAT.into(),
+            version: VERSION,
+            revision,
+        };
+        let line = w.line(&header);
+        w.count = 0;
+        (w, line)
+    }
+
+    /// Appends the line of one entry to `out`.
+    pub fn entry(&mut self, key: String, value: String, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.line(&Entry { key, value }));
+    }
+
+    /// The trailer line.
+    pub fn finish(self) -> Vec<u8> {
+        let trailer = Trailer {
+            trailer: TrailerBody {
+                entries: self.count,
+                sha256: hex(&self.hash.finalize()),
+            },
+        };
+        let mut l = serde_json::to_vec(&trailer).expect("trailers serialize");
+        l.push(b'\n');
+        l
+    }
+
+    /// One hashed, counted line.
+    fn line(&mut self, item: &impl Serialize) -> Vec<u8> {
+        let mut l = serde_json::to_vec(item).expect("export lines serialize");
+        l.push(b'\n');
+        self.hash.update(&l);
+        self.count += 1;
+        l
+    }
+}
+
 impl Datamanager {
     /// The export stream, read at the current revision, page by page (memory does not
     /// grow with the export's size). A read failure ends the stream with an error, so the
@@ -107,18 +159,8 @@ impl Datamanager {
         let revision = self.kv().header().revision;
         // A linearizable read first, so the revision is the cluster's, not a stale one.
         self.kv().read_barrier().await?;
-        let mut hash = Sha256::new();
-        let mut count = 0u64;
-        let header = serde_json::to_vec(&Header {
-            format: FORMAT.into(),
-            version: VERSION,
-            revision,
-        })
-        .expect("headers serialize");
-        let mut line = header;
-        line.push(b'\n');
-        hash.update(&line);
-        if tx.send(Ok(Bytes::from(line))).await.is_err() {
+        let (mut writer, header) = ExportWriter::start(revision);
+        if tx.send(Ok(Bytes::from(header))).await.is_err() {
             return Ok(());
         }
         for prefix in EXPORTED {
@@ -146,15 +188,8 @@ impl Datamanager {
                     if !is_exported(&key) {
                         continue;
                     }
-                    let entry = Entry {
-                        key,
-                        value: String::from_utf8_lossy(&kv.value).into_owned(),
-                    };
-                    let mut l = serde_json::to_vec(&entry).expect("entries serialize");
-                    l.push(b'\n');
-                    hash.update(&l);
-                    out.extend_from_slice(&l);
-                    count += 1;
+                    let value = String::from_utf8_lossy(&kv.value).into_owned();
+                    writer.entry(key, value, &mut out);
                 }
                 if !out.is_empty() && tx.send(Ok(Bytes::from(out))).await.is_err() {
                     return Ok(());
@@ -168,15 +203,7 @@ impl Datamanager {
                 }
             }
         }
-        let trailer = Trailer {
-            trailer: TrailerBody {
-                entries: count,
-                sha256: hex(&hash.finalize()),
-            },
-        };
-        let mut l = serde_json::to_vec(&trailer).expect("trailers serialize");
-        l.push(b'\n');
-        let _ = tx.send(Ok(Bytes::from(l))).await;
+        let _ = tx.send(Ok(Bytes::from(writer.finish()))).await;
         Ok(())
     }
 
@@ -464,36 +491,11 @@ mod tests {
 
     /// A valid export of `entries` (key, value) with a correct trailer.
     fn export_of(entries: &[(&str, &str)]) -> Vec<u8> {
-        let mut lines: Vec<Vec<u8>> = vec![
-            serde_json::to_vec(&Header {
-                format: FORMAT.into(),
-                version: VERSION,
-                revision: 7,
-            })
-            .expect("json"),
-        ];
+        let (mut w, mut out) = ExportWriter::start(7);
         for (k, v) in entries {
-            let e = Entry {
-                key: k.to_string(),
-                value: v.to_string(),
-            };
-            lines.push(serde_json::to_vec(&e).expect("json"));
+            w.entry(k.to_string(), v.to_string(), &mut out);
         }
-        let mut hash = Sha256::new();
-        let mut out = Vec::new();
-        for l in &mut lines {
-            l.push(b'\n');
-            hash.update(&l);
-            out.extend_from_slice(l);
-        }
-        let t = Trailer {
-            trailer: TrailerBody {
-                entries: entries.len() as u64,
-                sha256: hex(&hash.finalize()),
-            },
-        };
-        out.extend_from_slice(&serde_json::to_vec(&t).expect("json"));
-        out.push(b'\n');
+        out.extend_from_slice(&w.finish());
         out
     }
 
