@@ -93,17 +93,10 @@ async fn follow_once(
     let current = kv.get(MAINTENANCE.as_bytes().to_vec()).await?;
     let from = kv.header().revision + 1;
     set(current.is_some());
-    let record = |on: bool| NodeMode {
-        node_id,
-        maintenance: on,
-        since: chrono::Utc::now(),
-    };
-    if current.is_some() && !scheduler_quiet(quiet, cancel).await {
+    if !record_mode(dm, &session, node_id, current.is_some(), quiet, cancel).await? {
         let _ = session.close().await;
         return Ok(());
     }
-    dm.put_node_mode(&record(current.is_some()), session.lease())
-        .await?;
     let mut w = kv.watch(WatchRequest {
         range: KeyRange::key(MAINTENANCE.as_bytes().to_vec()),
         start_revision: from,
@@ -127,12 +120,9 @@ async fn follow_once(
                 let on = events
                     .last()
                     .is_some_and(|e| e.kind == store::EventKind::Put);
-                if set(on) {
-                    if on && !scheduler_quiet(quiet, cancel).await {
-                        let _ = session.close().await;
-                        return Ok(());
-                    }
-                    dm.put_node_mode(&record(on), session.lease()).await?;
+                if set(on) && !record_mode(dm, &session, node_id, on, quiet, cancel).await? {
+                    let _ = session.close().await;
+                    return Ok(());
                 }
             }
             Some(WatchMessage::Progress { .. }) => {}
@@ -142,11 +132,31 @@ async fn follow_once(
     }
 }
 
-/// Waits until the node's scheduler has stopped for maintenance; false if cancelled first
+/// Records the node's mode for `GET /api/v1/maintenance`; when it is on, only once the
+/// node's scheduler has stopped and released the store. False if cancelled while waiting
 /// (or the scheduler is gone).
-async fn scheduler_quiet(quiet: &mut watch::Receiver<bool>, cancel: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = cancel.cancelled() => false,
-        r = quiet.wait_for(|q| *q) => r.is_ok(),
+async fn record_mode(
+    dm: &Datamanager,
+    session: &Session,
+    node_id: u64,
+    on: bool,
+    quiet: &mut watch::Receiver<bool>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<bool> {
+    if on {
+        let stopped = tokio::select! {
+            _ = cancel.cancelled() => false,
+            r = quiet.wait_for(|q| *q) => r.is_ok(),
+        };
+        if !stopped {
+            return Ok(false);
+        }
     }
+    let mode = NodeMode {
+        node_id,
+        maintenance: on,
+        since: chrono::Utc::now(),
+    };
+    dm.put_node_mode(&mode, session.lease()).await?;
+    Ok(true)
 }

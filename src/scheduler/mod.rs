@@ -173,13 +173,12 @@ impl Shared {
         };
         let fence = match queued {
             Some(Ok(f)) => f,
-            None | Some(Err(raft::KvError::Cancelled)) => {
+            other => {
                 let _ = session.close().await;
-                return Ok(());
-            }
-            Some(Err(e)) => {
-                let _ = session.close().await;
-                return Err(e.into());
+                return match other {
+                    Some(Err(e)) if !matches!(e, raft::KvError::Cancelled) => Err(e.into()),
+                    _ => Ok(()),
+                };
             }
         };
         tracing::info!(token = fence.token, "scheduler active");
