@@ -143,10 +143,6 @@ async fn set_maintenance(client: &RunClient, on: bool) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    if on {
-        // A node reports maintenance before its scheduler has released the store: give it
-        // a moment (the import itself is atomic either way).
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    // A node reports maintenance only once its scheduler has stopped: nothing to wait for.
     Ok(())
 }
