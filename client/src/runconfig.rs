@@ -179,6 +179,26 @@ pub struct Container {
     pub privileged: bool,
     #[serde(default)]
     pub entrypoint: String,
+    /// Volumes mounted into the container (Agola's container `volumes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+}
+
+/// A volume of a container: today only tmpfs, as in Agola.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    /// The absolute path inside the container.
+    pub path: String,
+    /// A tmpfs mounted at `path`; `None` is not valid today (Agola accepts only tmpfs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmpfs: Option<TmpfsVolume>,
+}
+
+/// A tmpfs volume; `size_bytes` limits it (`None`: the engine's default).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TmpfsVolume {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
 }
 
 /// Credentials for one registry host.
@@ -231,6 +251,12 @@ impl Step {
 pub struct CloneStep {
     #[serde(default)]
     pub name: String,
+    /// Shallow clone with this many commits (Agola's `depth`); `None`: full history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<u32>,
+    /// Also clone the submodules, recursively (Agola's `recurse_submodules`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recurse_submodules: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

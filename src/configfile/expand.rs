@@ -205,6 +205,7 @@ fn runtime(task: &ConfigTask, variables: &BTreeMap<String, String>) -> Runtime {
                 user: c.user.clone(),
                 privileged: c.privileged,
                 entrypoint: c.entrypoint.clone(),
+                volumes: Vec::new(),
             })
             .collect(),
         labels: task.runtime.labels.clone(),
@@ -213,7 +214,10 @@ fn runtime(task: &ConfigTask, variables: &BTreeMap<String, String>) -> Runtime {
 
 fn step(step: &ConfigStep, variables: &BTreeMap<String, String>) -> Step {
     match step {
-        ConfigStep::Clone { name } => Step::Clone(CloneStep { name: name.clone() }),
+        ConfigStep::Clone { name } => Step::Clone(CloneStep {
+            name: name.clone(),
+            ..Default::default()
+        }),
         ConfigStep::Run(r) => Step::Run(RunStep {
             name: r.name.clone(),
             command: r.command.clone(),
