@@ -7,12 +7,16 @@
 //! converges (a skip propagates down a whole chain at once).
 //!
 //! Rules, in the order they apply:
-//! 1. Result (running runs without one): `failed` when a task failed without
-//!    `ignore_failure`; else `stopped` when the stop flag is set; else `success` when every
-//!    task finished. A result is never changed once set.
-//! 2. Cancellation of tasks that can no longer run (not started, no executor task): all of
-//!    them when the run is stopping or its phase is finished-like (cancelled, setuperror,
-//!    finished); only root tasks when the run merely has a result, so that children with
+//! 1. Result (running runs without one), in Agola's priority (scheduler.go advanceRun):
+//!    `failed` when a task failed without `ignore_failure`; else `success` when every task
+//!    finished (so a run whose last task succeeded in the same pass as a stop succeeded);
+//!    else `stopped` when the stop flag is set. A result is never changed once set. The
+//!    result is decided before rule 2 in each pass, so tasks skipped by a stop never turn
+//!    a stopped run into a successful one.
+//! 2. Tasks that can no longer run (not started, no executor task): when the run is
+//!    stopping, all of them are `skipped` (Agola since 2020); else they are `cancelled`:
+//!    all of them when the run's phase is finished-like (cancelled, setuperror, finished),
+//!    only root tasks when the run merely has a result, so that children with
 //!    `on_failure` (cleanup, notification) still run after a failure, as in Agola.
 //! 3. Dependency conditions (running runs, see [`super::depends`]): a not-started task
 //!    without an executor task whose parents all finished and whose parents' archives are
@@ -113,10 +117,10 @@ fn advance_result(run: &mut Run, config: &RunConfig) -> bool {
     });
     run.result = if failed {
         RunResult::Failed
-    } else if run.stop {
-        RunResult::Stopped
     } else if run.tasks.values().all(|t| t.status.is_finished()) {
         RunResult::Success
+    } else if run.stop {
+        RunResult::Stopped
     } else {
         return false;
     };
@@ -132,9 +136,10 @@ fn advance_tasks(run: &mut Run, config: &RunConfig, ets: &BTreeMap<String, Execu
         if current.status != RunTaskStatus::NotStarted || ets.contains_key(&task.id) {
             continue;
         }
-        let cancel =
-            run.stop || run.phase.is_finished() || (run.result.is_set() && task.depends.is_empty());
-        let decision = if cancel {
+        let cancel = run.phase.is_finished() || (run.result.is_set() && task.depends.is_empty());
+        let decision = if run.stop {
+            Some(RunTaskStatus::Skipped)
+        } else if cancel {
             Some(RunTaskStatus::Cancelled)
         } else if run.phase != RunPhase::Running {
             None
@@ -497,16 +502,10 @@ mod tests {
         assert_eq!(stopping.stop, vec!["a"]);
         assert_eq!(stopping.run.result, RunResult::Stopped);
         assert_eq!(stopping.run.phase, RunPhase::Running);
-        assert_eq!(
-            status(&stopping.run, "b"),
-            Cancelled,
-            "root never scheduled"
-        );
-        assert_eq!(
-            status(&stopping.run, "c"),
-            Cancelled,
-            "child never scheduled"
-        );
+        // Agola (since 2020) skips the tasks a stop keeps from ever starting.
+        assert_eq!(status(&stopping.run, "b"), Skipped, "root never scheduled");
+        assert_eq!(status(&stopping.run, "c"), Skipped, "child never scheduled");
+        assert!(stopping.run.tasks["b"].all_fetched(), "nothing to fetch");
         assert!(stopping.to_run.is_empty());
         assert!(stopping.phase_or_result_changed);
 
@@ -525,6 +524,54 @@ mod tests {
         assert_eq!(done.run.phase, RunPhase::Finished);
         assert_eq!(done.run.end_time, Some(at(7)));
         assert_eq!(done.run.result, RunResult::Stopped);
+    }
+
+    #[test]
+    fn a_stop_skips_tasks_waiting_for_approval_and_those_below_them() {
+        let mut deploy = task("deploy", &["build"]);
+        deploy.needs_approval = true;
+        let cfg = config(vec![
+            task("build", &[]),
+            deploy,
+            task("notify", &["deploy"]),
+        ]);
+        let mut run = running(&cfg);
+        set_status(&mut run, "build", Success);
+        run.tasks
+            .get_mut("deploy")
+            .expect("deploy")
+            .waiting_approval = true;
+        actions::stop(&mut run).expect("running");
+        let all = ets(vec![et("build", "x1", ExecutorTaskPhase::Success)]);
+
+        let out = advance(&run, &cfg, &all, at(5));
+        assert_eq!(status(&out.run, "deploy"), Skipped);
+        assert!(!out.run.tasks["deploy"].waiting_approval);
+        assert_eq!(status(&out.run, "notify"), Skipped);
+        assert_eq!(out.run.result, RunResult::Stopped, "stopped before the end");
+        assert_eq!(out.run.phase, RunPhase::Finished);
+    }
+
+    #[test]
+    fn a_run_whose_last_task_succeeded_in_the_same_pass_as_a_stop_succeeds() {
+        let cfg = config(vec![task("a", &[]), task("b", &[])]);
+        let mut run = running(&cfg);
+        set_status(&mut run, "a", Success);
+        set_status(&mut run, "b", Success);
+        actions::stop(&mut run).expect("running");
+        let all = ets(vec![
+            et("a", "x1", ExecutorTaskPhase::Success),
+            et("b", "x1", ExecutorTaskPhase::Success),
+        ]);
+
+        let out = advance(&run, &cfg, &all, at(5));
+        assert_eq!(out.run.result, RunResult::Success);
+        assert_eq!(out.run.phase, RunPhase::Finished);
+
+        // A failure still wins over both.
+        set_status(&mut run, "b", Failed);
+        let out = advance(&run, &cfg, &all, at(5));
+        assert_eq!(out.run.result, RunResult::Failed);
     }
 
     #[test]
