@@ -42,8 +42,9 @@ pub async fn create(
                 req.group
             ))
         })?;
-    let config =
-        configfile::parse(&req.config.path, &req.config.content).map_err(config_failure)?;
+    let config = configfile::parse(&req.config.path, &req.config.content)
+        .map_err(config_failure)?
+        .config;
     let mut names: Vec<String> = configfile::matching_runs(&config, &req.reference)
         .into_iter()
         .map(|r| r.name.clone())

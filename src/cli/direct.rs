@@ -172,8 +172,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         .to_string();
     let content =
         std::fs::read_to_string(&config_path).map_err(|e| setup(format!("{rel}: {e}")))?;
-    if let Err(errors) = configfile::parse(&rel, &content) {
-        return Err(setup(errors.to_string().trim_end()));
+    match configfile::parse(&rel, &content) {
+        Ok(parsed) => {
+            for warning in &parsed.warnings {
+                term.note(&format!("warning: {warning}"));
+            }
+        }
+        Err(errors) => return Err(setup(errors.to_string().trim_end())),
     }
     let variables = variables(&args)?;
     let user = user_name();

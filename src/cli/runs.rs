@@ -415,9 +415,19 @@ pub fn validate(dir: &std::path::Path) -> anyhow::Result<u8> {
     let content = std::fs::read_to_string(&path)
         .map_err(|e| anyhow::Error::new(SetupError(format!("{rel}: {e}"))))?;
     match configfile::parse(&rel, &content) {
-        Ok(config) => {
+        Ok(configfile::Parsed { config, warnings }) => {
+            for warning in &warnings {
+                eprintln!("warning: {warning}");
+            }
             let tasks: usize = config.runs.iter().map(|r| r.tasks.len()).sum();
-            println!("{rel}: ok ({} runs, {tasks} tasks)", config.runs.len());
+            let noted = match warnings.len() {
+                0 => String::new(),
+                n => format!(", {n} warning(s)"),
+            };
+            println!(
+                "{rel}: ok ({} runs, {tasks} tasks{noted})",
+                config.runs.len()
+            );
             Ok(0)
         }
         Err(errors) => {

@@ -14,6 +14,8 @@ use super::yaml::{Entry, Kind, Node, child_path};
 pub(super) struct Decoder<'f> {
     pub(super) file: &'f str,
     pub(super) errors: Vec<ConfigError>,
+    /// Problems that do not make the config invalid (keys Agola ignores).
+    pub(super) warnings: Vec<ConfigError>,
 }
 
 /// A map whose keys have been checked against the allowed ones.
@@ -56,6 +58,7 @@ impl<'f> Decoder<'f> {
         Decoder {
             file,
             errors: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 

@@ -378,7 +378,7 @@ mod tests {
     #[test]
     fn task_timeouts_accept_durations_and_seconds_at_every_level() {
         let yaml = "task_timeout: 1h\nruns:\n  - name: ci\n    task_timeout: 90\n    tasks:\n      - name: t\n        task_timeout: 1h30m\n        runtime: { containers: [ { image: a } ] }\n";
-        let config = parse("c.yml", yaml).expect("valid");
+        let config = parse("c.yml", yaml).expect("valid").config;
         assert_eq!(config.task_timeout, Some(3600));
         assert_eq!(config.runs[0].task_timeout, Some(90));
         assert_eq!(config.runs[0].tasks[0].task_timeout, Some(5400));

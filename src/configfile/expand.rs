@@ -276,7 +276,9 @@ mod tests {
     }
 
     fn typical(ctx: &ExpandContext) -> BTreeMap<String, RunConfigTask> {
-        let config = parse("c.yml", crate::configfile::tests::TYPICAL).expect("valid");
+        let config = parse("c.yml", crate::configfile::tests::TYPICAL)
+            .expect("valid")
+            .config;
         let tasks = expand(&config, "pipeline", ctx).expect("expands");
         for (id, t) in &tasks {
             assert_eq!(id, &t.id, "tasks are keyed by id");
@@ -297,7 +299,9 @@ mod tests {
 
     #[test]
     fn the_minimal_example_expands_with_defaults() {
-        let config = parse("c.yml", crate::configfile::tests::MINIMAL).expect("valid");
+        let config = parse("c.yml", crate::configfile::tests::MINIMAL)
+            .expect("valid")
+            .config;
         let tasks = expand(&config, "ci", &ExpandContext::default()).expect("expands");
         let task = tasks.values().next().expect("one task");
         assert_eq!(task.level, 0);
@@ -398,7 +402,7 @@ runs:
 ";
 
     fn layers() -> BTreeMap<String, RunConfigTask> {
-        let config = parse("c.yml", LAYERS).expect("valid");
+        let config = parse("c.yml", LAYERS).expect("valid").config;
         let ctx = ExpandContext {
             variables: [("x", "1"), ("b", "2"), ("c", "3")]
                 .into_iter()
@@ -437,7 +441,7 @@ runs:
         let t = layers();
         assert_eq!(t["inner"].timeout_secs, Some(45));
         assert_eq!(t["outer"].timeout_secs, Some(1800));
-        let config = parse("c.yml", LAYERS).expect("valid");
+        let config = parse("c.yml", LAYERS).expect("valid").config;
         let other = expand(&config, "other", &ExpandContext::default()).expect("expands");
         assert_eq!(
             other.values().next().expect("a task").timeout_secs,
@@ -463,7 +467,9 @@ runs:
     fn only_tasks_keeps_the_tasks_and_their_ancestors() {
         let mut ctx = on_branch("master");
         ctx.only_tasks = vec!["test".into()];
-        let config = parse("c.yml", crate::configfile::tests::TYPICAL).expect("valid");
+        let config = parse("c.yml", crate::configfile::tests::TYPICAL)
+            .expect("valid")
+            .config;
         let t = by_name(&expand(&config, "pipeline", &ctx).expect("expands"));
         assert_eq!(t.keys().collect::<Vec<_>>(), ["build", "test"]);
         assert_eq!(t["test"].depends[&t["build"].id].task_id, t["build"].id);
@@ -478,7 +484,9 @@ runs:
 
     #[test]
     fn an_unknown_run_is_an_error() {
-        let config = parse("c.yml", crate::configfile::tests::MINIMAL).expect("valid");
+        let config = parse("c.yml", crate::configfile::tests::MINIMAL)
+            .expect("valid")
+            .config;
         let e = expand(&config, "nope", &ExpandContext::default()).expect_err("no such run");
         assert_eq!(e.to_string(), "c.yml: runs: no run named \"nope\"");
     }
@@ -486,7 +494,7 @@ runs:
     #[test]
     fn matching_runs_applies_each_runs_when() {
         let yaml = "runs:\n  - name: always\n    tasks: [ { name: t, runtime: { containers: [ { image: a } ] } } ]\n  - name: releases\n    when: { tag: '/^v/' }\n    tasks: [ { name: t, runtime: { containers: [ { image: a } ] } } ]\n";
-        let config = parse("c.yml", yaml).expect("valid");
+        let config = parse("c.yml", yaml).expect("valid").config;
         let names = |r: &RefSpec| -> Vec<String> {
             matching_runs(&config, r)
                 .iter()

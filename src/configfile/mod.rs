@@ -52,17 +52,27 @@ pub fn find_config(dir: &Path) -> Option<PathBuf> {
         .find(|path| path.is_file())
 }
 
+/// A config that parsed and validated, with the warnings found on the way (keys
+/// Agola ignores, …), in document order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Parsed {
+    pub config: Config,
+    pub warnings: Vec<ConfigError>,
+}
+
 /// Parses and validates a config file's `content`; `path` names the file in errors
 /// (`.json` files are read as JSON, anything else as YAML). Returns every problem
-/// found, in document order.
-pub fn parse(path: &str, content: &str) -> Result<Config, ConfigErrors> {
+/// found, in document order; warnings never make a config invalid.
+pub fn parse(path: &str, content: &str) -> Result<Parsed, ConfigErrors> {
     let root = yaml::load(path, content).map_err(ConfigErrors::single)?;
     let mut dec = decode::Decoder::new(path);
     let config = document::decode_config(&mut dec, &root);
     let mut errors = dec.errors;
     errors.extend(validate::validate(&config));
     if errors.is_empty() {
-        Ok(config)
+        let mut warnings = dec.warnings;
+        warnings.sort_by_key(|e| (e.line, e.column));
+        Ok(Parsed { config, warnings })
     } else {
         errors.sort_by_key(|e| (e.line, e.column));
         Err(ConfigErrors(errors))
@@ -125,7 +135,7 @@ runs:
 
     #[test]
     fn the_minimal_example_parses() {
-        let config = parse(".agola/config.yml", MINIMAL).expect("valid");
+        let config = parse(".agola/config.yml", MINIMAL).expect("valid").config;
         assert_eq!(config.runs.len(), 1);
         let task = &config.runs[0].tasks[0];
         assert_eq!(task.name, "test");
@@ -147,7 +157,7 @@ runs:
 
     #[test]
     fn the_typical_example_parses() {
-        let config = parse(".agola/config.yml", TYPICAL).expect("valid");
+        let config = parse(".agola/config.yml", TYPICAL).expect("valid").config;
         let run = &config.runs[0];
         let names: Vec<_> = run.tasks.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["build", "test", "report failure", "deploy"]);
@@ -190,7 +200,9 @@ runs:
             "unknown key `enviroment` in task; expected one of name, runtime, environment"
         ));
         let fixed = json.replace("enviroment", "environment");
-        let config = parse(".agola/config.json", &fixed).expect("valid json");
+        let config = parse(".agola/config.json", &fixed)
+            .expect("valid json")
+            .config;
         assert_eq!(
             config.runs[0].tasks[0].environment["A"],
             ConfigValue::Literal("1".into())
