@@ -8,8 +8,10 @@
 //! Two phases, so that the files can be read where the task runs: [`parse`] checks the
 //! template and tells which files it needs ([`KeyTemplate::files`]); the caller fetches
 //! them out of the pod, [`digest`]s them (at most 1 MiB each, as Agola), and
-//! [`KeyTemplate::render`]s the key, which is validated before [`cache_key`] prefixes it
-//! with the task's cache group. Pure: no I/O besides the reader handed to [`digest`].
+//! [`KeyTemplate::render`]s the key, which is validated before [`cache_key`] puts it in
+//! the namespace of the task's cache group (`<namespace>/<key>`: the namespace is hex, so
+//! the first `/` ends it and no key of one group can be read as another group's). Pure: no
+//! I/O besides the reader handed to [`digest`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -23,7 +25,7 @@ use sha2::Sha256;
 /// The largest file `md5sum` and `sha256sum` accept (Agola's limit).
 pub const MAX_SUMMED_FILE: u64 = 1024 * 1024;
 
-/// The longest full cache key (`<prefix>-<rendered>`), in characters.
+/// The longest full cache key (`<namespace>/<rendered>`), in characters.
 pub const MAX_KEY_LEN: usize = 200;
 
 /// Where in a template something is: 1-based line and column (in characters).
@@ -150,7 +152,7 @@ pub struct KeyContext<'a> {
     pub now: DateTime<Utc>,
     /// The sums of every file in [`KeyTemplate::files`].
     pub file_sums: BTreeMap<String, FileDigest>,
-    /// The cache prefix [`cache_key`] will add, counted in the length limit.
+    /// The cache namespace [`cache_key`] will add, counted in the length limit.
     pub prefix: &'a str,
 }
 
@@ -253,9 +255,9 @@ impl KeyTemplate {
                         Function::Os => out.push_str(ctx.os),
                         Function::Arch => out.push_str(ctx.arch),
                         Function::Year => out.push_str(&ctx.now.year().to_string()),
-                        Function::Month => out.push_str(&ctx.now.month().to_string()),
-                        Function::Day => out.push_str(&ctx.now.day().to_string()),
-                        Function::UnixTime => out.push_str(&ctx.now.timestamp().to_string()),
+                        Function::Month => out.push_str(&format!("{:02}", ctx.now.month())),
+                        Function::Day => out.push_str(&format!("{:02}", ctx.now.day())),
+                        Function::UnixTime => out.push_str(&unix_nanos(ctx.now)),
                     }
                 }
             }
@@ -265,8 +267,16 @@ impl KeyTemplate {
     }
 }
 
+/// `unixtime` as Agola's toolbox prints it: nanoseconds since the epoch (Go's
+/// `UnixNano`), exact over the whole range chrono represents.
+fn unix_nanos(now: DateTime<Utc>) -> String {
+    let nanos =
+        i128::from(now.timestamp()) * 1_000_000_000 + i128::from(now.timestamp_subsec_nanos());
+    nanos.to_string()
+}
+
 /// Checks a rendered key: not empty, printable (no control characters), not starting with
-/// `/`, no `..`, and `<prefix>-<rendered>` at most [`MAX_KEY_LEN`] characters.
+/// `/`, no `..`, and `<namespace>/<rendered>` at most [`MAX_KEY_LEN`] characters.
 pub fn validate_key(prefix: &str, rendered: &str) -> Result<(), KeyError> {
     let invalid = |why: String| {
         Err(KeyError::InvalidKey {
@@ -295,9 +305,9 @@ pub fn validate_key(prefix: &str, rendered: &str) -> Result<(), KeyError> {
     Ok(())
 }
 
-/// The full cache key: `<prefix>-<rendered>`.
-pub fn cache_key(prefix: &str, rendered: &str) -> String {
-    format!("{prefix}-{rendered}")
+/// The full cache key: `<namespace>/<rendered>`, the key in its cache group's namespace.
+pub fn cache_key(namespace: &str, rendered: &str) -> String {
+    format!("{namespace}/{rendered}")
 }
 
 /// Parses a key template.
@@ -567,9 +577,19 @@ mod tests {
     }
 
     #[test]
-    fn date_parts_come_from_now_in_utc() {
-        assert_eq!(render("{{ year }}-{{ month }}-{{ day }}"), "2024-3-7");
-        assert_eq!(render("t{{ unixtime }}"), "t1709814645");
+    fn date_parts_come_from_now_in_utc_formatted_as_agolas_toolbox() {
+        // Go's time.Format("01") and ("02"): zero padded; unixtime is UnixNano.
+        assert_eq!(render("{{ year }}-{{ month }}-{{ day }}"), "2024-03-07");
+        assert_eq!(render("t{{ unixtime }}"), "t1709814645000000000");
+    }
+
+    #[test]
+    fn unixtime_keeps_the_sub_second_nanoseconds() {
+        let now = Utc
+            .timestamp_opt(1_709_814_645, 123_456_789)
+            .single()
+            .expect("valid instant");
+        assert_eq!(unix_nanos(now), "1709814645123456789");
     }
 
     #[test]
@@ -743,8 +763,10 @@ mod tests {
     }
 
     #[test]
-    fn cache_key_joins_prefix_and_key() {
-        assert_eq!(cache_key("user-1234", "deps-abc"), "user-1234-deps-abc");
+    fn cache_key_puts_the_key_in_its_namespace() {
+        assert_eq!(cache_key("0a1b", "deps-abc"), "0a1b/deps-abc");
+        // A key with slashes stays whole after the namespace's separator.
+        assert_eq!(cache_key("0a1b", "linux/deps"), "0a1b/linux/deps");
     }
 
     #[test]

@@ -294,8 +294,14 @@ pub async fn restore_workspace(
     Ok(Some(0))
 }
 
+/// A rendered cache key: as the user wrote it, and in its cache group's namespace.
+struct CacheKey {
+    rendered: String,
+    full: String,
+}
+
 /// Renders a key template, reading the files it hashes from the pod.
-async fn render_key(ctx: &StepCtx<'_>, template: &str) -> Result<String, StepError> {
+async fn render_key(ctx: &StepCtx<'_>, template: &str) -> Result<CacheKey, StepError> {
     let parsed = cache_key::parse(template)
         .map_err(|e| StepError::Invalid(format!("cache key {template:?}: {e}")))?;
     let mut file_sums = BTreeMap::new();
@@ -320,7 +326,10 @@ async fn render_key(ctx: &StepCtx<'_>, template: &str) -> Result<String, StepErr
     let rendered = parsed
         .render(&kctx)
         .map_err(|e| StepError::Invalid(format!("cache key {template:?}: {e}")))?;
-    Ok(cache_key::cache_key(&ctx.spec.cache_prefix, &rendered))
+    Ok(CacheKey {
+        full: cache_key::cache_key(&ctx.spec.cache_prefix, &rendered),
+        rendered,
+    })
 }
 
 /// A whole (small) file of the pod.
@@ -349,8 +358,11 @@ pub async fn save_cache(
     step: &SaveCacheStep,
     out: &mut dyn LogSink,
 ) -> Result<Option<i32>, StepError> {
-    let key = render_key(ctx, &step.key).await?;
-    if ctx.client.cache_exists(&key, false).await? {
+    let CacheKey {
+        rendered: key,
+        full,
+    } = render_key(ctx, &step.key).await?;
+    if ctx.client.cache_exists(&full, false).await? {
         ctx.log(
             out,
             format!("cache {key} already exists: not saving it again"),
@@ -361,7 +373,7 @@ pub async fn save_cache(
     let (spool, entries) = build_archive(ctx, &step.contents).await?;
     let size = tokio::fs::metadata(&spool).await?.len();
     let payload = file_stream(&spool).await?;
-    let created = ctx.client.upload_cache(&key, payload).await;
+    let created = ctx.client.upload_cache(&full, payload).await;
     let _ = tokio::fs::remove_file(&spool).await;
     if created? {
         ctx.log(
@@ -386,8 +398,11 @@ pub async fn restore_cache(
 ) -> Result<Option<i32>, StepError> {
     let dest = ctx.path(&step.dest_dir);
     for template in &step.keys {
-        let key = render_key(ctx, template).await?;
-        if let Some(stream) = ctx.client.download_cache(&key, true).await? {
+        let CacheKey {
+            rendered: key,
+            full,
+        } = render_key(ctx, template).await?;
+        if let Some(stream) = ctx.client.download_cache(&full, true).await? {
             ctx.log(out, format!("restoring cache {key} into {dest}"))
                 .await;
             let stream: ByteStream = stream

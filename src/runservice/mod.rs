@@ -14,6 +14,7 @@
 //! - [`actions`]: user actions (start, cancel, stop, approve, task annotations).
 //! - [`task_status`]: executor status reports applied to the run, lost executor tasks.
 //! - [`spec`]: the executor task spec data generated at every hand-out.
+//! - [`cache_namespace`]: the unambiguous id of a task's cache group.
 //! - [`placement`]: which executor gets a task, or why none can.
 //! - [`pending`]: why each not-started task is waiting.
 //! - [`depends`]: the evaluation of a task's parents shared by the above.
@@ -21,6 +22,7 @@
 
 pub mod actions;
 pub mod advance;
+pub mod cache_namespace;
 pub mod create;
 pub mod depends;
 pub mod error;

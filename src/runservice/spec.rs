@@ -3,16 +3,18 @@
 //!
 //! - environment: the task's, overlaid by the run config's static environment, overlaid by
 //!   the run's own environment (run-level values win).
-//! - cache prefix: the config's cache group, else the run group's root.
+//! - cache prefix: the namespace of the config's cache group, else of the run group's
+//!   root (see [`cache_namespace`](super::cache_namespace)).
 //! - workspace operations: for every ancestor in (level, name) order, one operation per
 //!   workspace archive of that ancestor whose save step succeeded. Agola listed every
 //!   archive of every ancestor, so a child of an `on_skipped`/`on_failure` edge tried to
 //!   restore archives that were never written; only archives that exist are listed here.
 
 use cairn_client::executor::{ExecutorTaskSpecData, WorkspaceOperation};
-use cairn_client::run::{ExecutorTaskPhase, Run, root_group};
+use cairn_client::run::{ExecutorTaskPhase, Run};
 use cairn_client::runconfig::RunConfig;
 
+use super::cache_namespace::cache_namespace;
 use super::depends::ancestors;
 
 /// The spec data of task `task_id`, or `None` when the run or its config has no such task.
@@ -58,10 +60,7 @@ pub fn spec_data(run: &Run, config: &RunConfig, task_id: &str) -> Option<Executo
         steps: task.steps.clone(),
         workspace_operations,
         docker_registries_auth: task.docker_registries_auth.clone(),
-        cache_prefix: config
-            .cache_group
-            .clone()
-            .unwrap_or_else(|| root_group(&run.group).to_string()),
+        cache_prefix: cache_namespace(config.cache_group.as_deref(), &run.group),
         timeout_secs: task.timeout_secs,
         source: config.source.clone(),
     })
@@ -155,17 +154,17 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_prefix_is_the_cache_group_else_the_run_group_root() {
+    fn the_cache_prefix_is_the_namespace_of_the_cache_group_else_of_the_run_group_root() {
         let mut cfg = config(vec![task("a", &[])]);
         let run = running(&cfg);
         assert_eq!(
             spec_data(&run, &cfg, "a").expect("exists").cache_prefix,
-            "p1"
+            cache_namespace(None, &run.group)
         );
         cfg.cache_group = Some("alice-4f2c".into());
         assert_eq!(
             spec_data(&run, &cfg, "a").expect("exists").cache_prefix,
-            "alice-4f2c"
+            cache_namespace(Some("alice-4f2c"), &run.group)
         );
     }
 

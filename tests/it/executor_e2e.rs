@@ -316,7 +316,7 @@ async fn caches_hit_by_key_miss_quietly_and_fall_back_to_the_newest_with_a_prefi
         let done = wait_finished(&client, &id).await;
         assert_eq!(done.run.result, RunResult::Success, "{:?}", done.run);
         let log = step_log(&client, &id, &task_id(&done, "save"), LogStep::Step(2)).await;
-        assert!(log.starts_with("saved cache cache-deps-"), "{log:?}");
+        assert!(log.starts_with("saved cache deps-"), "{log:?}");
     }
 
     // A v1 checkout: its own key hits v1; an unknown key restores nothing and succeeds;
@@ -331,14 +331,14 @@ async fn caches_hit_by_key_miss_quietly_and_fall_back_to_the_newest_with_a_prefi
         "deps of v1\ndeps of v2\n"
     );
     let hit = step_log(&client, &id, &restore, LogStep::Step(1)).await;
-    assert!(hit.starts_with("restoring cache cache-deps-"), "{hit:?}");
+    assert!(hit.starts_with("restoring cache deps-"), "{hit:?}");
     assert_eq!(
         step_log(&client, &id, &restore, LogStep::Step(2)).await,
-        "no cache matches cache-deps-nomatch\nno cache restored\n"
+        "no cache matches deps-nomatch\nno cache restored\n"
     );
     let fallback = step_log(&client, &id, &restore, LogStep::Step(3)).await;
     assert!(
-        fallback.starts_with("no cache matches cache-deps-nomatch\nrestoring cache cache-deps-"),
+        fallback.starts_with("no cache matches deps-nomatch\nrestoring cache deps-"),
         "{fallback:?}"
     );
 }
@@ -376,7 +376,18 @@ async fn save_named(client: &RunClient, group: &str, cache_group: Option<&str>, 
 
 /// What a restore of the `deps` cache in `group` with `cache_group` finds.
 async fn restore_named(client: &RunClient, group: &str, cache_group: Option<&str>) -> String {
-    let id = create(client, group, RESTORE_NAMED, cache_group, None).await;
+    restore_by(client, group, cache_group, "deps").await
+}
+
+/// What a restore by the key (or prefix) `key` in `group` with `cache_group` finds.
+async fn restore_by(
+    client: &RunClient,
+    group: &str,
+    cache_group: Option<&str>,
+    key: &str,
+) -> String {
+    let config = RESTORE_NAMED.replace("keys: [deps]", &format!("keys: ['{key}']"));
+    let id = create(client, group, &config, cache_group, None).await;
     let done = wait_finished(client, &id).await;
     assert_eq!(done.run.result, RunResult::Success, "{:?}", done.run);
     step_log(client, &id, &task_id(&done, "restore"), LogStep::Step(1)).await
@@ -415,6 +426,53 @@ async fn cache_groups_isolate_direct_runs_of_two_repos_and_let_two_projects_shar
     assert_eq!(
         restore_named(&client, "/project/p3/branch/main", None).await,
         "nothing restored\n"
+    );
+}
+
+/// Issue 10 (12): caches lived in one flat `<group>-<key>` space, so project `app`
+/// restoring by the prefix `web-` got project `app-web`'s `deps`, and `/user/x` and
+/// `/project/x` shared everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_by_prefix_never_reaches_the_cache_of_a_group_whose_name_extends_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = ServiceProc::with_executor(&dir.path().join("n"), &[]);
+    let client = node.client();
+
+    save_named(&client, "/project/app-web/branch/main", None, "app-web").await;
+    for probe in ["web-", "web-deps", "web", "deps"] {
+        assert_eq!(
+            restore_by(&client, "/project/app/branch/main", None, probe).await,
+            "nothing restored\n",
+            "project app restoring {probe:?} must not see app-web's cache"
+        );
+    }
+    assert_eq!(
+        restore_by(&client, "/project/app-web/branch/main", None, "de").await,
+        "saved by app-web\n"
+    );
+
+    // Explicit cache groups whose names extend each other are as separate.
+    save_named(
+        &client,
+        "/user/u/branch/main",
+        Some("app-web"),
+        "group app-web",
+    )
+    .await;
+    assert_eq!(
+        restore_by(&client, "/user/u/branch/main", Some("app"), "web-").await,
+        "nothing restored\n"
+    );
+
+    // A user and a project with one id are two groups.
+    save_named(&client, "/user/x/branch/main", None, "user x").await;
+    assert_eq!(
+        restore_named(&client, "/project/x/branch/main", None).await,
+        "nothing restored\n"
+    );
+    assert_eq!(
+        restore_named(&client, "/user/x/branch/main", None).await,
+        "saved by user x\n"
     );
 }
 
