@@ -69,6 +69,10 @@ pub struct RestartRunRequest {
     /// Replaces the run-level environment when given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment: Option<Env>,
+    /// Re-run these tasks (by name or id) and everything that depends on them, keeping
+    /// the others; not with `from_start`. Empty: as `from_start` says.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<String>,
 }
 
 /// A run with its config and, while it waits, why.

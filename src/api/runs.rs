@@ -94,12 +94,7 @@ pub async fn create(
             .create_run(&group, |id, counter| {
                 let mut config = template.clone();
                 config.id = id.to_string();
-                config
-                    .static_environment
-                    .insert("CAIRN_RUN_ID".into(), id.to_string());
-                config
-                    .static_environment
-                    .insert("CAIRN_RUN_COUNTER".into(), counter.to_string());
+                // The run's id and counter reach its tasks at hand-out (runservice::spec_data).
                 let run = runservice::new_run(&config, counter, now);
                 (config, run)
             })
@@ -257,7 +252,10 @@ pub async fn restart(
     let req = body.map(|b| b.0).unwrap_or_default();
     let old = st.dm.run(&id).await?.value;
     let old_config = st.dm.run_config(&id).await?;
-    if req.from_start {
+    let from = runservice::RestartFrom::of_request(req.from_start, &req.tasks)?;
+    if let runservice::RestartFrom::Tasks(_) = from {
+        runservice::check_restart(&old, &old_config, &from)?;
+    } else if req.from_start {
         if !runservice::can_restart_from_scratch(&old) {
             return Err(Failure::new(
                 cairn_client::ErrorCode::Conflict,
@@ -286,7 +284,7 @@ pub async fn restart(
             match runservice::restart(
                 &old,
                 &old_config,
-                req.from_start,
+                &from,
                 new_id,
                 counter,
                 req.environment.clone(),

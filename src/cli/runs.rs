@@ -80,11 +80,15 @@ pub enum RunsCommand {
     Cancel { run: String },
     /// Approve a task waiting for approval.
     Approve { run: String, task: String },
-    /// Restart a finished run: its failed tasks and what depends on them, or everything.
+    /// Restart a finished run: its failed tasks and what depends on them, everything
+    /// (`--from-start`), or the tasks named with `--task` and what depends on them.
     Restart {
         run: String,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "task")]
         from_start: bool,
+        /// Re-run this task (name or id) and everything that depends on it; repeatable.
+        #[arg(long = "task", value_name = "NAME")]
+        task: Vec<String>,
     },
 }
 
@@ -302,13 +306,18 @@ async fn runs_on(client: &RunClient, cmd: RunsCommand, args: &ServerArgs) -> any
             println!("task {task} of run {run} approved");
             Ok(0)
         }
-        RunsCommand::Restart { run, from_start } => {
+        RunsCommand::Restart {
+            run,
+            from_start,
+            task,
+        } => {
             let r = client
                 .restart_run(
                     &run,
                     &RestartRunRequest {
                         from_start,
                         environment: None,
+                        tasks: task,
                     },
                 )
                 .await?;

@@ -24,6 +24,22 @@ pub enum RunServiceError {
     #[error("run {run_id} cannot be restarted: {reason}")]
     CannotRestart { run_id: String, reason: String },
 
+    /// A restart names tasks the run does not have.
+    #[error(
+        "run {run_id} has no task named {}; its tasks are: {}",
+        .unknown.join(", "),
+        .known.join(", ")
+    )]
+    UnknownTasks {
+        run_id: String,
+        unknown: Vec<String>,
+        known: Vec<String>,
+    },
+
+    /// A restart request that asks for contradictory things.
+    #[error("bad restart request: {reason}")]
+    BadRestart { reason: String },
+
     /// Approval asked for a task that does not wait for it.
     #[error("task {task_id} is not waiting for approval")]
     NotWaitingApproval { task_id: String },
@@ -76,6 +92,8 @@ impl RunServiceError {
             | RunServiceError::InconsistentStatus { .. } => ErrorCode::Conflict,
             RunServiceError::NotWaitingApproval { .. }
             | RunServiceError::BadApproversAnnotation { .. }
+            | RunServiceError::UnknownTasks { .. }
+            | RunServiceError::BadRestart { .. }
             | RunServiceError::WrongRun { .. }
             | RunServiceError::StepCountMismatch { .. } => ErrorCode::BadRequest,
         }

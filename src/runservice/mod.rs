@@ -8,7 +8,7 @@
 //!
 //! - [`create`]: a new run from its config.
 //! - [`restart`](mod@restart): a new run (and config) from a finished one, from scratch
-//!   or from failed tasks.
+//!   from failed tasks or from chosen tasks.
 //! - [`advance`](mod@advance): the state machine (result, phase, dependency conditions with skip
 //!   propagation, approval, stop, cancellation) and the tasks ready to hand out.
 //! - [`actions`]: user actions (start, cancel, stop, approve, task annotations).
@@ -41,6 +41,8 @@ pub use create::new_run;
 pub use error::RunServiceError;
 pub use pending::task_pending_reasons;
 pub use placement::{NoExecutor, choose_executor};
-pub use restart::{can_restart_from_failed, can_restart_from_scratch, restart};
+pub use restart::{
+    RestartFrom, can_restart_from_failed, can_restart_from_scratch, check_restart, restart,
+};
 pub use spec::spec_data;
 pub use task_status::{apply_executor_status, fail_lost_task};

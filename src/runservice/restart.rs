@@ -1,6 +1,7 @@
-//! Restarting a finished run as a new run: from scratch (every task re-runs) or from its
+//! Restarting a finished run as a new run: from scratch (every task re-runs), from its
 //! failed tasks (successful tasks are kept, everything else and everything downstream of it
-//! re-runs).
+//! re-runs), or from a chosen set of tasks (those tasks and everything downstream of them
+//! re-run, whatever their status; Agola issue 28).
 //!
 //! Re-run tasks get fresh ids, so their logs and archives never mix with the old run's;
 //! kept tasks keep their id and their whole run-task state (status, steps, fetch phases),
@@ -17,6 +18,32 @@ use super::depends::in_level_order;
 use super::error::RunServiceError;
 
 const RESTARTABLE: &[RunPhase] = &[RunPhase::Finished, RunPhase::Cancelled];
+
+/// Which tasks of the old run re-run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestartFrom {
+    /// Every task.
+    Start,
+    /// Every task that did not succeed, and everything below one.
+    Failed,
+    /// These tasks (by name or id), everything below them, and any task that never
+    /// finished; the others are kept with their results.
+    Tasks(Vec<String>),
+}
+
+impl RestartFrom {
+    /// The selection of a restart request: `tasks`, when given, excludes `from_start`.
+    pub fn of_request(from_start: bool, tasks: &[String]) -> Result<RestartFrom, RunServiceError> {
+        match (from_start, tasks.is_empty()) {
+            (true, false) => Err(RunServiceError::BadRestart {
+                reason: "restart either from the start or from chosen tasks, not both".into(),
+            }),
+            (true, true) => Ok(RestartFrom::Start),
+            (false, true) => Ok(RestartFrom::Failed),
+            (false, false) => Ok(RestartFrom::Tasks(tasks.to_vec())),
+        }
+    }
+}
 
 /// The run is over (finished or cancelled; a setuperror run has nothing to restart).
 pub fn can_restart_from_scratch(run: &Run) -> bool {
@@ -35,6 +62,16 @@ pub fn can_restart_from_failed(run: &Run) -> bool {
             .all(|t| t.all_fetched())
 }
 
+/// Checks that `old_run` can be restarted as `from` says, without building anything (the
+/// API answers before allocating a run id).
+pub fn check_restart(
+    old_run: &Run,
+    old_config: &RunConfig,
+    from: &RestartFrom,
+) -> Result<(), RunServiceError> {
+    rerun_tasks(old_run, old_config, from).map(|_| ())
+}
+
 /// The config and run of a restart of `old_run` as run `new_id`, number `counter`,
 /// enqueued at `now`. `environment`, when given, replaces the run-level environment.
 /// `new_task_id` is called once per re-run task, in (level, name) order.
@@ -42,16 +79,14 @@ pub fn can_restart_from_failed(run: &Run) -> bool {
 pub fn restart(
     old_run: &Run,
     old_config: &RunConfig,
-    from_start: bool,
+    from: &RestartFrom,
     new_id: &str,
     counter: u64,
     environment: Option<Env>,
     now: Time,
     new_task_id: &mut dyn FnMut() -> String,
 ) -> Result<(RunConfig, Run), RunServiceError> {
-    check_restartable(old_run, from_start)?;
-
-    let rerun = rerun_tasks(old_run, old_config, from_start);
+    let rerun = rerun_tasks(old_run, old_config, from)?;
     let ids: BTreeMap<String, String> = in_level_order(old_config)
         .into_iter()
         .map(|task| {
@@ -99,7 +134,7 @@ pub fn restart(
     Ok((config, run))
 }
 
-fn check_restartable(run: &Run, from_start: bool) -> Result<(), RunServiceError> {
+fn check_restartable(run: &Run, from: &RestartFrom) -> Result<(), RunServiceError> {
     if !can_restart_from_scratch(run) {
         return Err(RunServiceError::InvalidPhase {
             run_id: run.id.clone(),
@@ -107,7 +142,7 @@ fn check_restartable(run: &Run, from_start: bool) -> Result<(), RunServiceError>
             found: run.phase,
         });
     }
-    if from_start || can_restart_from_failed(run) {
+    if *from != RestartFrom::Failed || can_restart_from_failed(run) {
         return Ok(());
     }
     let reason = if run.result == RunResult::Success {
@@ -121,22 +156,86 @@ fn check_restartable(run: &Run, from_start: bool) -> Result<(), RunServiceError>
     })
 }
 
-/// Old ids of the tasks to re-run: all when `from_start`; else every task that did not
-/// succeed and, transitively, every descendant of one.
-fn rerun_tasks<'c>(run: &Run, config: &'c RunConfig, from_start: bool) -> BTreeSet<&'c str> {
+/// Old ids of the tasks to re-run, after checking that the run can restart that way: all
+/// when from the start; from failed tasks, every task that did not succeed; from chosen
+/// tasks, those and any task that never finished; and, transitively, every descendant of
+/// one. Every task kept must have its logs and archives in object storage.
+fn rerun_tasks<'c>(
+    run: &Run,
+    config: &'c RunConfig,
+    from: &RestartFrom,
+) -> Result<BTreeSet<&'c str>, RunServiceError> {
+    check_restartable(run, from)?;
+    let chosen: BTreeSet<&str> = match from {
+        RestartFrom::Tasks(names) => chosen_tasks(run, config, names)?,
+        _ => BTreeSet::new(),
+    };
     let mut rerun: BTreeSet<&str> = BTreeSet::new();
     // Parents come first in level order, so one pass reaches every descendant.
     for task in in_level_order(config) {
-        let succeeded = run
-            .tasks
-            .get(&task.id)
-            .is_some_and(|t| t.status == RunTaskStatus::Success);
+        let status = run.tasks.get(&task.id).map(|t| t.status);
         let below_rerun = task.depends.keys().any(|p| rerun.contains(p.as_str()));
-        if from_start || !succeeded || below_rerun {
+        let selected = match from {
+            RestartFrom::Start => true,
+            RestartFrom::Failed => status != Some(RunTaskStatus::Success),
+            RestartFrom::Tasks(_) => {
+                chosen.contains(task.id.as_str()) || !status.is_some_and(|s| s.is_finished())
+            }
+        };
+        if selected || below_rerun {
             rerun.insert(task.id.as_str());
         }
     }
-    rerun
+    let unfetched: Vec<&str> = config
+        .tasks
+        .values()
+        .filter(|t| !rerun.contains(t.id.as_str()))
+        .filter(|t| run.tasks.get(&t.id).is_some_and(|rt| !rt.all_fetched()))
+        .map(|t| t.name.as_str())
+        .collect();
+    if !unfetched.is_empty() {
+        return Err(RunServiceError::CannotRestart {
+            run_id: run.id.clone(),
+            reason: format!(
+                "the logs and archives of the tasks it would keep ({}) are not in object storage yet",
+                unfetched.join(", ")
+            ),
+        });
+    }
+    Ok(rerun)
+}
+
+/// The ids of the tasks named (by name or id) in `names`; unknown names are an error that
+/// lists them and the run's task names.
+fn chosen_tasks<'c>(
+    run: &Run,
+    config: &'c RunConfig,
+    names: &[String],
+) -> Result<BTreeSet<&'c str>, RunServiceError> {
+    let mut chosen = BTreeSet::new();
+    let mut unknown = Vec::new();
+    for name in names {
+        match config
+            .tasks
+            .get(name)
+            .or_else(|| config.tasks.values().find(|t| &t.name == name))
+        {
+            Some(task) => {
+                chosen.insert(task.id.as_str());
+            }
+            None => unknown.push(name.clone()),
+        }
+    }
+    if unknown.is_empty() {
+        return Ok(chosen);
+    }
+    let mut known: Vec<String> = config.tasks.values().map(|t| t.name.clone()).collect();
+    known.sort();
+    Err(RunServiceError::UnknownTasks {
+        run_id: run.id.clone(),
+        unknown,
+        known,
+    })
 }
 
 #[cfg(test)]
@@ -188,7 +287,7 @@ mod tests {
         let (cfg, run) = restart(
             &old_run,
             &old_cfg,
-            false,
+            &RestartFrom::Failed,
             "run2",
             8,
             None,
@@ -246,7 +345,7 @@ mod tests {
         let (cfg, run) = restart(
             &old_run,
             &old_cfg,
-            true,
+            &RestartFrom::Start,
             "run2",
             8,
             Some(env.clone()),
@@ -274,15 +373,134 @@ mod tests {
         assert_eq!(c.depends.keys().collect::<Vec<_>>(), vec![by_name["b"]]);
     }
 
+    fn names_by_id(cfg: &RunConfig) -> BTreeMap<&str, &str> {
+        cfg.tasks
+            .values()
+            .map(|t| (t.name.as_str(), t.id.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn restarting_chosen_tasks_re_runs_them_and_their_descendants_only() {
+        let (old_cfg, old_run) = failed_run();
+        // b failed, but only a (and so b, c, d below it) is asked for; e is kept.
+        let (cfg, run) = restart(
+            &old_run,
+            &old_cfg,
+            &RestartFrom::Tasks(vec!["a".into()]),
+            "run2",
+            8,
+            None,
+            at(20),
+            &mut counter_ids(),
+        )
+        .expect("restartable");
+        let names = names_by_id(&cfg);
+        assert_eq!(names["e"], "e", "kept");
+        assert_eq!(run.tasks["e"], old_run.tasks["e"]);
+        for name in ["a", "b", "c", "d"] {
+            assert!(names[name].starts_with("new"), "{name} re-runs");
+            assert_eq!(run.tasks[names[name]].status, RunTaskStatus::NotStarted);
+        }
+
+        // Two chosen tasks of a successful run: d and e re-run, a and b/c are kept.
+        let mut ok_run = old_run.clone();
+        ok_run.result = RunResult::Success;
+        let (cfg, run) = restart(
+            &ok_run,
+            &old_cfg,
+            &RestartFrom::Tasks(vec!["d".into(), "e".into()]),
+            "run3",
+            9,
+            None,
+            at(21),
+            &mut counter_ids(),
+        )
+        .expect("a successful run restarts from chosen tasks");
+        let names = names_by_id(&cfg);
+        // Level order (level, name): e (0) before d (1).
+        assert_eq!((names["e"], names["d"]), ("new1", "new2"));
+        for name in ["a", "b", "c"] {
+            assert_eq!(names[name], name, "{name} kept");
+            assert_eq!(run.tasks[name], ok_run.tasks[name]);
+        }
+    }
+
+    #[test]
+    fn restarting_unknown_tasks_is_refused_naming_them_and_the_known_ones() {
+        let (cfg, run) = failed_run();
+        let refused = restart(
+            &run,
+            &cfg,
+            &RestartFrom::Tasks(vec!["a".into(), "nope".into(), "zilch".into()]),
+            "run2",
+            2,
+            None,
+            at(5),
+            &mut counter_ids(),
+        );
+        let err = refused.expect_err("unknown tasks");
+        assert_eq!(
+            err,
+            RunServiceError::UnknownTasks {
+                run_id: "run1".into(),
+                unknown: vec!["nope".into(), "zilch".into()],
+                known: ["a", "b", "c", "d", "e"].map(String::from).to_vec(),
+            }
+        );
+        assert_eq!(err.code(), cairn_client::ErrorCode::BadRequest);
+        assert!(
+            err.to_string().contains("no task named nope, zilch"),
+            "{err}"
+        );
+        assert_eq!(
+            RestartFrom::of_request(true, &["a".into()]),
+            Err(RunServiceError::BadRestart {
+                reason: "restart either from the start or from chosen tasks, not both".into()
+            })
+        );
+        assert_eq!(RestartFrom::of_request(false, &[]), Ok(RestartFrom::Failed));
+        assert_eq!(RestartFrom::of_request(true, &[]), Ok(RestartFrom::Start));
+    }
+
+    #[test]
+    fn restarting_chosen_tasks_needs_the_kept_tasks_in_object_storage() {
+        let (cfg, mut run) = failed_run();
+        run.tasks.get_mut("e").expect("e").setup_step.log_phase = FetchPhase::NotStarted;
+        let refused = restart(
+            &run,
+            &cfg,
+            &RestartFrom::Tasks(vec!["b".into()]),
+            "run2",
+            2,
+            None,
+            at(5),
+            &mut counter_ids(),
+        );
+        assert!(matches!(
+            refused,
+            Err(RunServiceError::CannotRestart { ref reason, .. })
+                if reason.contains("(e)") && reason.contains("object storage")
+        ));
+        assert!(
+            check_restart(&run, &cfg, &RestartFrom::Tasks(vec!["e".into()])).is_ok(),
+            "e itself re-runs"
+        );
+    }
+
     #[test]
     fn a_running_run_cannot_be_restarted() {
         let cfg = config(vec![task("a", &[])]);
         let run = running(&cfg);
-        for from_start in [true, false] {
+        for from in [
+            RestartFrom::Start,
+            RestartFrom::Failed,
+            RestartFrom::Tasks(vec!["a".into()]),
+        ] {
             let refused = restart(
                 &run,
                 &cfg,
-                from_start,
+                &from,
                 "run2",
                 2,
                 None,
@@ -337,7 +555,7 @@ mod tests {
         let refused = restart(
             &run,
             &cfg,
-            false,
+            &RestartFrom::Failed,
             "run2",
             2,
             None,
@@ -354,7 +572,7 @@ mod tests {
         let refused = restart(
             &run,
             &cfg,
-            false,
+            &RestartFrom::Failed,
             "run2",
             2,
             None,
@@ -367,7 +585,17 @@ mod tests {
                 if reason.contains("object storage")
         ));
         assert!(
-            restart(&run, &cfg, true, "run2", 2, None, at(5), &mut counter_ids()).is_ok(),
+            restart(
+                &run,
+                &cfg,
+                &RestartFrom::Start,
+                "run2",
+                2,
+                None,
+                at(5),
+                &mut counter_ids()
+            )
+            .is_ok(),
             "from scratch reuses nothing"
         );
     }

@@ -2,7 +2,9 @@
 //! the task is handed to an executor (never stored: big, secret-bearing, derivable).
 //!
 //! - environment: the task's, overlaid by the run config's static environment, overlaid by
-//!   the run's own environment (run-level values win).
+//!   the run's own environment (run-level values win), and last the run's identity
+//!   (`CAIRN_RUN_ID`, `CAIRN_RUN_COUNTER`, `AGOLA_RUN_COUNTER`) taken from the run handed
+//!   out, so a restart sees its own.
 //! - cache prefix: the namespace of the config's cache group, else of the run group's
 //!   root (see [`cache_namespace`](super::cache_namespace)).
 //! - workspace operations: for every ancestor in (level, name) order, one operation per
@@ -25,6 +27,9 @@ pub fn spec_data(run: &Run, config: &RunConfig, task_id: &str) -> Option<Executo
     let mut environment = task.environment.clone();
     environment.extend(config.static_environment.clone());
     environment.extend(config.environment.clone());
+    // The run's own identity, from the run being handed out (never stored in its config,
+    // so a restarted run sees its own id and counter), as Agola does for its counter.
+    environment.extend(run_identity(run));
 
     let workspace_operations = ancestors(config, task)
         .into_iter()
@@ -64,6 +69,16 @@ pub fn spec_data(run: &Run, config: &RunConfig, task_id: &str) -> Option<Executo
         timeout_secs: task.timeout_secs,
         source: config.source.clone(),
     })
+}
+
+/// `CAIRN_RUN_ID`, `CAIRN_RUN_COUNTER` and Agola's `AGOLA_RUN_COUNTER` of `run`.
+fn run_identity(run: &Run) -> [(String, String); 3] {
+    let counter = run.counter.to_string();
+    [
+        ("CAIRN_RUN_ID".to_string(), run.id.clone()),
+        ("CAIRN_RUN_COUNTER".to_string(), counter.clone()),
+        ("AGOLA_RUN_COUNTER".to_string(), counter),
+    ]
 }
 
 #[cfg(test)]
@@ -110,11 +125,39 @@ mod tests {
         let mut cfg = config(vec![t]);
         cfg.static_environment = env(&[("B", "static"), ("C", "static"), ("CI", "true")]);
         cfg.environment = env(&[("C", "run")]);
-        let data = spec_data(&running(&cfg), &cfg, "a").expect("task exists");
+        let run = running(&cfg);
+        let data = spec_data(&run, &cfg, "a").expect("task exists");
         assert_eq!(
             data.environment,
-            env(&[("A", "task"), ("B", "static"), ("C", "run"), ("CI", "true")])
+            env(&[
+                ("A", "task"),
+                ("AGOLA_RUN_COUNTER", "1"),
+                ("B", "static"),
+                ("C", "run"),
+                ("CAIRN_RUN_COUNTER", "1"),
+                ("CAIRN_RUN_ID", &run.id),
+                ("CI", "true")
+            ])
         );
+    }
+
+    #[test]
+    fn the_run_id_and_counter_come_from_the_run_handed_out_not_from_its_config() {
+        let mut cfg = config(vec![task("a", &[])]);
+        // A config copied from an older run (as a restart does) with stale values.
+        cfg.static_environment = env(&[
+            ("CAIRN_RUN_ID", "0000000000000001"),
+            ("CAIRN_RUN_COUNTER", "1"),
+            ("AGOLA_RUN_COUNTER", "1"),
+        ]);
+        cfg.environment = env(&[("AGOLA_RUN_COUNTER", "99")]);
+        let mut run = running(&cfg);
+        run.id = "0000000000000007".into();
+        run.counter = 7;
+        let data = spec_data(&run, &cfg, "a").expect("task exists");
+        assert_eq!(data.environment["CAIRN_RUN_ID"], "0000000000000007");
+        assert_eq!(data.environment["CAIRN_RUN_COUNTER"], "7");
+        assert_eq!(data.environment["AGOLA_RUN_COUNTER"], "7");
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod executor_docker;
 mod executor_e2e;
 mod failover;
 mod leases;
+mod lifecycle;
 mod maintenance;
 mod runs_api;
 mod runs_flow;
