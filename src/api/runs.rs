@@ -42,9 +42,18 @@ pub async fn create(
                 req.group
             ))
         })?;
-    let config = configfile::parse(&req.config.path, &req.config.content)
-        .map_err(config_failure)?
-        .config;
+    let config = match configfile::parse(&req.config.path, &req.config.content) {
+        Ok(parsed) => parsed.config,
+        // Agola's gateway: a config that cannot be parsed still records one run, in phase
+        // setuperror, with the positioned errors; the caller gets it like any new run.
+        Err(errors) => {
+            let run = record_setup_error(&st, &group, &req, errors.lines()).await?;
+            return Ok((
+                StatusCode::CREATED,
+                Json(CreateRunResponse { runs: vec![run] }),
+            ));
+        }
+    };
     let mut names: Vec<String> = configfile::matching_runs(&config, &req.reference)
         .into_iter()
         .map(|r| r.name.clone())
@@ -107,6 +116,44 @@ pub async fn create(
         });
     }
     Ok((StatusCode::CREATED, Json(CreateRunResponse { runs })))
+}
+
+/// Records the run of a config that could not be set up: Agola's generic "Setup Error"
+/// run, in phase setuperror with `setup_errors` and no tasks.
+async fn record_setup_error(
+    st: &ApiState,
+    group: &str,
+    req: &CreateRunRequest,
+    setup_errors: Vec<String>,
+) -> Result<RunResponse, Failure> {
+    let template = RunConfig {
+        id: String::new(),
+        name: runservice::SETUP_ERROR_RUN_NAME.to_string(),
+        group: group.to_string(),
+        setup_errors,
+        annotations: req.annotations.clone(),
+        static_environment: static_environment(group, req),
+        environment: req.environment.clone(),
+        tasks: Default::default(),
+        cache_group: req.cache_group.clone(),
+        source: req.source.clone(),
+    };
+    let now = chrono::Utc::now();
+    let created = st
+        .dm
+        .create_run(group, |id, counter| {
+            let mut config = template.clone();
+            config.id = id.to_string();
+            let run = runservice::new_run(&config, counter, now);
+            (config, run)
+        })
+        .await?;
+    tracing::info!(run_id = %created.run.value.id, group = %group, "setuperror run recorded");
+    Ok(RunResponse {
+        run: created.run.value,
+        run_config: created.config,
+        pending: None,
+    })
 }
 
 fn config_failure(e: configfile::ConfigErrors) -> Failure {

@@ -4,8 +4,9 @@
 //! produced, with a live status line and a final summary. Without `--server` it starts
 //! an embedded single node (store, scheduler, local executor) over a persistent data dir.
 //!
-//! Exit codes: 0 success, 1 failed or stopped, 2 setup error (no config, a config error,
-//! a server that cannot be reached), 130 interrupted (the run is stopped first).
+//! Exit codes: 0 success, 1 failed or stopped, 2 setup error (no config, a config error —
+//! recorded on the server as a run in phase setuperror —, a server that cannot be
+//! reached), 130 interrupted (the run is stopped first).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -172,14 +173,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         .to_string();
     let content =
         std::fs::read_to_string(&config_path).map_err(|e| setup(format!("{rel}: {e}")))?;
-    match configfile::parse(&rel, &content) {
+    // A config that does not parse is still sent, without the working tree: the server
+    // records it as a setuperror run (as Agola does), and its errors are printed below.
+    let config_ok = match configfile::parse(&rel, &content) {
         Ok(parsed) => {
             for warning in &parsed.warnings {
                 term.note(&format!("warning: {warning}"));
             }
+            true
         }
-        Err(errors) => return Err(setup(errors.to_string().trim_end())),
-    }
+        Err(_) => false,
+    };
     let variables = variables(&args)?;
     let user = user_name();
     let repo = tree.repo_uuid().map_err(setup)?;
@@ -220,23 +224,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
 
     let result = async {
         // Snapshot and upload the working tree.
-        let files = tree.files(args.ignored).map_err(setup)?;
-        let spool = tempfile::NamedTempFile::new().map_err(setup)?;
-        let count = tree
-            .pack(
-                &files,
-                std::io::BufWriter::new(spool.reopen().map_err(setup)?),
-            )
-            .map_err(setup)?;
-        let file = tokio::fs::File::open(spool.path()).await.map_err(setup)?;
-        let source = client
-            .upload_source(Payload::stream(tokio_util::io::ReaderStream::new(file)))
-            .await
-            .map_err(|e| setup(format!("uploading the working tree: {e}")))?;
-        term.note(&format!(
-            "cairn: {count} files of {} sent; running {rel}",
-            tree.root.display()
-        ));
+        let source = if config_ok {
+            let files = tree.files(args.ignored).map_err(setup)?;
+            let spool = tempfile::NamedTempFile::new().map_err(setup)?;
+            let count = tree
+                .pack(
+                    &files,
+                    std::io::BufWriter::new(spool.reopen().map_err(setup)?),
+                )
+                .map_err(setup)?;
+            let file = tokio::fs::File::open(spool.path()).await.map_err(setup)?;
+            let source = client
+                .upload_source(Payload::stream(tokio_util::io::ReaderStream::new(file)))
+                .await
+                .map_err(|e| setup(format!("uploading the working tree: {e}")))?;
+            term.note(&format!(
+                "cairn: {count} files of {} sent; running {rel}",
+                tree.root.display()
+            ));
+            Some(source)
+        } else {
+            None
+        };
         let req = CreateRunRequest {
             group: group.clone(),
             config: ConfigFile {
@@ -244,7 +253,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
                 content: content.clone(),
             },
             reference,
-            source: Some(source),
+            source,
             variables,
             environment: Default::default(),
             cache_group: Some(format!("{user}-{repo}")),
@@ -262,6 +271,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             Some(cairn_client::ErrorCode::BadRequest) => setup(e_message(&e)),
             _ => setup(format!("creating the run: {e}")),
         })?;
+        let setup_errors = recorded_setup_errors(&mut term, &created.runs);
+        if !setup_errors.is_empty() {
+            return Err(setup(setup_errors.join("\n")));
+        }
         let mut worst = 0u8;
         for r in created.runs {
             term.note(&format!(
@@ -286,6 +299,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         s.stop().await;
     }
     result
+}
+
+/// The setup errors of the setuperror runs among `runs`, each run noted as recorded.
+fn recorded_setup_errors(term: &mut Terminal, runs: &[RunResponse]) -> Vec<String> {
+    let mut errors = Vec::new();
+    for r in runs.iter().filter(|r| r.run.phase == RunPhase::SetupError) {
+        term.note(&format!(
+            "cairn: run {} #{} ({}) in {}: setuperror",
+            r.run.id, r.run.counter, r.run.name, r.run.group
+        ));
+        errors.extend(r.run_config.setup_errors.iter().cloned());
+    }
+    errors
 }
 
 fn e_message(e: &cairn_client::ClientError) -> String {

@@ -224,6 +224,9 @@ async fn runs_on(client: &RunClient, cmd: RunsCommand, args: &ServerArgs) -> any
             if let Some(why) = r.pending.as_ref().and_then(|p| p.run.clone()) {
                 println!("waiting: {why}");
             }
+            for e in &r.run_config.setup_errors {
+                println!("setup error: {e}");
+            }
             let mut tasks: Vec<_> = r.run_config.tasks.values().collect();
             tasks.sort_by(|a, b| (a.level, &a.name).cmp(&(b.level, &b.name)));
             let rows: Vec<Vec<String>> = tasks

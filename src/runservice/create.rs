@@ -1,22 +1,33 @@
 //! A new [`Run`] from its [`RunConfig`]: the initial phase (queued, or setuperror when the
-//! config has setup errors) and one not-started [`RunTask`] per config task.
+//! config has setup errors) and one not-started [`RunTask`] per config task (none for a
+//! setuperror run).
 
 use std::collections::BTreeMap;
 
 use cairn_client::run::{FetchPhase, Run, RunPhase, RunResult, RunTask, RunTaskStatus, Time};
 use cairn_client::runconfig::{RunConfig, RunConfigTask, Step};
 
+/// The name of the one run recorded for a config that cannot be parsed (Agola's
+/// `RunGenericSetupErrorName`): how many runs it defines is unknown.
+pub const SETUP_ERROR_RUN_NAME: &str = "Setup Error";
+
 /// The run of `config`, enqueued at `now` with number `counter` in its root group.
 ///
 /// A config with setup errors gives a run in phase `setuperror` (end time `now`) that never
-/// starts; its result stays `unknown`, as in Agola: the phase alone says what happened.
+/// starts and has no tasks (Agola's `genRun`); its result stays `unknown`, as in Agola:
+/// the phase alone says what happened. Being finished-like from the start, it never holds
+/// its group's queue and is archived by the scheduler's first pass.
 pub fn new_run(config: &RunConfig, counter: u64, now: Time) -> Run {
     let setup_error = !config.setup_errors.is_empty();
-    let tasks: BTreeMap<String, RunTask> = config
-        .tasks
-        .values()
-        .map(|task| (task.id.clone(), new_run_task(task)))
-        .collect();
+    let tasks: BTreeMap<String, RunTask> = if setup_error {
+        BTreeMap::new()
+    } else {
+        config
+            .tasks
+            .values()
+            .map(|task| (task.id.clone(), new_run_task(task)))
+            .collect()
+    };
     Run {
         id: config.id.clone(),
         name: config.name.clone(),
@@ -95,13 +106,15 @@ mod tests {
     }
 
     #[test]
-    fn setup_errors_give_a_setuperror_run_with_an_end_time() {
-        let mut cfg = config(vec![]);
+    fn setup_errors_give_a_setuperror_run_with_an_end_time_and_no_tasks() {
+        let mut cfg = config(vec![task("a", &[])]);
         cfg.setup_errors = vec!["cycle between a and b".into()];
         let run = new_run(&cfg, 1, at(5));
         assert_eq!(run.phase, RunPhase::SetupError);
         assert_eq!(run.end_time, Some(at(5)));
         assert_eq!(run.result, RunResult::Unknown);
+        assert!(run.tasks.is_empty(), "{:?}", run.tasks);
+        assert!(run.phase.is_finished(), "never waits in its group's queue");
     }
 
     #[test]

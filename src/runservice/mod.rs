@@ -37,7 +37,7 @@ mod fixture;
 
 pub use actions::{APPROVERS_ANNOTATION, approve, cancel, set_task_annotations, start, stop};
 pub use advance::{Advance, advance};
-pub use create::new_run;
+pub use create::{SETUP_ERROR_RUN_NAME, new_run};
 pub use error::RunServiceError;
 pub use pending::task_pending_reasons;
 pub use placement::{NoExecutor, choose_executor};

@@ -271,7 +271,7 @@ async fn setup_errors_exit_2_with_readable_lines_before_anything_starts() {
         out.stderr
     );
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
-    assert!(!data.exists(), "no embedded node was started");
+    // The run is recorded as a setuperror run (see the test below): the node started.
 
     // A --var that is not NAME=VALUE.
     let good = plain_dir(ONE_TASK, &[]);
@@ -286,6 +286,83 @@ async fn setup_errors_exit_2_with_readable_lines_before_anything_starts() {
         out.stderr
     );
     assert!(!data.exists(), "no embedded node was started");
+}
+
+const MISSING_PARENT: &str = "\
+runs:
+  - name: ci
+    tasks:
+      - name: test
+        runtime: { containers: [ { image: busybox } ] }
+        depends: [ biuld ]
+        steps:
+          - run: echo hi
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_config_is_recorded_as_a_setuperror_run_that_runs_list_and_show_report() {
+    let dir = plain_dir(MISSING_PARENT, &[]);
+    let data = tempfile::tempdir().unwrap();
+    let out = direct_run(dir.path(), data.path(), &[], LONG);
+    assert_eq!(out.code, 2, "{out:?}");
+    let error = ".agola/config.yml:6:20: runs[0].tasks[0].depends[0]: ";
+    let lines = out.stderr_lines();
+    assert_eq!(lines.len(), 1, "{}", out.stderr);
+    assert!(
+        lines[0].starts_with(&format!("cairn: {error}"))
+            && lines[0].contains("unknown task \"biuld\""),
+        "{}",
+        out.stderr
+    );
+
+    let list = client_json(&["runs", "list"], data.path());
+    let runs = list["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{list}");
+    assert_eq!(runs[0]["phase"], "setuperror", "{list}");
+    assert_eq!(runs[0]["name"], "Setup Error", "{list}");
+    assert_eq!(
+        runs[0]["group"],
+        format!("/user/{USER}/branch/main"),
+        "{list}"
+    );
+    let id = runs[0]["id"].as_str().unwrap().to_string();
+    assert!(
+        out.stdout.contains(&format!("run {id} #1 (Setup Error)")),
+        "{}",
+        out.stdout
+    );
+
+    let mut cmd = cairn(["runs", "list"]);
+    cmd.arg("--data-dir").arg(data.path());
+    let table = run(cmd, LONG);
+    assert_eq!(table.code, 0, "{table:?}");
+    assert!(
+        table
+            .stdout
+            .lines()
+            .any(|l| l.starts_with(&id) && l.contains("setuperror")),
+        "{}",
+        table.stdout
+    );
+
+    let mut cmd = cairn(["runs", "show", &id]);
+    cmd.arg("--data-dir").arg(data.path());
+    let show = run(cmd, LONG);
+    assert_eq!(show.code, 0, "{show:?}");
+    assert!(
+        show.stdout.contains(&format!("setup error: {error}")),
+        "{}",
+        show.stdout
+    );
+    let shown = client_json(&["runs", "show", &id], data.path());
+    assert_eq!(shown["run"]["phase"], "setuperror", "{shown}");
+    assert!(
+        shown["run_config"]["setup_errors"][0]
+            .as_str()
+            .unwrap()
+            .starts_with(error),
+        "{shown}"
+    );
 }
 
 // --- 4. Ctrl-C ---------------------------------------------------------------------------

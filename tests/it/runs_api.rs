@@ -12,7 +12,6 @@ use cairn_client::api::{
 use cairn_client::run::{Run, RunEvent, RunPhase, RunResult, RunTask, RunTaskStatus};
 use cairn_client::{ApiError, ClientError, ErrorCode, LogStep, RunClient};
 use futures::{Stream, StreamExt};
-use serde_json::Value;
 
 use crate::runs_flow::{create_request, wait_for, wait_run_phase};
 use crate::support::process::TOKEN;
@@ -122,15 +121,6 @@ async fn events_until(
 
 // --- 1. bad configs ------------------------------------------------------------------
 
-const UNKNOWN_KEY: &str = r#"runs:
-  - name: ci
-    tasks:
-      - name: build
-        runtime: { containers: [ { image: busybox } ] }
-        enviroment: { A: b }
-        steps: [ { run: make } ]
-"#;
-
 const CYCLE: &str = r#"runs:
   - name: ci
     tasks:
@@ -162,20 +152,13 @@ const INVALID_YAML: &str = r#"runs:
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_configs_are_rejected_with_positioned_errors_and_create_no_run() {
+async fn bad_configs_record_setuperror_runs_with_positioned_errors_that_block_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let node = ServiceProc::single(&dir.path().join("n"));
     let client = node.client();
 
     // (case, config, line, field, part of the message) of the first error.
     let cases = [
-        (
-            "unknown key",
-            UNKNOWN_KEY,
-            6,
-            "runs[0].tasks[0].enviroment",
-            "unknown key `enviroment`",
-        ),
         (
             "dependency cycle",
             CYCLE,
@@ -192,27 +175,64 @@ async fn bad_configs_are_rejected_with_positioned_errors_and_create_no_run() {
         ),
         ("invalid yaml", INVALID_YAML, 3, "", ""),
     ];
+    let mut recorded = Vec::new();
     for (case, config, line, field, message) in cases {
-        let e = api_error(client.create_run(&create_request(GROUP, config)).await);
-        assert_eq!(e.code, ErrorCode::BadRequest, "{case}: {e:?}");
-        let details = e.details.clone().unwrap_or(Value::Null);
-        let list = details
-            .as_array()
-            .unwrap_or_else(|| panic!("{case}: details are not a list: {details}"));
-        assert!(!list.is_empty(), "{case}: no config errors");
-        let first = &list[0];
-        assert_eq!(first["file"], ".agola/config.yml", "{case}: {first}");
-        assert_eq!(first["line"], line, "{case}: {first}");
-        assert_eq!(first["field"], field, "{case}: {first}");
-        let text = first["message"].as_str().unwrap();
-        assert!(text.contains(message), "{case}: {text:?}");
-        let column = first["column"].as_u64().unwrap();
-        assert!(column > 0, "{case}: {first}");
-        let place = format!(".agola/config.yml:{line}:{column}");
-        assert!(e.message.contains(&place), "{case}: {:?}", e.message);
+        // Agola's gateway: the config cannot be set up, yet one run is recorded.
+        let created = client
+            .create_run(&create_request(GROUP, config))
+            .await
+            .unwrap_or_else(|e| panic!("{case}: {e:?}"));
+        assert_eq!(created.runs.len(), 1, "{case}: {created:?}");
+        let r = &created.runs[0];
+        assert_eq!(r.run.phase, RunPhase::SetupError, "{case}");
+        assert_eq!(r.run.result, RunResult::Unknown, "{case}");
+        assert_eq!(r.run.name, "Setup Error", "{case}");
+        assert_eq!(r.run.group, GROUP, "{case}");
+        assert!(r.run.tasks.is_empty(), "{case}: {:?}", r.run.tasks);
+        let first = r.run_config.setup_errors.first().expect("setup errors");
+        let place = format!(".agola/config.yml:{line}:");
+        assert!(first.starts_with(&place), "{case}: {first:?}");
+        let column: u64 = first[place.len()..]
+            .split(':')
+            .next()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("{case}: no column in {first:?}"));
+        assert!(column > 0, "{case}: {first:?}");
+        if !field.is_empty() {
+            assert!(
+                first.contains(&format!(":{column}: {field}: ")),
+                "{case}: {first:?}"
+            );
+        }
+        assert!(first.contains(message), "{case}: {first:?}");
+        // `GET /runs/{id}` shows the same.
+        let got = client.run(&r.run.id).await.unwrap();
+        assert_eq!(got.run.phase, RunPhase::SetupError, "{case}");
+        assert_eq!(got.run_config.setup_errors, r.run_config.setup_errors);
+        recorded.push(r.run.id.clone());
     }
+
+    // Listed, newest first, and with the phase filter.
     let all = list_all(&client, &ListRunsQuery::default()).await;
-    assert!(all.is_empty(), "rejected configs created runs: {all:?}");
+    let mut newest_first = recorded.clone();
+    newest_first.reverse();
+    assert_eq!(ids(&all), newest_first);
+    let setup = list_all(
+        &client,
+        &ListRunsQuery {
+            phase: vec![RunPhase::SetupError],
+            ..ListRunsQuery::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&setup), newest_first);
+
+    // Finished-like from the start: archived, and the group's queue is not held.
+    for id in &recorded {
+        wait_run(&client, id, "archived", |r| r.run.archived).await;
+    }
+    let good = create(&client, GROUP, &one_task("build")).await;
+    wait_run_phase(&client, &good.run.id, RunPhase::Running).await;
 }
 
 // --- 2. bad requests -----------------------------------------------------------------
