@@ -1,7 +1,9 @@
 //! The executor agent: registers and keeps its registration alive, long-polls its tasks,
 //! starts a runner for each new one (up to its active-task limit), forwards stop flags,
-//! re-sends statuses after a reconnect, reports tasks it lost in a restart as failed, and
-//! cleans the directories and pods of tasks that are gone. It only dials out.
+//! abandons the tasks the server no longer runs here (finished without it, as when the
+//! executor was deleted while alive, or no longer assigned to it: their processes are
+//! killed), re-sends statuses after a reconnect, reports tasks it lost in a restart as
+//! failed, and cleans the directories and pods of tasks that are gone. It only dials out.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -71,6 +73,7 @@ impl Agent {
             },
             cfg,
             running: BTreeMap::new(),
+            handed_at: BTreeMap::new(),
             finished: Default::default(),
         };
         let c = cancel.clone();
@@ -92,6 +95,9 @@ struct State {
     cfg: AgentConfig,
     env: TaskEnv,
     running: BTreeMap<String, TaskHandle>,
+    /// The poll revision at which each running task was handed out: a poll answered from
+    /// an older view (another server catching up) cannot tell that a task is gone.
+    handed_at: BTreeMap<String, i64>,
     /// Tasks this process ran to the end (a poll answered before their last report
     /// landed may still show them running; they are not lost).
     finished: std::collections::BTreeSet<String>,
@@ -163,7 +169,7 @@ impl State {
                     match r {
                         Ok(resp) => {
                             after = resp.revision;
-                            self.reconcile(resp.tasks).await;
+                            self.reconcile(resp.tasks, resp.revision).await;
                         }
                         Err(e) => {
                             tracing::debug!(error = %e, "polling for tasks failed");
@@ -184,15 +190,31 @@ impl State {
         }
     }
 
-    /// Acts on the server's view of this executor's tasks.
-    async fn reconcile(&mut self, tasks: Vec<AssignedTask>) {
+    /// Acts on the server's view of this executor's tasks (as of poll `revision`).
+    async fn reconcile(&mut self, tasks: Vec<AssignedTask>, revision: i64) {
+        for (id, verdict) in running_verdicts(&self.handed_at, &tasks, revision) {
+            let Some(h) = self.running.get(&id) else {
+                continue;
+            };
+            if h.status.borrow().phase.is_finished() {
+                // It already reported its end and is only cleaning up.
+                continue;
+            }
+            match verdict {
+                Verdict::Stop => h.stop.cancel(),
+                Verdict::Abandon(why) => {
+                    if !h.stop.is_cancelled() {
+                        tracing::warn!(task_id = %id, why, "stopping a task the server no longer runs here");
+                    }
+                    h.abandon();
+                }
+                Verdict::Keep => {}
+            }
+        }
         let limit = self.cfg.active_tasks_limit as usize;
         for t in tasks {
             let id = t.task.id.clone();
-            if let Some(h) = self.running.get(&id) {
-                if t.task.spec.stop {
-                    h.stop.cancel();
-                }
+            if self.running.contains_key(&id) {
                 continue;
             }
             if self.finished.contains(&id) {
@@ -205,6 +227,7 @@ impl State {
                     }
                     tracing::info!(task_id = %id, task = %t.data.task_name, "task started");
                     let h = task::spawn(self.env.clone(), t);
+                    self.handed_at.insert(id.clone(), revision);
                     self.running.insert(id, h);
                 }
                 ExecutorTaskPhase::Running => {
@@ -240,6 +263,7 @@ impl State {
             .collect();
         for id in done {
             self.running.remove(&id);
+            self.handed_at.remove(&id);
             self.finished.insert(id);
         }
         // Bounded memory: the server deletes finished tasks soon after they end.
@@ -254,7 +278,7 @@ impl State {
         self.reap();
         for (id, h) in &self.running {
             let status = h.status.borrow().clone();
-            if status.phase == ExecutorTaskPhase::NotStarted {
+            if status.phase == ExecutorTaskPhase::NotStarted || h.is_abandoned() {
                 continue;
             }
             if let Err(e) = self
@@ -267,6 +291,46 @@ impl State {
             }
         }
     }
+}
+
+/// What to do with a task this executor runs, given one poll answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Go on.
+    Keep,
+    /// The server asked for a stop: the runner stops it and reports `stopped`.
+    Stop,
+    /// The server no longer runs the task here (why): kill it, report nothing more.
+    Abandon(&'static str),
+}
+
+/// The verdict on every running task (`handed_at`: each one's hand-out revision) from a
+/// poll answer at `revision` listing the executor's `tasks`. A task the answer shows
+/// finished, or does not list although the answer is not older than its hand-out, is no
+/// longer this executor's to run (Agola's cleaner told the executor to stop it; here the
+/// executor learns it from its own poll).
+fn running_verdicts(
+    handed_at: &BTreeMap<String, i64>,
+    tasks: &[AssignedTask],
+    revision: i64,
+) -> Vec<(String, Verdict)> {
+    handed_at
+        .iter()
+        .map(|(id, handed)| {
+            let verdict = match tasks.iter().find(|t| &t.task.id == id) {
+                Some(t) if t.task.status.phase.is_finished() => {
+                    Verdict::Abandon("the server has finished it (was this executor deleted?)")
+                }
+                Some(t) if t.task.spec.stop => Verdict::Stop,
+                Some(_) => Verdict::Keep,
+                None if revision >= *handed => {
+                    Verdict::Abandon("it is no longer assigned to this executor")
+                }
+                None => Verdict::Keep,
+            };
+            (id.clone(), verdict)
+        })
+        .collect()
 }
 
 async fn poll(
@@ -287,4 +351,73 @@ async fn known_task_dirs(root: &std::path::Path) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_client::executor::ExecutorTask;
+
+    fn assigned(id: &str, phase: ExecutorTaskPhase, stop: bool) -> AssignedTask {
+        let mut task = ExecutorTask::new(id, "run", "me", 1);
+        task.status.phase = phase;
+        task.spec.stop = stop;
+        AssignedTask {
+            task,
+            data: Default::default(),
+        }
+    }
+
+    fn handed(ids: &[(&str, i64)]) -> BTreeMap<String, i64> {
+        ids.iter().map(|(id, r)| (id.to_string(), *r)).collect()
+    }
+
+    #[test]
+    fn a_running_task_the_server_still_runs_here_goes_on() {
+        let tasks = [assigned("t", ExecutorTaskPhase::Running, false)];
+        assert_eq!(
+            running_verdicts(&handed(&[("t", 5)]), &tasks, 9),
+            [("t".to_string(), Verdict::Keep)]
+        );
+    }
+
+    #[test]
+    fn the_stop_flag_stops_the_task_and_it_reports_stopped() {
+        let tasks = [assigned("t", ExecutorTaskPhase::Running, true)];
+        assert_eq!(
+            running_verdicts(&handed(&[("t", 5)]), &tasks, 9),
+            [("t".to_string(), Verdict::Stop)]
+        );
+    }
+
+    /// Issue 10 (13): the executor was deleted while alive; the scheduler failed its task,
+    /// the executor re-registered and the step ran on to its end.
+    #[test]
+    fn a_task_the_server_finished_without_this_executor_is_abandoned() {
+        for phase in [
+            ExecutorTaskPhase::Failed,
+            ExecutorTaskPhase::Stopped,
+            ExecutorTaskPhase::Cancelled,
+            ExecutorTaskPhase::Success,
+        ] {
+            let tasks = [assigned("t", phase, false)];
+            let verdicts = running_verdicts(&handed(&[("t", 5)]), &tasks, 9);
+            assert!(
+                matches!(verdicts.as_slice(), [(id, Verdict::Abandon(_))] if id == "t"),
+                "{phase:?}: {verdicts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_task_no_longer_listed_is_abandoned_unless_the_answer_predates_it() {
+        let other = [assigned("u", ExecutorTaskPhase::Running, false)];
+        let verdicts = running_verdicts(&handed(&[("t", 5)]), &other, 5);
+        assert!(matches!(verdicts.as_slice(), [(_, Verdict::Abandon(_))]));
+        // An answer from a server that has not caught up with the hand-out yet.
+        assert_eq!(
+            running_verdicts(&handed(&[("t", 5)]), &other, 4),
+            [("t".to_string(), Verdict::Keep)]
+        );
+    }
 }

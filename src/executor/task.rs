@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,9 +36,27 @@ pub struct TaskEnv {
 pub struct TaskHandle {
     /// Fired when the server sets the stop flag.
     pub stop: CancellationToken,
+    /// Set with [`TaskHandle::abandon`]: the server no longer runs the task here.
+    abandoned: Arc<AtomicBool>,
     /// The latest status this runner reported (or tried to).
     pub status: watch::Receiver<ExecutorTaskStatus>,
     pub join: tokio::task::JoinHandle<()>,
+}
+
+impl TaskHandle {
+    /// Stops a task the server no longer runs here (it finished it without this executor,
+    /// e.g. when the executor was deleted, or gave it away): its processes are killed and
+    /// its pod removed as on a stop, and no more status is reported, the server would
+    /// refuse it.
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Relaxed);
+        self.stop.cancel();
+    }
+
+    /// Whether [`TaskHandle::abandon`] was called.
+    pub fn is_abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Relaxed)
+    }
 }
 
 /// Reports `status`, retrying while the server is unreachable; gives up when the task is
@@ -72,13 +91,16 @@ pub fn spawn(env: TaskEnv, task: AssignedTask) -> TaskHandle {
     let initial = task.task.status.clone();
     let (tx, rx) = watch::channel(initial);
     let s = stop.clone();
+    let abandoned = Arc::new(AtomicBool::new(false));
+    let a = abandoned.clone();
     let join = tokio::spawn(async move {
         let id = task.task.id.clone();
         let span = tracing::info_span!("task", task_id = %id, task_name = %task.data.task_name);
-        let _ = tracing::Instrument::instrument(run(env, task, s, tx), span).await;
+        let _ = tracing::Instrument::instrument(run(env, task, s, a, tx), span).await;
     });
     TaskHandle {
         stop,
+        abandoned,
         status: rx,
         join,
     }
@@ -89,11 +111,15 @@ struct Runner {
     id: String,
     status: ExecutorTaskStatus,
     tx: watch::Sender<ExecutorTaskStatus>,
+    abandoned: Arc<AtomicBool>,
 }
 
 impl Runner {
     async fn publish(&mut self) {
         self.tx.send_replace(self.status.clone());
+        if self.abandoned.load(Ordering::Relaxed) {
+            return;
+        }
         report(
             &self.env.client,
             &self.env.executor_id,
@@ -117,6 +143,7 @@ async fn run(
     env: TaskEnv,
     task: AssignedTask,
     stop: CancellationToken,
+    abandoned: Arc<AtomicBool>,
     tx: watch::Sender<ExecutorTaskStatus>,
 ) {
     let now = chrono::Utc::now;
@@ -126,6 +153,7 @@ async fn run(
         status: task.task.status.clone(),
         env,
         tx,
+        abandoned,
     };
     r.status
         .steps
@@ -291,6 +319,9 @@ async fn run(
     r.status.phase = phase;
     r.status.fail_error = fail_error;
     r.status.end_time = Some(now());
+    if r.abandoned.load(Ordering::Relaxed) {
+        tracing::info!("task abandoned: the server no longer runs it here; its pod is removed");
+    }
     r.publish().await;
 }
 

@@ -534,6 +534,70 @@ async fn stopping_a_run_kills_its_running_step_process() {
     assert_eq!(log, "stopped\n");
 }
 
+/// Kills, when dropped, the process group `.0` (a step's shell leads its own group), so a
+/// failing test leaves nothing running.
+struct GroupGuard(i32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Issue 10 (13): deleting a live executor failed its task at once, but the executor
+/// re-registered at its next heartbeat and the step ran on to its end (its report
+/// refused). Now the executor sees the task finished without it and kills its process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_live_executor_kills_the_process_of_its_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = ServiceProc::with_executor(&dir.path().join("n"), &[]);
+    let client = node.client();
+    let pid_file = dir.path().join("step.pid");
+    let marker = dir.path().join("ran-to-the-end");
+    // Long enough that the wait for the process to die below ends well before it.
+    let command = format!(
+        "echo $$ > {}; sleep 60; touch {}",
+        pid_file.display(),
+        marker.display()
+    );
+    let config = one_step("long", &command, "");
+    let id = create(&client, "/project/deleted/branch/main", &config, None, None).await;
+    let pid = pid_in(&pid_file).await;
+    let _guard = GroupGuard(pid);
+    assert!(process_alive(pid), "the step runs");
+    let executors = client.executors().await.unwrap().executors;
+    assert_eq!(executors.len(), 1, "{executors:?}");
+
+    client.delete_executor(&executors[0].id).await.unwrap();
+    let done = wait_finished(&client, &id).await;
+    assert_eq!(done.run.result, RunResult::Failed, "{:?}", done.run);
+    let long = task(&done, "long");
+    assert_eq!(long.status, RunTaskStatus::Failed, "{long:?}");
+
+    wait_for(
+        Duration::from_secs(30),
+        "the step's process to be killed",
+        || async { (!process_alive(pid)).then_some(()) },
+    )
+    .await;
+    assert!(!marker.exists(), "the step ran to its end");
+    // The executor re-registers and stays usable.
+    wait_registered(&client, &executors[0].id).await;
+    let next = create(
+        &client,
+        "/project/deleted/branch/main",
+        &one_step("next", "echo next", ""),
+        None,
+        None,
+    )
+    .await;
+    let done = wait_finished(&client, &next).await;
+    assert_eq!(done.run.result, RunResult::Success, "{:?}", done.run);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_past_its_timeout_is_killed_and_fails_as_timed_out() {
     let dir = tempfile::tempdir().unwrap();
