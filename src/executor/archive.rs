@@ -28,8 +28,8 @@ pub enum ArchiveError {
     /// A glob in `paths` does not parse.
     #[error("bad path pattern {pattern:?}: {why}")]
     BadPattern { pattern: String, why: String },
-    /// The destination directory is absolute or climbs out with `..`.
-    #[error("bad destination directory {0:?}: it must be relative and stay inside the root")]
+    /// The destination directory climbs out with `..`.
+    #[error("bad destination directory {0:?}: it must stay inside the archive's root (no `..`)")]
     BadDestDir(String),
     /// An entry would land outside the directory it is extracted into.
     #[error("archive entry {entry:?} escapes the root: {why}")]
@@ -112,9 +112,12 @@ impl Selection {
     }
 }
 
-/// Checks and normalizes a destination directory: `""` and `"."` are the root.
-fn dest_prefix(dest_dir: &str) -> Result<PathBuf, ArchiveError> {
-    relative_entry_name(Path::new(dest_dir))
+/// Checks and normalizes the destination directory of saved contents, a directory of the
+/// archive (the workspace or the cache), never of a host: `""`, `"."` and `"/"` are its
+/// root, and a leading `/` is dropped as Agola's `toolbox archive` did (its docs write
+/// `dest_dir: /bin/`, which is `bin` in the archive). `..` segments are refused.
+pub fn dest_prefix(dest_dir: &str) -> Result<PathBuf, ArchiveError> {
+    relative_entry_name(Path::new(dest_dir.trim_start_matches('/')))
         .ok_or_else(|| ArchiveError::BadDestDir(dest_dir.to_owned()))
 }
 
@@ -469,9 +472,28 @@ pub(crate) mod tests {
         assert_eq!(names(&dot), ["bin/tool"]);
     }
 
+    /// Issue 10 (1): Agola's docs write `dest_dir: /bin/`; its toolbox archived under
+    /// `bin/`, Cairn refused it.
+    #[test]
+    fn a_leading_slash_in_dest_dir_means_the_archive_root() {
+        let (_, out) = select(&project(), &["tool"], "/bin/");
+        assert!(names(&out).is_empty(), "no top-level `tool` in the project");
+        let (_, out) = select(&project(), &["src/main.rs"], "/bin/");
+        assert_eq!(names(&out), ["bin/src/main.rs"]);
+        let (_, out) = select(&project(), &["bin/tool"], "/");
+        assert_eq!(names(&out), ["bin/tool"]);
+        let (_, out) = select(&project(), &["bin/tool"], "//out/./x/");
+        assert_eq!(names(&out), ["out/x/bin/tool"]);
+        assert_eq!(
+            dest_prefix("/bin/").expect("root-relative"),
+            Path::new("bin")
+        );
+        assert_eq!(dest_prefix("/").expect("the root"), Path::new(""));
+    }
+
     #[test]
     fn dest_dir_must_stay_inside_the_root() {
-        for bad in ["/abs", "../up", "a/../../b"] {
+        for bad in ["/../abs", "../up", "a/../../b", "/a/../b"] {
             let mut w = ArchiveWriter::new(Vec::new());
             let err = w
                 .add_selected(&project()[..], &[], bad)
