@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use cairn_client::executor::ExecutorTaskSpecData;
 use cairn_client::runconfig::{
-    Env, RestoreCacheStep, RestoreWorkspaceStep, RunStep, SaveCacheStep, SaveContent,
+    CloneStep, Env, RestoreCacheStep, RestoreWorkspaceStep, RunStep, SaveCacheStep, SaveContent,
     SaveToWorkspaceStep, SourceRef,
 };
 use cairn_client::{ClientError, RunClient};
@@ -126,9 +126,12 @@ pub async fn run(
     Ok(ctx.pod.exec(&req, out, cancel).await?)
 }
 
-/// Checks out the run's source into the working directory.
+/// Checks out the run's source into the working directory: a git source with the step's
+/// `depth` and `recurse_submodules` (see [`git_clone_script`]); an uploaded snapshot has
+/// no history and no submodules, so they do not apply to it (said in the log).
 pub async fn clone(
     ctx: &StepCtx<'_>,
+    step: &CloneStep,
     out: &mut dyn LogSink,
     cancel: &CancellationToken,
 ) -> Result<Option<i32>, StepError> {
@@ -139,6 +142,15 @@ pub async fn clone(
             Ok(Some(0))
         }
         Some(SourceRef::Snapshot { object }) => {
+            if step.depth.is_some() || step.recurse_submodules {
+                ctx.log(
+                    out,
+                    "clone: depth and recurse_submodules do not apply to an uploaded working \
+                     tree (it has no history and its submodules are sent as files)"
+                        .into(),
+                )
+                .await;
+            }
             ctx.log(
                 out,
                 format!(
@@ -171,15 +183,21 @@ pub async fn clone(
             } else {
                 git_ref.as_str()
             };
-            let script = format!(
-                "git init -q . && git fetch -q --depth 50 {} {} && git checkout -q {}",
-                shell_quote(url),
-                shell_quote(fetch),
-                shell_quote(target)
-            );
+            let script = git_clone_script(url, fetch, target, step);
+            let depth = match step.depth {
+                Some(n) if n > 0 => format!("the last {n} commits"),
+                _ => "the whole history".to_owned(),
+            };
+            let submodules = if step.recurse_submodules {
+                ", with its submodules"
+            } else {
+                ""
+            };
             ctx.log(
                 out,
-                format!("git: fetching {fetch} of {url}, checking out {target}"),
+                format!(
+                    "git: fetching {fetch} of {url} ({depth}), checking out {target}{submodules}"
+                ),
             )
             .await;
             let req = ExecRequest {
@@ -191,6 +209,27 @@ pub async fn clone(
             Ok(ctx.pod.exec(&req, out, cancel).await?)
         }
     }
+}
+
+/// The shell script that checks out `target` (a commit, or `FETCH_HEAD`) of `git_ref` of
+/// `url` into the current directory, as Agola's clone step: `depth` N fetches the last N
+/// commits (`git clone --depth N`; none, or 0, the whole history) and `recurse_submodules`
+/// then checks out the submodules of that commit, recursively (`--recurse-submodules`).
+pub fn git_clone_script(url: &str, git_ref: &str, target: &str, step: &CloneStep) -> String {
+    let depth = match step.depth {
+        Some(n) if n > 0 => format!(" --depth {n}"),
+        _ => String::new(),
+    };
+    let mut script = format!(
+        "git init -q . && git fetch -q{depth} {} {} && git checkout -q {}",
+        shell_quote(url),
+        shell_quote(git_ref),
+        shell_quote(target)
+    );
+    if step.recurse_submodules {
+        script.push_str(" && git submodule -q update --init --recursive");
+    }
+    script
 }
 
 fn shell_quote(s: &str) -> String {
@@ -453,6 +492,115 @@ mod tests {
         let env = step_env(&task, &step);
         assert_eq!(env["A"], "1");
         assert_eq!(env["B"], "2");
+    }
+
+    fn clone_step(depth: Option<u32>, recurse_submodules: bool) -> CloneStep {
+        CloneStep {
+            depth,
+            recurse_submodules,
+            ..CloneStep::default()
+        }
+    }
+
+    #[test]
+    fn a_clone_fetches_the_whole_history_unless_given_a_depth() {
+        let full = git_clone_script(
+            "u",
+            "refs/heads/main",
+            "FETCH_HEAD",
+            &clone_step(None, false),
+        );
+        assert_eq!(
+            full,
+            "git init -q . && git fetch -q 'u' 'refs/heads/main' && git checkout -q 'FETCH_HEAD'"
+        );
+        let zero = git_clone_script("u", "r", "c", &clone_step(Some(0), false));
+        assert!(!zero.contains("--depth"), "{zero}");
+        let shallow = git_clone_script("u", "r", "c", &clone_step(Some(3), false));
+        assert!(
+            shallow.contains("git fetch -q --depth 3 'u' 'r'"),
+            "{shallow}"
+        );
+        assert!(!shallow.contains("submodule"), "{shallow}");
+    }
+
+    #[test]
+    fn recurse_submodules_checks_them_out_after_the_commit() {
+        let s = git_clone_script("u", "r", "c", &clone_step(Some(1), true));
+        assert!(
+            s.ends_with("git checkout -q 'c' && git submodule -q update --init --recursive"),
+            "{s}"
+        );
+    }
+
+    fn git(dir: &std::path::Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .args(["-c", "protocol.file.allow=always"])
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("git runs");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// The script against real repositories: a shallow fetch has `depth` commits and the
+    /// submodule's file is there only with `recurse_submodules`.
+    #[test]
+    fn the_clone_script_honours_depth_and_submodules_with_real_git() {
+        if std::process::Command::new("git")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            println!("skipped: no git on this machine");
+            return;
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let sub = tmp.path().join("sub");
+        let origin = tmp.path().join("origin");
+        for dir in [&sub, &origin] {
+            std::fs::create_dir_all(dir).expect("dir");
+            git(dir, &["init", "-q", "-b", "main"]);
+        }
+        std::fs::write(sub.join("lib.txt"), "from the submodule\n").expect("write");
+        git(&sub, &["add", "."]);
+        git(&sub, &["commit", "-q", "-m", "sub"]);
+        for i in 0..3 {
+            std::fs::write(origin.join("n.txt"), format!("{i}\n")).expect("write");
+            git(&origin, &["add", "."]);
+            git(&origin, &["commit", "-q", "-m", &format!("c{i}")]);
+        }
+        let sub_url = format!("file://{}", sub.display());
+        git(&origin, &["submodule", "-q", "add", &sub_url, "vendor/sub"]);
+        git(&origin, &["commit", "-q", "-m", "with submodule"]);
+        let url = format!("file://{}", origin.display());
+
+        let checkout = |name: &str, step: CloneStep| {
+            let dir = tmp.path().join(name);
+            std::fs::create_dir_all(&dir).expect("dir");
+            let script = git_clone_script(&url, "refs/heads/main", "FETCH_HEAD", &step);
+            let out = std::process::Command::new("/bin/sh")
+                .args(["-e", "-c", &script])
+                .current_dir(&dir)
+                .env("GIT_CONFIG_COUNT", "1")
+                .env("GIT_CONFIG_KEY_0", "protocol.file.allow")
+                .env("GIT_CONFIG_VALUE_0", "always")
+                .output()
+                .expect("sh runs");
+            assert!(out.status.success(), "{script}: {out:?}");
+            dir
+        };
+        let shallow = checkout("shallow", clone_step(Some(2), true));
+        assert_eq!(git(&shallow, &["rev-list", "--count", "HEAD"]), "2");
+        assert_eq!(
+            std::fs::read_to_string(shallow.join("vendor/sub/lib.txt")).expect("submodule"),
+            "from the submodule\n"
+        );
+        let full = checkout("full", clone_step(None, false));
+        assert_eq!(git(&full, &["rev-list", "--count", "HEAD"]), "4");
+        assert!(!full.join("vendor/sub/lib.txt").exists());
     }
 
     #[test]

@@ -257,7 +257,7 @@ async fn run(
         r.publish().await;
         let mut log = r.log(LogStep::Step(i));
         let outcome = match step {
-            Step::Clone(_) => steps::clone(&ctx, &mut log, &cancel).await,
+            Step::Clone(s) => steps::clone(&ctx, s, &mut log, &cancel).await,
             Step::Run(s) => steps::run(&ctx, s, &mut log, &cancel).await,
             Step::SaveToWorkspace(s) => steps::save_to_workspace(&ctx, i, s, &mut log).await,
             Step::RestoreWorkspace(s) => steps::restore_workspace(&ctx, s, &mut log).await,
