@@ -181,6 +181,7 @@ impl DockerDriver {
             host_config: Some(HostConfig {
                 network_mode,
                 privileged: Some(container.privileged),
+                mounts: super::volume::docker_mounts(container)?,
                 ..Default::default()
             }),
             ..Default::default()
@@ -1817,6 +1818,43 @@ mod tests {
         )
         .await;
         assert_eq!((code, output.as_str()), (Some(0), "/root/src/app\n"));
+        pod.remove().await;
+    }
+
+    /// Issue 10 (1): Agola's container `volumes` (tmpfs with a size) are mounted.
+    #[tokio::test]
+    async fn a_tmpfs_volume_is_mounted_at_its_path_with_its_size() {
+        let Some(engine) = engine(DockerOptions::default()).await else {
+            return;
+        };
+        let mut c = container("");
+        c.volumes = vec![cairn_client::runconfig::Volume {
+            path: "/scratch".into(),
+            tmpfs: Some(cairn_client::runconfig::TmpfsVolume {
+                size_bytes: Some(8 * 1024 * 1024),
+            }),
+        }];
+        let pod = engine.pod(vec![c]).await;
+        let (code, output) = run(
+            pod.as_ref(),
+            ExecRequest {
+                cmd: sh("grep ' /scratch ' /proc/mounts; df -k /scratch | tail -n 1"),
+                working_dir: "/".into(),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(code, Some(0), "{output}");
+        let mount = output.lines().next().unwrap_or_default();
+        assert!(mount.starts_with("tmpfs /scratch tmpfs "), "{output}");
+        assert!(mount.contains("size=8192k"), "{output}");
+        let df: Vec<&str> = output
+            .lines()
+            .nth(1)
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        assert_eq!(df.get(1), Some(&"8192"), "{output}");
         pod.remove().await;
     }
 

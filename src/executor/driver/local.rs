@@ -60,6 +60,9 @@ impl Driver for LocalDriver {
                 home.display()
             )))
             .await;
+        if let Some(notice) = super::volume::local_notice(&spec.containers) {
+            setup_log.write(Bytes::from(notice)).await;
+        }
         if spec.containers.len() > 1 {
             setup_log
                 .write(Bytes::from_static(
@@ -467,6 +470,34 @@ mod tests {
             pod.get_archive(&format!("{home}/missing")).await,
             Err(DriverError::NotFound(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn the_setup_log_says_once_that_volumes_are_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let driver = LocalDriver::new(dir.path().join("tasks"));
+        let volume = cairn_client::runconfig::Volume {
+            path: "/scratch".into(),
+            tmpfs: Some(cairn_client::runconfig::TmpfsVolume {
+                size_bytes: Some(1024),
+            }),
+        };
+        let spec = PodSpec {
+            task_id: "t1".into(),
+            executor_id: "e1".into(),
+            containers: vec![cairn_client::runconfig::Container {
+                image: "busybox".into(),
+                volumes: vec![volume],
+                ..Default::default()
+            }],
+            registry_auth: Default::default(),
+            task_dir: dir.path().join("tasks/t1"),
+        };
+        let mut log = Capture::default();
+        driver.create_pod(&spec, &mut log).await.expect("pod");
+        let text = String::from_utf8(log.0).expect("utf8");
+        assert_eq!(text.matches("volumes are ignored").count(), 1, "{text:?}");
+        assert!(text.contains("/scratch (tmpfs, 1024 bytes)"), "{text:?}");
     }
 
     #[tokio::test]

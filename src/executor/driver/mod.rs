@@ -6,6 +6,7 @@
 //! - [`local`]: steps are host processes in a per-task directory; no isolation.
 //! - [`docker`]: a pod is a set of containers sharing container 0's network namespace,
 //!   driven through the Docker Engine API; files move through its archive API.
+//! - [`volume`]: container volumes (tmpfs) as docker mounts, and the local driver's notice.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod docker;
 pub mod local;
+pub mod volume;
 
 /// Why a driver operation failed.
 #[derive(Debug, thiserror::Error)]
