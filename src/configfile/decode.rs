@@ -79,27 +79,43 @@ impl<'f> Decoder<'f> {
         self.error(node, format!("expected {what}, found {found}"));
     }
 
-    /// The node as a map whose keys are all in `allowed`; `what` names the object in
-    /// the unknown-key message ("unknown key `enviroment` in task; expected one of …").
+    /// A problem that does not make the config invalid.
+    pub(super) fn warn(&mut self, node: &Node<'_>, message: impl Into<String>) {
+        self.warnings.push(node.error(self.file, message));
+    }
+
+    /// The node as a map of the keys in `allowed`; `what` names the object in messages.
+    /// As Agola (Go's `encoding/json`), a key that differs from an allowed one only by
+    /// case is read as that key, and an unknown key is ignored: both are warnings, the
+    /// latter with the closest allowed key when one is close ("did you mean …?").
     pub(super) fn fields<'a>(
         &mut self,
         node: &Node<'a>,
         what: &str,
-        allowed: &[&str],
+        allowed: &[&'a str],
     ) -> Option<Fields<'a>> {
-        let Some(entries) = node.entries() else {
+        let Some(mut entries) = node.entries() else {
             self.expected(node, &format!("a map ({what})"));
             return None;
         };
-        for e in &entries {
+        for e in &mut entries {
             match e.key {
                 Some(k) if allowed.contains(&k) => {}
                 Some(k) => {
-                    let message = format!(
-                        "unknown key `{k}` in {what}; expected one of {}",
-                        allowed.join(", ")
-                    );
-                    self.error(&e.key_node, message);
+                    if let Some(known) = allowed.iter().find(|a| a.eq_ignore_ascii_case(k)) {
+                        self.warn(
+                            &e.key_node,
+                            format!("key `{k}` in {what} is read as `{known}` (Agola matches keys regardless of case)"),
+                        );
+                        e.key = Some(known);
+                        continue;
+                    }
+                    let mut message =
+                        format!("unknown key `{k}` in {what} is ignored, as Agola ignores it");
+                    if let Some(close) = suggestion(k, allowed) {
+                        message.push_str(&format!("; did you mean `{close}`?"));
+                    }
+                    self.warn(&e.key_node, message);
                 }
                 None => self.error(&e.key_node, "expected a string key"),
             }
@@ -154,8 +170,10 @@ impl<'f> Decoder<'f> {
         }
     }
 
+    /// A boolean, in YAML 1.1's forms too (`yes`, `no`, `on`, `off`, `y`, `n`, plain
+    /// and in the cases Agola's YAML library takes).
     pub(super) fn bool(&mut self, node: &Node<'_>) -> Option<bool> {
-        let b = node.as_bool();
+        let b = node.as_bool().or_else(|| node.as_yaml11_bool());
         if b.is_none() {
             self.expected(node, "true or false");
         }
@@ -209,7 +227,8 @@ impl<'f> Decoder<'f> {
         map
     }
 
-    /// Seconds, from an integer or a duration string such as "1h30m", "45s".
+    /// Seconds, from an integer or a duration string such as "1h30m", "45s" (Cairn's
+    /// `task_timeout`).
     pub(super) fn duration(&mut self, node: &Node<'_>) -> Option<u64> {
         let parsed = match node.kind() {
             Kind::Int => node
@@ -234,6 +253,140 @@ impl<'f> Decoder<'f> {
             }
         }
     }
+
+    /// Agola's `task_timeout_interval`: a Go duration string ("1h30m", "90s", "1.5h",
+    /// "500ms") or a number of nanoseconds, as whole seconds rounded up; 0 means no
+    /// timeout (and overrides an outer one, as in Agola).
+    pub(super) fn go_duration(&mut self, node: &Node<'_>) -> Option<u64> {
+        let nanos = match node.kind() {
+            Kind::Int => node
+                .as_int()
+                .map(i128::from)
+                .ok_or_else(|| "invalid number".to_string()),
+            Kind::Str => parse_go_duration(node.as_str().unwrap_or_default()),
+            _ => Err(format!(
+                "expected a duration such as \"30m\", \"1h30m\", \"45s\", found {}",
+                node.kind().describe()
+            )),
+        };
+        match nanos {
+            Ok(n) if n < 0 => {
+                self.error(node, "a timeout must not be negative");
+                None
+            }
+            Ok(n) => Some(u64::try_from((n + 999_999_999) / 1_000_000_000).unwrap_or(u64::MAX)),
+            Err(message) => {
+                self.error(node, message);
+                None
+            }
+        }
+    }
+}
+
+/// Go's `time.ParseDuration`: an optional sign, then decimal numbers (with an optional
+/// fraction) each followed by a unit (ns, us, µs, ms, s, m, h); "0" alone is zero.
+/// Returns nanoseconds.
+pub(super) fn parse_go_duration(text: &str) -> Result<i128, String> {
+    let bad = || {
+        format!(
+            "invalid duration \"{text}\"; expected a Go duration such as \"30m\", \"1h30m\", \"45s\", \"1.5h\""
+        )
+    };
+    let (negative, rest) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    if rest == "0" {
+        return Ok(0);
+    }
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    const LIMIT: i128 = i64::MAX as i128;
+    let mut total: i128 = 0;
+    let mut chars = rest.char_indices().peekable();
+    while chars.peek().is_some() {
+        let mut int = String::new();
+        let mut frac = String::new();
+        let mut seen_dot = false;
+        while let Some(&(_, c)) = chars.peek() {
+            if c.is_ascii_digit() {
+                if seen_dot { frac.push(c) } else { int.push(c) }
+            } else if c == '.' && !seen_dot {
+                seen_dot = true;
+            } else {
+                break;
+            }
+            chars.next();
+        }
+        if int.is_empty() && frac.is_empty() {
+            return Err(bad());
+        }
+        let mut unit = String::new();
+        while let Some(&(_, c)) = chars.peek() {
+            if c.is_ascii_digit() || c == '.' {
+                break;
+            }
+            unit.push(c);
+            chars.next();
+        }
+        let scale: i128 = match unit.as_str() {
+            "ns" => 1,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            _ => return Err(bad()),
+        };
+        let whole: i128 = if int.is_empty() {
+            0
+        } else {
+            int.parse().map_err(|_| bad())?
+        };
+        let mut value = whole.checked_mul(scale).ok_or_else(bad)?;
+        let mut divisor: i128 = 1;
+        for d in frac.chars().take(30) {
+            divisor *= 10;
+            value += i128::from(d.to_digit(10).unwrap_or(0)) * scale / divisor;
+        }
+        total = total.checked_add(value).ok_or_else(bad)?;
+        if total > LIMIT {
+            return Err(bad());
+        }
+    }
+    Ok(if negative { -total } else { total })
+}
+
+/// The allowed key closest to `key` by edit distance, when close enough to be a typo.
+pub(super) fn suggestion<'k>(key: &str, allowed: &[&'k str]) -> Option<&'k str> {
+    let key = key.to_ascii_lowercase();
+    let len = key.chars().count();
+    let limit = if len <= 3 { 1 } else { (len / 3).clamp(2, 3) };
+    allowed
+        .iter()
+        .map(|a| (edit_distance(&key, a), *a))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, a)| a)
+}
+
+/// Levenshtein distance, in characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// "1h30m", "45s", "2m", "90" (seconds) → seconds.
@@ -300,5 +453,40 @@ mod tests {
         for bad in ["", "m", "1d", "30m1h", "5m5m", "1h 30m", "1.5h", "-3s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn go_durations_parse_as_agola_reads_them() {
+        let s = 1_000_000_000;
+        assert_eq!(parse_go_duration("1h30m"), Ok(5400 * s));
+        assert_eq!(parse_go_duration("1.5h"), Ok(5400 * s));
+        assert_eq!(parse_go_duration("90s"), Ok(90 * s));
+        assert_eq!(parse_go_duration("500ms"), Ok(s / 2));
+        assert_eq!(parse_go_duration("2m3s4ms5us6ns"), Ok(123 * s + 4_005_006));
+        assert_eq!(parse_go_duration("1µs"), Ok(1_000));
+        assert_eq!(parse_go_duration("0"), Ok(0));
+        assert_eq!(parse_go_duration("-1m"), Ok(-60 * s));
+        assert_eq!(parse_go_duration(".5s"), Ok(s / 2));
+        for bad in ["", "90", "1d", "1h 30m", "h", "1..5s", "3000000h"] {
+            assert!(parse_go_duration(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn suggestions_are_close_keys_only() {
+        let keys = [
+            "environment",
+            "working_dir",
+            "name",
+            "task_timeout_interval",
+        ];
+        assert_eq!(suggestion("enviroment", &keys), Some("environment"));
+        assert_eq!(suggestion("workingdir", &keys), Some("working_dir"));
+        assert_eq!(suggestion("nmae", &keys), Some("name"));
+        assert_eq!(
+            suggestion("task_timeout_intervall", &keys),
+            Some("task_timeout_interval")
+        );
+        assert_eq!(suggestion("colour", &keys), None);
     }
 }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_client::api::RefSpec;
 use cairn_client::runconfig::{
-    CloneStep, Container, Depend, Env, RegistryAuth, RunConfigTask, RunStep, Runtime, Step,
+    Container, Depend, Env, RegistryAuth, RunConfigTask, RunStep, Runtime, Step,
 };
 use uuid::Uuid;
 
@@ -105,7 +105,8 @@ pub fn expand(
             timeout_secs: task
                 .task_timeout
                 .or(run.task_timeout)
-                .or(config.task_timeout),
+                .or(config.task_timeout)
+                .filter(|&secs| secs > 0),
         };
         tasks.insert(id, rct);
     }
@@ -205,7 +206,7 @@ fn runtime(task: &ConfigTask, variables: &BTreeMap<String, String>) -> Runtime {
                 user: c.user.clone(),
                 privileged: c.privileged,
                 entrypoint: c.entrypoint.clone(),
-                volumes: Vec::new(),
+                volumes: c.volumes.clone(),
             })
             .collect(),
         labels: task.runtime.labels.clone(),
@@ -214,10 +215,7 @@ fn runtime(task: &ConfigTask, variables: &BTreeMap<String, String>) -> Runtime {
 
 fn step(step: &ConfigStep, variables: &BTreeMap<String, String>) -> Step {
     match step {
-        ConfigStep::Clone { name } => Step::Clone(CloneStep {
-            name: name.clone(),
-            ..Default::default()
-        }),
+        ConfigStep::Clone(c) => Step::Clone(c.clone()),
         ConfigStep::Run(r) => Step::Run(RunStep {
             name: r.name.clone(),
             command: r.command.clone(),
@@ -254,7 +252,7 @@ fn registries(
                     kind: auth.kind,
                     username: auth.username.resolve(variables),
                     password: auth.password.resolve(variables),
-                    auth: auth.auth.clone(),
+                    auth: auth.auth.resolve(variables),
                 },
             );
         }

@@ -52,6 +52,9 @@ pub fn find_config(dir: &Path) -> Option<PathBuf> {
         .find(|path| path.is_file())
 }
 
+/// The largest config accepted, in bytes (Agola's limit).
+pub const MAX_CONFIG_SIZE: usize = 1024 * 1024;
+
 /// A config that parsed and validated, with the warnings found on the way (keys
 /// Agola ignores, …), in document order.
 #[derive(Clone, Debug, PartialEq)]
@@ -64,6 +67,18 @@ pub struct Parsed {
 /// (`.json` files are read as JSON, anything else as YAML). Returns every problem
 /// found, in document order; warnings never make a config invalid.
 pub fn parse(path: &str, content: &str) -> Result<Parsed, ConfigErrors> {
+    if content.len() > MAX_CONFIG_SIZE {
+        return Err(ConfigErrors::single(ConfigError::new(
+            path,
+            0,
+            0,
+            "",
+            format!(
+                "the config is {} bytes, more than the limit of {MAX_CONFIG_SIZE} bytes (1 MiB, as Agola)",
+                content.len()
+            ),
+        )));
+    }
     let root = yaml::load(path, content).map_err(ConfigErrors::single)?;
     let mut dec = decode::Decoder::new(path);
     let config = document::decode_config(&mut dec, &root);
@@ -143,9 +158,10 @@ runs:
         assert_eq!(
             task.steps,
             [
-                ConfigStep::Clone {
-                    name: CLONE_STEP_NAME.into()
-                },
+                ConfigStep::Clone(cairn_client::runconfig::CloneStep {
+                    name: CLONE_STEP_NAME.into(),
+                    ..Default::default()
+                }),
                 ConfigStep::Run(ConfigRunStep {
                     name: "go test ./...".into(),
                     command: "go test ./...".into(),
@@ -191,14 +207,14 @@ runs:
     }
   ]
 }"#;
-        let errors = parse(".agola/config.json", json).expect_err("typo");
-        assert_eq!(errors.len(), 1);
-        let e = &errors.0[0];
+        let warnings = parse(".agola/config.json", json)
+            .expect("a typo is a warning")
+            .warnings;
+        assert_eq!(warnings.len(), 1);
+        let e = &warnings[0];
         assert_eq!((e.line, e.column), (10, 11));
-        assert_eq!(e.field, "runs[0].tasks[0].enviroment");
-        assert!(e.message.starts_with(
-            "unknown key `enviroment` in task; expected one of name, runtime, environment"
-        ));
+        assert_eq!(e.field, "runs[0] \"ci\" › tasks[0] \"test\" › enviroment");
+        assert!(e.message.ends_with("did you mean `environment`?"), "{e}");
         let fixed = json.replace("enviroment", "environment");
         let config = parse(".agola/config.json", &fixed)
             .expect("valid json")
@@ -217,7 +233,7 @@ runs:
     tasks:
       - name: a
         runtime: { containers: [ { image: alpine } ] }
-        ignore_failure: yes
+        ignore_failure: 'yes'
         depends: [ buidl ]
       - name: b
         runtime: { containers: [] }
@@ -228,10 +244,10 @@ runs:
         assert_eq!(
             lines,
             [
-                "c.yml:6:25: runs[0].tasks[0].ignore_failure: expected true or false, found a string",
-                "c.yml:7:20: runs[0].tasks[0].depends[0]: unknown task \"buidl\"",
-                "c.yml:9:32: runs[0].tasks[1].runtime.containers: a runtime needs at least one container",
-                "c.yml:10:23: runs[0].tasks[1].task_timeout: invalid duration \"10x\"; expected hours, minutes and seconds such as \"30m\", \"1h30m\", \"45s\"",
+                "c.yml:6:25: runs[0] \"ci\" › tasks[0] \"a\" › ignore_failure: expected true or false, found a string",
+                "c.yml:7:20: runs[0] \"ci\" › tasks[0] \"a\" › depends[0]: unknown task \"buidl\"",
+                "c.yml:9:32: runs[0] \"ci\" › tasks[1] \"b\" › runtime.containers: a runtime needs at least one container",
+                "c.yml:10:23: runs[0] \"ci\" › tasks[1] \"b\" › task_timeout: invalid duration \"10x\"; expected hours, minutes and seconds such as \"30m\", \"1h30m\", \"45s\"",
             ]
         );
     }
@@ -252,5 +268,19 @@ runs:
         assert_eq!(find_config(dir.path()), Some(json));
         let yml = write(".agola/config.yml");
         assert_eq!(find_config(dir.path()), Some(yml));
+    }
+
+    #[test]
+    fn configs_over_one_mebibyte_are_refused() {
+        let mut big = String::from(MINIMAL);
+        big.push_str(&"#".repeat(MAX_CONFIG_SIZE - big.len()));
+        parse("c.yml", &big).expect("exactly 1 MiB is fine");
+        big.push('#');
+        let e = parse("c.yml", &big).expect_err("too big");
+        assert_eq!(e.len(), 1);
+        assert_eq!(
+            e.0[0].message,
+            "the config is 1048577 bytes, more than the limit of 1048576 bytes (1 MiB, as Agola)"
+        );
     }
 }

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use cairn_client::runconfig::{
-    Arch, DependCondition, RegistryAuthType, RestoreCacheStep, RestoreWorkspaceStep, RuntimeType,
-    SaveCacheStep, SaveToWorkspaceStep,
+    Arch, CloneStep, DependCondition, RegistryAuthType, RestoreCacheStep, RestoreWorkspaceStep,
+    RuntimeType, SaveCacheStep, SaveToWorkspaceStep, Volume,
 };
 
 use super::error::ConfigError;
@@ -34,7 +34,8 @@ pub struct Config {
     pub file: String,
     pub runs: Vec<ConfigRun>,
     pub docker_registries_auth: BTreeMap<String, ConfigRegistryAuth>,
-    /// Seconds; the outermost default for every task.
+    /// Seconds (`task_timeout_interval` or its alias `task_timeout`); the outermost
+    /// default for every task. `Some(0)`: no timeout, overriding an outer one.
     pub task_timeout: Option<u64>,
 }
 
@@ -121,6 +122,8 @@ pub struct ConfigContainer {
     pub user: String,
     pub privileged: bool,
     pub entrypoint: String,
+    /// Agola's container volumes (tmpfs).
+    pub volumes: Vec<Volume>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -128,13 +131,14 @@ pub struct ConfigRegistryAuth {
     pub kind: RegistryAuthType,
     pub username: ConfigValue,
     pub password: ConfigValue,
-    pub auth: String,
+    pub auth: ConfigValue,
 }
 
 /// A step as written; `Run` keeps its environment unresolved.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ConfigStep {
-    Clone { name: String },
+    /// `depth` and `recurse_submodules` as Agola's clone step.
+    Clone(CloneStep),
     Run(ConfigRunStep),
     SaveToWorkspace(SaveToWorkspaceStep),
     RestoreWorkspace(RestoreWorkspaceStep),

@@ -4,7 +4,8 @@
 //! Defaults that belong to the step itself (names, cache paths `**`) are applied here.
 
 use cairn_client::runconfig::{
-    RestoreCacheStep, RestoreWorkspaceStep, SaveCacheStep, SaveContent, SaveToWorkspaceStep,
+    CloneStep, RestoreCacheStep, RestoreWorkspaceStep, SaveCacheStep, SaveContent,
+    SaveToWorkspaceStep,
 };
 
 use super::decode::{Decoder, Fields};
@@ -29,7 +30,7 @@ const MAX_STEP_NAME: usize = 100;
 
 fn allowed_fields(kind: &str) -> &'static [&'static str] {
     match kind {
-        "clone" => &["name", "when"],
+        "clone" => &["name", "depth", "recurse_submodules", "when"],
         "run" => &[
             "name",
             "command",
@@ -78,6 +79,61 @@ impl<'a> Body<'a> {
         self.get(key)
             .and_then(|n| dec.string(n))
             .unwrap_or_default()
+    }
+
+    /// A directory that must not climb out of its root with `..`.
+    fn dir(&self, dec: &mut Decoder<'_>, key: &str) -> String {
+        self.get(key).and_then(|n| dir(dec, n)).unwrap_or_default()
+    }
+}
+
+/// A string path that stays inside its root: Agola's toolbox reads a leading `/` as
+/// the root of the workspace, cache or task, so `/bin/` is fine, while a `..` that
+/// climbs above the root (`../x`, `a/../../x`) is refused here, with its position.
+fn dir(dec: &mut Decoder<'_>, node: &Node<'_>) -> Option<String> {
+    let path = dec.string(node)?;
+    if escapes(&path) {
+        dec.error(
+            node,
+            format!("{path:?} climbs out of its root with `..`; paths stay inside the workspace, cache or task directory"),
+        );
+        return None;
+    }
+    Some(path)
+}
+
+/// Whether `path`, read from its root, goes above it.
+pub(super) fn escapes(path: &str) -> bool {
+    let mut depth: usize = 0;
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => match depth.checked_sub(1) {
+                Some(d) => depth = d,
+                None => return true,
+            },
+            _ => depth += 1,
+        }
+    }
+    false
+}
+
+/// A clone `depth`: an integer greater than zero (Agola).
+fn depth(dec: &mut Decoder<'_>, node: &Node<'_>) -> Option<u32> {
+    let Some(n) = node.as_int() else {
+        let found = node.kind().describe();
+        dec.error(node, format!("expected a number of commits, found {found}"));
+        return None;
+    };
+    match u32::try_from(n) {
+        Ok(d) if d > 0 => Some(d),
+        _ => {
+            dec.error(
+                node,
+                format!("a clone depth must be greater than 0, found {n}"),
+            );
+            None
+        }
     }
 }
 
@@ -155,9 +211,14 @@ fn decode_body(dec: &mut Decoder<'_>, kind: &str, body: &Body<'_>) -> Option<Con
     let name = name.map(|n| truncate(&n));
     let named = |default: &str| name.clone().unwrap_or_else(|| default.to_string());
     let step = match kind {
-        "clone" => ConfigStep::Clone {
+        "clone" => ConfigStep::Clone(CloneStep {
             name: named(CLONE_STEP_NAME),
-        },
+            depth: body.get("depth").and_then(|n| depth(dec, n)),
+            recurse_submodules: body
+                .get("recurse_submodules")
+                .and_then(|n| dec.bool(n))
+                .unwrap_or_default(),
+        }),
         "run" => {
             let command_node = body.require(dec, "command")?;
             let command = dec.string(&command_node)?;
@@ -183,7 +244,7 @@ fn decode_body(dec: &mut Decoder<'_>, kind: &str, body: &Body<'_>) -> Option<Con
         }),
         "restore_workspace" => ConfigStep::RestoreWorkspace(RestoreWorkspaceStep {
             name: named("restore workspace"),
-            dest_dir: body.string(dec, "dest_dir"),
+            dest_dir: body.dir(dec, "dest_dir"),
         }),
         "save_cache" => {
             let key_node = body.require(dec, "key")?;
@@ -206,7 +267,7 @@ fn decode_body(dec: &mut Decoder<'_>, kind: &str, body: &Body<'_>) -> Option<Con
             ConfigStep::RestoreCache(RestoreCacheStep {
                 name: named("restore cache"),
                 keys,
-                dest_dir: body.string(dec, "dest_dir"),
+                dest_dir: body.dir(dec, "dest_dir"),
             })
         }
         _ => return None,
@@ -235,9 +296,10 @@ fn contents(dec: &mut Decoder<'_>, body: &Body<'_>, default_all: bool) -> Vec<Sa
     list.iter()
         .filter_map(|item| {
             let f = dec.fields(item, "contents", &["source_dir", "dest_dir", "paths"])?;
-            let mut paths = f
+            let mut paths: Vec<String> = f
                 .get("paths")
-                .and_then(|n| dec.strings(n))
+                .and_then(|n| dec.list(n))
+                .map(|items| items.iter().filter_map(|n| dir(dec, n)).collect())
                 .unwrap_or_default();
             if paths.is_empty() && default_all {
                 paths.push("**".to_string());
@@ -245,11 +307,11 @@ fn contents(dec: &mut Decoder<'_>, body: &Body<'_>, default_all: bool) -> Vec<Sa
             Some(SaveContent {
                 source_dir: f
                     .get("source_dir")
-                    .and_then(|n| dec.string(n))
+                    .and_then(|n| dir(dec, n))
                     .unwrap_or_default(),
                 dest_dir: f
                     .get("dest_dir")
-                    .and_then(|n| dec.string(n))
+                    .and_then(|n| dir(dec, n))
                     .unwrap_or_default(),
                 paths,
             })
@@ -295,12 +357,14 @@ mod tests {
         assert_eq!(
             s,
             [
-                ConfigStep::Clone {
-                    name: CLONE_STEP_NAME.into()
-                },
-                ConfigStep::Clone {
-                    name: "checkout".into()
-                }
+                ConfigStep::Clone(CloneStep {
+                    name: CLONE_STEP_NAME.into(),
+                    ..CloneStep::default()
+                }),
+                ConfigStep::Clone(CloneStep {
+                    name: "checkout".into(),
+                    ..CloneStep::default()
+                })
             ]
         );
     }
@@ -347,5 +411,81 @@ mod tests {
             panic!("save_cache")
         };
         assert_eq!(save.contents[0].paths, ["**"]);
+    }
+
+    #[test]
+    fn clone_takes_depth_and_recurse_submodules() {
+        let (s, errors) = steps(
+            "- clone: { depth: 1, recurse_submodules: true }\n- { type: clone, depth: 50 }\n",
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            s,
+            [
+                ConfigStep::Clone(CloneStep {
+                    name: CLONE_STEP_NAME.into(),
+                    depth: Some(1),
+                    recurse_submodules: true
+                }),
+                ConfigStep::Clone(CloneStep {
+                    name: CLONE_STEP_NAME.into(),
+                    depth: Some(50),
+                    recurse_submodules: false
+                })
+            ]
+        );
+        let (_, errors) = steps(
+            "- clone: { depth: 0 }\n- clone: { depth: -2, recurse_submodules: maybe }\n- clone: { depth: '3' }\n",
+        );
+        let messages: Vec<_> = errors
+            .iter()
+            .map(|e| (e.line, e.column, e.message.as_str()))
+            .collect();
+        assert_eq!(
+            messages,
+            [
+                (1, 19, "a clone depth must be greater than 0, found 0"),
+                (2, 19, "a clone depth must be greater than 0, found -2"),
+                (2, 43, "expected true or false, found a string"),
+                (3, 19, "expected a number of commits, found a string"),
+            ]
+        );
+    }
+
+    #[test]
+    fn leading_slashes_are_roots_and_dot_dot_escapes_are_refused() {
+        let (s, errors) = steps(
+            "- save_to_workspace: { contents: [ { source_dir: ./bin, dest_dir: /bin/, paths: ['*', 'a/../b'] } ] }\n- restore_workspace: { dest_dir: / }\n",
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let ConfigStep::SaveToWorkspace(save) = &s[0] else {
+            panic!("save_to_workspace")
+        };
+        assert_eq!(save.contents[0].dest_dir, "/bin/");
+        let (_, errors) = steps(
+            "- save_to_workspace: { contents: [ { source_dir: ../x, dest_dir: /a/../../b, paths: ['../*'] } ] }\n- restore_cache: { keys: [k], dest_dir: 'x/../..' }\n",
+        );
+        let mut at: Vec<_> = errors
+            .iter()
+            .map(|e| (e.line, e.column, e.field.as_str()))
+            .collect();
+        at.sort();
+        assert_eq!(
+            at,
+            [
+                (1, 50, "[0].save_to_workspace.contents[0].source_dir"),
+                (1, 66, "[0].save_to_workspace.contents[0].dest_dir"),
+                (1, 86, "[0].save_to_workspace.contents[0].paths[0]"),
+                (2, 41, "[1].restore_cache.dest_dir"),
+            ]
+        );
+        assert!(
+            errors[1]
+                .message
+                .contains("climbs out of its root with `..`"),
+            "{}",
+            errors[1]
+        );
+        assert!(escapes("a/../../b") && !escapes("/a/b/../c") && !escapes("./"));
     }
 }

@@ -203,7 +203,7 @@ mod tests {
         assert_eq!(e.len(), 1);
         assert_eq!(
             (e[0].line, e[0].column, e[0].field.as_str()),
-            (4, 11, "runs[1].name")
+            (4, 11, "runs[1] \"ci\" › name")
         );
         assert_eq!(e[0].message, "duplicate run name \"ci\" (first at line 2)");
     }
@@ -214,7 +214,7 @@ mod tests {
         assert_eq!(e.len(), 1);
         assert_eq!(
             (e[0].line, e[0].field.as_str()),
-            (6, "runs[0].tasks[2].name")
+            (6, "runs[0] \"ci\" › tasks[2] \"a\" › name")
         );
         assert_eq!(e[0].message, "duplicate task name \"a\" (first at line 4)");
     }
@@ -225,7 +225,7 @@ mod tests {
         assert_eq!(e.len(), 1);
         assert_eq!(
             e[0].to_string(),
-            "c.yml:5:76: runs[0].tasks[1].depends[0]: unknown task \"buidl\""
+            "c.yml:5:76: runs[0] \"ci\" › tasks[1] \"test\" › depends[0]: unknown task \"buidl\""
         );
     }
 
@@ -236,7 +236,10 @@ mod tests {
             ("test", "build, {build: [on_failure]}"),
         ]));
         assert_eq!(e.len(), 1);
-        assert_eq!(e[0].field, "runs[0].tasks[1].depends[1]");
+        assert_eq!(
+            e[0].field,
+            "runs[0] \"ci\" › tasks[1] \"test\" › depends[1]"
+        );
         assert_eq!(e[0].message, "duplicate dependency on \"build\"");
     }
 
@@ -247,7 +250,7 @@ mod tests {
         assert_eq!(e[0].message, "dependency cycle: a -> c -> b -> a");
         assert_eq!(
             (e[0].line, e[0].field.as_str()),
-            (4, "runs[0].tasks[0].depends[0]")
+            (4, "runs[0] \"ci\" › tasks[0] \"a\" › depends[0]")
         );
         let e = errors(&run(&[("a", "a")]));
         assert_eq!(e[0].message, "dependency cycle: a -> a");
@@ -262,7 +265,10 @@ mod tests {
             ("deploy", "build, test"),
         ]));
         assert_eq!(e.len(), 1, "{e:?}");
-        assert_eq!(e[0].field, "runs[0].tasks[2].depends[0]");
+        assert_eq!(
+            e[0].field,
+            "runs[0] \"ci\" › tasks[2] \"deploy\" › depends[0]"
+        );
         assert_eq!(
             e[0].message,
             "redundant dependency on \"build\": \"test\", another dependency of \"deploy\", already depends on it"
@@ -270,7 +276,7 @@ mod tests {
         // Also through a longer chain.
         let e = errors(&run(&[("a", ""), ("b", "a"), ("c", "b"), ("d", "c, a")]));
         assert_eq!(e.len(), 1, "{e:?}");
-        assert_eq!(e[0].field, "runs[0].tasks[3].depends[1]");
+        assert_eq!(e[0].field, "runs[0] \"ci\" › tasks[3] \"d\" › depends[1]");
     }
 
     #[test]

@@ -150,9 +150,10 @@ fn decode_matchers(dec: &mut Decoder<'_>, node: &Node<'_>) -> Vec<Matcher> {
         .collect()
 }
 
-/// `/re/` or `#re#` is a regexp, anything else an exact name.
+/// `/re/` or `#re#` is a regexp, anything else an exact name; as in Agola, only when
+/// longer than two characters (`//` and `##` are literal text).
 fn matcher(text: &str) -> Result<Matcher, String> {
-    let delimited = |d: char| text.len() >= 2 && text.starts_with(d) && text.ends_with(d);
+    let delimited = |d: char| text.len() > 2 && text.starts_with(d) && text.ends_with(d);
     if delimited('/') || delimited('#') {
         let pattern = &text[1..text.len() - 1];
         return Regex::new(pattern)
@@ -274,5 +275,27 @@ mod tests {
             e.message.starts_with("invalid regular expression /[/"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn two_character_delimiters_are_literal_text() {
+        let w = when("branch: ['//', '##']");
+        assert_eq!(
+            w.branch.as_ref().map(|c| c.include.clone()),
+            Some(vec![
+                Matcher::Exact("//".into()),
+                Matcher::Exact("##".into())
+            ])
+        );
+        assert!(
+            !w.matches(&branch("feature")),
+            "`//` is not an empty regexp"
+        );
+        assert!(w.matches(&branch("//")));
+        let w = when("branch: '/a/'");
+        assert!(matches!(
+            &w.branch.as_ref().map(|c| c.include[0].clone()),
+            Some(Matcher::Regex(_))
+        ));
     }
 }

@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 
-use saphyr::{MarkedYamlOwned, ScalarOwned, YamlDataOwned, YamlLoader};
+use saphyr::{MarkedYamlOwned, ScalarOwned, ScalarStyle, YamlDataOwned, YamlLoader};
 use saphyr_parser::Parser;
 
 use super::error::ConfigError;
@@ -184,6 +184,33 @@ impl<'a> Node<'a> {
         self.text().and_then(|t| t.parse().ok())
     }
 
+    /// A plain (unquoted) scalar that YAML 1.1 reads as a boolean, as Agola's YAML
+    /// library (go-yaml v2) does: `y`, `yes`, `on`, `n`, `no`, `off` in lower case,
+    /// capitalized or upper case. `true`/`false` are YAML 1.2 booleans already.
+    pub(super) fn as_yaml11_bool(&self) -> Option<bool> {
+        let YamlDataOwned::Representation(text, ScalarStyle::Plain, None) = self.data() else {
+            return None;
+        };
+        match text.as_str() {
+            "y" | "Y" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" => Some(true),
+            "n" | "N" | "no" | "No" | "NO" | "off" | "Off" | "OFF" => Some(false),
+            _ => None,
+        }
+    }
+
+    /// The same node with `name` in its path (`runs[0] "ci"`), so that the paths of
+    /// its children and of every problem under it name it.
+    pub(super) fn named(&self, name: Option<&str>) -> Node<'a> {
+        let path = match name {
+            Some(name) => format!("{} {name:?}", self.path),
+            None => self.path.clone(),
+        };
+        Node {
+            yaml: self.yaml,
+            path,
+        }
+    }
+
     pub(super) fn as_int(&self) -> Option<i64> {
         match self.data() {
             YamlDataOwned::Representation(text, style, tag) => {
@@ -257,10 +284,13 @@ fn scalar_kind(scalar: &ScalarOwned) -> Kind {
     }
 }
 
-/// `parent.key`, or `key` at the top.
+/// `parent.key`, or `key` at the top; after a named node (`runs[0] "ci"`) the
+/// separator is ` › ` so names stand out: `runs[0] "ci" › tasks[1] "build" › steps`.
 pub(super) fn child_path(parent: &str, key: &str) -> String {
     if parent.is_empty() {
         key.to_string()
+    } else if parent.ends_with('"') {
+        format!("{parent} › {key}")
     } else {
         format!("{parent}.{key}")
     }
