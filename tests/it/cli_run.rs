@@ -213,7 +213,7 @@ runs:
     tasks:
       - name: build
         runtime: { containers: [ { image: busybox } ] }
-        colour: blue
+        ignore_failure: blue
         steps:
           - run: echo hi
       - name: test
@@ -234,6 +234,27 @@ runs:
 ";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_run_prints_config_warnings_before_it_starts() {
+    let config = ONE_TASK.replace("        steps:", "        colour: red\n        steps:");
+    let dir = plain_dir(&config, &[]);
+    let data = tempfile::tempdir().unwrap();
+    let out = direct_run(dir.path(), data.path(), &[], LONG);
+    assert_eq!(out.code, 0, "an unknown key does not stop the run: {out:?}");
+    let first = out.stdout.lines().next().unwrap_or_default();
+    assert_eq!(
+        first,
+        "warning: .agola/config.yml:6:9: runs[0] \"ci\" › tasks[0] \"one\" › colour: unknown key `colour` in task is ignored, as Agola ignores it",
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.task_lines("one").contains(&"one".to_string()),
+        "{}",
+        out.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn setup_errors_exit_2_with_readable_lines_before_anything_starts() {
     let scratch = tempfile::tempdir().unwrap();
 
@@ -251,8 +272,8 @@ async fn setup_errors_exit_2_with_readable_lines_before_anything_starts() {
     );
     assert!(!data.exists(), "no embedded node was started");
 
-    // A config with an unknown key and a dependency on a task that does not exist: both
-    // reported, each with file:line:col and the field.
+    // A config with a wrong type and a dependency on a task that does not exist: both
+    // reported, each with file:line:col and the field naming the run and the task.
     let bad = plain_dir(BAD_CONFIG, &[]);
     let data = scratch.path().join("bad-config");
     let out = direct_run(bad.path(), &data, &[], LONG);
@@ -260,13 +281,16 @@ async fn setup_errors_exit_2_with_readable_lines_before_anything_starts() {
     let lines = out.stderr_lines();
     assert_eq!(lines.len(), 2, "{}", out.stderr);
     assert!(
-        lines[0].starts_with("cairn: .agola/config.yml:6:9: runs[0].tasks[0].colour: unknown key"),
+        lines[0].starts_with(
+            "cairn: .agola/config.yml:6:25: runs[0] \"ci\" › tasks[0] \"build\" › ignore_failure: expected true or false"
+        ),
         "{}",
         out.stderr
     );
     assert!(
-        lines[1].starts_with(".agola/config.yml:11:20: runs[0].tasks[1].depends[0]: ")
-            && lines[1].contains("unknown task \"biuld\""),
+        lines[1].starts_with(
+            ".agola/config.yml:11:20: runs[0] \"ci\" › tasks[1] \"test\" › depends[0]: "
+        ) && lines[1].contains("unknown task \"biuld\""),
         "{}",
         out.stderr
     );
@@ -305,7 +329,7 @@ async fn a_bad_config_is_recorded_as_a_setuperror_run_that_runs_list_and_show_re
     let data = tempfile::tempdir().unwrap();
     let out = direct_run(dir.path(), data.path(), &[], LONG);
     assert_eq!(out.code, 2, "{out:?}");
-    let error = ".agola/config.yml:6:20: runs[0].tasks[0].depends[0]: ";
+    let error = ".agola/config.yml:6:20: runs[0] \"ci\" › tasks[0] \"test\" › depends[0]: ";
     let lines = out.stderr_lines();
     assert_eq!(lines.len(), 1, "{}", out.stderr);
     assert!(
@@ -543,16 +567,38 @@ async fn validate_says_ok_or_lists_each_error_with_file_line_column_and_field() 
     let lines = out.stderr_lines();
     assert_eq!(lines.len(), 3, "{}", out.stderr);
     assert!(
-        lines[0]
-            .starts_with(".agola/config.yml:6:9: runs[0].tasks[0].colour: unknown key `colour`"),
+        lines[0].starts_with(
+            ".agola/config.yml:6:25: runs[0] \"ci\" › tasks[0] \"build\" › ignore_failure: expected true or false"
+        ),
         "{}",
         out.stderr
     );
     assert_eq!(
         lines[1],
-        ".agola/config.yml:11:20: runs[0].tasks[1].depends[0]: unknown task \"biuld\""
+        ".agola/config.yml:11:20: runs[0] \"ci\" › tasks[1] \"test\" › depends[0]: unknown task \"biuld\""
     );
     assert_eq!(lines[2], ".agola/config.yml: 2 error(s)");
+
+    // Unknown keys are warnings (Agola ignores them): listed, and the config is valid.
+    let typo = plain_dir(
+        &ONE_TASK.replace(
+            "        steps:",
+            "        enviroment: { A: b }\n        steps:",
+        ),
+        &[],
+    );
+    let out = validate(typo.path());
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.stderr_lines(),
+        [
+            "warning: .agola/config.yml:6:9: runs[0] \"ci\" › tasks[0] \"one\" › enviroment: unknown key `enviroment` in task is ignored, as Agola ignores it; did you mean `environment`?"
+        ]
+    );
+    assert_eq!(
+        out.stdout.trim(),
+        ".agola/config.yml: ok (1 runs, 1 tasks, 1 warning(s))"
+    );
 
     let cycle = plain_dir(CYCLE, &[]);
     let out = validate(cycle.path());
@@ -560,8 +606,9 @@ async fn validate_says_ok_or_lists_each_error_with_file_line_column_and_field() 
     let lines = out.stderr_lines();
     assert_eq!(lines.len(), 2, "{}", out.stderr);
     assert!(
-        lines[0].starts_with(".agola/config.yml:6:20: runs[0].tasks[0].depends[0]: ")
-            && lines[0].contains("dependency cycle")
+        lines[0].starts_with(
+            ".agola/config.yml:6:20: runs[0] \"ci\" › tasks[0] \"one\" › depends[0]: "
+        ) && lines[0].contains("dependency cycle")
             && lines[0].contains("one -> two -> one"),
         "{}",
         out.stderr
