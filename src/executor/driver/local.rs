@@ -2,12 +2,19 @@
 //! task's own directory (its home: `~` expands to it). There is no isolation and images
 //! are ignored: this is the driver of `cairn run` and of small edge hosts.
 //!
+//! The task's paths (working directory, step working directories, where archives are
+//! restored and read) are a container's paths in Agola's configs: an absolute one outside
+//! the task's directory (`working_dir: /go/src/app`, `restore_cache: {dest_dir:
+//! /go/pkg/mod}`, `restore_workspace: {dest_dir: /}`) is taken under `<task dir>/root`,
+//! the task's stand-in for a container's root, never the host's (see [`host_path`]). The
+//! setup log says so. What a step's command does with absolute paths is its own business.
+//!
 //! Every command runs in a new process group; cancelling it (stop, timeout) kills the
 //! whole group, so nothing a step started outlives it. The groups of each task are
 //! recorded in `<task dir>/pgids`, so a restarted executor can kill the leftovers of a
 //! crashed one ([`Driver::remove_orphans`]).
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
@@ -58,6 +65,13 @@ impl Driver for LocalDriver {
             .write(Bytes::from(format!(
                 "local driver: running on this host in {} (images {images:?} are not used)\n",
                 home.display()
+            )))
+            .await;
+        setup_log
+            .write(Bytes::from(format!(
+                "local driver: the task's absolute paths (working dir, restored and saved \
+                 directories) are under {}\n",
+                spec.task_dir.join(ROOT).display()
             )))
             .await;
         if let Some(notice) = super::volume::local_notice(&spec.containers) {
@@ -111,15 +125,38 @@ struct LocalPod {
     groups: Arc<Mutex<Vec<i32>>>,
 }
 
+/// The directory of a task standing in for a container's root.
+const ROOT: &str = "root";
+
+/// Where the pod path `dir` of the task in `task_dir` (home `home`) is on the host: empty is
+/// the home, relative is under the home; the result is normalized (`.` and `..` resolved
+/// lexically) and, when it falls outside the task's directory, re-rooted under
+/// `<task_dir>/root`, so no task path is ever the host's root or anything outside.
+pub fn host_path(task_dir: &Path, home: &Path, dir: &str) -> PathBuf {
+    if dir.is_empty() {
+        return home.to_path_buf();
+    }
+    let joined = home.join(dir);
+    let mut normal = PathBuf::from("/");
+    for part in joined.components() {
+        match part {
+            Component::Normal(p) => normal.push(p),
+            Component::ParentDir => {
+                normal.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    if normal.starts_with(task_dir) {
+        return normal;
+    }
+    let inside = normal.strip_prefix("/").unwrap_or(&normal);
+    task_dir.join(ROOT).join(inside)
+}
+
 impl LocalPod {
     fn resolve(&self, dir: &str) -> PathBuf {
-        if dir.is_empty() {
-            self.home.clone()
-        } else if Path::new(dir).is_absolute() {
-            PathBuf::from(dir)
-        } else {
-            self.home.join(dir)
-        }
+        host_path(&self.task_dir, &self.home, dir)
     }
 
     fn kill_all(&self) {
@@ -470,6 +507,58 @@ mod tests {
             pod.get_archive(&format!("{home}/missing")).await,
             Err(DriverError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn task_paths_never_leave_the_task_directory() {
+        let task = Path::new("/data/tasks/t1");
+        let home = Path::new("/data/tasks/t1/home");
+        let p = |dir: &str| host_path(task, home, dir);
+        assert_eq!(p(""), home);
+        assert_eq!(p("project/bin"), home.join("project/bin"));
+        assert_eq!(p("/data/tasks/t1/home/project"), home.join("project"));
+        assert_eq!(p("/data/tasks/t1/home/./a/../b"), home.join("b"));
+        // Agola's container paths are under the task's root.
+        assert_eq!(p("/"), task.join("root"));
+        assert_eq!(p("/go/pkg/mod"), task.join("root/go/pkg/mod"));
+        assert_eq!(p("/../../etc"), task.join("root/etc"));
+        assert_eq!(p("../../../../etc"), task.join("root/etc"));
+        assert_eq!(p("/data/tasks/t2"), task.join("root/data/tasks/t2"));
+    }
+
+    /// Issue 10 (1): `restore_workspace: {dest_dir: /}` must not write into the host's root.
+    #[tokio::test]
+    async fn an_archive_restored_into_slash_lands_in_the_tasks_root() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pod = pod(dir.path()).await;
+        let home = pod.home("").await.expect("home");
+        pod.exec(
+            &sh("mkdir -p src && echo one > src/marker-of-issue-10.txt"),
+            &mut super::super::Discard,
+            &CancellationToken::new(),
+        )
+        .await
+        .expect("exec");
+        let tar = pod.get_archive(&format!("{home}/src")).await.expect("get");
+        pod.put_archive("/", "", tar).await.expect("put");
+        assert!(!Path::new("/marker-of-issue-10.txt").exists());
+        let root = dir.path().join("tasks/t1/root");
+        assert_eq!(
+            std::fs::read_to_string(root.join("marker-of-issue-10.txt")).expect("restored"),
+            "one\n"
+        );
+        // A step working in `/` sees it there too, and reads it back by that path.
+        let mut out = Capture::default();
+        let req = ExecRequest {
+            working_dir: "/".into(),
+            ..sh("cat marker-of-issue-10.txt")
+        };
+        let code = pod
+            .exec(&req, &mut out, &CancellationToken::new())
+            .await
+            .expect("exec");
+        assert_eq!((code, out.0.as_slice()), (Some(0), &b"one\n"[..]));
+        assert!(pod.get_archive("/marker-of-issue-10.txt").await.is_ok());
     }
 
     #[tokio::test]
