@@ -6,8 +6,26 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// `println!` that returns the write's error instead of panicking: a closed pipe
+/// (`cairn … | head`) ends the command quietly (see `main`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
+/// `eprintln!` that ignores a closed stderr.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 pub mod admin;
 pub mod direct;
+pub mod embedded;
 pub mod runs;
 pub mod snapshot;
 pub mod terminal;
@@ -349,10 +367,11 @@ fn range_end_for(key: &str, prefix: bool) -> B64Bytes {
 }
 
 /// Key and value on lines of their own, as etcdctl prints them.
-fn print_kvs(kvs: &[wire::KeyValue]) {
+fn print_kvs(kvs: &[wire::KeyValue]) -> std::io::Result<()> {
     for kv in kvs {
-        println!("{}\n{}", show(&kv.key), show(&kv.value));
+        outln!("{}\n{}", show(&kv.key), show(&kv.value))?;
     }
+    Ok(())
 }
 
 fn remote(e: wire::ClientError) -> anyhow::Error {
@@ -379,7 +398,7 @@ pub async fn run_store_client(cmd: StoreCommand) -> anyhow::Result<()> {
                 ..Default::default()
             };
             let resp = client.client().range(&req).await.map_err(remote)?;
-            print_kvs(&resp.kvs);
+            print_kvs(&resp.kvs)?;
         }
         StoreCommand::Put {
             key,
@@ -394,7 +413,7 @@ pub async fn run_store_client(cmd: StoreCommand) -> anyhow::Result<()> {
                 ..Default::default()
             };
             let resp = client.client().put(&req).await.map_err(remote)?;
-            println!("OK (revision {})", resp.header.revision.0);
+            outln!("OK (revision {})", resp.header.revision.0)?;
         }
         StoreCommand::Range {
             start,
@@ -414,7 +433,7 @@ pub async fn run_store_client(cmd: StoreCommand) -> anyhow::Result<()> {
                 ..Default::default()
             };
             let resp = client.client().range(&req).await.map_err(remote)?;
-            print_kvs(&resp.kvs);
+            print_kvs(&resp.kvs)?;
         }
         StoreCommand::Del {
             key,
@@ -428,7 +447,7 @@ pub async fn run_store_client(cmd: StoreCommand) -> anyhow::Result<()> {
                 prev_kv: false,
             };
             let resp = client.client().delete_range(&req).await.map_err(remote)?;
-            println!("{}", resp.deleted.0);
+            outln!("{}", resp.deleted.0)?;
         }
         StoreCommand::Watch {
             key,
@@ -449,13 +468,13 @@ pub async fn run_store_client(cmd: StoreCommand) -> anyhow::Result<()> {
                     bail!("watch cancelled: {}", msg.cancel_reason);
                 }
                 for ev in msg.events {
-                    println!(
+                    outln!(
                         "{} {} {} (revision {})",
                         ev.kind.as_str(),
                         show(&ev.kv.key),
                         show(&ev.kv.value),
                         msg.header.revision.0
-                    );
+                    )?;
                 }
             }
         }
@@ -464,10 +483,15 @@ pub async fn run_store_client(cmd: StoreCommand) -> anyhow::Result<()> {
         } => {
             let c = client.client();
             let members = c.member_list().await.map_err(remote)?;
-            println!(
+            outln!(
                 "{:<16} {:<8} {:<28} {:>8} {:>10} {:>10}",
-                "ID", "ROLE", "URL", "TERM", "APPLIED", "REVISION"
-            );
+                "ID",
+                "ROLE",
+                "URL",
+                "TERM",
+                "APPLIED",
+                "REVISION"
+            )?;
             for m in members.members {
                 let url = m.client_urls.first().cloned().unwrap_or_default();
                 let one = EtcdClient::new(
@@ -484,7 +508,7 @@ pub async fn run_store_client(cmd: StoreCommand) -> anyhow::Result<()> {
                         } else {
                             "follower"
                         };
-                        println!(
+                        outln!(
                             "{:<16x} {:<8} {:<28} {:>8} {:>10} {:>10}",
                             m.id.0,
                             role,
@@ -492,9 +516,9 @@ pub async fn run_store_client(cmd: StoreCommand) -> anyhow::Result<()> {
                             st.raft_term.0,
                             st.raft_applied_index.0,
                             st.header.revision.0
-                        );
+                        )?;
                     }
-                    Err(e) => println!("{:<16x} {:<8} {:<28} unreachable: {e}", m.id.0, "?", url),
+                    Err(e) => outln!("{:<16x} {:<8} {:<28} unreachable: {e}", m.id.0, "?", url)?,
                 }
             }
         }
@@ -516,7 +540,7 @@ pub async fn run_store_client(cmd: StoreCommand) -> anyhow::Result<()> {
                 .call("/v3/cluster/member/remove", &req)
                 .await
                 .map_err(remote)?;
-            println!("removed member {parsed:x}");
+            outln!("removed member {parsed:x}")?;
         }
         StoreCommand::Snapshot {
             command: SnapshotCommand::Save { file, client },
@@ -543,12 +567,12 @@ pub async fn run_store_client(cmd: StoreCommand) -> anyhow::Result<()> {
             let tmp = file.with_extension("part");
             std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
             std::fs::rename(&tmp, &file).with_context(|| format!("writing {}", file.display()))?;
-            println!(
+            outln!(
                 "saved revision {} ({} bytes) to {}",
                 h.revision,
                 bytes.len(),
                 file.display()
-            );
+            )?;
         }
         StoreCommand::Snapshot {
             command:
@@ -562,12 +586,12 @@ pub async fn run_store_client(cmd: StoreCommand) -> anyhow::Result<()> {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let h = raft::backup::restore(&bytes, &data_dir, kind)?;
-            println!(
+            outln!(
                 "restored revision {} into {}; start it with `cairn store serve --init --data-dir {}`",
                 h.revision,
                 data_dir.display(),
                 data_dir.display()
-            );
+            )?;
         }
     }
     Ok(())

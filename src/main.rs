@@ -1,6 +1,7 @@
 //! The `cairn` binary: parses the command line, runs the command, and turns any error
 //! into one readable line and a non-zero exit code.
 
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::anyhow;
@@ -23,6 +24,8 @@ fn main() -> ExitCode {
             EnvFilter::try_from_env("CAIRN_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal.
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -30,14 +33,16 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("cairn: cannot start the runtime: {e}");
+            let _ = writeln!(std::io::stderr(), "cairn: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     match rt.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
+        // The reader of stdout went away (`cairn … | head`): nothing more to say.
+        Err(e) if broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("cairn: {e:#}");
+            let _ = writeln!(std::io::stderr(), "cairn: {e:#}");
             // Setup errors of `cairn run` (no config, a config error…) exit 2.
             if e.downcast_ref::<cairn::cli::direct::SetupError>().is_some() {
                 ExitCode::from(2)
@@ -46,6 +51,14 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Whether `e` comes from writing to a closed pipe.
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 async fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -93,7 +106,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let server = StoreServer::start(opts).await?;
     // One line on stdout, so scripts and tests learn the bound address and identity.
-    println!(
+    let _ = writeln!(
+        std::io::stdout(),
         "cairn store: listening on {} node {:x} cluster {:x}",
         server.url,
         server.node.id(),
@@ -134,7 +148,8 @@ async fn serve_service(args: RunServeArgs) -> anyhow::Result<()> {
     };
     let service = Service::start(opts).await?;
     // One line on stdout, so scripts and tests learn the address and the token's place.
-    println!(
+    let _ = writeln!(
+        std::io::stdout(),
         "cairn: serving on {} node {:x}; API token in {}",
         service.url(),
         service.store.node.id(),
@@ -155,7 +170,8 @@ async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
         allow_privileged: args.executor.allow_privileged,
     };
     let agent = opts.start(args.server.clone(), Some(args.token)).await?;
-    println!(
+    let _ = writeln!(
+        std::io::stdout(),
         "cairn: executor {} ({} driver) serving {}",
         agent.id,
         args.executor.driver,

@@ -28,25 +28,25 @@ pub async fn maintenance(cmd: MaintenanceCommand, args: ServerArgs) -> anyhow::R
         match cmd {
             MaintenanceCommand::On => {
                 conn.client.set_maintenance(true).await?;
-                println!("maintenance requested; `cairn maintenance status` shows when every node has switched");
+                outln!("maintenance requested; `cairn maintenance status` shows when every node has switched")?;
             }
             MaintenanceCommand::Off => {
                 conn.client.set_maintenance(false).await?;
-                println!("maintenance ended");
+                outln!("maintenance ended")?;
             }
             MaintenanceCommand::Status => {
                 let st = conn.client.maintenance().await?;
                 if args.output == Output::Json {
-                    println!("{}", serde_json::to_string_pretty(&st)?);
+                    outln!("{}", serde_json::to_string_pretty(&st)?)?;
                 } else {
-                    println!("maintenance {}", if st.requested { "requested" } else { "off" });
+                    outln!("maintenance {}", if st.requested { "requested" } else { "off" })?;
                     for n in &st.nodes {
-                        println!(
+                        outln!(
                             "node {:x}: {} since {}",
                             n.node_id,
                             if n.maintenance { "maintenance" } else { "serving" },
                             n.since.to_rfc3339()
-                        );
+                        )?;
                     }
                 }
             }
@@ -86,7 +86,7 @@ pub async fn import(file: PathBuf, args: ServerArgs) -> anyhow::Result<u8> {
             .client
             .import(Payload::stream(tokio_util::io::ReaderStream::new(f)))
             .await?;
-        println!("imported {} entries ({} runs)", r.entries, r.runs);
+        outln!("imported {} entries ({} runs)", r.entries, r.runs)?;
         Ok(0)
     }
     .await;

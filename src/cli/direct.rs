@@ -12,22 +12,23 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::bail;
 use cairn_client::api::{
-    ConfigFile, CreateRunRequest, RefSpec, RunAction, RunResponse, TaskActionRequest,
+    ConfigFile, CreateRunRequest, PendingReasons, RefSpec, RunAction, RunResponse,
+    TaskActionRequest,
 };
 use cairn_client::http::Payload;
 use cairn_client::run::{ExecutorTaskPhase, RunPhase, RunResult, RunTask, RunTaskStatus};
 use cairn_client::{LogStep, RunClient};
 use clap::Args;
 use futures::StreamExt;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use tokio::sync::{mpsc, watch};
 
+use super::embedded::{Embedded, EmbeddedExecutor};
 use super::snapshot::WorkTree;
 use super::terminal::{Terminal, duration};
 use crate::configfile;
-use crate::service::{DriverKind, ExecutorOptions, Service, ServiceOptions};
 
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
@@ -67,8 +68,11 @@ pub struct RunArgs {
     /// Driver of the embedded executor: local or docker.
     #[arg(long, default_value = "local")]
     pub driver: String,
+    /// Let the embedded executor run tasks with privileged containers.
+    #[arg(long)]
+    pub allow_privileged: bool,
     /// Approve every task that waits for approval (otherwise: a prompt on a terminal;
-    /// without one the run is stopped).
+    /// without one, `cairn run` waits for `cairn runs approve` from elsewhere).
     #[arg(long)]
     pub approve: bool,
 }
@@ -175,15 +179,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         std::fs::read_to_string(&config_path).map_err(|e| setup(format!("{rel}: {e}")))?;
     // A config that does not parse is still sent, without the working tree: the server
     // records it as a setuperror run (as Agola does), and its errors are printed below.
-    let config_ok = match configfile::parse(&rel, &content) {
+    let parsed = match configfile::parse(&rel, &content) {
         Ok(parsed) => {
             for warning in &parsed.warnings {
                 term.note(&format!("warning: {warning}"));
             }
-            true
+            Some(parsed.config)
         }
-        Err(_) => false,
+        Err(_) => None,
     };
+    let config_ok = parsed.is_some();
     let variables = variables(&args)?;
     let user = user_name();
     let repo = tree.repo_uuid().map_err(setup)?;
@@ -202,6 +207,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         (_, _, Some(r)) => ("ref", r.clone()),
         _ => ("branch", "main".to_string()),
     };
+    // Nothing to do is not an error: say which `when` excluded each run, exit 0.
+    if let Some(parsed) = &parsed
+        && configfile::matching_runs(parsed, &reference).is_empty()
+    {
+        term.note(&format!("cairn: no run of {rel} matches {kind} {name}:"));
+        for exclusion in configfile::excluded_runs(parsed, &reference) {
+            term.note(&format!("  {exclusion}"));
+        }
+        return Ok(0);
+    }
     let group = format!(
         "/user/{user}/{kind}/{}",
         name.replace('%', "%25").replace('/', "%2F")
@@ -211,12 +226,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let mut embedded = None;
     let client = if args.server.is_empty() {
         let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-        let service = start_embedded(&data_dir, &args.driver)
-            .await
-            .map_err(setup)?;
-        let client = RunClient::new(&[service.url().to_string()], Some(service.token.clone()))
-            .map_err(setup)?;
-        embedded = Some(service);
+        let node = Embedded::start(
+            &data_dir,
+            Some(EmbeddedExecutor {
+                driver: args.driver.clone(),
+                allow_privileged: args.allow_privileged,
+            }),
+        )
+        .await
+        .map_err(setup)?;
+        let client = node.client().map_err(setup)?;
+        embedded = Some(node);
         client
     } else {
         RunClient::new(&args.server, args.token.clone()).map_err(setup)?
@@ -264,8 +284,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         // Ctrl-C is caught from here on, before the run exists: one pressed before the
         // watch starts still stops the run instead of killing `cairn run` and leaving
         // the run behind, unwatched, to block its group.
-        let mut ctrl_c: Interrupt = Box::pin(tokio::signal::ctrl_c());
-        let _ = futures::FutureExt::now_or_never(&mut ctrl_c);
+        let mut ctrl_c = interrupt();
         let mut interrupted = false;
         let created = client.create_run(&req).await.map_err(|e| match e.code() {
             Some(cairn_client::ErrorCode::BadRequest) => setup(e_message(&e)),
@@ -321,51 +340,6 @@ fn e_message(e: &cairn_client::ClientError) -> String {
     }
 }
 
-/// The embedded single node of the CLI over `data_dir` (loopback, any port, the `solo`
-/// timing), with `executor` or none.
-pub(crate) fn embedded_options(
-    data_dir: &std::path::Path,
-    executor: Option<ExecutorOptions>,
-) -> ServiceOptions {
-    ServiceOptions {
-        data_dir: data_dir.to_path_buf(),
-        listen: "127.0.0.1:0".parse().expect("a valid address"),
-        advertise: None,
-        engine: store::EngineKind::Redb,
-        timing: raft::Timing::solo(),
-        init: false,
-        join: None,
-        token: None,
-        objects: None,
-        scheduler: crate::scheduler::SchedulerConfig::default(),
-        executor_ttl_secs: 15,
-        executor,
-    }
-}
-
-async fn start_embedded(data_dir: &std::path::Path, driver: &str) -> anyhow::Result<Service> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
-    let opts = embedded_options(
-        data_dir,
-        Some(ExecutorOptions {
-            data_dir: data_dir.join("executor"),
-            driver: DriverKind::parse(driver)?,
-            labels: Default::default(),
-            active_tasks_limit: 0,
-            allow_privileged: false,
-        }),
-    );
-    Service::start(opts).await.map_err(|e| {
-        let text = format!("{e:#}");
-        if text.contains("lock") || text.contains("in use") || text.contains("Database already open") {
-            anyhow!("the embedded node's data dir {} is in use by another cairn (pass --data-dir, or --server): {text}", data_dir.display())
-        } else {
-            anyhow!("starting the embedded node in {}: {text}", data_dir.display())
-        }
-    })
-}
-
 /// A line of task output for the printer.
 struct Line {
     task: String,
@@ -375,6 +349,38 @@ struct Line {
 
 /// The Ctrl-C future, polled once early so that its handler is installed.
 type Interrupt = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>;
+
+/// Catches Ctrl-C from now on.
+fn interrupt() -> Interrupt {
+    let mut ctrl_c: Interrupt = Box::pin(tokio::signal::ctrl_c());
+    let _ = futures::FutureExt::now_or_never(&mut ctrl_c);
+    ctrl_c
+}
+
+/// Follows a run that already exists (a restarted one) exactly as `cairn run` follows
+/// the runs it creates: live logs, status line, summary; returns the exit code.
+pub(crate) async fn follow(
+    client: &RunClient,
+    created: RunResponse,
+    approve_all: bool,
+) -> anyhow::Result<u8> {
+    let mut term = Terminal::new();
+    let mut ctrl_c = interrupt();
+    let mut interrupted = false;
+    term.note(&format!(
+        "cairn: run {} #{} ({}) in {}",
+        created.run.id, created.run.counter, created.run.name, created.run.group
+    ));
+    watch_run(
+        client,
+        &mut term,
+        created,
+        approve_all,
+        &mut ctrl_c,
+        &mut interrupted,
+    )
+    .await
+}
 
 /// Follows a run to its end: task logs as they are produced, the status line, the
 /// summary. Ctrl-C (now, or before: `interrupted`) stops the run and exits 130.
@@ -410,6 +416,7 @@ async fn watch_run(
     let mut asked: BTreeSet<String> = BTreeSet::new();
     let (answer_tx, mut answer_rx) = mpsc::channel::<(String, bool)>(8);
     let mut tick = tokio::time::interval(Duration::from_millis(150));
+    let mut shown_waiting: Option<String> = None;
     loop {
         if *interrupted && !stopping {
             stopping = true;
@@ -501,8 +508,13 @@ async fn watch_run(
                 let _ = answer_tx.send((name.clone(), true)).await;
             } else if std::io::stdin().is_terminal() {
                 term.clear_status();
-                print!("cairn: task {name} waits for approval. Approve it? [y/N] ");
-                let _ = std::io::Write::flush(&mut std::io::stdout());
+                let mut out = std::io::stdout().lock();
+                let _ = write!(
+                    out,
+                    "cairn: task {name} waits for approval. Approve it? [y/N] "
+                );
+                let _ = out.flush();
+                drop(out);
                 let (tx, name) = (answer_tx.clone(), name.clone());
                 tokio::task::spawn_blocking(move || {
                     let mut line = String::new();
@@ -511,10 +523,10 @@ async fn watch_run(
                     let _ = tx.blocking_send((name, yes));
                 });
             } else {
+                // No terminal to ask: someone approves from elsewhere (or Ctrl-C stops).
                 term.note(&format!(
-                    "cairn: task {name} waits for approval and there is no terminal to ask: stopping the run (pass --approve to approve)"
+                    "cairn: task {name} waits for approval: approve it with `cairn runs approve {run_id} {name}` (or pass --approve)"
                 ));
-                let _ = answer_tx.send((name.clone(), false)).await;
             }
         }
         let status: Vec<String> = names
@@ -526,12 +538,17 @@ async fn watch_run(
                     .map(|t| format!("{} {name}", term.glyph(t.status, t.waiting_approval)))
             })
             .collect();
-        let waiting = last
-            .pending
-            .as_ref()
-            .and_then(|p| p.run.clone())
-            .map(|r| format!("  ({r})"))
-            .unwrap_or_default();
+        let waiting = last.pending.as_ref().and_then(waiting_note);
+        if waiting != shown_waiting {
+            // Without a status line (not a terminal), a new reason to wait is a note.
+            if let Some(w) = &waiting
+                && !term.has_status_line()
+            {
+                term.note(&format!("cairn: waiting: {w}"));
+            }
+            shown_waiting = waiting.clone();
+        }
+        let waiting = waiting.map(|w| format!("  ({w})")).unwrap_or_default();
         term.status(&format!("{}{waiting}", status.join("  ")));
         if last.run.phase.is_finished() && followers.values().all(|(_, h)| h.is_finished()) {
             // Drain what the followers printed last.
@@ -553,6 +570,36 @@ async fn watch_run(
     })
 }
 
+/// What the run waits for that is worth telling: the run's own reason (queued behind
+/// another run…) and the tasks no executor takes, as `task: reason`. Ordinary progress
+/// (parents, hand-out, approval, which has its own prompt) is left out.
+fn waiting_note(pending: &PendingReasons) -> Option<String> {
+    const ORDINARY: [&str; 7] = [
+        "waiting for parents",
+        "waiting for the workspace archives",
+        "waiting to be handed to an executor",
+        "assigned to executor",
+        "waiting for approval",
+        "will be skipped",
+        "run is ",
+    ];
+    // A queued run's first moment ("starting as soon as the scheduler sees it") is not.
+    let mut parts: Vec<String> = pending
+        .run
+        .iter()
+        .filter(|why| !why.starts_with("queued; starting"))
+        .cloned()
+        .collect();
+    parts.extend(
+        pending
+            .tasks
+            .iter()
+            .filter(|(_, why)| !ORDINARY.iter().any(|o| why.starts_with(o)))
+            .map(|(task, why)| format!("{task}: {why}")),
+    );
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
 fn summary(term: &mut Terminal, r: &RunResponse, names: &[(String, String, u32)]) {
     let rows: Vec<Vec<String>> = names
         .iter()
@@ -566,11 +613,12 @@ fn summary(term: &mut Terminal, r: &RunResponse, names: &[(String, String, u32)]
             if t.timedout {
                 word.push_str(" (timed out)");
             }
-            Some(vec![name.clone(), word, took])
+            let note = t.fail_error.clone().unwrap_or_default();
+            Some(vec![name.clone(), word, took, note])
         })
         .collect();
-    println!();
-    term.table(&["TASK", "RESULT", "TIME"], &rows);
+    let _ = outln!();
+    term.table(&["TASK", "RESULT", "TIME", "NOTE"], &rows);
     let total = match (r.run.start_time, r.run.end_time) {
         (Some(s), Some(e)) => format!(" in {}", duration(e - s)),
         _ => String::new(),
@@ -579,7 +627,7 @@ fn summary(term: &mut Terminal, r: &RunResponse, names: &[(String, String, u32)]
         RunPhase::Cancelled => "cancelled",
         _ => r.run.result.as_str(),
     };
-    println!(
+    let _ = outln!(
         "\nrun {} #{}: {}{total}",
         r.run.id,
         r.run.counter,
@@ -681,4 +729,68 @@ pub fn check(args: &RunArgs) -> anyhow::Result<()> {
         bail!(SetupError("--server needs --token (or CAIRN_TOKEN)".into()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(run: Option<&str>, tasks: &[(&str, &str)]) -> PendingReasons {
+        PendingReasons {
+            run: run.map(str::to_string),
+            tasks: tasks
+                .iter()
+                .map(|(t, w)| (t.to_string(), w.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_waiting_note_tells_why_a_run_or_a_task_is_stuck() {
+        let queued = pending(
+            Some(
+                "queued behind run 0000000000000001, which is running in group /user/me/branch/main",
+            ),
+            &[("build", "run is queued")],
+        );
+        assert_eq!(
+            waiting_note(&queued).as_deref(),
+            Some(
+                "queued behind run 0000000000000001, which is running in group /user/me/branch/main"
+            )
+        );
+        let stuck = pending(
+            None,
+            &[
+                ("build", "no executor allows privileged containers"),
+                ("test", "waiting for parents: build"),
+                ("lint", "all 1 matching executors are at capacity"),
+            ],
+        );
+        assert_eq!(
+            waiting_note(&stuck).as_deref(),
+            Some(
+                "build: no executor allows privileged containers; lint: all 1 matching executors are at capacity"
+            )
+        );
+    }
+
+    #[test]
+    fn ordinary_progress_is_not_a_waiting_note() {
+        let busy = pending(
+            None,
+            &[
+                ("a", "waiting for parents: b"),
+                ("c", "waiting to be handed to an executor"),
+                ("d", "assigned to executor x1, not started yet"),
+                ("e", "waiting for approval"),
+            ],
+        );
+        assert_eq!(waiting_note(&busy), None);
+        let starting = pending(
+            Some("queued; starting as soon as the scheduler sees it"),
+            &[("a", "run is queued")],
+        );
+        assert_eq!(waiting_note(&starting), None);
+    }
 }

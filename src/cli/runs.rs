@@ -14,9 +14,9 @@ use futures::StreamExt;
 use std::io::Write;
 
 use super::direct::{SetupError, default_data_dir};
+use super::embedded::{Embedded, EmbeddedExecutor, running_node};
 use super::terminal::{Terminal, duration};
 use crate::configfile;
-use crate::service::Service;
 
 /// Where the commands find a server.
 #[derive(Args, Debug, Clone)]
@@ -81,7 +81,9 @@ pub enum RunsCommand {
     /// Approve a task waiting for approval.
     Approve { run: String, task: String },
     /// Restart a finished run: its failed tasks and what depends on them, everything
-    /// (`--from-start`), or the tasks named with `--task` and what depends on them.
+    /// (`--from-start`), or the tasks named with `--task` and what depends on them. On
+    /// the embedded node it runs the new run and follows it like `cairn run` (its exit
+    /// code is the run's).
     Restart {
         run: String,
         #[arg(long, conflicts_with = "task")]
@@ -89,6 +91,15 @@ pub enum RunsCommand {
         /// Re-run this task (name or id) and everything that depends on it; repeatable.
         #[arg(long = "task", value_name = "NAME")]
         task: Vec<String>,
+        /// Driver of the embedded executor: local or docker.
+        #[arg(long, default_value = "local")]
+        driver: String,
+        /// Let the embedded executor run tasks with privileged containers.
+        #[arg(long)]
+        allow_privileged: bool,
+        /// Approve every task that waits for approval.
+        #[arg(long)]
+        approve: bool,
     },
 }
 
@@ -100,10 +111,11 @@ pub enum ExecutorsCommand {
     Delete { id: String },
 }
 
-/// A connected client and, without `--server`, the embedded node behind it.
+/// A connected client and, without `--server`, the embedded node behind it: the one
+/// another `cairn` runs over the data dir, or one opened here.
 pub(crate) struct Connection {
     pub(crate) client: RunClient,
-    embedded: Option<Service>,
+    embedded: Option<Embedded>,
 }
 
 impl Connection {
@@ -125,12 +137,19 @@ impl Connection {
                 data_dir.display()
             ));
         }
-        let service = Service::start(super::direct::embedded_options(&data_dir, None))
+        // A `cairn run` holding the node: talk to it over its loopback port.
+        if let Some(client) = running_node(&data_dir).await {
+            return Ok(Connection {
+                client,
+                embedded: None,
+            });
+        }
+        let node = Embedded::start(&data_dir, None)
             .await
             .map_err(|e| anyhow!("opening the embedded node in {}: {e:#}", data_dir.display()))?;
         Ok(Connection {
-            client: RunClient::new(&[service.url().to_string()], Some(service.token.clone()))?,
-            embedded: Some(service),
+            client: node.client()?,
+            embedded: Some(node),
         })
     }
 
@@ -143,6 +162,27 @@ impl Connection {
 
 /// Runs a `cairn runs` command.
 pub async fn runs(cmd: RunsCommand, args: ServerArgs) -> anyhow::Result<u8> {
+    if let RunsCommand::Restart {
+        run,
+        from_start,
+        task,
+        driver,
+        allow_privileged,
+        approve,
+    } = &cmd
+        && args.server.is_empty()
+    {
+        let executor = EmbeddedExecutor {
+            driver: driver.clone(),
+            allow_privileged: *allow_privileged,
+        };
+        let req = RestartRunRequest {
+            from_start: *from_start,
+            environment: None,
+            tasks: task.clone(),
+        };
+        return restart_embedded(run, &req, executor, *approve, &args).await;
+    }
     let conn = Connection::open(&args).await?;
     let result = runs_on(&conn.client, cmd, &args).await;
     conn.close().await;
@@ -175,7 +215,7 @@ async fn runs_on(client: &RunClient, cmd: RunsCommand, args: &ServerArgs) -> any
             };
             let page = client.list_runs(&q).await?;
             if args.output == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&page)?);
+                outln!("{}", serde_json::to_string_pretty(&page)?)?;
                 return Ok(0);
             }
             let rows: Vec<Vec<String>> = page
@@ -202,17 +242,17 @@ async fn runs_on(client: &RunClient, cmd: RunsCommand, args: &ServerArgs) -> any
                 &rows,
             );
             if let Some(next) = page.next {
-                println!("more: --cursor {next}");
+                outln!("more: --cursor {next}")?;
             }
             Ok(0)
         }
         RunsCommand::Show { run } => {
             let r = client.run(&run).await?;
             if args.output == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                outln!("{}", serde_json::to_string_pretty(&r)?)?;
                 return Ok(0);
             }
-            println!(
+            outln!(
                 "run {} #{} {} in {}: {} {}",
                 r.run.id,
                 r.run.counter,
@@ -220,12 +260,12 @@ async fn runs_on(client: &RunClient, cmd: RunsCommand, args: &ServerArgs) -> any
                 r.run.group,
                 r.run.phase.as_str(),
                 term.result_word(r.run.result.as_str())
-            );
+            )?;
             if let Some(why) = r.pending.as_ref().and_then(|p| p.run.clone()) {
-                println!("waiting: {why}");
+                outln!("waiting: {why}")?;
             }
             for e in &r.run_config.setup_errors {
-                println!("setup error: {e}");
+                outln!("setup error: {e}")?;
             }
             let mut tasks: Vec<_> = r.run_config.tasks.values().collect();
             tasks.sort_by(|a, b| (a.level, &a.name).cmp(&(b.level, &b.name)));
@@ -293,12 +333,12 @@ async fn runs_on(client: &RunClient, cmd: RunsCommand, args: &ServerArgs) -> any
         }
         RunsCommand::Stop { run } => {
             let r = client.run_action(&run, RunAction::Stop).await?;
-            println!("run {} stopping", r.run.id);
+            outln!("run {} stopping", r.run.id)?;
             Ok(0)
         }
         RunsCommand::Cancel { run } => {
             let r = client.run_action(&run, RunAction::Cancel).await?;
-            println!("run {} cancelled", r.run.id);
+            outln!("run {} cancelled", r.run.id)?;
             Ok(0)
         }
         RunsCommand::Approve { run, task } => {
@@ -306,13 +346,14 @@ async fn runs_on(client: &RunClient, cmd: RunsCommand, args: &ServerArgs) -> any
             client
                 .task_action(&run, &task, &TaskActionRequest::Approve { approver })
                 .await?;
-            println!("task {task} of run {run} approved");
+            outln!("task {task} of run {run} approved")?;
             Ok(0)
         }
         RunsCommand::Restart {
             run,
             from_start,
             task,
+            ..
         } => {
             let r = client
                 .restart_run(
@@ -324,10 +365,45 @@ async fn runs_on(client: &RunClient, cmd: RunsCommand, args: &ServerArgs) -> any
                     },
                 )
                 .await?;
-            println!("run {} #{} created from {run}", r.run.id, r.run.counter);
+            outln!("run {} #{} created from {run}", r.run.id, r.run.counter)?;
             Ok(0)
         }
     }
+}
+
+/// `cairn runs restart` on the embedded node: restarts the run on the node another
+/// `cairn` holds, or on one started here with an executor, and follows the new run like
+/// `cairn run` does; the exit code is the run's.
+async fn restart_embedded(
+    run: &str,
+    req: &RestartRunRequest,
+    executor: EmbeddedExecutor,
+    approve: bool,
+    args: &ServerArgs,
+) -> anyhow::Result<u8> {
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    if !data_dir.join("token").exists() {
+        return Err(anyhow!(
+            "no embedded node in {} yet (run `cairn run` first, or pass --server)",
+            data_dir.display()
+        ));
+    }
+    let (client, node) = match running_node(&data_dir).await {
+        Some(client) => (client, None),
+        None => {
+            let node = Embedded::start(&data_dir, Some(executor)).await?;
+            (node.client()?, Some(node))
+        }
+    };
+    let result = async {
+        let created = client.restart_run(run, req).await?;
+        super::direct::follow(&client, created, approve).await
+    }
+    .await;
+    if let Some(node) = node {
+        node.stop().await;
+    }
+    result
 }
 
 /// Waits until `step` of the task has started (true), or the task has ended without it
@@ -369,7 +445,7 @@ pub async fn executors(cmd: ExecutorsCommand, args: ServerArgs) -> anyhow::Resul
             ExecutorsCommand::List => {
                 let list = conn.client.executors().await?;
                 if args.output == Output::Json {
-                    println!("{}", serde_json::to_string_pretty(&list)?);
+                    outln!("{}", serde_json::to_string_pretty(&list)?)?;
                     return Ok(0);
                 }
                 let rows: Vec<Vec<String>> = list
@@ -401,7 +477,7 @@ pub async fn executors(cmd: ExecutorsCommand, args: ServerArgs) -> anyhow::Resul
             }
             ExecutorsCommand::Delete { id } => {
                 conn.client.delete_executor(&id).await?;
-                println!("executor {id} deleted");
+                outln!("executor {id} deleted")?;
                 Ok(0)
             }
         }
@@ -429,24 +505,24 @@ pub fn validate(dir: &std::path::Path) -> anyhow::Result<u8> {
     match configfile::parse(&rel, &content) {
         Ok(configfile::Parsed { config, warnings }) => {
             for warning in &warnings {
-                eprintln!("warning: {warning}");
+                errln!("warning: {warning}");
             }
             let tasks: usize = config.runs.iter().map(|r| r.tasks.len()).sum();
             let noted = match warnings.len() {
                 0 => String::new(),
                 n => format!(", {n} warning(s)"),
             };
-            println!(
+            outln!(
                 "{rel}: ok ({} runs, {tasks} tasks{noted})",
                 config.runs.len()
-            );
+            )?;
             Ok(0)
         }
         Err(errors) => {
             for line in errors.to_string().lines() {
-                eprintln!("{line}");
+                errln!("{line}");
             }
-            eprintln!("{rel}: {} error(s)", errors.len());
+            errln!("{rel}: {} error(s)", errors.len());
             Ok(2)
         }
     }

@@ -65,6 +65,11 @@ impl Terminal {
         let _ = writeln!(self.out, "{}", self.paint(style, line));
     }
 
+    /// Whether [`Terminal::status`] shows anything (a terminal).
+    pub fn has_status_line(&self) -> bool {
+        self.tty
+    }
+
     /// Replaces the live status line (terminals only).
     pub fn status(&mut self, line: &str) {
         if !self.tty {

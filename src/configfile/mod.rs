@@ -16,6 +16,7 @@ mod decode;
 mod depend;
 mod document;
 mod error;
+mod excluded;
 mod expand;
 mod model;
 mod step;
@@ -27,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 pub use document::MAX_NAME_LEN;
 pub use error::{ConfigError, ConfigErrors};
+pub use excluded::{Exclusion, excluded_runs};
 pub use expand::{DEFAULT_SHELL, DEFAULT_WORKING_DIR, ExpandContext, expand, matching_runs};
 pub use model::{
     Config, ConfigContainer, ConfigDepend, ConfigRegistryAuth, ConfigRun, ConfigRunStep,

@@ -17,6 +17,7 @@
 //! - [`cache_namespace`]: the unambiguous id of a task's cache group.
 //! - [`placement`]: which executor gets a task, or why none can.
 //! - [`pending`]: why each not-started task is waiting.
+//! - [`unplaceable`]: failing a task that no executor of a fixed set can ever take.
 //! - [`depends`]: the evaluation of a task's parents shared by the above.
 //! - [`error`]: the typed [`RunServiceError`].
 
@@ -31,6 +32,7 @@ pub mod placement;
 pub mod restart;
 pub mod spec;
 pub mod task_status;
+pub mod unplaceable;
 
 #[cfg(test)]
 mod fixture;
@@ -40,9 +42,10 @@ pub use advance::{Advance, advance};
 pub use create::{SETUP_ERROR_RUN_NAME, new_run};
 pub use error::RunServiceError;
 pub use pending::task_pending_reasons;
-pub use placement::{NoExecutor, choose_executor};
+pub use placement::{NoExecutor, choose_executor, never_placeable};
 pub use restart::{
     RestartFrom, can_restart_from_failed, can_restart_from_scratch, check_restart, restart,
 };
 pub use spec::spec_data;
 pub use task_status::{apply_executor_status, fail_lost_task};
+pub use unplaceable::fail_unplaceable;

@@ -1,5 +1,6 @@
 //! Which executor gets a task ([`choose_executor`]), or why none can ([`NoExecutor`], whose
-//! message answers "why is this task pending?").
+//! message answers "why is this task pending?"), and whether a fixed set of executors can
+//! ever take it ([`never_placeable`]).
 //!
 //! An executor can take a task when it has the task's arch (if the task names one), carries
 //! every label the task asks for with the same value, allows privileged containers if any
@@ -36,6 +37,33 @@ pub fn choose_executor(
     executors: &[Executor],
     assigned: &BTreeMap<String, usize>,
 ) -> Result<String, NoExecutor> {
+    let candidates = able(task, executors)?;
+    let matching = candidates.len();
+    candidates
+        .into_iter()
+        .map(|e| (load(e, assigned), e))
+        .filter(|(load, e)| e.active_tasks_limit == 0 || *load < e.active_tasks_limit as usize)
+        .min_by(|(la, a), (lb, b)| (la, &a.id).cmp(&(lb, &b.id)))
+        .map(|(_, e)| e.id.clone())
+        .ok_or(NoExecutor::AllAtCapacity { matching })
+}
+
+/// Why no executor of `executors`, a set that will never change (the embedded node of
+/// `cairn run`), can ever take `task`, whatever their load: a foreign arch, labels nobody
+/// has, privileged containers nobody allows. `None` when one can, or when none is
+/// registered yet (the set is not known).
+pub fn never_placeable(task: &RunConfigTask, executors: &[Executor]) -> Option<NoExecutor> {
+    match able(task, executors) {
+        Err(NoExecutor::NoneRegistered) | Ok(_) => None,
+        Err(why) => Some(why),
+    }
+}
+
+/// The executors that can take `task` when they have room, or why there is none.
+fn able<'e>(
+    task: &RunConfigTask,
+    executors: &'e [Executor],
+) -> Result<Vec<&'e Executor>, NoExecutor> {
     if executors.is_empty() {
         return Err(NoExecutor::NoneRegistered);
     }
@@ -59,14 +87,7 @@ pub fn choose_executor(
             return Err(NoExecutor::NoPrivileged);
         }
     }
-    let matching = candidates.len();
-    candidates
-        .into_iter()
-        .map(|e| (load(e, assigned), e))
-        .filter(|(load, e)| e.active_tasks_limit == 0 || *load < e.active_tasks_limit as usize)
-        .min_by(|(la, a), (lb, b)| (la, &a.id).cmp(&(lb, &b.id)))
-        .map(|(_, e)| e.id.clone())
-        .ok_or(NoExecutor::AllAtCapacity { matching })
+    Ok(candidates)
 }
 
 fn load(executor: &Executor, assigned: &BTreeMap<String, usize>) -> usize {
@@ -215,5 +236,51 @@ mod tests {
             choose_executor(&t, &[executor("x1", 0, 100)], &assigned),
             Ok("x1".into())
         );
+    }
+
+    #[test]
+    fn a_fixed_set_can_never_take_a_task_it_lacks_the_arch_labels_or_privilege_for() {
+        let foreign = Arch::Arm64;
+        let mut arch = task("arch", &[]);
+        arch.runtime.arch = Some(foreign);
+        let mut labelled = task("labelled", &[]);
+        labelled.runtime.labels = BTreeMap::from([("gpu".to_string(), "yes".to_string())]);
+        let mut privileged = task("privileged", &[]);
+        privileged.runtime.containers = vec![Container {
+            image: "docker:dind".into(),
+            privileged: true,
+            ..Container::default()
+        }];
+        let pool = [executor("x1", 1, 1)];
+
+        assert_eq!(
+            never_placeable(&arch, &pool),
+            Some(NoExecutor::NoArch { arch: foreign })
+        );
+        assert_eq!(
+            never_placeable(&labelled, &pool).map(|e| e.to_string()),
+            Some("no executor has the labels {gpu=yes}".to_string())
+        );
+        assert_eq!(
+            never_placeable(&privileged, &pool),
+            Some(NoExecutor::NoPrivileged)
+        );
+    }
+
+    #[test]
+    fn a_full_executor_or_an_empty_set_is_not_a_reason_to_give_up() {
+        let t = task("a", &[]);
+        // At capacity now, free later.
+        assert_eq!(never_placeable(&t, &[executor("x1", 1, 1)]), None);
+        // Nobody registered yet: the set is not known.
+        assert_eq!(never_placeable(&t, &[]), None);
+        let mut allowing = executor("x1", 0, 0);
+        allowing.allow_privileged = true;
+        let mut privileged = task("p", &[]);
+        privileged.runtime.containers = vec![Container {
+            privileged: true,
+            ..Container::default()
+        }];
+        assert_eq!(never_placeable(&privileged, &[allowing]), None);
     }
 }

@@ -10,6 +10,7 @@
 //! safety net. Decisions are the pure functions of [`crate::runservice`]; this module
 //! only reads, calls them, and writes back with compare-and-swap.
 
+mod fixed;
 mod housekeeping;
 mod pass;
 mod queue;
@@ -40,6 +41,10 @@ pub struct SchedulerConfig {
     pub keep_events: usize,
     /// TTL of the scheduler's lock session, in seconds.
     pub session_ttl: i64,
+    /// The registered executors are all there will ever be (the embedded node of `cairn
+    /// run`): a ready task none of them can ever take fails at once, with the reason,
+    /// instead of waiting forever.
+    pub fixed_executors: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -50,6 +55,7 @@ impl Default for SchedulerConfig {
             blob_ttl: Duration::from_secs(7 * 24 * 3600),
             keep_events: 10_000,
             session_ttl: 5,
+            fixed_executors: false,
         }
     }
 }

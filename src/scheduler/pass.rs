@@ -71,6 +71,14 @@ impl Shared {
             .collect();
         let adv = runservice::advance(&run, &config, &plain, now);
         let mut run = adv.run;
+        let mut to_run = adv.to_run;
+        let mut failed = Vec::new();
+        if self.config.fixed_executors && run.phase == RunPhase::Running && !to_run.is_empty() {
+            failed = self
+                .fail_unplaceable(dm, &mut run, &config, &to_run, now)
+                .await?;
+            to_run.retain(|t| !failed.contains(t));
+        }
 
         // Finished executor tasks: their logs go to object storage; then they can go.
         let mut done_ets = Vec::new();
@@ -139,11 +147,11 @@ impl Shared {
         }
 
         state.waiting_for_executor.remove(id);
-        if !adv.to_run.is_empty() && run.phase == RunPhase::Running {
-            self.hand_out(dm, state, &run.id, &config, &adv.to_run)
-                .await?;
+        if !to_run.is_empty() && run.phase == RunPhase::Running {
+            self.hand_out(dm, state, &run.id, &config, &to_run).await?;
         }
-        Ok(!done_ets.is_empty())
+        // A failed task changes the run's result: advance it again at once.
+        Ok(!done_ets.is_empty() || !failed.is_empty())
     }
 
     /// Creates an executor task for each ready task that an executor can take.

@@ -845,18 +845,22 @@ async fn runs_list_show_and_restart_work_on_the_embedded_nodes_data_dir() {
     assert_eq!(shown["run"]["id"], first.as_str());
     assert_eq!(shown["run"]["result"], "success");
 
-    // A restart from the start is a new run of the same group, newest in the list.
+    // A restart from the start is a new run of the same group, newest in the list; on
+    // the embedded node it runs and is followed like `cairn run`.
     let mut cmd = cairn(["runs", "restart", &first, "--from-start"]);
     cmd.arg("--data-dir").arg(data.path());
     let restart = run(cmd, LONG);
     assert_eq!(restart.code, 0, "{restart:?}");
-    let words: Vec<&str> = restart.stdout.split_whitespace().collect();
+    let restarted = restart.run_id();
     assert!(
-        words.len() == 6 && words[0] == "run" && words[2] == "#3" && words[5] == first,
+        restart
+            .stdout
+            .contains(&format!("cairn: run {restarted} #3 (ci) in {group}")),
         "{}",
         restart.stdout
     );
-    let restarted = words[1];
+    assert_eq!(summary(&restart), pairs(&[("one", "success")]));
+    let restarted = restarted.as_str();
     let list = client_json(&["runs", "list"], data.path());
     assert_eq!(list["runs"].as_array().unwrap().len(), 3, "{list}");
     assert_eq!(list["runs"][0]["id"], restarted, "{list}");

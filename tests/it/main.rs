@@ -5,6 +5,7 @@
 mod support;
 
 mod cli;
+mod cli_embedded;
 mod cli_run;
 mod durability;
 mod etcd_api;
