@@ -195,6 +195,51 @@ async fn a_service_container_is_reached_on_localhost_from_container_zero() {
     );
 }
 
+const TMPFS: &str = r#"
+runs:
+  - name: tmpfs
+    tasks:
+      - name: mounts
+        runtime:
+          containers:
+            - image: cairn-test/busybox:latest
+              volumes:
+                - path: /scratch
+                  tmpfs: { size: 8Mi }
+        steps:
+          - run: 'grep " /scratch " /proc/mounts; df -k /scratch | tail -n 1'
+"#;
+
+/// Issue 10 (1): Agola's container `volumes` with `tmpfs` and `size`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tmpfs_volume_is_mounted_in_the_container_with_its_size() {
+    if !docker_enabled() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_cleanup, node) = docker_node(dir.path());
+    let client = node.client();
+    let id = create(&client, "/project/tmpfs/branch/main", TMPFS).await;
+    let done = wait_finished(&client, &id).await;
+    assert_eq!(
+        done.run.result,
+        RunResult::Success,
+        "{}",
+        all_logs(&client, &done, "mounts").await
+    );
+    let log = step_log(&client, &id, &task_id(&done, "mounts"), 0).await;
+    let mut lines = log.lines();
+    let mount = lines.next().unwrap_or_default();
+    assert!(mount.starts_with("tmpfs /scratch tmpfs "), "{log:?}");
+    assert!(mount.contains("size=8192k"), "{log:?}");
+    let df: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(df.get(1), Some(&"8192"), "{log:?}");
+}
+
 const ROUND_TRIP: &str = r#"
 runs:
   - name: trip

@@ -273,6 +273,108 @@ async fn a_dag_clones_restores_workspaces_in_level_order_and_runs_its_on_failure
     assert!(restored[1].starts_with(&format!("{build} step 1 into ")));
 }
 
+const ROOTED_DEST: &str = r#"
+runs:
+  - name: rooted
+    tasks:
+      - name: build
+        runtime: { containers: [ { image: busybox } ] }
+        steps:
+          - run: 'mkdir -p out && echo built > out/tool'
+          - save_to_workspace: { contents: [ { source_dir: ./out, dest_dir: /bin/, paths: ['*'] } ] }
+      - name: use
+        runtime: { containers: [ { image: busybox } ] }
+        depends: [build]
+        steps:
+          - restore_workspace: { dest_dir: . }
+          - run: 'cat bin/tool'
+"#;
+
+/// Issue 10 (1): Agola's docs save with `dest_dir: /bin/`, which its toolbox archived as
+/// `bin/` of the workspace; Cairn refused it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rooted_dest_dir_saves_under_the_workspace_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = ServiceProc::with_executor(&dir.path().join("n"), &[]);
+    let client = node.client();
+    let id = create(
+        &client,
+        "/project/rooted/branch/main",
+        ROOTED_DEST,
+        None,
+        None,
+    )
+    .await;
+    let done = wait_finished(&client, &id).await;
+    assert_eq!(done.run.result, RunResult::Success, "{:?}", done.run);
+    let use_id = task_id(&done, "use");
+    assert_eq!(
+        step_log(&client, &id, &use_id, LogStep::Step(1)).await,
+        "built\n"
+    );
+}
+
+/// Runs `git` in `dir` with a fixed identity.
+fn git(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git runs");
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+}
+
+const CLONE_DEPTHS: &str = r#"
+runs:
+  - name: clone
+    tasks:
+      - name: shallow
+        runtime: { containers: [ { image: busybox } ] }
+        steps:
+          - clone: { depth: 1 }
+          - run: 'git rev-list --count HEAD; cat n.txt'
+      - name: full
+        runtime: { containers: [ { image: busybox } ] }
+        steps:
+          - clone:
+          - run: 'git rev-list --count HEAD'
+"#;
+
+/// Issue 10 (1): the clone step's `depth` (Agola's `git clone --depth N`); without it, the
+/// whole history (Cairn always fetched 50 commits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_git_clone_fetches_the_depth_asked_for_else_the_whole_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = dir.path().join("origin");
+    std::fs::create_dir_all(&origin).unwrap();
+    git(&origin, &["init", "-q", "-b", "main"]);
+    for i in 0..3 {
+        std::fs::write(origin.join("n.txt"), format!("{i}\n")).unwrap();
+        git(&origin, &["add", "."]);
+        git(&origin, &["commit", "-q", "-m", &format!("c{i}")]);
+    }
+    let node = ServiceProc::with_executor(&dir.path().join("n"), &[]);
+    let client = node.client();
+    let mut req = create_request("/project/clone/branch/main", CLONE_DEPTHS);
+    req.source = Some(cairn_client::runconfig::SourceRef::Git {
+        url: format!("file://{}", origin.display()),
+        git_ref: "refs/heads/main".into(),
+        commit: String::new(),
+    });
+    let created = client.create_run(&req).await.unwrap();
+    let id = created.runs[0].run.id.clone();
+    let done = wait_finished(&client, &id).await;
+    assert_eq!(done.run.result, RunResult::Success, "{:?}", done.run);
+    let shallow = task_id(&done, "shallow");
+    assert_eq!(
+        step_log(&client, &id, &shallow, LogStep::Step(1)).await,
+        "1\n2\n"
+    );
+    let full = task_id(&done, "full");
+    assert_eq!(step_log(&client, &id, &full, LogStep::Step(1)).await, "3\n");
+}
+
 // --- 2. caches ------------------------------------------------------------------------
 
 const SAVE_DEPS: &str = r#"
