@@ -1,9 +1,10 @@
 //! The executor end to end through `cairn serve` with the local driver: steps are real
 //! `/bin/sh` processes. A DAG with a cloned snapshot, workspaces restored in level order,
-//! a failure handled by an `on_failure` child; caches (hit, miss, prefix fallback, and
-//! isolation or sharing by cache group); approval, stop and timeout of real processes;
-//! logs followed while they are written; and a standalone executor killed -9, then
-//! replaced by a new one or restarted over its data dir.
+//! a failure handled by an `on_failure` child, Agola's rooted `dest_dir`, a git clone's
+//! depth; caches (hit, miss, prefix fallback, and isolation or sharing by cache group);
+//! approval, stop and timeout of real processes, and the process of a task whose live
+//! executor was deleted; logs followed while they are written; and a standalone executor
+//! killed -9, then replaced by a new one or restarted over its data dir.
 
 use std::path::Path;
 use std::time::Duration;
