@@ -12,6 +12,8 @@
 //! It owns the format only: no I/O but [`find_config`] and no knowledge of runs, the
 //! store or HTTP.
 
+#[cfg(test)]
+mod corpus;
 mod decode;
 mod depend;
 mod document;
