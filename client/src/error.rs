@@ -12,6 +12,8 @@ pub enum ErrorCode {
     Unauthorized,
     Forbidden,
     Unavailable,
+    /// The server gave up on the request at its deadline (a write may have been applied).
+    Timeout,
     Internal,
 }
 

@@ -78,13 +78,13 @@ impl ClientError {
         self.code() == Some(ErrorCode::Conflict)
     }
 
-    /// Worth trying again later: no answer, or the service said it is unavailable or
-    /// failed internally.
+    /// Worth trying again later: no answer, or the service said it is unavailable, timed
+    /// out or failed internally.
     pub fn is_transient(&self) -> bool {
         matches!(self, ClientError::Transport(_))
             || matches!(
                 self.code(),
-                Some(ErrorCode::Unavailable | ErrorCode::Internal)
+                Some(ErrorCode::Unavailable | ErrorCode::Timeout | ErrorCode::Internal)
             )
     }
 }
@@ -115,6 +115,7 @@ pub fn code_of_status(status: StatusCode) -> ErrorCode {
         401 => ErrorCode::Unauthorized,
         403 => ErrorCode::Forbidden,
         503 => ErrorCode::Unavailable,
+        504 => ErrorCode::Timeout,
         400..=499 => ErrorCode::BadRequest,
         _ => ErrorCode::Internal,
     }

@@ -18,6 +18,7 @@ use store::{
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::concurrency::Fence;
 use crate::error::KvError;
 use crate::node::{NodeInner, metrics};
 use crate::rpc::{PeerRequest, PeerResponse};
@@ -58,6 +59,66 @@ impl Ctx {
         }
         Ok(())
     }
+}
+
+impl Ctx {
+    /// A read bounded by this context: [`KvError::DeadlineExceeded`] when the deadline
+    /// passes first (nothing was written), [`KvError::Cancelled`] when cancelled.
+    pub async fn read<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, KvError>>,
+    ) -> Result<T, KvError> {
+        tokio::select! {
+            _ = self.cancel.cancelled() => Err(KvError::Cancelled),
+            r = tokio::time::timeout(self.remaining(), fut) => {
+                r.map_err(|_| KvError::DeadlineExceeded("context deadline passed while reading".into()))?
+            }
+        }
+    }
+
+    /// A write bounded by this context: when the deadline passes first, the write may
+    /// or may not have taken effect ([`KvError::OutcomeUnknown`]).
+    pub async fn write<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, KvError>>,
+    ) -> Result<T, KvError> {
+        self.check()?;
+        tokio::select! {
+            _ = self.cancel.cancelled() => Err(KvError::Cancelled),
+            r = tokio::time::timeout(self.remaining(), fut) => {
+                r.map_err(|_| KvError::OutcomeUnknown("context deadline passed while writing".into()))?
+            }
+        }
+    }
+
+    /// Whether the context is still live: not cancelled, deadline not passed.
+    pub fn live(&self) -> Result<(), KvError> {
+        self.check()
+    }
+}
+
+/// What [`Kv::update_keys`] commits besides its guards (one compare per key read):
+/// further compares and the operations.
+#[derive(Clone, Debug, Default)]
+pub struct Write {
+    pub compare: Vec<Compare>,
+    pub ops: Vec<RequestOp>,
+}
+
+impl Write {
+    pub fn ops(ops: Vec<RequestOp>) -> Write {
+        Write {
+            compare: Vec::new(),
+            ops,
+        }
+    }
+}
+
+/// A committed [`Kv::update_keys`]: what `f` returned with the write, and the revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Updated<T> {
+    pub value: T,
+    pub revision: i64,
 }
 
 /// etcd's response header.
@@ -371,40 +432,82 @@ impl Kv {
         F: FnMut(Option<&KeyValue>) -> Option<Vec<u8>>,
     {
         let key = key.into();
+        let updated = self
+            .update_keys(ctx, std::slice::from_ref(&key), None, |current| {
+                let next = f(current[0].as_ref());
+                let op = match &next {
+                    Some(v) => RequestOp::Put(PutRequest::new(key.clone(), v.clone())),
+                    None => RequestOp::DeleteRange(DeleteRangeRequest {
+                        range: KeyRange::key(key.clone()),
+                        prev_kv: false,
+                    }),
+                };
+                Ok::<_, KvError>(Some((Write::ops(vec![op]), next)))
+            })
+            .await?;
+        Ok(updated.and_then(|u| u.value))
+    }
+
+    /// The general form of [`Kv::update`]: reads `keys`, lets `f` compute a [`Write`]
+    /// from their current values (`None`: nothing to write), and commits it only if none
+    /// of the keys changed in between and, with a `fence`, its lock is still held.
+    /// Conflicts are retried (re-reading, calling `f` again) until `ctx` expires or is
+    /// cancelled: the caller's deadline is given once for the whole operation. `f`'s
+    /// errors end the update; a lost fence is [`KvError::LockLost`].
+    pub async fn update_keys<T, E, F>(
+        &self,
+        ctx: &Ctx,
+        keys: &[Vec<u8>],
+        fence: Option<&Fence>,
+        mut f: F,
+    ) -> Result<Option<Updated<T>>, E>
+    where
+        F: FnMut(&[Option<KeyValue>]) -> Result<Option<(Write, T)>, E>,
+        E: From<KvError>,
+    {
         loop {
             ctx.check()?;
-            let current = tokio::select! {
-                _ = ctx.cancel.cancelled() => return Err(KvError::Cancelled),
-                r = tokio::time::timeout(ctx.remaining(), self.get(key.clone())) => r.map_err(|_| KvError::DeadlineExceeded("reading".into()))??,
+            let mut current = Vec::with_capacity(keys.len());
+            for key in keys {
+                current.push(ctx.read(self.get(key.clone())).await?);
+            }
+            let Some((write, value)) = f(&current)? else {
+                return Ok(None);
             };
-            let next = f(current.as_ref());
-            let guard = match &current {
-                None => Compare::new(key.clone(), CompareOp::Equal, CompareTarget::Create(0)),
-                Some(kv) => Compare::new(
-                    key.clone(),
-                    CompareOp::Equal,
-                    CompareTarget::Mod(kv.mod_revision),
-                ),
-            };
-            let op = match &next {
-                Some(v) => RequestOp::Put(PutRequest::new(key.clone(), v.clone())),
-                None => RequestOp::DeleteRange(DeleteRangeRequest {
-                    range: KeyRange::key(key.clone()),
-                    prev_kv: false,
-                }),
-            };
-            let req = TxnRequest {
-                compare: vec![guard],
-                success: vec![op],
-                failure: vec![],
-            };
-            let resp = tokio::select! {
-                _ = ctx.cancel.cancelled() => return Err(KvError::Cancelled),
-                r = tokio::time::timeout(ctx.remaining(), self.txn(req)) => r.map_err(|_| KvError::OutcomeUnknown("update timed out".into()))??,
+            let mut compare: Vec<Compare> = keys
+                .iter()
+                .zip(&current)
+                .map(|(key, kv)| match kv {
+                    None => Compare::new(key.clone(), CompareOp::Equal, CompareTarget::Create(0)),
+                    Some(kv) => Compare::new(
+                        key.clone(),
+                        CompareOp::Equal,
+                        CompareTarget::Mod(kv.mod_revision),
+                    ),
+                })
+                .collect();
+            compare.extend(write.compare);
+            let resp = match fence {
+                Some(fence) => {
+                    ctx.write(self.txn_if_lock_held(fence, compare, write.ops))
+                        .await?
+                }
+                None => {
+                    ctx.write(self.txn(TxnRequest {
+                        compare,
+                        success: write.ops,
+                        failure: vec![],
+                    }))
+                    .await?
+                }
             };
             if resp.succeeded {
-                return Ok(next);
+                return Ok(Some(Updated {
+                    value,
+                    revision: resp.revision,
+                }));
             }
+            tokio::task::yield_now().await;
         }
     }
 

@@ -32,7 +32,7 @@ mod tests;
 
 pub use concurrency::{Fence, Mutex, Session};
 pub use error::{KvError, NodeError};
-pub use kv::{Ctx, Header, Kv, LeaseTtl};
+pub use kv::{Ctx, Header, Kv, LeaseTtl, Updated, Write};
 pub use node::{Node, NodeConfig};
 pub use rpc::NodeStatus;
 pub use timing::Timing;

@@ -46,6 +46,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -63,6 +64,7 @@ impl From<DmError> for Failure {
             DmError::Conflict(_) | DmError::Refused(_) => ErrorCode::Conflict,
             DmError::Invalid { .. } => ErrorCode::BadRequest,
             DmError::Corrupt { .. } => ErrorCode::Internal,
+            DmError::Timeout { .. } => ErrorCode::Timeout,
             DmError::Kv(k) => kv_code(k),
         };
         if code == ErrorCode::Internal {
@@ -146,4 +148,33 @@ pub async fn json_errors(resp: Response) -> Response {
     let mut out = Failure::new(code, message).into_response();
     *out.status_mut() = parts.status;
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_datamanager_timeout_is_a_504_with_the_timeout_code() {
+        for outcome_unknown in [false, true] {
+            let failure = Failure::from(DmError::Timeout {
+                what: "updating run 0000000000000001".into(),
+                outcome_unknown,
+            });
+            assert_eq!(failure.0.code, ErrorCode::Timeout);
+            assert!(
+                failure.0.message.contains("deadline exceeded"),
+                "{}",
+                failure.0.message
+            );
+            let response = failure.into_response();
+            assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        }
+        assert_eq!(status_of(ErrorCode::Timeout), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(
+            cairn_client::http::code_of_status(StatusCode::GATEWAY_TIMEOUT),
+            ErrorCode::Timeout,
+            "the client reads the status back as the same kind"
+        );
+    }
 }

@@ -184,34 +184,40 @@ pub async fn status(
     Path((id, task_id)): Path<(String, String)>,
     Json(status): Json<ExecutorTaskStatus>,
 ) -> ApiResult<StatusCode> {
-    for _ in 0..20 {
-        let et = owned_task(&st, &id, &task_id).await?;
-        if et.value.status == status {
-            return Ok(StatusCode::NO_CONTENT);
+    let dm = st.dm.with_ctx(super::request_ctx());
+    dm.update_executor_task_with(&task_id, |et| {
+        if et.spec.executor_id != id {
+            return Err(Failure::new(
+                ErrorCode::Forbidden,
+                format!("task {task_id} is assigned to another executor"),
+            ));
+        }
+        if et.status == status {
+            return Ok(None);
         }
         // A finished status is final: a late or replayed report cannot rewrite it.
-        if et.value.status.phase.is_finished() {
+        if et.status.phase.is_finished() {
             return Err(Failure::new(
                 ErrorCode::Conflict,
                 format!(
                     "task {task_id} already finished ({}); a {} report is refused",
-                    et.value.status.phase.as_str(),
+                    et.status.phase.as_str(),
                     status.phase.as_str()
                 ),
             ));
         }
-        let mut next = et.value.clone();
+        let mut next = et.clone();
         next.status = status.clone();
-        match st.dm.update_executor_task(&et, &next).await {
-            Ok(_) => return Ok(StatusCode::NO_CONTENT),
-            Err(DmError::Conflict(_)) => continue,
-            Err(e) => return Err(e.into()),
+        Ok(Some(next))
+    })
+    .await
+    .map_err(|e| match e {
+        Failure(api) if api.code == ErrorCode::NotFound => {
+            Failure::not_found(format!("task {task_id} not found"))
         }
-    }
-    Err(Failure::new(
-        ErrorCode::Conflict,
-        format!("task {task_id} kept changing; retry"),
-    ))
+        other => other,
+    })?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn cluster(State(st): State<ApiState>) -> ApiResult<Json<NodeInfo>> {

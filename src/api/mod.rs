@@ -14,3 +14,14 @@ pub mod maintenance;
 pub mod runs;
 pub mod server;
 pub mod service;
+
+/// How long a request's datamanager writes may take, conflicts retried included, before
+/// it answers with a timeout (a client that disconnects earlier drops the handler, which
+/// ends its work at once).
+pub const REQUEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The context of one request's datamanager work, given once (see
+/// [`crate::datamanager::Datamanager::with_ctx`]).
+pub(crate) fn request_ctx() -> raft::Ctx {
+    raft::Ctx::timeout(REQUEST_DEADLINE)
+}

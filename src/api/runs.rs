@@ -22,12 +22,9 @@ use store::WatchMessage;
 use super::error::{ApiResult, Failure};
 use super::service::ApiState;
 use crate::configfile;
+use crate::datamanager::Datamanager;
 use crate::datamanager::keys;
-use crate::datamanager::{Datamanager, DmError};
 use crate::runservice;
-
-/// Conflicting concurrent writes to one run are retried this many times.
-const ACTION_ATTEMPTS: usize = 20;
 
 pub async fn create(
     State(st): State<ApiState>,
@@ -362,25 +359,17 @@ pub async fn restart(
     ))
 }
 
-/// Applies `f` to run `id` and writes it back, retrying on concurrent changes.
-async fn update_run<F>(dm: &Datamanager, id: &str, mut f: F) -> Result<(), Failure>
+/// Applies `f` to run `id` and writes it back, retrying concurrent changes within the
+/// request's deadline.
+async fn update_run<F>(dm: &Datamanager, id: &str, f: F) -> Result<(), Failure>
 where
     F: FnMut(&mut Run) -> Result<(), runservice::RunServiceError>,
 {
-    for _ in 0..ACTION_ATTEMPTS {
-        let prev = dm.run(id).await?;
-        let mut run = prev.value.clone();
-        f(&mut run)?;
-        match dm.update_run(&prev, &run).await {
-            Ok(_) => return Ok(()),
-            Err(DmError::Conflict(_)) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(Failure::new(
-        cairn_client::ErrorCode::Conflict,
-        format!("run {id} kept changing; try again"),
-    ))
+    let mut f = f;
+    dm.with_ctx(super::request_ctx())
+        .update_run_with(id, |run| f(run).map_err(Failure::from))
+        .await?;
+    Ok(())
 }
 
 pub async fn action(

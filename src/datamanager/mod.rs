@@ -5,8 +5,17 @@
 //!
 //! Every write is a compare-and-swap transaction: callers read an object with its
 //! revision and write it back only if nobody changed it since ([`DmError::Conflict`]
-//! otherwise). The scheduler adds its fence to each write so that a deposed scheduler
-//! can never commit. This module knows keys and JSON, not HTTP and not run semantics.
+//! otherwise), or hand a read-modify-write function to an `update_*_with` method, which
+//! retries conflicts through [`raft::Kv::update_keys`]. The scheduler adds its fence to
+//! each write so that a deposed scheduler can never commit.
+//!
+//! Context once: a caller gives its deadline and cancellation once, to the handle
+//! ([`Datamanager::with_ctx`]); every store call of every operation of that handle is
+//! bounded by it, and conflicts are retried until it expires, never a fixed number of
+//! times. Past the deadline an operation fails with [`DmError::Timeout`]. A handle without
+//! a caller's context bounds each operation by [`DEFAULT_DEADLINE`].
+//!
+//! This module knows keys and JSON, not HTTP and not run semantics.
 
 pub mod archives;
 pub mod blobs;
@@ -23,7 +32,9 @@ pub mod tasks;
 #[cfg(test)]
 pub(crate) mod testing;
 
-use raft::{Fence, Kv, KvError};
+use std::time::{Duration, Instant};
+
+use raft::{Ctx, Fence, Kv, KvError, Write};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use store::{
@@ -46,9 +57,15 @@ pub enum DmError {
     Invalid { what: &'static str, why: String },
     #[error("stored {key} is corrupt: {why}")]
     Corrupt { key: String, why: String },
+    /// The caller's deadline passed (`outcome_unknown`: a write may have been committed).
+    #[error("{what}: deadline exceeded{}", if *.outcome_unknown { " (the write may or may not have been applied)" } else { "" })]
+    Timeout { what: String, outcome_unknown: bool },
     #[error(transparent)]
     Kv(#[from] KvError),
 }
+
+/// The deadline of an operation on a handle without a caller's context.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
 
 impl DmError {
     pub fn not_found(kind: &'static str, id: impl Into<String>) -> DmError {
@@ -66,23 +83,38 @@ pub struct Versioned<T> {
     pub mod_revision: i64,
 }
 
-/// The typed collections over one store handle, optionally fenced.
+/// The typed collections over one store handle, optionally fenced, optionally bound to a
+/// caller's context.
 #[derive(Clone)]
 pub struct Datamanager {
     kv: Kv,
     fence: Option<Fence>,
+    ctx: Option<Ctx>,
 }
 
 impl Datamanager {
     pub fn new(kv: Kv) -> Datamanager {
-        Datamanager { kv, fence: None }
+        Datamanager {
+            kv,
+            fence: None,
+            ctx: None,
+        }
     }
 
     /// A view whose every write also requires `fence` to still hold its lock.
     pub fn fenced(&self, fence: Fence) -> Datamanager {
         Datamanager {
-            kv: self.kv.clone(),
             fence: Some(fence),
+            ..self.clone()
+        }
+    }
+
+    /// A view whose every operation is bounded by the caller's `ctx` (deadline and
+    /// cancellation), given once here.
+    pub fn with_ctx(&self, ctx: Ctx) -> Datamanager {
+        Datamanager {
+            ctx: Some(ctx),
+            ..self.clone()
         }
     }
 
@@ -90,32 +122,101 @@ impl Datamanager {
         &self.kv
     }
 
-    /// Commits `ops` if every compare holds (and the fence, if any, is held).
+    /// The context of one operation: the caller's, else [`DEFAULT_DEADLINE`] from now.
+    fn ctx(&self) -> Ctx {
+        self.ctx
+            .clone()
+            .unwrap_or_else(|| Ctx::timeout(DEFAULT_DEADLINE))
+    }
+
+    /// A store error of an operation under `ctx`, with the caller's deadline made a
+    /// [`DmError::Timeout`].
+    fn kv_error(ctx: &Ctx, what: &str, e: KvError) -> DmError {
+        let past_deadline = Instant::now() >= ctx.deadline;
+        match e {
+            KvError::DeadlineExceeded(_) if past_deadline => DmError::Timeout {
+                what: what.to_string(),
+                outcome_unknown: false,
+            },
+            KvError::OutcomeUnknown(_) if past_deadline => DmError::Timeout {
+                what: what.to_string(),
+                outcome_unknown: true,
+            },
+            e => DmError::Kv(e),
+        }
+    }
+
+    /// Commits `ops` if every compare holds (and the fence, if any, is held), within the
+    /// handle's context.
     async fn commit(
         &self,
         compare: Vec<Compare>,
         ops: Vec<RequestOp>,
     ) -> Result<TxnResponse, DmError> {
+        let ctx = self.ctx();
         let resp = match &self.fence {
-            Some(f) => self.kv.txn_if_lock_held(f, compare, ops).await?,
+            Some(f) => ctx.write(self.kv.txn_if_lock_held(f, compare, ops)).await,
             None => {
-                self.kv
-                    .txn(TxnRequest {
-                        compare,
-                        success: ops,
-                        failure: vec![],
-                    })
-                    .await?
+                ctx.write(self.kv.txn(TxnRequest {
+                    compare,
+                    success: ops,
+                    failure: vec![],
+                }))
+                .await
             }
         };
-        Ok(resp)
+        resp.map_err(|e| Self::kv_error(&ctx, "writing", e))
+    }
+
+    /// Reads `keys`, lets `f` compute a write from their current values (`None`: nothing
+    /// to write), and commits it only if none of them changed meanwhile (and the fence,
+    /// if any, is held); conflicts are retried within the handle's context. Returns what
+    /// `f` returned with the write and its revision.
+    pub(crate) async fn update_keys<T, E, F>(
+        &self,
+        what: &str,
+        keys: Vec<String>,
+        mut f: F,
+    ) -> Result<Option<(T, i64)>, E>
+    where
+        F: FnMut(&[Option<store::KeyValue>]) -> Result<Option<(Write, T)>, E>,
+        E: From<DmError>,
+    {
+        /// `f`'s error, or the store's.
+        enum Failed<E> {
+            Kv(KvError),
+            Caller(E),
+        }
+        impl<E> From<KvError> for Failed<E> {
+            fn from(e: KvError) -> Self {
+                Failed::Kv(e)
+            }
+        }
+        let ctx = self.ctx();
+        let keys: Vec<Vec<u8>> = keys.into_iter().map(String::into_bytes).collect();
+        let updated = self
+            .kv
+            .update_keys(&ctx, &keys, self.fence.as_ref(), |current| {
+                f(current).map_err(Failed::Caller)
+            })
+            .await;
+        match updated {
+            Ok(u) => Ok(u.map(|u| (u.value, u.revision))),
+            Err(Failed::Caller(e)) => Err(e),
+            Err(Failed::Kv(e)) => Err(Self::kv_error(&ctx, what, e).into()),
+        }
     }
 
     async fn get_json<T: DeserializeOwned>(
         &self,
         key: &str,
     ) -> Result<Option<Versioned<T>>, DmError> {
-        match self.kv.get(key.as_bytes().to_vec()).await? {
+        let ctx = self.ctx();
+        let got = ctx
+            .read(self.kv.get(key.as_bytes().to_vec()))
+            .await
+            .map_err(|e| Self::kv_error(&ctx, "reading", e))?;
+        match got {
             None => Ok(None),
             Some(kv) => Ok(Some(Versioned {
                 value: decode(key, &kv.value)?,

@@ -10,7 +10,9 @@ use cairn_client::runconfig::RunConfig;
 use store::{KeyRange, RangeRequest, RequestOp, SortOrder};
 
 use super::keys::{self, Selector};
-use super::{Datamanager, DmError, Versioned, absent, delete, encode, put, unchanged};
+use raft::Write;
+
+use super::{Datamanager, DmError, Versioned, absent, decode, delete, encode, put, unchanged};
 
 /// Default and maximum page sizes of run listings.
 pub const DEFAULT_LIMIT: usize = 25;
@@ -26,50 +28,91 @@ impl Datamanager {
     /// Creates a run: allocates the next run id and the next counter of the group's
     /// root, then `make(id, counter)` builds the config and run, and everything (run,
     /// config, indexes, counter, sequence, creation event) is written in one
-    /// transaction. Concurrent creations conflict on the sequence and retry, so ids and
-    /// counters of one root both follow creation order.
+    /// transaction. Concurrent creations conflict on the sequence and are retried within
+    /// the handle's context, so ids and counters of one root both follow creation order.
     pub async fn create_run<F>(&self, group: &str, mut make: F) -> Result<Created, DmError>
     where
         F: FnMut(&str, u64) -> (RunConfig, Run),
     {
         let root = root_group(group).to_string();
         let counter_key = keys::counter(&root);
-        for attempt in 0u32.. {
-            let seq = self.kv().get(keys::RUN_SEQ.as_bytes().to_vec()).await?;
-            let counter = self.kv().get(counter_key.as_bytes().to_vec()).await?;
-            let next_seq = parse_u64(seq.as_ref().map(|kv| kv.value.as_slice()))? + 1;
-            let next_counter = parse_u64(counter.as_ref().map(|kv| kv.value.as_slice()))? + 1;
-            let id = keys::run_id(next_seq);
-            let (config, run) = make(&id, next_counter);
-            let compare = vec![
-                unchanged(keys::RUN_SEQ, seq.as_ref().map_or(0, |kv| kv.mod_revision)),
-                unchanged(
-                    counter_key.clone(),
-                    counter.as_ref().map_or(0, |kv| kv.mod_revision),
-                ),
-                absent(keys::run(&id)),
-            ];
-            let mut ops = vec![
-                put(keys::RUN_SEQ, next_seq.to_string().into_bytes()),
-                put(counter_key.clone(), next_counter.to_string().into_bytes()),
-                put(keys::run_config(&id), encode(&config)),
-            ];
-            ops.extend(run_write_ops(None, &run));
-            let resp = self.commit(compare, ops).await?;
-            if resp.succeeded {
-                return Ok(Created {
-                    run: Versioned {
-                        value: run,
-                        mod_revision: resp.revision,
-                    },
-                    config,
-                });
-            }
-            // Someone else created a run meanwhile; back off a little and retry.
-            let jitter = u64::from(attempt.min(8)) * 2 + (next_seq % 3);
-            tokio::time::sleep(std::time::Duration::from_millis(jitter)).await;
+        let created = self
+            .update_keys(
+                "creating a run",
+                vec![keys::RUN_SEQ.to_string(), counter_key.clone()],
+                |current| {
+                    let next_seq =
+                        parse_u64(current[0].as_ref().map(|kv| kv.value.as_slice()))? + 1;
+                    let next_counter =
+                        parse_u64(current[1].as_ref().map(|kv| kv.value.as_slice()))? + 1;
+                    let id = keys::run_id(next_seq);
+                    let (config, run) = make(&id, next_counter);
+                    let mut ops = vec![
+                        put(keys::RUN_SEQ, next_seq.to_string().into_bytes()),
+                        put(counter_key.clone(), next_counter.to_string().into_bytes()),
+                        put(keys::run_config(&id), encode(&config)),
+                    ];
+                    ops.extend(run_write_ops(None, &run));
+                    let write = Write {
+                        compare: vec![absent(keys::run(&id))],
+                        ops,
+                    };
+                    Ok::<_, DmError>(Some((write, (config, run))))
+                },
+            )
+            .await?;
+        let ((config, run), revision) =
+            created.expect("the creation function always asks for a write");
+        Ok(Created {
+            run: Versioned {
+                value: run,
+                mod_revision: revision,
+            },
+            config,
+        })
+    }
+
+    /// Applies `f` to run `id` and writes the result back (with its index, event and
+    /// active-set changes), re-reading and re-applying on concurrent changes until the
+    /// handle's context expires. Nothing is written when `f` leaves the run as it was.
+    /// Returns the run as written (or as read, when unchanged).
+    pub async fn update_run_with<E, F>(&self, id: &str, mut f: F) -> Result<Versioned<Run>, E>
+    where
+        F: FnMut(&mut Run) -> Result<(), E>,
+        E: From<DmError>,
+    {
+        let key = keys::run(id);
+        let mut unchanged_run = None;
+        let written = self
+            .update_keys(
+                &format!("updating run {id}"),
+                vec![key.clone()],
+                |current| {
+                    let Some(kv) = &current[0] else {
+                        return Err(E::from(DmError::not_found("run", id)));
+                    };
+                    let prev: Run = decode(&key, &kv.value)?;
+                    let mut run = prev.clone();
+                    f(&mut run)?;
+                    if run == prev {
+                        unchanged_run = Some(Versioned {
+                            value: prev,
+                            mod_revision: kv.mod_revision,
+                        });
+                        return Ok(None);
+                    }
+                    let write = Write::ops(run_write_ops(Some(&prev), &run));
+                    Ok(Some((write, run)))
+                },
+            )
+            .await?;
+        match written {
+            Some((run, revision)) => Ok(Versioned {
+                value: run,
+                mod_revision: revision,
+            }),
+            None => Ok(unchanged_run.expect("set when nothing was written")),
         }
-        unreachable!("the retry loop only ends by returning")
     }
 
     pub async fn run(&self, id: &str) -> Result<Versioned<Run>, DmError> {
@@ -365,6 +408,95 @@ mod tests {
         .await
         .expect("create")
         .run
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_update_meeting_a_conflicting_writer_re_reads_and_applies_to_the_new_run() {
+        let st = TestStore::start().await;
+        let dm = st.dm();
+        let id = create(&dm, "/project/a/branch/main").await.value.id;
+        let mut calls = 0;
+        let written = dm
+            .with_ctx(raft::Ctx::timeout(std::time::Duration::from_secs(30)))
+            .update_run_with(&id, |run| {
+                calls += 1;
+                if calls == 1 {
+                    // Another writer changes the run between this read and its write.
+                    let other = dm.clone();
+                    let id = run.id.clone();
+                    tokio::task::block_in_place(|| {
+                        tokio::runtime::Handle::current().block_on(async move {
+                            let prev = other.run(&id).await.expect("run");
+                            let mut next = prev.value.clone();
+                            next.annotations.insert("other".into(), "wrote".into());
+                            other.update_run(&prev, &next).await.expect("other write");
+                        })
+                    });
+                }
+                run.annotations.insert("mine".into(), calls.to_string());
+                Ok::<_, DmError>(())
+            })
+            .await
+            .expect("retried and written");
+        assert_eq!(calls, 2, "the conflict made it re-read once");
+        let stored = dm.run(&id).await.expect("run");
+        assert_eq!(stored, written);
+        assert_eq!(stored.value.annotations["other"], "wrote", "not lost");
+        assert_eq!(stored.value.annotations["mine"], "2");
+    }
+
+    #[tokio::test]
+    async fn an_update_past_the_callers_deadline_is_a_timeout_and_writes_nothing() {
+        let st = TestStore::start().await;
+        let dm = st.dm();
+        let prev = create(&dm, "/project/a/branch/main").await;
+        let id = prev.value.id.clone();
+        let expired = raft::Ctx::timeout(std::time::Duration::ZERO);
+        let err = dm
+            .with_ctx(expired.clone())
+            .update_run_with(&id, |run| {
+                run.stop = true;
+                Ok::<_, DmError>(())
+            })
+            .await
+            .expect_err("past its deadline");
+        assert!(
+            matches!(
+                err,
+                DmError::Timeout {
+                    outcome_unknown: false,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("deadline exceeded"), "{err}");
+        let err = dm
+            .with_ctx(expired)
+            .create_run("/project/a/branch/main", |_, _| unreachable!("never read"))
+            .await
+            .err()
+            .expect("past its deadline");
+        assert!(matches!(err, DmError::Timeout { .. }), "{err:?}");
+        assert_eq!(dm.run(&id).await.expect("run"), prev, "nothing written");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_caller_ends_its_update() {
+        let st = TestStore::start().await;
+        let dm = st.dm();
+        let id = create(&dm, "/project/a/branch/main").await.value.id;
+        let ctx = raft::Ctx::timeout(std::time::Duration::from_secs(30));
+        ctx.cancel.cancel();
+        let err = dm
+            .with_ctx(ctx)
+            .update_run_with(&id, |_| Ok::<_, DmError>(()))
+            .await
+            .expect_err("cancelled");
+        assert!(
+            matches!(err, DmError::Kv(raft::KvError::Cancelled)),
+            "{err:?}"
+        );
     }
 
     fn ids(page: &RunsPage) -> Vec<String> {

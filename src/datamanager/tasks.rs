@@ -9,7 +9,9 @@ use cairn_client::run::Run;
 use store::{KeyRange, WatchRequest, WatchStream};
 
 use super::keys;
-use super::{Datamanager, DmError, Versioned, absent, delete, encode, put, unchanged};
+use raft::Write;
+
+use super::{Datamanager, DmError, Versioned, absent, decode, delete, encode, put, unchanged};
 
 impl Datamanager {
     /// Creates `et` unless its key exists. Returns whether it was created.
@@ -58,6 +60,49 @@ impl Datamanager {
             return Err(DmError::Conflict(format!("executor task {}", et.id)));
         }
         Ok(resp.revision)
+    }
+
+    /// Applies `f` to executor task `id` and writes the task it returns (`None`: nothing
+    /// to write), re-reading and re-applying on concurrent changes until the handle's
+    /// context expires. `NotFound` when the task does not exist. Returns the task as
+    /// written, or `None` when `f` wrote nothing.
+    pub async fn update_executor_task_with<E, F>(
+        &self,
+        id: &str,
+        mut f: F,
+    ) -> Result<Option<Versioned<ExecutorTask>>, E>
+    where
+        F: FnMut(&ExecutorTask) -> Result<Option<ExecutorTask>, E>,
+        E: From<DmError>,
+    {
+        let key = keys::executor_task(id);
+        let written = self
+            .update_keys(
+                &format!("updating executor task {id}"),
+                vec![key.clone()],
+                |current| {
+                    let Some(kv) = &current[0] else {
+                        return Err(E::from(DmError::not_found("executor task", id)));
+                    };
+                    let prev: ExecutorTask = decode(&key, &kv.value)?;
+                    let Some(next) = f(&prev)? else {
+                        return Ok(None);
+                    };
+                    let write = Write::ops(vec![
+                        put(key.clone(), encode(&next)),
+                        put(
+                            keys::executor_task_marker(&next.spec.executor_id, &next.id),
+                            Vec::new(),
+                        ),
+                    ]);
+                    Ok(Some((write, next)))
+                },
+            )
+            .await?;
+        Ok(written.map(|(value, mod_revision)| Versioned {
+            value,
+            mod_revision,
+        }))
     }
 
     /// Deletes `prev` if unchanged since it was read.

@@ -42,3 +42,23 @@ impl TestStore {
         Datamanager::new(self.node.kv())
     }
 }
+
+/// An error of a read-modify-write in tests: the datamanager's, or the function's.
+#[derive(Debug)]
+#[allow(dead_code)] // the payloads are read through Debug, in failed assertions
+pub enum TestError {
+    Dm(super::DmError),
+    Rejected(crate::runservice::RunServiceError),
+}
+
+impl From<super::DmError> for TestError {
+    fn from(e: super::DmError) -> Self {
+        TestError::Dm(e)
+    }
+}
+
+impl From<crate::runservice::RunServiceError> for TestError {
+    fn from(e: crate::runservice::RunServiceError) -> Self {
+        TestError::Rejected(e)
+    }
+}

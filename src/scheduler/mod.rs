@@ -189,7 +189,10 @@ impl Shared {
         };
         tracing::info!(token = fence.token, "scheduler active");
         self.active.store(true, Ordering::Relaxed);
-        let dm = Datamanager::new(self.kv.clone()).fenced(fence.clone());
+        // The scheduler's context, given once: its writes end when it is cancelled.
+        let dm = Datamanager::new(self.kv.clone())
+            .fenced(fence.clone())
+            .with_ctx(ctx.clone());
         let lost = session.done();
         let result = tokio::select! {
             biased;
