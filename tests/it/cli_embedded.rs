@@ -215,6 +215,28 @@ async fn while_cairn_run_waits_on_an_approval_runs_list_show_logs_and_approve_wo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_stop_from_another_process_stops_the_run_cairn_run_follows() {
+    let scratch = tempfile::tempdir().unwrap();
+    let gate = scratch.path().join("never");
+    let dir = plain_dir(&GATED.replace("GATE", &gate.display().to_string()), &[]);
+    let data = tempfile::tempdir().unwrap();
+    let mut direct = Background::spawn(
+        direct_run_command(dir.path(), data.path(), &[]),
+        Some(data.path()),
+    );
+    let id = direct.wait_run_id(LONG);
+    direct.wait_line(LONG, |l| l == "slow │ started");
+
+    let stop = client(&["runs", "stop", &id], data.path());
+    assert_eq!(stop.code, 0, "{stop:?}");
+    assert_eq!(stop.stdout, format!("run {id} stopping\n"));
+
+    let out = direct.finish(LONG);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.summary()["slow"], "stopped", "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_endpoint_of_a_killed_node_neither_hangs_nor_misleads() {
     let dir = plain_dir(&one_task("{ containers: [ { image: busybox } ] }"), &[]);
     let data = tempfile::tempdir().unwrap();
