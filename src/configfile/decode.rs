@@ -263,6 +263,13 @@ impl<'f> Decoder<'f> {
                 .as_int()
                 .map(i128::from)
                 .ok_or_else(|| "invalid number".to_string()),
+            // Agola reads a number as float64 nanoseconds (`1.5e9`).
+            Kind::Float => node
+                .text()
+                .and_then(|t| t.parse::<f64>().ok())
+                .filter(|f| f.is_finite() && f.abs() < 9.2e18)
+                .map(|f| f.trunc() as i128)
+                .ok_or_else(|| "invalid number of nanoseconds".to_string()),
             Kind::Str => parse_go_duration(node.as_str().unwrap_or_default()),
             _ => Err(format!(
                 "expected a duration such as \"30m\", \"1h30m\", \"45s\", found {}",

@@ -638,6 +638,17 @@ mod tests {
         .expect("valid")
         .config;
         assert_eq!(config.runs[0].tasks[0].task_timeout, Some(90));
+        let config = parse(
+            "c.yml",
+            &format!("{TASK}        task_timeout_interval: 1.5e9\n"),
+        )
+        .expect("valid")
+        .config;
+        assert_eq!(
+            config.runs[0].tasks[0].task_timeout,
+            Some(2),
+            "1.5 s, rounded up"
+        );
         let e = one_error(&format!("{TASK}        task_timeout_interval: '-5m'\n"));
         assert_eq!(e.message, "a timeout must not be negative");
     }
