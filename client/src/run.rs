@@ -189,6 +189,9 @@ pub struct Run {
     /// Asked to stop.
     #[serde(default)]
     pub stop: bool,
+    /// Asked to cancel while queued; the scheduler applies it (phase `cancelled`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel: bool,
     /// Tasks by id.
     #[serde(default)]
     pub tasks: BTreeMap<String, RunTask>,

@@ -206,6 +206,9 @@ async fn pending(
 ) -> Result<Option<PendingReasons>, Failure> {
     let mut reasons = PendingReasons::default();
     match run.phase {
+        RunPhase::Queued if run.cancel => {
+            reasons.run = Some("cancel requested; the scheduler cancels it".to_string());
+        }
         RunPhase::Queued => {
             let running = dm.running_in(&run.group, 1).await?;
             reasons.run = Some(match running.first() {
@@ -377,10 +380,9 @@ pub async fn action(
     Path(id): Path<String>,
     Json(req): Json<RunActionRequest>,
 ) -> ApiResult<Json<RunResponse>> {
-    let now = chrono::Utc::now();
     update_run(&st.dm, &id, |run| match req.action {
         RunAction::Stop => runservice::stop(run),
-        RunAction::Cancel => runservice::cancel(run, now),
+        RunAction::Cancel => runservice::cancel(run),
     })
     .await?;
     tracing::info!(run_id = %id, action = ?req.action, "run action");

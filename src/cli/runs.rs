@@ -338,7 +338,7 @@ async fn runs_on(client: &RunClient, cmd: RunsCommand, args: &ServerArgs) -> any
         }
         RunsCommand::Cancel { run } => {
             let r = client.run_action(&run, RunAction::Cancel).await?;
-            outln!("run {} cancelled", r.run.id)?;
+            outln!("run {} cancelling", r.run.id)?;
             Ok(0)
         }
         RunsCommand::Approve { run, task } => {

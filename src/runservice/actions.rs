@@ -3,7 +3,11 @@
 //! changes only what the action names; [`advance`](super::advance::advance) draws the
 //! consequences.
 //!
-//! Decision: cancelling a queued run sets its result to `stopped` (Agola leaves it
+//! Like stop and approve, cancel only sets a flag (`run.cancel`): the scheduler applies it
+//! in its pass ([`advance`](super::advance::advance)), so only the scheduler writes a
+//! run's phase and result, through its fence.
+//!
+//! Decision: a cancelled queued run gets the result `stopped` (Agola leaves it
 //! `unknown`). The run ended by a user's decision before it ran, exactly what `stopped`
 //! means for a running run; it also lets the state machine cancel the run's tasks and close
 //! their fetch phases, and lets listings by result find cancelled runs.
@@ -17,21 +21,38 @@ use super::error::RunServiceError;
 /// The task annotation holding a JSON list of who approved the task.
 pub const APPROVERS_ANNOTATION: &str = "approvers";
 
-/// queued → running, with start time `now`.
+/// queued → running, with start time `now`; a run asked to cancel never starts.
 pub fn start(run: &mut Run, now: Time) -> Result<(), RunServiceError> {
     expect_phase(run, &[RunPhase::Queued])?;
+    if run.cancel {
+        return Err(RunServiceError::CancelRequested {
+            run_id: run.id.clone(),
+        });
+    }
     run.phase = RunPhase::Running;
     run.start_time = Some(now);
     Ok(())
 }
 
-/// queued → cancelled, with end time `now` and result `stopped` (see the module doc).
-pub fn cancel(run: &mut Run, now: Time) -> Result<(), RunServiceError> {
+/// Asks a queued run to be cancelled (idempotent). The scheduler's next
+/// [`advance`](super::advance::advance) makes it `cancelled` with result `stopped` (see
+/// the module doc); it never starts meanwhile.
+pub fn cancel(run: &mut Run) -> Result<(), RunServiceError> {
     expect_phase(run, &[RunPhase::Queued])?;
+    run.cancel = true;
+    Ok(())
+}
+
+/// Applies a cancel request: queued → cancelled, with end time `now` and result
+/// `stopped`. Only for the scheduler's pass; whether anything changed.
+pub(super) fn apply_cancel(run: &mut Run, now: Time) -> bool {
+    if !run.cancel || run.phase != RunPhase::Queued {
+        return false;
+    }
     run.phase = RunPhase::Cancelled;
     run.result = RunResult::Stopped;
     run.end_time = Some(now);
-    Ok(())
+    true
 }
 
 /// Asks a running run to stop (idempotent). The result becomes `stopped` at the next
@@ -149,15 +170,31 @@ mod tests {
     }
 
     #[test]
-    fn cancel_is_for_queued_runs_only_and_records_a_stopped_result() {
+    fn cancel_only_flags_a_queued_run_which_then_never_starts() {
         let mut run = new_run(&config(vec![task("a", &[])]), 1, at(0));
-        cancel(&mut run, at(2)).expect("queued");
+        cancel(&mut run).expect("queued");
+        assert!(run.cancel);
+        assert_eq!(run.phase, RunPhase::Queued, "the scheduler applies it");
+        assert_eq!(run.result, RunResult::Unknown);
+        assert_eq!(run.end_time, None);
+        cancel(&mut run).expect("cancelling twice is harmless");
+        assert_eq!(
+            start(&mut run, at(3)),
+            Err(RunServiceError::CancelRequested {
+                run_id: run.id.clone()
+            })
+        );
+        assert_eq!(run.phase, RunPhase::Queued);
+
+        assert!(apply_cancel(&mut run, at(4)));
         assert_eq!(run.phase, RunPhase::Cancelled);
         assert_eq!(run.result, RunResult::Stopped);
-        assert_eq!(run.end_time, Some(at(2)));
+        assert_eq!(run.end_time, Some(at(4)));
+        assert!(!apply_cancel(&mut run, at(5)), "applied once");
+        assert_eq!(run.end_time, Some(at(4)));
 
         let mut started = running(&config(vec![task("a", &[])]));
-        let refused = cancel(&mut started, at(2));
+        let refused = cancel(&mut started);
         assert!(matches!(
             refused,
             Err(RunServiceError::InvalidPhase {
@@ -166,6 +203,7 @@ mod tests {
             })
         ));
         assert_eq!(started.phase, RunPhase::Running);
+        assert!(!started.cancel);
     }
 
     #[test]

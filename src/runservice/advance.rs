@@ -1,12 +1,14 @@
 //! The run state machine: [`advance`] moves a run as far as its tasks and executor tasks
 //! allow, and says which executor tasks must stop and which tasks may be handed out.
 //!
-//! It is the only writer of a run's phase (after start/cancel) and result, and combines
+//! It is the only writer of a run's phase (after start) and result, and combines
 //! Agola's advanceRun, advanceRunTasks and getTasksToRun. Unlike the 2019 code, it
 //! evaluates tasks parents-first and repeats until nothing changes, so a single call
 //! converges (a skip propagates down a whole chain at once).
 //!
 //! Rules, in the order they apply:
+//! 0. Cancel: a queued run asked to cancel becomes `cancelled` with result `stopped` and
+//!    end time `now` (the API only sets the flag).
 //! 1. Result (running runs without one), in Agola's priority (scheduler.go advanceRun):
 //!    `failed` when a task failed without `ignore_failure`; else `success` when every task
 //!    finished (so a run whose last task succeeded in the same pass as a stop succeeded);
@@ -100,11 +102,12 @@ fn pass(
     ets: &BTreeMap<String, ExecutorTask>,
     now: Time,
 ) -> bool {
+    let cancelled = super::actions::apply_cancel(run, now);
     let result = advance_result(run, config);
     let tasks = advance_tasks(run, config, ets);
     let phase = advance_phase(run, ets, now);
     let fetch = close_fetch_phases(run, ets);
-    result || tasks || phase || fetch
+    cancelled || result || tasks || phase || fetch
 }
 
 fn advance_result(run: &mut Run, config: &RunConfig) -> bool {
@@ -592,17 +595,24 @@ mod tests {
         t.steps = vec![Step::SaveToWorkspace(SaveToWorkspaceStep::default())];
         let cfg = config(vec![t, task("b", &["a"])]);
         let mut run = new_run(&cfg, 1, at(0));
-        actions::cancel(&mut run, at(1)).expect("queued");
+        actions::cancel(&mut run).expect("queued");
 
         let out = advance(&run, &cfg, &none(), at(2));
-        assert_eq!(out.run.phase, RunPhase::Cancelled);
-        assert_eq!(out.run.end_time, Some(at(1)));
+        assert_eq!(
+            out.run.phase,
+            RunPhase::Cancelled,
+            "the pass applies the flag"
+        );
+        assert_eq!(out.run.result, RunResult::Stopped);
+        assert_eq!(out.run.end_time, Some(at(2)));
         for id in ["a", "b"] {
             assert_eq!(status(&out.run, id), Cancelled);
             assert!(out.run.tasks[id].all_fetched());
         }
         assert!(out.to_run.is_empty());
-        assert!(!out.phase_or_result_changed);
+        assert!(out.changed && out.phase_or_result_changed);
+        let again = advance(&out.run, &cfg, &none(), at(3));
+        assert!(!again.changed, "applied once");
     }
 
     #[test]

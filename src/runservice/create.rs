@@ -41,6 +41,7 @@ pub fn new_run(config: &RunConfig, counter: u64, now: Time) -> Run {
         },
         result: RunResult::Unknown,
         stop: false,
+        cancel: false,
         tasks,
         enqueue_time: Some(now),
         start_time: None,

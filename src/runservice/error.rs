@@ -24,6 +24,10 @@ pub enum RunServiceError {
     #[error("run {run_id} cannot be restarted: {reason}")]
     CannotRestart { run_id: String, reason: String },
 
+    /// A queued run asked to cancel cannot start.
+    #[error("run {run_id} is being cancelled")]
+    CancelRequested { run_id: String },
+
     /// A restart names tasks the run does not have.
     #[error(
         "run {run_id} has no task named {}; its tasks are: {}",
@@ -88,6 +92,7 @@ impl RunServiceError {
             RunServiceError::TaskNotFound { .. } => ErrorCode::NotFound,
             RunServiceError::InvalidPhase { .. }
             | RunServiceError::CannotRestart { .. }
+            | RunServiceError::CancelRequested { .. }
             | RunServiceError::AlreadyApproved { .. }
             | RunServiceError::InconsistentStatus { .. } => ErrorCode::Conflict,
             RunServiceError::NotWaitingApproval { .. }

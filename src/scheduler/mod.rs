@@ -384,3 +384,90 @@ fn watch_ended(why: String) -> DmError {
         "scheduler watch ended: {why}"
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datamanager::blobs::Blobs;
+    use crate::datamanager::testing::{TestError, TestStore};
+    use crate::runservice;
+    use cairn_client::run::{RunPhase, RunResult};
+    use cairn_client::runconfig::RunConfig;
+
+    /// A scheduler over `kv` whose maintenance switch starts as `maintenance`.
+    fn scheduler(kv: Kv, maintenance: bool) -> (Scheduler, tokio::sync::watch::Sender<bool>) {
+        let blobs = Blobs::open("memory:").expect("memory blobs");
+        let (mode_tx, mode_rx) = tokio::sync::watch::channel(maintenance);
+        let (quiet_tx, _quiet_rx) = tokio::sync::watch::channel(false);
+        let s = Scheduler::spawn(
+            kv,
+            LogStore::new(blobs.clone()),
+            blobs,
+            SchedulerConfig {
+                sweep_every: Duration::from_millis(200),
+                ..SchedulerConfig::default()
+            },
+            Arc::new(AtomicBool::new(false)),
+            Maintenance {
+                mode: mode_rx,
+                quiet: quiet_tx,
+            },
+            CancellationToken::new(),
+        );
+        (s, mode_tx)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancel_recorded_while_the_scheduler_is_stopped_is_applied_once_it_runs() {
+        let st = TestStore::start().await;
+        let dm = st.dm();
+        let (sched, mode) = scheduler(st.node.kv(), true);
+        let group = "/project/p/branch/main";
+        let created = dm
+            .create_run(group, |id, counter| {
+                let config = RunConfig {
+                    id: id.to_string(),
+                    name: "ci".into(),
+                    group: group.to_string(),
+                    ..RunConfig::default()
+                };
+                let run = runservice::new_run(&config, counter, chrono::Utc::now());
+                (config, run)
+            })
+            .await
+            .expect("create");
+        let id = created.run.value.id;
+
+        // The API's cancel: a compare-and-swap write of the flag, nothing else.
+        let flagged = dm
+            .update_run_with(&id, |run| runservice::cancel(run).map_err(TestError::from))
+            .await
+            .expect("queued");
+        assert!(flagged.value.cancel);
+        assert_eq!(flagged.value.phase, RunPhase::Queued);
+        assert_eq!(
+            dm.run(&id).await.expect("run").value.phase,
+            RunPhase::Queued
+        );
+
+        // The scheduler comes out of maintenance and applies it in its pass.
+        mode.send_replace(false);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let run = loop {
+            let run = dm.run(&id).await.expect("run").value;
+            if run.phase != RunPhase::Queued {
+                break run;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the scheduler never applied the cancel"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(run.phase, RunPhase::Cancelled, "never started: {run:?}");
+        assert_eq!(run.result, RunResult::Stopped);
+        assert_eq!(run.start_time, None);
+        assert!(run.end_time.is_some());
+        sched.stop().await;
+    }
+}

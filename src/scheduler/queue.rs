@@ -31,6 +31,10 @@ impl Shared {
         };
         let prev = dm.run(&id).await?;
         let mut run = prev.value.clone();
+        if prev.value.cancel {
+            // Asked to cancel: its pass cancels it, then the group is checked again.
+            return Ok(Some(id));
+        }
         if runservice::start(&mut run, chrono::Utc::now()).is_err() {
             return Ok(None);
         }

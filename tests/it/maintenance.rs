@@ -252,8 +252,8 @@ async fn an_export_imported_into_a_fresh_node_gives_the_same_runs_and_ids_go_on_
         ca.run(&cancelled).await.unwrap().run.phase,
         RunPhase::Queued
     );
-    let c = ca.run_action(&cancelled, RunAction::Cancel).await.unwrap();
-    assert_eq!(c.run.phase, RunPhase::Cancelled);
+    ca.run_action(&cancelled, RunAction::Cancel).await.unwrap();
+    wait_run_phase(&ca, &cancelled, RunPhase::Cancelled).await;
     let queued = create(&ca, GROUP, &one_task("ok")).await.run.id;
     assert_eq!(ca.run(&queued).await.unwrap().run.phase, RunPhase::Queued);
 
