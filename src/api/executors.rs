@@ -70,7 +70,10 @@ pub async fn heartbeat(
     }
     ex.lease = lease;
     ex.last_heartbeat = Some(chrono::Utc::now());
-    st.dm.put_executor(&ex).await?;
+    st.dm
+        .with_ctx(super::request_ctx())
+        .put_executor(&ex)
+        .await?;
     Ok(Json(HeartbeatResponse {
         lease_ttl_secs: ttl,
         executor: ex,
@@ -78,7 +81,10 @@ pub async fn heartbeat(
 }
 
 pub async fn delete(State(st): State<ApiState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    st.dm.delete_executor(&id).await?;
+    st.dm
+        .with_ctx(super::request_ctx())
+        .delete_executor(&id)
+        .await?;
     tracing::info!(executor_id = %id, "executor deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -20,13 +20,19 @@ pub async fn status(State(st): State<ApiState>) -> ApiResult<Json<MaintenanceSta
 }
 
 pub async fn enable(State(st): State<ApiState>) -> ApiResult<StatusCode> {
-    st.dm.set_maintenance(true).await?;
+    st.dm
+        .with_ctx(super::request_ctx())
+        .set_maintenance(true)
+        .await?;
     tracing::info!("maintenance mode requested");
     Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn disable(State(st): State<ApiState>) -> ApiResult<StatusCode> {
-    st.dm.set_maintenance(false).await?;
+    st.dm
+        .with_ctx(super::request_ctx())
+        .set_maintenance(false)
+        .await?;
     tracing::info!("maintenance mode ended");
     Ok(StatusCode::NO_CONTENT)
 }

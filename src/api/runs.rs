@@ -97,6 +97,7 @@ pub async fn create(
         let now = chrono::Utc::now();
         let created = st
             .dm
+            .with_ctx(super::request_ctx())
             .create_run(&group, |id, counter| {
                 let mut config = template.clone();
                 config.id = id.to_string();
@@ -138,6 +139,7 @@ async fn record_setup_error(
     let now = chrono::Utc::now();
     let created = st
         .dm
+        .with_ctx(super::request_ctx())
         .create_run(group, |id, counter| {
             let mut config = template.clone();
             config.id = id.to_string();
@@ -326,6 +328,7 @@ pub async fn restart(
     let mut failure = None;
     let created = st
         .dm
+        .with_ctx(super::request_ctx())
         .create_run(&old.group, |new_id, counter| {
             let mut fresh = || uuid::Uuid::new_v4().to_string();
             match runservice::restart(

@@ -829,3 +829,63 @@ async fn seeded_random_faults_lose_no_acknowledged_write() {
         run_fault_schedule(seed, Duration::from_secs(10)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_keys_guards_every_key_read_and_ends_at_once_on_a_lost_fence() {
+    let c = Cluster::start(1, fast_timing()).await;
+    let l = c.wait_leader(&c.all(), WAIT).await;
+    let kv = c.kv(l);
+    let ctx = Ctx::timeout(WAIT);
+    let session = Session::new(&kv, 2).await.unwrap();
+    let m = Mutex::new("locks/keys");
+    let fence = m.lock(&ctx, &session).await.unwrap();
+
+    // Two keys read, one written from both: a change to the other key between the read
+    // and the write makes it re-read.
+    let mut calls = 0;
+    let updated = kv
+        .update_keys(
+            &ctx,
+            &[b"a".to_vec(), b"b".to_vec()],
+            Some(&fence),
+            |current| {
+                calls += 1;
+                if calls == 1 {
+                    let other = kv.clone();
+                    tokio::task::block_in_place(|| {
+                        tokio::runtime::Handle::current().block_on(async move {
+                            other.put(PutRequest::new("b", "changed")).await.unwrap();
+                        })
+                    });
+                }
+                let b = current[1]
+                    .as_ref()
+                    .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+                    .unwrap_or_default();
+                let op = RequestOp::Put(PutRequest::new("a", format!("saw {b}")));
+                Ok::<_, KvError>(Some((crate::Write::ops(vec![op]), b)))
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(calls, 2);
+    assert_eq!(updated.value, "changed");
+    assert_eq!(value(&kv, "a").await.as_deref(), Some("saw changed"));
+
+    // Once the lock is released, the fence is stale: a lost lock, not a retry until
+    // the deadline.
+    m.unlock(&session, &fence).await.unwrap();
+    let started = Instant::now();
+    let stale = kv
+        .update_keys(&ctx, &[b"a".to_vec()], Some(&fence), |_| {
+            let op = RequestOp::Put(PutRequest::new("a", "stale"));
+            Ok::<_, KvError>(Some((crate::Write::ops(vec![op]), ())))
+        })
+        .await;
+    assert!(matches!(stale, Err(KvError::LockLost { .. })), "{stale:?}");
+    assert!(started.elapsed() < WAIT, "ended at once");
+    assert_eq!(value(&kv, "a").await.as_deref(), Some("saw changed"));
+    session.close().await.unwrap();
+    c.shutdown().await;
+}
