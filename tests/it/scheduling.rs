@@ -156,6 +156,23 @@ async fn wait_task_status(
     .await
 }
 
+/// Waits until the task's first step is reported running (the executor reports its setup
+/// first, then the step: a task can be `running` with no step started yet).
+async fn wait_first_step_running(client: &RunClient, run_id: &str, name: &str) -> RunResponse {
+    wait_for(
+        LONG_WAIT,
+        &format!("the first step of task {name} to be running"),
+        || async {
+            client.run(run_id).await.ok().filter(|r| {
+                let t = task_named(r, name);
+                t.status == RunTaskStatus::Running
+                    && t.steps.first().map(|s| s.phase) == Some(ExecutorTaskPhase::Running)
+            })
+        },
+    )
+    .await
+}
+
 async fn wait_finished(client: &RunClient, run_id: &str) -> RunResponse {
     wait_for(LONG_WAIT, &format!("run {run_id} to finish"), || async {
         client
@@ -237,7 +254,7 @@ async fn a_dead_executors_task_fails_when_its_lease_expires_and_new_work_goes_to
         },
     );
     let run_id = create(&client, LONG).await;
-    wait_task_status(&client, &run_id, "long", RunTaskStatus::Running).await;
+    wait_first_step_running(&client, &run_id, "long").await;
 
     // The executor dies: no more heartbeats, so its lease runs out.
     ex1.kill();
@@ -274,7 +291,7 @@ async fn deleting_an_executor_fails_its_running_task_and_a_second_delete_is_not_
         },
     );
     let run_id = create(&client, LONG).await;
-    wait_task_status(&client, &run_id, "long", RunTaskStatus::Running).await;
+    wait_first_step_running(&client, &run_id, "long").await;
 
     // Silence it first: a live executor would register again at its next heartbeat.
     ex1.kill();
