@@ -4,7 +4,7 @@
 
 use cairn_client::runconfig::DependCondition;
 
-use super::decode::Decoder;
+use super::decode::{Decoder, suggestion};
 use super::model::ConfigDepend;
 use super::yaml::{Kind, Node};
 
@@ -88,12 +88,12 @@ fn conditions(dec: &mut Decoder<'_>, node: &Node<'_>) -> Vec<DependCondition> {
             "on_failure" => DependCondition::OnFailure,
             "on_skipped" => DependCondition::OnSkipped,
             other => {
-                dec.error(
-                    item,
-                    format!(
-                        "unknown condition `{other}`; expected one of on_success, on_failure, on_skipped"
-                    ),
-                );
+                let all = ["on_success", "on_failure", "on_skipped"];
+                let hint = match suggestion(other, &all) {
+                    Some(close) => format!("did you mean `{close}`?"),
+                    None => format!("expected one of {}", all.join(", ")),
+                };
+                dec.error(item, format!("unknown condition `{other}`; {hint}"));
                 continue;
             }
         };
@@ -144,6 +144,14 @@ mod tests {
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].field, "[1].test[1]");
         assert_eq!((errors[0].line, errors[0].column), (2, 25));
-        assert!(errors[0].message.starts_with("unknown condition `on_fail`"));
+        assert_eq!(
+            errors[0].message,
+            "unknown condition `on_fail`; expected one of on_success, on_failure, on_skipped"
+        );
+        let (_, errors) = depends("- { test: [ on_sucess ] }\n");
+        assert_eq!(
+            errors[0].message,
+            "unknown condition `on_sucess`; did you mean `on_success`?"
+        );
     }
 }

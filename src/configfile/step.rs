@@ -8,7 +8,7 @@ use cairn_client::runconfig::{
     SaveToWorkspaceStep,
 };
 
-use super::decode::{Decoder, Fields};
+use super::decode::{Decoder, Fields, suggestion};
 use super::error::ConfigError;
 use super::model::{ConfigRunStep, ConfigStep};
 use super::when::decode_when;
@@ -196,10 +196,13 @@ pub(super) fn decode_step(dec: &mut Decoder<'_>, node: &Node<'_>) -> Option<Conf
 }
 
 fn unknown_type(kind: &str) -> String {
-    format!(
-        "unknown step type `{kind}`; expected one of {}",
-        STEP_TYPES.join(", ")
-    )
+    match suggestion(kind, &STEP_TYPES) {
+        Some(close) => format!("unknown step type `{kind}`; did you mean `{close}`?"),
+        None => format!(
+            "unknown step type `{kind}`; expected one of {}",
+            STEP_TYPES.join(", ")
+        ),
+    }
 }
 
 fn decode_body(dec: &mut Decoder<'_>, kind: &str, body: &Body<'_>) -> Option<ConfigStep> {
@@ -396,6 +399,11 @@ mod tests {
         assert!(errors[0].message.starts_with("unknown step type `make`"));
         assert_eq!(errors[1].field, "[1].type");
         assert_eq!((errors[1].line, errors[1].column), (2, 9));
+        let (_, errors) = steps("- restore_cach: { keys: [k] }\n");
+        assert_eq!(
+            errors[0].message,
+            "unknown step type `restore_cach`; did you mean `restore_cache`?"
+        );
     }
 
     #[test]
