@@ -298,6 +298,11 @@ pub struct RunServeArgs {
     /// Do not run the in-process executor (tasks then wait for remote executors).
     #[arg(long)]
     pub no_executor: bool,
+    /// A regular expression of pull-request refs, its first group the pull request id
+    /// (repeatable; default Agola's refs/pull/(\d+)/head and
+    /// refs/merge-requests/(\d+)/head), for run requests that bring none.
+    #[arg(long = "pull-request-ref-regexes")]
+    pub pull_request_ref_regexes: Vec<String>,
     #[command(flatten)]
     pub executor: ExecutorTuning,
 }

@@ -134,6 +134,7 @@ async fn serve_service(args: RunServeArgs) -> anyhow::Result<()> {
         objects: args.objects,
         scheduler: cairn::scheduler::SchedulerConfig::default(),
         executor_ttl_secs: args.executor_ttl,
+        pull_request_ref_regexes: args.pull_request_ref_regexes,
         executor: if args.no_executor {
             None
         } else {

@@ -45,6 +45,8 @@ pub struct ServiceOptions {
     pub executor_ttl_secs: i64,
     /// The in-process executor; `None` runs none.
     pub executor: Option<ExecutorOptions>,
+    /// Patterns of pull-request refs for runs that bring none (empty = Agola's).
+    pub pull_request_ref_regexes: Vec<String>,
 }
 
 /// Which driver an executor runs tasks with.
@@ -161,6 +163,11 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 impl Service {
     pub async fn start(opts: ServiceOptions) -> anyhow::Result<Service> {
+        let pull_request_refs = if opts.pull_request_ref_regexes.is_empty() {
+            crate::runservice::reference::PullRequestRefs::agola_default()
+        } else {
+            crate::runservice::reference::PullRequestRefs::new(&opts.pull_request_ref_regexes)?
+        };
         if opts.join.is_some() && opts.objects.is_none() {
             anyhow::bail!(
                 "a cluster needs object storage all its nodes share (logs written through one node are archived by the scheduler on another): pass --objects s3://bucket/prefix, or a directory every node mounts, on every node"
@@ -216,6 +223,7 @@ impl Service {
                 scheduler_active: a,
                 executor_ttl_secs: executor_ttl,
                 maintenance: api_mode,
+                pull_request_refs: pull_request_refs.clone(),
             };
             crate::api::service::router(state, &api_token)
         })

@@ -284,6 +284,7 @@ fn request(group: &str, config: String) -> CreateRunRequest {
         annotations: Default::default(),
         tasks: Vec::new(),
         run_name: None,
+        ..Default::default()
     }
 }
 

@@ -221,6 +221,7 @@ fn request(group: &str, config: &str) -> CreateRunRequest {
         annotations: Default::default(),
         tasks: Vec::new(),
         run_name: None,
+        ..Default::default()
     }
 }
 

@@ -8,7 +8,11 @@ use crate::executor::{AssignedTask, Executor, ExecutorTask};
 use crate::run::{Run, RunPhase, RunResult};
 use crate::runconfig::{Env, RunConfig, SourceRef};
 
-/// The git reference a run is for; selects the config's `when` clauses.
+/// The git reference a run is for; selects the config's `when` clauses. A run request
+/// gives exactly one of them (as Agola's): the server classifies it, so `ref:
+/// refs/heads/x` is a branch run for `x`, `refs/tags/y` a tag run and a pull-request ref
+/// (`refs/pull/N/head`, `refs/merge-requests/N/head`, or the request's
+/// `pull_request_ref_regexes`) a pull-request run.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -21,14 +25,16 @@ pub struct RefSpec {
 
 /// A config file as sent by the client: its repository-relative path (for error
 /// messages and to pick the format) and its text.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigFile {
     pub path: String,
     pub content: String,
 }
 
-/// `POST /api/v1/runs`: one run per config run whose `when` matches.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `POST /api/v1/runs`: one run per config run whose `when` matches. A config that
+/// cannot be parsed still records one run, in phase `setuperror`, whose config's
+/// `setup_errors` say why (`201` like any other; Agola's gateway does the same).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateRunRequest {
     /// `/project/<id>/branch/<b>`, `/user/<id>/branch/<b>`, …
     pub group: String,
@@ -53,6 +59,18 @@ pub struct CreateRunRequest {
     /// Only the config run with this name; empty = every matching run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_name: Option<String>,
+    /// The commit the run is for (`AGOLA_GIT_COMMITSHA`, the `commit_sha` annotation);
+    /// defaults to a git source's commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_sha: Option<String>,
+    /// The commit message (the `message` annotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Patterns of pull-request refs, each with a capture group for the pull request id;
+    /// empty = the server's (by default Agola's `refs/pull/(\d+)/head` and
+    /// `refs/merge-requests/(\d+)/head`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pull_request_ref_regexes: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

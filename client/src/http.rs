@@ -1154,6 +1154,7 @@ mod tests {
             annotations: BTreeMap::new(),
             tasks: Vec::new(),
             run_name: None,
+            ..Default::default()
         }
     }
 

@@ -14,7 +14,7 @@ use cairn_client::api::{
     RunAction, RunActionRequest, RunResponse, RunsPage, TaskActionRequest,
 };
 use cairn_client::run::{Run, RunPhase, RunResult};
-use cairn_client::runconfig::{Env, RunConfig};
+use cairn_client::runconfig::{Env, RunConfig, SourceRef};
 use futures::Stream;
 use serde::Deserialize;
 use store::WatchMessage;
@@ -25,6 +25,7 @@ use crate::configfile;
 use crate::datamanager::Datamanager;
 use crate::datamanager::keys;
 use crate::runservice;
+use crate::runservice::reference::{self, PullRequestRefs};
 
 pub async fn create(
     State(st): State<ApiState>,
@@ -39,19 +40,33 @@ pub async fn create(
                 req.group
             ))
         })?;
+    let prs = if req.pull_request_ref_regexes.is_empty() {
+        st.pull_request_refs.clone()
+    } else {
+        PullRequestRefs::new(&req.pull_request_ref_regexes)
+            .map_err(|e| Failure::bad_request(e.to_string()))?
+    };
+    let reference = reference::classify(&req.reference, &prs)
+        .map_err(|e| Failure::bad_request(e.to_string()))?;
+    let for_when = reference.ref_spec();
+    let commit = commit(&req);
+    let made = Made {
+        static_environment: reference::static_environment(&reference, &commit, &group),
+        annotations: reference::annotations(&reference, &commit, &group, &req.annotations),
+    };
     let config = match configfile::parse(&req.config.path, &req.config.content) {
         Ok(parsed) => parsed.config,
         // Agola's gateway: a config that cannot be parsed still records one run, in phase
         // setuperror, with the positioned errors; the caller gets it like any new run.
         Err(errors) => {
-            let run = record_setup_error(&st, &group, &req, errors.lines()).await?;
+            let run = record_setup_error(&st, &group, &req, &made, errors.lines()).await?;
             return Ok((
                 StatusCode::CREATED,
                 Json(CreateRunResponse { runs: vec![run] }),
             ));
         }
     };
-    let mut names: Vec<String> = configfile::matching_runs(&config, &req.reference)
+    let mut names: Vec<String> = configfile::matching_runs(&config, &for_when)
         .into_iter()
         .map(|r| r.name.clone())
         .collect();
@@ -71,7 +86,7 @@ pub async fn create(
         )));
     }
     let ctx = configfile::ExpandContext {
-        reference: req.reference.clone(),
+        reference: for_when.clone(),
         variables: req.variables.clone(),
         only_tasks: req.tasks.clone(),
     };
@@ -87,8 +102,8 @@ pub async fn create(
             name,
             group: group.clone(),
             setup_errors: Vec::new(),
-            annotations: req.annotations.clone(),
-            static_environment: static_environment(&group, &req),
+            annotations: made.annotations.clone(),
+            static_environment: made.static_environment.clone(),
             environment: req.environment.clone(),
             tasks,
             cache_group: req.cache_group.clone(),
@@ -122,6 +137,7 @@ async fn record_setup_error(
     st: &ApiState,
     group: &str,
     req: &CreateRunRequest,
+    made: &Made,
     setup_errors: Vec<String>,
 ) -> Result<RunResponse, Failure> {
     let template = RunConfig {
@@ -129,8 +145,8 @@ async fn record_setup_error(
         name: runservice::SETUP_ERROR_RUN_NAME.to_string(),
         group: group.to_string(),
         setup_errors,
-        annotations: req.annotations.clone(),
-        static_environment: static_environment(group, req),
+        annotations: made.annotations.clone(),
+        static_environment: made.static_environment.clone(),
         environment: req.environment.clone(),
         tasks: Default::default(),
         cache_group: req.cache_group.clone(),
@@ -160,26 +176,28 @@ fn config_failure(e: configfile::ConfigErrors) -> Failure {
     Failure::bad_request(e.to_string()).with_details(details)
 }
 
-/// What every task of a run sees: CI markers and the reference it runs for.
-fn static_environment(group: &str, req: &CreateRunRequest) -> Env {
-    let mut env = Env::new();
-    env.insert("CI".into(), "true".into());
-    env.insert("CAIRN".into(), "true".into());
-    env.insert("CAIRN_RUN_GROUP".into(), group.to_string());
-    let r = &req.reference;
-    for (name, value) in [("BRANCH", &r.branch), ("TAG", &r.tag), ("REF", &r.git_ref)] {
-        if let Some(v) = value {
-            env.insert(format!("CAIRN_GIT_{name}"), v.clone());
-            env.insert(format!("AGOLA_GIT_{name}"), v.clone());
-        }
+/// What the reference and commit make of every run of a request.
+struct Made {
+    static_environment: Env,
+    annotations: BTreeMap<String, String>,
+}
+
+/// The commit a request is for: its `commit_sha` (else a git source's commit), message
+/// and a git source's URL.
+fn commit(req: &CreateRunRequest) -> reference::Commit {
+    let (url, source_commit) = match &req.source {
+        Some(SourceRef::Git { url, commit, .. }) => (url.clone(), commit.clone()),
+        _ => (String::new(), String::new()),
+    };
+    reference::Commit {
+        sha: req
+            .commit_sha
+            .clone()
+            .filter(|c| !c.is_empty())
+            .unwrap_or(source_commit),
+        message: req.message.clone().unwrap_or_default(),
+        repository_url: url,
     }
-    if let Some(cairn_client::runconfig::SourceRef::Git { url, commit, .. }) = &req.source {
-        env.insert("CAIRN_REPOSITORY_URL".into(), url.clone());
-        env.insert("AGOLA_REPOSITORY_URL".into(), url.clone());
-        env.insert("CAIRN_GIT_COMMITSHA".into(), commit.clone());
-        env.insert("AGOLA_GIT_COMMITSHA".into(), commit.clone());
-    }
-    env
 }
 
 pub async fn get(

@@ -38,6 +38,8 @@ pub struct ApiState {
     pub executor_ttl_secs: i64,
     /// This node's maintenance mode.
     pub maintenance: tokio::sync::watch::Receiver<bool>,
+    /// Pull-request refs of run requests that bring no patterns of their own.
+    pub pull_request_refs: crate::runservice::reference::PullRequestRefs,
 }
 
 /// In maintenance, only the maintenance, export and import endpoints (and executor

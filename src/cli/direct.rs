@@ -29,6 +29,7 @@ use super::embedded::{Embedded, EmbeddedExecutor};
 use super::snapshot::WorkTree;
 use super::terminal::{Terminal, duration};
 use crate::configfile;
+use crate::runservice::reference;
 
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
@@ -56,9 +57,15 @@ pub struct RunArgs {
     /// The tag the run is for.
     #[arg(long, conflicts_with = "git_ref")]
     pub tag: Option<String>,
-    /// The git ref the run is for.
+    /// The git ref the run is for: refs/heads/<b> is a branch run, refs/tags/<t> a tag
+    /// run, a pull-request ref (see --pull-request-ref-regexes) a pull-request run.
     #[arg(long = "ref")]
     pub git_ref: Option<String>,
+    /// A regular expression of pull-request refs, its first group the pull request id
+    /// (repeatable; default Agola's refs/pull/(\d+)/head and
+    /// refs/merge-requests/(\d+)/head).
+    #[arg(long = "pull-request-ref-regexes")]
+    pub pull_request_ref_regexes: Vec<String>,
     /// Only this task and its ancestors (by name, repeatable).
     #[arg(long = "task")]
     pub tasks: Vec<String>,
@@ -192,7 +199,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let variables = variables(&args)?;
     let user = user_name();
     let repo = tree.repo_uuid().map_err(setup)?;
-    let reference = RefSpec {
+    let spec = RefSpec {
         branch: match (&args.branch, &args.tag, &args.git_ref) {
             (Some(b), _, _) => Some(b.clone()),
             (None, None, None) => Some(tree.branch().unwrap_or_else(|| "main".into())),
@@ -201,26 +208,35 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         tag: args.tag.clone(),
         git_ref: args.git_ref.clone(),
     };
-    let (kind, name) = match (&reference.branch, &reference.tag, &reference.git_ref) {
-        (Some(b), _, _) => ("branch", b.clone()),
-        (_, Some(t), _) => ("tag", t.clone()),
-        (_, _, Some(r)) => ("ref", r.clone()),
-        _ => ("branch", "main".to_string()),
+    // Classified here as the server will (same patterns, sent along): the run's group.
+    let pr_patterns: Vec<String> = if args.pull_request_ref_regexes.is_empty() {
+        reference::DEFAULT_PULL_REQUEST_REF_REGEXES
+            .iter()
+            .map(|p| p.to_string())
+            .collect()
+    } else {
+        args.pull_request_ref_regexes.clone()
     };
+    let prs = reference::PullRequestRefs::new(&pr_patterns).map_err(setup)?;
+    let classified = reference::classify(&spec, &prs).map_err(setup)?;
+    let for_when = classified.ref_spec();
     // Nothing to do is not an error: say which `when` excluded each run, exit 0.
     if let Some(parsed) = &parsed
-        && configfile::matching_runs(parsed, &reference).is_empty()
+        && configfile::matching_runs(parsed, &for_when).is_empty()
     {
-        term.note(&format!("cairn: no run of {rel} matches {kind} {name}:"));
-        for exclusion in configfile::excluded_runs(parsed, &reference) {
+        term.note(&format!(
+            "cairn: no run of {rel} matches {} {}:",
+            classified.ref_type.as_str(),
+            classified.name()
+        ));
+        for exclusion in configfile::excluded_runs(parsed, &for_when) {
             term.note(&format!("  {exclusion}"));
         }
         return Ok(0);
     }
-    let group = format!(
-        "/user/{user}/{kind}/{}",
-        name.replace('%', "%25").replace('/', "%2F")
-    );
+    let group = classified.run_group(&format!("/user/{user}"));
+    let files = tree.files(args.ignored).map_err(setup)?;
+    let commit = tree.commit(&files, args.ignored).map_err(setup)?;
 
     // The server: a remote one, or the embedded node.
     let mut embedded = None;
@@ -245,7 +261,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let result = async {
         // Snapshot and upload the working tree.
         let source = if config_ok {
-            let files = tree.files(args.ignored).map_err(setup)?;
             let spool = tempfile::NamedTempFile::new().map_err(setup)?;
             let count = tree
                 .pack(
@@ -272,14 +287,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
                 path: rel.clone(),
                 content: content.clone(),
             },
-            reference,
+            reference: spec,
             source,
             variables,
             environment: Default::default(),
             cache_group: Some(format!("{user}-{repo}")),
-            annotations: [("run_type".to_string(), "direct".to_string())].into(),
+            // The server adds Agola's (run_type, ref_type, ref, branch/tag/pull_request_id,
+            // commit_sha, message, run_creation_trigger…).
+            annotations: [(
+                reference::COMMIT_SHA_SOURCE_ANNOTATION.to_string(),
+                if commit.from_head { "head" } else { "snapshot" }.to_string(),
+            )]
+            .into(),
             tasks: args.tasks.clone(),
             run_name: None,
+            commit_sha: Some(commit.sha.clone()),
+            message: Some(commit.message.clone()),
+            pull_request_ref_regexes: pr_patterns.clone(),
         };
         // Ctrl-C is caught from here on, before the run exists: one pressed before the
         // watch starts still stops the run instead of killing `cairn run` and leaving

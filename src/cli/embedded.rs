@@ -54,6 +54,7 @@ pub(crate) fn embedded_options(
             ..crate::scheduler::SchedulerConfig::default()
         },
         executor_ttl_secs: 15,
+        pull_request_ref_regexes: Vec::new(),
         executor,
     }
 }

@@ -1,13 +1,28 @@
 //! A local working tree as `cairn run` sends it: the files to include (tracked and
 //! untracked, ignored ones only on request; every file outside git), the repository's
-//! identity (a uuid kept in its git config, or under `.cairn/` outside git) and its
-//! current branch, and the tar of it all.
+//! identity (a uuid kept in its git config, or under `.cairn/` outside git), its
+//! current branch, the commit a run of it is for (HEAD when the tree is clean, else a
+//! content hash of what is sent), and the tar of it all.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
+
+/// The commit a direct run is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeCommit {
+    /// HEAD's sha when the tree is clean, else [`content_hash`] of the files sent.
+    pub sha: String,
+    /// Whether `sha` is HEAD's (else it is the snapshot's content hash).
+    pub from_head: bool,
+    /// HEAD's subject (`cairn direct run` without a commit).
+    pub message: String,
+}
+
+/// The message of a direct run without a commit (Agola's is `agola direct run`).
+pub const NO_COMMIT_MESSAGE: &str = "cairn direct run";
 
 /// What `cairn run` knows about the directory it runs.
 pub struct WorkTree {
@@ -66,6 +81,46 @@ impl WorkTree {
         let b = git(&self.root, &["rev-parse", "--abbrev-ref", "HEAD"]).ok()?;
         let b = b.trim();
         (!b.is_empty() && b != "HEAD").then(|| b.to_string())
+    }
+
+    /// The commit a run of `files` is for: HEAD when the repository has a commit and
+    /// `git status` shows nothing (ignored files count when they are sent), else the
+    /// content hash of `files`.
+    pub fn commit(&self, files: &BTreeSet<PathBuf>, ignored: bool) -> anyhow::Result<TreeCommit> {
+        let head = self
+            .git
+            .then(|| git(&self.root, &["rev-parse", "--verify", "-q", "HEAD"]).ok())
+            .flatten()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty());
+        let Some(head) = head else {
+            return Ok(TreeCommit {
+                sha: content_hash(&self.root, files)?,
+                from_head: false,
+                message: NO_COMMIT_MESSAGE.to_string(),
+            });
+        };
+        let message = git(&self.root, &["log", "-1", "--format=%s", "HEAD"])?
+            .trim()
+            .to_string();
+        let mut status = vec!["status", "--porcelain"];
+        if ignored {
+            status.push("--ignored");
+        }
+        let clean = git(&self.root, &status)?.trim().is_empty();
+        Ok(TreeCommit {
+            sha: if clean {
+                head
+            } else {
+                content_hash(&self.root, files)?
+            },
+            from_head: clean,
+            message: if message.is_empty() {
+                NO_COMMIT_MESSAGE.to_string()
+            } else {
+                message
+            },
+        })
     }
 
     /// Paths (relative to the root) of the files to send.
@@ -133,6 +188,35 @@ impl WorkTree {
     }
 }
 
+/// The sha256 (hex) of `files` under `root`: for each, in order, its path, whether it is
+/// a symlink, and its content (a symlink's target). Same files, same hash; times and
+/// permissions do not count.
+pub fn content_hash(root: &Path, files: &BTreeSet<PathBuf>) -> anyhow::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for rel in files {
+        let path = root.join(rel);
+        let meta = std::fs::symlink_metadata(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let content = if meta.file_type().is_symlink() {
+            std::fs::read_link(&path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .to_string_lossy()
+                .into_owned()
+                .into_bytes()
+        } else {
+            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?
+        };
+        let name = rel.to_string_lossy();
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update([u8::from(meta.file_type().is_symlink())]);
+        h.update((content.len() as u64).to_le_bytes());
+        h.update(&content);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Every file under `dir` (relative to the walk's root), skipping `.git`.
 fn walk(root: &Path, rel: &Path, out: &mut BTreeSet<PathBuf>) -> anyhow::Result<()> {
     let dir = root.join(rel);
@@ -173,6 +257,81 @@ fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn commit_all(d: &Path) {
+        git(
+            d,
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@example.com",
+                "commit",
+                "-q",
+                "-m",
+                "first line\n\nbody",
+            ],
+        )
+        .expect("commit");
+    }
+
+    #[test]
+    fn a_clean_tree_runs_heads_commit_and_a_dirty_one_its_content_hash() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        if git(d, &["init", "-q"]).is_err() {
+            return;
+        }
+        std::fs::write(d.join("a"), "1").expect("write");
+        git(d, &["add", "a"]).expect("add");
+        commit_all(d);
+        let tree = WorkTree::open(d).expect("open");
+        let head = git(d, &["rev-parse", "HEAD"])
+            .expect("head")
+            .trim()
+            .to_string();
+        let files = tree.files(false).expect("files");
+        let clean = tree.commit(&files, false).expect("commit");
+        assert_eq!(
+            clean,
+            TreeCommit {
+                sha: head.clone(),
+                from_head: true,
+                message: "first line".into()
+            }
+        );
+
+        std::fs::write(d.join("a"), "2").expect("write");
+        let files = tree.files(false).expect("files");
+        let dirty = tree.commit(&files, false).expect("commit");
+        assert!(!dirty.from_head);
+        assert_eq!(dirty.sha.len(), 64, "{}", dirty.sha);
+        assert_ne!(dirty.sha, head);
+        assert_eq!(dirty.message, "first line");
+        assert_eq!(tree.commit(&files, false).expect("again").sha, dirty.sha);
+
+        // An untracked file is sent, so it makes the tree dirty too.
+        std::fs::write(d.join("a"), "1").expect("write");
+        std::fs::write(d.join("b"), "new").expect("write");
+        let files = tree.files(false).expect("files");
+        let untracked = tree.commit(&files, false).expect("commit");
+        assert!(!untracked.from_head);
+        assert_ne!(untracked.sha, dirty.sha);
+    }
+
+    #[test]
+    fn the_content_hash_follows_paths_and_contents_only() {
+        let one = tempfile::tempdir().expect("tempdir");
+        let two = tempfile::tempdir().expect("tempdir");
+        for d in [one.path(), two.path()] {
+            std::fs::write(d.join("x"), "same").expect("write");
+        }
+        let files: BTreeSet<PathBuf> = [PathBuf::from("x")].into();
+        let a = content_hash(one.path(), &files).expect("hash");
+        assert_eq!(a, content_hash(two.path(), &files).expect("hash"));
+        std::fs::write(two.path().join("x"), "other").expect("write");
+        assert_ne!(a, content_hash(two.path(), &files).expect("hash"));
+    }
 
     #[test]
     fn outside_git_every_file_is_sent_and_the_uuid_is_kept_under_dot_cairn() {

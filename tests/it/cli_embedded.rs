@@ -360,6 +360,7 @@ async fn runs_list_and_runs_logs_piped_into_head_end_quietly() {
             annotations: Default::default(),
             tasks: Vec::new(),
             run_name: None,
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -15,6 +15,7 @@ mod failover;
 mod leases;
 mod lifecycle;
 mod maintenance;
+mod run_references;
 mod runs_api;
 mod runs_flow;
 mod scheduling;

@@ -53,6 +53,7 @@ pub fn create_request(group: &str, config: &str) -> CreateRunRequest {
         annotations: Default::default(),
         tasks: Vec::new(),
         run_name: None,
+        ..Default::default()
     }
 }
 
