@@ -73,9 +73,23 @@ pub struct CreateRunRequest {
     pub pull_request_ref_regexes: Vec<String>,
 }
 
+/// The runs a `POST /api/v1/runs` created; for a config that cannot be parsed, the one run
+/// in phase `setuperror` that records why (see [`CreateRunResponse::setup_errors`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateRunResponse {
     pub runs: Vec<RunResponse>,
+}
+
+impl CreateRunResponse {
+    /// The setup errors (`file:line:column: field: message`) of the created runs that are
+    /// in phase `setuperror`; empty when every run can start.
+    pub fn setup_errors(&self) -> Vec<&str> {
+        self.runs
+            .iter()
+            .filter(|r| r.run.phase == RunPhase::SetupError)
+            .flat_map(|r| r.run_config.setup_errors.iter().map(String::as_str))
+            .collect()
+    }
 }
 
 /// `POST /api/v1/runs/{id}/restart`.
@@ -234,4 +248,33 @@ pub struct MaintenanceStatus {
 pub struct ImportResponse {
     pub entries: u64,
     pub runs: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setup_errors_are_those_of_the_setuperror_runs() {
+        let run: Run = serde_json::from_str(
+            r#"{"id":"1","name":"Setup Error","counter":1,"group":"/user/u/branch/main","phase":"setuperror"}"#,
+        )
+        .expect("a run");
+        let mut bad = RunResponse {
+            run,
+            run_config: RunConfig::default(),
+            pending: None,
+        };
+        bad.run.phase = RunPhase::SetupError;
+        bad.run_config.setup_errors = vec![".agola/config.yml:3:5: runs: bad".into()];
+        let mut good = bad.clone();
+        good.run.phase = RunPhase::Queued;
+        good.run_config.setup_errors = vec!["not a setup error run".into()];
+        let created = CreateRunResponse {
+            runs: vec![good.clone(), bad],
+        };
+        assert_eq!(created.setup_errors(), [".agola/config.yml:3:5: runs: bad"]);
+        let fine = CreateRunResponse { runs: vec![good] };
+        assert!(fine.setup_errors().is_empty());
+    }
 }

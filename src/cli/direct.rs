@@ -57,7 +57,7 @@ pub struct RunArgs {
     /// The tag the run is for.
     #[arg(long, conflicts_with = "git_ref")]
     pub tag: Option<String>,
-    /// The git ref the run is for: refs/heads/<b> is a branch run, refs/tags/<t> a tag
+    /// The git ref the run is for: refs/heads/NAME is a branch run, refs/tags/NAME a tag
     /// run, a pull-request ref (see --pull-request-ref-regexes) a pull-request run.
     #[arg(long = "ref")]
     pub git_ref: Option<String>,

@@ -18,7 +18,7 @@
 //! - [`placement`]: which executor gets a task, or why none can.
 //! - [`pending`]: why each not-started task is waiting.
 //! - [`unplaceable`]: failing a task that no executor of a fixed set can ever take.
-//! - [`reference`]: a git reference classified as Agola does (branch, tag, pull request),
+//! - [`reference`](mod@reference): a git reference classified as Agola does (branch, tag, pull request),
 //!   its run group, the static environment and the run annotations.
 //! - [`depends`]: the evaluation of a task's parents shared by the above.
 //! - [`error`]: the typed [`RunServiceError`].

@@ -1,7 +1,7 @@
 //! A task that no executor can ever take fails at once ([`fail_unplaceable`]) instead of
 //! waiting forever: on a node whose executors are fixed (the embedded node of `cairn
 //! run`), the scheduler fails such a task with the placement's reason as its
-//! `fail_error`, and [`advance`](super::advance) then fails the run as for any failed
+//! `fail_error`, and [`advance`](mod@super::advance) then fails the run as for any failed
 //! task. Pure: the caller passes `now` and writes the run back.
 
 use cairn_client::run::{FetchPhase, Run, RunTaskStatus, Time};
