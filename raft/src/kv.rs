@@ -5,7 +5,8 @@
 //! with a quorum (read index) and the serving node waits until it has applied up to that
 //! point — or serializable (local, possibly stale) on request. Watches are served from
 //! the local replica. Every call is bounded by the node's request timeout; [`Kv::update`]
-//! takes a caller's [`Ctx`] once and retries compare-and-swap conflicts inside it.
+//! (one key) and [`Kv::update_keys`] (several keys read, any write, an optional fence)
+//! take a caller's [`Ctx`] once and retry compare-and-swap conflicts inside it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
