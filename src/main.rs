@@ -13,6 +13,10 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // A child started to evaluate a Jsonnet or Starlark config (configfile::eval::sandbox).
+    if let Some(code) = cairn::configfile::eval::sandbox::child_main() {
+        return ExitCode::from(code);
+    }
     let cli = Cli::parse();
     // `cairn run` prints task output: only problems from the embedded node go to stderr.
     let default_filter = match cli.command {

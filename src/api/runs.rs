@@ -54,7 +54,15 @@ pub async fn create(
         static_environment: reference::static_environment(&reference, &commit, &group),
         annotations: reference::annotations(&reference, &commit, &group, &req.annotations),
     };
-    let config = match configfile::parse(&req.config.path, &req.config.content) {
+    let ctx = configfile::ConfigContext {
+        ref_type: reference.ref_type.as_str().to_string(),
+        git_ref: reference.git_ref.clone(),
+        branch: reference.branch.clone(),
+        tag: reference.tag.clone(),
+        pull_request_id: reference.pull_request_id.clone(),
+        commit_sha: commit.sha.clone(),
+    };
+    let config = match load_config(&req, ctx).await? {
         Ok(parsed) => parsed.config,
         // Agola's gateway: a config that cannot be parsed still records one run, in phase
         // setuperror, with the positioned errors; the caller gets it like any new run.
@@ -169,6 +177,24 @@ async fn record_setup_error(
         run_config: created.config,
         pending: None,
     })
+}
+
+/// The request's config, evaluated first when it is a program (Jsonnet, Starlark) with
+/// Agola's `ctx` (the classified reference and the commit); off the async workers, since
+/// an evaluation may take up to its deadline.
+async fn load_config(
+    req: &CreateRunRequest,
+    ctx: configfile::ConfigContext,
+) -> ApiResult<Result<configfile::Parsed, configfile::ConfigErrors>> {
+    let file = req.config.clone();
+    tokio::task::spawn_blocking(move || configfile::load(&file.path, &file.content, &ctx))
+        .await
+        .map_err(|e| {
+            Failure::new(
+                cairn_client::ErrorCode::Internal,
+                format!("config evaluation: {e}"),
+            )
+        })
 }
 
 fn config_failure(e: configfile::ConfigErrors) -> Failure {

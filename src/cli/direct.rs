@@ -173,8 +173,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let tree = WorkTree::open(&args.dir).map_err(setup)?;
     let config_path = configfile::find_config(&tree.root).ok_or_else(|| {
         setup(format!(
-            "no pipeline in {}: add .agola/config.yml, .agola/config.json or .cairn/config.yml",
-            tree.root.display()
+            "no pipeline in {}: add {}",
+            tree.root.display(),
+            configfile::config_files_list()
         ))
     })?;
     let rel = config_path
@@ -184,18 +185,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         .to_string();
     let content =
         std::fs::read_to_string(&config_path).map_err(|e| setup(format!("{rel}: {e}")))?;
-    // A config that does not parse is still sent, without the working tree: the server
-    // records it as a setuperror run (as Agola does), and its errors are printed below.
-    let parsed = match configfile::parse(&rel, &content) {
-        Ok(parsed) => {
-            for warning in &parsed.warnings {
-                term.note(&format!("warning: {warning}"));
-            }
-            Some(parsed.config)
-        }
-        Err(_) => None,
-    };
-    let config_ok = parsed.is_some();
     let variables = variables(&args)?;
     let user = user_name();
     let repo = tree.repo_uuid().map_err(setup)?;
@@ -220,6 +209,32 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let prs = reference::PullRequestRefs::new(&pr_patterns).map_err(setup)?;
     let classified = reference::classify(&spec, &prs).map_err(setup)?;
     let for_when = classified.ref_spec();
+    // A config that does not parse (or, for Jsonnet and Starlark, evaluate for this
+    // reference; the server evaluates again, with the commit) is still sent, without the
+    // working tree: the server records it as a setuperror run (as Agola does), and its
+    // errors are printed below.
+    let ctx = configfile::ConfigContext {
+        ref_type: classified.ref_type.as_str().to_string(),
+        git_ref: classified.git_ref.clone(),
+        branch: classified.branch.clone(),
+        tag: classified.tag.clone(),
+        pull_request_id: classified.pull_request_id.clone(),
+        commit_sha: String::new(),
+    };
+    let (file, text) = (rel.clone(), content.clone());
+    let loaded = tokio::task::spawn_blocking(move || configfile::load(&file, &text, &ctx))
+        .await
+        .map_err(setup)?;
+    let parsed = match loaded {
+        Ok(parsed) => {
+            for warning in &parsed.warnings {
+                term.note(&format!("warning: {warning}"));
+            }
+            Some(parsed.config)
+        }
+        Err(_) => None,
+    };
+    let config_ok = parsed.is_some();
     // Nothing to do is not an error: say which `when` excluded each run, exit 0.
     if let Some(parsed) = &parsed
         && configfile::matching_runs(parsed, &for_when).is_empty()

@@ -491,8 +491,9 @@ pub async fn executors(cmd: ExecutorsCommand, args: ServerArgs) -> anyhow::Resul
 pub fn validate(dir: &std::path::Path) -> anyhow::Result<u8> {
     let path = configfile::find_config(dir).ok_or_else(|| {
         anyhow::Error::new(SetupError(format!(
-            "no pipeline in {}: add .agola/config.yml, .agola/config.json or .cairn/config.yml",
-            dir.display()
+            "no pipeline in {}: add {}",
+            dir.display(),
+            configfile::config_files_list()
         )))
     })?;
     let rel = path
@@ -502,7 +503,13 @@ pub fn validate(dir: &std::path::Path) -> anyhow::Result<u8> {
         .to_string();
     let content = std::fs::read_to_string(&path)
         .map_err(|e| anyhow::Error::new(SetupError(format!("{rel}: {e}"))))?;
-    match configfile::parse(&rel, &content) {
+    // Programs (Jsonnet, Starlark) are evaluated as for a run of the checked-out branch.
+    let branch = super::snapshot::WorkTree::open(dir)
+        .ok()
+        .and_then(|t| t.branch())
+        .unwrap_or_else(|| "main".into());
+    let ctx = configfile::ConfigContext::new(Some(&branch), None, None, "");
+    match configfile::load(&rel, &content, &ctx) {
         Ok(configfile::Parsed { config, warnings }) => {
             for warning in &warnings {
                 errln!("warning: {warning}");

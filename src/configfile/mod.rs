@@ -1,5 +1,6 @@
-//! The run config format (Agola's `.agola/config.yml`, `.agola/config.json`, and
-//! Cairn's `.cairn/config.yml`): parse, validate, expand.
+//! The run config format (Agola's `.agola/config.star`, `.agola/config.jsonnet`,
+//! `.agola/config.json`, `.agola/config.yml`, and Cairn's `.cairn/config.yml`): evaluate,
+//! parse, validate, expand.
 //!
 //! Map of this module:
 //! - `yaml`: loads YAML/JSON with positions and offers a path-aware node view;
@@ -7,10 +8,11 @@
 //! - `document`, `step`, `depend`, `when`: the grammar, node → `model` types;
 //! - `validate`: checks across nodes (names, dependencies, cycles, redundancy);
 //! - `expand`: a config run → `cairn_client::runconfig::RunConfigTask`s;
-//! - `error`: [`ConfigError`] (file, line, column, field, message) and [`ConfigErrors`].
+//! - `error`: [`ConfigError`] (file, line, column, field, message) and [`ConfigErrors`];
+//! - [`eval`]: Jsonnet and Starlark configs, evaluated into the JSON that `parse` reads.
 //!
-//! It owns the format only: no I/O but [`find_config`] and no knowledge of runs, the
-//! store or HTTP.
+//! It owns the format only: no I/O but [`find_config`] and the evaluator's child process
+//! ([`eval::sandbox`]), and no knowledge of runs, the store or HTTP.
 
 #[cfg(test)]
 mod corpus;
@@ -18,6 +20,7 @@ mod decode;
 mod depend;
 mod document;
 mod error;
+pub mod eval;
 mod excluded;
 mod expand;
 mod model;
@@ -30,6 +33,7 @@ use std::path::{Path, PathBuf};
 
 pub use document::MAX_NAME_LEN;
 pub use error::{ConfigError, ConfigErrors};
+pub use eval::{ConfigContext, Language};
 pub use excluded::{Exclusion, excluded_runs};
 pub use expand::{DEFAULT_SHELL, DEFAULT_WORKING_DIR, ExpandContext, expand, matching_runs};
 pub use model::{
@@ -39,14 +43,24 @@ pub use model::{
 pub use step::CLONE_STEP_NAME;
 pub use when::{Matcher, When, WhenConditions, when_matches};
 
-/// The config file names looked for in a repository, most preferred first: when
-/// several exist, `.agola/config.yml` wins over `.agola/config.json`, which wins over
-/// `.cairn/config.yml`.
-pub const CONFIG_FILES: [&str; 3] = [
-    ".agola/config.yml",
+/// The config file names looked for in a repository, most preferred first, in Agola's
+/// order (`gateway/action/run.go`, `fetchConfigFiles`): Starlark, Jsonnet, JSON, YAML;
+/// then Cairn's own `.cairn/config.yml`.
+pub const CONFIG_FILES: [&str; 5] = [
+    ".agola/config.star",
+    ".agola/config.jsonnet",
     ".agola/config.json",
+    ".agola/config.yml",
     ".cairn/config.yml",
 ];
+
+/// [`CONFIG_FILES`] as a sentence for messages ("add … or …").
+pub fn config_files_list() -> String {
+    let (last, rest) = CONFIG_FILES
+        .split_last()
+        .expect("CONFIG_FILES is not empty");
+    format!("{} or {last}", rest.join(", "))
+}
 
 /// The first of [`CONFIG_FILES`] that exists as a file under `dir`.
 pub fn find_config(dir: &Path) -> Option<PathBuf> {
@@ -54,6 +68,44 @@ pub fn find_config(dir: &Path) -> Option<PathBuf> {
         .iter()
         .map(|name| dir.join(name))
         .find(|path| path.is_file())
+}
+
+/// Reads a config file of any format: Jsonnet and Starlark programs are evaluated with
+/// `ctx` in the evaluator's child process ([`eval::sandbox`]), then parsed as JSON; YAML
+/// and JSON files are parsed as they are. Errors name `path`.
+pub fn load(path: &str, content: &str, ctx: &ConfigContext) -> Result<Parsed, ConfigErrors> {
+    load_with(path, content, ctx, |language, file, content, ctx| {
+        eval::sandbox::evaluate(language, file, content, ctx, &eval::Limits::default())
+    })
+}
+
+/// [`load`] with the evaluation of programs done by `evaluate` (for instance
+/// [`eval::evaluate`] on the calling thread).
+pub fn load_with(
+    path: &str,
+    content: &str,
+    ctx: &ConfigContext,
+    evaluate: impl FnOnce(Language, &str, &str, &ConfigContext) -> Result<String, ConfigError>,
+) -> Result<Parsed, ConfigErrors> {
+    let Some(language) = Language::of(path) else {
+        return parse(path, content);
+    };
+    let json = evaluate(language, path, content, ctx).map_err(ConfigErrors::single)?;
+    // The result is read as JSON under the program's name. Positions in the generated
+    // text mean nothing to the author: its errors and warnings keep the file and the
+    // field path.
+    let unplaced = |e: ConfigError| ConfigError {
+        line: 0,
+        column: 0,
+        ..e
+    };
+    match parse(path, &json) {
+        Ok(parsed) => Ok(Parsed {
+            config: parsed.config,
+            warnings: parsed.warnings.into_iter().map(unplaced).collect(),
+        }),
+        Err(errors) => Err(ConfigErrors(errors.0.into_iter().map(unplaced).collect())),
+    }
 }
 
 /// The largest config accepted, in bytes (Agola's limit).
@@ -257,7 +309,7 @@ runs:
     }
 
     #[test]
-    fn find_config_prefers_agola_yaml_then_json_then_cairn() {
+    fn find_config_follows_agolas_order_then_cairns() {
         let dir = tempfile::tempdir().expect("tempdir");
         assert_eq!(find_config(dir.path()), None);
         let write = |name: &str| {
@@ -266,12 +318,87 @@ runs:
             std::fs::write(&path, MINIMAL).expect("write");
             path
         };
-        let cairn = write(".cairn/config.yml");
-        assert_eq!(find_config(dir.path()), Some(cairn));
-        let json = write(".agola/config.json");
-        assert_eq!(find_config(dir.path()), Some(json));
-        let yml = write(".agola/config.yml");
-        assert_eq!(find_config(dir.path()), Some(yml));
+        // Written least preferred first: each new file takes over.
+        for name in CONFIG_FILES.iter().rev() {
+            let path = write(name);
+            assert_eq!(find_config(dir.path()), Some(path), "{name}");
+        }
+        assert_eq!(
+            CONFIG_FILES,
+            [
+                ".agola/config.star",
+                ".agola/config.jsonnet",
+                ".agola/config.json",
+                ".agola/config.yml",
+                ".cairn/config.yml"
+            ]
+        );
+        assert_eq!(
+            config_files_list(),
+            ".agola/config.star, .agola/config.jsonnet, .agola/config.json, .agola/config.yml or .cairn/config.yml"
+        );
+    }
+
+    fn in_thread(
+        language: Language,
+        file: &str,
+        content: &str,
+        ctx: &ConfigContext,
+    ) -> Result<String, ConfigError> {
+        eval::evaluate(language, file, content, ctx, &eval::Limits::default())
+    }
+
+    #[test]
+    fn load_evaluates_programs_and_parses_the_result_as_json() {
+        let ctx = ConfigContext::new(Some("main"), None, None, "abc");
+        let jsonnet = "function(ctx) { runs: [ { name: 'ci-' + ctx.branch, tasks: [ { name: 't', runtime: { containers: [ { image: 'alpine' } ] }, steps: [ { type: 'run', command: 'true' } ] } ] } ] }";
+        let parsed = load_with(".agola/config.jsonnet", jsonnet, &ctx, in_thread).expect("valid");
+        assert_eq!(parsed.config.runs[0].name, "ci-main");
+        let star = "def main(ctx):\n    return {'runs': [{'name': 'ci-' + ctx['commit_sha'], 'tasks': [{'name': 't', 'runtime': {'containers': [{'image': 'alpine'}]}, 'steps': [{'type': 'run', 'command': 'true'}]}]}]}\n";
+        let parsed = load_with(".agola/config.star", star, &ctx, in_thread).expect("valid");
+        assert_eq!(parsed.config.runs[0].name, "ci-abc");
+        let yml = load_with(".agola/config.yml", MINIMAL, &ctx, |_, _, _, _| {
+            unreachable!("YAML is not evaluated")
+        })
+        .expect("valid");
+        assert_eq!(yml.config.runs[0].name, "ci");
+    }
+
+    #[test]
+    fn a_bad_evaluated_config_is_a_json_level_error_naming_the_program() {
+        let ctx = ConfigContext::default();
+        let errors = load_with(".agola/config.jsonnet", "[1, 2]", &ctx, in_thread)
+            .expect_err("not an object");
+        assert!(
+            errors.0[0]
+                .to_string()
+                .starts_with(".agola/config.jsonnet: "),
+            "{errors}"
+        );
+        let errors = load_with(
+            ".agola/config.jsonnet",
+            "{ runs: [ { name: 'ci', tasks: [ { name: 't', runtime: { containers: [] }, steps: [] } ] } ] }",
+            &ctx,
+            in_thread,
+        )
+        .expect_err("no container");
+        let e = &errors.0[0];
+        assert_eq!(
+            (e.file.as_str(), e.line, e.column),
+            (".agola/config.jsonnet", 0, 0)
+        );
+        assert_eq!(
+            e.field,
+            "runs[0] \"ci\" › tasks[0] \"t\" › runtime.containers"
+        );
+        let errors = load_with(
+            ".agola/config.star",
+            "def main(ctx):\n    return {'runs': 1}\n",
+            &ctx,
+            in_thread,
+        )
+        .expect_err("wrong type");
+        assert_eq!(errors.0[0].field, "runs");
     }
 
     #[test]

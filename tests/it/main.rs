@@ -7,6 +7,7 @@ mod support;
 mod cli;
 mod cli_embedded;
 mod cli_run;
+mod config_eval;
 mod durability;
 mod etcd_api;
 mod executor_docker;
