@@ -391,6 +391,19 @@ runs:
             e.field,
             "runs[0] \"ci\" › tasks[0] \"t\" › runtime.containers"
         );
+        let parsed = load_with(
+            ".agola/config.jsonnet",
+            "{ runs: [ { name: 'ci', tasks: [ { name: 't', runtime: { containers: [ { image: 'a' } ] }, steps: [ { type: 'run', command: 'x' } ], enviroment: {} } ] } ] }",
+            &ctx,
+            in_thread,
+        )
+        .expect("an unknown key is a warning");
+        let w = &parsed.warnings[0];
+        assert_eq!(
+            (w.file.as_str(), w.line, w.column),
+            (".agola/config.jsonnet", 0, 0)
+        );
+        assert!(w.message.contains("enviroment"), "{w}");
         let errors = load_with(
             ".agola/config.star",
             "def main(ctx):\n    return {'runs': 1}\n",

@@ -205,3 +205,58 @@ fn limit_resources(limits: &Limits) {
     let _ = setrlimit(Resource::RLIMIT_AS, limits.max_memory, limits.max_memory);
     let _ = setrlimit(Resource::RLIMIT_CPU, cpu, cpu + 1);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+
+    #[test]
+    fn a_child_without_an_answer_is_explained_by_how_it_ended() {
+        let limits = Limits::default();
+        let signal = |n: i32| died(ExitStatus::from_raw(n), &limits);
+        assert_eq!(
+            signal(6),
+            "the config's evaluation ran out of memory (more than 2048 MiB)"
+        );
+        assert_eq!(
+            signal(24),
+            "the config's evaluation used more than 20s of CPU"
+        );
+        assert_eq!(signal(11), "the config's evaluation crashed (signal 11)");
+        assert!(
+            died(ExitStatus::from_raw(3 << 8), &limits)
+                .starts_with("the config's evaluation failed")
+        );
+    }
+
+    #[test]
+    fn a_program_that_is_no_evaluator_gives_an_error_not_a_hang() {
+        let e = evaluate_with(
+            Path::new("/bin/true"),
+            Language::Jsonnet,
+            "c.jsonnet",
+            "{}",
+            &ConfigContext::default(),
+            &Limits::default(),
+        )
+        .expect_err("no answer");
+        assert_eq!(e.file, "c.jsonnet");
+        assert!(e.message.starts_with("the config's evaluation"), "{e}");
+        let e = evaluate_with(
+            Path::new("/nonexistent/cairn"),
+            Language::Jsonnet,
+            "c.jsonnet",
+            "{}",
+            &ConfigContext::default(),
+            &Limits::default(),
+        )
+        .expect_err("cannot start");
+        assert!(
+            e.message
+                .starts_with("cannot start the config's evaluation"),
+            "{e}"
+        );
+    }
+}
