@@ -140,9 +140,13 @@ fn isolated(language: Language, source: &str, limits: &Limits) -> (String, Durat
 async fn hostile_configs_end_with_an_error_not_a_hang_or_a_crash() {
     let limits = Limits {
         max_memory: 1024 * 1024 * 1024,
+        max_steps: 1_000_000,
         timeout: Duration::from_secs(3),
         ..Limits::default()
     };
+    // On a loaded machine the wall-clock deadline may come before the CPU limit.
+    let stopped =
+        |e: &str| e.contains("used more than 3s of CPU") || e.contains("did not finish within 3s");
     // Endless recursion: the evaluator's own depth limit.
     let (e, _) = isolated(Language::Jsonnet, "local f(x) = f(x) + 1; f(1)", &limits);
     assert!(e.contains("too deep"), "{e}");
@@ -152,7 +156,7 @@ async fn hostile_configs_end_with_an_error_not_a_hang_or_a_crash() {
         "[[x * y for x in std.range(1, 100000)] for y in std.range(1, 100000)]",
         &limits,
     );
-    assert!(e.contains("used more than 3s of CPU"), "{e}");
+    assert!(stopped(&e), "{e}");
     assert!(took < Duration::from_secs(60), "{took:?}");
     // A huge array: out of memory in the child, not in the caller.
     let (e, _) = isolated(
@@ -167,7 +171,7 @@ async fn hostile_configs_end_with_an_error_not_a_hang_or_a_crash() {
         "local f(n) = if n == 0 then 0 else f(n - 1) + 1; std.foldl(function(a, i) a + f(300), std.range(1, 1000000), 0)",
         &limits,
     );
-    assert!(e.contains("used more than 3s of CPU"), "{e}");
+    assert!(stopped(&e), "{e}");
     assert!(took < Duration::from_secs(60), "{took:?}");
     // Starlark: endless loop, stopped by the step limit or the deadline.
     let (e, took) = isolated(
@@ -175,7 +179,10 @@ async fn hostile_configs_end_with_an_error_not_a_hang_or_a_crash() {
         "def main(ctx):\n    n = 0\n    for x in range(2000000000):\n        n += x\n    return {}\n",
         &limits,
     );
-    assert!(e.starts_with("hostile") && e.contains("limit"), "{e}");
+    assert!(
+        e.starts_with("hostile") && (e.contains("limit") || e.contains("cancel") || stopped(&e)),
+        "{e}"
+    );
     assert!(took < Duration::from_secs(60), "{took:?}");
     // The caller lives on: a good config still evaluates.
     let json = sandbox::evaluate_with(
