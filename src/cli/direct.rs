@@ -209,8 +209,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let prs = reference::PullRequestRefs::new(&pr_patterns).map_err(setup)?;
     let classified = reference::classify(&spec, &prs).map_err(setup)?;
     let for_when = classified.ref_spec();
+    let files = tree.files(args.ignored).map_err(setup)?;
+    let commit = tree.commit(&files, args.ignored).map_err(setup)?;
     // A config that does not parse (or, for Jsonnet and Starlark, evaluate for this
-    // reference; the server evaluates again, with the commit) is still sent, without the
+    // reference and commit, as the server will again) is still sent, without the
     // working tree: the server records it as a setuperror run (as Agola does), and its
     // errors are printed below.
     let ctx = configfile::ConfigContext {
@@ -219,7 +221,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         branch: classified.branch.clone(),
         tag: classified.tag.clone(),
         pull_request_id: classified.pull_request_id.clone(),
-        commit_sha: String::new(),
+        commit_sha: commit.sha.clone(),
     };
     let (file, text) = (rel.clone(), content.clone());
     let loaded = tokio::task::spawn_blocking(move || configfile::load(&file, &text, &ctx))
@@ -250,8 +252,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         return Ok(0);
     }
     let group = classified.run_group(&format!("/user/{user}"));
-    let files = tree.files(args.ignored).map_err(setup)?;
-    let commit = tree.commit(&files, args.ignored).map_err(setup)?;
 
     // The server: a remote one, or the embedded node.
     let mut embedded = None;

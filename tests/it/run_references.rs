@@ -359,3 +359,51 @@ async fn the_api_classifies_the_reference_and_sets_agolas_environment_and_annota
         }
     }
 }
+
+/// A Jsonnet config: its one task prints what `ctx` told the evaluator.
+const CTX_JSONNET: &str = r#"
+function(ctx) {
+  runs: [{
+    name: 'ctx',
+    tasks: [{
+      name: 'dump',
+      runtime: { containers: [{ image: 'busybox' }] },
+      environment: {
+        CTX_REF_TYPE: ctx.ref_type,
+        CTX_PR: ctx.pull_request_id,
+        CTX_BRANCH: ctx.branch,
+        CTX_SHA: ctx.commit_sha,
+      },
+      steps: [{ run: "env | grep -E '^(CTX_|AGOLA_)' | sort" }],
+    }],
+  }],
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jsonnet_config_gets_the_classified_reference_and_the_commit_as_ctx() {
+    let dir = plain_dir(ENV_DUMP, &[(".agola/config.jsonnet", CTX_JSONNET)]);
+    let data = tempfile::tempdir().unwrap();
+    let out = direct_run(
+        dir.path(),
+        data.path(),
+        &["--ref", "refs/pull/3/head"],
+        LONG,
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let env = dumped(&out);
+    assert_eq!(
+        env.get("CTX_REF_TYPE").map(String::as_str),
+        Some("pull_request"),
+        "{env:?}"
+    );
+    assert_eq!(env.get("CTX_PR").map(String::as_str), Some("3"), "{env:?}");
+    assert_eq!(
+        env.get("CTX_BRANCH").map(String::as_str),
+        Some(""),
+        "{env:?}"
+    );
+    let sha = env.get("AGOLA_GIT_COMMITSHA").cloned().unwrap_or_default();
+    assert_eq!(sha.len(), 64, "{env:?}");
+    assert_eq!(env.get("CTX_SHA"), Some(&sha), "{env:?}");
+}
