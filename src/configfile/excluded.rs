@@ -10,7 +10,7 @@
 use cairn_client::api::RefSpec;
 
 use super::model::Config;
-use super::when::{Matcher, When, WhenConditions, when_matches};
+use super::when::{Matcher, When, WhenConditions, effective_ref, non_empty, when_matches};
 
 /// A run of the config that does not match the reference, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,23 +142,6 @@ fn list(matchers: &[Matcher]) -> String {
         return "nothing".to_string();
     }
     matchers.iter().map(show).collect::<Vec<_>>().join(", ")
-}
-
-fn non_empty(s: &Option<String>) -> Option<&str> {
-    s.as_deref().filter(|s| !s.is_empty())
-}
-
-/// The ref the `ref` clause is matched against, as [`When::matches`] derives it.
-fn effective_ref(reference: &RefSpec) -> String {
-    if let Some(r) = non_empty(&reference.git_ref) {
-        r.to_string()
-    } else if let Some(b) = non_empty(&reference.branch) {
-        format!("refs/heads/{b}")
-    } else if let Some(t) = non_empty(&reference.tag) {
-        format!("refs/tags/{t}")
-    } else {
-        String::new()
-    }
 }
 
 #[cfg(test)]

@@ -85,11 +85,13 @@ pub fn when_matches(when: Option<&When>, reference: &RefSpec) -> bool {
     when.is_none_or(|w| w.matches(reference))
 }
 
-fn non_empty(s: &Option<String>) -> Option<&str> {
+pub(super) fn non_empty(s: &Option<String>) -> Option<&str> {
     s.as_deref().filter(|s| !s.is_empty())
 }
 
-fn effective_ref(reference: &RefSpec) -> String {
+/// The ref a `ref` clause is matched against: the given ref, else derived from the
+/// branch or tag (`refs/heads/<b>`, `refs/tags/<t>`).
+pub(super) fn effective_ref(reference: &RefSpec) -> String {
     if let Some(r) = non_empty(&reference.git_ref) {
         r.to_string()
     } else if let Some(b) = non_empty(&reference.branch) {
