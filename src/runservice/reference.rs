@@ -10,12 +10,20 @@ use std::collections::BTreeMap;
 
 use cairn_client::api::RefSpec;
 use cairn_client::runconfig::Env;
-use regex::Regex;
+use regex::{Regex, RegexBuilder};
 
 /// Agola's default pull-request refs (`agola directrun start --pull-request-ref-regexes`):
 /// GitHub/Gitea's and GitLab's; the first capture group is the pull request id.
 pub const DEFAULT_PULL_REQUEST_REF_REGEXES: [&str; 2] =
     [r"refs/pull/(\d+)/head", r"refs/merge-requests/(\d+)/head"];
+
+/// At most this many pull-request patterns (they come from API callers too).
+pub const MAX_PULL_REQUEST_PATTERNS: usize = 16;
+/// At most this many bytes in one pattern.
+pub const MAX_PULL_REQUEST_PATTERN_LEN: usize = 256;
+/// The compiled size of one pattern (the regex crate's default is 10 MiB per pattern,
+/// which a handful of crafted patterns in one request turn into a memory exhaustion).
+const PULL_REQUEST_PATTERN_SIZE_LIMIT: usize = 256 * 1024;
 
 const BRANCH_PREFIX: &str = "refs/heads/";
 const TAG_PREFIX: &str = "refs/tags/";
@@ -73,6 +81,10 @@ pub enum ReferenceError {
     #[error("wrong pull request ref regular expression {pattern:?}: {why}")]
     BadPattern { pattern: String, why: String },
     #[error(
+        "{0} pull request ref regular expressions; at most {MAX_PULL_REQUEST_PATTERNS} are allowed"
+    )]
+    TooManyPatterns(usize),
+    #[error(
         "unsupported ref {0:?}: it is neither refs/heads/<branch>, refs/tags/<tag> nor a pull request ref ({1})"
     )]
     Unsupported(String, String),
@@ -83,7 +95,12 @@ pub enum ReferenceError {
 pub struct PullRequestRefs(Vec<Regex>);
 
 impl PullRequestRefs {
+    /// Compiles `patterns`; refuses more than [`MAX_PULL_REQUEST_PATTERNS`], one longer
+    /// than [`MAX_PULL_REQUEST_PATTERN_LEN`] bytes or one whose compiled form is too big.
     pub fn new<S: AsRef<str>>(patterns: &[S]) -> Result<PullRequestRefs, ReferenceError> {
+        if patterns.len() > MAX_PULL_REQUEST_PATTERNS {
+            return Err(ReferenceError::TooManyPatterns(patterns.len()));
+        }
         patterns
             .iter()
             .map(|p| {
@@ -92,7 +109,16 @@ impl PullRequestRefs {
                     pattern: p.to_string(),
                     why,
                 };
-                let re = Regex::new(p).map_err(|e| bad(e.to_string()))?;
+                if p.len() > MAX_PULL_REQUEST_PATTERN_LEN {
+                    return Err(bad(format!(
+                        "it is {} bytes long; at most {MAX_PULL_REQUEST_PATTERN_LEN} are allowed",
+                        p.len()
+                    )));
+                }
+                let re = RegexBuilder::new(p)
+                    .size_limit(PULL_REQUEST_PATTERN_SIZE_LIMIT)
+                    .build()
+                    .map_err(|e| bad(e.to_string()))?;
                 if re.captures_len() < 2 {
                     return Err(bad(
                         "it needs a capture group for the pull request id".into()
@@ -447,6 +473,25 @@ mod tests {
         assert!(classify(&spec(None, None, Some("refs/pull/1/head")), &prs).is_err());
         // Branches and tags need no pattern.
         assert!(classify(&spec(None, None, Some("refs/heads/a")), &prs).is_ok());
+    }
+
+    #[test]
+    fn hostile_pull_request_patterns_are_refused_before_they_cost_memory() {
+        let many = vec![r"refs/pull/(\d+)/head"; MAX_PULL_REQUEST_PATTERNS + 1];
+        let e = PullRequestRefs::new(&many).expect_err("too many");
+        assert!(matches!(e, ReferenceError::TooManyPatterns(17)), "{e:?}");
+        let long = format!(
+            "refs/pull/(\\d+)/{}",
+            "a".repeat(MAX_PULL_REQUEST_PATTERN_LEN)
+        );
+        let e = PullRequestRefs::new(&[long.as_str()]).expect_err("too long");
+        assert!(e.to_string().contains("at most 256"), "{e}");
+        // Short, but compiles to far more than the limit.
+        let big = r"(\w{1000}){1000}";
+        let e = PullRequestRefs::new(&[big]).expect_err("too big once compiled");
+        assert!(matches!(e, ReferenceError::BadPattern { .. }), "{e:?}");
+        // The limits leave room for real patterns.
+        assert!(PullRequestRefs::new(&DEFAULT_PULL_REQUEST_REF_REGEXES).is_ok());
     }
 
     #[test]
