@@ -12,10 +12,10 @@ use std::time::Duration;
 use cairn_client::LogStep;
 use cairn_client::RunClient;
 use cairn_client::api::{RunAction, RunResponse, TaskActionRequest};
-use cairn_client::run::{ExecutorTaskPhase, RunPhase, RunResult, RunTask, RunTaskStatus};
+use cairn_client::run::{ExecutorTaskPhase, RunResult, RunTask, RunTaskStatus};
 use futures::StreamExt;
 
-use crate::runs_flow::{create_request, wait_for};
+use crate::runs_flow::{create_request, task_id, wait_finished, wait_for, wait_run};
 use crate::support::service::{ExecutorProc, ServiceProc, process_alive};
 
 /// Every wait: generous, for a slow shared machine.
@@ -51,36 +51,6 @@ async fn create(
     let created = client.create_run(&req).await.unwrap();
     assert_eq!(created.runs.len(), 1);
     created.runs[0].run.id.clone()
-}
-
-/// Polls the run until `pred` holds.
-async fn wait_run(
-    client: &RunClient,
-    id: &str,
-    what: &str,
-    pred: impl Fn(&RunResponse) -> bool,
-) -> RunResponse {
-    wait_for(LONG, what, || async {
-        client.run(id).await.ok().filter(|r| pred(r))
-    })
-    .await
-}
-
-async fn wait_finished(client: &RunClient, id: &str) -> RunResponse {
-    wait_run(client, id, &format!("run {id} to finish"), |r| {
-        r.run.phase == RunPhase::Finished
-    })
-    .await
-}
-
-fn task_id(r: &RunResponse, name: &str) -> String {
-    r.run_config
-        .tasks
-        .values()
-        .find(|t| t.name == name)
-        .unwrap_or_else(|| panic!("no task {name}"))
-        .id
-        .clone()
 }
 
 fn task<'r>(r: &'r RunResponse, name: &str) -> &'r RunTask {

@@ -7,10 +7,10 @@ use std::time::Duration;
 use cairn_client::LogStep;
 use cairn_client::RunClient;
 use cairn_client::api::{RestartRunRequest, RunAction, RunResponse};
-use cairn_client::run::{RunPhase, RunResult, RunTaskStatus};
+use cairn_client::run::{RunResult, RunTaskStatus};
 use futures::StreamExt;
 
-use crate::runs_flow::{create_request, wait_for};
+use crate::runs_flow::{create_request, task_id, wait_finished, wait_for};
 use crate::support::cli::{cairn, run};
 use crate::support::process::TOKEN;
 use crate::support::service::ServiceProc;
@@ -25,35 +25,6 @@ async fn create(client: &RunClient, group: &str, config: &str) -> RunResponse {
         .unwrap();
     assert_eq!(created.runs.len(), 1);
     created.runs.into_iter().next().unwrap()
-}
-
-async fn wait_run(
-    client: &RunClient,
-    id: &str,
-    what: &str,
-    pred: impl Fn(&RunResponse) -> bool,
-) -> RunResponse {
-    wait_for(LONG, what, || async {
-        client.run(id).await.ok().filter(|r| pred(r))
-    })
-    .await
-}
-
-async fn wait_finished(client: &RunClient, id: &str) -> RunResponse {
-    wait_run(client, id, &format!("run {id} to finish"), |r| {
-        r.run.phase == RunPhase::Finished
-    })
-    .await
-}
-
-fn task_id(r: &RunResponse, name: &str) -> String {
-    r.run_config
-        .tasks
-        .values()
-        .find(|t| t.name == name)
-        .unwrap_or_else(|| panic!("no task {name}"))
-        .id
-        .clone()
 }
 
 fn status(r: &RunResponse, name: &str) -> RunTaskStatus {

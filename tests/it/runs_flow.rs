@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cairn_client::api::{ConfigFile, CreateRunRequest, RefSpec};
+use cairn_client::api::{ConfigFile, CreateRunRequest, RefSpec, RunResponse};
 use cairn_client::run::{RunPhase, RunResult, RunTaskStatus};
 use cairn_client::{LogStep, RunClient};
 use futures::StreamExt;
@@ -55,6 +55,41 @@ pub fn create_request(group: &str, config: &str) -> CreateRunRequest {
         run_name: None,
         ..Default::default()
     }
+}
+
+/// How long the shared run waits below give a run of real processes.
+const RUN_WAIT: Duration = Duration::from_secs(120);
+
+/// Polls the run until `pred` holds.
+pub async fn wait_run(
+    client: &RunClient,
+    id: &str,
+    what: &str,
+    pred: impl Fn(&RunResponse) -> bool,
+) -> RunResponse {
+    wait_for(RUN_WAIT, what, || async {
+        client.run(id).await.ok().filter(|r| pred(r))
+    })
+    .await
+}
+
+/// Polls the run until its phase is `finished`.
+pub async fn wait_finished(client: &RunClient, id: &str) -> RunResponse {
+    wait_run(client, id, &format!("run {id} to finish"), |r| {
+        r.run.phase == RunPhase::Finished
+    })
+    .await
+}
+
+/// The id of the run's task called `name` (panics when there is none).
+pub fn task_id(r: &RunResponse, name: &str) -> String {
+    r.run_config
+        .tasks
+        .values()
+        .find(|t| t.name == name)
+        .unwrap_or_else(|| panic!("no task {name}"))
+        .id
+        .clone()
 }
 
 /// Polls `f` until it returns `Some`, failing the test after `timeout`.
