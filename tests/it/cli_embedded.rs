@@ -10,8 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cairn_client::api::{ConfigFile, CreateRunRequest, RefSpec};
-
+use crate::runs_flow::create_request;
 use crate::support::cli::{
     Background, Output, cairn, direct_run, direct_run_command, plain_dir, run,
 };
@@ -343,25 +342,10 @@ async fn runs_list_and_runs_logs_piped_into_head_end_quietly() {
         .collect();
     let created = server
         .client()
-        .create_run(&CreateRunRequest {
-            group: "/user/piper/branch/main".into(),
-            config: ConfigFile {
-                path: ".agola/config.yml".into(),
-                content: format!("runs:\n{runs}"),
-            },
-            reference: RefSpec {
-                branch: Some("main".into()),
-                ..RefSpec::default()
-            },
-            source: None,
-            variables: Default::default(),
-            environment: Default::default(),
-            cache_group: None,
-            annotations: Default::default(),
-            tasks: Vec::new(),
-            run_name: None,
-            ..Default::default()
-        })
+        .create_run(&create_request(
+            "/user/piper/branch/main",
+            &format!("runs:\n{runs}"),
+        ))
         .await
         .unwrap();
     assert_eq!(created.runs.len(), 200);
