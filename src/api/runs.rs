@@ -40,6 +40,8 @@ pub async fn create(
                 req.group
             ))
         })?;
+    reference::check_commit(req.commit_sha.as_deref(), req.message.as_deref())
+        .map_err(|e| Failure::bad_request(e.to_string()))?;
     let prs = if req.pull_request_ref_regexes.is_empty() {
         st.pull_request_refs.clone()
     } else {

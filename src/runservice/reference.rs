@@ -84,6 +84,8 @@ pub enum ReferenceError {
         "{0} pull request ref regular expressions; at most {MAX_PULL_REQUEST_PATTERNS} are allowed"
     )]
     TooManyPatterns(usize),
+    #[error("{0}")]
+    BadCommit(String),
     #[error(
         "unsupported ref {0:?}: it is neither refs/heads/<branch>, refs/tags/<tag> nor a pull request ref ({1})"
     )]
@@ -264,6 +266,30 @@ pub struct Commit {
     pub message: String,
     /// The repository's clone URL; empty for uploaded snapshots.
     pub repository_url: String,
+}
+
+/// At most this many bytes in a caller's commit sha (a SHA-256 in hex is 64).
+pub const MAX_COMMIT_SHA_LEN: usize = 64;
+/// At most this many bytes in a caller's commit message.
+pub const MAX_COMMIT_MESSAGE_LEN: usize = 64 * 1024;
+
+/// Checks a caller's commit sha and message where they enter: the sha becomes
+/// `AGOLA_GIT_COMMITSHA` in every task's environment, so it is ASCII letters and digits
+/// only; the message is bounded and has no NUL.
+pub fn check_commit(sha: Option<&str>, message: Option<&str>) -> Result<(), ReferenceError> {
+    let sha = sha.unwrap_or_default();
+    if sha.len() > MAX_COMMIT_SHA_LEN || !sha.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(ReferenceError::BadCommit(format!(
+            "commit_sha must be at most {MAX_COMMIT_SHA_LEN} letters and digits"
+        )));
+    }
+    let message = message.unwrap_or_default();
+    if message.len() > MAX_COMMIT_MESSAGE_LEN || message.contains('\0') {
+        return Err(ReferenceError::BadCommit(format!(
+            "message must be at most {MAX_COMMIT_MESSAGE_LEN} bytes without NUL characters"
+        )));
+    }
+    Ok(())
 }
 
 /// Agola's static environment (`gateway/action/run.go`), every variable always set (empty
@@ -492,6 +518,27 @@ mod tests {
         assert!(matches!(e, ReferenceError::BadPattern { .. }), "{e:?}");
         // The limits leave room for real patterns.
         assert!(PullRequestRefs::new(&DEFAULT_PULL_REQUEST_REF_REGEXES).is_ok());
+    }
+
+    #[test]
+    fn a_callers_commit_sha_and_message_are_checked_where_they_enter() {
+        assert!(check_commit(None, None).is_ok());
+        let sha256 = "a".repeat(64);
+        assert!(check_commit(Some(&sha256), Some("fix: the build\n\nbody")).is_ok());
+        for bad_sha in [
+            "a".repeat(65),
+            "abc\n".into(),
+            "abc\0".into(),
+            "$(id)".into(),
+        ] {
+            let e = check_commit(Some(&bad_sha), None).expect_err(&bad_sha);
+            assert!(e.to_string().contains("commit_sha"), "{e}");
+        }
+        let long = "m".repeat(MAX_COMMIT_MESSAGE_LEN + 1);
+        for bad_message in [long.as_str(), "a\0b"] {
+            let e = check_commit(None, Some(bad_message)).expect_err("bad message");
+            assert!(e.to_string().contains("message"), "{e}");
+        }
     }
 
     #[test]

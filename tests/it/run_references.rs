@@ -407,3 +407,36 @@ async fn a_jsonnet_config_gets_the_classified_reference_and_the_commit_as_ctx() 
     assert_eq!(sha.len(), 64, "{env:?}");
     assert_eq!(env.get("CTX_SHA"), Some(&sha), "{env:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_commit_fields_and_pull_request_patterns_are_refused_with_a_400() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = ServiceProc::single(&dir.path().join("n"));
+    let client = node.client();
+    let branch = || {
+        with_ref(RefSpec {
+            branch: Some("main".into()),
+            ..RefSpec::default()
+        })
+    };
+    let mut shell = branch();
+    shell.commit_sha = Some("$(cat /etc/passwd)".into());
+    let mut nul = branch();
+    nul.message = Some("subject\0".into());
+    let mut patterns = branch();
+    patterns.pull_request_ref_regexes = vec![r"refs/pull/(\d+)/head".into(); 17];
+    let mut huge = branch();
+    huge.pull_request_ref_regexes = vec![r"(\w{1000}){1000}".into()];
+    for (what, req) in [
+        ("commit_sha", shell),
+        ("message", nul),
+        ("at most 16", patterns),
+        ("wrong pull request ref", huge),
+    ] {
+        let e = client.create_run(&req).await.expect_err(what);
+        assert_eq!(e.code(), Some(ErrorCode::BadRequest), "{what}: {e}");
+        assert!(e.to_string().contains(what), "{what}: {e}");
+    }
+    let listed = client.list_runs(&Default::default()).await.unwrap();
+    assert!(listed.runs.is_empty(), "no run was recorded");
+}
