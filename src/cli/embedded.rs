@@ -172,6 +172,18 @@ fn write_endpoint(path: &Path, url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether `url` is `http://<loopback address>:<port>`, the only kind of URL an embedded
+/// node advertises: the data dir's token is never sent anywhere else.
+fn is_loopback_url(url: &str) -> bool {
+    url.strip_prefix("http://")
+        .and_then(|rest| {
+            rest.trim_end_matches('/')
+                .parse::<std::net::SocketAddr>()
+                .ok()
+        })
+        .is_some_and(|addr| addr.ip().is_loopback())
+}
+
 /// A client of the embedded node another `cairn` runs over `data_dir`, if one answers at
 /// the advertised endpoint with the data dir's token. A stale endpoint (its node was
 /// killed) is removed; `None` then tells the caller to open the data dir itself.
@@ -182,7 +194,7 @@ pub async fn running_node(data_dir: &Path) -> Option<RunClient> {
         .ok()?
         .trim()
         .to_string();
-    if url.is_empty() || token.is_empty() {
+    if !is_loopback_url(&url) || token.is_empty() {
         return None;
     }
     let probe = RunClient::new(std::slice::from_ref(&url), Some(token.clone()))
@@ -197,6 +209,32 @@ pub async fn running_node(data_dir: &Path) -> Option<RunClient> {
                 let _ = std::fs::remove_file(&endpoint);
             }
             None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_loopback_endpoint_gets_the_data_dirs_token() {
+        for good in [
+            "http://127.0.0.1:4000",
+            "http://127.0.0.1:4000/",
+            "http://[::1]:80",
+        ] {
+            assert!(is_loopback_url(good), "{good}");
+        }
+        for bad in [
+            "",
+            "http://10.0.0.1:4000",
+            "https://127.0.0.1:4000",
+            "http://evil.example:4000",
+            "http://127.0.0.1:4000@evil.example",
+            "http://127.0.0.1",
+        ] {
+            assert!(!is_loopback_url(bad), "{bad}");
         }
     }
 }
