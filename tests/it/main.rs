@@ -20,3 +20,4 @@ mod run_references;
 mod runs_api;
 mod runs_flow;
 mod scheduling;
+mod security;

@@ -1,0 +1,1 @@
+//! Config amplifiers: regexes, YAML aliases, long chains (H4) and terminal output (L4).

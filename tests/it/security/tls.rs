@@ -1,0 +1,1 @@
+//! TLS on client and peer ports, certificates from `cairn cert` (M2).
