@@ -8,9 +8,12 @@
 //! `e2e`: `cairn serve` with its in-process executor (local driver) — ready time, idle
 //! RSS, submit → finished of a one-task run, and a step printing 200 MB: follower
 //! first-byte latency and throughput to the archived log (see `bench/e2e.rs`).
+//! `attacks`: `cairn serve`'s memory under the config and idle-connection attacks of
+//! issue 11 (see `bench/attacks.rs`).
 //!
 //! Run `cargo bench --bench bench -- store` (or `scripts/bench-store.sh`), `cargo bench
-//! --bench bench -- scheduler` and `cargo bench --bench bench -- e2e`; no name runs them
+//! --bench bench -- scheduler`, `cargo bench --bench bench -- e2e` and `cargo bench --bench
+//! bench -- attacks`; no name runs them
 //! all. BENCHMARKS.md has the results.
 //! Environment:
 //! - `CAIRN_BIN`: the `cairn` binary (default: the one cargo built for this bench);
@@ -21,6 +24,8 @@
 //! - `CAIRN_BENCH_DIR`: where the temp data dirs go (default: the system temp dir);
 //! - `CAIRN_BENCH_SCENARIOS`: comma-separated subset of cairn-1, etcd-1, cairn-3, etcd-3.
 
+#[path = "bench/attacks.rs"]
+mod attacks;
 #[path = "bench/e2e.rs"]
 mod e2e;
 #[path = "bench/import_fill.rs"]
@@ -325,13 +330,14 @@ async fn store_bench() -> anyhow::Result<()> {
 }
 
 /// The benchmarks, by the name that selects them.
-const BENCHMARKS: [&str; 3] = ["store", "scheduler", "e2e"];
+const BENCHMARKS: [&str; 4] = ["store", "scheduler", "e2e", "attacks"];
 
 async fn run(name: &str) -> anyhow::Result<()> {
     match name {
         "store" => store_bench().await,
         "scheduler" => scheduler::scheduler_bench().await,
         "e2e" => e2e::e2e_bench().await,
+        "attacks" => attacks::attacks_bench().await,
         _ => bail!("no benchmark {name:?}"),
     }
 }

@@ -66,6 +66,8 @@ pub async fn create(
     };
     let config = match load_config(&req, ctx).await? {
         Ok(parsed) => parsed.config,
+        // Beyond Cairn's limits (size, counts, regexes, aliases): refused, not recorded.
+        Err(errors) if errors.over_limit() => return Err(config_failure(errors)),
         // Agola's gateway: a config that cannot be parsed still records one run, in phase
         // setuperror, with the positioned errors; the caller gets it like any new run.
         Err(errors) => {
@@ -181,22 +183,36 @@ async fn record_setup_error(
     })
 }
 
+/// Configs parsed (and programs evaluated) at once; more requests wait their turn, so
+/// that many large configs cannot hold all their parse trees in memory together.
+const CONCURRENT_PARSES: usize = 4;
+static PARSES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CONCURRENT_PARSES);
+
 /// The request's config, evaluated first when it is a program (Jsonnet, Starlark) with
 /// Agola's `ctx` (the classified reference and the commit); off the async workers, since
-/// an evaluation may take up to its deadline.
+/// an evaluation may take up to its deadline, and at most [`CONCURRENT_PARSES`] at once.
 async fn load_config(
     req: &CreateRunRequest,
     ctx: configfile::ConfigContext,
 ) -> ApiResult<Result<configfile::Parsed, configfile::ConfigErrors>> {
     let file = req.config.clone();
-    tokio::task::spawn_blocking(move || configfile::load(&file.path, &file.content, &ctx))
-        .await
-        .map_err(|e| {
-            Failure::new(
-                cairn_client::ErrorCode::Internal,
-                format!("config evaluation: {e}"),
-            )
-        })
+    let permit = PARSES.acquire().await.map_err(|e| {
+        Failure::new(
+            cairn_client::ErrorCode::Internal,
+            format!("config evaluation: {e}"),
+        )
+    })?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        configfile::load(&file.path, &file.content, &ctx)
+    })
+    .await
+    .map_err(|e| {
+        Failure::new(
+            cairn_client::ErrorCode::Internal,
+            format!("config evaluation: {e}"),
+        )
+    })
 }
 
 fn config_failure(e: configfile::ConfigErrors) -> Failure {

@@ -735,30 +735,20 @@ async fn print_log(
     let Ok(mut stream) = client.logs(run_id, task_id, step, 0, true).await else {
         return;
     };
-    let mut partial = Vec::new();
+    let mut lines = super::terminal::LineSplitter::default();
+    let send = |text: String| Line {
+        task: name.to_string(),
+        index,
+        text,
+    };
     while let Some(chunk) = stream.next().await {
         let Ok(chunk) = chunk else { break };
-        partial.extend_from_slice(&chunk);
-        while let Some(pos) = partial.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = partial.drain(..=pos).collect();
-            let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
-            let _ = out
-                .send(Line {
-                    task: name.to_string(),
-                    index,
-                    text,
-                })
-                .await;
+        for text in lines.push(&chunk) {
+            let _ = out.send(send(text)).await;
         }
     }
-    if !partial.is_empty() {
-        let _ = out
-            .send(Line {
-                task: name.to_string(),
-                index,
-                text: String::from_utf8_lossy(&partial).into_owned(),
-            })
-            .await;
+    if let Some(text) = lines.finish() {
+        let _ = out.send(send(text)).await;
     }
 }
 

@@ -16,6 +16,10 @@ pub(super) struct Decoder<'f> {
     pub(super) errors: Vec<ConfigError>,
     /// Problems that do not make the config invalid (keys Agola ignores).
     pub(super) warnings: Vec<ConfigError>,
+    /// Regular expressions of `when` clauses met so far, and their patterns' bytes
+    /// ([`super::limits::MAX_REGEXES`], [`super::limits::MAX_REGEX_BYTES`]).
+    pub(super) regexes: usize,
+    pub(super) regex_bytes: usize,
 }
 
 /// A map whose keys have been checked against the allowed ones.
@@ -59,6 +63,8 @@ impl<'f> Decoder<'f> {
             file,
             errors: Vec::new(),
             warnings: Vec::new(),
+            regexes: 0,
+            regex_bytes: 0,
         }
     }
 

@@ -20,6 +20,10 @@ pub struct ConfigError {
     /// problems of the file as a whole (YAML syntax).
     pub field: String,
     pub message: String,
+    /// The config goes beyond one of Cairn's limits ([`super::limits`]): the request
+    /// is refused (400) rather than recorded as a setuperror run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub limit: bool,
 }
 
 impl ConfigError {
@@ -36,6 +40,21 @@ impl ConfigError {
             column,
             field: field.into(),
             message: message.into(),
+            limit: false,
+        }
+    }
+
+    /// A problem of [`ConfigError::new`]'s kind that is a limit exceeded.
+    pub fn over_limit(
+        file: impl Into<String>,
+        line: usize,
+        column: usize,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            limit: true,
+            ..ConfigError::new(file, line, column, field, message)
         }
     }
 }
@@ -74,6 +93,11 @@ impl ConfigErrors {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// Whether one of the problems is a limit exceeded ([`ConfigError::limit`]).
+    pub fn over_limit(&self) -> bool {
+        self.0.iter().any(|e| e.limit)
     }
 
     /// One line per error, as `setup_errors` of a run that could not be set up.

@@ -23,6 +23,7 @@ mod error;
 pub mod eval;
 mod excluded;
 mod expand;
+pub mod limits;
 mod model;
 mod step;
 mod validate;
@@ -124,7 +125,7 @@ pub struct Parsed {
 /// found, in document order; warnings never make a config invalid.
 pub fn parse(path: &str, content: &str) -> Result<Parsed, ConfigErrors> {
     if content.len() > MAX_CONFIG_SIZE {
-        return Err(ConfigErrors::single(ConfigError::new(
+        return Err(ConfigErrors::single(ConfigError::over_limit(
             path,
             0,
             0,
@@ -136,6 +137,7 @@ pub fn parse(path: &str, content: &str) -> Result<Parsed, ConfigErrors> {
         )));
     }
     let root = yaml::load(path, content).map_err(ConfigErrors::single)?;
+    limits::check_counts(path, &root).map_err(ConfigErrors::single)?;
     let mut dec = decode::Decoder::new(path);
     let config = document::decode_config(&mut dec, &root);
     let mut errors = dec.errors;
@@ -146,6 +148,7 @@ pub fn parse(path: &str, content: &str) -> Result<Parsed, ConfigErrors> {
         Ok(Parsed { config, warnings })
     } else {
         errors.sort_by_key(|e| (e.line, e.column));
+        limits::truncate_errors(path, &mut errors);
         Err(ConfigErrors(errors))
     }
 }

@@ -3,7 +3,7 @@
 //! (named: `a -> b -> a`), and Agola's rule against redundant dependencies (a task must
 //! not depend on a task that one of its other dependencies already depends on).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use super::error::ConfigError;
 use super::model::{Config, ConfigRun};
@@ -88,14 +88,24 @@ fn validate_run(file: &str, run: &ConfigRun, errors: &mut Vec<ConfigError>) {
     }
 
     let ancestors = ancestors(&parents);
+    let mut reached = Bits::new(run.tasks.len());
     for (i, task) in run.tasks.iter().enumerate() {
+        // What the dependencies of `i` depend on: a dependency in there is redundant
+        // (never on itself: the graph is acyclic).
+        reached.clear();
+        for &other in &parents[i] {
+            reached.union(&ancestors[other]);
+        }
         for dep in &task.depends {
             let Some(&p) = index.get(dep.task.as_str()) else {
                 continue;
             };
+            if !reached.contains(p) {
+                continue;
+            }
             let through = parents[i]
                 .iter()
-                .find(|&&other| other != p && ancestors[other].contains(&p));
+                .find(|&&other| other != p && ancestors[other].contains(p));
             if let Some(&other) = through {
                 errors.push(dep.loc.error(
                     file,
@@ -152,28 +162,65 @@ fn cycles(parents: &[Vec<usize>]) -> Vec<Vec<usize>> {
     found
 }
 
-/// Every task's ancestors (parents, their parents, …); the graph must be acyclic.
-fn ancestors(parents: &[Vec<usize>]) -> Vec<BTreeSet<usize>> {
-    let mut memo: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
-    fn visit(
-        i: usize,
-        parents: &[Vec<usize>],
-        memo: &mut BTreeMap<usize, BTreeSet<usize>>,
-    ) -> BTreeSet<usize> {
-        if let Some(a) = memo.get(&i) {
-            return a.clone();
+/// Every task's ancestors (parents, their parents, …) as bitsets, computed in
+/// topological order (Kahn's algorithm), without recursion: O(tasks × (tasks + edges) / 64)
+/// time and tasks² bits, bounded by [`super::limits::MAX_TASKS`]. The graph must be
+/// acyclic.
+fn ancestors(parents: &[Vec<usize>]) -> Vec<Bits> {
+    let n = parents.len();
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut waiting: Vec<usize> = vec![0; n];
+    for (i, ps) in parents.iter().enumerate() {
+        waiting[i] = ps.len();
+        for &p in ps {
+            children[p].push(i);
         }
-        let mut all = BTreeSet::new();
-        for &p in &parents[i] {
-            all.insert(p);
-            all.extend(visit(p, parents, memo));
-        }
-        memo.insert(i, all.clone());
-        all
     }
-    (0..parents.len())
-        .map(|i| visit(i, parents, &mut memo))
-        .collect()
+    let mut ready: Vec<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
+    let mut all: Vec<Bits> = (0..n).map(|_| Bits::new(n)).collect();
+    while let Some(i) = ready.pop() {
+        let mut mine = Bits::new(n);
+        for &p in &parents[i] {
+            mine.union(&all[p]);
+            mine.insert(p);
+        }
+        all[i] = mine;
+        for &c in &children[i] {
+            waiting[c] -= 1;
+            if waiting[c] == 0 {
+                ready.push(c);
+            }
+        }
+    }
+    all
+}
+
+/// A fixed-size set of task indexes.
+#[derive(Clone)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(n: usize) -> Bits {
+        Bits(vec![0; n.div_ceil(64)])
+    }
+
+    fn insert(&mut self, i: usize) {
+        self.0[i / 64] |= 1 << (i % 64);
+    }
+
+    fn contains(&self, i: usize) -> bool {
+        self.0[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    fn union(&mut self, other: &Bits) {
+        for (a, b) in self.0.iter_mut().zip(&other.0) {
+            *a |= b;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.0.iter_mut().for_each(|w| *w = 0);
+    }
 }
 
 #[cfg(test)]
@@ -286,5 +333,29 @@ mod tests {
             &run(&[("a", ""), ("b", "a"), ("c", "a"), ("d", "b, c")]),
         )
         .expect("a diamond has no redundant edge");
+    }
+
+    #[test]
+    fn a_chain_at_the_task_limit_validates_fast() {
+        let names: Vec<String> = (0..super::super::limits::MAX_TASKS)
+            .map(|i| format!("t{i}"))
+            .collect();
+        let tasks: Vec<(&str, &str)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), if i == 0 { "" } else { names[i - 1].as_str() }))
+            .collect();
+        let mut yaml = run(&tasks);
+        let started = std::time::Instant::now();
+        parse("c.yml", &yaml).expect("a long chain is fine");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // The last task also depends on the first: redundant through the whole chain.
+        yaml = yaml.replace("depends: [t998]", "depends: [t998, t0]");
+        let e = errors(&yaml);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(
+            e[0].message,
+            "redundant dependency on \"t0\": \"t998\", another dependency of \"t999\", already depends on it"
+        );
     }
 }

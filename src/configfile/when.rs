@@ -3,9 +3,11 @@
 //! `/…/` or `#…#` string is a regexp) and Agola's matching rule ([`When::matches`]).
 
 use cairn_client::api::RefSpec;
-use regex::Regex;
+use regex::{Regex, RegexBuilder};
 
 use super::decode::Decoder;
+use super::error::ConfigError;
+use super::limits::{MAX_REGEX_BYTES, MAX_REGEXES, REGEX_SIZE_LIMIT};
 use super::yaml::{Kind, Node};
 
 /// Which git references a run or task is for. Without `when` everything matches.
@@ -147,22 +149,50 @@ fn decode_matchers(dec: &mut Decoder<'_>, node: &Node<'_>) -> Vec<Matcher> {
                 );
                 return None;
             };
-            matcher(text).map_err(|e| dec.error(item, e)).ok()
+            let Some(pattern) = regex_pattern(text) else {
+                return Some(Matcher::Exact(text.to_string()));
+            };
+            // Counted before compiling: the limits are what make compiling cheap.
+            let within = dec.regexes <= MAX_REGEXES && dec.regex_bytes <= MAX_REGEX_BYTES;
+            dec.regexes += 1;
+            dec.regex_bytes = dec.regex_bytes.saturating_add(pattern.len());
+            if dec.regexes > MAX_REGEXES || dec.regex_bytes > MAX_REGEX_BYTES {
+                // Reported once, at the first regexp beyond a limit.
+                if within {
+                    dec.errors.push(ConfigError::over_limit(
+                        dec.file,
+                        item.line(),
+                        item.column(),
+                        item.path.clone(),
+                        format!(
+                            "more than {MAX_REGEXES} regular expressions or {} KiB of them in the `when` clauses of one config (Cairn's limit)",
+                            MAX_REGEX_BYTES / 1024
+                        ),
+                    ));
+                }
+                return None;
+            }
+            compile(text, pattern).map_err(|e| dec.error(item, e)).ok()
         })
         .collect()
 }
 
 /// `/re/` or `#re#` is a regexp, anything else an exact name; as in Agola, only when
-/// longer than two characters (`//` and `##` are literal text).
-fn matcher(text: &str) -> Result<Matcher, String> {
+/// longer than two characters (`//` and `##` are literal text). The pattern, if a regexp.
+fn regex_pattern(text: &str) -> Option<&str> {
     let delimited = |d: char| text.len() > 2 && text.starts_with(d) && text.ends_with(d);
-    if delimited('/') || delimited('#') {
-        let pattern = &text[1..text.len() - 1];
-        return Regex::new(pattern)
-            .map(Matcher::Regex)
-            .map_err(|e| format!("invalid regular expression {text}: {e}"));
-    }
-    Ok(Matcher::Exact(text.to_string()))
+    (delimited('/') || delimited('#')).then(|| &text[1..text.len() - 1])
+}
+
+/// Compiles `pattern` (written `text`) within [`REGEX_SIZE_LIMIT`] for its program and
+/// for its lazy DFA's cache.
+fn compile(text: &str, pattern: &str) -> Result<Matcher, String> {
+    RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map(Matcher::Regex)
+        .map_err(|e| format!("invalid regular expression {text}: {e}"))
 }
 
 #[cfg(test)]
@@ -299,5 +329,47 @@ mod tests {
             &w.branch.as_ref().map(|c| c.include[0].clone()),
             Some(Matcher::Regex(_))
         ));
+    }
+
+    fn errors_of(yaml: &str) -> Vec<ConfigError> {
+        let doc = load("c.yml", yaml).expect("yaml");
+        let mut dec = Decoder::new("c.yml");
+        decode_when(&mut dec, &Node::root(&doc));
+        dec.errors
+    }
+
+    #[test]
+    fn a_regexp_is_compiled_within_256_kib() {
+        // About 8 MB compiled with the crate's default limit (security review H4).
+        let started = std::time::Instant::now();
+        let e = errors_of("branch: '/\\w{200}x/'\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(!e[0].limit);
+        assert!(e[0].message.contains("size limit"), "{}", e[0]);
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        assert!(errors_of("branch: '/^(main|release-[0-9]+\\.[0-9]+)$/'\n").is_empty());
+    }
+
+    #[test]
+    fn regexps_are_counted_and_refused_beyond_the_limit_once() {
+        let list = |n: usize, len: usize| {
+            let items: Vec<String> = (0..n).map(|i| format!("'/{i:0len$}/'")).collect();
+            format!("branch: [{}]\n", items.join(", "))
+        };
+        assert!(errors_of(&list(MAX_REGEXES, 3)).is_empty());
+        let started = std::time::Instant::now();
+        let e = errors_of(&list(500, 3));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].limit);
+        assert_eq!(e[0].field, "branch[100]");
+        assert_eq!(
+            e[0].message,
+            "more than 100 regular expressions or 16 KiB of them in the `when` clauses of one config (Cairn's limit)"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        // The summed size: 20 patterns of 1000 bytes pass 16 KiB at the 17th.
+        let e = errors_of(&list(20, 1000));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].field, "branch[16]");
     }
 }

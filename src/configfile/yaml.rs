@@ -6,9 +6,10 @@
 use std::borrow::Cow;
 
 use saphyr::{MarkedYamlOwned, ScalarOwned, ScalarStyle, YamlDataOwned, YamlLoader};
-use saphyr_parser::Parser;
+use saphyr_parser::{Event, Parser, Span, SpannedEventReceiver};
 
 use super::error::ConfigError;
+use super::limits::{ALIAS_NODE_COST, MAX_ALIAS_EXPANSION, MAX_ALIASES};
 
 /// Parses `content` into its single document's root node.
 pub(super) fn load(file: &str, content: &str) -> Result<MarkedYamlOwned, ConfigError> {
@@ -21,6 +22,7 @@ pub(super) fn load(file: &str, content: &str) -> Result<MarkedYamlOwned, ConfigE
     };
     let mut loader = YamlLoader::<MarkedYamlOwned>::default();
     loader.early_parse(false);
+    let mut budget = AliasBudget::new(&mut loader);
     let mut parser = Parser::new_from_str(&content);
     let syntax = |e: &saphyr::ScanError| {
         let m = e.marker();
@@ -32,7 +34,17 @@ pub(super) fn load(file: &str, content: &str) -> Result<MarkedYamlOwned, ConfigE
             format!("invalid YAML: {}", e.info()),
         )
     };
-    if let Err(e) = parser.load(&mut loader, true) {
+    let parsed = parser.load(&mut budget, true);
+    if let Some((span, message)) = budget.refused {
+        return Err(ConfigError::over_limit(
+            file,
+            span.start.line(),
+            span.start.col() + 1,
+            "",
+            message,
+        ));
+    }
+    if let Err(e) = parsed {
         return Err(syntax(&e));
     }
     if let Some(e) = loader.error() {
@@ -52,6 +64,94 @@ pub(super) fn load(file: &str, content: &str) -> Result<MarkedYamlOwned, ConfigE
     match docs.pop() {
         Some(doc) if !matches!(doc.data, YamlDataOwned::BadValue) => Ok(doc),
         _ => Err(ConfigError::new(file, 1, 1, "", "the config file is empty")),
+    }
+}
+
+/// Passes the parser's events to the loader while weighing what each alias will clone
+/// (its anchor's scalar bytes plus [`ALIAS_NODE_COST`] per node, aliases inside counted
+/// expanded), and stops passing them at the first alias beyond [`MAX_ALIASES`] or
+/// [`MAX_ALIAS_EXPANSION`]: the loader never clones it. Linear in the events, with no
+/// recursion (saphyr's own budget counts nodes, not bytes: 100,000 aliases of a 1 MB
+/// scalar would pass it).
+struct AliasBudget<'l, R> {
+    loader: &'l mut R,
+    /// Weight of every anchor defined so far, by anchor id.
+    anchors: std::collections::HashMap<usize, usize>,
+    /// Open collections: (anchor id, weight so far).
+    open: Vec<(usize, usize)>,
+    aliases: usize,
+    expanded: usize,
+    refused: Option<(Span, String)>,
+}
+
+impl<'l, R> AliasBudget<'l, R> {
+    fn new(loader: &'l mut R) -> Self {
+        AliasBudget {
+            loader,
+            anchors: Default::default(),
+            open: Vec::new(),
+            aliases: 0,
+            expanded: 0,
+            refused: None,
+        }
+    }
+
+    /// Adds a finished node of `weight` to its parent, and to its anchor if it has one.
+    fn close(&mut self, anchor: usize, weight: usize) {
+        if anchor > 0 {
+            self.anchors.insert(anchor, weight);
+        }
+        if let Some((_, parent)) = self.open.last_mut() {
+            *parent = parent.saturating_add(weight);
+        }
+    }
+}
+
+impl<'input, R: SpannedEventReceiver<'input>> SpannedEventReceiver<'input> for AliasBudget<'_, R> {
+    fn on_event(&mut self, ev: Event<'input>, span: Span) {
+        if self.refused.is_some() {
+            return;
+        }
+        match &ev {
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                self.open.push((*anchor, ALIAS_NODE_COST));
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                if let Some((anchor, weight)) = self.open.pop() {
+                    self.close(anchor, weight);
+                }
+            }
+            Event::Scalar(text, _, anchor, _) => {
+                self.close(*anchor, text.len().saturating_add(ALIAS_NODE_COST));
+            }
+            Event::Alias(id) => {
+                let weight = self.anchors.get(id).copied().unwrap_or(ALIAS_NODE_COST);
+                self.aliases += 1;
+                self.expanded = self.expanded.saturating_add(weight);
+                if self.aliases > MAX_ALIASES {
+                    self.refused = Some((
+                        span,
+                        format!(
+                            "more than {MAX_ALIASES} YAML aliases in one config (Cairn's limit)"
+                        ),
+                    ));
+                    return;
+                }
+                if self.expanded > MAX_ALIAS_EXPANSION {
+                    self.refused = Some((
+                        span,
+                        format!(
+                            "YAML aliases expand the config by more than {} KiB (Cairn's limit)",
+                            MAX_ALIAS_EXPANSION / 1024
+                        ),
+                    ));
+                    return;
+                }
+                self.close(0, weight);
+            }
+            _ => {}
+        }
+        self.loader.on_event(ev, span);
     }
 }
 
@@ -362,6 +462,49 @@ mod tests {
         assert_eq!(e.message, "the config file is empty");
         let e = load("c.yml", "a: 1\n---\nb: 2\n").expect_err("two docs");
         assert_eq!(e.line, 3);
+    }
+
+    #[test]
+    fn aliases_are_fine_within_the_budget() {
+        let doc = root("a: &x [1, 2, {b: c}]\nd: *x\ne: *x\n");
+        let entries = Node::root(&doc).entries().expect("map");
+        assert_eq!(entries[2].value.items().expect("cloned list").len(), 3);
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused_at_the_alias_before_it_is_cloned() {
+        // One 1000-byte scalar, ten levels of ten aliases each: 10^10 copies.
+        let mut yaml = format!("a0: &a0 \"{}\"\n", "x".repeat(1000));
+        for level in 1..=10 {
+            let refs = vec![format!("*a{}", level - 1); 10].join(", ");
+            yaml.push_str(&format!("a{level}: &a{level} [{refs}]\n"));
+        }
+        let started = std::time::Instant::now();
+        let e = load("c.yml", &yaml).expect_err("a bomb");
+        assert!(e.limit, "{e}");
+        assert_eq!(
+            e.message,
+            "YAML aliases expand the config by more than 1024 KiB (Cairn's limit)"
+        );
+        // Level 2 holds 100 copies (~107 KB): the 9th alias of level 3 passes 1 MiB.
+        assert_eq!(e.line, 4, "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    }
+
+    #[test]
+    fn too_many_aliases_are_refused() {
+        let mut yaml = String::from("a: &a x\nb: [");
+        yaml.push_str(&vec!["*a"; MAX_ALIASES].join(", "));
+        yaml.push_str("]\n");
+        load("c.yml", &yaml).expect("at the limit");
+        let yaml = yaml.replace("]\n", ", *a]\n");
+        let e = load("c.yml", &yaml).expect_err("one more");
+        assert!(e.limit);
+        assert_eq!(
+            e.message,
+            "more than 1000 YAML aliases in one config (Cairn's limit)"
+        );
+        assert_eq!(e.line, 2);
     }
 
     #[test]

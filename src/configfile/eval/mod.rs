@@ -167,7 +167,7 @@ pub fn evaluate(
 /// Agola's limit on the evaluated config.
 fn check_size(file: &str, json: &str) -> Result<(), ConfigError> {
     if json.len() > MAX_CONFIG_SIZE {
-        return Err(ConfigError::new(
+        return Err(ConfigError::over_limit(
             file,
             0,
             0,
