@@ -5,6 +5,7 @@
 //!   them and as the service stores them.
 //! - [`api`]: request and response bodies of `/api/v1`; [`http::RunClient`] calls every
 //!   endpoint (with failover across a cluster's nodes), [`sse`] parses run-event streams.
+//! - [`ids`]: the exact formats of task, run and executor ids (never paths).
 //! - [`error`]: the stable error body `{code, message, details}` of the run-service API.
 //! - [`etcd`]: the store's etcd v3 JSON API (the shapes of etcd 3.4's gRPC gateway) and
 //!   [`etcd::EtcdClient`], a small async client for it used by the CLI and the benchmarks.
@@ -14,6 +15,7 @@ pub mod error;
 pub mod etcd;
 pub mod executor;
 pub mod http;
+pub mod ids;
 pub mod logs;
 pub mod run;
 pub mod runconfig;

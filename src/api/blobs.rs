@@ -137,6 +137,7 @@ pub async fn download_archive(
     State(st): State<ApiState>,
     Path((task_id, step)): Path<(String, usize)>,
 ) -> ApiResult<Response> {
+    super::executors::check_task_id(&task_id)?;
     match ArchiveStore::new(st.blobs.clone())
         .get(&task_id, step)
         .await?

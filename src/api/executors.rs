@@ -26,17 +26,13 @@ pub const EXECUTOR_LEASE_SECS: i64 = 15;
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
 fn check_id(id: &str) -> Result<(), Failure> {
-    if id.is_empty()
-        || id.len() > 128
-        || !id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        return Err(Failure::bad_request(format!(
-            "executor id {id:?} must be 1..=128 characters of [A-Za-z0-9._-]"
-        )));
-    }
-    Ok(())
+    cairn_client::ids::check_executor_id(id).map_err(|e| Failure::bad_request(e.to_string()))
+}
+
+/// An executor task's id is a uuid (security review C2: executors name directories
+/// after it).
+pub(super) fn check_task_id(task_id: &str) -> Result<(), Failure> {
+    cairn_client::ids::check_task_id(task_id).map_err(|e| Failure::bad_request(e.to_string()))
 }
 
 pub async fn heartbeat(
@@ -170,6 +166,8 @@ pub(super) async fn owned_task(
     id: &str,
     task_id: &str,
 ) -> Result<Versioned<ExecutorTask>, Failure> {
+    check_id(id)?;
+    check_task_id(task_id)?;
     let et = st
         .dm
         .executor_task(task_id)
@@ -190,6 +188,8 @@ pub async fn status(
     Path((id, task_id)): Path<(String, String)>,
     Json(status): Json<ExecutorTaskStatus>,
 ) -> ApiResult<StatusCode> {
+    check_id(&id)?;
+    check_task_id(&task_id)?;
     let dm = st.dm.with_ctx(super::request_ctx());
     dm.update_executor_task_with(&task_id, |et| {
         if et.spec.executor_id != id {

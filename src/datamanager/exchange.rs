@@ -439,12 +439,23 @@ impl<W: Write> Validator<W> {
                 e.key
             )));
         }
+        // Task ids become executor task ids, which name directories on executors
+        // (security review C2): an imported one must be a uuid.
+        fn check_ids<'a>(
+            mut ids: impl Iterator<Item = &'a String>,
+            n: impl std::fmt::Display,
+        ) -> Result<(), DmError> {
+            ids.try_for_each(|id| cairn_client::ids::check_task_id(id))
+                .map_err(|err| invalid(format!("line {n}: {err}")))
+        }
         if e.key.starts_with(keys::RUN) {
-            serde_json::from_str::<Run>(&e.value)
+            let run = serde_json::from_str::<Run>(&e.value)
                 .map_err(|err| invalid(format!("line {n}: run: {err}")))?;
+            check_ids(run.tasks.keys(), n)?;
         } else if e.key.starts_with(keys::RUN_CONFIG) {
-            serde_json::from_str::<cairn_client::runconfig::RunConfig>(&e.value)
+            let config = serde_json::from_str::<cairn_client::runconfig::RunConfig>(&e.value)
                 .map_err(|err| invalid(format!("line {n}: run config: {err}")))?;
+            check_ids(config.tasks.keys(), n)?;
         } else if e.key.starts_with(keys::COUNTER) || e.key == keys::RUN_SEQ {
             e.value
                 .trim()

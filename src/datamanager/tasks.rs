@@ -161,6 +161,15 @@ impl Datamanager {
             .into_iter()
             .flatten()
             .filter(|v| v.value.spec.executor_id == executor_id)
+            .filter(|v| match cairn_client::ids::check_task_id(&v.value.id) {
+                Ok(()) => true,
+                // Only a direct store write makes one (security review C2): never hand
+                // it to an executor, which names a directory after it.
+                Err(e) => {
+                    tracing::warn!(error = %e, "an executor task with an invalid id is not handed out");
+                    false
+                }
+            })
             .collect();
         Ok((tasks, revision))
     }

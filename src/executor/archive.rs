@@ -5,7 +5,15 @@
 //! inside the container; here the pod only hands out a tar of a directory (see
 //! [`super::driver::Pod::get_archive`]) and the selection happens on the executor.
 //!
-//! Pure streaming over `Read`/`Write`: no pods, no network, no file held in memory.
+//! Every archive put into a pod goes through the hardened code here (security review
+//! M4): [`extract`] (the local driver's only extractor) and [`harden`] /
+//! [`hardened_stream`] (what the docker driver uploads) refuse, rather than drop, any
+//! entry that is absolute, has a `..` segment, lies under a symbolic link or is a hard
+//! link leaving the root, refuse devices and fifos, and drop setuid, setgid and sticky
+//! bits.
+//!
+//! Pure streaming over `Read`/`Write` (plus one adapter of a pod's byte stream): no pods,
+//! no network, no file held in memory.
 //!
 //! Glob semantics (Go's doublestar): `*` and `?` stay within a path segment, `**` spans
 //! segments (`src/**/*.rs` matches `src/main.rs` and `src/a/b.rs`), `[abc]` and `{a,b}`.
@@ -34,6 +42,9 @@ pub enum ArchiveError {
     /// An entry would land outside the directory it is extracted into.
     #[error("archive entry {entry:?} escapes the root: {why}")]
     Escape { entry: String, why: &'static str },
+    /// A device or fifo: an archive put into a pod holds none.
+    #[error("archive entry {entry:?} is a {kind}: refused")]
+    Unsupported { entry: String, kind: &'static str },
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
 }
@@ -205,52 +216,242 @@ fn copied_header(from: &Header, kind: EntryType) -> Header {
     header
 }
 
-/// Reads a whole archive and refuses it if any entry would land outside the directory it
-/// is extracted into: an absolute name, a `..` segment, a name under a symbolic link
-/// defined earlier in the archive, or a hard link to such a place. Symbolic link targets
-/// themselves are data and may point anywhere (extraction never follows them).
-pub fn validate_archive(read: impl Read) -> Result<ArchiveSummary, ArchiveError> {
-    let mut archive = tar::Archive::new(read);
-    let mut summary = ArchiveSummary::default();
-    let mut symlinks: HashSet<PathBuf> = HashSet::new();
-    for entry in archive.entries()? {
-        let entry = entry?;
+/// The permission bits an extracted entry keeps: setuid, setgid and sticky are dropped.
+const KEPT_MODE_BITS: u32 = 0o777;
+
+/// Checks of [`validate_archive`], [`extract`] and [`harden`], entry by entry.
+#[derive(Default)]
+struct Checker {
+    symlinks: HashSet<PathBuf>,
+    summary: ArchiveSummary,
+}
+
+/// What [`Checker::check`] says to do with an entry.
+enum Checked {
+    /// A pax global header, or the root directory itself: nothing to write.
+    Skip,
+    /// Write it under this normalized name (hard links: with this normalized target).
+    Keep { rel: PathBuf, link: Option<PathBuf> },
+}
+
+impl Checker {
+    fn check<R: Read>(&mut self, entry: &tar::Entry<'_, R>) -> Result<Checked, ArchiveError> {
+        let kind = entry.header().entry_type();
+        if kind.is_pax_global_extensions() {
+            return Ok(Checked::Skip); // `git archive` puts the commit id there.
+        }
         let raw = entry.path()?.into_owned();
         let shown = || raw.display().to_string();
         let rel = relative_entry_name(&raw).ok_or_else(|| ArchiveError::Escape {
             entry: shown(),
             why: "absolute or contains `..`",
         })?;
-        if rel.ancestors().skip(1).any(|a| symlinks.contains(a)) {
+        if rel.ancestors().skip(1).any(|a| self.symlinks.contains(a)) {
             return Err(ArchiveError::Escape {
                 entry: shown(),
                 why: "lies under a symbolic link",
             });
         }
-        let kind = entry.header().entry_type();
+        let unsupported = match kind {
+            EntryType::Char => Some("character device"),
+            EntryType::Block => Some("block device"),
+            EntryType::Fifo => Some("fifo"),
+            _ => None,
+        };
+        if let Some(kind) = unsupported {
+            return Err(ArchiveError::Unsupported {
+                entry: shown(),
+                kind,
+            });
+        }
+        let mut link = None;
         if kind.is_symlink() {
-            symlinks.insert(rel);
+            self.symlinks.insert(rel.clone());
         } else {
-            symlinks.remove(&rel);
+            self.symlinks.remove(&rel);
             if kind.is_hard_link() {
                 let target = entry.link_name()?.and_then(|t| relative_entry_name(&t));
-                let escapes = match target {
-                    None => true,
-                    Some(t) => t.ancestors().any(|a| symlinks.contains(a)),
-                };
-                if escapes {
-                    return Err(ArchiveError::Escape {
-                        entry: shown(),
-                        why: "hard link target outside the root",
-                    });
+                match target {
+                    Some(t)
+                        if !t.as_os_str().is_empty()
+                            && !t.ancestors().any(|a| self.symlinks.contains(a)) =>
+                    {
+                        link = Some(t);
+                    }
+                    _ => {
+                        return Err(ArchiveError::Escape {
+                            entry: shown(),
+                            why: "hard link target outside the root",
+                        });
+                    }
                 }
             } else if kind.is_file() {
-                summary.files += 1;
-                summary.bytes += entry.size();
+                self.summary.files += 1;
+                self.summary.bytes += entry.size();
             }
         }
+        if rel.as_os_str().is_empty() {
+            return Ok(Checked::Skip);
+        }
+        Ok(Checked::Keep { rel, link })
     }
-    Ok(summary)
+}
+
+/// Reads a whole archive and refuses it if any entry would land outside the directory it
+/// is extracted into: an absolute name, a `..` segment, a name under a symbolic link
+/// defined earlier in the archive, or a hard link to such a place; devices and fifos are
+/// refused too. Symbolic link targets themselves are data and may point anywhere
+/// (extraction never follows them).
+pub fn validate_archive(read: impl Read) -> Result<ArchiveSummary, ArchiveError> {
+    let mut archive = tar::Archive::new(read);
+    let mut checker = Checker::default();
+    for entry in archive.entries()? {
+        checker.check(&entry?)?;
+    }
+    Ok(checker.summary)
+}
+
+/// Extracts `read` into `dir` (created if missing), refusing the archive at the first
+/// entry [`validate_archive`] would refuse (what came before it stays). Files, directories
+/// and links are created with their modes less the setuid, setgid and sticky bits, and
+/// their mtimes; owners are not kept; links are never followed, and nothing is written
+/// through a symbolic link already in `dir`. Files already there are replaced.
+pub fn extract(read: impl Read, dir: &Path) -> Result<ArchiveSummary, ArchiveError> {
+    std::fs::create_dir_all(dir)?;
+    let dir = dir.canonicalize()?;
+    let mut archive = tar::Archive::new(read);
+    archive.set_preserve_permissions(false);
+    archive.set_preserve_ownerships(false);
+    archive.set_preserve_mtime(true);
+    archive.set_overwrite(true);
+    archive.set_unpack_xattrs(false);
+    let mut checker = Checker::default();
+    // Directories are applied last, deepest first, so their modes and mtimes neither are
+    // disturbed by, nor prevent, the extraction of what they contain.
+    let mut directories = Vec::new();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let Checked::Keep { rel, .. } = checker.check(&entry)? else {
+            continue;
+        };
+        entry.set_mask(!KEPT_MODE_BITS & 0o7777);
+        if entry.header().entry_type().is_dir() {
+            directories.push((rel, entry));
+        } else {
+            unpack_checked(&mut entry, &dir, &rel)?;
+        }
+    }
+    directories.sort_by(|(a, _), (b, _)| b.cmp(a));
+    for (rel, mut entry) in directories {
+        unpack_checked(&mut entry, &dir, &rel)?;
+    }
+    Ok(checker.summary)
+}
+
+/// `tar`'s own `unpack_in` (which also refuses anything landing outside `dir` through a
+/// link on disk), with a skipped entry turned into a refusal.
+fn unpack_checked<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    dir: &Path,
+    rel: &Path,
+) -> Result<(), ArchiveError> {
+    match entry.unpack_in(dir) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ArchiveError::Escape {
+            entry: rel.display().to_string(),
+            why: "it would land outside the directory",
+        }),
+        Err(e) if e.to_string().contains("outside of") => Err(ArchiveError::Escape {
+            entry: rel.display().to_string(),
+            why: "it would be written through a symbolic link",
+        }),
+        Err(e) => Err(ArchiveError::Io(e)),
+    }
+}
+
+/// Copies the archive `read` into `out` entry by entry, refusing it at the first entry
+/// [`validate_archive`] would refuse, with names normalized (no `./`), setuid, setgid and
+/// sticky bits dropped and the root entry left out. What the docker driver uploads.
+pub fn harden<W: Write>(read: impl Read, out: W) -> Result<(ArchiveSummary, W), ArchiveError> {
+    let mut archive = tar::Archive::new(read);
+    let mut tar = tar::Builder::new(out);
+    tar.follow_symlinks(false);
+    let mut checker = Checker::default();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let Checked::Keep { rel, link } = checker.check(&entry)? else {
+            continue;
+        };
+        let kind = entry.header().entry_type();
+        let mut header = copied_header(entry.header(), kind);
+        header.set_mode(header.mode().unwrap_or(0o644) & KEPT_MODE_BITS);
+        if kind.is_dir() {
+            tar.append_data(&mut header, &rel, io::empty())?;
+        } else if kind.is_symlink() {
+            let target = entry.link_name()?.unwrap_or_default().into_owned();
+            tar.append_link(&mut header, &rel, target)?;
+        } else if let Some(target) = link {
+            tar.append_link(&mut header, &rel, target)?;
+        } else {
+            header.set_size(entry.size());
+            tar.append_data(&mut header, &rel, &mut entry)?;
+        }
+    }
+    let out = tar.into_inner()?;
+    Ok((checker.summary, out))
+}
+
+/// [`harden`] over a pod's byte stream, off the async runtime: the archive comes out as
+/// it is read; a refused one ends the stream with the refusal (the entries before it were
+/// checked too). Dropping the returned stream stops the copy.
+pub fn hardened_stream(input: super::driver::ByteStream) -> super::driver::ByteStream {
+    use super::driver::DriverError;
+    use futures::{StreamExt, TryStreamExt};
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, DriverError>>(4);
+    let reader =
+        tokio_util::io::StreamReader::new(input.map_err(|e| io::Error::other(e.to_string())));
+    let bridge = tokio_util::io::SyncIoBridge::new(reader);
+    let writer = ChannelWriter {
+        tx: tx.clone(),
+        buf: Vec::new(),
+    };
+    // Owned by the returned stream: when it is dropped, the next send fails and the copy
+    // ends with an error nobody reads.
+    tokio::task::spawn_blocking(move || {
+        let result = harden(bridge, writer).and_then(|(_, mut w)| Ok(w.flush()?));
+        if let Err(e) = result {
+            let _ = tx.blocking_send(Err(DriverError::Refused(e.to_string())));
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+}
+
+/// A `Write` sending 64 KiB chunks to a channel (from a blocking thread).
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Result<bytes::Bytes, super::driver::DriverError>>,
+    buf: Vec<u8>,
+}
+
+const CHANNEL_CHUNK: usize = 64 * 1024;
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHANNEL_CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = bytes::Bytes::from(std::mem::take(&mut self.buf));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the reader went away"))
+    }
 }
 
 #[cfg(test)]
@@ -631,6 +832,99 @@ pub(crate) mod tests {
     fn validate_refuses_hard_links_leaving_the_root() {
         let tar = tar_of(&[Item::HardLink("shadow", "/etc/shadow")]);
         assert!(validate_archive(&tar[..]).is_err());
+    }
+
+    /// M4: the hardened extractor drops setuid/setgid/sticky bits and keeps the rest.
+    #[test]
+    fn extraction_drops_setuid_setgid_and_sticky_bits() {
+        use std::os::unix::fs::PermissionsExt;
+        let tar = tar_of(&[
+            Item::Dir("bin"),
+            Item::File("bin/suid", b"x", 0o4755),
+            Item::File("bin/sgid", b"x", 0o2750),
+            Item::File("bin/plain", b"x", 0o640),
+        ]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let summary = extract(&tar[..], dir.path()).expect("extract");
+        assert_eq!(summary.files, 3);
+        let mode = |n: &str| {
+            std::fs::metadata(dir.path().join(n))
+                .expect("extracted")
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode("bin/suid"), 0o755);
+        assert_eq!(mode("bin/sgid"), 0o750);
+        assert_eq!(mode("bin/plain"), 0o640);
+
+        let (_, out) = harden(&tar[..], Vec::new()).expect("harden");
+        let l = listing(&out);
+        assert_eq!(l["bin/suid"].1, 0o755);
+        assert_eq!(l["bin/sgid"].1, 0o750);
+    }
+
+    /// M4: escaping entries refuse the archive (they used to be silently dropped).
+    #[test]
+    fn extraction_refuses_escaping_entries_and_devices() {
+        let outside = tempfile::tempdir().expect("tempdir");
+        for (items, why) in [
+            (vec![Item::File("../evil", b"x", 0o644)], "`..`"),
+            (vec![Item::File("/abs/evil", b"x", 0o644)], "`..`"),
+            (
+                vec![
+                    Item::Symlink("link", outside.path().to_str().expect("utf-8")),
+                    Item::File("link/evil", b"x", 0o644),
+                ],
+                "symbolic link",
+            ),
+            (vec![Item::HardLink("h", "/etc/passwd")], "hard link"),
+        ] {
+            let tar = tar_of(&items);
+            let dir = tempfile::tempdir().expect("tempdir");
+            let e = extract(&tar[..], dir.path()).expect_err("refused");
+            assert!(e.to_string().contains(why), "{e}");
+            let e = harden(&tar[..], Vec::new()).expect_err("refused");
+            assert!(e.to_string().contains(why), "{e}");
+        }
+        assert!(!outside.path().join("evil").exists());
+        let mut fifo = Header::new_gnu();
+        fifo.set_entry_type(EntryType::Fifo);
+        fifo.set_size(0);
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_data(&mut fifo, "pipe", io::empty())
+            .expect("append");
+        let tar = b.into_inner().expect("finish");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = extract(&tar[..], dir.path()).expect_err("fifo");
+        assert!(matches!(e, ArchiveError::Unsupported { .. }), "{e}");
+    }
+
+    /// An existing symbolic link in the destination is not written through.
+    #[test]
+    fn extraction_never_writes_through_a_link_on_disk() {
+        let outside = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("out")).expect("symlink");
+        let tar = tar_of(&[Item::File("out/evil", b"x", 0o644)]);
+        assert!(extract(&tar[..], dir.path()).is_err());
+        assert!(!outside.path().join("evil").exists());
+    }
+
+    #[test]
+    fn hardened_archives_extract_like_the_original() {
+        let (_, out) = harden(&project()[..], Vec::new()).expect("harden");
+        let mut want = names(&project());
+        want.retain(|n| n != "." && n != "./" && n != "./build.rs");
+        want.push("build.rs".into());
+        want.sort();
+        assert_eq!(names(&out), want);
+        let dir = tempfile::tempdir().expect("tempdir");
+        extract(&out[..], dir.path()).expect("extract");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("bin/tool")).expect("file"),
+            "#!/bin/sh"
+        );
     }
 
     #[test]

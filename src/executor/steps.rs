@@ -345,8 +345,7 @@ async fn render_key(ctx: &StepCtx<'_>, template: &str) -> Result<CacheKey, StepE
         .map_err(|e| StepError::Invalid(format!("cache key {template:?}: {e}")))?;
     let mut file_sums = BTreeMap::new();
     for f in parsed.files() {
-        let bytes = read_file(ctx, &ctx.path(&f)).await?;
-        let d = cache_key::digest(&f, &bytes[..]).map_err(|e| StepError::Invalid(e.to_string()))?;
+        let d = sum_file(ctx, &f).await?;
         file_sums.insert(f.clone(), d);
     }
     let arch = ctx
@@ -371,27 +370,57 @@ async fn render_key(ctx: &StepCtx<'_>, template: &str) -> Result<CacheKey, StepE
     })
 }
 
-/// A whole (small) file of the pod.
-async fn read_file(ctx: &StepCtx<'_>, path: &str) -> Result<Vec<u8>, StepError> {
-    let stream = ctx.pod.get_archive(path).await?;
-    let tar: Vec<u8> = stream
-        .try_fold(Vec::new(), |mut acc, b| async move {
-            acc.extend_from_slice(&b);
-            Ok(acc)
-        })
-        .await?;
-    let mut archive = tar::Archive::new(std::io::Cursor::new(tar));
+/// The checksums of the pod's file `file` (relative to the working directory), read as
+/// it streams out of the pod: only the first entry of the pod's archive is read, through
+/// [`cache_key::digest`]'s limit, and the rest is never asked for (security review M7:
+/// the whole archive used to be collected in memory first). A directory is refused.
+async fn sum_file(ctx: &StepCtx<'_>, file: &str) -> Result<cache_key::FileDigest, StepError> {
+    let path = ctx.path(file);
+    let stream = ctx.pod.get_archive(&path).await?;
+    let reader =
+        tokio_util::io::StreamReader::new(stream.map_err(|e| std::io::Error::other(e.to_string())));
+    let bridge = tokio_util::io::SyncIoBridge::new(reader);
+    let file = file.to_owned();
+    tokio::task::spawn_blocking(move || first_file_digest(bridge, &file, &path))
+        .await
+        .map_err(|e| StepError::Invalid(format!("summing a file failed: {e}")))?
+}
+
+/// The checksums of the first entry of the tar `read` (the pod's archive of `path`),
+/// which must be a regular file of at most [`cache_key::MAX_SUMMED_FILE`] bytes; nothing
+/// after it is read.
+pub(crate) fn first_file_digest(
+    read: impl std::io::Read,
+    file: &str,
+    path: &str,
+) -> Result<cache_key::FileDigest, StepError> {
+    let mut archive = tar::Archive::new(read);
     for entry in archive.entries()? {
-        let mut entry = entry?;
-        if entry.header().entry_type().is_file() {
-            let mut buf = Vec::new();
-            std::io::Read::read_to_end(&mut entry, &mut buf)?;
-            return Ok(buf);
+        let entry = entry?;
+        let kind = entry.header().entry_type();
+        if kind.is_pax_global_extensions() {
+            continue;
         }
+        if kind.is_dir() {
+            return Err(StepError::Invalid(format!(
+                "{path} is a directory: a cache key sums files"
+            )));
+        }
+        if !kind.is_file() {
+            break;
+        }
+        if entry.size() > cache_key::MAX_SUMMED_FILE {
+            return Err(StepError::Invalid(
+                cache_key::KeyError::FileTooBig {
+                    file: file.to_owned(),
+                }
+                .to_string(),
+            ));
+        }
+        return cache_key::digest(file, entry).map_err(|e| StepError::Invalid(e.to_string()));
     }
     Err(StepError::Invalid(format!("{path} is not a file")))
 }
-
 pub async fn save_cache(
     ctx: &StepCtx<'_>,
     step: &SaveCacheStep,
@@ -601,6 +630,64 @@ mod tests {
         let full = checkout("full", clone_step(None, false));
         assert_eq!(git(&full, &["rev-list", "--count", "HEAD"]), "4");
         assert!(!full.join("vendor/sub/lib.txt").exists());
+    }
+
+    /// Counts the bytes read through it.
+    struct Counting<R>(R, std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+    impl<R: std::io::Read> std::io::Read for Counting<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.read(buf)?;
+            self.1
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            Ok(n)
+        }
+    }
+
+    fn tar_header(kind: tar::EntryType, name: &str, size: u64) -> Vec<u8> {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_path(name).expect("name");
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_cksum();
+        h.as_bytes().to_vec()
+    }
+
+    /// M7: a 100 MB file in a cache key is refused after reading its header, never
+    /// buffered (the pod's archive used to be collected whole first).
+    #[test]
+    fn summing_a_huge_file_reads_only_its_header() {
+        use std::io::Read;
+        let size = 100 * 1024 * 1024;
+        let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let archive = std::io::Cursor::new(tar_header(tar::EntryType::Regular, "big", size))
+            .chain(std::io::repeat(0).take(size));
+        let e = first_file_digest(Counting(archive, read.clone()), "big", "/w/big")
+            .expect_err("too big");
+        assert!(e.to_string().contains("too big"), "{e}");
+        assert!(
+            read.load(std::sync::atomic::Ordering::Relaxed) < 64 * 1024,
+            "read {} bytes",
+            read.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+
+    #[test]
+    fn summing_a_directory_is_refused_and_a_small_file_is_summed() {
+        use std::io::Read;
+        let dir = std::io::Cursor::new(tar_header(tar::EntryType::Directory, "d/", 0))
+            .chain(std::io::repeat(0).take(1024));
+        let e = first_file_digest(dir, "d", "/w/d").expect_err("a directory");
+        assert!(e.to_string().contains("is a directory"), "{e}");
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "f", &b"abc"[..]).expect("append");
+        let tar = b.into_inner().expect("finish");
+        let d = first_file_digest(&tar[..], "f", "/w/f").expect("a file");
+        assert_eq!(d, cache_key::digest("f", &b"abc"[..]).expect("digest"));
     }
 
     #[test]

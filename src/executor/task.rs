@@ -3,13 +3,14 @@
 //! honours the stop flag (cancelled before start, stopped while running) and the task
 //! timeout; streams every step's log; removes the pod at the end.
 
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use cairn_client::executor::{AssignedTask, ExecutorTaskStatus, StepStatus};
+use cairn_client::ids::{IdError, TaskId};
 use cairn_client::run::ExecutorTaskPhase;
 use cairn_client::runconfig::Step;
 use cairn_client::{LogStep, RunClient};
@@ -30,6 +31,52 @@ pub struct TaskEnv {
     pub tasks_root: PathBuf,
     /// Privileged containers are refused unless allowed.
     pub allow_privileged: bool,
+}
+
+/// Why a task's directory could not be named.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskDirError {
+    #[error(transparent)]
+    Id(#[from] IdError),
+    /// Cannot happen with a valid id; checked anyway (security review C2).
+    #[error("the directory of task {0} would not be directly under the tasks root")]
+    Escapes(String),
+}
+
+/// A task's directory on the executor host: `<tasks root>/<task id>`, made only from a
+/// validated [`TaskId`] and checked to be a direct child of the tasks root, so a task id
+/// from the server (or a store write) never names another host directory (security
+/// review C2: `remove_dir_all` runs on it before and after the task).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskDir(PathBuf);
+
+impl TaskDir {
+    /// The directory of task `id` under `tasks_root`.
+    pub fn new(tasks_root: &Path, id: &TaskId) -> Result<TaskDir, TaskDirError> {
+        let dir = tasks_root.join(id.as_str());
+        let under_root = dir.parent() == Some(tasks_root)
+            && dir
+                .strip_prefix(tasks_root)
+                .map(|rel| {
+                    let mut parts = rel.components();
+                    matches!(parts.next(), Some(Component::Normal(p)) if p == id.as_str())
+                        && parts.next().is_none()
+                })
+                .unwrap_or(false);
+        if !under_root {
+            return Err(TaskDirError::Escapes(id.to_string()));
+        }
+        Ok(TaskDir(dir))
+    }
+
+    /// Validates `id` and names its directory under `tasks_root`.
+    pub fn of(tasks_root: &Path, id: &str) -> Result<TaskDir, TaskDirError> {
+        TaskDir::new(tasks_root, &TaskId::parse(id)?)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
 }
 
 /// Handles of a running task, kept by the agent.
@@ -147,6 +194,14 @@ async fn run(
     tx: watch::Sender<ExecutorTaskStatus>,
 ) {
     let now = chrono::Utc::now;
+    // Before anything touches the file system: the id names the task's directory.
+    let task_dir = match TaskDir::of(&env.tasks_root, &task.task.id) {
+        Ok(dir) => dir.path().to_path_buf(),
+        Err(e) => {
+            tracing::warn!(error = %e, "task refused: its id cannot name a task directory");
+            return;
+        }
+    };
     let spec = task.data;
     let mut r = Runner {
         id: task.task.id.clone(),
@@ -182,7 +237,6 @@ async fn run(
         })
     });
 
-    let task_dir = r.env.tasks_root.join(&r.id);
     let mut setup_log = r.log(LogStep::Setup);
     let pod = setup(&r, &spec, &task_dir, &mut setup_log).await;
     let pod = match pod {
@@ -357,4 +411,22 @@ async fn setup(
 /// A tar with no entries (two zero blocks).
 fn empty_tar() -> Bytes {
     Bytes::from(vec![0u8; 1024])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// C2: a task id is a uuid and its directory a direct child of the tasks root.
+    #[test]
+    fn task_dirs_are_made_only_from_uuids_under_the_root() {
+        let root = Path::new("/data/tasks");
+        let id = "0f8fad5b-d9cb-469f-a165-70867728950e";
+        let dir = TaskDir::of(root, id).expect("a uuid");
+        assert_eq!(dir.path(), root.join(id));
+        for bad in ["/tmp/victim", "../../x", "..", "", "a/b", "t1"] {
+            let e = TaskDir::of(root, bad).expect_err(bad);
+            assert!(matches!(e, TaskDirError::Id(_)), "{bad}: {e}");
+        }
+    }
 }

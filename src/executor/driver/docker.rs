@@ -520,7 +520,22 @@ impl Pod for DockerPod {
             strip_root: false,
             owner: Some(owner),
         };
-        self.upload(dest, rewrite_stream(tar, rewrite)).await
+        // Refuses escaping entries and drops setuid/setgid bits before the Engine sees
+        // the archive (security review M4).
+        let refusal = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+        let seen = refusal.clone();
+        let tar = crate::executor::archive::hardened_stream(tar)
+            .inspect_err(move |e| {
+                if let Ok(mut slot) = seen.lock() {
+                    slot.get_or_insert_with(|| e.to_string());
+                }
+            })
+            .boxed();
+        let uploaded = self.upload(dest, rewrite_stream(tar, rewrite)).await;
+        match refusal.lock().ok().and_then(|mut slot| slot.take()) {
+            Some(why) => Err(DriverError::Refused(why)),
+            None => uploaded,
+        }
     }
 
     async fn get_archive(&self, path: &str) -> Result<ByteStream, DriverError> {

@@ -292,8 +292,8 @@ impl Pod for LocalPod {
     ) -> Result<(), DriverError> {
         let dest = self.resolve(dest);
         tokio::fs::create_dir_all(&dest).await?;
-        // Spool to a file, then extract off the runtime (tar refuses entries that
-        // would escape `dest`).
+        // Spool to a file, then extract off the runtime with the hardened extractor
+        // (escaping entries refuse the archive; setuid/setgid bits are dropped).
         let spool = self
             .task_dir
             .join(format!("in-{}.tar", uuid::Uuid::new_v4()));
@@ -306,18 +306,16 @@ impl Pod for LocalPod {
             f.flush().await?;
         }
         let s = spool.clone();
-        let result = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let result = tokio::task::spawn_blocking(move || -> Result<(), DriverError> {
             let f = std::fs::File::open(&s)?;
-            let mut archive = tar::Archive::new(f);
-            archive.set_preserve_permissions(true);
-            archive.set_overwrite(true);
-            archive.unpack(&dest)
+            crate::executor::archive::extract(std::io::BufReader::new(f), &dest)
+                .map(|_| ())
+                .map_err(|e| DriverError::Refused(e.to_string()))
         })
         .await
         .map_err(|e| DriverError::Io(std::io::Error::other(e)))?;
         let _ = tokio::fs::remove_file(&spool).await;
-        result?;
-        Ok(())
+        result
     }
 
     async fn get_archive(&self, path: &str) -> Result<ByteStream, DriverError> {
