@@ -534,8 +534,12 @@ impl Kv {
 
     async fn forward(&self, cmd: Command) -> Result<CommandResult, KvError> {
         let timeout = self.n.timing.request_timeout;
+        let from = self.n.id;
         self.call_leader(
-            move |_| PeerRequest::Propose(cmd.clone()),
+            move |_| PeerRequest::Propose {
+                from,
+                cmd: cmd.clone(),
+            },
             |r| match r {
                 PeerResponse::Propose(r) => Some(r),
                 _ => None,

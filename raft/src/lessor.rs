@@ -5,6 +5,10 @@
 //! election timeout, so no lease expires early because of a leader change; on losing
 //! leadership all deadlines are dropped. The decisions are plain functions of the lease
 //! table and the clock; the loop that proposes expiries lives in [`crate::node`].
+//!
+//! Every deadline is computed by [`deadline`], which saturates: a TTL from an old store
+//! (granted before [`store::command::MAX_LEASE_TTL`] was enforced, up to `i64::MAX`) or a
+//! negative one never makes `Instant + Duration` panic (security.md H3).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,6 +16,20 @@ use std::time::{Duration, Instant};
 
 /// At most this many leases are expired by one proposal.
 pub const MAX_EXPIRE_BATCH: usize = 1000;
+
+/// `now + ttl seconds + extend`, never panicking: the TTL is clamped to
+/// `0..=MAX_LEASE_TTL`, the sum saturates, and a deadline past what `Instant` can hold
+/// is pulled back until it fits (it is then centuries away either way).
+pub fn deadline(now: Instant, ttl: i64, extend: Duration) -> Instant {
+    let secs = ttl.clamp(0, store::command::MAX_LEASE_TTL).unsigned_abs();
+    let mut d = Duration::from_secs(secs).saturating_add(extend);
+    loop {
+        if let Some(t) = now.checked_add(d) {
+            return t;
+        }
+        d /= 2;
+    }
+}
 
 #[derive(Default)]
 struct Deadlines {
@@ -39,7 +57,7 @@ impl Lessor {
         d.primary = true;
         d.by_lease = leases
             .iter()
-            .map(|&(id, ttl)| (id, now + Duration::from_secs(ttl as u64) + extend))
+            .map(|&(id, ttl)| (id, deadline(now, ttl, extend)))
             .collect();
     }
 
@@ -56,7 +74,7 @@ impl Lessor {
         if !d.primary {
             return false;
         }
-        d.by_lease.insert(id, now + Duration::from_secs(ttl as u64));
+        d.by_lease.insert(id, deadline(now, ttl, Duration::ZERO));
         true
     }
 
@@ -82,7 +100,7 @@ impl Lessor {
         for (&id, &ttl) in &live {
             d.by_lease
                 .entry(id)
-                .or_insert(now + Duration::from_secs(ttl as u64));
+                .or_insert_with(|| deadline(now, ttl, Duration::ZERO));
         }
         let mut expired: Vec<i64> = d
             .by_lease
@@ -94,8 +112,7 @@ impl Lessor {
         expired.truncate(MAX_EXPIRE_BATCH);
         for id in &expired {
             let ttl = live.get(id).copied().unwrap_or(1);
-            d.by_lease
-                .insert(*id, now + Duration::from_secs(ttl as u64));
+            d.by_lease.insert(*id, deadline(now, ttl, Duration::ZERO));
         }
         expired
     }
@@ -157,6 +174,40 @@ mod tests {
             l.take_expired(&[(7, 3)], now + Duration::from_secs(3)),
             vec![7]
         );
+    }
+
+    /// H3 (security.md): a lease with TTL `i64::MAX` (accepted before the cap, so it may
+    /// sit in an existing store) made `now + Duration::from_secs(ttl)` panic the lessor
+    /// loop, and no lease expired again. Now its deadline saturates and the others expire.
+    #[test]
+    fn huge_and_negative_ttls_never_panic_and_other_leases_still_expire() {
+        let l = Lessor::default();
+        let now = Instant::now();
+        let leases = [(1, i64::MAX), (2, 1), (3, i64::MIN), (4, -1)];
+        l.promote(&leases, now, Duration::MAX);
+        l.demote();
+        l.promote(&leases, now, Duration::from_secs(1));
+        assert!(l.keepalive(1, i64::MAX, now));
+        assert!(l.remaining(1, now).is_some_and(|s| s > 1_000_000_000));
+        let expired = l.take_expired(&leases, now + Duration::from_secs(2));
+        assert_eq!(
+            expired,
+            vec![2, 3, 4],
+            "the huge lease lives on, the others expire"
+        );
+        assert!(l.take_expired(&[(5, i64::MAX)], now).is_empty());
+    }
+
+    #[test]
+    fn a_deadline_saturates_instead_of_overflowing() {
+        let now = Instant::now();
+        assert_eq!(
+            deadline(now, 5, Duration::from_secs(1)),
+            now + Duration::from_secs(6)
+        );
+        assert_eq!(deadline(now, -7, Duration::ZERO), now);
+        let far = deadline(now, i64::MAX, Duration::MAX);
+        assert!(far >= now + Duration::from_secs(1_000_000_000));
     }
 
     #[test]

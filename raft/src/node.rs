@@ -143,9 +143,25 @@ impl Node {
                 cfg.timing.request_timeout,
             ),
         );
-        node.spawn("lessor", lessor_loop(node.inner.clone()));
-        node.spawn("watch-progress", progress_loop(node.inner.clone()));
-        node.spawn("auto-compaction", compaction_loop(node.inner.clone()));
+        let inner = node.inner.clone();
+        node.spawn(
+            "lessor",
+            supervised("lessor", RESTART_PAUSE, move || lessor_loop(inner.clone())),
+        );
+        let inner = node.inner.clone();
+        node.spawn(
+            "watch-progress",
+            supervised("watch-progress", RESTART_PAUSE, move || {
+                progress_loop(inner.clone())
+            }),
+        );
+        let inner = node.inner.clone();
+        node.spawn(
+            "auto-compaction",
+            supervised("auto-compaction", RESTART_PAUSE, move || {
+                compaction_loop(inner.clone())
+            }),
+        );
         Ok(node)
     }
 
@@ -386,15 +402,41 @@ impl PeerHandler for Node {
 }
 
 impl Node {
+    /// Whether `id` is a voter or learner of this node's effective membership (the
+    /// latest in its log) or of the last applied one: while a config that drops the
+    /// leader is appended but not yet committed here, the leader must still reach us to
+    /// commit it. A node with no membership at all (waiting to join) says yes.
+    fn peer_is_member(&self, mem: &openraft::Membership<NodeId, NodeAddr>, id: NodeId) -> bool {
+        if mem.nodes().next().is_none() || mem.nodes().any(|(n, _)| *n == id) {
+            return true;
+        }
+        match crate::state_machine::applied_membership(&self.inner.mvcc) {
+            Ok(applied) => applied.membership().nodes().any(|(n, _)| *n == id),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the applied membership");
+                false
+            }
+        }
+    }
+
     async fn answer(&self, req: PeerRequest) -> PeerResponse {
         let inner = &self.inner;
+        let m = metrics(inner);
+        let mem = m.membership_config.membership();
+        if let Err(why) = crate::rpc::admit(&req, m.current_term, |id| self.peer_is_member(mem, id))
+        {
+            tracing::warn!(refused = %why, "peer request refused");
+            return PeerResponse::Refused(why);
+        }
         match req {
             PeerRequest::Append(r) => PeerResponse::Append(inner.raft.append_entries(r).await),
             PeerRequest::Vote(r) => PeerResponse::Vote(inner.raft.vote(r).await),
             PeerRequest::Snapshot(r) => {
                 PeerResponse::Snapshot(inner.raft.install_snapshot(r).await)
             }
-            PeerRequest::Propose(cmd) => PeerResponse::Propose(self.kv().propose_local(cmd).await),
+            PeerRequest::Propose { cmd, .. } => {
+                PeerResponse::Propose(self.kv().propose_local(cmd).await)
+            }
             PeerRequest::ReadIndex => {
                 PeerResponse::ReadIndex(match inner.raft.ensure_linearizable().await {
                     Ok(read) => Ok(read),
@@ -553,6 +595,34 @@ impl From<TransportError> for KvError {
     }
 }
 
+/// Pause before a panicked background loop is started again.
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
+
+/// Runs the loop `make()` builds, and when it panics logs the panic at error level and
+/// starts a new one after `pause`, so a bug in a loop (the lessor's TTL
+/// overflow of security.md H3 was one) is loud and never leaves it silently dead. A loop
+/// that returns is not restarted. Cancelled with the node's other tasks by [`Node::spawn`].
+async fn supervised<F, Fut>(name: &'static str, pause: Duration, mut make: F)
+where
+    F: FnMut() -> Fut + Send,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    loop {
+        match std::panic::AssertUnwindSafe(make()).catch_unwind().await {
+            Ok(()) => return,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-string panic".into());
+                tracing::error!(task = name, panic = %what, "background loop panicked; restarting it");
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+}
+
 /// Follows leadership: promotes/demotes the lessor and, while leader, proposes the expiry
 /// of leases whose deadline passed.
 async fn lessor_loop(inner: Arc<NodeInner>) {
@@ -667,6 +737,34 @@ async fn progress_loop(inner: Arc<NodeInner>) {
     loop {
         tick.tick().await;
         inner.mvcc.hub().progress_tick(Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod supervision_tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::supervised;
+
+    #[tokio::test]
+    async fn a_panicking_loop_is_restarted_and_a_returning_one_is_not() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r = runs.clone();
+        supervised("test", std::time::Duration::ZERO, move || {
+            let r = r.clone();
+            async move {
+                if r.fetch_add(1, Ordering::SeqCst) < 2 {
+                    panic!("boom");
+                }
+            }
+        })
+        .await;
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            3,
+            "two panics, then a clean return"
+        );
     }
 }
 

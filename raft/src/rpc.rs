@@ -19,8 +19,11 @@ pub enum PeerRequest {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     Snapshot(InstallSnapshotRequest<TypeConfig>),
-    /// Propose a command on the leader.
-    Propose(Command),
+    /// Propose a command on the leader, forwarded by member `from`.
+    Propose {
+        from: NodeId,
+        cmd: Command,
+    },
     /// The leader's read point for a linearizable read on a follower.
     ReadIndex,
     /// Refresh a lease on the leader; answers the TTL.
@@ -51,6 +54,82 @@ pub enum PeerResponse {
     Join(Result<JoinResponse, KvError>),
     Remove(Result<(), KvError>),
     Status(NodeStatus),
+    /// The request was not handled ([`admit`] refused it).
+    Refused(Refusal),
+}
+
+/// How far above this node's current term a vote request's term may be. An honest
+/// candidate raises its term by one per election (at most one every ~0.3 s with the
+/// fastest timing), so a jump this large means a month of back-to-back failed elections;
+/// a forged request could otherwise take the term to `u64::MAX` in one step.
+pub const MAX_TERM_JUMP: u64 = 1 << 20;
+
+/// No Raft message may carry a term above this (half of `u64::MAX`: unreachable by
+/// elections, and leaves room for every `term + 1` openraft computes).
+pub const MAX_TERM: u64 = u64::MAX / 2;
+
+/// Why a peer request was refused before reaching Raft.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum Refusal {
+    #[error("node {0} is not a member of this cluster")]
+    NotAMember(NodeId),
+    #[error("term {term} is absurd (current term {current})")]
+    AbsurdTerm { term: u64, current: u64 },
+}
+
+/// Sanity checks on a peer request before it reaches openraft (security.md H2):
+/// - Vote, Append, Snapshot and Propose must come from a member (voter or learner) of
+///   this node's membership, as `is_member` tells; a node with no membership yet (one
+///   waiting to join) takes Raft messages from anyone holding the peer token.
+/// - A term above [`MAX_TERM`] is refused in every Raft message, and a vote request's
+///   term more than [`MAX_TERM_JUMP`] above `current_term` too.
+///
+/// Without the term checks, openraft 0.9.25 takes any vote request whose last log id is
+/// not behind its own once the leader lease has lapsed (`Engine::handle_vote_req`): it
+/// persists the request's vote as its own (`VoteHandler::update_vote` → `SaveVote`), so
+/// one request with term `u64::MAX` sets the persisted term to `u64::MAX` for good. The
+/// next election on that node then computes `term + 1` (`Engine::elect`): in a debug
+/// build that panics on overflow; in a release build it wraps to term 0, the new vote is
+/// below the saved one, and `update_vote(..).unwrap()` ("it won't reject itself")
+/// panics, so the Raft core dies either way and the node never elects a leader again.
+/// Append and Snapshot requests update the vote the same way.
+pub fn admit(
+    req: &PeerRequest,
+    current_term: u64,
+    is_member: impl Fn(NodeId) -> bool,
+) -> Result<(), Refusal> {
+    let (from, term, is_vote) = match req {
+        PeerRequest::Append(r) => (
+            r.vote.leader_id().node_id,
+            Some(r.vote.leader_id().term),
+            false,
+        ),
+        PeerRequest::Vote(r) => (
+            r.vote.leader_id().node_id,
+            Some(r.vote.leader_id().term),
+            true,
+        ),
+        PeerRequest::Snapshot(r) => (
+            r.vote.leader_id().node_id,
+            Some(r.vote.leader_id().term),
+            false,
+        ),
+        PeerRequest::Propose { from, .. } => (*from, None, false),
+        _ => return Ok(()),
+    };
+    if let Some(term) = term {
+        let too_far = is_vote && term > current_term.saturating_add(MAX_TERM_JUMP);
+        if term > MAX_TERM || too_far {
+            return Err(Refusal::AbsurdTerm {
+                term,
+                current: current_term,
+            });
+        }
+    }
+    if !is_member(from) {
+        return Err(Refusal::NotAMember(from));
+    }
+    Ok(())
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -80,4 +159,54 @@ pub struct NodeStatus {
     pub engine: String,
     pub db_size: u64,
     pub keys: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::raft::VoteRequest;
+
+    use super::*;
+    use crate::types::Vote;
+
+    fn vote(term: u64, from: NodeId) -> PeerRequest {
+        PeerRequest::Vote(VoteRequest::new(Vote::new(term, from), None))
+    }
+
+    #[test]
+    fn a_vote_from_a_member_within_the_term_bound_is_admitted() {
+        let members = |id| id == 1 || id == 2;
+        assert_eq!(admit(&vote(8, 2), 7, members), Ok(()));
+        assert_eq!(admit(&vote(7 + MAX_TERM_JUMP, 2), 7, members), Ok(()));
+    }
+
+    #[test]
+    fn absurd_terms_are_refused() {
+        let members = |_| true;
+        for term in [u64::MAX, MAX_TERM + 1, 8 + MAX_TERM_JUMP] {
+            assert_eq!(
+                admit(&vote(term, 2), 7, members),
+                Err(Refusal::AbsurdTerm { term, current: 7 })
+            );
+        }
+        // Near the top, the jump bound saturates instead of overflowing.
+        assert!(admit(&vote(u64::MAX, 2), u64::MAX - 1, members).is_err());
+    }
+
+    #[test]
+    fn raft_messages_and_proposals_from_non_members_are_refused() {
+        let members = |id| id == 1;
+        assert_eq!(admit(&vote(8, 9), 7, members), Err(Refusal::NotAMember(9)));
+        let propose = PeerRequest::Propose {
+            from: 9,
+            cmd: Command::LeaseRevoke { id: 1 },
+        };
+        assert_eq!(admit(&propose, 7, members), Err(Refusal::NotAMember(9)));
+        // Requests that are not Raft messages or proposals are not checked here.
+        assert_eq!(admit(&PeerRequest::Status, 7, members), Ok(()));
+        let join = PeerRequest::Join {
+            node_id: 9,
+            addr: NodeAddr::default(),
+        };
+        assert_eq!(admit(&join, 7, members), Ok(()));
+    }
 }

@@ -166,6 +166,11 @@ fn read_applied(mvcc: &Mvcc) -> Result<(Option<LogId>, StoredMembership), Storag
     Ok((applied, membership))
 }
 
+/// The membership last applied to `mvcc`'s state machine (the default when none was).
+pub(crate) fn applied_membership(mvcc: &Mvcc) -> Result<StoredMembership, StorageError> {
+    read_applied(mvcc).map(|(_, m)| m)
+}
+
 fn pointers(applied: &Option<LogId>, membership: &StoredMembership) -> WriteBatch {
     let mut b = WriteBatch::new();
     b.put(Cf::Meta, APPLIED, encode(applied));

@@ -40,6 +40,8 @@ pub type StoredMembership = openraft::StoredMembership<NodeId, NodeAddr>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, NodeAddr>;
 pub type Snapshot = openraft::Snapshot<TypeConfig>;
 pub type RaftMetrics = openraft::RaftMetrics<NodeId, NodeAddr>;
+pub type VoteRequest = openraft::raft::VoteRequest<NodeId>;
+pub type CommittedLeaderId = openraft::CommittedLeaderId<NodeId>;
 
 /// Encodes a value with the bincode configuration used on disk and on the wire.
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {

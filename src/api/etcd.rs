@@ -142,6 +142,7 @@ impl From<KvError> for EtcdError {
                     INVALID_ARGUMENT,
                     "etcdserver: request is too large",
                 ),
+                StoreError::LeaseTtlTooLarge { .. } => lease_ttl_too_large(),
                 StoreError::LeaseTtlTooSmall { .. }
                 | StoreError::InvalidArgument(_)
                 | StoreError::NotANumber { .. } => {
@@ -195,6 +196,16 @@ impl From<KvError> for EtcdError {
 }
 
 type Reply<T> = Result<Json<T>, EtcdError>;
+
+/// etcd's `ErrGRPCLeaseTTLTooLarge` (OutOfRange), for a TTL above
+/// [`store::MAX_LEASE_TTL`].
+fn lease_ttl_too_large() -> EtcdError {
+    EtcdError::new(
+        StatusCode::BAD_REQUEST,
+        OUT_OF_RANGE,
+        "etcdserver: too large lease TTL",
+    )
+}
 
 /// Parses a JSON body whatever its content type (as etcd's gateway does); an empty
 /// body is `{}`.
@@ -452,6 +463,10 @@ async fn lease_grant(State(s): State<EtcdState>, b: Bytes) -> Reply<wire::LeaseG
         return Err(EtcdError::bad_request(
             "etcdserver: lease TTL must be positive",
         ));
+    }
+    // Refused here and again by the state machine (security.md H3).
+    if g.ttl.0 > store::MAX_LEASE_TTL {
+        return Err(lease_ttl_too_large());
     }
     let (id, ttl) = s
         .node

@@ -22,6 +22,11 @@ struct Auth {
 }
 
 async fn require_token(State(auth): State<Auth>, req: Request, next: Next) -> Response {
+    if auth.token.is_none()
+        && let Err(why) = loopback_only(req.headers())
+    {
+        return EtcdError::new(StatusCode::FORBIDDEN, 7, why).into_response();
+    }
     if let Some(token) = &auth.token {
         let ok = req
             .headers()
@@ -34,6 +39,35 @@ async fn require_token(State(auth): State<Auth>, req: Request, next: Next) -> Re
         }
     }
     next.run(req).await
+}
+
+/// With client auth off (loopback only), a web page in a local browser must not reach
+/// the API (security.md L5): a request must name a loopback `Host` (a DNS-rebound name
+/// is not one) and carry no `Origin` other than `http://<that host>` (a cross-origin
+/// "simple request" from a browser always carries one). curl and the CLI send neither.
+fn loopback_only(headers: &axum::http::HeaderMap) -> Result<(), &'static str> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let loopback = name.eq_ignore_ascii_case("localhost")
+        || name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        return Err("etcdserver: without client auth, only loopback Host names are served");
+    }
+    match headers.get(header::ORIGIN) {
+        None => Ok(()),
+        Some(o) if o.as_bytes() == format!("http://{host}").as_bytes() => Ok(()),
+        Some(_) => Err("etcdserver: cross-origin requests are refused without client auth"),
+    }
 }
 
 /// Rewrites the plain-text errors axum itself produces (body too large, wrong method)

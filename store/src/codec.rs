@@ -12,9 +12,57 @@ pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
         .expect("encoding plain data to a Vec cannot fail")
 }
 
-/// Decodes a value written by [`encode`].
+/// Decodes a value written by [`encode`], with bincode's size limit set to the size class
+/// of `bytes` (see [`limit_for`]): a length prefix that claims more than that is refused
+/// before anything is allocated, so a 14-byte input cannot make bincode allocate 2^44
+/// bytes (bincode 2 allocates a `String` or byte buffer of the claimed length *before*
+/// reading it, and with no limit it does not check the claim at all).
+///
+/// Only strings and byte buffers claim against the limit (sequences and maps decoded
+/// through serde grow as their elements arrive; serde caps their preallocation at 1 MiB).
+/// Every byte claimed must then be read from `bytes`, so a valid encoding never claims
+/// more than `bytes.len()` and is never refused by the limit.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+    match limit_for(bytes.len()) {
+        KIB_4 => decode_limited::<T, KIB_4>(bytes),
+        KIB_256 => decode_limited::<T, KIB_256>(bytes),
+        MIB_4 => decode_limited::<T, MIB_4>(bytes),
+        MIB_64 => decode_limited::<T, MIB_64>(bytes),
+        GIB_1 => decode_limited::<T, GIB_1>(bytes),
+        _ => decode_limited::<T, { usize::MAX }>(bytes),
+    }
+}
+
+const KIB_4: usize = 4 << 10;
+const KIB_256: usize = 256 << 10;
+const MIB_4: usize = 4 << 20;
+const MIB_64: usize = 64 << 20;
+const GIB_1: usize = 1 << 30;
+
+/// The limit [`decode`] uses for an input of `len` bytes: the smallest of 4 KiB,
+/// 256 KiB, 4 MiB, 64 MiB and 1 GiB that holds it (no limit above 1 GiB).
+pub const fn limit_for(len: usize) -> usize {
+    if len <= KIB_4 {
+        KIB_4
+    } else if len <= KIB_256 {
+        KIB_256
+    } else if len <= MIB_4 {
+        MIB_4
+    } else if len <= MIB_64 {
+        MIB_64
+    } else if len <= GIB_1 {
+        GIB_1
+    } else {
+        usize::MAX
+    }
+}
+
+/// Decodes with bincode's limit set to `LIMIT` bytes: no string or byte buffer (nor all
+/// of them together) is allocated beyond it; a larger claim is an error.
+pub fn decode_limited<T: DeserializeOwned, const LIMIT: usize>(
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard().with_limit::<LIMIT>())
         .map(|(v, _)| v)
         .map_err(StoreError::corrupt)
 }
@@ -63,6 +111,51 @@ pub fn history_prefix(key: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// H2 (security.md): `PeerRequest::Join { node_id: 5, addr: String(len = 2^44) }` in
+    /// 14 bytes; the same shape here as a (u8, u8, String) tuple.
+    #[test]
+    fn a_huge_length_prefix_is_refused_before_allocating() {
+        let bomb = b"\x07\x05\xfd\x00\x00\x00\x00\x00\x10\x00\x00abc";
+        let r: Result<(u8, u8, String), _> = decode(bomb);
+        assert!(r.is_err());
+        let r: Result<(u8, u8, Vec<u8>), _> = decode(bomb);
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn values_at_the_edge_of_a_size_class_still_decode() {
+        for len in [0usize, 100, KIB_4 - 8, KIB_4 + 1, KIB_256 + 10] {
+            let v = (7u64, "x".repeat(len), vec![1u8; len / 2]);
+            let bytes = encode(&v);
+            let back: (u64, String, Vec<u8>) = decode(&bytes).expect("a valid encoding decodes");
+            assert_eq!(back, v);
+        }
+    }
+
+    #[test]
+    fn a_nested_batch_is_refused_and_a_flat_one_decodes() {
+        use crate::Command;
+        let flat = Command::Batch(vec![
+            Command::LeaseRevoke { id: 1 },
+            Command::Compact { revision: 2 },
+        ]);
+        assert_eq!(decode::<Command>(&encode(&flat)), Ok(flat.clone()));
+        let nested = Command::Batch(vec![flat]);
+        assert!(decode::<Command>(&encode(&nested)).is_err());
+        // A well-formed command after a refused one still decodes (no flag left set).
+        let again = Command::Batch(vec![Command::LeaseRevoke { id: 3 }]);
+        assert_eq!(decode::<Command>(&encode(&again)), Ok(again.clone()));
+    }
+
+    proptest::proptest! {
+        /// Arbitrary bytes never panic, whatever type they are decoded as.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = decode::<(u8, String, Vec<u8>, Option<Vec<String>>)>(&bytes);
+            let _ = decode::<crate::Command>(&bytes);
+        }
+    }
 
     #[test]
     fn escaped_history_keys_sort_by_key_then_revision() {

@@ -7,6 +7,12 @@ use crate::kv::{
     DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
 };
 
+/// The largest lease TTL granted, in seconds: etcd's `MaxLeaseTTL` (9,000,000,000 s,
+/// about 285 years). Larger grants are refused where they enter (the etcd API) and again
+/// by the state machine, so no replicated command carries one; every deadline computed
+/// from a TTL up to this fits an `Instant` (and the lessor saturates anyway).
+pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+
 /// A mutating request, applied identically on every replica.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -37,8 +43,29 @@ pub enum Command {
     },
     /// Several independent requests in one Raft entry (group commit). Each is applied as
     /// if it were its own entry, in order, with its own revision and its own result.
-    /// Batches do not nest.
-    Batch(Vec<Command>),
+    /// Batches do not nest, and decoding refuses a nested one: a peer could otherwise
+    /// nest thousands in a few KiB, each level a stack frame and a preallocated vector.
+    Batch(#[serde(deserialize_with = "flat_batch")] Vec<Command>),
+}
+
+thread_local! {
+    /// Set while the commands of a batch are being decoded on this thread.
+    static IN_BATCH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Decodes a batch's commands, refusing a batch inside them.
+fn flat_batch<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Command>, D::Error> {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            IN_BATCH.with(|b| b.set(false));
+        }
+    }
+    if IN_BATCH.with(|b| b.replace(true)) {
+        return Err(serde::de::Error::custom("batches do not nest"));
+    }
+    let _reset = Reset;
+    Vec::<Command>::deserialize(d)
 }
 
 /// The outcome of applying one [`Command`].

@@ -24,6 +24,9 @@ pub enum StoreError {
     LeaseExists(i64),
     #[error("lease TTL {ttl}s is below the minimum of {min}s")]
     LeaseTtlTooSmall { ttl: i64, min: i64 },
+    /// Above [`MAX_LEASE_TTL`](crate::command::MAX_LEASE_TTL) (etcd's `MaxLeaseTTL`).
+    #[error("too large lease TTL: {ttl}s is above the maximum of {max}s")]
+    LeaseTtlTooLarge { ttl: i64, max: i64 },
     #[error("duplicate key given in txn request: {0}")]
     DuplicateKey(String),
     #[error("key not found (ignore_value/ignore_lease need an existing key)")]

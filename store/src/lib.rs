@@ -15,7 +15,7 @@ pub mod mvcc;
 pub mod snapshot;
 pub mod watch;
 
-pub use command::{Command, CommandResult};
+pub use command::{Command, CommandResult, MAX_LEASE_TTL};
 pub use engine::{Cf, Durability, Engine, EngineError, EngineKind, Scan, WriteBatch};
 pub use error::StoreError;
 pub use kv::*;

@@ -455,6 +455,12 @@ impl Mvcc {
                         "lease TTL must be positive, got {ttl}"
                     )));
                 }
+                if ttl > crate::command::MAX_LEASE_TTL {
+                    return Err(StoreError::LeaseTtlTooLarge {
+                        ttl,
+                        max: crate::command::MAX_LEASE_TTL,
+                    });
+                }
                 let id = if id == 0 {
                     let mut next = st.next_lease_id.max(1);
                     while st.leases.contains_key(&next) {

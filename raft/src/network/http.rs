@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -113,20 +112,58 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn rpc(State(st): State<PeerState>, headers: HeaderMap, body: Bytes) -> Response {
-    if !token_ok(&headers, &st.token) {
+/// The peer endpoint. The token is checked before a byte of the body is read, so an
+/// unauthenticated request is answered at once and its body never buffered; the body is
+/// then read up to [`MAX_RPC_BODY`] and decoded with bincode's size limit (see
+/// [`store::codec::decode`]): a short body with a huge length prefix is a 400, never an
+/// allocation (security.md H2). A request the node refuses (a sender that is not a
+/// member, an absurd term: [`crate::rpc::admit`]) is a 403.
+async fn rpc(State(st): State<PeerState>, req: axum::extract::Request) -> Response {
+    if !token_ok(req.headers(), &st.token) {
         return (StatusCode::UNAUTHORIZED, "wrong cluster token").into_response();
     }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_RPC_BODY as u64) {
+        return too_large();
+    }
+    let body = match axum::body::to_bytes(req.into_body(), MAX_RPC_BODY).await {
+        Ok(b) => b,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("unreadable peer request body (at most {MAX_RPC_BODY} bytes): {e}"),
+            )
+                .into_response();
+        }
+    };
     let req: PeerRequest = match decode(&body) {
         Ok(r) => r,
         Err(e) => {
             return (StatusCode::BAD_REQUEST, format!("bad peer request: {e}")).into_response();
         }
     };
-    let resp = st.handler.handle(req).await;
+    match st.handler.handle(req).await {
+        PeerResponse::Refused(why) => (
+            StatusCode::FORBIDDEN,
+            format!("peer request refused: {why}"),
+        )
+            .into_response(),
+        resp => (
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            encode(&resp),
+        )
+            .into_response(),
+    }
+}
+
+fn too_large() -> Response {
     (
-        [(header::CONTENT_TYPE, "application/octet-stream")],
-        encode(&resp),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("peer request body over {MAX_RPC_BODY} bytes"),
     )
         .into_response()
 }

@@ -1335,6 +1335,32 @@ fn put_with_an_unknown_lease_fails() {
     }
 }
 
+/// H3 (security.md): a TTL above etcd's `MaxLeaseTTL` is refused by the state machine
+/// itself, so no replicated command can bring one into the lease table.
+#[test]
+fn a_lease_ttl_above_the_maximum_is_refused() {
+    for (t, m) in stores() {
+        let name = t.kind.as_str();
+        for ttl in [i64::MAX, crate::command::MAX_LEASE_TTL + 1] {
+            assert_eq!(
+                err(apply(&m, Command::LeaseGrant { id: 0, ttl })),
+                StoreError::LeaseTtlTooLarge {
+                    ttl,
+                    max: crate::command::MAX_LEASE_TTL
+                },
+                "{name}"
+            );
+        }
+        assert_eq!(m.leases(), vec![], "{name}");
+        let id = grant(&m, 0, crate::command::MAX_LEASE_TTL);
+        assert_eq!(
+            m.leases(),
+            vec![(id, crate::command::MAX_LEASE_TTL)],
+            "{name}"
+        );
+    }
+}
+
 #[test]
 fn lease_grant_and_revoke_delete_all_attached_keys_in_one_revision() {
     for (t, m) in stores() {
