@@ -403,15 +403,20 @@ impl PeerHandler for Node {
 
 impl Node {
     /// Whether `id` is a voter or learner of this node's effective membership (the
-    /// latest in its log) or of the last applied one: while a config that drops the
-    /// leader is appended but not yet committed here, the leader must still reach us to
-    /// commit it. A node with no membership at all (waiting to join) says yes.
+    /// latest in its log, as the metrics show it) or of the last applied one: while a
+    /// config that drops the leader is appended but not yet committed here, the leader
+    /// must still reach us to commit it. A node with neither (one waiting to join) says
+    /// yes to everyone: its first leader is not known to it yet.
     fn peer_is_member(&self, mem: &openraft::Membership<NodeId, NodeAddr>, id: NodeId) -> bool {
-        if mem.nodes().next().is_none() || mem.nodes().any(|(n, _)| *n == id) {
+        if mem.nodes().any(|(n, _)| *n == id) {
             return true;
         }
         match crate::state_machine::applied_membership(&self.inner.mvcc) {
-            Ok(applied) => applied.membership().nodes().any(|(n, _)| *n == id),
+            Ok(applied) => {
+                let applied = applied.membership();
+                applied.nodes().any(|(n, _)| *n == id)
+                    || (mem.nodes().next().is_none() && applied.nodes().next().is_none())
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "reading the applied membership");
                 false

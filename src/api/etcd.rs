@@ -638,9 +638,14 @@ async fn status(State(s): State<EtcdState>) -> Reply<wire::StatusResponse> {
     }))
 }
 
+/// Streams the backup (`raft::backup::save_stream`): it is never whole in memory.
 async fn snapshot(State(s): State<EtcdState>) -> Result<Response, EtcdError> {
-    let bytes = raft::backup::save(&s.node).await?;
-    Ok(([("content-type", "application/octet-stream")], bytes).into_response())
+    let chunks = raft::backup::save_stream(&s.node).await?;
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/octet-stream")
+        .body(Body::from_stream(chunks))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
 }
 
 async fn member_list(State(s): State<EtcdState>) -> Reply<wire::MemberListResponse> {

@@ -889,3 +889,47 @@ async fn update_keys_guards_every_key_read_and_ends_at_once_on_a_lost_fence() {
     session.close().await.unwrap();
     c.shutdown().await;
 }
+
+/// security.md H2: Raft messages and proposals from a node outside the membership, and
+/// votes with an absurd term, are refused before openraft sees them; members pass.
+#[tokio::test]
+async fn peer_requests_from_strangers_and_absurd_terms_are_refused() {
+    use openraft::raft::VoteRequest;
+
+    use crate::rpc::{PeerRequest, PeerResponse, Refusal};
+    use crate::types::Vote;
+
+    let c = Cluster::start(1, Timing::test()).await;
+    let n = c.node(0);
+    let me = n.id();
+    let term = metrics(&n).current_term;
+    let stranger = me ^ 1;
+    let vote = |t: u64, from| PeerRequest::Vote(VoteRequest::new(Vote::new(t, from), None));
+    let refused = |r: PeerResponse| match r {
+        PeerResponse::Refused(why) => why,
+        other => panic!("not refused: {other:?}"),
+    };
+    assert_eq!(
+        refused(n.handler().handle(vote(term + 1, stranger)).await),
+        Refusal::NotAMember(stranger)
+    );
+    let propose = PeerRequest::Propose {
+        from: stranger,
+        cmd: store::Command::LeaseRevoke { id: 1 },
+    };
+    assert_eq!(
+        refused(n.handler().handle(propose).await),
+        Refusal::NotAMember(stranger)
+    );
+    assert!(matches!(
+        refused(n.handler().handle(vote(u64::MAX, me)).await),
+        Refusal::AbsurdTerm { .. }
+    ));
+    // A member's vote request reaches openraft (and is answered, granted or not).
+    assert!(matches!(
+        n.handler().handle(vote(term, me)).await,
+        PeerResponse::Vote(_)
+    ));
+    assert_eq!(metrics(&n).current_term, term);
+    c.shutdown().await;
+}

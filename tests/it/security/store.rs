@@ -9,7 +9,9 @@ use raft::types::{CommittedLeaderId, LogId, Vote, VoteRequest};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::process::{StoreProc, TOKEN, cairn_bin, free_port, spawn_until_ready};
+use crate::support::process::{
+    StoreProc, TOKEN, cairn_bin, eventually, free_port, spawn_until_ready,
+};
 
 fn node() -> (tempfile::TempDir, StoreProc) {
     let dir = tempfile::tempdir().unwrap();
@@ -83,7 +85,18 @@ async fn an_unauthenticated_large_body_is_refused_without_being_read() {
 async fn a_vote_with_an_absurd_term_or_from_a_stranger_is_refused() {
     let (_d, p) = node();
     let c = p.client();
-    let me = c.member_list().await.unwrap().members[0].id.0 as u64;
+    let me = c.status().await.unwrap().header.member_id.0 as u64;
+    // The membership shows in the node's metrics shortly after it starts serving.
+    eventually(
+        Duration::from_secs(20),
+        "the node to list itself",
+        || async {
+            c.member_list()
+                .await
+                .is_ok_and(|l| l.members.iter().any(|m| m.id.0 as u64 == me))
+        },
+    )
+    .await;
     let before = term(&c).await;
     let vote = |term: u64, from: u64| {
         let last = LogId::new(CommittedLeaderId::new(term, from), u64::MAX);
