@@ -29,6 +29,8 @@ pub struct StoreOptions {
     pub cluster_token: String,
     /// `None` turns client auth off (allowed on loopback only).
     pub client_token: Option<String>,
+    /// Caps on concurrent long-lived requests (watches here; the run service shares them).
+    pub streams: crate::api::streams::StreamCaps,
 }
 
 /// A running store node and its server task.
@@ -82,6 +84,7 @@ impl StoreServer {
             node.clone(),
             &opts.cluster_token,
             opts.client_token.clone(),
+            opts.streams.clone(),
         ));
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();

@@ -305,6 +305,39 @@ pub struct RunServeArgs {
     pub pull_request_ref_regexes: Vec<String>,
     #[command(flatten)]
     pub executor: ExecutorTuning,
+    #[command(flatten)]
+    pub streams: StreamTuning,
+    /// Caches, workspace archives and source snapshots (once no run still to be
+    /// archived uses them) older than this many seconds are deleted.
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    pub blob_ttl_secs: u64,
+    /// How often expiry and compaction run, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub housekeeping_secs: u64,
+}
+
+/// Caps on long-lived requests (watches, run-event streams, log follows, long polls).
+#[derive(Args, Debug, Clone)]
+pub struct StreamTuning {
+    /// Concurrent requests of each long-lived kind one credential may hold (beyond: 429).
+    #[arg(long, default_value_t = crate::api::streams::DEFAULT_PER_CREDENTIAL)]
+    pub max_streams_per_credential: usize,
+    /// Concurrent requests of each long-lived kind on this node (beyond: 429).
+    #[arg(long, default_value_t = crate::api::streams::DEFAULT_GLOBAL)]
+    pub max_streams: usize,
+    /// Longest log follow, in seconds; the client resumes a cut follow where it was.
+    #[arg(long, default_value_t = crate::api::streams::DEFAULT_MAX_FOLLOW.as_secs())]
+    pub max_follow_secs: u64,
+}
+
+impl StreamTuning {
+    pub fn limits(&self) -> crate::api::streams::StreamLimits {
+        crate::api::streams::StreamLimits {
+            per_credential: self.max_streams_per_credential.max(1),
+            global: self.max_streams.max(1),
+            max_follow: std::time::Duration::from_secs(self.max_follow_secs.max(1)),
+        }
+    }
 }
 
 /// How an executor runs tasks.

@@ -18,6 +18,14 @@ fn main() -> ExitCode {
         return ExitCode::from(code);
     }
     let cli = Cli::parse();
+    // Commands that keep data (a store, objects, an executor's task dirs) create it
+    // private to this user: directories 0700, files 0600.
+    if matches!(
+        cli.command,
+        Command::Serve(_) | Command::Executor(_) | Command::Run(_) | Command::Store { .. }
+    ) {
+        restrict_new_files();
+    }
     // `cairn run` prints task output: only problems from the embedded node go to stderr.
     let default_filter = match cli.command {
         Command::Run(_) | Command::Runs { .. } | Command::Executors { .. } => "error,openraft=off",
@@ -55,6 +63,13 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Sets the process umask to 0o077: whatever this process (and the step processes it
+/// starts, unless their driver sets its own) creates is readable by this user only.
+fn restrict_new_files() {
+    #[cfg(unix)]
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
 }
 
 /// Whether `e` comes from writing to a closed pipe.
@@ -107,6 +122,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Some(args.token.clone())
         },
         cluster_token: args.token,
+        streams: cairn::api::streams::StreamCaps::default(),
     };
     let server = StoreServer::start(opts).await?;
     // One line on stdout, so scripts and tests learn the bound address and identity.
@@ -136,9 +152,14 @@ async fn serve_service(args: RunServeArgs) -> anyhow::Result<()> {
         join: args.join,
         token: args.token,
         objects: args.objects,
-        scheduler: cairn::scheduler::SchedulerConfig::default(),
+        scheduler: cairn::scheduler::SchedulerConfig {
+            blob_ttl: std::time::Duration::from_secs(args.blob_ttl_secs),
+            housekeeping_every: std::time::Duration::from_secs(args.housekeeping_secs.max(1)),
+            ..cairn::scheduler::SchedulerConfig::default()
+        },
         executor_ttl_secs: args.executor_ttl,
         pull_request_ref_regexes: args.pull_request_ref_regexes,
+        streams: args.streams.limits(),
         executor: if args.no_executor {
             None
         } else {

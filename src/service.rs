@@ -47,6 +47,8 @@ pub struct ServiceOptions {
     pub executor: Option<ExecutorOptions>,
     /// Patterns of pull-request refs for runs that bring none (empty = Agola's).
     pub pull_request_ref_regexes: Vec<String>,
+    /// Caps on watches, run-event streams, log follows and long polls.
+    pub streams: crate::api::streams::StreamLimits,
 }
 
 /// Which driver an executor runs tasks with.
@@ -206,7 +208,9 @@ impl Service {
             join: opts.join.clone(),
             cluster_token: token.clone(),
             client_token: Some(token.clone()),
+            streams: crate::api::streams::StreamCaps::new(opts.streams),
         };
+        let streams = store_opts.streams.clone();
         let active = Arc::new(AtomicBool::new(false));
         let (mode_tx, mode_rx) = tokio::sync::watch::channel(false);
         let api_mode = mode_rx.clone();
@@ -224,6 +228,7 @@ impl Service {
                 executor_ttl_secs: executor_ttl,
                 maintenance: api_mode,
                 pull_request_refs: pull_request_refs.clone(),
+                streams: streams.clone(),
             };
             crate::api::service::router(state, &api_token)
         })

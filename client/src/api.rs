@@ -8,6 +8,10 @@ use crate::executor::{AssignedTask, Executor, ExecutorTask};
 use crate::run::{Run, RunPhase, RunResult};
 use crate::runconfig::{Env, RunConfig, SourceRef};
 
+/// The largest body of one log append (`POST /executors/{id}/tasks/{task_id}/logs`): the
+/// server answers 413 to anything longer, so executors send longer output in chunks.
+pub const MAX_LOG_CHUNK_BYTES: usize = 4 << 20;
+
 /// The git reference a run is for; selects the config's `when` clauses. A run request
 /// gives exactly one of them (as Agola's): the server classifies it, so `ref:
 /// refs/heads/x` is a branch run for `x`, `refs/tags/y` a tag run and a pull-request ref

@@ -14,6 +14,12 @@ pub enum ErrorCode {
     Unavailable,
     /// The server gave up on the request at its deadline (a write may have been applied).
     Timeout,
+    /// A request body over the endpoint's limit (413).
+    TooLarge,
+    /// A read from an offset the object does not have (416).
+    RangeNotSatisfiable,
+    /// Too many concurrent streams for this credential or for the server (429).
+    TooManyRequests,
     Internal,
 }
 

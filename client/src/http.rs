@@ -116,6 +116,9 @@ pub fn code_of_status(status: StatusCode) -> ErrorCode {
         403 => ErrorCode::Forbidden,
         503 => ErrorCode::Unavailable,
         504 => ErrorCode::Timeout,
+        413 => ErrorCode::TooLarge,
+        416 => ErrorCode::RangeNotSatisfiable,
+        429 => ErrorCode::TooManyRequests,
         400..=499 => ErrorCode::BadRequest,
         _ => ErrorCode::Internal,
     }

@@ -7,13 +7,15 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cairn_client::ErrorCode;
+use cairn_client::api::MAX_LOG_CHUNK_BYTES;
 use cairn_client::api::SourceUploadResponse;
 use cairn_client::runconfig::SourceRef;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 
 use super::error::{ApiResult, Failure};
 use super::service::ApiState;
+use super::streams::{CredentialKey, StreamKind, StreamPermit};
 use crate::datamanager::archives::ArchiveStore;
 use crate::datamanager::logs::{LogError, LogId, LogStep};
 
@@ -43,6 +45,7 @@ fn log_step(step: &Option<String>) -> Result<LogStep, Failure> {
 /// `GET /runs/{id}/tasks/{task_id}/logs?step=&offset=&follow=`.
 pub async fn logs(
     State(st): State<ApiState>,
+    credential: CredentialKey,
     Path((run_id, task_id)): Path<(String, String)>,
     Query(p): Query<LogParams>,
 ) -> ApiResult<Response> {
@@ -65,7 +68,24 @@ pub async fn logs(
     let log = LogId { task_id, step };
     let complete = st.logs.is_complete(&log).await.map_err(log_failure)?;
     let body = if p.follow && !complete {
-        Body::from_stream(st.logs.follow(&log, p.offset))
+        let permit = st.streams.acquire(StreamKind::LogFollow, credential)?;
+        if let Ok(len) = st.logs.len(&log).await
+            && p.offset > len.saturating_add(MAX_FOLLOW_AHEAD)
+        {
+            return Err(Failure::new(
+                ErrorCode::RangeNotSatisfiable,
+                format!(
+                    "offset {} is far past the end of the log ({len} bytes)",
+                    p.offset
+                ),
+            )
+            .with_details(serde_json::json!({ "length": len })));
+        }
+        Body::from_stream(bounded_follow(
+            st.logs.follow(&log, p.offset),
+            permit,
+            st.streams.limits().max_follow,
+        ))
     } else {
         Body::from_stream(st.logs.read(&log, p.offset).await.map_err(log_failure)?)
     };
@@ -81,6 +101,35 @@ pub async fn logs(
     Ok(resp)
 }
 
+/// How far past a live log's current end a follow may start (a client resuming at an
+/// offset it computed); anything further is a 416.
+const MAX_FOLLOW_AHEAD: u64 = 1 << 40;
+
+/// A follow that holds its stream slot while it runs and is cut after `max` (with an
+/// error, so that the client sees a broken stream to resume, not the end of the log).
+fn bounded_follow(
+    follow: crate::datamanager::logs::LogStream,
+    permit: StreamPermit,
+    max: std::time::Duration,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    let deadline = tokio::time::Instant::now() + max;
+    futures::stream::unfold(Some((follow, permit)), move |state| async move {
+        let (mut follow, permit) = state?;
+        match tokio::time::timeout_at(deadline, follow.next()).await {
+            Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some((follow, permit)))),
+            Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(std::io::Error::other(format!(
+                    "log follow cut after its limit of {} s; resume from the offset reached",
+                    max.as_secs()
+                ))),
+                None,
+            )),
+        }
+    })
+}
+
 fn log_failure(e: LogError) -> Failure {
     match e {
         LogError::OffsetMismatch { expected } => Failure::new(
@@ -88,6 +137,12 @@ fn log_failure(e: LogError) -> Failure {
             format!("log offset mismatch: the log has {expected} bytes"),
         )
         .with_details(serde_json::json!({ "length": expected })),
+        e @ LogError::OffsetPastEnd { len, .. } => {
+            Failure::new(ErrorCode::RangeNotSatisfiable, e.to_string())
+                .with_details(serde_json::json!({ "length": len }))
+        }
+        e @ LogError::Finished { .. } => Failure::new(ErrorCode::Conflict, e.to_string()),
+        e @ LogError::BadStep { .. } => Failure::bad_request(e.to_string()),
         other => {
             tracing::error!(error = %other, "log storage failed");
             Failure::new(ErrorCode::Internal, other.to_string())
@@ -95,15 +150,19 @@ fn log_failure(e: LogError) -> Failure {
     }
 }
 
-/// `POST /executors/{id}/tasks/{task_id}/logs?step=&offset=&end=`: appends a chunk.
+/// `POST /executors/{id}/tasks/{task_id}/logs?step=&offset=&end=`: appends a chunk of at
+/// most [`MAX_LOG_CHUNK_BYTES`]. The body is taken unread: the caller's ownership of the
+/// task is checked first, then a declared length over the limit is refused (413) before
+/// reading, and a chunked body is refused as soon as it passes the limit.
 pub async fn append_log(
     State(st): State<ApiState>,
     Path((id, task_id)): Path<(String, String)>,
     Query(p): Query<LogParams>,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<StatusCode> {
     let step = log_step(&p.step)?;
     super::executors::owned_task(&st, &id, &task_id).await?;
+    let body = read_limited(body, MAX_LOG_CHUNK_BYTES).await?;
     let log = LogId { task_id, step };
     if !body.is_empty() {
         st.logs
@@ -118,6 +177,33 @@ pub async fn append_log(
         st.logs.archive(&log).await.map_err(log_failure)?;
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Reads a whole body of at most `limit` bytes: a declared length (`Content-Length`) over
+/// it is refused before anything is read, a streamed body as soon as it passes it.
+async fn read_limited(body: Body, limit: usize) -> Result<Bytes, Failure> {
+    use axum::body::HttpBody as _;
+    let too_large = || {
+        Failure::new(
+            ErrorCode::TooLarge,
+            format!("the body is over the limit of {limit} bytes"),
+        )
+        .with_details(serde_json::json!({ "limit": limit }))
+    };
+    if body.size_hint().lower() > limit as u64 {
+        return Err(too_large());
+    }
+    let mut data = body.into_data_stream();
+    let mut out = bytes::BytesMut::new();
+    while let Some(chunk) = data.next().await {
+        let chunk =
+            chunk.map_err(|e| Failure::bad_request(format!("reading the body failed: {e}")))?;
+        if out.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out.freeze())
 }
 
 pub async fn upload_archive(

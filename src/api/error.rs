@@ -47,6 +47,9 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
+        ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -131,6 +134,7 @@ pub async fn json_errors(resp: Response) -> Response {
         StatusCode::NOT_FOUND => ErrorCode::NotFound,
         StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
         StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Unavailable,
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::TooLarge,
         s if s.is_server_error() => ErrorCode::Internal,
         _ => ErrorCode::BadRequest,
     };

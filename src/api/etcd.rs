@@ -22,10 +22,12 @@ use store::StoreError;
 #[derive(Clone)]
 pub struct EtcdState {
     pub node: Node,
+    /// Caps on concurrent watches.
+    pub streams: super::streams::StreamCaps,
 }
 
 /// The routes of the client port.
-pub fn router(node: Node) -> Router {
+pub fn router(node: Node, streams: super::streams::StreamCaps) -> Router {
     Router::new()
         .route("/v3/kv/range", post(range))
         .route("/v3/kv/put", post(put))
@@ -44,7 +46,7 @@ pub fn router(node: Node) -> Router {
         .route("/v3/maintenance/snapshot", post(snapshot))
         .route("/v3/cluster/member/list", post(member_list))
         .route("/v3/cluster/member/remove", post(member_remove))
-        .with_state(EtcdState { node })
+        .with_state(EtcdState { node, streams })
 }
 
 // ---- errors ----
@@ -60,6 +62,7 @@ pub struct EtcdError {
 const INVALID_ARGUMENT: i32 = 3;
 const DEADLINE_EXCEEDED: i32 = 4;
 const NOT_FOUND: i32 = 5;
+const RESOURCE_EXHAUSTED: i32 = 8;
 const FAILED_PRECONDITION: i32 = 9;
 const OUT_OF_RANGE: i32 = 11;
 const INTERNAL: i32 = 13;
@@ -540,7 +543,21 @@ fn line<T: serde::Serialize>(item: &wire::StreamItem<T>) -> Bytes {
     Bytes::from(v)
 }
 
-async fn watch(State(s): State<EtcdState>, b: Bytes) -> Result<Response, EtcdError> {
+async fn watch(
+    State(s): State<EtcdState>,
+    credential: super::streams::CredentialKey,
+    b: Bytes,
+) -> Result<Response, EtcdError> {
+    let permit = s
+        .streams
+        .acquire(super::streams::StreamKind::Watch, credential)
+        .map_err(|e| {
+            EtcdError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                RESOURCE_EXHAUSTED,
+                e.to_string(),
+            )
+        })?;
     let w: wire::WatchRequest = body(b)?;
     let Some(c) = w.create_request else {
         return Err(EtcdError::bad_request(
@@ -570,50 +587,55 @@ async fn watch(State(s): State<EtcdState>, b: Bytes) -> Result<Response, EtcdErr
             error: None,
         }))
     });
-    let rest = futures::stream::unfold((stream, node), move |(mut stream, node)| async move {
-        let msg = stream.recv().await?;
-        let resp = match msg {
-            store::WatchMessage::Events { revision, events } => wire::WatchResponse {
-                header: header_at(&node, revision),
-                watch_id,
-                events: events
-                    .into_iter()
-                    .map(|e| wire::Event {
-                        kind: match e.kind {
-                            store::EventKind::Put => wire::EventType::Put,
-                            store::EventKind::Delete => wire::EventType::Delete,
-                        },
-                        kv: kv_out(e.kv),
-                        prev_kv: e.prev_kv.map(kv_out),
-                    })
-                    .collect(),
-                ..Default::default()
-            },
-            store::WatchMessage::Progress { revision } => wire::WatchResponse {
-                header: header_at(&node, revision),
-                watch_id,
-                ..Default::default()
-            },
-            store::WatchMessage::Canceled(reason) => wire::WatchResponse {
-                header: header(&node),
-                watch_id,
-                canceled: true,
-                compact_revision: match reason {
-                    store::CancelReason::Compacted { compact_revision } => I64(compact_revision),
-                    _ => I64(0),
+    let rest = futures::stream::unfold(
+        (stream, node, permit),
+        move |(mut stream, node, permit)| async move {
+            let msg = stream.recv().await?;
+            let resp = match msg {
+                store::WatchMessage::Events { revision, events } => wire::WatchResponse {
+                    header: header_at(&node, revision),
+                    watch_id,
+                    events: events
+                        .into_iter()
+                        .map(|e| wire::Event {
+                            kind: match e.kind {
+                                store::EventKind::Put => wire::EventType::Put,
+                                store::EventKind::Delete => wire::EventType::Delete,
+                            },
+                            kv: kv_out(e.kv),
+                            prev_kv: e.prev_kv.map(kv_out),
+                        })
+                        .collect(),
+                    ..Default::default()
                 },
-                cancel_reason: reason.to_string(),
-                ..Default::default()
-            },
-        };
-        Some((
-            Ok::<_, Infallible>(line(&wire::StreamItem {
-                result: Some(resp),
-                error: None,
-            })),
-            (stream, node),
-        ))
-    });
+                store::WatchMessage::Progress { revision } => wire::WatchResponse {
+                    header: header_at(&node, revision),
+                    watch_id,
+                    ..Default::default()
+                },
+                store::WatchMessage::Canceled(reason) => wire::WatchResponse {
+                    header: header(&node),
+                    watch_id,
+                    canceled: true,
+                    compact_revision: match reason {
+                        store::CancelReason::Compacted { compact_revision } => {
+                            I64(compact_revision)
+                        }
+                        _ => I64(0),
+                    },
+                    cancel_reason: reason.to_string(),
+                    ..Default::default()
+                },
+            };
+            Some((
+                Ok::<_, Infallible>(line(&wire::StreamItem {
+                    result: Some(resp),
+                    error: None,
+                })),
+                (stream, node, permit),
+            ))
+        },
+    );
     Ok(Response::builder()
         .status(StatusCode::OK)
         .header("content-type", "application/json")

@@ -107,11 +107,15 @@ pub struct TasksParams {
 /// up to `S` seconds for one of them to change after revision `R`.
 pub async fn tasks(
     State(st): State<ApiState>,
+    credential: super::streams::CredentialKey,
     Path(id): Path<String>,
     Query(p): Query<TasksParams>,
 ) -> ApiResult<Json<ExecutorTasksResponse>> {
     check_id(&id)?;
     if p.after > 0 && p.wait > 0 {
+        let _permit = st
+            .streams
+            .acquire(super::streams::StreamKind::LongPoll, credential)?;
         let wait = Duration::from_secs(p.wait).min(MAX_WAIT);
         let mut watch = st.dm.watch_executor_tasks(&id, p.after + 1);
         let _ = tokio::time::timeout(wait, async {

@@ -5,6 +5,8 @@
 //!   `{code, message, details}`.
 //! - [`etcd`]: the store's client port, etcd v3's JSON API (etcd 3.4 gateway shapes).
 //! - [`server`]: the node's HTTP server: the etcd API, the Raft peer endpoint and health.
+//! - [`streams`]: per-credential and global caps on watches, SSE streams, log follows
+//!   and long polls.
 
 pub mod blobs;
 pub mod error;
@@ -14,6 +16,7 @@ pub mod maintenance;
 pub mod runs;
 pub mod server;
 pub mod service;
+pub mod streams;
 
 /// How long a request's datamanager writes may take, conflicts retried included, before
 /// it answers with a timeout (a client that disconnects earlier drops the handler, which

@@ -499,9 +499,13 @@ pub struct EventParams {
 /// then live ones, as server-sent events whose id is the sequence.
 pub async fn events(
     State(st): State<ApiState>,
+    credential: super::streams::CredentialKey,
     headers: HeaderMap,
     Query(p): Query<EventParams>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let permit = st
+        .streams
+        .acquire(super::streams::StreamKind::Events, credential)?;
     let after = p.after.or_else(|| {
         headers
             .get("last-event-id")
@@ -514,6 +518,7 @@ pub async fn events(
     };
     let mut watch = st.dm.watch_events(revision + 1);
     let stream = async_stream(move |tx| async move {
+        let _permit = permit;
         for ev in backlog {
             if tx.send(sse_event(&ev)).await.is_err() {
                 return;

@@ -101,11 +101,16 @@ async fn json_errors(resp: Response) -> Response {
 }
 
 /// The whole router of a store node. `client_token = None` turns client auth off.
-pub fn router(node: Node, cluster_token: &str, client_token: Option<String>) -> Router {
+pub fn router(
+    node: Node,
+    cluster_token: &str,
+    client_token: Option<String>,
+    streams: super::streams::StreamCaps,
+) -> Router {
     let auth = Auth {
         token: client_token.map(Into::into),
     };
-    let client = etcd::router(node.clone())
+    let client = etcd::router(node.clone(), streams)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .layer(middleware::from_fn_with_state(auth, require_token))
         .layer(middleware::map_response(json_errors));

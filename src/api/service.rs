@@ -40,6 +40,8 @@ pub struct ApiState {
     pub maintenance: tokio::sync::watch::Receiver<bool>,
     /// Pull-request refs of run requests that bring no patterns of their own.
     pub pull_request_refs: crate::runservice::reference::PullRequestRefs,
+    /// Caps on SSE streams, log follows and long polls.
+    pub streams: super::streams::StreamCaps,
 }
 
 /// In maintenance, only the maintenance, export and import endpoints (and executor

@@ -31,9 +31,18 @@ use tokio::sync::watch;
 
 use super::blobs::{BlobError, Blobs, ByteStream, key_segment};
 
-/// How often a follower re-checks the object store when nothing woke it: appends may land
-/// on another node that shares the store.
+/// How soon a follower first re-checks the object store when nothing woke it: appends may
+/// land on another node that shares the store. Appends on this node wake followers at once.
 pub const DEFAULT_RECHECK: Duration = Duration::from_millis(500);
+
+/// Each re-check that finds nothing doubles the next wait, up to this many times the first
+/// (500 ms → 8 s), so idle followers cost next to nothing; new data resets it.
+const MAX_RECHECK_FACTOR: u32 = 16;
+
+/// The wait before a follower's re-check after `idle` re-checks that found nothing.
+fn recheck_after(first: Duration, idle: u32) -> Duration {
+    first.saturating_mul(2u32.saturating_pow(idle).min(MAX_RECHECK_FACTOR))
+}
 
 /// How many times a reader re-resolves one offset before calling the layout inconsistent
 /// (each retry follows a concurrent archive step, so two are always enough).
@@ -404,6 +413,7 @@ impl LogStore {
             pos: offset,
             until,
             wake,
+            idle: 0,
             // Chunk 0 starts at 0; any other offset may fall inside a chunk.
             aligned: offset == 0,
             current: None,
@@ -582,6 +592,8 @@ struct Reader {
     until: Option<u64>,
     /// `follow`: wakes on appends and finishes made in this process.
     wake: Option<watch::Receiver<u64>>,
+    /// Re-checks in a row that found nothing new (they space out; see [`recheck_after`]).
+    idle: u32,
     /// Whether `pos` is known to be a chunk boundary (true once something was read).
     aligned: bool,
     current: Option<ByteStream>,
@@ -602,6 +614,7 @@ impl Reader {
                     Some(Ok(bytes)) if bytes.is_empty() => continue,
                     Some(Ok(bytes)) => {
                         self.pos += bytes.len() as u64;
+                        self.idle = 0;
                         return Ok(Some(bytes));
                     }
                     // Removed under us by archiving: resolve the same offset again.
@@ -695,9 +708,10 @@ impl Reader {
 
     /// Waits for an append or finish in this process, or the periodic re-check.
     async fn wait(&mut self) {
-        let recheck = self.logs.inner.recheck;
+        let recheck = recheck_after(self.logs.inner.recheck, self.idle);
         let Some(wake) = &mut self.wake else {
             tokio::time::sleep(recheck).await;
+            self.idle = self.idle.saturating_add(1);
             return;
         };
         tokio::select! {
@@ -708,7 +722,7 @@ impl Reader {
                     self.wake = None;
                 }
             }
-            () = tokio::time::sleep(recheck) => {}
+            () = tokio::time::sleep(recheck) => self.idle = self.idle.saturating_add(1),
         }
     }
 
@@ -754,6 +768,16 @@ mod tests {
         tokio::time::timeout(WITHIN, collect(logs.follow(id, offset)))
             .await
             .expect("follow ends")
+    }
+
+    #[test]
+    fn idle_rechecks_space_out_up_to_a_bound() {
+        let first = Duration::from_millis(500);
+        assert_eq!(recheck_after(first, 0), first);
+        assert_eq!(recheck_after(first, 1), first * 2);
+        assert_eq!(recheck_after(first, 3), first * 8);
+        assert_eq!(recheck_after(first, 4), first * 16);
+        assert_eq!(recheck_after(first, u32::MAX), first * 16);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use cairn_client::api::MAX_LOG_CHUNK_BYTES;
 use cairn_client::{ClientError, LogStep, RunClient};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -14,6 +15,7 @@ use tokio::task::JoinHandle;
 use super::driver::LogSink;
 
 const MAX_BATCH: usize = 1 << 20;
+const _: () = assert!(MAX_BATCH <= MAX_LOG_CHUNK_BYTES);
 const LINGER: Duration = Duration::from_millis(50);
 /// How long an append is retried while the server is unreachable.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(600);
@@ -84,18 +86,22 @@ async fn upload(
                 _ = &mut deadline => break,
             }
         }
-        let chunk = buf.freeze();
-        append(
-            &client,
-            &executor_id,
-            &task_id,
-            step,
-            offset,
-            chunk.clone(),
-            false,
-        )
-        .await?;
-        offset += chunk.len() as u64;
+        let mut batch = buf.freeze();
+        // One write may push a batch past MAX_BATCH: never send more than the server takes.
+        while !batch.is_empty() {
+            let chunk = batch.split_to(batch.len().min(MAX_LOG_CHUNK_BYTES));
+            append(
+                &client,
+                &executor_id,
+                &task_id,
+                step,
+                offset,
+                chunk.clone(),
+                false,
+            )
+            .await?;
+            offset += chunk.len() as u64;
+        }
     }
     append(
         &client,
