@@ -29,6 +29,7 @@ pub mod embedded;
 pub mod runs;
 pub mod snapshot;
 pub mod terminal;
+pub mod token;
 
 use anyhow::{Context, anyhow, bail};
 use cairn_client::etcd::{self as wire, B64Bytes, EtcdClient, I64};
@@ -79,6 +80,13 @@ pub enum Command {
     /// Replace the run service's data with an export (maintenance mode only).
     Import {
         file: PathBuf,
+        #[command(flatten)]
+        server: runs::ServerArgs,
+    },
+    /// API tokens (admin): create with a role, list, revoke.
+    Token {
+        #[command(subcommand)]
+        command: token::TokenCommand,
         #[command(flatten)]
         server: runs::ServerArgs,
     },
@@ -280,12 +288,21 @@ pub struct RunServeArgs {
     /// data dir without --join).
     #[arg(long, conflicts_with = "join")]
     pub init: bool,
-    /// Join the cluster of the node at URL (needs that cluster's --token).
-    #[arg(long, requires = "token")]
+    /// Join the cluster of the node at URL (needs that cluster's admin token, and its
+    /// peer secret when that is not derived from the admin token: --peer-token-file).
+    #[arg(long)]
     pub join: Option<String>,
-    /// Cluster and API token (default: the one in DATA_DIR/token, made on first start).
-    #[arg(long, env = "CAIRN_TOKEN")]
+    /// The admin token (default: the one in DATA_DIR/token, made on first start). Prefer
+    /// --token-file or CAIRN_TOKEN: the command line is visible to every local user.
+    #[arg(long, env = "CAIRN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A file holding the admin token.
+    #[arg(long, env = "CAIRN_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// A file holding the peer secret, which only nodes hold and present on /raft/rpc
+    /// (default: DATA_DIR/peer-token, else derived from the admin token and kept there).
+    #[arg(long, env = "CAIRN_PEER_TOKEN_FILE")]
+    pub peer_token_file: Option<PathBuf>,
     /// Object storage: a directory, file:///dir, memory:, or s3://bucket/prefix (with the
     /// s3 feature). Default: DATA_DIR/objects; a cluster's nodes must share one (required
     /// with --join).
@@ -340,6 +357,26 @@ impl StreamTuning {
     }
 }
 
+/// A token given by `--token` (or `CAIRN_TOKEN`) or read from `--token-file` (trimmed).
+pub fn token_from(
+    token: Option<String>,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<Option<String>> {
+    if let Some(t) = token {
+        return Ok(Some(t));
+    }
+    let Some(path) = file else {
+        return Ok(None);
+    };
+    let t = std::fs::read_to_string(path)
+        .map_err(|e| anyhow!("reading the token file {}: {e}", path.display()))?;
+    let t = t.trim();
+    if t.is_empty() {
+        anyhow::bail!("the token file {} is empty", path.display());
+    }
+    Ok(Some(t.to_string()))
+}
+
 /// How an executor runs tasks.
 #[derive(Args, Debug, Clone)]
 pub struct ExecutorTuning {
@@ -377,10 +414,15 @@ pub struct ExecutorArgs {
     /// Server URLs (comma separated; the executor fails over between them).
     #[arg(long, env = "CAIRN_SERVER", value_delimiter = ',', required = true)]
     pub server: Vec<String>,
-    /// The servers' API token.
-    #[arg(long, env = "CAIRN_TOKEN")]
-    pub token: String,
-    /// Data directory (executor id, task directories).
+    /// A registration (or admin) token, exchanged at registration for this executor's
+    /// own credential (kept in DATA_DIR/credential). Prefer --token-file or CAIRN_TOKEN:
+    /// the command line is visible to every local user.
+    #[arg(long, env = "CAIRN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the registration token.
+    #[arg(long, env = "CAIRN_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// Data directory (executor id, credential, task directories).
     #[arg(long, default_value = "cairn-executor")]
     pub data_dir: PathBuf,
     #[command(flatten)]

@@ -94,6 +94,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Maintenance { command, server } => {
             cairn::cli::admin::maintenance(command, server).await
         }
+        Command::Token { command, server } => cairn::cli::token::token(command, server).await,
         Command::Export { server } => cairn::cli::admin::export(server).await,
         Command::Import { file, server } => cairn::cli::admin::import(file, server).await,
         Command::Serve(args) => serve_service(args).await.map(|()| 0),
@@ -141,6 +142,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn serve_service(args: RunServeArgs) -> anyhow::Result<()> {
     let executor_dir = args.data_dir.join("executor");
+    let token = cairn::cli::token_from(args.token, args.token_file.as_deref())?;
+    if args.join.is_some() && token.is_none() {
+        anyhow::bail!("--join needs the cluster's admin token (--token-file or CAIRN_TOKEN)");
+    }
+    let peer_token = cairn::cli::token_from(None, args.peer_token_file.as_deref())?;
     let opts = ServiceOptions {
         data_dir: args.data_dir,
         listen: args.listen,
@@ -150,7 +156,8 @@ async fn serve_service(args: RunServeArgs) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow!("unknown timing profile {:?} (lan or edge)", args.timing))?,
         init: args.init,
         join: args.join,
-        token: args.token,
+        token,
+        peer_token,
         objects: args.objects,
         scheduler: cairn::scheduler::SchedulerConfig {
             blob_ttl: std::time::Duration::from_secs(args.blob_ttl_secs),
@@ -176,7 +183,7 @@ async fn serve_service(args: RunServeArgs) -> anyhow::Result<()> {
     // One line on stdout, so scripts and tests learn the address and the token's place.
     let _ = writeln!(
         std::io::stdout(),
-        "cairn: serving on {} node {:x}; API token in {}",
+        "cairn: serving on {} node {:x}; admin token in {}",
         service.url(),
         service.store.node.id(),
         service.token_file.display()
@@ -195,7 +202,11 @@ async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
         active_tasks_limit: args.executor.active_tasks_limit,
         allow_privileged: args.executor.allow_privileged,
     };
-    let agent = opts.start(args.server.clone(), Some(args.token)).await?;
+    let token =
+        cairn::cli::token_from(args.token, args.token_file.as_deref())?.ok_or_else(|| {
+            anyhow!("a registration token is required: --token-file FILE or CAIRN_TOKEN")
+        })?;
+    let agent = opts.start(args.server.clone(), Some(token)).await?;
     let _ = writeln!(
         std::io::stdout(),
         "cairn: executor {} ({} driver) serving {}",

@@ -34,9 +34,13 @@ pub struct ServiceOptions {
     pub timing: raft::Timing,
     pub init: bool,
     pub join: Option<String>,
-    /// The cluster and API token; `None` = the one kept in the data dir (made on first
-    /// start).
+    /// The admin token (API, `/v3`); `None` = the one kept in the data dir (made on
+    /// first start).
     pub token: Option<String>,
+    /// The peer secret (`/raft/rpc` only); `None` = the one kept in the data dir, else
+    /// one derived from the admin token (so nodes given the same admin token can join
+    /// each other without another file).
+    pub peer_token: Option<String>,
     /// Object storage URL; `None` = `<data_dir>/objects`.
     pub objects: Option<String>,
     pub scheduler: SchedulerConfig,
@@ -115,6 +119,7 @@ impl ExecutorOptions {
 pub struct Service {
     pub store: StoreServer,
     pub token_file: PathBuf,
+    /// The admin token.
     pub token: String,
     scheduler: Scheduler,
     agent: Option<Agent>,
@@ -124,6 +129,52 @@ pub struct Service {
 /// The token file of a data dir.
 pub fn token_file(data_dir: &Path) -> PathBuf {
     data_dir.join("token")
+}
+
+/// The peer-secret file of a data dir.
+pub fn peer_token_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("peer-token")
+}
+
+/// The peer secret derived from an admin token: only a holder of the admin token (who
+/// may do everything, member changes included) can compute it, and it is never equal to
+/// a client token, so no client token passes `/raft/rpc`.
+pub fn derive_peer_token(admin_token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(format!("cairn peer secret\0{admin_token}").as_bytes());
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The peer secret: `given` (kept in the data dir so that a restart needs no flag), else
+/// the data dir's, else derived from `admin_token` (and kept).
+fn load_or_make_peer_token(
+    data_dir: &Path,
+    given: Option<&str>,
+    admin_token: &str,
+) -> anyhow::Result<String> {
+    let path = peer_token_file(data_dir);
+    let given = given.map(str::trim).filter(|t| !t.is_empty());
+    if given.is_none() {
+        match std::fs::read_to_string(&path) {
+            Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+    let token = match given {
+        Some(t) => t.to_string(),
+        None => derive_peer_token(admin_token),
+    };
+    if token == admin_token {
+        anyhow::bail!("the peer secret must differ from the admin token");
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let tmp = path.with_extension("tmp");
+    write_private(&tmp, token.as_bytes())?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(token)
 }
 
 /// Reads the data dir's token, making one on first start.
@@ -188,6 +239,8 @@ impl Service {
             }
             _ => load_or_make_token(&opts.data_dir)?,
         };
+        let peer_token =
+            load_or_make_peer_token(&opts.data_dir, opts.peer_token.as_deref(), &token)?;
         let objects = match &opts.objects {
             Some(url) => url.clone(),
             None => opts.data_dir.join("objects").display().to_string(),
@@ -206,7 +259,9 @@ impl Service {
             // A fresh single node initializes itself; a joining node never does.
             init_if_new: opts.join.is_none(),
             join: opts.join.clone(),
-            cluster_token: token.clone(),
+            // Separate credentials (security.md H1, H2): peers present the peer secret
+            // on /raft/rpc only; /v3 takes the admin token only.
+            cluster_token: peer_token,
             client_token: Some(token.clone()),
             streams: crate::api::streams::StreamCaps::new(opts.streams),
         };
@@ -215,6 +270,14 @@ impl Service {
         let (mode_tx, mode_rx) = tokio::sync::watch::channel(false);
         let api_mode = mode_rx.clone();
         let api_token = token.clone();
+        let in_process_executor = match &opts.executor {
+            Some(ex) => Some(
+                crate::executor::agent::load_or_make_id(&ex.data_dir).with_context(|| {
+                    format!("reading the executor id in {}", ex.data_dir.display())
+                })?,
+            ),
+            None => None,
+        };
         let (b, l, c, a) = (blobs.clone(), logs.clone(), caches.clone(), active.clone());
         let executor_ttl = opts.executor_ttl_secs;
         let store = StoreServer::start_with(store_opts, move |node| {
@@ -230,7 +293,8 @@ impl Service {
                 pull_request_refs: pull_request_refs.clone(),
                 streams: streams.clone(),
             };
-            crate::api::service::router(state, &api_token)
+            let auth = crate::api::auth::Authenticator::new(&api_token, state.dm.clone());
+            crate::api::service::router(state, auth)
         })
         .await?;
         let (quiet_tx, quiet_rx) = tokio::sync::watch::channel(false);
@@ -247,8 +311,28 @@ impl Service {
             },
             CancellationToken::new(),
         );
+        // The in-process executor gets its own credential directly: it never holds the
+        // admin token.
+        let credential = match &in_process_executor {
+            Some(id) => {
+                match Datamanager::new(store.node.kv())
+                    .issue_executor_credential(id)
+                    .await
+                {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        scheduler.stop().await;
+                        switch.stop().await;
+                        store.stop().await;
+                        return Err(anyhow::Error::from(e)
+                            .context("issuing the in-process executor's credential"));
+                    }
+                }
+            }
+            None => None,
+        };
         let agent = match &opts.executor {
-            Some(ex) => match ex.start(vec![store.url.clone()], Some(token.clone())).await {
+            Some(ex) => match ex.start(vec![store.url.clone()], credential).await {
                 Ok(a) => Some(a),
                 Err(e) => {
                     scheduler.stop().await;

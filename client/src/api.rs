@@ -192,6 +192,78 @@ pub enum TaskActionRequest {
 pub struct HeartbeatResponse {
     pub lease_ttl_secs: i64,
     pub executor: Executor,
+    /// The executor's own credential (`cairnx.<id>.<secret>`), given once when a
+    /// registration (or admin) token registers it: every later call uses it, and it is
+    /// valid only for this executor's tasks, blobs and heartbeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// The role of a token made with `cairn token create` (the admin token of the data dir
+/// and the per-executor credentials are not made that way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenRole {
+    /// Everything, as the data dir's token.
+    Admin,
+    /// Create, act on and read runs.
+    User,
+    /// `GET` only.
+    ReadOnly,
+    /// Only registers executors (exchanged for a per-executor credential).
+    Registration,
+}
+
+impl TokenRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenRole::Admin => "admin",
+            TokenRole::User => "user",
+            TokenRole::ReadOnly => "read-only",
+            TokenRole::Registration => "registration",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TokenRole> {
+        match s {
+            "admin" => Some(TokenRole::Admin),
+            "user" => Some(TokenRole::User),
+            "read-only" | "readonly" | "read" => Some(TokenRole::ReadOnly),
+            "registration" | "executor" => Some(TokenRole::Registration),
+            _ => None,
+        }
+    }
+}
+
+/// `POST /api/v1/tokens` body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateTokenRequest {
+    pub role: TokenRole,
+    #[serde(default)]
+    pub name: String,
+}
+
+/// A stored token, without its secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub name: String,
+    pub role: TokenRole,
+    pub created: chrono::DateTime<chrono::Utc>,
+}
+
+/// `POST /api/v1/tokens` reply: the token itself, shown only this once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateTokenResponse {
+    pub token: String,
+    #[serde(flatten)]
+    pub info: TokenInfo,
+}
+
+/// `GET /api/v1/tokens` reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokensResponse {
+    pub tokens: Vec<TokenInfo>,
 }
 
 /// `GET /api/v1/executors/{id}/tasks?after=R&wait=S`: the executor's tasks as of

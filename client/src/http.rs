@@ -311,7 +311,9 @@ impl Call {
 struct Inner {
     http: reqwest::Client,
     bases: Vec<Url>,
-    token: Option<String>,
+    /// Shared by the clones made with another timeout, so that [`RunClient::set_token`]
+    /// (an executor swapping its registration token for its own credential) reaches them.
+    token: Arc<std::sync::RwLock<Option<String>>>,
     /// Index into `bases` of the node that answered last.
     preferred: AtomicUsize,
     request_timeout: Duration,
@@ -360,7 +362,7 @@ impl RunClient {
             inner: Arc::new(Inner {
                 http,
                 bases,
-                token,
+                token: Arc::new(std::sync::RwLock::new(token)),
                 preferred: AtomicUsize::new(0),
                 request_timeout: REQUEST_TIMEOUT,
             }),
@@ -380,6 +382,24 @@ impl RunClient {
         RunClient {
             inner: Arc::new(inner),
         }
+    }
+
+    /// Replaces the bearer token of this client and of every clone of it.
+    pub fn set_token(&self, token: Option<String>) {
+        let mut t = self
+            .inner
+            .token
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *t = token;
+    }
+
+    fn token(&self) -> Option<String> {
+        self.inner
+            .token
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The base URLs, in the order given.
@@ -419,7 +439,7 @@ impl RunClient {
                 .http
                 .request(call.method.clone(), self.url(base, &call));
             if call.auth
-                && let Some(token) = &self.inner.token
+                && let Some(token) = self.token()
             {
                 req = req.bearer_auth(token);
             }
@@ -612,6 +632,32 @@ impl RunClient {
             .json(executor)?
             .idempotent();
         self.call_json(call).await
+    }
+
+    /// `POST /tokens`: a new stored token (admin).
+    pub async fn create_token(
+        &self,
+        req: &crate::api::CreateTokenRequest,
+    ) -> Result<crate::api::CreateTokenResponse, ClientError> {
+        self.call_json(Call::api(Method::POST, &["tokens"]).json(req)?)
+            .await
+    }
+
+    /// `GET /tokens`: the stored tokens, without secrets (admin).
+    pub async fn tokens(&self) -> Result<crate::api::TokensResponse, ClientError> {
+        self.call_json(Call::get(&["tokens"])).await
+    }
+
+    /// `DELETE /tokens/{id}` (admin).
+    pub async fn revoke_token(&self, id: &str) -> Result<(), ClientError> {
+        self.call_empty(Call::api(Method::DELETE, &["tokens", id]))
+            .await
+    }
+
+    /// `DELETE /executors/{id}/credential`: revokes the executor's own credential (admin).
+    pub async fn revoke_executor_credential(&self, id: &str) -> Result<(), ClientError> {
+        self.call_empty(Call::api(Method::DELETE, &["executors", id, "credential"]))
+            .await
     }
 
     /// `DELETE /executors/{id}`.

@@ -3,7 +3,7 @@
 //! prefix lookup takes the newest) and uploaded source snapshots.
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cairn_client::ErrorCode;
@@ -13,6 +13,7 @@ use cairn_client::runconfig::SourceRef;
 use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 
+use super::auth::Caller;
 use super::error::{ApiResult, Failure};
 use super::service::ApiState;
 use super::streams::{CredentialKey, StreamKind, StreamPermit};
@@ -219,11 +220,95 @@ pub async fn upload_archive(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// What an executor's blob reads and writes may touch: the runs of the tasks assigned to
+/// it (`None`: the caller is not an executor, and its role already allows everything).
+struct Scope {
+    runs: Vec<(cairn_client::run::Run, cairn_client::runconfig::RunConfig)>,
+}
+
+impl Scope {
+    async fn of(st: &ApiState, caller: &Caller) -> Result<Option<Scope>, Failure> {
+        let Some(executor_id) = caller.executor_id() else {
+            return Ok(None);
+        };
+        let (tasks, _) = st.dm.executor_tasks_of(executor_id).await?;
+        let mut run_ids: Vec<String> = tasks.into_iter().map(|t| t.value.spec.run_id).collect();
+        run_ids.sort();
+        run_ids.dedup();
+        let mut runs = Vec::with_capacity(run_ids.len());
+        for id in run_ids {
+            let run = match st.dm.run(&id).await {
+                Ok(r) => r.value,
+                Err(crate::datamanager::DmError::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let config = st.dm.run_config(&id).await?;
+            runs.push((run, config));
+        }
+        Ok(Some(Scope { runs }))
+    }
+
+    /// A task of one of these runs (its workspace archives).
+    fn has_task(&self, task_id: &str) -> bool {
+        self.runs
+            .iter()
+            .any(|(run, _)| run.tasks.contains_key(task_id))
+    }
+
+    /// A cache key in the cache namespace of one of these runs.
+    fn has_cache(&self, key: &str) -> bool {
+        self.runs.iter().any(|(run, config)| {
+            let ns = crate::runservice::cache_namespace::cache_namespace(
+                config.cache_group.as_deref(),
+                &run.group,
+            );
+            key.strip_prefix(ns.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
+        })
+    }
+
+    /// The source snapshot of one of these runs.
+    fn has_source(&self, object: &str) -> bool {
+        self.runs.iter().any(|(_, config)| {
+            matches!(&config.source, Some(SourceRef::Snapshot { object: o }) if o == object)
+        })
+    }
+}
+
+/// The 403 of an executor reaching for a blob none of its tasks has.
+fn not_yours(caller: &Caller, what: String) -> Failure {
+    Failure::new(
+        ErrorCode::Forbidden,
+        format!("{what} belongs to no task of {}", caller.describe()),
+    )
+}
+
+/// Checks `caller` may touch the blob `allowed` judges (always, unless an executor).
+async fn check_scope(
+    st: &ApiState,
+    caller: &Caller,
+    what: impl FnOnce() -> String,
+    allowed: impl FnOnce(&Scope) -> bool,
+) -> Result<(), Failure> {
+    match Scope::of(st, caller).await? {
+        Some(scope) if !allowed(&scope) => Err(not_yours(caller, what())),
+        _ => Ok(()),
+    }
+}
+
 pub async fn download_archive(
     State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path((task_id, step)): Path<(String, usize)>,
 ) -> ApiResult<Response> {
     super::executors::check_task_id(&task_id)?;
+    check_scope(
+        &st,
+        &caller,
+        || format!("task {task_id}'s archive"),
+        |s| s.has_task(&task_id),
+    )
+    .await?;
     match ArchiveStore::new(st.blobs.clone())
         .get(&task_id, step)
         .await?
@@ -243,9 +328,17 @@ pub struct CacheParams {
 
 pub async fn head_cache(
     State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(key): Path<String>,
     Query(p): Query<CacheParams>,
 ) -> ApiResult<StatusCode> {
+    check_scope(
+        &st,
+        &caller,
+        || format!("cache {key:?}"),
+        |s| s.has_cache(&key),
+    )
+    .await?;
     if st.caches.exists(&key, p.prefix).await? {
         Ok(StatusCode::OK)
     } else {
@@ -255,9 +348,17 @@ pub async fn head_cache(
 
 pub async fn get_cache(
     State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(key): Path<String>,
     Query(p): Query<CacheParams>,
 ) -> ApiResult<Response> {
+    check_scope(
+        &st,
+        &caller,
+        || format!("cache {key:?}"),
+        |s| s.has_cache(&key),
+    )
+    .await?;
     match st.caches.get(&key, p.prefix).await? {
         Some(hit) => {
             let mut resp = Response::new(Body::from_stream(hit.data));
@@ -272,9 +373,17 @@ pub async fn get_cache(
 
 pub async fn put_cache(
     State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(key): Path<String>,
     body: Body,
 ) -> ApiResult<Response> {
+    check_scope(
+        &st,
+        &caller,
+        || format!("cache {key:?}"),
+        |s| s.has_cache(&key),
+    )
+    .await?;
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     if st.caches.put(&key, stream).await? {
         Ok(StatusCode::CREATED.into_response())
@@ -300,6 +409,7 @@ pub async fn upload_source(
 
 pub async fn download_source(
     State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(object): Path<String>,
 ) -> ApiResult<Response> {
     let key = if object.starts_with("sources/") {
@@ -310,6 +420,13 @@ pub async fn download_source(
     if key.contains("..") {
         return Err(Failure::bad_request("bad source object name"));
     }
+    check_scope(
+        &st,
+        &caller,
+        || format!("source {key}"),
+        |s| s.has_source(&key),
+    )
+    .await?;
     let stream = st.blobs.get(&key).await?;
     Ok(Response::new(Body::from_stream(stream)))
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use cairn_client::ErrorCode;
 use cairn_client::api::{ExecutorTasksResponse, ExecutorsResponse, HeartbeatResponse, NodeInfo};
@@ -15,6 +15,7 @@ use cairn_client::executor::{AssignedTask, Executor, ExecutorTask, ExecutorTaskS
 use serde::Deserialize;
 use store::WatchMessage;
 
+use super::auth::Caller;
 use super::error::{ApiResult, Failure};
 use super::service::ApiState;
 use crate::datamanager::{DmError, Versioned};
@@ -25,7 +26,7 @@ pub const EXECUTOR_LEASE_SECS: i64 = 15;
 /// Longest long poll.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
-fn check_id(id: &str) -> Result<(), Failure> {
+pub(crate) fn check_id(id: &str) -> Result<(), Failure> {
     cairn_client::ids::check_executor_id(id).map_err(|e| Failure::bad_request(e.to_string()))
 }
 
@@ -35,8 +36,13 @@ pub(super) fn check_task_id(task_id: &str) -> Result<(), Failure> {
     cairn_client::ids::check_task_id(task_id).map_err(|e| Failure::bad_request(e.to_string()))
 }
 
+/// `POST /executors/{id}`: registration or heartbeat. An executor's own credential only
+/// heartbeats. A registration token registers an executor that is not registered (a
+/// live registration is its holder's: 409) and gets its credential in the reply; the
+/// admin token does too when the executor is not registered, and otherwise heartbeats.
 pub async fn heartbeat(
     State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Json(mut ex): Json<Executor>,
 ) -> ApiResult<Json<HeartbeatResponse>> {
@@ -52,6 +58,18 @@ pub async fn heartbeat(
     // Keep the current lease alive; grant a new one when there is none (first
     // registration, or the old one expired).
     let current = st.dm.executor(&id).await?;
+    let issue = match (&caller, &current) {
+        (Caller::Registration, Some(_)) => {
+            return Err(Failure::new(
+                ErrorCode::Conflict,
+                format!(
+                    "executor {id} is registered and alive: only its own credential heartbeats it"
+                ),
+            ));
+        }
+        (Caller::Registration, None) | (Caller::Admin, None) => true,
+        _ => false,
+    };
     let mut lease = 0;
     if let Some(cur) = current
         && cur.lease != 0
@@ -66,22 +84,44 @@ pub async fn heartbeat(
     }
     ex.lease = lease;
     ex.last_heartbeat = Some(chrono::Utc::now());
-    st.dm
-        .with_ctx(super::request_ctx())
-        .put_executor(&ex)
-        .await?;
+    let dm = st.dm.with_ctx(super::request_ctx());
+    let credential = if issue {
+        Some(dm.issue_executor_credential(&id).await?)
+    } else {
+        None
+    };
+    dm.put_executor(&ex).await?;
     Ok(Json(HeartbeatResponse {
         lease_ttl_secs: ttl,
         executor: ex,
+        credential,
     }))
 }
 
+/// `DELETE /executors/{id}` (admin): the registration (its unfinished tasks are failed).
+/// The executor keeps its credential and may register again, as before roles; a
+/// credential is revoked with `DELETE /executors/{id}/credential`.
 pub async fn delete(State(st): State<ApiState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     st.dm
         .with_ctx(super::request_ctx())
         .delete_executor(&id)
         .await?;
     tracing::info!(executor_id = %id, "executor deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /executors/{id}/credential` (admin): the executor's credential is refused
+/// from then on (its registration stays until it expires or is deleted).
+pub async fn revoke_credential(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    check_id(&id)?;
+    st.dm
+        .with_ctx(super::request_ctx())
+        .revoke_executor_credential(&id)
+        .await?;
+    tracing::info!(executor_id = %id, "executor credential revoked");
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,5 +1,6 @@
 //! HTTP front ends; the only place that knows HTTP status codes.
 //!
+//! - [`auth`]: credentials and roles (who may call what), the constant-time compare.
 //! - [`service`]: the run-service API router (`/api/v1`), with [`runs`], [`executors`]
 //!   and [`blobs`] handlers and [`error`], the mapping of every failure to
 //!   `{code, message, details}`.
@@ -8,6 +9,7 @@
 //! - [`streams`]: per-credential and global caps on watches, SSE streams, log follows
 //!   and long polls.
 
+pub mod auth;
 pub mod blobs;
 pub mod error;
 pub mod etcd;

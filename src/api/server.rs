@@ -1,5 +1,6 @@
 //! The node's HTTP server: one port for clients (etcd JSON API, bearer token unless
-//! turned off) and peers (`/raft/rpc`, cluster token), plus `/healthz` and `/readyz`.
+//! turned off; on `cairn serve` the admin token) and peers (`/raft/rpc`, the peer
+//! secret, which is never a client token), plus `/healthz` and `/readyz`.
 
 use std::sync::Arc;
 
@@ -28,12 +29,9 @@ async fn require_token(State(auth): State<Auth>, req: Request, next: Next) -> Re
         return EtcdError::new(StatusCode::FORBIDDEN, 7, why).into_response();
     }
     if let Some(token) = &auth.token {
-        let ok = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| t.as_bytes() == token.as_bytes());
+        // Constant time (security.md L1); on `cairn serve` only the admin token passes.
+        let ok = super::auth::bearer(req.headers())
+            .is_some_and(|t| super::auth::same_secret(t.as_bytes(), token.as_bytes()));
         if !ok {
             return EtcdError::unauthenticated().into_response();
         }

@@ -1,17 +1,20 @@
-//! The run-service API router (`/api/v1`): shared state, bearer-token auth, body limits.
+//! The run-service API router (`/api/v1`): shared state, authentication and roles
+//! (`super::auth`), the maintenance gate, body limits.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+use axum::http::Method;
+
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use cairn_client::ErrorCode;
 use raft::Node;
 
+use super::auth::{self, Authenticator};
 use super::error::{Failure, json_errors};
 use super::{blobs, executors, maintenance, runs};
 use crate::datamanager::Datamanager;
@@ -44,60 +47,63 @@ pub struct ApiState {
     pub streams: super::streams::StreamCaps,
 }
 
-/// In maintenance, only the maintenance, export and import endpoints (and executor
-/// heartbeats) answer.
+/// Whether `method path` (relative to `/api/v1`) answers in maintenance mode: the
+/// maintenance endpoint, export, import and executor heartbeats, matched as exact routes
+/// (not by suffix: `POST /caches/import` is a cache write, refused); pure.
+pub fn allowed_in_maintenance(method: &Method, path: &str) -> bool {
+    let path = path.strip_prefix("/api/v1").unwrap_or(path);
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["maintenance"] => true,
+        ["export"] => *method == Method::GET,
+        ["import"] => *method == Method::POST,
+        // Executor heartbeats go on, so that registrations (and the tasks they hold)
+        // outlive a long maintenance; executors get no tasks meanwhile.
+        ["executors", id] => *method == Method::POST && !id.is_empty(),
+        _ => false,
+    }
+}
+
+/// In maintenance, only the routes of [`allowed_in_maintenance`] answer.
 async fn gate(
     State(mode): State<tokio::sync::watch::Receiver<bool>>,
     req: Request,
     next: Next,
 ) -> Response {
-    if *mode.borrow() {
-        let path = req.uri().path();
-        // Executor heartbeats go on, so that registrations (and the tasks they hold)
-        // outlive a long maintenance; executors get no tasks meanwhile.
-        let heartbeat = req.method() == axum::http::Method::POST
-            && path
-                .trim_start_matches("/api/v1")
-                .strip_prefix("/executors/")
-                .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
-        let allowed = heartbeat
-            || ["/maintenance", "/export", "/import"]
-                .iter()
-                .any(|p| path.ends_with(p));
-        if !allowed {
-            return Failure::new(
-                ErrorCode::Unavailable,
-                "the service is in maintenance mode: only /maintenance, /export and /import answer",
-            )
-            .into_response();
-        }
+    if *mode.borrow() && !allowed_in_maintenance(req.method(), req.uri().path()) {
+        return Failure::new(
+            ErrorCode::Unavailable,
+            "the service is in maintenance mode: only /maintenance, /export and /import answer",
+        )
+        .into_response();
     }
     next.run(req).await
 }
 
-#[derive(Clone)]
-struct Token(Arc<str>);
-
-async fn require_token(State(token): State<Token>, req: Request, next: Next) -> Response {
-    let ok = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| constant_time_eq(t.as_bytes(), token.0.as_bytes()));
-    if !ok {
+/// Identifies the bearer (401 for no one), checks its role allows the route (403), and
+/// hands the [`Caller`] to the handlers as an extension.
+async fn authenticate(State(auth): State<Authenticator>, mut req: Request, next: Next) -> Response {
+    let caller = match auth::bearer(req.headers()) {
+        None => None,
+        Some(token) => match auth.identify(token).await {
+            Ok(c) => c,
+            Err(e) => return Failure::from(e).into_response(),
+        },
+    };
+    let Some(caller) = caller else {
         return Failure::new(ErrorCode::Unauthorized, "missing or wrong bearer token")
             .into_response();
+    };
+    let path = req.uri().path().to_string();
+    if !auth::permits(&caller, &auth::need(req.method(), &path)) {
+        return auth::forbidden(&caller, req.method(), &path).into_response();
     }
+    req.extensions_mut().insert(caller);
     next.run(req).await
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// `/api/v1/*`, authenticated with `token`.
-pub fn router(state: ApiState, token: &str) -> Router {
+/// `/api/v1/*`, authenticated by `auth` (see [`super::auth`] for the roles).
+pub fn router(state: ApiState, auth: Authenticator) -> Router {
     let json = Router::new()
         .route("/runs", post(runs::create).get(runs::list))
         .route("/runs/events", get(runs::events))
@@ -110,6 +116,10 @@ pub fn router(state: ApiState, token: &str) -> Router {
         .route(
             "/executors/{id}",
             post(executors::heartbeat).delete(executors::delete),
+        )
+        .route(
+            "/executors/{id}/credential",
+            delete(executors::revoke_credential),
         )
         .route("/executors/{id}/tasks", get(executors::tasks))
         .route("/executors/{id}/tasks/{task_id}", get(executors::task))
@@ -125,6 +135,8 @@ pub fn router(state: ApiState, token: &str) -> Router {
                 .delete(maintenance::disable),
         )
         .route("/export", get(maintenance::export))
+        .route("/tokens", post(auth::create_token).get(auth::list_tokens))
+        .route("/tokens/{id}", delete(auth::revoke_token))
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES));
     let uploads = Router::new()
         .route(
@@ -152,10 +164,29 @@ pub fn router(state: ApiState, token: &str) -> Router {
         .fallback(|| async { Failure::not_found("no such endpoint") })
         .with_state(state)
         .layer(middleware::from_fn_with_state(mode, gate))
-        .layer(middleware::from_fn_with_state(
-            Token(token.into()),
-            require_token,
-        ))
+        .layer(middleware::from_fn_with_state(auth, authenticate))
         .layer(middleware::map_response(json_errors));
     Router::new().nest("/api/v1", api)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maintenance_lets_through_exact_routes_only() {
+        let (g, p) = (Method::GET, Method::POST);
+        assert!(allowed_in_maintenance(&g, "/api/v1/maintenance"));
+        assert!(allowed_in_maintenance(&Method::DELETE, "/maintenance"));
+        assert!(allowed_in_maintenance(&g, "/export"));
+        assert!(allowed_in_maintenance(&p, "/import"));
+        assert!(allowed_in_maintenance(&p, "/executors/e1"));
+        assert!(!allowed_in_maintenance(&p, "/caches/import"));
+        assert!(!allowed_in_maintenance(&g, "/caches/export"));
+        assert!(!allowed_in_maintenance(&g, "/runs/maintenance"));
+        assert!(!allowed_in_maintenance(&p, "/export"));
+        assert!(!allowed_in_maintenance(&Method::DELETE, "/executors/e1"));
+        assert!(!allowed_in_maintenance(&g, "/executors/e1/tasks"));
+        assert!(!allowed_in_maintenance(&p, "/runs"));
+    }
 }

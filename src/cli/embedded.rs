@@ -48,6 +48,7 @@ pub(crate) fn embedded_options(
         init: false,
         join: None,
         token: None,
+        peer_token: None,
         objects: None,
         scheduler: crate::scheduler::SchedulerConfig {
             fixed_executors: executor.is_some(),

@@ -24,9 +24,13 @@ pub struct ServerArgs {
     /// Server URLs (comma separated); default: the embedded node of `cairn run`.
     #[arg(long, env = "CAIRN_SERVER", value_delimiter = ',', global = true)]
     pub server: Vec<String>,
-    /// The server's API token.
-    #[arg(long, env = "CAIRN_TOKEN", global = true)]
+    /// The server's API token (prefer --token-file or CAIRN_TOKEN: the command line is
+    /// visible to every local user).
+    #[arg(long, env = "CAIRN_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
+    /// A file holding the server's API token.
+    #[arg(long, env = "CAIRN_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
     /// Data directory of the embedded node (without --server).
     #[arg(long, env = "CAIRN_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
@@ -121,10 +125,8 @@ pub(crate) struct Connection {
 impl Connection {
     pub(crate) async fn open(args: &ServerArgs) -> anyhow::Result<Connection> {
         if !args.server.is_empty() {
-            let token = args
-                .token
-                .clone()
-                .ok_or_else(|| anyhow!("--server needs --token (or CAIRN_TOKEN)"))?;
+            let token = crate::cli::token_from(args.token.clone(), args.token_file.as_deref())?
+                .ok_or_else(|| anyhow!("--server needs --token-file (or CAIRN_TOKEN)"))?;
             return Ok(Connection {
                 client: RunClient::new(&args.server, Some(token))?,
                 embedded: None,

@@ -15,6 +15,8 @@
 //! rs/event/<run id>/<n>            RunEvent (JSON); its sequence is the key's mod revision
 //! rs/cg/<name>                     change group (only its mod revision matters)
 //! rs/lock/scheduler/               the scheduler mutex
+//! rs/token/<id>                    StoredToken (JSON): a `cairn token create` token, hashed
+//! rs/xcred/<executor id>           ExecutorCredential (JSON): an executor's own credential, hashed
 //! ```
 
 use cairn_client::run::{Run, RunPhase, RunResult};
@@ -32,6 +34,8 @@ pub const EXECUTOR: &str = "rs/executor/";
 pub const EVENT: &str = "rs/event/";
 pub const CHANGE_GROUP: &str = "rs/cg/";
 pub const SCHEDULER_LOCK: &str = "rs/lock/scheduler/";
+pub const TOKEN: &str = "rs/token/";
+pub const EXECUTOR_CREDENTIAL: &str = "rs/xcred/";
 /// Everything the run service owns.
 pub const ALL: &str = "rs/";
 
@@ -69,6 +73,14 @@ pub fn executor_task_marker(executor_id: &str, task_id: &str) -> String {
 
 pub fn executor(id: &str) -> String {
     format!("{EXECUTOR}{id}")
+}
+
+pub fn token(id: &str) -> String {
+    format!("{TOKEN}{id}")
+}
+
+pub fn executor_credential(executor_id: &str) -> String {
+    format!("{EXECUTOR_CREDENTIAL}{executor_id}")
 }
 
 pub fn events_of(run_id: &str) -> String {

@@ -31,6 +31,7 @@ pub mod runs;
 pub mod tasks;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod tokens;
 
 use std::time::{Duration, Instant};
 

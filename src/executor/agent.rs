@@ -24,6 +24,8 @@ use super::task::{self, TaskEnv, TaskHandle};
 pub struct AgentConfig {
     pub data_dir: PathBuf,
     pub servers: Vec<String>,
+    /// A registration (or admin) token, exchanged at registration for this executor's
+    /// own credential (kept in `<data_dir>/credential`, 0600), or that credential itself.
     pub token: Option<String>,
     pub labels: BTreeMap<String, String>,
     /// 0 = no limit.
@@ -37,6 +39,35 @@ pub struct Agent {
     pub id: String,
     cancel: CancellationToken,
     task: JoinHandle<()>,
+}
+
+/// The file keeping an executor's own credential.
+pub fn credential_file(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("credential")
+}
+
+fn load_credential(data_dir: &std::path::Path) -> Option<String> {
+    std::fs::read_to_string(credential_file(data_dir))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+fn save_credential(data_dir: &std::path::Path, credential: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = credential_file(data_dir);
+    let tmp = path.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp)?;
+    f.write_all(credential.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)
 }
 
 /// The agent's id, kept in its data dir so a restart is the same executor.
@@ -61,7 +92,12 @@ impl Agent {
     /// Starts the agent's loops; they run until [`Agent::stop`].
     pub fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
         let id = load_or_make_id(&cfg.data_dir)?;
-        let client = RunClient::new(&cfg.servers, cfg.token.clone())?;
+        // The credential of an earlier registration first; the registration token if the
+        // server refuses it.
+        let client = RunClient::new(
+            &cfg.servers,
+            load_credential(&cfg.data_dir).or_else(|| cfg.token.clone()),
+        )?;
         let cancel = CancellationToken::new();
         let state = State {
             env: TaskEnv {
@@ -120,10 +156,10 @@ impl State {
         let client = self.env.client.clone();
         // Register first (retrying until a server answers), and learn the lease TTL.
         let ttl = loop {
-            match client.heartbeat(&self.me()).await {
-                Ok(r) => {
+            match self.register().await {
+                Ok(ttl) => {
                     tracing::info!(driver = self.cfg.driver.name(), "executor registered");
-                    break r.lease_ttl_secs.max(1);
+                    break ttl;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot register; retrying");
@@ -160,7 +196,7 @@ impl State {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = heartbeat.tick() => {
-                    if let Err(e) = client.heartbeat(&self.me()).await {
+                    if let Err(e) = self.register().await {
                         tracing::warn!(error = %e, "heartbeat failed");
                     }
                 }
@@ -188,6 +224,31 @@ impl State {
             h.stop.cancel();
             let _ = h.join.await;
         }
+    }
+
+    /// Registers or heartbeats; returns the lease TTL. A credential in the reply becomes
+    /// the client's token (and is kept); when the server refuses the credential (revoked,
+    /// or the executor was deleted), registers again with the registration token.
+    async fn register(&mut self) -> Result<i64, cairn_client::ClientError> {
+        let client = self.env.client.clone();
+        let reply = match client.heartbeat(&self.me()).await {
+            Err(e)
+                if e.code() == Some(cairn_client::ErrorCode::Unauthorized)
+                    && self.cfg.token.is_some() =>
+            {
+                tracing::warn!("the executor credential was refused; registering again");
+                client.set_token(self.cfg.token.clone());
+                client.heartbeat(&self.me()).await?
+            }
+            other => other?,
+        };
+        if let Some(credential) = reply.credential {
+            client.set_token(Some(credential.clone()));
+            if let Err(e) = save_credential(&self.cfg.data_dir, &credential) {
+                tracing::warn!(error = %e, "cannot keep the executor credential");
+            }
+        }
+        Ok(reply.lease_ttl_secs.max(1))
     }
 
     /// Acts on the server's view of this executor's tasks (as of poll `revision`).

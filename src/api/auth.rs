@@ -1,0 +1,314 @@
+//! Credentials and roles of the API: who the bearer of a token is ([`Caller`]), what a
+//! route needs ([`need`]), whether the one allows the other ([`permits`]), and the one
+//! constant-time comparison every token check uses ([`same_secret`], [`same_digest`]).
+//!
+//! | credential | where it comes from | may call |
+//! |---|---|---|
+//! | admin | `DATA_DIR/token`, `--token-file`, `CAIRN_TOKEN`; or `cairn token create --role admin` | everything, `/v3` too |
+//! | user | `cairn token create --role user` | runs: create, act on, read; upload sources |
+//! | read-only | `cairn token create --role read-only` | `GET` of runs, logs, executors, cluster |
+//! | registration | `cairn token create --role registration` | `POST /executors/{id}` once, for its credential |
+//! | executor | issued at registration, bound to one executor id | its own registration, tasks, logs, status, archives; archives, caches and sources of its tasks' runs |
+//!
+//! The peer secret is not an API credential: it is accepted only on `/raft/rpc`, and
+//! none of the above is accepted there.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use cairn_client::ErrorCode;
+use cairn_client::api::{
+    CreateTokenRequest, CreateTokenResponse, TokenInfo, TokenRole, TokensResponse,
+};
+
+use super::error::{ApiResult, Failure};
+use super::service::ApiState;
+use crate::datamanager::tokens::{self, Presented};
+use crate::datamanager::{Datamanager, DmError};
+
+/// Whether two secrets are equal, in time that depends on neither (both are hashed
+/// first, so not even their lengths leak).
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    same_digest(&Sha256::digest(a).into(), &Sha256::digest(b).into())
+}
+
+/// Whether two digests are equal, in constant time: the one comparison of secrets.
+pub fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(0u8, |acc, (x, y)| acc | std::hint::black_box(x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .filter(|t| !t.is_empty())
+}
+
+/// Who a request comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// The admin token, or a stored admin token.
+    Admin,
+    User,
+    ReadOnly,
+    Registration,
+    /// An executor, by its own credential.
+    Executor(String),
+}
+
+impl Caller {
+    fn of_role(role: TokenRole) -> Caller {
+        match role {
+            TokenRole::Admin => Caller::Admin,
+            TokenRole::User => Caller::User,
+            TokenRole::ReadOnly => Caller::ReadOnly,
+            TokenRole::Registration => Caller::Registration,
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Caller::Admin)
+    }
+
+    /// The executor this caller is, if it is one.
+    pub fn executor_id(&self) -> Option<&str> {
+        match self {
+            Caller::Executor(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Caller::Admin => "the admin token".into(),
+            Caller::User => "a user token".into(),
+            Caller::ReadOnly => "a read-only token".into(),
+            Caller::Registration => "a registration token".into(),
+            Caller::Executor(id) => format!("executor {id}'s credential"),
+        }
+    }
+}
+
+/// What a route needs of its caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Need<'a> {
+    Admin,
+    /// Runs: create, act on.
+    Write,
+    /// `GET` of runs, logs, executors, cluster, maintenance status.
+    Read,
+    /// `POST /executors/{id}`: registration (registration token), heartbeat (the
+    /// executor itself).
+    Register(&'a str),
+    /// The executor of the URL, itself.
+    Executor(&'a str),
+    /// Any executor; the handler checks the blob is of one of its tasks' runs.
+    ExecutorBlobs,
+}
+
+/// What `method path` (relative to `/api/v1`) needs; pure. An unknown route needs only
+/// reading (it answers 404 or 405 anyway).
+pub fn need<'a>(method: &Method, path: &'a str) -> Need<'a> {
+    let path = path.strip_prefix("/api/v1").unwrap_or(path);
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let get = method == Method::GET || method == Method::HEAD;
+    match segs.as_slice() {
+        ["tokens", ..] | ["export"] | ["import"] => Need::Admin,
+        ["maintenance"] if !get => Need::Admin,
+        ["executors", id] if *method == Method::POST => Need::Register(id),
+        ["executors", _] if *method == Method::DELETE => Need::Admin,
+        ["executors", _, "credential"] => Need::Admin,
+        ["executors", id, "tasks", ..] => Need::Executor(id),
+        ["archives", ..] | ["caches", ..] => Need::ExecutorBlobs,
+        ["sources", _] if get => Need::ExecutorBlobs,
+        ["sources"] => Need::Write,
+        ["runs", ..] if !get => Need::Write,
+        _ if get => Need::Read,
+        _ => Need::Admin,
+    }
+}
+
+/// Whether `caller` may call a route that needs `need`; pure.
+pub fn permits(caller: &Caller, need: &Need<'_>) -> bool {
+    match (caller, need) {
+        (Caller::Admin, _) => true,
+        (Caller::User, Need::Write | Need::Read) => true,
+        (Caller::ReadOnly, Need::Read) => true,
+        (Caller::Registration, Need::Register(_)) => true,
+        (Caller::Executor(me), Need::Register(id) | Need::Executor(id)) => me == id,
+        (Caller::Executor(_), Need::ExecutorBlobs) => true,
+        _ => false,
+    }
+}
+
+/// Identifies bearers: the admin token (by digest), stored tokens and executor
+/// credentials (by their stored digests).
+#[derive(Clone)]
+pub struct Authenticator {
+    admin: Arc<[u8; 32]>,
+    dm: Datamanager,
+}
+
+impl Authenticator {
+    pub fn new(admin_token: &str, dm: Datamanager) -> Authenticator {
+        Authenticator {
+            admin: Arc::new(tokens::digest(admin_token)),
+            dm,
+        }
+    }
+
+    /// The caller `token` identifies; `None` for no one.
+    pub async fn identify(&self, token: &str) -> Result<Option<Caller>, DmError> {
+        if same_digest(&tokens::digest(token), &self.admin) {
+            return Ok(Some(Caller::Admin));
+        }
+        match tokens::parse(token) {
+            Presented::Stored { id, secret } => {
+                let Some(stored) = self.dm.token(id).await? else {
+                    return Ok(None);
+                };
+                Ok(matches_stored(&stored.sha256, secret).then(|| Caller::of_role(stored.role)))
+            }
+            Presented::Executor {
+                executor_id,
+                secret,
+            } => {
+                if super::executors::check_id(executor_id).is_err() {
+                    return Ok(None);
+                }
+                let Some(cred) = self.dm.executor_credential(executor_id).await? else {
+                    return Ok(None);
+                };
+                Ok(matches_stored(&cred.sha256, secret)
+                    .then(|| Caller::Executor(executor_id.to_string())))
+            }
+            Presented::Other => Ok(None),
+        }
+    }
+}
+
+fn matches_stored(stored_hex: &str, secret: &str) -> bool {
+    tokens::parse_digest(stored_hex).is_some_and(|d| same_digest(&tokens::digest(secret), &d))
+}
+
+/// The 403 of a caller outside its role.
+pub fn forbidden(caller: &Caller, method: &Method, path: &str) -> Failure {
+    Failure::new(
+        ErrorCode::Forbidden,
+        format!("{} may not call {method} {path}", caller.describe()),
+    )
+}
+
+/// `POST /tokens`: a new stored token (admin).
+pub async fn create_token(
+    State(st): State<ApiState>,
+    Json(req): Json<CreateTokenRequest>,
+) -> ApiResult<(StatusCode, Json<CreateTokenResponse>)> {
+    if req.name.len() > 200 || req.name.chars().any(char::is_control) {
+        return Err(Failure::bad_request(
+            "a token name is at most 200 characters, none of them control characters",
+        ));
+    }
+    let (stored, token) = st
+        .dm
+        .with_ctx(super::request_ctx())
+        .create_token(req.role, &req.name)
+        .await?;
+    tracing::info!(token_id = %stored.id, role = stored.role.as_str(), "token created");
+    Ok((
+        StatusCode::CREATED,
+        Json(CreateTokenResponse {
+            token,
+            info: stored.info(),
+        }),
+    ))
+}
+
+/// `GET /tokens`: the stored tokens, without secrets (admin).
+pub async fn list_tokens(State(st): State<ApiState>) -> ApiResult<Json<TokensResponse>> {
+    let tokens: Vec<TokenInfo> = st.dm.tokens().await?.iter().map(|t| t.info()).collect();
+    Ok(Json(TokensResponse { tokens }))
+}
+
+/// `DELETE /tokens/{id}` (admin).
+pub async fn revoke_token(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Failure::bad_request(format!("{id:?} is not a token id")));
+    }
+    st.dm
+        .with_ctx(super::request_ctx())
+        .revoke_token(&id)
+        .await?;
+    tracing::info!(token_id = %id, "token revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_equal_only_when_equal() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcx"));
+        assert!(!same_secret(b"", b"a"));
+    }
+
+    #[test]
+    fn routes_need_their_role() {
+        let g = Method::GET;
+        let p = Method::POST;
+        assert_eq!(need(&p, "/runs"), Need::Write);
+        assert_eq!(need(&g, "/runs"), Need::Read);
+        assert_eq!(need(&g, "/api/v1/runs/1"), Need::Read);
+        assert_eq!(need(&Method::PUT, "/runs/1/actions"), Need::Write);
+        assert_eq!(need(&Method::PUT, "/maintenance"), Need::Admin);
+        assert_eq!(need(&g, "/maintenance"), Need::Read);
+        assert_eq!(need(&g, "/export"), Need::Admin);
+        assert_eq!(need(&p, "/import"), Need::Admin);
+        assert_eq!(need(&p, "/caches/import"), Need::ExecutorBlobs);
+        assert_eq!(need(&Method::DELETE, "/executors/e1"), Need::Admin);
+        assert_eq!(need(&p, "/executors/e1"), Need::Register("e1"));
+        assert_eq!(
+            need(&Method::DELETE, "/executors/e1/credential"),
+            Need::Admin
+        );
+        assert_eq!(need(&g, "/executors/e1/tasks/t"), Need::Executor("e1"));
+        assert_eq!(need(&g, "/tokens"), Need::Admin);
+        assert_eq!(need(&g, "/sources/x"), Need::ExecutorBlobs);
+        assert_eq!(need(&p, "/sources"), Need::Write);
+        assert_eq!(need(&Method::PATCH, "/nothing"), Need::Admin);
+    }
+
+    #[test]
+    fn roles_permit_what_the_model_says() {
+        let ex = Caller::Executor("e1".into());
+        assert!(permits(&ex, &Need::Executor("e1")));
+        assert!(!permits(&ex, &Need::Executor("e2")));
+        assert!(!permits(&ex, &Need::Register("e2")));
+        assert!(!permits(&ex, &Need::Read));
+        assert!(!permits(&ex, &Need::Write));
+        assert!(permits(&Caller::User, &Need::Write));
+        assert!(!permits(&Caller::User, &Need::Admin));
+        assert!(!permits(&Caller::User, &Need::Executor("e1")));
+        assert!(!permits(&Caller::User, &Need::ExecutorBlobs));
+        assert!(permits(&Caller::ReadOnly, &Need::Read));
+        assert!(!permits(&Caller::ReadOnly, &Need::Write));
+        assert!(permits(&Caller::Registration, &Need::Register("e9")));
+        assert!(!permits(&Caller::Registration, &Need::Read));
+        assert!(permits(&Caller::Admin, &Need::Admin));
+    }
+}
