@@ -74,6 +74,10 @@ pub enum Command {
     },
     /// Write the run service's data (run configs, runs, counters, events) to stdout.
     Export {
+        /// Keep secrets (run environment values, registry credentials); they are
+        /// replaced by `***` otherwise.
+        #[arg(long)]
+        include_secrets: bool,
         #[command(flatten)]
         server: runs::ServerArgs,
     },

@@ -95,7 +95,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             cairn::cli::admin::maintenance(command, server).await
         }
         Command::Token { command, server } => cairn::cli::token::token(command, server).await,
-        Command::Export { server } => cairn::cli::admin::export(server).await,
+        Command::Export {
+            include_secrets,
+            server,
+        } => cairn::cli::admin::export(server, include_secrets).await,
         Command::Import { file, server } => cairn::cli::admin::import(file, server).await,
         Command::Serve(args) => serve_service(args).await.map(|()| 0),
         Command::Executor(args) => run_executor(args).await.map(|()| 0),

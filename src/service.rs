@@ -266,6 +266,8 @@ impl Service {
             streams: crate::api::streams::StreamCaps::new(opts.streams),
         };
         let streams = store_opts.streams.clone();
+        let export_key: Arc<[u8]> =
+            crate::datamanager::exchange::export_key(token.as_bytes()).into();
         let active = Arc::new(AtomicBool::new(false));
         let (mode_tx, mode_rx) = tokio::sync::watch::channel(false);
         let api_mode = mode_rx.clone();
@@ -292,6 +294,7 @@ impl Service {
                 maintenance: api_mode,
                 pull_request_refs: pull_request_refs.clone(),
                 streams: streams.clone(),
+                export_key: export_key.clone(),
             };
             let auth = crate::api::auth::Authenticator::new(&api_token, state.dm.clone());
             crate::api::service::router(state, auth)

@@ -844,8 +844,19 @@ impl RunClient {
     }
 
     /// `GET /export`: the datamanager's contents as a versioned, checksummed stream.
+    /// Secrets are redacted; see [`RunClient::export_with`].
     pub async fn export(&self) -> Result<ByteStream, ClientError> {
-        self.call_stream(Call::get(&["export"]).streamed()).await
+        self.export_with(false).await
+    }
+
+    /// `GET /export?include_secrets=`: like [`RunClient::export`], with the run configs'
+    /// secrets (environment values, registry credentials) when `include_secrets`.
+    pub async fn export_with(&self, include_secrets: bool) -> Result<ByteStream, ClientError> {
+        let mut call = Call::get(&["export"]).streamed();
+        if include_secrets {
+            call = call.query("include_secrets", true);
+        }
+        self.call_stream(call).await
     }
 
     /// `POST /import`: replaces the datamanager's contents (maintenance mode only).

@@ -37,12 +37,23 @@ pub async fn disable(State(st): State<ApiState>) -> ApiResult<StatusCode> {
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `GET /export`: the datamanager's contents, streamed; a failure mid-way aborts the
-/// body, so the client sees a truncated (and therefore refused) export.
-pub async fn export(State(st): State<ApiState>) -> ApiResult<Response> {
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ExportParams {
+    /// Keep the run configs' secrets (environment values, registry credentials).
+    #[serde(default)]
+    include_secrets: bool,
+}
+
+/// `GET /export?include_secrets=`: the datamanager's contents, streamed, secrets redacted
+/// unless asked for; a failure mid-way aborts the body, so the client sees a truncated
+/// (and therefore refused) export.
+pub async fn export(
+    State(st): State<ApiState>,
+    axum::extract::Query(p): axum::extract::Query<ExportParams>,
+) -> ApiResult<Response> {
     let stream = st
         .dm
-        .export()
+        .export(st.export_key.to_vec(), p.include_secrets)
         .map(|r| r.map_err(|e| std::io::Error::other(e.to_string())));
     let mut resp = Response::new(Body::from_stream(stream));
     resp.headers_mut().insert(
@@ -69,7 +80,7 @@ pub async fn import(State(st): State<ApiState>, body: Body) -> ApiResult<Json<Im
     let file = spool
         .reopen()
         .map_err(|e| Failure::new(ErrorCode::Internal, format!("spooling the import: {e}")))?;
-    let mut v = Validator::new(std::io::BufWriter::new(file));
+    let mut v = Validator::new(std::io::BufWriter::new(file), Some(&st.export_key));
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| Failure::bad_request(format!("reading the import: {e}")))?;

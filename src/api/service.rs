@@ -45,6 +45,8 @@ pub struct ApiState {
     pub pull_request_refs: crate::runservice::reference::PullRequestRefs,
     /// Caps on SSE streams, log follows and long polls.
     pub streams: super::streams::StreamCaps,
+    /// The HMAC key of exports (derived from the admin secret).
+    pub export_key: Arc<[u8]>,
 }
 
 /// Whether `method path` (relative to `/api/v1`) answers in maintenance mode: the

@@ -58,11 +58,11 @@ pub async fn maintenance(cmd: MaintenanceCommand, args: ServerArgs) -> anyhow::R
     result
 }
 
-/// `cairn export`: the stream on stdout.
-pub async fn export(args: ServerArgs) -> anyhow::Result<u8> {
+/// `cairn export [--include-secrets]`: the stream on stdout.
+pub async fn export(args: ServerArgs, include_secrets: bool) -> anyhow::Result<u8> {
     let conn = Connection::open(&args).await?;
     let result = async {
-        let mut stream = conn.client.export().await?;
+        let mut stream = conn.client.export_with(include_secrets).await?;
         let mut out = std::io::stdout().lock();
         while let Some(chunk) = stream.next().await {
             out.write_all(&chunk?)?;

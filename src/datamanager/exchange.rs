@@ -5,8 +5,14 @@
 //! The stream is newline-delimited JSON: a header `{"format":"cairn-export","version":1,
 //! "revision":R}`, then one `{"key":…,"value":…}` per object in strictly increasing key
 //! order, all read at store revision R, then a trailer `{"trailer":{"entries":N,
-//! "sha256":…}}` whose checksum covers every line before it. An import validates the whole
-//! stream (format, version, order, count, checksum) before it changes anything.
+//! "sha256":…,"hmac":…}}`. The checksum covers every line before it and catches truncation
+//! and corruption; the HMAC-SHA256 over the same lines is keyed by a key derived from the
+//! admin secret ([`export_key`]), so an export altered by anyone without that secret is
+//! refused. An import validates the whole stream (format, version, order, count, line
+//! length, checksum, HMAC) before it changes anything, in time linear in its size.
+//!
+//! Secrets (the run configs' environment values and registry credentials) are replaced by
+//! [`REDACTED`] unless the export is asked to include them.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -23,6 +29,84 @@ use super::{Datamanager, DmError, delete_range, put};
 
 pub const FORMAT: &str = "cairn-export";
 pub const VERSION: u32 = 1;
+
+/// The longest line an import accepts (a run or run config of the largest allowed run is
+/// well under it); a longer one is refused as soon as it is seen.
+pub const MAX_LINE_BYTES: usize = 32 << 20;
+
+/// What replaces a secret in an export made without secrets.
+pub const REDACTED: &str = "***";
+
+/// The HMAC key of exports, derived from the admin secret (never the secret itself).
+pub fn export_key(admin_secret: &[u8]) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(b"cairn export hmac v1\0");
+    h.update(admin_secret);
+    h.finalize().to_vec()
+}
+
+/// HMAC-SHA256 (RFC 2104) over `sha2`.
+#[derive(Clone)]
+struct HmacSha256 {
+    inner: Sha256,
+    outer_pad: [u8; 64],
+}
+
+impl HmacSha256 {
+    fn new(key: &[u8]) -> HmacSha256 {
+        let mut block = [0u8; 64];
+        if key.len() > block.len() {
+            block[..32].copy_from_slice(&Sha256::digest(key));
+        } else {
+            block[..key.len()].copy_from_slice(key);
+        }
+        let mut inner = Sha256::new();
+        inner.update(block.map(|b| b ^ 0x36));
+        HmacSha256 {
+            inner,
+            outer_pad: block.map(|b| b ^ 0x5c),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        self.inner.update(data);
+    }
+
+    fn finalize(self) -> [u8; 32] {
+        let mut outer = Sha256::new();
+        outer.update(self.outer_pad);
+        outer.update(self.inner.finalize());
+        outer.finalize().into()
+    }
+}
+
+/// Replaces the secrets of a run config by [`REDACTED`]: the per-run, task, container and
+/// step environment values and the registry credentials. The static environment (CI,
+/// repository data) stays.
+pub fn redact_secrets(config: &mut cairn_client::runconfig::RunConfig) {
+    fn env(env: &mut cairn_client::runconfig::Env) {
+        env.values_mut().for_each(|v| *v = REDACTED.to_string());
+    }
+    env(&mut config.environment);
+    for task in config.tasks.values_mut() {
+        env(&mut task.environment);
+        for c in &mut task.runtime.containers {
+            env(&mut c.environment);
+        }
+        for step in &mut task.steps {
+            if let cairn_client::runconfig::Step::Run(run) = step {
+                env(&mut run.environment);
+            }
+        }
+        for auth in task.docker_registries_auth.values_mut() {
+            for secret in [&mut auth.password, &mut auth.auth] {
+                if !secret.is_empty() {
+                    *secret = REDACTED.to_string();
+                }
+            }
+        }
+    }
+}
 
 /// The key prefixes that make up an export, in key order.
 pub const EXPORTED: [&str; 5] = [
@@ -67,6 +151,9 @@ struct Entry {
 struct TrailerBody {
     entries: u64,
     sha256: String,
+    /// HMAC-SHA256 of the same lines, keyed by [`export_key`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hmac: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -88,14 +175,17 @@ fn is_exported(key: &str) -> bool {
 /// order), and the trailer whose count and checksum cover every line before it.
 pub struct ExportWriter {
     hash: Sha256,
+    mac: HmacSha256,
     count: u64,
 }
 
 impl ExportWriter {
-    /// Starts an export read at `revision`: the writer, and the header line.
-    pub fn start(revision: i64) -> (ExportWriter, Vec<u8>) {
+    /// Starts an export read at `revision`, authenticated with `key` (see
+    /// [`export_key`]): the writer, and the header line.
+    pub fn start(revision: i64, key: &[u8]) -> (ExportWriter, Vec<u8>) {
         let mut w = ExportWriter {
             hash: Sha256::new(),
+            mac: HmacSha256::new(key),
             count: 0,
         };
         let header = Header {
@@ -119,6 +209,7 @@ impl ExportWriter {
             trailer: TrailerBody {
                 entries: self.count,
                 sha256: hex(&self.hash.finalize()),
+                hmac: Some(hex(&self.mac.finalize())),
             },
         };
         let mut l = serde_json::to_vec(&trailer).expect("trailers serialize");
@@ -131,6 +222,7 @@ impl ExportWriter {
         let mut l = serde_json::to_vec(item).expect("export lines serialize");
         l.push(b'\n');
         self.hash.update(&l);
+        self.mac.update(&l);
         self.count += 1;
         l
     }
@@ -140,11 +232,17 @@ impl Datamanager {
     /// The export stream, read at the current revision, page by page (memory does not
     /// grow with the export's size). A read failure ends the stream with an error, so the
     /// receiver sees a truncated (invalid) export.
-    pub fn export(&self) -> impl Stream<Item = Result<Bytes, DmError>> + Send + 'static {
+    /// The trailer's HMAC is keyed by `key` ([`export_key`]); secrets are redacted
+    /// unless `include_secrets`.
+    pub fn export(
+        &self,
+        key: Vec<u8>,
+        include_secrets: bool,
+    ) -> impl Stream<Item = Result<Bytes, DmError>> + Send + 'static {
         let dm = self.clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, DmError>>(16);
         tokio::spawn(async move {
-            let r = dm.export_into(&tx).await;
+            let r = dm.export_into(&tx, &key, include_secrets).await;
             if let Err(e) = r {
                 let _ = tx.send(Err(e)).await;
             }
@@ -155,11 +253,13 @@ impl Datamanager {
     async fn export_into(
         &self,
         tx: &tokio::sync::mpsc::Sender<Result<Bytes, DmError>>,
+        key: &[u8],
+        include_secrets: bool,
     ) -> Result<(), DmError> {
         let revision = self.kv().header().revision;
         // A linearizable read first, so the revision is the cluster's, not a stale one.
         self.kv().read_barrier().await?;
-        let (mut writer, header) = ExportWriter::start(revision);
+        let (mut writer, header) = ExportWriter::start(revision, key);
         if tx.send(Ok(Bytes::from(header))).await.is_err() {
             return Ok(());
         }
@@ -188,7 +288,16 @@ impl Datamanager {
                     if !is_exported(&key) {
                         continue;
                     }
-                    let value = String::from_utf8_lossy(&kv.value).into_owned();
+                    let mut value = String::from_utf8_lossy(&kv.value).into_owned();
+                    if !include_secrets && key.starts_with(keys::RUN_CONFIG) {
+                        let mut config: cairn_client::runconfig::RunConfig =
+                            serde_json::from_str(&value).map_err(|e| DmError::Corrupt {
+                                key: key.clone(),
+                                why: e.to_string(),
+                            })?;
+                        redact_secrets(&mut config);
+                        value = serde_json::to_string(&config).expect("run configs serialize");
+                    }
                     writer.entry(key, value, &mut out);
                 }
                 if !out.is_empty() && tx.send(Ok(Bytes::from(out))).await.is_err() {
@@ -346,6 +455,10 @@ fn parse_u64(v: &[u8]) -> u64 {
         .unwrap_or(0)
 }
 
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -356,7 +469,12 @@ fn hex(bytes: &[u8]) -> String {
 pub struct Validator<W: Write> {
     spool: W,
     hash: Sha256,
+    mac: Option<HmacSha256>,
+    /// Bytes of the current, unfinished line; the first `scanned` hold no newline.
     partial: Vec<u8>,
+    scanned: usize,
+    /// Bytes searched for a newline in all (each byte once: the parse is linear).
+    searched: u64,
     header: bool,
     last_key: Option<String>,
     entries: u64,
@@ -365,11 +483,16 @@ pub struct Validator<W: Write> {
 }
 
 impl<W: Write> Validator<W> {
-    pub fn new(spool: W) -> Validator<W> {
+    /// A validator that also checks the trailer's HMAC against `key` ([`export_key`]);
+    /// `None` checks the checksum only.
+    pub fn new(spool: W, key: Option<&[u8]>) -> Validator<W> {
         Validator {
             spool,
             hash: Sha256::new(),
+            mac: key.map(HmacSha256::new),
             partial: Vec::new(),
+            scanned: 0,
+            searched: 0,
             header: false,
             last_key: None,
             entries: 0,
@@ -378,15 +501,35 @@ impl<W: Write> Validator<W> {
         }
     }
 
-    /// Feeds the next bytes of the stream.
+    /// Feeds the next bytes of the stream. Only the new bytes are searched for line ends,
+    /// and a line longer than [`MAX_LINE_BYTES`] is refused as soon as it is.
     pub fn push(&mut self, data: &[u8]) -> Result<(), DmError> {
         self.spool
             .write_all(data)
             .map_err(|e| invalid(format!("spooling the import: {e}")))?;
         self.partial.extend_from_slice(data);
-        while let Some(pos) = self.partial.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=pos).collect();
-            self.line(&line)?;
+        let mut start = 0;
+        while let Some(at) = self.partial[self.scanned..]
+            .iter()
+            .position(|b| *b == b'\n')
+        {
+            let end = self.scanned + at + 1;
+            self.searched += (at + 1) as u64;
+            let line = std::mem::take(&mut self.partial);
+            let result = self.line(&line[start..end]);
+            self.partial = line;
+            result?;
+            start = end;
+            self.scanned = end;
+        }
+        self.searched += (self.partial.len() - self.scanned) as u64;
+        self.partial.drain(..start);
+        self.scanned = self.partial.len();
+        if self.partial.len() > MAX_LINE_BYTES {
+            return Err(invalid(format!(
+                "line {} is longer than {MAX_LINE_BYTES} bytes",
+                self.line_no + 1
+            )));
         }
         Ok(())
     }
@@ -416,6 +559,9 @@ impl<W: Write> Validator<W> {
             }
             self.header = true;
             self.hash.update(line);
+            if let Some(mac) = &mut self.mac {
+                mac.update(line);
+            }
             return Ok(());
         }
         if text.starts_with("{\"trailer\"") {
@@ -425,6 +571,9 @@ impl<W: Write> Validator<W> {
             return Ok(());
         }
         self.hash.update(line);
+        if let Some(mac) = &mut self.mac {
+            mac.update(line);
+        }
         let e: Entry = serde_json::from_str(text).map_err(|e| invalid(format!("line {n}: {e}")))?;
         if !is_exported(&e.key) {
             return Err(invalid(format!("line {n}: unexpected key {:?}", e.key)));
@@ -486,8 +635,18 @@ impl<W: Write> Validator<W> {
         let sum = hex(&self.hash.finalize_reset());
         if t.sha256 != sum {
             return Err(invalid(
-                "the checksum does not match: the export was altered".into(),
+                "the checksum does not match: the export is corrupt".into(),
             ));
+        }
+        if let Some(mac) = self.mac.take() {
+            let expected = hex(&mac.finalize());
+            let given = t.hmac.as_deref().unwrap_or_default();
+            if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+                return Err(invalid(
+                    "the HMAC does not match: the export was altered, or made by a server with another admin token"
+                        .into(),
+                ));
+            }
         }
         self.spool
             .flush()
@@ -501,8 +660,10 @@ mod tests {
     use super::*;
 
     /// A valid export of `entries` (key, value) with a correct trailer.
+    const KEY: &[u8] = b"test export key";
+
     fn export_of(entries: &[(&str, &str)]) -> Vec<u8> {
-        let (mut w, mut out) = ExportWriter::start(7);
+        let (mut w, mut out) = ExportWriter::start(7, KEY);
         for (k, v) in entries {
             w.entry(k.to_string(), v.to_string(), &mut out);
         }
@@ -511,7 +672,7 @@ mod tests {
     }
 
     fn validate(bytes: &[u8], chunk: usize) -> Result<u64, DmError> {
-        let mut v = Validator::new(Vec::new());
+        let mut v = Validator::new(Vec::new(), Some(KEY));
         for c in bytes.chunks(chunk) {
             v.push(c)?;
         }
@@ -526,6 +687,117 @@ mod tests {
         for chunk in [1, 7, 64, 4096] {
             assert_eq!(validate(&e, chunk).expect("valid"), 2);
         }
+    }
+
+    #[test]
+    fn hmac_sha256_matches_rfc_4231() {
+        let mut mac = HmacSha256::new(b"Jefe");
+        mac.update(b"what do ya want ");
+        mac.update(b"for nothing?");
+        assert_eq!(
+            hex(&mac.finalize()),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        // A key longer than the block is hashed first (RFC 4231 test case 6).
+        let mut mac = HmacSha256::new(&[0xaa; 131]);
+        mac.update(b"Test Using Larger Than Block-Size Key - Hash Key First");
+        assert_eq!(
+            hex(&mac.finalize()),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
+
+    /// Security review M5: the SHA-256 can be recomputed by anyone; the HMAC cannot.
+    #[test]
+    fn an_altered_export_with_a_recomputed_checksum_fails_the_hmac() {
+        let e = String::from_utf8(export_of(GOOD)).expect("utf8");
+        let mut lines: Vec<String> = e.split_inclusive('\n').map(str::to_string).collect();
+        lines[1] = lines[1].replace("\"3\"", "\"4\"");
+        let mut hash = Sha256::new();
+        for l in &lines[..lines.len() - 1] {
+            hash.update(l.as_bytes());
+        }
+        let mut trailer: serde_json::Value =
+            serde_json::from_str(lines.last().expect("trailer")).expect("json");
+        trailer["trailer"]["sha256"] = hex(&hash.finalize()).into();
+        *lines.last_mut().expect("trailer") = format!("{trailer}\n");
+        let err = validate(lines.concat().as_bytes(), 64).expect_err("tampered");
+        assert!(err.to_string().contains("HMAC"), "{err}");
+        // Without its HMAC, or signed with another key, it is refused as well.
+        trailer["trailer"]
+            .as_object_mut()
+            .expect("object")
+            .remove("hmac");
+        *lines.last_mut().expect("trailer") = format!("{trailer}\n");
+        assert!(validate(lines.concat().as_bytes(), 64).is_err());
+        let mut other = Validator::new(Vec::new(), Some(b"another key".as_slice()));
+        other.push(&export_of(GOOD)).expect("well-formed");
+        assert!(other.finish().is_err(), "another server's key");
+    }
+
+    /// Security review M5: a single line longer than the cap is refused as soon as the
+    /// validator holds more than the cap, not at the end of the body.
+    #[test]
+    fn a_line_over_the_cap_is_refused_at_once() {
+        let mut v = Validator::new(std::io::sink(), Some(KEY));
+        let piece = vec![b'x'; 1 << 20];
+        let mut pushed = 0;
+        let err = loop {
+            match v.push(&piece) {
+                Ok(()) => pushed += piece.len(),
+                Err(e) => break e,
+            }
+            assert!(pushed <= 2 * MAX_LINE_BYTES, "never refused");
+        };
+        assert!(err.to_string().contains("longer than"), "{err}");
+        assert!(pushed <= MAX_LINE_BYTES, "{pushed}");
+    }
+
+    /// Security review M5: each byte is searched for a line end once, however the input
+    /// is cut (the parser rescanned the whole pending line at every chunk: quadratic).
+    #[test]
+    fn parsing_is_linear_in_the_input() {
+        let value = "v".repeat(200_000);
+        let entries: Vec<(String, String)> = (0..50)
+            .map(|i| (format!("rs/event/{i:08}"), value.clone()))
+            .collect();
+        let (mut w, mut out) = ExportWriter::start(7, KEY);
+        for (k, v) in entries {
+            w.entry(k, v, &mut out);
+        }
+        out.extend_from_slice(&w.finish());
+        for chunk in [1, 100, 4096, out.len()] {
+            let mut v = Validator::new(std::io::sink(), Some(KEY));
+            for c in out.chunks(chunk) {
+                v.push(c).expect("valid");
+            }
+            assert_eq!(v.searched, out.len() as u64, "chunks of {chunk}");
+            v.finish().expect("valid");
+        }
+    }
+
+    #[test]
+    fn redaction_replaces_environment_values_and_registry_secrets() {
+        use cairn_client::runconfig::{RegistryAuth, RunConfig, RunConfigTask};
+        let mut config = RunConfig::default();
+        config.environment.insert("TOKEN".into(), "s3cret-1".into());
+        config.static_environment.insert("CI".into(), "true".into());
+        let mut task = RunConfigTask::default();
+        task.environment.insert("KEY".into(), "s3cret-2".into());
+        task.docker_registries_auth.insert(
+            "ghcr.io".into(),
+            RegistryAuth {
+                username: "me".into(),
+                password: "s3cret-3".into(),
+                ..RegistryAuth::default()
+            },
+        );
+        config.tasks.insert("t".into(), task);
+        redact_secrets(&mut config);
+        let text = serde_json::to_string(&config).expect("json");
+        assert!(!text.contains("s3cret"), "{text}");
+        assert_eq!(config.environment["TOKEN"], REDACTED);
+        assert_eq!(config.static_environment["CI"], "true");
     }
 
     #[test]
@@ -593,12 +865,12 @@ mod tests {
             .expect("create");
         }
         let mut bytes = Vec::new();
-        let mut s = Box::pin(dm.export());
+        let mut s = Box::pin(dm.export(KEY.to_vec(), true));
         while let Some(chunk) = futures::StreamExt::next(&mut s).await {
             bytes.extend_from_slice(&chunk.expect("chunk"));
         }
         let spool = tempfile::NamedTempFile::new().expect("spool");
-        let mut v = Validator::new(spool.reopen().expect("reopen"));
+        let mut v = Validator::new(spool.reopen().expect("reopen"), Some(KEY));
         v.push(&bytes).expect("valid");
         v.finish().expect("complete");
 

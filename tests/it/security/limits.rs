@@ -342,3 +342,105 @@ async fn an_archived_runs_source_snapshot_is_deleted_with_its_blobs() {
     )
     .await;
 }
+
+/// The whole export (with or without secrets), as text.
+async fn export_text(client: &RunClient, include_secrets: bool) -> String {
+    use futures::StreamExt;
+    let mut stream = client.export_with(include_secrets).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// Maintenance on, and the node switched (the scheduler stopped).
+async fn maintenance_on(client: &RunClient) {
+    client.set_maintenance(true).await.unwrap();
+    wait_for(Duration::from_secs(60), "maintenance mode", || async {
+        let st = client.maintenance().await.ok()?;
+        st.nodes.iter().all(|n| n.maintenance).then_some(())
+    })
+    .await;
+}
+
+/// M5 and M3: an export carries no secret unless asked (`--include-secrets`), and an
+/// export altered with its SHA-256 recomputed is refused by the HMAC (anyone could
+/// recompute the checksum, so any token holder could rewrite history through import).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_hide_secrets_and_a_tampered_export_is_refused_by_its_hmac() {
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let node = ServiceProc::single(&dir.path().join("n"));
+    let client = node.client();
+    let mut req = create_request("/project/p/branch/main", ONE_TASK);
+    req.environment
+        .insert("DEPLOY_KEY".into(), "SECRET-VALUE-123".into());
+    client.create_run(&req).await.unwrap();
+    maintenance_on(&client).await;
+
+    let redacted = export_text(&client, false).await;
+    assert!(!redacted.contains("SECRET-VALUE-123"), "{redacted}");
+    assert!(
+        redacted.contains("DEPLOY_KEY"),
+        "the name stays: {redacted}"
+    );
+    let full = export_text(&client, true).await;
+    assert!(full.contains("SECRET-VALUE-123"));
+    // Both import as they are.
+    client.import(full.clone().into_bytes()).await.unwrap();
+
+    // Alter a value and recompute the checksum: the trailer's sha256 matches again.
+    let mut lines: Vec<String> = full.split_inclusive('\n').map(str::to_string).collect();
+    let i = lines
+        .iter()
+        .position(|l| l.contains("SECRET-VALUE-123"))
+        .unwrap();
+    lines[i] = lines[i].replace("SECRET-VALUE-123", "ATTACKER-VALUE");
+    let mut hash = Sha256::new();
+    for l in &lines[..lines.len() - 1] {
+        hash.update(l.as_bytes());
+    }
+    let sum: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let mut trailer: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    trailer["trailer"]["sha256"] = sum.into();
+    *lines.last_mut().unwrap() = format!("{trailer}\n");
+    let err = client
+        .import(lines.concat().into_bytes())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
+    assert!(err.to_string().contains("HMAC"), "{err}");
+    assert!(!export_text(&client, true).await.contains("ATTACKER-VALUE"));
+}
+
+/// M5: a 64 MB import body of one line is refused once the line passes the cap, without
+/// the server reading the rest (it was parsed in quadratic time: hours of CPU for 4 GiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_line_64_mb_import_is_refused_at_the_line_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = ServiceProc::single(&dir.path().join("n"));
+    let client = node.client();
+    maintenance_on(&client).await;
+    let conn = TcpStream::connect(("127.0.0.1", node.port)).await.unwrap();
+    let (mut rd, mut wr) = conn.into_split();
+    let total: usize = 64 << 20;
+    let head = format!(
+        "POST /api/v1/import HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {total}\r\n\r\n",
+        node.port
+    );
+    let writer = tokio::spawn(async move {
+        wr.write_all(head.as_bytes()).await?;
+        let piece = vec![b'x'; 1 << 20];
+        let mut sent = 0;
+        while sent < total {
+            wr.write_all(&piece).await?;
+            sent += piece.len();
+        }
+        Ok::<_, std::io::Error>(sent)
+    });
+    let (status, body) = read_response(&mut rd).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("longer than"), "{body}");
+    writer.abort();
+}
