@@ -208,6 +208,52 @@ pub fn forbidden(caller: &Caller, method: &Method, path: &str) -> Failure {
     )
 }
 
+/// What stands in for a secret in a response.
+pub const REDACTED: &str = "***";
+
+/// Replaces the secrets of a run config (the run's variables, task, container and step
+/// environment values, registry passwords) with [`REDACTED`]; pure. Only the admin sees
+/// them through the API; an executor gets its task's with the task hand-out.
+pub fn redact_run_config(cfg: &mut cairn_client::runconfig::RunConfig) {
+    use cairn_client::runconfig::Step;
+    fn env(e: &mut cairn_client::runconfig::Env) {
+        for v in e.values_mut() {
+            *v = REDACTED.to_string();
+        }
+    }
+    env(&mut cfg.environment);
+    for task in cfg.tasks.values_mut() {
+        env(&mut task.environment);
+        for c in &mut task.runtime.containers {
+            env(&mut c.environment);
+        }
+        for step in &mut task.steps {
+            if let Step::Run(r) = step {
+                env(&mut r.environment);
+            }
+        }
+        for auth in task.docker_registries_auth.values_mut() {
+            if !auth.password.is_empty() {
+                auth.password = REDACTED.to_string();
+            }
+            if !auth.auth.is_empty() {
+                auth.auth = REDACTED.to_string();
+            }
+        }
+    }
+}
+
+/// A run response as `caller` may see it (secrets redacted unless admin).
+pub fn run_response_for(
+    caller: &Caller,
+    mut resp: cairn_client::api::RunResponse,
+) -> cairn_client::api::RunResponse {
+    if !caller.is_admin() {
+        redact_run_config(&mut resp.run_config);
+    }
+    resp
+}
+
 /// `POST /tokens`: a new stored token (admin).
 pub async fn create_token(
     State(st): State<ApiState>,

@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use cairn_client::api::{
@@ -19,6 +19,7 @@ use futures::Stream;
 use serde::Deserialize;
 use store::WatchMessage;
 
+use super::auth::{self, Caller};
 use super::error::{ApiResult, Failure};
 use super::service::ApiState;
 use crate::configfile;
@@ -29,7 +30,21 @@ use crate::runservice::reference::{self, PullRequestRefs};
 
 pub async fn create(
     State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Json(req): Json<CreateRunRequest>,
+) -> ApiResult<(StatusCode, Json<CreateRunResponse>)> {
+    let (status, Json(mut made)) = create_runs(st, req).await?;
+    made.runs = made
+        .runs
+        .into_iter()
+        .map(|r| auth::run_response_for(&caller, r))
+        .collect();
+    Ok((status, Json(made)))
+}
+
+async fn create_runs(
+    st: ApiState,
+    req: CreateRunRequest,
 ) -> ApiResult<(StatusCode, Json<CreateRunResponse>)> {
     let group = keys::normalize_group(&req.group)
         .filter(|_| req.group.starts_with('/'))
@@ -244,11 +259,16 @@ fn commit(req: &CreateRunRequest) -> reference::Commit {
     }
 }
 
+/// `GET /runs/{id}`: secrets of the run config are redacted unless the caller is admin.
 pub async fn get(
     State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RunResponse>> {
-    Ok(Json(run_response(&st, &id).await?))
+    Ok(Json(auth::run_response_for(
+        &caller,
+        run_response(&st, &id).await?,
+    )))
 }
 
 /// The run, its config and why it (or each waiting task) is pending.
@@ -357,7 +377,17 @@ pub async fn list(
 
 pub async fn restart(
     State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    body: Option<Json<RestartRunRequest>>,
+) -> ApiResult<(StatusCode, Json<RunResponse>)> {
+    let (status, Json(resp)) = restart_run(st, id, body).await?;
+    Ok((status, Json(auth::run_response_for(&caller, resp))))
+}
+
+async fn restart_run(
+    st: ApiState,
+    id: String,
     body: Option<Json<RestartRunRequest>>,
 ) -> ApiResult<(StatusCode, Json<RunResponse>)> {
     let req = body.map(|b| b.0).unwrap_or_default();
@@ -442,6 +472,7 @@ where
 
 pub async fn action(
     State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Json(req): Json<RunActionRequest>,
 ) -> ApiResult<Json<RunResponse>> {
@@ -451,11 +482,15 @@ pub async fn action(
     })
     .await?;
     tracing::info!(run_id = %id, action = ?req.action, "run action");
-    Ok(Json(run_response(&st, &id).await?))
+    Ok(Json(auth::run_response_for(
+        &caller,
+        run_response(&st, &id).await?,
+    )))
 }
 
 pub async fn task_action(
     State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path((id, task)): Path<(String, String)>,
     Json(req): Json<TaskActionRequest>,
 ) -> ApiResult<Json<RunResponse>> {
@@ -470,7 +505,10 @@ pub async fn task_action(
         }
     })
     .await?;
-    Ok(Json(run_response(&st, &id).await?))
+    Ok(Json(auth::run_response_for(
+        &caller,
+        run_response(&st, &id).await?,
+    )))
 }
 
 /// The id of a run's task named by its id or by its name.

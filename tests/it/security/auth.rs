@@ -381,3 +381,56 @@ async fn an_executor_credential_reaches_only_its_own_tasks() {
     assert_eq!(e.code(), Some(ErrorCode::Unauthorized));
     drop(good);
 }
+
+/// H1/M3 "evil reads good task's secrets": run variables, task environment and registry
+/// passwords were returned by `GET /runs/{id}` to every token holder; now a user or
+/// read-only token sees `***` in their place, and only the admin sees the values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_secrets_are_redacted_for_non_admin_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = ServiceProc::single(&dir.path().join("n"));
+    let config = r#"
+docker_registries_auth:
+  registry.example:
+    type: basic
+    username: u
+    password: REGISTRY-PASSWORD-123
+runs:
+  - name: ci
+    tasks:
+      - name: build
+        runtime: { containers: [ { image: registry.example/busybox, environment: { C: CONTAINER-SECRET-1 } } ] }
+        environment: { DEPLOY_KEY: SECRET-DEPLOY-KEY-456 }
+        steps: [ { run: { command: make, environment: { S: STEP-SECRET-2 } } } ]
+"#;
+    let mut req = create_request("/user/u", config);
+    req.environment
+        .insert("API_KEY".into(), "VARIABLE-SECRET-789".into());
+    let admin = node.client();
+    let user = client(&node, &make_token(&node, TokenRole::User).await);
+    let ro = client(&node, &make_token(&node, TokenRole::ReadOnly).await);
+    let created = user.create_run(&req).await.unwrap();
+    let id = created.runs[0].run.id.clone();
+    let secrets = [
+        "REGISTRY-PASSWORD-123",
+        "SECRET-DEPLOY-KEY-456",
+        "VARIABLE-SECRET-789",
+        "CONTAINER-SECRET-1",
+        "STEP-SECRET-2",
+    ];
+    let shown = serde_json::to_string(&created).unwrap();
+    for s in secrets {
+        assert!(!shown.contains(s), "create reply shows {s}");
+    }
+    for c in [&user, &ro] {
+        let got = serde_json::to_string(&c.run(&id).await.unwrap()).unwrap();
+        for s in secrets {
+            assert!(!got.contains(s), "GET /runs/{{id}} shows {s}: {got}");
+        }
+        assert!(got.contains("***"));
+    }
+    let got = serde_json::to_string(&admin.run(&id).await.unwrap()).unwrap();
+    for s in secrets {
+        assert!(got.contains(s), "the admin sees {s}");
+    }
+}
