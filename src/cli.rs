@@ -24,6 +24,7 @@ macro_rules! errln {
 }
 
 pub mod admin;
+pub mod cert;
 pub mod direct;
 pub mod embedded;
 pub mod runs;
@@ -104,6 +105,11 @@ pub enum Command {
     Serve(RunServeArgs),
     /// Run an executor against remote servers (it only dials out).
     Executor(ExecutorArgs),
+    /// Certificates for TLS: a cluster CA, and node, executor and client certificates.
+    Cert {
+        #[command(subcommand)]
+        command: cert::CertCommand,
+    },
     /// The embedded key-value store.
     Store {
         #[command(subcommand)]
@@ -127,15 +133,22 @@ pub struct ClientArgs {
     /// Request timeout in seconds.
     #[arg(long, default_value_t = 15)]
     pub timeout: u64,
+    #[command(flatten)]
+    pub tls: TlsClientArgs,
 }
 
 impl ClientArgs {
-    fn client(&self) -> EtcdClient {
-        EtcdClient::new(
-            self.endpoints.clone(),
+    fn client(&self) -> anyhow::Result<EtcdClient> {
+        self.client_to(self.endpoints.clone(), Duration::from_secs(self.timeout))
+    }
+
+    fn client_to(&self, endpoints: Vec<String>, timeout: Duration) -> anyhow::Result<EtcdClient> {
+        Ok(EtcdClient::with_tls(
+            endpoints,
             self.token.clone(),
-            Duration::from_secs(self.timeout),
-        )
+            timeout,
+            &self.tls.client_tls(),
+        )?)
     }
 }
 
@@ -269,6 +282,83 @@ pub struct ServeArgs {
     /// Serve clients without a token (loopback addresses only).
     #[arg(long)]
     pub no_client_auth: bool,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+/// How a client reaches `https://` servers.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TlsClientArgs {
+    /// PEM file of the CA that signs the servers' certificates (`cairn cert init`'s
+    /// ca.pem); needed for https:// URLs.
+    #[arg(long, env = "CAIRN_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate for servers that ask for one (with --client-key).
+    #[arg(long, env = "CAIRN_CLIENT_CERT", global = true)]
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's PEM private key.
+    #[arg(long, env = "CAIRN_CLIENT_KEY", global = true)]
+    pub client_key: Option<PathBuf>,
+}
+
+impl TlsClientArgs {
+    pub fn client_tls(&self) -> cairn_client::ClientTls {
+        cairn_client::ClientTls {
+            ca_file: self.ca_file.clone(),
+            cert_file: self.client_cert.clone(),
+            key_file: self.client_key.clone(),
+        }
+    }
+}
+
+/// How the HTTP port accepts connections.
+#[derive(Args, Debug, Clone)]
+pub struct NetArgs {
+    /// PEM certificate chain of the HTTP port: it serves https only (with --tls-key);
+    /// the files are read again when they change.
+    #[arg(long, env = "CAIRN_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's PEM private key.
+    #[arg(long, env = "CAIRN_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA of client certificates (the cluster CA): clients may present one, peers
+    /// must present a node certificate it signed, and this node dials its peers with its
+    /// own certificate, trusting this CA.
+    #[arg(long, env = "CAIRN_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address (the token and secrets cross the
+    /// network in clear).
+    #[arg(long, conflicts_with = "tls_cert")]
+    pub insecure_plaintext: bool,
+    /// Milliseconds a TLS handshake may take.
+    #[arg(long, default_value_t = 10_000)]
+    pub tls_handshake_timeout_ms: u64,
+    /// Most connections served at once (kept below the open-file limit; more wait).
+    #[arg(long, default_value_t = crate::app::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Milliseconds a connection may take to send a request head, and may stay idle
+    /// between requests.
+    #[arg(long, default_value_t = crate::app::DEFAULT_HEADER_READ_TIMEOUT.as_millis() as u64)]
+    pub header_read_timeout_ms: u64,
+}
+
+impl NetArgs {
+    pub fn serve_net(&self) -> crate::app::ServeNet {
+        crate::app::ServeNet {
+            max_connections: self.max_connections,
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms.max(1)),
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: self.tls_client_ca.clone(),
+                }),
+                _ => None,
+            },
+            tls_handshake_timeout: Duration::from_millis(self.tls_handshake_timeout_ms.max(1)),
+            insecure_plaintext: self.insecure_plaintext,
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -335,6 +425,8 @@ pub struct RunServeArgs {
     /// How often expiry and compaction run, in seconds.
     #[arg(long, default_value_t = 60)]
     pub housekeeping_secs: u64,
+    #[command(flatten)]
+    pub net: NetArgs,
 }
 
 /// Caps on long-lived requests (watches, run-event streams, log follows, long polls).
@@ -431,6 +523,8 @@ pub struct ExecutorArgs {
     pub data_dir: PathBuf,
     #[command(flatten)]
     pub executor: ExecutorTuning,
+    #[command(flatten)]
+    pub tls: TlsClientArgs,
 }
 
 fn b64(s: &str) -> B64Bytes {
@@ -481,7 +575,7 @@ pub async fn run_store_client(cmd: StoreCommand) -> anyhow::Result<()> {
                 serializable,
                 ..Default::default()
             };
-            let resp = client.client().range(&req).await.map_err(remote)?;
+            let resp = client.client()?.range(&req).await.map_err(remote)?;
             print_kvs(&resp.kvs)?;
         }
         StoreCommand::Put {
@@ -496,7 +590,7 @@ pub async fn run_store_client(cmd: StoreCommand) -> anyhow::Result<()> {
                 lease: I64(lease),
                 ..Default::default()
             };
-            let resp = client.client().put(&req).await.map_err(remote)?;
+            let resp = client.client()?.put(&req).await.map_err(remote)?;
             outln!("OK (revision {})", resp.header.revision.0)?;
         }
         StoreCommand::Range {
@@ -516,7 +610,7 @@ pub async fn run_store_client(cmd: StoreCommand) -> anyhow::Result<()> {
                 limit: I64(limit),
                 ..Default::default()
             };
-            let resp = client.client().range(&req).await.map_err(remote)?;
+            let resp = client.client()?.range(&req).await.map_err(remote)?;
             print_kvs(&resp.kvs)?;
         }
         StoreCommand::Del {
@@ -530,7 +624,7 @@ pub async fn run_store_client(cmd: StoreCommand) -> anyhow::Result<()> {
                 range_end,
                 prev_kv: false,
             };
-            let resp = client.client().delete_range(&req).await.map_err(remote)?;
+            let resp = client.client()?.delete_range(&req).await.map_err(remote)?;
             outln!("{}", resp.deleted.0)?;
         }
         StoreCommand::Watch {
@@ -546,7 +640,7 @@ pub async fn run_store_client(cmd: StoreCommand) -> anyhow::Result<()> {
                 start_revision: I64(rev),
                 ..Default::default()
             };
-            let mut stream = client.client().watch(&req).await.map_err(remote)?;
+            let mut stream = client.client()?.watch(&req).await.map_err(remote)?;
             while let Some(msg) = stream.next().await.map_err(remote)? {
                 if msg.canceled {
                     bail!("watch cancelled: {}", msg.cancel_reason);
@@ -565,7 +659,7 @@ pub async fn run_store_client(cmd: StoreCommand) -> anyhow::Result<()> {
         StoreCommand::Cluster {
             command: ClusterCommand::Status { client },
         } => {
-            let c = client.client();
+            let c = client.client()?;
             let members = c.member_list().await.map_err(remote)?;
             outln!(
                 "{:<16} {:<8} {:<28} {:>8} {:>10} {:>10}",
@@ -578,11 +672,7 @@ pub async fn run_store_client(cmd: StoreCommand) -> anyhow::Result<()> {
             )?;
             for m in members.members {
                 let url = m.client_urls.first().cloned().unwrap_or_default();
-                let one = EtcdClient::new(
-                    vec![url.clone()],
-                    client.token.clone(),
-                    Duration::from_secs(3),
-                );
+                let one = client.client_to(vec![url.clone()], Duration::from_secs(3))?;
                 match one.status().await {
                     Ok(st) => {
                         let role = if st.leader.0 == m.id.0 {
@@ -620,7 +710,7 @@ pub async fn run_store_client(cmd: StoreCommand) -> anyhow::Result<()> {
                 id: I64(parsed as i64),
             };
             let _: wire::MemberListResponse = client
-                .client()
+                .client()?
                 .call("/v3/cluster/member/remove", &req)
                 .await
                 .map_err(remote)?;
@@ -629,9 +719,13 @@ pub async fn run_store_client(cmd: StoreCommand) -> anyhow::Result<()> {
         StoreCommand::Snapshot {
             command: SnapshotCommand::Save { file, client },
         } => {
-            let c = client.client();
+            let c = client.client()?;
             let ep = c.endpoints().first().cloned().unwrap_or_default();
-            let http = reqwest::Client::new();
+            let http = client
+                .tls
+                .client_tls()
+                .apply(reqwest::Client::builder())?
+                .build()?;
             let mut req = http
                 .post(format!("{ep}/v3/maintenance/snapshot"))
                 .json(&serde_json::json!({}));

@@ -9,7 +9,9 @@
 //! - [`runservice`]: run and task state machines as pure functions.
 //! - [`configfile`]: the run config format: parse, validate, expand.
 //! - [`datamanager`]: typed collections over the store, and object storage.
-//! - [`app`]: starting a store node and serving it until shutdown.
+//! - [`app`]: starting a store node and serving it until shutdown (the accept loop:
+//!   connection cap, header-read timeout, TLS).
+//! - [`tls`]: TLS of the HTTP port (certificates from files, reloaded; peer certificates).
 
 pub mod api;
 pub mod app;
@@ -21,3 +23,4 @@ pub mod maintenance;
 pub mod runservice;
 pub mod scheduler;
 pub mod service;
+pub mod tls;

@@ -102,6 +102,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Import { file, server } => cairn::cli::admin::import(file, server).await,
         Command::Serve(args) => serve_service(args).await.map(|()| 0),
         Command::Executor(args) => run_executor(args).await.map(|()| 0),
+        Command::Cert { command } => cairn::cli::cert::run(command).map(|()| 0),
         Command::Store {
             command: StoreCommand::Serve(args),
         } => serve(args).await.map(|()| 0),
@@ -127,6 +128,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         cluster_token: args.token,
         streams: cairn::api::streams::StreamCaps::default(),
+        net: args.net.serve_net(),
     };
     let server = StoreServer::start(opts).await?;
     // One line on stdout, so scripts and tests learn the bound address and identity.
@@ -170,6 +172,7 @@ async fn serve_service(args: RunServeArgs) -> anyhow::Result<()> {
         executor_ttl_secs: args.executor_ttl,
         pull_request_ref_regexes: args.pull_request_ref_regexes,
         streams: args.streams.limits(),
+        net: args.net.serve_net(),
         executor: if args.no_executor {
             None
         } else {
@@ -209,7 +212,9 @@ async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
         cairn::cli::token_from(args.token, args.token_file.as_deref())?.ok_or_else(|| {
             anyhow!("a registration token is required: --token-file FILE or CAIRN_TOKEN")
         })?;
-    let agent = opts.start(args.server.clone(), Some(token)).await?;
+    let agent = opts
+        .start(args.server.clone(), Some(token), args.tls.client_tls())
+        .await?;
     let _ = writeln!(
         std::io::stdout(),
         "cairn: executor {} ({} driver) serving {}",

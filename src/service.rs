@@ -53,6 +53,8 @@ pub struct ServiceOptions {
     pub pull_request_ref_regexes: Vec<String>,
     /// Caps on watches, run-event streams, log follows and long polls.
     pub streams: crate::api::streams::StreamLimits,
+    /// Connection limits and TLS of the HTTP port.
+    pub net: crate::app::ServeNet,
 }
 
 /// Which driver an executor runs tasks with.
@@ -88,6 +90,7 @@ impl ExecutorOptions {
         &self,
         servers: Vec<String>,
         token: Option<String>,
+        tls: cairn_client::ClientTls,
     ) -> anyhow::Result<Agent> {
         // Absolute, so that step working directories never depend on the process's.
         let data_dir = std::path::absolute(&self.data_dir)
@@ -107,6 +110,7 @@ impl ExecutorOptions {
             data_dir,
             servers,
             token,
+            tls,
             labels: self.labels.clone(),
             active_tasks_limit: self.active_tasks_limit,
             allow_privileged: self.allow_privileged,
@@ -264,6 +268,7 @@ impl Service {
             cluster_token: peer_token,
             client_token: Some(token.clone()),
             streams: crate::api::streams::StreamCaps::new(opts.streams),
+            net: opts.net.clone(),
         };
         let streams = store_opts.streams.clone();
         let export_key: Arc<[u8]> =
@@ -335,7 +340,14 @@ impl Service {
             None => None,
         };
         let agent = match &opts.executor {
-            Some(ex) => match ex.start(vec![store.url.clone()], credential).await {
+            Some(ex) => match ex
+                .start(
+                    vec![store.url.clone()],
+                    credential,
+                    opts.net.self_client_tls(),
+                )
+                .await
+            {
                 Ok(a) => Some(a),
                 Err(e) => {
                     scheduler.stop().await;

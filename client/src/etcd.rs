@@ -561,21 +561,36 @@ impl EtcdClient {
     /// `endpoints` are base URLs such as `http://127.0.0.1:2379`; requests go to the
     /// first one that answers.
     pub fn new(endpoints: Vec<String>, token: Option<String>, timeout: Duration) -> Self {
-        let http = reqwest::Client::builder()
+        Self::with_tls(endpoints, token, timeout, &crate::tls::ClientTls::default())
+            .expect("a reqwest client with static settings builds")
+    }
+
+    /// Like [`EtcdClient::new`], trusting the CA of `tls` (and presenting its client
+    /// certificate) on `https://` endpoints.
+    pub fn with_tls(
+        endpoints: Vec<String>,
+        token: Option<String>,
+        timeout: Duration,
+        tls: &crate::tls::ClientTls,
+    ) -> Result<Self, crate::tls::TlsConfigError> {
+        let builder = reqwest::Client::builder()
             .tcp_nodelay(true)
             .timeout(timeout)
             .pool_max_idle_per_host(256)
+            .pool_idle_timeout(Duration::from_secs(5));
+        let http = tls
+            .apply(builder)?
             .build()
-            .expect("a reqwest client with static settings builds");
+            .map_err(|e| crate::tls::TlsConfigError::Client(e.to_string()))?;
         let endpoints = endpoints
             .into_iter()
             .map(|e| e.trim_end_matches('/').to_string())
             .collect();
-        Self {
+        Ok(Self {
             http,
             endpoints,
             token,
-        }
+        })
     }
 
     pub fn endpoints(&self) -> &[String] {

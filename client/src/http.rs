@@ -338,6 +338,16 @@ impl RunClient {
     /// A client of the nodes at `urls` (`http://host:port` or with a path prefix),
     /// sending `token` as a bearer token.
     pub fn new(urls: &[String], token: Option<String>) -> Result<RunClient, ClientError> {
+        RunClient::with_tls(urls, token, &crate::tls::ClientTls::default())
+    }
+
+    /// Like [`RunClient::new`], trusting the CA of `tls` (and presenting its client
+    /// certificate) on `https://` URLs.
+    pub fn with_tls(
+        urls: &[String],
+        token: Option<String>,
+        tls: &crate::tls::ClientTls,
+    ) -> Result<RunClient, ClientError> {
         if urls.is_empty() {
             return Err(ClientError::Transport("no server URL given".into()));
         }
@@ -354,8 +364,13 @@ impl RunClient {
                 Ok(url)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let http = reqwest::Client::builder()
+        // Idle connections are dropped before a server's default idle timeout (10 s).
+        let builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
+            .pool_idle_timeout(Duration::from_secs(5));
+        let http = tls
+            .apply(builder)
+            .map_err(|e| ClientError::Transport(e.to_string()))?
             .build()
             .map_err(transport)?;
         Ok(RunClient {

@@ -9,6 +9,7 @@
 //! - [`error`]: the stable error body `{code, message, details}` of the run-service API.
 //! - [`etcd`]: the store's etcd v3 JSON API (the shapes of etcd 3.4's gRPC gateway) and
 //!   [`etcd::EtcdClient`], a small async client for it used by the CLI and the benchmarks.
+//! - [`tls`]: the CA file and client certificate of `https://` servers.
 
 pub mod api;
 pub mod error;
@@ -20,7 +21,9 @@ pub mod logs;
 pub mod run;
 pub mod runconfig;
 pub mod sse;
+pub mod tls;
 
 pub use error::{ApiError, ErrorCode};
 pub use http::{ClientError, RunClient};
 pub use logs::LogStep;
+pub use tls::ClientTls;

@@ -42,6 +42,8 @@ pub struct RunArgs {
     /// The server's API token.
     #[arg(long, env = "CAIRN_TOKEN")]
     pub token: Option<String>,
+    #[command(flatten)]
+    pub tls: crate::cli::TlsClientArgs,
     /// Also send files git ignores.
     #[arg(long)]
     pub ignored: bool,
@@ -270,7 +272,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         embedded = Some(node);
         client
     } else {
-        RunClient::new(&args.server, args.token.clone()).map_err(setup)?
+        RunClient::with_tls(&args.server, args.token.clone(), &args.tls.client_tls())
+            .map_err(setup)?
     };
 
     let result = async {

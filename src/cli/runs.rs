@@ -37,6 +37,8 @@ pub struct ServerArgs {
     /// Output format of listings.
     #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
     pub output: Output,
+    #[command(flatten)]
+    pub tls: crate::cli::TlsClientArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -128,7 +130,7 @@ impl Connection {
             let token = crate::cli::token_from(args.token.clone(), args.token_file.as_deref())?
                 .ok_or_else(|| anyhow!("--server needs --token-file (or CAIRN_TOKEN)"))?;
             return Ok(Connection {
-                client: RunClient::new(&args.server, Some(token))?,
+                client: RunClient::with_tls(&args.server, Some(token), &args.tls.client_tls())?,
                 embedded: None,
             });
         }

@@ -27,6 +27,8 @@ pub struct AgentConfig {
     /// A registration (or admin) token, exchanged at registration for this executor's
     /// own credential (kept in `<data_dir>/credential`, 0600), or that credential itself.
     pub token: Option<String>,
+    /// The servers' CA and this executor's client certificate (`https://` servers).
+    pub tls: cairn_client::ClientTls,
     pub labels: BTreeMap<String, String>,
     /// 0 = no limit.
     pub active_tasks_limit: u32,
@@ -94,9 +96,10 @@ impl Agent {
         let id = load_or_make_id(&cfg.data_dir)?;
         // The credential of an earlier registration first; the registration token if the
         // server refuses it.
-        let client = RunClient::new(
+        let client = RunClient::with_tls(
             &cfg.servers,
             load_credential(&cfg.data_dir).or_else(|| cfg.token.clone()),
+            &cfg.tls,
         )?;
         let cancel = CancellationToken::new();
         let state = State {

@@ -1,6 +1,8 @@
 //! The HTTP transport: a peer request is a `POST /raft/rpc` with a bincode body and the
 //! cluster token as a bearer token. One pooled reqwest client per node keeps connections
-//! alive (no per-call handshake, `TCP_NODELAY` on).
+//! alive (no per-call handshake, `TCP_NODELAY` on); over `https://` it trusts the cluster
+//! CA and presents the node's certificate (mutual TLS), as the node's composition root
+//! sets it up.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,13 +32,25 @@ pub struct HttpTransport {
 
 impl HttpTransport {
     pub fn new(token: &str) -> Self {
-        let client = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
-            .connect_timeout(Duration::from_secs(2))
+        let client = Self::client_builder()
             .build()
             .expect("a reqwest client with static settings builds");
+        Self::with_client(token, client)
+    }
+
+    /// The pooled client's settings, for a caller to add TLS roots and the node's client
+    /// certificate to (then [`HttpTransport::with_client`]). Idle connections are dropped
+    /// before a server's default idle timeout (10 s) would close them under a request.
+    pub fn client_builder() -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(64)
+            .connect_timeout(Duration::from_secs(2))
+    }
+
+    /// A transport over `client` (built from [`HttpTransport::client_builder`]).
+    pub fn with_client(token: &str, client: reqwest::Client) -> Self {
         Self {
             client,
             token: token.into(),
