@@ -409,8 +409,25 @@ fn op_out(node: &Node, o: store::ResponseOp) -> wire::ResponseOp {
 
 // ---- KV handlers ----
 
+/// Most bytes of keys and values one `/v3/kv/range` answers (security.md M6: unbounded
+/// ranges were built whole in memory, 200 MB each); a larger answer is refused before it
+/// is copied, and the client pages with `limit` (and `more`). Checked on the current
+/// revision; reads at a past revision and ranges inside a txn are not.
+pub const MAX_RANGE_RESPONSE_BYTES: usize = 64 << 20;
+
 async fn range(State(s): State<EtcdState>, b: Bytes) -> Reply<wire::RangeResponse> {
     let req = range_in(body(b)?)?;
+    let size = s.node.mvcc().range_size(&req);
+    if size > MAX_RANGE_RESPONSE_BYTES {
+        return Err(EtcdError::new(
+            StatusCode::BAD_REQUEST,
+            RESOURCE_EXHAUSTED,
+            format!(
+                "etcdserver: range response too large ({size} bytes of keys and values, at \
+                 most {MAX_RANGE_RESPONSE_BYTES}); page with limit"
+            ),
+        ));
+    }
     let resp = s.node.kv().range(req).await?;
     Ok(Json(range_out(&s.node, resp)))
 }

@@ -724,6 +724,36 @@ impl Mvcc {
         Ok(finish_range(kvs, req, st.revision))
     }
 
+    /// About how many bytes of keys and values `range(req)` would return at the current
+    /// revision, found without copying any: the first `limit` matches, or with a sort
+    /// and a limit at most `limit` times the largest match. Filters are ignored (an
+    /// upper bound). Reads at a past revision and `count_only` reads count 0.
+    pub fn range_size(&self, req: &RangeRequest) -> usize {
+        let st = self.read();
+        if req.count_only || (req.revision > 0 && req.revision < st.revision) {
+            return 0;
+        }
+        let size = |kv: &KeyValue| kv.key.len() + if req.keys_only { 0 } else { kv.value.len() };
+        let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
+        if req.limit > 0 && req.sort_order == SortOrder::None {
+            return range_iter(&st.current, &req.range)
+                .take(limit)
+                .map(size)
+                .sum();
+        }
+        let (mut total, mut largest) = (0usize, 0usize);
+        for kv in range_iter(&st.current, &req.range) {
+            let n = size(kv);
+            total = total.saturating_add(n);
+            largest = largest.max(n);
+        }
+        if req.limit > 0 {
+            total.min(largest.saturating_mul(limit))
+        } else {
+            total
+        }
+    }
+
     /// A read at `req.revision` from the history family. `pending` are the revisions that
     /// the `apply` in progress has made but not yet written to the engine.
     fn range_at(

@@ -1335,6 +1335,37 @@ fn put_with_an_unknown_lease_fails() {
     }
 }
 
+/// M6 (security.md): the gateway refuses a range whose answer would be too large before
+/// copying it; `range_size` is the estimate it uses.
+#[test]
+fn range_size_counts_keys_and_values_within_the_limit() {
+    for (t, m) in stores() {
+        let name = t.kind.as_str();
+        put(&m, "a", "1234");
+        put(&m, "b", "12");
+        put(&m, "c", "123456");
+        let all = KeyRange {
+            key: b"a".to_vec(),
+            range_end: b"d".to_vec(),
+        };
+        let mut req = rq(all);
+        assert_eq!(m.range_size(&req), 3 + 12, "{name}");
+        req.keys_only = true;
+        assert_eq!(m.range_size(&req), 3, "{name}");
+        req.keys_only = false;
+        req.limit = 2;
+        assert_eq!(m.range_size(&req), 2 + 6, "{name}");
+        req.sort_order = SortOrder::Descend;
+        assert_eq!(
+            m.range_size(&req),
+            2 * 7,
+            "{name}: at most limit times the largest"
+        );
+        req.count_only = true;
+        assert_eq!(m.range_size(&req), 0, "{name}");
+    }
+}
+
 /// H3 (security.md): a TTL above etcd's `MaxLeaseTTL` is refused by the state machine
 /// itself, so no replicated command can bring one into the lease table.
 #[test]
