@@ -124,6 +124,10 @@ pub struct ExecutorTaskSpecData {
     pub timeout_secs: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<SourceRef>,
+    /// Values the executor replaces by `***` in the task's logs as they stream: those of
+    /// the task's `secret_environment` and its registry passwords and auths.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 /// One workspace archive of an ancestor task.

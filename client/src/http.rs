@@ -813,6 +813,35 @@ impl RunClient {
         }
     }
 
+    /// Like [`RunClient::download_cache`], with the full key of the cache found (the
+    /// server prefers the exact key to a longer one starting with it).
+    pub async fn download_cache_found(
+        &self,
+        key: &str,
+        prefix: bool,
+    ) -> Result<Option<(String, ByteStream)>, ClientError> {
+        let resp = match self
+            .send(cache_call(Method::GET, key, prefix).streamed())
+            .await
+        {
+            Ok(resp) => success(resp).await,
+            Err(e) => Err(e),
+        };
+        match resp {
+            Ok(resp) => {
+                let found = resp
+                    .headers()
+                    .get("x-cairn-cache-key")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or(key)
+                    .to_owned();
+                Ok(Some((found, byte_stream(resp))))
+            }
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `POST /caches/{key}`: `true` when stored, `false` when the key already existed
     /// (the first writer wins).
     pub async fn upload_cache(

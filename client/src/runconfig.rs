@@ -1,7 +1,7 @@
 //! The immutable definition of a run: its tasks, their DAG and their steps, as expanded
 //! from a config file when the run is created (`RunConfig`, `RunConfigTask`, `Step`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -87,6 +87,10 @@ pub struct RunConfigTask {
     /// Seconds after which the executor stops the task and fails it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// Names of the environment variables (of the task, its containers or its steps)
+    /// whose values came from `from_variable`: secrets, redacted from step logs.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub secret_environment: BTreeSet<String>,
 }
 
 /// An edge of the DAG: the parent and the parent outcomes that let the child run.

@@ -107,6 +107,7 @@ pub fn expand(
                 .or(run.task_timeout)
                 .or(config.task_timeout)
                 .filter(|&secs| secs > 0),
+            secret_environment: secret_names(task),
         };
         tasks.insert(id, rct);
     }
@@ -183,6 +184,23 @@ fn levels<'a>(
         }
     }
     Ok(levels)
+}
+
+/// The names of the task's, its containers' and its steps' environment variables whose
+/// values come from `from_variable` (their values are redacted from step logs).
+fn secret_names(task: &ConfigTask) -> BTreeSet<String> {
+    let containers = task.runtime.containers.iter().map(|c| &c.environment);
+    let steps = task.steps.iter().filter_map(|s| match s {
+        ConfigStep::Run(r) => Some(&r.environment),
+        _ => None,
+    });
+    std::iter::once(&task.environment)
+        .chain(containers)
+        .chain(steps)
+        .flat_map(|env| env.iter())
+        .filter(|(_, v)| matches!(v, ConfigValue::FromVariable(_)))
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 fn env(values: &BTreeMap<String, ConfigValue>, variables: &BTreeMap<String, String>) -> Env {

@@ -129,10 +129,13 @@ impl CacheStore {
     async fn find(&self, key: &str, prefix: bool) -> Result<Option<Found>, CacheError> {
         let (namespace, user_key) = validate_key(key)?;
         let object = object_key(namespace, user_key);
-        let found = if prefix {
-            self.blobs.newest_with_prefix(&object).await?
-        } else {
-            self.blobs.head(&object).await?.map(|meta| (object, meta))
+        // The exact key first: a prefix lookup must not prefer a longer key that merely
+        // starts with it (security review M4).
+        let exact = self.blobs.head(&object).await?;
+        let found = match exact {
+            Some(meta) => Some((object, meta)),
+            None if prefix => self.blobs.newest_with_prefix(&object).await?,
+            None => None,
         };
         Ok(found
             .and_then(|(object, meta)| decode_key(&object).map(|key| Found { key, object, meta })))

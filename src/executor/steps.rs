@@ -470,9 +470,14 @@ pub async fn restore_cache(
             rendered: key,
             full,
         } = render_key(ctx, template).await?;
-        if let Some(stream) = ctx.client.download_cache(&full, true).await? {
-            ctx.log(out, format!("restoring cache {key} into {dest}"))
-                .await;
+        if let Some((found, stream)) = ctx.client.download_cache_found(&full, true).await? {
+            // The key in the cache group's namespace, as the user wrote it.
+            let matched = found.split_once('/').map_or(found.as_str(), |(_, k)| k);
+            ctx.log(
+                out,
+                format!("restoring cache {matched} (matching key {key}) into {dest}"),
+            )
+            .await;
             let stream: ByteStream = stream
                 .map_err(|e| DriverError::Engine(format!("downloading the cache: {e}")))
                 .boxed();

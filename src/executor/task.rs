@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::driver::{Driver, LogSink, Pod, PodSpec};
-use super::log_upload::LogUpload;
+use super::log_upload::{LogUpload, Redactor};
 use super::steps::{self, StepCtx};
 
 /// What a task runner needs from its executor.
@@ -159,6 +159,8 @@ struct Runner {
     status: ExecutorTaskStatus,
     tx: watch::Sender<ExecutorTaskStatus>,
     abandoned: Arc<AtomicBool>,
+    /// The task's secret values, redacted from every log of the task.
+    redactor: Redactor,
 }
 
 impl Runner {
@@ -182,6 +184,7 @@ impl Runner {
             self.env.executor_id.clone(),
             self.id.clone(),
             step,
+            self.redactor.clone(),
         )
     }
 }
@@ -209,6 +212,7 @@ async fn run(
         env,
         tx,
         abandoned,
+        redactor: Redactor::new(&spec.secrets),
     };
     r.status
         .steps

@@ -68,7 +68,35 @@ pub fn spec_data(run: &Run, config: &RunConfig, task_id: &str) -> Option<Executo
         cache_prefix: cache_namespace(config.cache_group.as_deref(), &run.group),
         timeout_secs: task.timeout_secs,
         source: config.source.clone(),
+        secrets: secrets(task),
     })
+}
+
+/// The values the executor redacts from the task's logs: those of its secret environment
+/// variables (wherever they are set) and its registry passwords and auths.
+fn secrets(task: &cairn_client::runconfig::RunConfigTask) -> Vec<String> {
+    let named = &task.secret_environment;
+    let envs = std::iter::once(&task.environment)
+        .chain(task.runtime.containers.iter().map(|c| &c.environment))
+        .chain(task.steps.iter().filter_map(|s| match s {
+            cairn_client::runconfig::Step::Run(r) => Some(&r.environment),
+            _ => None,
+        }));
+    let from_env = envs
+        .flat_map(|env| env.iter())
+        .filter(|(k, _)| named.contains(*k))
+        .map(|(_, v)| v.clone());
+    let registries = task
+        .docker_registries_auth
+        .values()
+        .flat_map(|a| [a.password.clone(), a.auth.clone()]);
+    let mut out: Vec<String> = from_env
+        .chain(registries)
+        .filter(|v| !v.is_empty())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// `CAIRN_RUN_ID`, `CAIRN_RUN_COUNTER` and Agola's `AGOLA_RUN_COUNTER` of `run`.

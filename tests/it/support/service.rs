@@ -145,6 +145,11 @@ impl ServiceProc {
     pub fn client(&self) -> RunClient {
         RunClient::new(std::slice::from_ref(&self.url), Some(TOKEN.to_string())).expect("client")
     }
+
+    /// The process id of the running node.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("a running node").id()
+    }
 }
 
 impl Drop for ServiceProc {
