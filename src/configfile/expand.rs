@@ -4,7 +4,7 @@
 //! `task_timeout`, and the defaults (`~/project`, `/bin/sh -e`). Also which runs of a
 //! config match a git reference.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use cairn_client::api::RefSpec;
 use cairn_client::runconfig::{
@@ -136,54 +136,78 @@ fn kept_tasks<'a>(
     if !unknown.is_empty() {
         return Err(ConfigErrors(unknown));
     }
+    // The first task of a name, as `ConfigRun::task`.
+    let mut by_name: HashMap<&str, &ConfigTask> = HashMap::new();
+    for t in &run.tasks {
+        by_name.entry(t.name.as_str()).or_insert(t);
+    }
     let mut kept = BTreeSet::new();
     let mut todo: Vec<&ConfigTask> = only.iter().filter_map(|n| run.task(n)).collect();
     while let Some(task) = todo.pop() {
         if kept.insert(task.name.as_str()) {
-            todo.extend(task.depends.iter().filter_map(|d| run.task(&d.task)));
+            todo.extend(
+                task.depends
+                    .iter()
+                    .filter_map(|d| by_name.get(d.task.as_str()).copied()),
+            );
         }
     }
     Ok(kept)
 }
 
-/// Agola's iterative level assignment: 0 without parents, else 1 + the deepest parent.
+/// Agola's level assignment: 0 without parents, else 1 + the deepest parent (among the
+/// kept tasks); computed in topological order (Kahn's algorithm), linear in the tasks
+/// and their dependencies rather than one pass over all tasks per level.
 fn levels<'a>(
     file: &str,
     run: &'a ConfigRun,
     kept: &BTreeSet<&'a str>,
 ) -> Result<BTreeMap<&'a str, u32>, ConfigErrors> {
-    let mut levels: BTreeMap<&str, u32> = BTreeMap::new();
     let tasks: Vec<&ConfigTask> = run
         .tasks
         .iter()
         .filter(|t| kept.contains(t.name.as_str()))
         .collect();
-    while levels.len() < tasks.len() {
-        let before = levels.len();
-        for task in &tasks {
-            if levels.contains_key(task.name.as_str()) {
-                continue;
+    let index: HashMap<&str, usize> = tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
+    let mut waiting = vec![0usize; tasks.len()];
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); tasks.len()];
+    for (i, task) in tasks.iter().enumerate() {
+        for d in &task.depends {
+            if let Some(&p) = index.get(d.task.as_str()) {
+                waiting[i] += 1;
+                children[p].push(i);
             }
-            let parents: Option<Vec<u32>> = task
-                .depends
-                .iter()
-                .filter(|d| kept.contains(d.task.as_str()))
-                .map(|d| levels.get(d.task.as_str()).copied())
-                .collect();
-            if let Some(parents) = parents {
-                let level = parents.iter().max().map_or(0, |m| m + 1);
-                levels.insert(&task.name, level);
-            }
-        }
-        if levels.len() == before {
-            // Only a config that skipped validation can get here.
-            return Err(ConfigErrors::single(run.loc.error(
-                file,
-                format!("run \"{}\" has a dependency cycle", run.name),
-            )));
         }
     }
-    Ok(levels)
+    let mut level = vec![0u32; tasks.len()];
+    let mut ready: Vec<usize> = (0..tasks.len()).filter(|&i| waiting[i] == 0).collect();
+    let mut done = 0;
+    while let Some(p) = ready.pop() {
+        done += 1;
+        for &c in &children[p] {
+            level[c] = level[c].max(level[p] + 1);
+            waiting[c] -= 1;
+            if waiting[c] == 0 {
+                ready.push(c);
+            }
+        }
+    }
+    if done < tasks.len() {
+        // Only a config that skipped validation can get here.
+        return Err(ConfigErrors::single(run.loc.error(
+            file,
+            format!("run \"{}\" has a dependency cycle", run.name),
+        )));
+    }
+    Ok(tasks
+        .iter()
+        .zip(level)
+        .map(|(t, l)| (t.name.as_str(), l))
+        .collect())
 }
 
 /// The names of the task's, its containers' and its steps' environment variables whose
@@ -523,5 +547,32 @@ runs:
             ..RefSpec::default()
         };
         assert_eq!(names(&tag), ["always", "releases"]);
+    }
+
+    #[test]
+    fn a_chain_at_the_task_limit_written_backwards_gets_its_levels_fast() {
+        let n = crate::configfile::limits::MAX_TASKS;
+        let mut yaml = String::from("runs:\n  - name: ci\n    tasks:\n");
+        for i in (0..n).rev() {
+            let depends = if i == 0 {
+                String::new()
+            } else {
+                format!("t{}", i - 1)
+            };
+            yaml.push_str(&format!(
+                "      - {{ name: t{i}, runtime: {{ containers: [ {{ image: a }} ] }}, depends: [{depends}] }}\n"
+            ));
+        }
+        let config = parse("c.yml", &yaml).expect("valid").config;
+        let started = std::time::Instant::now();
+        let ctx = ExpandContext {
+            only_tasks: vec![format!("t{}", n - 1)],
+            ..on_branch("main")
+        };
+        let t = by_name(&expand(&config, "ci", &ctx).expect("expands"));
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        assert_eq!(t.len(), n);
+        assert_eq!(t["t0"].level, 0);
+        assert_eq!(t[&format!("t{}", n - 1)].level, n as u32 - 1);
     }
 }
