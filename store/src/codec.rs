@@ -20,10 +20,12 @@ pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 ///
 /// Only strings and byte buffers claim against the limit (sequences and maps decoded
 /// through serde grow as their elements arrive; serde caps their preallocation at 1 MiB).
-/// Every byte claimed must then be read from `bytes`, so a valid encoding never claims
-/// more than `bytes.len()` and is never refused by the limit.
+/// Integers claim their in-memory size (a u64 claims 8 bytes for a 1-byte varint), so the
+/// limit is the size class of 16 × `bytes.len()`: a valid encoding is never refused.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    match limit_for(bytes.len()) {
+    // Integers claim their in-memory size (up to 16 bytes for an i128) though a varint
+    // takes one byte: a valid encoding claims at most CLAIM_FACTOR × its length.
+    match limit_for(bytes.len().saturating_mul(CLAIM_FACTOR)) {
         KIB_4 => decode_limited::<T, KIB_4>(bytes),
         KIB_256 => decode_limited::<T, KIB_256>(bytes),
         MIB_4 => decode_limited::<T, MIB_4>(bytes),
@@ -32,6 +34,9 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
         _ => decode_limited::<T, { usize::MAX }>(bytes),
     }
 }
+
+/// How many bytes bincode may claim per byte read (a 1-byte varint claims an i128's 16).
+const CLAIM_FACTOR: usize = 16;
 
 const KIB_4: usize = 4 << 10;
 const KIB_256: usize = 256 << 10;
@@ -130,6 +135,19 @@ mod tests {
             let bytes = encode(&v);
             let back: (u64, String, Vec<u8>) = decode(&bytes).expect("a valid encoding decodes");
             assert_eq!(back, v);
+        }
+    }
+
+    /// Small integers are 1-byte varints but claim 8 bytes each: a record of them (raft
+    /// log entries of many small commands) was refused as "LimitExceeded", which stopped
+    /// the node.
+    #[test]
+    fn many_small_integers_decode() {
+        for n in [100usize, 600, 4000, 40_000] {
+            let v: Vec<u64> = (0..n as u64).map(|i| i % 100).collect();
+            let bytes = encode(&v);
+            assert!(bytes.len() < n + 8);
+            assert_eq!(decode::<Vec<u64>>(&bytes).expect("decodes"), v, "{n}");
         }
     }
 
