@@ -102,7 +102,7 @@ pub enum Command {
     },
     /// Run the service: store, API, scheduler and an executor (a fresh single node
     /// initializes itself).
-    Serve(RunServeArgs),
+    Serve(Box<RunServeArgs>),
     /// Run an executor against remote servers (it only dials out).
     Executor(ExecutorArgs),
     /// Certificates for TLS: a cluster CA, and node, executor and client certificates.
@@ -476,9 +476,32 @@ pub fn token_from(
 /// How an executor runs tasks.
 #[derive(Args, Debug, Clone)]
 pub struct ExecutorTuning {
-    /// Where tasks run: local (host processes) or docker (containers).
-    #[arg(long, default_value = "local")]
-    pub driver: String,
+    /// Where tasks run: docker (containers; the default when a Docker Engine answers) or
+    /// local (host processes as this user: trusted code only).
+    #[arg(long)]
+    pub driver: Option<String>,
+    /// The Docker (or Podman) Engine's socket, unix:///path (default: DOCKER_HOST, else
+    /// unix:///var/run/docker.sock).
+    #[arg(long, env = "DOCKER_HOST")]
+    pub docker_host: Option<String>,
+    /// Docker: each container's memory limit in bytes, or with a k, m or g suffix
+    /// (0 = none).
+    #[arg(long, default_value = "4g")]
+    pub pod_memory: String,
+    /// Docker: each container's CPU limit in CPUs (0 = none; default: 2, or the host's
+    /// count if smaller).
+    #[arg(long)]
+    pub pod_cpus: Option<f64>,
+    /// Docker: each container's limit on processes and threads (0 = none).
+    #[arg(long, default_value_t = 4096)]
+    pub pod_pids_limit: i64,
+    /// Local driver: where task directories go (default: DATA_DIR-tasks, beside the data
+    /// dir, never inside it).
+    #[arg(long)]
+    pub tasks_dir: Option<PathBuf>,
+    /// Local driver: run steps as this user (the executor must run as root).
+    #[arg(long)]
+    pub run_as: Option<String>,
     /// Labels tasks can require (k=v, repeatable or comma separated).
     #[arg(long = "label", value_delimiter = ',')]
     pub labels: Vec<String>,
@@ -491,6 +514,54 @@ pub struct ExecutorTuning {
 }
 
 impl ExecutorTuning {
+    /// The options of an executor with data dir `data_dir` whose task directories go by
+    /// default to `tasks_default`: the driver asked for, else docker when its Engine
+    /// answers, else an error naming the flags (and `alternative`); a startup warning on
+    /// stderr with the local driver.
+    pub async fn options(
+        &self,
+        data_dir: PathBuf,
+        tasks_default: PathBuf,
+        alternative: &str,
+    ) -> anyhow::Result<crate::service::ExecutorOptions> {
+        use crate::executor::driver::docker;
+        use crate::service::{DriverKind, PodLimits, choose_driver, local_driver_warning};
+        let asked = self.driver.as_deref();
+        let ping = match asked {
+            None => Some(docker::ping(self.docker_host.as_deref()).await),
+            Some(_) => None,
+        };
+        let driver = choose_driver(
+            asked,
+            || ping.unwrap_or(Ok(())).map_err(|e| e.to_string()),
+            alternative,
+        )?;
+        if driver == DriverKind::Local {
+            eprintln!("{}", local_driver_warning(self.run_as.as_deref()));
+        }
+        let defaults = PodLimits::defaults();
+        let pod_limits = PodLimits {
+            memory_bytes: docker::parse_size(&self.pod_memory)
+                .map_err(|e| anyhow!("--pod-memory: {e}"))?,
+            nano_cpus: match self.pod_cpus {
+                Some(cpus) => docker::nano_cpus(cpus).map_err(|e| anyhow!("--pod-cpus: {e}"))?,
+                None => defaults.nano_cpus,
+            },
+            pids: self.pod_pids_limit.max(0),
+        };
+        Ok(crate::service::ExecutorOptions {
+            data_dir,
+            driver,
+            labels: self.label_map()?,
+            active_tasks_limit: self.active_tasks_limit,
+            allow_privileged: self.allow_privileged,
+            docker_host: self.docker_host.clone(),
+            pod_limits,
+            tasks_dir: Some(self.tasks_dir.clone().unwrap_or(tasks_default)),
+            run_as: self.run_as.clone(),
+        })
+    }
+
     /// The labels as a map; `k=v` only.
     pub fn label_map(&self) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
         self.labels

@@ -8,7 +8,7 @@ use anyhow::anyhow;
 use cairn::app::{StoreOptions, StoreServer};
 use cairn::cli::ExecutorArgs;
 use cairn::cli::{Cli, Command, RunServeArgs, ServeArgs, StoreCommand};
-use cairn::service::{DriverKind, ExecutorOptions, Service, ServiceOptions};
+use cairn::service::{DriverKind, Service, ServiceOptions, default_tasks_dir};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -100,7 +100,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             server,
         } => cairn::cli::admin::export(server, include_secrets).await,
         Command::Import { file, server } => cairn::cli::admin::import(file, server).await,
-        Command::Serve(args) => serve_service(args).await.map(|()| 0),
+        Command::Serve(args) => serve_service(*args).await.map(|()| 0),
         Command::Executor(args) => run_executor(args).await.map(|()| 0),
         Command::Cert { command } => cairn::cli::cert::run(command).map(|()| 0),
         Command::Store {
@@ -152,6 +152,7 @@ async fn serve_service(args: RunServeArgs) -> anyhow::Result<()> {
         anyhow::bail!("--join needs the cluster's admin token (--token-file or CAIRN_TOKEN)");
     }
     let peer_token = cairn::cli::token_from(None, args.peer_token_file.as_deref())?;
+    let tasks_dir = default_tasks_dir(&args.data_dir);
     let opts = ServiceOptions {
         data_dir: args.data_dir,
         listen: args.listen,
@@ -176,13 +177,11 @@ async fn serve_service(args: RunServeArgs) -> anyhow::Result<()> {
         executor: if args.no_executor {
             None
         } else {
-            Some(ExecutorOptions {
-                data_dir: executor_dir.clone(),
-                driver: DriverKind::parse(&args.executor.driver)?,
-                labels: args.executor.label_map()?,
-                active_tasks_limit: args.executor.active_tasks_limit,
-                allow_privileged: args.executor.allow_privileged,
-            })
+            Some(
+                args.executor
+                    .options(executor_dir.clone(), tasks_dir, ", or --no-executor")
+                    .await?,
+            )
         },
     };
     let service = Service::start(opts).await?;
@@ -201,13 +200,10 @@ async fn serve_service(args: RunServeArgs) -> anyhow::Result<()> {
 }
 
 async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
-    let opts = ExecutorOptions {
-        data_dir: args.data_dir,
-        driver: DriverKind::parse(&args.executor.driver)?,
-        labels: args.executor.label_map()?,
-        active_tasks_limit: args.executor.active_tasks_limit,
-        allow_privileged: args.executor.allow_privileged,
-    };
+    let opts = args
+        .executor
+        .options(args.data_dir.clone(), default_tasks_dir(&args.data_dir), "")
+        .await?;
     let token =
         cairn::cli::token_from(args.token, args.token_file.as_deref())?.ok_or_else(|| {
             anyhow!("a registration token is required: --token-file FILE or CAIRN_TOKEN")
@@ -215,11 +211,14 @@ async fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
     let agent = opts
         .start(args.server.clone(), Some(token), args.tls.client_tls())
         .await?;
+    let driver = match opts.driver {
+        DriverKind::Local => "local",
+        DriverKind::Docker => "docker",
+    };
     let _ = writeln!(
         std::io::stdout(),
-        "cairn: executor {} ({} driver) serving {}",
+        "cairn: executor {} ({driver} driver) serving {}",
         agent.id,
-        args.executor.driver,
         args.server.join(",")
     );
     shutdown_signal().await;

@@ -19,8 +19,9 @@ use crate::datamanager::caches::CacheStore;
 use crate::datamanager::logs::LogStore;
 use crate::executor::agent::{Agent, AgentConfig};
 use crate::executor::driver::Driver;
+pub use crate::executor::driver::docker::PodLimits;
 use crate::executor::driver::docker::{DockerDriver, DockerOptions};
-use crate::executor::driver::local::LocalDriver;
+use crate::executor::driver::local::{LocalDriver, LocalOptions, RunAs as LocalRunAs};
 use crate::maintenance::ModeSwitch;
 use crate::scheduler::{Scheduler, SchedulerConfig};
 
@@ -82,6 +83,65 @@ pub struct ExecutorOptions {
     pub labels: std::collections::BTreeMap<String, String>,
     pub active_tasks_limit: u32,
     pub allow_privileged: bool,
+    /// The Engine's `unix://` address (`None`: `DOCKER_HOST`, else the default socket).
+    pub docker_host: Option<String>,
+    /// Each docker container's limits.
+    pub pod_limits: PodLimits,
+    /// Where task directories go (`None`: `<data_dir>/tasks`, as `cairn run` keeps them).
+    pub tasks_dir: Option<PathBuf>,
+    /// Local driver: the user steps run as.
+    pub run_as: Option<String>,
+}
+
+/// The task directories of a server or executor with data dir `data_dir`: beside it
+/// (`<data_dir>-tasks`), never inside it, so a step's paths do not lead into it.
+pub fn default_tasks_dir(data_dir: &Path) -> PathBuf {
+    let mut name = data_dir.as_os_str().to_owned();
+    name.push("-tasks");
+    PathBuf::from(name)
+}
+
+/// The driver of `cairn serve` and `cairn executor`: the one `asked` for, else docker
+/// when `engine` (a ping of the Docker Engine) succeeded; with neither, an error saying
+/// what to pass (`alternative`: what else the command accepts, like `--no-executor`).
+pub fn choose_driver(
+    asked: Option<&str>,
+    engine: impl FnOnce() -> Result<(), String>,
+    alternative: &str,
+) -> anyhow::Result<DriverKind> {
+    if let Some(asked) = asked {
+        return DriverKind::parse(asked);
+    }
+    match engine() {
+        Ok(()) => Ok(DriverKind::Docker),
+        Err(why) => anyhow::bail!(
+            "no Docker Engine for the executor ({why}): pass --driver docker (with --docker-host unix://PATH), --driver local (steps run as this user on this host){alternative}"
+        ),
+    }
+}
+
+/// The one-line startup warning of the local driver on a server or executor.
+pub fn local_driver_warning(run_as: Option<&str>) -> String {
+    match run_as {
+        Some(user) => format!(
+            "cairn: warning: --driver local runs every step as a process on this host, as user {user}: use it for trusted code only, or --driver docker"
+        ),
+        None => {
+            let uid = nix::unistd::geteuid();
+            let who = nix::unistd::User::from_uid(uid).ok().flatten().map_or_else(
+                || format!("uid {uid}"),
+                |u| format!("{} (uid {uid})", u.name),
+            );
+            format!(
+                "cairn: warning: --driver local runs every step as a process on this host as this user, {who}, able to read and write what it can: use it for trusted code only, or --driver docker{}",
+                if uid.is_root() {
+                    ", or --run-as USER"
+                } else {
+                    ""
+                }
+            )
+        }
+    }
 }
 
 impl ExecutorOptions {
@@ -95,18 +155,41 @@ impl ExecutorOptions {
         // Absolute, so that step working directories never depend on the process's.
         let data_dir = std::path::absolute(&self.data_dir)
             .with_context(|| format!("resolving {}", self.data_dir.display()))?;
+        let tasks_dir = match &self.tasks_dir {
+            Some(dir) => {
+                std::path::absolute(dir).with_context(|| format!("resolving {}", dir.display()))?
+            }
+            None => data_dir.join("tasks"),
+        };
+        let run_as = match (&self.run_as, self.driver) {
+            (None, _) => None,
+            (Some(user), DriverKind::Local) => Some(LocalRunAs::lookup(user)?),
+            (Some(_), DriverKind::Docker) => {
+                anyhow::bail!(
+                    "--run-as is for the local driver (containers run as their image's user)"
+                )
+            }
+        };
+        make_tasks_dir(&tasks_dir, run_as.is_some())?;
         let driver: Arc<dyn Driver> = match self.driver {
-            DriverKind::Local => Arc::new(LocalDriver::new(data_dir.join("tasks"))),
+            DriverKind::Local => Arc::new(LocalDriver::with_options(
+                tasks_dir.clone(),
+                LocalOptions { run_as },
+            )),
             DriverKind::Docker => Arc::new(
                 DockerDriver::connect(DockerOptions {
                     allow_privileged: self.allow_privileged,
                     network: None,
+                    host: self.docker_host.clone(),
+                    limits: self.pod_limits,
+                    private_images: Some(data_dir.join("docker-private-images")),
                 })
                 .await
                 .context("connecting to the Docker Engine")?,
             ),
         };
         Agent::start(AgentConfig {
+            tasks_dir,
             data_dir,
             servers,
             token,
@@ -117,6 +200,16 @@ impl ExecutorOptions {
             driver,
         })
     }
+}
+
+/// Creates the task directories' root, readable by this user only (and traversable by
+/// the `--run-as` user, who must reach its tasks' homes, but cannot list the others).
+fn make_tasks_dir(dir: &Path, traversable: bool) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mode = if traversable { 0o711 } else { 0o700 };
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the permissions of {}", dir.display()))
 }
 
 /// A running run-service node.
@@ -245,6 +338,14 @@ impl Service {
         };
         let peer_token =
             load_or_make_peer_token(&opts.data_dir, opts.peer_token.as_deref(), &token)?;
+        // Only this user enters the data dir (steps of `--run-as` users cannot).
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&opts.data_dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| {
+                    format!("setting the permissions of {}", opts.data_dir.display())
+                })?;
+        }
         let objects = match &opts.objects {
             Some(url) => url.clone(),
             None => opts.data_dir.join("objects").display().to_string(),
@@ -389,5 +490,46 @@ impl Service {
         self.scheduler.stop().await;
         self.switch.stop().await;
         self.store.stop().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 11 (C1): a server runs host processes only when asked to.
+    #[test]
+    fn the_driver_is_docker_when_an_engine_answers_and_otherwise_must_be_named() {
+        let answers = || Ok(());
+        let silent = || Err("no socket".to_string());
+        assert_eq!(
+            choose_driver(None, answers, "").expect("ok"),
+            DriverKind::Docker
+        );
+        assert_eq!(
+            choose_driver(Some("local"), silent, "").expect("ok"),
+            DriverKind::Local
+        );
+        assert_eq!(
+            choose_driver(Some("docker"), silent, "").expect("ok"),
+            DriverKind::Docker
+        );
+        let err = choose_driver(None, silent, ", or --no-executor")
+            .expect_err("an error")
+            .to_string();
+        assert!(
+            err.contains("no socket") && err.contains("--no-executor"),
+            "{err}"
+        );
+        assert!(choose_driver(Some("vm"), answers, "").is_err());
+    }
+
+    #[test]
+    fn task_directories_are_beside_the_data_dir() {
+        assert_eq!(
+            default_tasks_dir(Path::new("/var/lib/cairn")),
+            Path::new("/var/lib/cairn-tasks")
+        );
+        assert!(!default_tasks_dir(Path::new("d")).starts_with("d"));
     }
 }

@@ -86,6 +86,10 @@ impl Embedded {
                     labels: Default::default(),
                     active_tasks_limit: 0,
                     allow_privileged: e.allow_privileged,
+                    docker_host: None,
+                    pod_limits: crate::service::PodLimits::defaults(),
+                    tasks_dir: None,
+                    run_as: None,
                 })
             })
             .transpose()?;

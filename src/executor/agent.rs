@@ -23,6 +23,8 @@ use super::task::{self, TaskEnv, TaskHandle};
 #[derive(Clone)]
 pub struct AgentConfig {
     pub data_dir: PathBuf,
+    /// Where task directories go.
+    pub tasks_dir: PathBuf,
     pub servers: Vec<String>,
     /// A registration (or admin) token, exchanged at registration for this executor's
     /// own credential (kept in `<data_dir>/credential`, 0600), or that credential itself.
@@ -107,7 +109,7 @@ impl Agent {
                 client,
                 executor_id: id.clone(),
                 driver: cfg.driver.clone(),
-                tasks_root: cfg.data_dir.join("tasks"),
+                tasks_root: cfg.tasks_dir.clone(),
                 allow_privileged: cfg.allow_privileged,
             },
             cfg,

@@ -769,7 +769,7 @@ async fn wait_registered(client: &RunClient, executor_id: &str) {
 
 /// Starts a one-task run whose step records its pid in `pid_file` and sleeps; returns
 /// the run id, the step's pid and its guard once the executor has recorded the step's
-/// process group in its task directory (`<data_dir>/tasks/<task>/pgids`).
+/// process group in its task directory (`<data_dir>-tasks/<task>/pgids`).
 async fn start_sleeper(
     client: &RunClient,
     group: &str,
@@ -789,7 +789,9 @@ async fn start_sleeper(
     let guard = SleepGuard(pid);
     let running = client.run(&id).await.unwrap();
     let tid = task_id(&running, "sleeper");
-    let pgids = executor_dir.join("tasks").join(&tid).join("pgids");
+    let pgids = cairn::service::default_tasks_dir(executor_dir)
+        .join(&tid)
+        .join("pgids");
     wait_for(LONG, "the step's process group recorded", || async {
         std::fs::read_to_string(&pgids)
             .ok()

@@ -58,6 +58,70 @@ const STOP_GRACE_SECS: i32 = 1;
 /// Seconds bollard waits for the Engine to answer a request (not for a stream to end).
 const REQUEST_TIMEOUT_SECS: u64 = 120;
 
+/// The capabilities a pod's containers keep (all others are dropped): what package
+/// managers and typical CI images need as root (own files, switch users as `apt` does,
+/// signal their processes, bind ports below 1024). Docker's defaults add `NET_RAW`,
+/// `MKNOD`, `SETFCAP`, `SETPCAP`, `SYS_CHROOT` and `AUDIT_WRITE`, which they do not need.
+pub const CAPABILITIES: [&str; 8] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "NET_BIND_SERVICE",
+];
+
+/// Resource limits of each container of a pod (0 = none).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodLimits {
+    /// Memory (and memory plus swap: no swap beyond it), bytes.
+    pub memory_bytes: i64,
+    /// CPU, in billionths of a CPU.
+    pub nano_cpus: i64,
+    /// Processes and threads.
+    pub pids: i64,
+}
+
+impl PodLimits {
+    /// The executor's defaults: 4 GiB, 2 CPUs (or the host's count if smaller), 4096 pids.
+    pub fn defaults() -> PodLimits {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
+        PodLimits {
+            memory_bytes: 4 << 30,
+            nano_cpus: i64::try_from(cpus).unwrap_or(1) * 1_000_000_000,
+            pids: 4096,
+        }
+    }
+}
+
+/// A size in bytes: digits, optionally followed by k, m or g (powers of 1024).
+pub fn parse_size(s: &str) -> Result<i64, DriverError> {
+    let t = s.trim().to_ascii_lowercase();
+    let (digits, shift) = match t.strip_suffix(['k', 'm', 'g']) {
+        Some(d) if t.ends_with('k') => (d, 10),
+        Some(d) if t.ends_with('m') => (d, 20),
+        Some(d) => (d, 30),
+        None => (t.as_str(), 0),
+    };
+    digits
+        .parse::<i64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| DriverError::Refused(format!("{s:?} is not a size (like 512m or 4g)")))
+}
+
+/// CPUs as billionths of a CPU.
+pub fn nano_cpus(cpus: f64) -> Result<i64, DriverError> {
+    if !(0.0..=4096.0).contains(&cpus) {
+        return Err(DriverError::Refused(format!("{cpus} is not a CPU count")));
+    }
+    // In range: 4096e9 fits an i64.
+    Ok((cpus * 1e9).round() as i64)
+}
+
 /// How the executor lets the docker driver behave.
 #[derive(Clone, Debug, Default)]
 pub struct DockerOptions {
@@ -65,57 +129,189 @@ pub struct DockerOptions {
     pub allow_privileged: bool,
     /// The network container 0 joins (`None`: the Engine's default bridge).
     pub network: Option<String>,
+    /// The Engine's address, `unix:///path` (`None`: `DOCKER_HOST`, else
+    /// [`DEFAULT_SOCKET`]).
+    pub host: Option<String>,
+    /// Each container's limits.
+    pub limits: PodLimits,
+    /// Where the ids of images pulled with credentials are recorded (`None`: in memory
+    /// only), so that a task without those credentials never reuses them.
+    pub private_images: Option<std::path::PathBuf>,
 }
 
 /// Runs pods on the local Docker Engine.
 pub struct DockerDriver {
     docker: Docker,
     options: DockerOptions,
+    /// Ids of images pulled with a task's credentials (see [`pull_decision`]).
+    private: std::sync::Mutex<BTreeSet<String>>,
+}
+
+/// What to do about a task's image before starting it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pull {
+    /// Present and public as far as this executor knows: use it.
+    UseLocal,
+    /// Pull (or re-pull) with the task's credentials: the registry checks them.
+    WithCredentials,
+    /// Pull anonymously: missing, or present only because a task with credentials
+    /// pulled it (the registry then decides whether it is public).
+    Anonymously,
+}
+
+/// Whether to pull: a task with credentials for the image's registry always pulls
+/// with them; one without uses a present image only if no task with credentials pulled
+/// it (`present` is the local image's id).
+pub fn pull_decision(
+    present: Option<&str>,
+    has_credentials: bool,
+    private: &BTreeSet<String>,
+) -> Pull {
+    match (present, has_credentials) {
+        (_, true) => Pull::WithCredentials,
+        (Some(id), false) if !private.contains(id) => Pull::UseLocal,
+        _ => Pull::Anonymously,
+    }
+}
+
+/// The Engine socket's path for `host` (`unix:///path`), else `DOCKER_HOST`'s, else
+/// [`DEFAULT_SOCKET`].
+pub fn socket_path(host: Option<&str>) -> Result<String, DriverError> {
+    let env = std::env::var("DOCKER_HOST").ok();
+    match host.or(env.as_deref()) {
+        None | Some("") => Ok(DEFAULT_SOCKET.to_string()),
+        Some(h) => h
+            .strip_prefix("unix://")
+            .map(str::to_string)
+            .ok_or_else(|| {
+                DriverError::Refused(format!(
+                    "Docker host {h}: only unix:// sockets are supported"
+                ))
+            }),
+    }
+}
+
+/// Connects to the Engine at `socket` and agrees on the API version with it (a ping).
+async fn connect_engine(socket: &str) -> Result<Docker, DriverError> {
+    let unreachable = |e: bollard::errors::Error| {
+        DriverError::Engine(format!(
+            "cannot reach the Docker Engine at unix://{socket}: {e}"
+        ))
+    };
+    let docker =
+        Docker::connect_with_unix(socket, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+            .map_err(unreachable)?
+            .negotiate_version()
+            .await
+            .map_err(unreachable)?;
+    docker.ping().await.map_err(unreachable)?;
+    Ok(docker)
+}
+
+/// Whether an Engine answers at `host` (see [`socket_path`]); the error says why not.
+pub async fn ping(host: Option<&str>) -> Result<(), DriverError> {
+    let socket = socket_path(host)?;
+    let probe = connect_engine(&socket);
+    match tokio::time::timeout(std::time::Duration::from_secs(10), probe).await {
+        Ok(r) => r.map(drop),
+        Err(_) => Err(DriverError::Engine(format!(
+            "the Docker Engine at unix://{socket} did not answer within 10 s"
+        ))),
+    }
 }
 
 impl DockerDriver {
-    /// Connects to the Engine at `DOCKER_HOST` (a `unix://` address; read once, here) or
-    /// at [`DEFAULT_SOCKET`], and agrees on the API version with it.
+    /// Connects to the Engine at [`DockerOptions::host`] (see [`socket_path`]), and agrees
+    /// on the API version with it.
     pub async fn connect(options: DockerOptions) -> Result<DockerDriver, DriverError> {
-        let host = std::env::var("DOCKER_HOST").ok();
-        let socket = match host.as_deref() {
-            None | Some("") => DEFAULT_SOCKET.to_string(),
-            Some(h) => h
-                .strip_prefix("unix://")
-                .map(str::to_string)
-                .ok_or_else(|| {
-                    DriverError::Refused(format!(
-                        "DOCKER_HOST={h}: only unix:// sockets are supported"
-                    ))
-                })?,
+        let socket = socket_path(options.host.as_deref())?;
+        let docker = connect_engine(&socket).await?;
+        let private = match &options.private_images {
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(text) => text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+                Err(e) => return Err(DriverError::Io(e)),
+            },
+            None => BTreeSet::new(),
         };
-        let unreachable = |e: bollard::errors::Error| {
-            DriverError::Engine(format!("cannot reach the Docker Engine at {socket}: {e}"))
-        };
-        let docker =
-            Docker::connect_with_unix(&socket, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
-                .map_err(unreachable)?
-                .negotiate_version()
-                .await
-                .map_err(unreachable)?;
-        Ok(DockerDriver { docker, options })
+        Ok(DockerDriver {
+            docker,
+            options,
+            private: std::sync::Mutex::new(private),
+        })
     }
 
-    /// Makes sure `image` is present, pulling it (with the credentials of its registry)
-    /// only when it is missing.
+    /// The id of the local image `image`, `None` when it is missing.
+    async fn image_id(&self, image: &str) -> Result<Option<String>, DriverError> {
+        match self.docker.inspect_image(image).await {
+            Ok(inspect) => Ok(Some(inspect.id.unwrap_or_default())),
+            Err(e) if status(&e) == Some(404) => Ok(None),
+            Err(e) => Err(engine(e)),
+        }
+    }
+
+    /// Records (or forgets) `id` as an image pulled with credentials, on disk too.
+    fn mark_private(&self, id: &str, private: bool) -> Result<(), DriverError> {
+        let mut set = self.private.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = if private {
+            set.insert(id.to_string())
+        } else {
+            set.remove(id)
+        };
+        if let (true, Some(path)) = (changed, &self.options.private_images) {
+            let text: String = set.iter().map(|i| format!("{i}\n")).collect();
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, text)?;
+            std::fs::rename(&tmp, path)?;
+        }
+        Ok(())
+    }
+
+    /// Makes sure `image` is present and that this task may use it (see
+    /// [`pull_decision`]): pulled with the task's credentials for its registry whenever
+    /// the task has some, else used as found unless a task with credentials pulled it.
     async fn ensure_image(
         &self,
         image: &str,
         spec: &PodSpec,
         setup_log: &mut dyn LogSink,
     ) -> Result<(), DriverError> {
-        match self.docker.inspect_image(image).await {
-            Ok(_) => return Ok(()),
-            Err(e) if status(&e) == Some(404) => {}
-            Err(e) => return Err(engine(e)),
-        }
         let host = registry_host(image);
         let credentials = registry_credentials(&spec.registry_auth, host)?;
+        let present = self.image_id(image).await?;
+        let decision = {
+            let private = self.private.lock().unwrap_or_else(|p| p.into_inner());
+            pull_decision(present.as_deref(), credentials.is_some(), &private)
+        };
+        if decision == Pull::UseLocal {
+            return Ok(());
+        }
+        if present.is_some() && decision == Pull::Anonymously {
+            setup_log
+                .write(Bytes::from(format!(
+                    "image {image} was pulled with another task's credentials: pulling it again without any\n"
+                )))
+                .await;
+        }
+        self.pull(image, credentials, setup_log).await?;
+        if let Some(id) = self.image_id(image).await? {
+            self.mark_private(&id, decision == Pull::WithCredentials)?;
+        }
+        Ok(())
+    }
+
+    /// Pulls `image`, writing progress to `setup_log`.
+    async fn pull(
+        &self,
+        image: &str,
+        credentials: Option<DockerCredentials>,
+        setup_log: &mut dyn LogSink,
+    ) -> Result<(), DriverError> {
         let (name, tag) = split_reference(image);
         setup_log
             .write(Bytes::from(format!("pulling image {image}\n")))
@@ -178,12 +374,12 @@ impl DockerDriver {
             entrypoint: entrypoint(container, index),
             labels: Some(labels),
             tty: Some(false),
-            host_config: Some(HostConfig {
+            host_config: Some(host_config(
+                container,
                 network_mode,
-                privileged: Some(container.privileged),
-                mounts: super::volume::docker_mounts(container)?,
-                ..Default::default()
-            }),
+                self.options.limits,
+                super::volume::docker_mounts(container)?,
+            )),
             ..Default::default()
         };
         let created = self
@@ -595,6 +791,32 @@ async fn remove_container(docker: &Docker, id: &str) -> Result<(), DriverError> 
         // 409: a removal of this container is already in progress.
         Err(e) if status(&e) == Some(409) => Ok(()),
         Err(e) => Err(engine(e)),
+    }
+}
+
+/// A container's host configuration: its network, its mounts, the executor's limits and,
+/// unless it is privileged (which an executor must allow), every capability dropped
+/// but [`CAPABILITIES`] and no new privileges (setuid binaries do not raise them).
+fn host_config(
+    container: &Container,
+    network_mode: Option<String>,
+    limits: PodLimits,
+    mounts: Option<Vec<bollard::models::Mount>>,
+) -> HostConfig {
+    let limit = |n: i64| (n > 0).then_some(n);
+    let hardened = !container.privileged;
+    HostConfig {
+        network_mode,
+        privileged: Some(container.privileged),
+        mounts,
+        memory: limit(limits.memory_bytes),
+        memory_swap: limit(limits.memory_bytes),
+        nano_cpus: limit(limits.nano_cpus),
+        pids_limit: limit(limits.pids),
+        cap_drop: hardened.then(|| vec!["ALL".to_string()]),
+        cap_add: hardened.then(|| CAPABILITIES.iter().map(|c| c.to_string()).collect()),
+        security_opt: hardened.then(|| vec!["no-new-privileges".to_string()]),
+        ..Default::default()
     }
 }
 
@@ -1251,6 +1473,76 @@ fn padded(size: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 11 (L6): a private image pulled with one task's credentials is not reused
+    /// by a task without them.
+    #[test]
+    fn an_image_pulled_with_credentials_is_pulled_again_without_them() {
+        let private = BTreeSet::from(["sha256:private".to_string()]);
+        assert_eq!(
+            pull_decision(Some("sha256:public"), false, &private),
+            Pull::UseLocal
+        );
+        assert_eq!(
+            pull_decision(Some("sha256:private"), false, &private),
+            Pull::Anonymously
+        );
+        assert_eq!(pull_decision(None, false, &private), Pull::Anonymously);
+        assert_eq!(
+            pull_decision(Some("sha256:public"), true, &private),
+            Pull::WithCredentials
+        );
+        assert_eq!(pull_decision(None, true, &private), Pull::WithCredentials);
+    }
+
+    /// Issue 11 (L6): limits, dropped capabilities and no new privileges, unless the
+    /// container is privileged (which the executor must allow).
+    #[test]
+    fn containers_are_limited_and_lose_capabilities() {
+        let limits = PodLimits {
+            memory_bytes: 1 << 30,
+            nano_cpus: 1_500_000_000,
+            pids: 100,
+        };
+        let c = Container {
+            image: "busybox".into(),
+            ..Default::default()
+        };
+        let h = host_config(&c, None, limits, None);
+        assert_eq!((h.memory, h.memory_swap), (Some(1 << 30), Some(1 << 30)));
+        assert_eq!(
+            (h.nano_cpus, h.pids_limit),
+            (Some(1_500_000_000), Some(100))
+        );
+        assert_eq!(h.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(h.cap_add.as_ref().map(Vec::len), Some(CAPABILITIES.len()));
+        assert_eq!(h.security_opt, Some(vec!["no-new-privileges".to_string()]));
+        let none = host_config(&c, None, PodLimits::default(), None);
+        assert_eq!(
+            (none.memory, none.nano_cpus, none.pids_limit),
+            (None, None, None)
+        );
+        let privileged = Container {
+            privileged: true,
+            ..c
+        };
+        let p = host_config(&privileged, None, limits, None);
+        assert_eq!((p.cap_drop, p.security_opt), (None, None));
+        assert_eq!(p.pids_limit, Some(100));
+    }
+
+    #[test]
+    fn sizes_and_cpus_parse() {
+        assert_eq!(parse_size("512m").expect("ok"), 512 << 20);
+        assert_eq!(parse_size("4G").expect("ok"), 4 << 30);
+        assert_eq!(parse_size("1000").expect("ok"), 1000);
+        assert_eq!(parse_size("0").expect("ok"), 0);
+        for bad in ["", "g", "-1", "1t", "99999999999999999g"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+        assert_eq!(nano_cpus(1.5).expect("ok"), 1_500_000_000);
+        assert!(nano_cpus(-1.0).is_err() && nano_cpus(f64::NAN).is_err());
+    }
     use crate::executor::driver::Discard;
 
     // ---- pure parts: tar rewriting, users, image references ---------------------------
@@ -2079,7 +2371,7 @@ mod tests {
 
         let Some(allowing) = self::engine(DockerOptions {
             allow_privileged: true,
-            network: None,
+            ..DockerOptions::default()
         })
         .await
         else {

@@ -1,6 +1,17 @@
 //! The local driver: a task's steps are processes on the executor's host, run in the
-//! task's own directory (its home: `~` expands to it). There is no isolation and images
-//! are ignored: this is the driver of `cairn run` and of small edge hosts.
+//! task's own directory (its home: `~` expands to it). Images are ignored: this is the
+//! driver of `cairn run` and of small edge hosts, for trusted code only.
+//!
+//! What it isolates (SECURITY.md, "Step isolation"): a step's environment is cleared
+//! and rebuilt from the task's own variables plus [`step_env`]'s short allow-list (PATH,
+//! LANG, LC_*, TZ; HOME is the task's home), so the executor's token, cloud keys and
+//! anything else in its environment never reach a step. With [`LocalOptions::run_as`]
+//! (`--run-as USER`, when the executor runs as root) every step runs as that user
+//! (uid, gid, no supplementary groups), and the driver's own file work in the task's
+//! directory (creating directories, extracting and reading archives) runs with that
+//! user's file-system identity (`setfsuid`), so a step cannot use the executor to read or
+//! write what that user could not. Without `--run-as`, a step can do whatever the
+//! executor's user can.
 //!
 //! The task's paths (working directory, step working directories, where archives are
 //! restored and read) are a container's paths in Agola's configs: an absolute one outside
@@ -14,13 +25,14 @@
 //! recorded in `<task dir>/pgids`, so a restarted executor can kill the leftovers of a
 //! crashed one ([`Driver::remove_orphans`]).
 
+use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use cairn_client::runconfig::Arch;
+use cairn_client::runconfig::{Arch, Env};
 use futures::StreamExt;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -31,16 +43,136 @@ use super::{ByteStream, Driver, DriverError, ExecRequest, LogSink, Pod, PodSpec}
 
 /// Runs steps as host processes.
 pub struct LocalDriver {
-    /// Where task directories live (`<executor data dir>/tasks`).
+    /// Where task directories live (`--tasks-dir`).
     tasks_root: PathBuf,
+    options: LocalOptions,
+}
+
+/// How the local driver runs steps.
+#[derive(Clone, Debug, Default)]
+pub struct LocalOptions {
+    /// The user steps run as (`None`: the executor's own).
+    pub run_as: Option<RunAs>,
+}
+
+/// A host user steps run as (`--run-as`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl RunAs {
+    /// Looks `user` (a name) up in the host's user database. Needs root to be of use:
+    /// refused when the executor does not run as root.
+    pub fn lookup(user: &str) -> Result<RunAs, DriverError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(DriverError::Refused(format!(
+                "--run-as {user} needs the executor to run as root"
+            )));
+        }
+        let found = nix::unistd::User::from_name(user)
+            .map_err(|e| DriverError::Refused(format!("looking up user {user}: {e}")))?
+            .ok_or_else(|| DriverError::Refused(format!("no such user {user}")))?;
+        if found.uid.is_root() {
+            return Err(DriverError::Refused(format!(
+                "--run-as {user}: that user is root"
+            )));
+        }
+        Ok(RunAs {
+            name: found.name,
+            uid: found.uid.as_raw(),
+            gid: found.gid.as_raw(),
+        })
+    }
 }
 
 impl LocalDriver {
     pub fn new(tasks_root: impl Into<PathBuf>) -> LocalDriver {
+        LocalDriver::with_options(tasks_root, LocalOptions::default())
+    }
+
+    pub fn with_options(tasks_root: impl Into<PathBuf>, options: LocalOptions) -> LocalDriver {
         LocalDriver {
             tasks_root: tasks_root.into(),
+            options,
         }
     }
+}
+
+/// The `PATH` of a step when the executor has none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Whether the executor's variable `name` is passed on to steps: the locale, the time
+/// zone and `PATH` only (and the user's name when steps run as the executor's user).
+fn inherited(name: &str, same_user: bool) -> bool {
+    matches!(name, "PATH" | "LANG" | "LANGUAGE" | "TZ")
+        || name.starts_with("LC_")
+        || (same_user && matches!(name, "USER" | "LOGNAME"))
+}
+
+/// The complete environment of a step: the allow-listed variables of the executor's
+/// environment `host`, then the task's own `task` variables (which win), then `HOME`
+/// (the task's home) and, with `run_as`, `USER` and `LOGNAME`. Nothing else of `host`
+/// (tokens, cloud keys…) is ever passed on.
+pub fn step_env(
+    host: impl IntoIterator<Item = (String, String)>,
+    task: &Env,
+    home: &Path,
+    run_as: Option<&RunAs>,
+) -> BTreeMap<String, String> {
+    let mut env: BTreeMap<String, String> = host
+        .into_iter()
+        .filter(|(k, _)| inherited(k, run_as.is_none()))
+        .collect();
+    env.entry("PATH".into())
+        .or_insert_with(|| DEFAULT_PATH.into());
+    env.extend(task.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.insert("HOME".into(), home.display().to_string());
+    if let Some(user) = run_as {
+        env.insert("USER".into(), user.name.clone());
+        env.insert("LOGNAME".into(), user.name.clone());
+    }
+    env
+}
+
+/// The executor's environment, its variables with UTF-8 names and values only.
+fn host_env() -> impl Iterator<Item = (String, String)> {
+    std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+}
+
+/// Runs `f` on this (blocking) thread with the file-system identity of `owner` (Linux
+/// `setfsuid`/`setfsgid`, per thread): files it creates are that user's, and it can
+/// read or write only what that user can. The thread's identity is restored after.
+fn as_owner<T>(
+    owner: Option<&RunAs>,
+    f: impl FnOnce() -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    use nix::unistd::{Gid, Uid, setfsgid, setfsuid};
+    let Some(owner) = owner else { return f() };
+    struct Restore(Uid, Gid);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // The uid first: back to root gives the capability to set the gid back.
+            setfsuid(self.0);
+            setfsgid(self.1);
+        }
+    }
+    let previous_gid = setfsgid(Gid::from_raw(owner.gid));
+    let previous_uid = setfsuid(Uid::from_raw(owner.uid));
+    let _restore = Restore(previous_uid, previous_gid);
+    f()
+}
+
+/// Creates `dir` with its missing parents on a blocking thread, as `owner`.
+async fn make_dirs(dir: &Path, owner: Option<&RunAs>) -> Result<(), DriverError> {
+    let dir = dir.to_path_buf();
+    let owner = owner.cloned();
+    tokio::task::spawn_blocking(move || as_owner(owner.as_ref(), || std::fs::create_dir_all(&dir)))
+        .await
+        .map_err(|e| DriverError::Io(std::io::Error::other(e)))??;
+    Ok(())
 }
 
 #[async_trait]
@@ -60,6 +192,21 @@ impl Driver for LocalDriver {
     ) -> Result<Box<dyn Pod>, DriverError> {
         let home = spec.task_dir.join("home");
         tokio::fs::create_dir_all(&home).await?;
+        let root = spec.task_dir.join(ROOT);
+        tokio::fs::create_dir_all(&root).await?;
+        if let Some(user) = &self.options.run_as {
+            // The task's directory stays the executor's (it holds `pgids`); its home and
+            // root, made just now by the executor, are the user's.
+            for dir in [&home, &root] {
+                std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid))?;
+            }
+            setup_log
+                .write(Bytes::from(format!(
+                    "local driver: steps run as user {} (uid {})\n",
+                    user.name, user.uid
+                )))
+                .await;
+        }
         let images: Vec<&str> = spec.containers.iter().map(|c| c.image.as_str()).collect();
         setup_log
             .write(Bytes::from(format!(
@@ -88,6 +235,7 @@ impl Driver for LocalDriver {
             home,
             task_dir: spec.task_dir.clone(),
             groups: Arc::default(),
+            run_as: self.options.run_as.clone(),
         }))
     }
 
@@ -123,6 +271,7 @@ struct LocalPod {
     home: PathBuf,
     task_dir: PathBuf,
     groups: Arc<Mutex<Vec<i32>>>,
+    run_as: Option<RunAs>,
 }
 
 /// The directory of a task standing in for a container's root.
@@ -210,17 +359,26 @@ impl Pod for LocalPod {
             });
         };
         let dir = self.resolve(&req.working_dir);
-        tokio::fs::create_dir_all(&dir).await?;
+        make_dirs(&dir, self.run_as.as_ref()).await?;
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
             .current_dir(&dir)
-            .envs(&req.env)
-            .env("HOME", &self.home)
+            .env_clear()
+            .envs(step_env(
+                host_env(),
+                &req.env,
+                &self.home,
+                self.run_as.as_ref(),
+            ))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        if let Some(user) = &self.run_as {
+            // As root, std also drops every supplementary group before `setuid`.
+            cmd.uid(user.uid).gid(user.gid);
+        }
         let mut child = cmd.spawn().map_err(|e| DriverError::Start {
             what: program.clone(),
             why: e.to_string(),
@@ -291,7 +449,7 @@ impl Pod for LocalPod {
         mut tar: ByteStream,
     ) -> Result<(), DriverError> {
         let dest = self.resolve(dest);
-        tokio::fs::create_dir_all(&dest).await?;
+        make_dirs(&dest, self.run_as.as_ref()).await?;
         // Spool to a file, then extract off the runtime with the hardened extractor
         // (escaping entries refuse the archive; setuid/setgid bits are dropped).
         let spool = self
@@ -306,11 +464,19 @@ impl Pod for LocalPod {
             f.flush().await?;
         }
         let s = spool.clone();
+        // Extracted as the task's user (`--run-as`): the files are its own, and the
+        // archive cannot write where that user could not.
+        let owner = self.run_as.clone();
         let result = tokio::task::spawn_blocking(move || -> Result<(), DriverError> {
             let f = std::fs::File::open(&s)?;
-            crate::executor::archive::extract(std::io::BufReader::new(f), &dest)
-                .map(|_| ())
-                .map_err(|e| DriverError::Refused(e.to_string()))
+            as_owner(owner.as_ref(), || {
+                Ok(crate::executor::archive::extract(
+                    std::io::BufReader::new(f),
+                    &dest,
+                ))
+            })?
+            .map(|_| ())
+            .map_err(|e| DriverError::Refused(e.to_string()))
         })
         .await
         .map_err(|e| DriverError::Io(std::io::Error::other(e)))?;
@@ -327,20 +493,23 @@ impl Pod for LocalPod {
             .task_dir
             .join(format!("out-{}.tar", uuid::Uuid::new_v4()));
         let s = spool.clone();
+        // Read as the task's user (`--run-as`): a step's symlinks cannot make the
+        // executor archive what that user could not read.
+        let owner = self.run_as.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             let f = std::fs::File::create(&s)?;
-            let mut b = tar::Builder::new(std::io::BufWriter::new(f));
-            b.follow_symlinks(false);
-            if meta.is_dir() {
-                b.append_dir_all(".", &src)?;
-            } else {
-                let name = src.file_name().map(PathBuf::from).unwrap_or_default();
-                b.append_path_with_name(&src, name)?;
-            }
-            b.into_inner()?
-                .into_inner()
-                .map_err(|e| e.into_error())?
-                .sync_all()
+            let f = as_owner(owner.as_ref(), move || {
+                let mut b = tar::Builder::new(std::io::BufWriter::new(f));
+                b.follow_symlinks(false);
+                if meta.is_dir() {
+                    b.append_dir_all(".", &src)?;
+                } else {
+                    let name = src.file_name().map(PathBuf::from).unwrap_or_default();
+                    b.append_path_with_name(&src, name)?;
+                }
+                b.into_inner()?.into_inner().map_err(|e| e.into_error())
+            })?;
+            f.sync_all()
         })
         .await
         .map_err(|e| DriverError::Io(std::io::Error::other(e)))??;
@@ -585,6 +754,47 @@ mod tests {
         let text = String::from_utf8(log.0).expect("utf8");
         assert_eq!(text.matches("volumes are ignored").count(), 1, "{text:?}");
         assert!(text.contains("/scratch (tmpfs, 1024 bytes)"), "{text:?}");
+    }
+
+    /// Issue 11 (C1): a step's environment is the task's plus an allow-list, never the
+    /// executor's token or keys.
+    #[test]
+    fn a_steps_environment_is_the_tasks_plus_the_allow_list() {
+        let host = [
+            ("PATH", "/host/bin"),
+            ("LANG", "C.UTF-8"),
+            ("LC_ALL", "C"),
+            ("USER", "ci"),
+            ("CAIRN_TOKEN", "secret"),
+            ("AWS_SECRET_ACCESS_KEY", "key"),
+            ("HOME", "/root"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let mut task = Env::new();
+        task.insert("LANG".into(), "fr_FR.UTF-8".into());
+        task.insert("GOFLAGS".into(), "-mod=vendor".into());
+        let home = Path::new("/tasks/t1/home");
+        let env = step_env(host.clone(), &task, home, None);
+        let keys: Vec<&str> = env.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["GOFLAGS", "HOME", "LANG", "LC_ALL", "PATH", "USER"]);
+        assert_eq!(env["LANG"], "fr_FR.UTF-8");
+        assert_eq!(env["HOME"], "/tasks/t1/home");
+        assert_eq!(env["PATH"], "/host/bin");
+        let nobody = RunAs {
+            name: "nobody".into(),
+            uid: 65534,
+            gid: 65534,
+        };
+        let env = step_env(
+            host.into_iter().filter(|(k, _)| k != "PATH"),
+            &Env::new(),
+            home,
+            Some(&nobody),
+        );
+        assert_eq!(env["USER"], "nobody");
+        assert_eq!(env["LOGNAME"], "nobody");
+        assert_eq!(env["PATH"], DEFAULT_PATH);
+        assert!(!env.contains_key("CAIRN_TOKEN"));
     }
 
     #[tokio::test]

@@ -25,7 +25,7 @@ pub struct ServiceProc {
 
 impl ServiceProc {
     /// A fresh single node WITH its in-process executor (data dir `<data_dir>/executor`,
-    /// local driver unless `extra` says `--driver docker`), and extra `cairn serve`
+    /// tasks in `<data_dir>-tasks`, `--driver local` unless `extra` names a driver), and extra `cairn serve`
     /// arguments (kept on restart). When the handle drops, step processes the executor
     /// left behind are killed too.
     pub fn with_executor(data_dir: &Path, extra: &[&str]) -> ServiceProc {
@@ -81,6 +81,9 @@ impl ServiceProc {
         cmd.args(["serve", "--token", TOKEN]);
         if !self.executor {
             cmd.arg("--no-executor");
+        } else if !self.extra.iter().any(|a| a == "--driver") {
+            // `cairn serve` runs no host processes unless asked to.
+            cmd.args(["--driver", "local"]);
         }
         cmd.arg("--data-dir")
             .arg(&self.data_dir)
@@ -156,7 +159,7 @@ impl Drop for ServiceProc {
     fn drop(&mut self) {
         self.kill9();
         if self.executor {
-            kill_step_leftovers(&self.data_dir.join("executor").join("tasks"));
+            kill_step_leftovers(&cairn::service::default_tasks_dir(&self.data_dir));
         }
     }
 }
@@ -195,7 +198,8 @@ pub fn process_alive(pid: i32) -> bool {
     }
 }
 
-/// A standalone `cairn executor --server URL --token T --data-dir D` process: start
+/// A standalone `cairn executor --server URL --token T --data-dir D` process (with
+/// `--driver local` unless its extra arguments name a driver; tasks in `D-tasks`): start
 /// (ready once it prints its id), kill -9, restart over the same data dir. The child is
 /// killed when the handle drops, and so are the step processes it left behind.
 pub struct ExecutorProc {
@@ -228,6 +232,11 @@ impl ExecutorProc {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.extra)
+            .args(if self.extra.iter().any(|a| a == "--driver") {
+                &[][..]
+            } else {
+                &["--driver", "local"][..]
+            })
             .env("CAIRN_LOG", "error")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -260,7 +269,7 @@ impl ExecutorProc {
 impl Drop for ExecutorProc {
     fn drop(&mut self) {
         self.kill9();
-        kill_step_leftovers(&self.data_dir.join("tasks"));
+        kill_step_leftovers(&cairn::service::default_tasks_dir(&self.data_dir));
     }
 }
 
