@@ -195,8 +195,11 @@ impl Driver for LocalDriver {
         let root = spec.task_dir.join(ROOT);
         tokio::fs::create_dir_all(&root).await?;
         if let Some(user) = &self.options.run_as {
-            // The task's directory stays the executor's (it holds `pgids`); its home and
-            // root, made just now by the executor, are the user's.
+            // The task's directory stays the executor's (it holds `pgids`), traversable
+            // but not listable; its home and root, made just now, are the user's.
+            use std::os::unix::fs::PermissionsExt;
+            let traverse = std::fs::Permissions::from_mode(0o711);
+            tokio::fs::set_permissions(&spec.task_dir, traverse).await?;
             for dir in [&home, &root] {
                 std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid))?;
             }
