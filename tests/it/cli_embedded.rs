@@ -337,18 +337,24 @@ async fn runs_list_and_runs_logs_piped_into_head_end_quietly() {
     // Many runs, more than a pipe holds once listed.
     let scratch = tempfile::tempdir().unwrap();
     let server = ServiceProc::single(&scratch.path().join("server"));
-    let runs: String = (0..200)
-        .map(|i| format!("  - name: r{i}\n    tasks:\n      - name: t\n        runtime: {{ containers: [ {{ image: busybox }} ] }}\n        steps: [ {{ run: 'true' }} ]\n"))
-        .collect();
-    let created = server
-        .client()
-        .create_run(&create_request(
-            "/user/piper/branch/main",
-            &format!("runs:\n{runs}"),
-        ))
-        .await
-        .unwrap();
-    assert_eq!(created.runs.len(), 200);
+    // Two configs of 100 runs each: a config holds at most 100 runs (configfile::limits).
+    let mut created = 0;
+    for batch in 0..2 {
+        let runs: String = (0..100)
+            .map(|i| format!("  - name: r{batch}-{i}\n    tasks:\n      - name: t\n        runtime: {{ containers: [ {{ image: busybox }} ] }}\n        steps: [ {{ run: 'true' }} ]\n"))
+            .collect();
+        created += server
+            .client()
+            .create_run(&create_request(
+                "/user/piper/branch/main",
+                &format!("runs:\n{runs}"),
+            ))
+            .await
+            .unwrap()
+            .runs
+            .len();
+    }
+    assert_eq!(created, 200);
     let list = || {
         let mut cmd = cairn([
             "runs", "list", "--limit", "200", "--output", "json", "--server",

@@ -337,7 +337,7 @@ async fn bad_requests_get_precise_json_errors() {
     );
 
     // A JSON body just over the 2 MiB limit (so that little of it is left unread): axum's
-    // 413, with our body and kind.
+    // 413, with our body and its own kind (`too_large`, since issue 11's body limits).
     let mut big = create_request(GROUP, &config);
     big.config.content.push('#');
     big.config.content.push_str(&"x".repeat(2 << 20));
@@ -350,9 +350,9 @@ async fn bad_requests_get_precise_json_errors() {
         .unwrap();
     let (status, e) = raw_error(resp).await;
     assert_eq!(status, 413);
-    assert_eq!(e.code, ErrorCode::BadRequest);
+    assert_eq!(e.code, ErrorCode::TooLarge);
     let e = api_error(client.create_run(&big).await);
-    assert_eq!(e.code, ErrorCode::BadRequest);
+    assert_eq!(e.code, ErrorCode::TooLarge);
 
     let all = list_all(&client, &ListRunsQuery::default()).await;
     assert!(all.is_empty(), "bad requests created runs: {all:?}");
