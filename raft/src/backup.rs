@@ -56,7 +56,7 @@ pub type BackupChunk = Result<bytes::Bytes, std::io::Error>;
 
 /// Like [`save`], streamed (security.md M6: a whole snapshot in memory per request took
 /// 450 MB each). After the barrier, a blocking task writes the dump from the engine's
-/// point-in-time view in chunks of [`STREAM_CHUNK`] through a channel [`STREAM_DEPTH`]
+/// point-in-time view in chunks of `STREAM_CHUNK` (256 KiB) through a channel `STREAM_DEPTH`
 /// deep, so at most about 1 MiB of it is in memory at once (an engine without views
 /// still dumps to memory first, see `Mvcc::snapshot`). The task is owned by the stream:
 /// when the reader goes away its next chunk fails and it stops. An error midway ends the

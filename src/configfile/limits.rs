@@ -2,7 +2,7 @@
 //! small request cannot make the parser, the validator or the expansion costly (issue 11,
 //! security review H4). Each is checked before the step it protects: the size before
 //! parsing ([`super::MAX_CONFIG_SIZE`]), YAML aliases while loading (`yaml.rs`), the
-//! counts of runs, tasks and steps on the loaded tree before decoding ([`check_counts`]),
+//! counts of runs, tasks and steps on the loaded tree before decoding (`check_counts`),
 //! the regexes of `when` clauses before each is compiled (`when.rs`). A problem found
 //! here is a [`ConfigError`] with [`ConfigError::limit`] set: the API refuses the request
 //! (400) instead of recording a setuperror run.
