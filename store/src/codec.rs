@@ -98,21 +98,6 @@ pub fn escape(key: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The history-family key of `key` at `revision`.
-pub fn history_key(key: &[u8], revision: i64) -> Vec<u8> {
-    let mut k = escape(key);
-    k.extend_from_slice(&[0, 0]);
-    k.extend_from_slice(&be(revision));
-    k
-}
-
-/// The history-family prefix of every version of `key`.
-pub fn history_prefix(key: &[u8]) -> Vec<u8> {
-    let mut k = escape(key);
-    k.extend_from_slice(&[0, 0]);
-    k
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,32 +158,5 @@ mod tests {
             let _ = decode::<(u8, String, Vec<u8>, Option<Vec<String>>)>(&bytes);
             let _ = decode::<crate::Command>(&bytes);
         }
-    }
-
-    #[test]
-    fn escaped_history_keys_sort_by_key_then_revision() {
-        let keys: Vec<&[u8]> = vec![
-            b"", b"\0", b"\0\0", b"\0\x01", b"a", b"a\0", b"a\0b", b"ab", b"b",
-        ];
-        let mut encoded = Vec::new();
-        for k in &keys {
-            for rev in [1i64, 2, 300] {
-                encoded.push(history_key(k, rev));
-            }
-        }
-        let mut sorted = encoded.clone();
-        sorted.sort();
-        assert_eq!(
-            encoded, sorted,
-            "encoding must preserve (key, revision) order"
-        );
-    }
-
-    #[test]
-    fn history_keys_of_a_range_fall_between_the_escaped_bounds() {
-        let (start, end) = (escape(b"a"), escape(b"a\0b"));
-        assert!(history_key(b"a", 5) >= start && history_key(b"a", 5) < end);
-        assert!(history_key(b"a\0", 5) < end);
-        assert!(history_key(b"a\0b", 5) >= end);
     }
 }

@@ -10,6 +10,7 @@ pub mod codec;
 pub mod command;
 pub mod engine;
 pub mod error;
+mod history;
 pub mod kv;
 pub mod mvcc;
 pub mod snapshot;

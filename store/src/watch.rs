@@ -17,8 +17,8 @@ use tokio::sync::mpsc;
 
 use crate::engine::Engine;
 use crate::error::StoreError;
+use crate::history::read_events;
 use crate::kv::{Event, EventKind, KeyRange};
-use crate::mvcc::read_events;
 
 /// How many messages a watcher may have buffered before it counts as slow.
 pub const WATCH_BUFFER: usize = 1024;

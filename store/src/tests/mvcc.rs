@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use tokio::time::timeout;
 
-use crate::codec::{be, history_prefix};
+use crate::codec::be;
 use crate::command::{Command, CommandResult};
 use crate::engine::{Cf, Engine, EngineKind, WriteBatch};
 use crate::error::StoreError;
+use crate::history::history_prefix;
 use crate::kv::*;
 use crate::mvcc::Mvcc;
 use crate::snapshot::SnapshotWriter;

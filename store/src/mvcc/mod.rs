@@ -1,0 +1,241 @@
+//! The MVCC key-value state machine: etcd v3's data model over an [`Engine`].
+//!
+//! The current value of every key and the lease table live in memory (rebuilt from the
+//! engine on open) so current reads never touch the disk; every version of every key and
+//! the events of every revision live in the engine until compacted, for reads at a past
+//! revision and for watch catch-up. [`Mvcc::apply`] applies a batch of commands as one
+//! atomic engine write that also carries the caller's metadata (the Raft applied log id),
+//! then publishes the new revisions to the [`WatchHub`].
+//!
+//! This file holds the state (loaded on `open`), `apply`, and the lease and metadata reads;
+//! the concerns live beside it: `write`
+//! (one command's revision, txns, leases), `read` (ranges, current and past), `compact`,
+//! and `snapshot` (dump and restore). The on-disk layout of versions and events is the
+//! `history` module's.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::codec::{be, decode, from_be};
+use crate::command::{Command, CommandResult};
+use crate::engine::{Cf, Durability, Engine, Scan, WriteBatch};
+use crate::error::StoreError;
+use crate::kv::*;
+use crate::watch::WatchHub;
+
+mod compact;
+mod read;
+mod snapshot;
+mod write;
+
+pub use snapshot::StateSnapshot;
+
+const META_REVISION: &[u8] = b"revision";
+const META_COMPACT: &[u8] = b"compact_revision";
+const META_NEXT_LEASE: &[u8] = b"next_lease_id";
+const SCAN_PAGE: usize = 1024;
+
+#[derive(Clone, Debug, Default)]
+struct LeaseState {
+    ttl: i64,
+    keys: BTreeSet<Vec<u8>>,
+}
+
+#[derive(Default)]
+struct State {
+    current: BTreeMap<Vec<u8>, KeyValue>,
+    revision: i64,
+    compact_revision: i64,
+    next_lease_id: i64,
+    leases: BTreeMap<i64, LeaseState>,
+}
+
+/// The state machine. Cheap to share behind an `Arc`; reads take a shared lock, `apply`
+/// an exclusive one.
+pub struct Mvcc {
+    engine: Arc<dyn Engine>,
+    state: RwLock<State>,
+    hub: WatchHub,
+}
+
+/// Collects the writes and events of one `apply` call.
+struct Batch {
+    writes: WriteBatch,
+    /// (revision, events) in revision order, for the watch hub.
+    revisions: Vec<(i64, Vec<Event>)>,
+    /// History versions written by this batch (not yet in the engine), per key.
+    pending_history: HashMap<Vec<u8>, Vec<i64>>,
+}
+
+impl Mvcc {
+    /// Opens the state machine over `engine`, loading the current index and lease table.
+    pub fn open(engine: Arc<dyn Engine>) -> Result<Self, StoreError> {
+        let state = load_state(engine.as_ref())?;
+        let hub = WatchHub::new(engine.clone(), state.revision, state.compact_revision);
+        Ok(Self {
+            engine,
+            state: RwLock::new(state),
+            hub,
+        })
+    }
+
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    pub fn hub(&self) -> &WatchHub {
+        &self.hub
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        // A panic while holding the lock leaves the state as the panicking apply left it;
+        // the apply path does not panic on data, so recover the guard.
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current revision.
+    pub fn revision(&self) -> i64 {
+        self.read().revision
+    }
+
+    /// The revision below which history is gone.
+    pub fn compact_revision(&self) -> i64 {
+        self.read().compact_revision
+    }
+
+    /// Number of live keys.
+    pub fn key_count(&self) -> usize {
+        self.read().current.len()
+    }
+
+    /// Applies commands in order as one atomic engine write, together with `extra` (the
+    /// caller's metadata, such as the Raft applied log id). `None` items are entries with
+    /// nothing to apply. Deterministic rejections (unknown lease, …) become
+    /// [`CommandResult::Error`]; an `Err` is a storage failure and leaves this replica unusable.
+    pub fn apply(
+        &self,
+        commands: Vec<Option<Command>>,
+        extra: WriteBatch,
+    ) -> Result<Vec<CommandResult>, StoreError> {
+        let mut st = self.write();
+        let mut b = Batch {
+            writes: WriteBatch::new(),
+            revisions: Vec::new(),
+            pending_history: HashMap::new(),
+        };
+        let mut results = Vec::with_capacity(commands.len());
+        for cmd in commands {
+            let r = match cmd {
+                None => CommandResult::None {
+                    revision: st.revision,
+                },
+                Some(Command::Batch(cmds)) => CommandResult::Batch(
+                    cmds.into_iter()
+                        .map(|cmd| self.apply_or_reject(&mut st, &mut b, cmd))
+                        .collect(),
+                ),
+                Some(cmd) => self.apply_or_reject(&mut st, &mut b, cmd),
+            };
+            results.push(r);
+        }
+        b.writes
+            .put(Cf::Meta, META_REVISION, be(st.revision).to_vec());
+        b.writes
+            .put(Cf::Meta, META_COMPACT, be(st.compact_revision).to_vec());
+        b.writes
+            .put(Cf::Meta, META_NEXT_LEASE, be(st.next_lease_id).to_vec());
+        b.writes.extend(extra);
+        self.engine.write(b.writes, Durability::Buffered)?;
+        self.hub
+            .publish(b.revisions, st.revision, st.compact_revision);
+        Ok(results)
+    }
+
+    fn apply_or_reject(&self, st: &mut State, b: &mut Batch, cmd: Command) -> CommandResult {
+        self.apply_one(st, b, cmd)
+            .unwrap_or_else(CommandResult::Error)
+    }
+
+    /// Granted TTL and attached keys of a lease.
+    pub fn lease(&self, id: i64) -> Option<LeaseInfo> {
+        let st = self.read();
+        st.leases.get(&id).map(|l| LeaseInfo {
+            id,
+            granted_ttl: l.ttl,
+            keys: l.keys.iter().cloned().collect(),
+        })
+    }
+
+    /// Every lease as (id, granted TTL).
+    pub fn leases(&self) -> Vec<(i64, i64)> {
+        self.read()
+            .leases
+            .iter()
+            .map(|(id, l)| (*id, l.ttl))
+            .collect()
+    }
+
+    /// Reads a metadata record another layer stored through `apply`'s `extra` batch.
+    pub fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.engine.get(Cf::Meta, key)?)
+    }
+}
+
+fn load_state(engine: &dyn Engine) -> Result<State, StoreError> {
+    let meta = |k: &[u8]| -> Result<Option<i64>, StoreError> {
+        engine.get(Cf::Meta, k)?.map(|v| from_be(&v)).transpose()
+    };
+    let mut st = State {
+        revision: meta(META_REVISION)?.unwrap_or(1),
+        compact_revision: meta(META_COMPACT)?.unwrap_or(0),
+        next_lease_id: meta(META_NEXT_LEASE)?.unwrap_or(1),
+        ..State::default()
+    };
+    for_each_pair(engine, Cf::Lease, Vec::new(), None, |_, v| {
+        let rec: LeaseRecord = decode(&v)?;
+        let lease = LeaseState {
+            ttl: rec.ttl,
+            keys: BTreeSet::new(),
+        };
+        st.leases.insert(rec.id, lease);
+        Ok(())
+    })?;
+    for_each_pair(engine, Cf::Current, Vec::new(), None, |k, v| {
+        let kv: KeyValue = decode(&v)?;
+        if kv.lease != 0
+            && let Some(l) = st.leases.get_mut(&kv.lease)
+        {
+            l.keys.insert(k.clone());
+        }
+        st.current.insert(k, kv);
+        Ok(())
+    })?;
+    Ok(st)
+}
+
+/// Visits every pair of `[start, end)` in `cf` in key order, a page at a time, so a large
+/// family is never read into memory at once.
+fn for_each_pair(
+    engine: &dyn Scan,
+    cf: Cf,
+    start: Vec<u8>,
+    end: Option<&[u8]>,
+    mut f: impl FnMut(Vec<u8>, Vec<u8>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut from = start;
+    loop {
+        let page = engine.scan(cf, &from, end, SCAN_PAGE, false)?;
+        let Some((last, _)) = page.last() else {
+            return Ok(());
+        };
+        from = last.clone();
+        from.push(0);
+        for (k, v) in page {
+            f(k, v)?;
+        }
+    }
+}

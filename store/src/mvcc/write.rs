@@ -1,0 +1,386 @@
+//! The write path: one command's revision ([`Rev`] records each put and deletion in the
+//! current index, the history family and the revision's events), txns with etcd's
+//! validation rules, and lease grant, revoke and expiry.
+
+use std::collections::BTreeSet;
+
+use super::read::{compares_hold, finish_range, range_iter};
+use super::{Batch, LeaseState, Mvcc, State};
+use crate::codec::{be, encode};
+use crate::command::{Command, CommandResult};
+use crate::engine::Cf;
+use crate::error::StoreError;
+use crate::history::{Version, history_key};
+use crate::kv::*;
+
+/// The writes of one revision in progress.
+struct Rev<'a> {
+    st: &'a mut State,
+    b: &'a mut Batch,
+    rev: i64,
+    events: Vec<Event>,
+}
+
+impl<'a> Rev<'a> {
+    /// Opens the revision after the store's current one.
+    fn new(st: &'a mut State, b: &'a mut Batch) -> Self {
+        let rev = st.revision + 1;
+        Self {
+            st,
+            b,
+            rev,
+            events: Vec::new(),
+        }
+    }
+
+    fn put(&mut self, req: &PutRequest) -> Result<PutResponse, StoreError> {
+        let prev = self.st.current.get(&req.key).cloned();
+        let value = if req.ignore_value {
+            prev.as_ref().ok_or(StoreError::KeyNotFound)?.value.clone()
+        } else {
+            req.value.clone()
+        };
+        let lease = if req.ignore_lease {
+            prev.as_ref().ok_or(StoreError::KeyNotFound)?.lease
+        } else {
+            req.lease
+        };
+        if lease != 0 && !self.st.leases.contains_key(&lease) {
+            return Err(StoreError::LeaseNotFound(lease));
+        }
+        let kv = KeyValue {
+            key: req.key.clone(),
+            value,
+            create_revision: prev.as_ref().map_or(self.rev, |p| p.create_revision),
+            mod_revision: self.rev,
+            version: prev.as_ref().map_or(1, |p| p.version + 1),
+            lease,
+        };
+        if let Some(p) = &prev
+            && p.lease != 0
+            && p.lease != lease
+            && let Some(l) = self.st.leases.get_mut(&p.lease)
+        {
+            l.keys.remove(&req.key);
+        }
+        if lease != 0
+            && let Some(l) = self.st.leases.get_mut(&lease)
+        {
+            l.keys.insert(req.key.clone());
+        }
+        self.record(kv.clone(), false, prev.clone());
+        self.st.current.insert(req.key.clone(), kv);
+        Ok(PutResponse {
+            revision: self.rev,
+            prev_kv: if req.prev_kv { prev } else { None },
+        })
+    }
+
+    fn delete_range(&mut self, req: &DeleteRangeRequest) -> DeleteRangeResponse {
+        let doomed: Vec<KeyValue> = range_iter(&self.st.current, &req.range).cloned().collect();
+        for prev in &doomed {
+            self.delete_key(prev.clone());
+        }
+        DeleteRangeResponse {
+            revision: if doomed.is_empty() {
+                self.rev - 1
+            } else {
+                self.rev
+            },
+            deleted: doomed.len() as i64,
+            prev_kvs: if req.prev_kv { doomed } else { Vec::new() },
+        }
+    }
+
+    fn delete_key(&mut self, prev: KeyValue) {
+        self.st.current.remove(&prev.key);
+        if prev.lease != 0
+            && let Some(l) = self.st.leases.get_mut(&prev.lease)
+        {
+            l.keys.remove(&prev.key);
+        }
+        let kv = KeyValue {
+            key: prev.key.clone(),
+            mod_revision: self.rev,
+            ..KeyValue::default()
+        };
+        self.record(kv, true, Some(prev));
+    }
+
+    fn record(&mut self, kv: KeyValue, tombstone: bool, prev: Option<KeyValue>) {
+        let key = kv.key.clone();
+        match (&tombstone, self.st.current.get(&key)) {
+            (false, _) => self.b.writes.put(Cf::Current, key.clone(), encode(&kv)),
+            (true, _) => self.b.writes.delete(Cf::Current, key.clone()),
+        }
+        let version = Version {
+            kv: kv.clone(),
+            tombstone,
+        };
+        self.b
+            .writes
+            .put(Cf::History, history_key(&key, self.rev), encode(&version));
+        self.b
+            .pending_history
+            .entry(key)
+            .or_default()
+            .push(self.rev);
+        let kind = if tombstone {
+            EventKind::Delete
+        } else {
+            EventKind::Put
+        };
+        self.events.push(Event {
+            kind,
+            kv,
+            prev_kv: prev,
+        });
+    }
+
+    /// Closes the revision: returns the revision the store is at afterwards.
+    fn finish(self) -> i64 {
+        if self.events.is_empty() {
+            return self.rev - 1;
+        }
+        self.st.revision = self.rev;
+        self.b
+            .writes
+            .put(Cf::Events, be(self.rev).to_vec(), encode(&self.events));
+        self.b.revisions.push((self.rev, self.events));
+        self.rev
+    }
+}
+
+impl Mvcc {
+    pub(super) fn apply_one(
+        &self,
+        st: &mut State,
+        b: &mut Batch,
+        cmd: Command,
+    ) -> Result<CommandResult, StoreError> {
+        Ok(match cmd {
+            Command::Put(req) => {
+                let mut r = Rev::new(st, b);
+                let resp = r.put(&req)?;
+                r.finish();
+                CommandResult::Put(resp)
+            }
+            Command::DeleteRange(req) => {
+                let mut r = Rev::new(st, b);
+                let mut resp = r.delete_range(&req);
+                resp.revision = r.finish();
+                CommandResult::DeleteRange(resp)
+            }
+            Command::Txn(req) => CommandResult::Txn(self.txn(st, b, req)?),
+            Command::Compact { revision } => {
+                self.compact(st, b, revision)?;
+                CommandResult::Compact {
+                    revision: st.revision,
+                }
+            }
+            Command::LeaseGrant { id, ttl } => {
+                if ttl <= 0 {
+                    return Err(StoreError::InvalidArgument(format!(
+                        "lease TTL must be positive, got {ttl}"
+                    )));
+                }
+                if ttl > crate::command::MAX_LEASE_TTL {
+                    return Err(StoreError::LeaseTtlTooLarge {
+                        ttl,
+                        max: crate::command::MAX_LEASE_TTL,
+                    });
+                }
+                let id = if id == 0 {
+                    let mut next = st.next_lease_id.max(1);
+                    while st.leases.contains_key(&next) {
+                        next += 1;
+                    }
+                    st.next_lease_id = next + 1;
+                    next
+                } else if id < 0 {
+                    return Err(StoreError::InvalidArgument(format!(
+                        "lease id must be positive, got {id}"
+                    )));
+                } else if st.leases.contains_key(&id) {
+                    return Err(StoreError::LeaseExists(id));
+                } else {
+                    id
+                };
+                st.leases.insert(
+                    id,
+                    LeaseState {
+                        ttl,
+                        keys: BTreeSet::new(),
+                    },
+                );
+                b.writes
+                    .put(Cf::Lease, be(id).to_vec(), encode(&LeaseRecord { id, ttl }));
+                CommandResult::LeaseGrant {
+                    id,
+                    ttl,
+                    revision: st.revision,
+                }
+            }
+            Command::LeaseRevoke { id } => {
+                if !st.leases.contains_key(&id) {
+                    return Err(StoreError::LeaseNotFound(id));
+                }
+                revoke(st, b, id);
+                CommandResult::LeaseRevoke {
+                    revision: st.revision,
+                }
+            }
+            Command::LeaseExpire { ids } => {
+                let mut expired = Vec::new();
+                for id in ids {
+                    if st.leases.contains_key(&id) {
+                        revoke(st, b, id);
+                        expired.push(id);
+                    }
+                }
+                CommandResult::LeaseExpire {
+                    revision: st.revision,
+                    expired,
+                }
+            }
+            Command::Batch(_) => {
+                return Err(StoreError::InvalidArgument("batches do not nest".into()));
+            }
+            Command::Incr { key, delta } => {
+                let (current, lease) = match st.current.get(&key) {
+                    None => (0u64, 0),
+                    Some(kv) => {
+                        let n = std::str::from_utf8(&kv.value)
+                            .ok()
+                            .and_then(|s| s.trim().parse::<u64>().ok())
+                            .ok_or_else(|| StoreError::NotANumber {
+                                key: String::from_utf8_lossy(&key).into_owned(),
+                            })?;
+                        (n, kv.lease)
+                    }
+                };
+                let value = current.saturating_add(delta);
+                let mut r = Rev::new(st, b);
+                let req = PutRequest {
+                    key,
+                    value: value.to_string().into_bytes(),
+                    lease,
+                    ..PutRequest::default()
+                };
+                r.put(&req)?;
+                let revision = r.finish();
+                CommandResult::Incr { value, revision }
+            }
+        })
+    }
+
+    fn txn(
+        &self,
+        st: &mut State,
+        b: &mut Batch,
+        req: TxnRequest,
+    ) -> Result<TxnResponse, StoreError> {
+        let succeeded = compares_hold(st, &req.compare);
+        let ops = if succeeded { req.success } else { req.failure };
+        validate_txn_ops(st, &ops)?;
+        let mut r = Rev::new(st, b);
+        let rev = r.rev;
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in &ops {
+            responses.push(match op {
+                RequestOp::Range(rr) => {
+                    if rr.revision > 0 {
+                        ResponseOp::Range(self.range_at(r.st, rr, &r.b.revisions)?)
+                    } else {
+                        let kvs = range_iter(&r.st.current, &rr.range).cloned().collect();
+                        ResponseOp::Range(finish_range(kvs, rr, rev))
+                    }
+                }
+                RequestOp::Put(p) => ResponseOp::Put(r.put(p)?),
+                RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(r.delete_range(d)),
+            });
+        }
+        let revision = r.finish();
+        // Every op of a txn reports the txn's final revision, as etcd does.
+        for resp in &mut responses {
+            match resp {
+                ResponseOp::Range(x) => x.revision = revision,
+                ResponseOp::Put(x) => x.revision = revision,
+                ResponseOp::DeleteRange(x) => x.revision = revision,
+            }
+        }
+        Ok(TxnResponse {
+            succeeded,
+            responses,
+            revision,
+        })
+    }
+}
+
+fn revoke(st: &mut State, b: &mut Batch, id: i64) {
+    let keys: Vec<Vec<u8>> = st
+        .leases
+        .get(&id)
+        .map(|l| l.keys.iter().cloned().collect())
+        .unwrap_or_default();
+    let mut r = Rev::new(st, b);
+    for k in keys {
+        if let Some(kv) = r.st.current.get(&k).cloned() {
+            r.delete_key(kv);
+        }
+    }
+    r.finish();
+    st.leases.remove(&id);
+    b.writes.delete(Cf::Lease, be(id).to_vec());
+}
+
+/// etcd's txn rules: no key is written twice in one branch, puts need their lease and,
+/// with `ignore_*`, their key, and reads at a past revision need that revision.
+fn validate_txn_ops(st: &State, ops: &[RequestOp]) -> Result<(), StoreError> {
+    let mut puts: BTreeSet<&[u8]> = BTreeSet::new();
+    for op in ops {
+        match op {
+            RequestOp::Put(p) => {
+                if !puts.insert(&p.key) {
+                    return Err(StoreError::DuplicateKey(
+                        String::from_utf8_lossy(&p.key).into_owned(),
+                    ));
+                }
+                let existing = st.current.get(&p.key);
+                if (p.ignore_value || p.ignore_lease) && existing.is_none() {
+                    return Err(StoreError::KeyNotFound);
+                }
+                if !p.ignore_lease && p.lease != 0 && !st.leases.contains_key(&p.lease) {
+                    return Err(StoreError::LeaseNotFound(p.lease));
+                }
+            }
+            // A read at a past revision must be possible before anything is written: failing
+            // half-way through the ops would leave the earlier ones applied.
+            RequestOp::Range(r) if r.revision > 0 => {
+                if r.revision < st.compact_revision {
+                    return Err(StoreError::Compacted {
+                        requested: r.revision,
+                        compact_revision: st.compact_revision,
+                    });
+                }
+                if r.revision > st.revision {
+                    return Err(StoreError::FutureRevision {
+                        requested: r.revision,
+                        current: st.revision,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    for op in ops {
+        if let RequestOp::DeleteRange(d) = op
+            && let Some(k) = puts.iter().find(|k| d.range.contains(k))
+        {
+            return Err(StoreError::DuplicateKey(
+                String::from_utf8_lossy(k).into_owned(),
+            ));
+        }
+    }
+    Ok(())
+}
