@@ -50,6 +50,7 @@ pub async fn logs(
     Path((run_id, task_id)): Path<(String, String)>,
     Query(p): Query<LogParams>,
 ) -> ApiResult<Response> {
+    super::runs::check_run_id(&run_id)?;
     let step = log_step(&p.step)?;
     let run = st.dm.run(&run_id).await?.value;
     let config = st.dm.run_config(&run_id).await?;

@@ -259,12 +259,19 @@ fn commit(req: &CreateRunRequest) -> reference::Commit {
     }
 }
 
+/// A run id from a path or a cursor must be in its format (16 to 20 digits,
+/// `cairn_client::ids::check_run_id`): anything else is a 400, never a store lookup.
+pub(super) fn check_run_id(id: &str) -> Result<(), Failure> {
+    cairn_client::ids::check_run_id(id).map_err(|e| Failure::bad_request(e.to_string()))
+}
+
 /// `GET /runs/{id}`: secrets of the run config are redacted unless the caller is admin.
 pub async fn get(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RunResponse>> {
+    check_run_id(&id)?;
     Ok(Json(auth::run_response_for(
         &caller,
         run_response(&st, &id).await?,
@@ -363,6 +370,12 @@ pub async fn list(
     if p.limit == Some(0) {
         return Err(Failure::bad_request("limit must be at least 1"));
     }
+    // A cursor is a run id, except in `last_run` listings (a group path).
+    if let Some(cursor) = &p.cursor
+        && !p.last_run
+    {
+        check_run_id(cursor)?;
+    }
     let q = ListRunsQuery {
         group: p.group.clone(),
         phase: parse_list(&p.phase, "phase", RunPhase::parse)?,
@@ -381,6 +394,7 @@ pub async fn restart(
     Path(id): Path<String>,
     body: Option<Json<RestartRunRequest>>,
 ) -> ApiResult<(StatusCode, Json<RunResponse>)> {
+    check_run_id(&id)?;
     let (status, Json(resp)) = restart_run(st, id, body).await?;
     Ok((status, Json(auth::run_response_for(&caller, resp))))
 }
@@ -476,6 +490,7 @@ pub async fn action(
     Path(id): Path<String>,
     Json(req): Json<RunActionRequest>,
 ) -> ApiResult<Json<RunResponse>> {
+    check_run_id(&id)?;
     update_run(&st.dm, &id, |run| match req.action {
         RunAction::Stop => runservice::stop(run),
         RunAction::Cancel => runservice::cancel(run),
@@ -494,6 +509,7 @@ pub async fn task_action(
     Path((id, task)): Path<(String, String)>,
     Json(req): Json<TaskActionRequest>,
 ) -> ApiResult<Json<RunResponse>> {
+    check_run_id(&id)?;
     let config = st.dm.run_config(&id).await?;
     let task_id = task_id(&config, &id, &task)?;
     update_run(&st.dm, &id, |run| match &req {

@@ -597,13 +597,28 @@ impl<W: Write> Validator<W> {
             ids.try_for_each(|id| cairn_client::ids::check_task_id(id))
                 .map_err(|err| invalid(format!("line {n}: {err}")))
         }
-        if e.key.starts_with(keys::RUN) {
+        // A run's id keys it (and its config, active marker and index entries): it must be
+        // a run id, the same in the key and in the object.
+        let check_run_id = |key_id: &str, id: &str| {
+            cairn_client::ids::check_run_id(key_id)
+                .map_err(|err| invalid(format!("line {n}: {err}")))?;
+            if id != key_id {
+                return Err(invalid(format!(
+                    "line {n}: key {:?} holds run {id:?}",
+                    e.key
+                )));
+            }
+            Ok(())
+        };
+        if let Some(key_id) = e.key.strip_prefix(keys::RUN) {
             let run = serde_json::from_str::<Run>(&e.value)
                 .map_err(|err| invalid(format!("line {n}: run: {err}")))?;
+            check_run_id(key_id, &run.id)?;
             check_ids(run.tasks.keys(), n)?;
-        } else if e.key.starts_with(keys::RUN_CONFIG) {
+        } else if let Some(key_id) = e.key.strip_prefix(keys::RUN_CONFIG) {
             let config = serde_json::from_str::<cairn_client::runconfig::RunConfig>(&e.value)
                 .map_err(|err| invalid(format!("line {n}: run config: {err}")))?;
+            check_run_id(key_id, &config.id)?;
             check_ids(config.tasks.keys(), n)?;
         } else if e.key.starts_with(keys::COUNTER) || e.key == keys::RUN_SEQ {
             e.value
@@ -798,6 +813,41 @@ mod tests {
         assert!(!text.contains("s3cret"), "{text}");
         assert_eq!(config.environment["TOKEN"], REDACTED);
         assert_eq!(config.static_environment["CI"], "true");
+    }
+
+    /// Issue 11: a run's id keys its run, config, marker and index entries; an import
+    /// whose run (or run config) key is not a run id, or names another run than the
+    /// object it holds, is refused.
+    #[test]
+    fn imported_runs_are_keyed_by_their_own_valid_run_id() {
+        let run = |id: &str| {
+            serde_json::json!({"id": id, "name": "r", "counter": 1, "group": "/p/x", "phase": "queued"})
+                .to_string()
+        };
+        let config = |id: &str| {
+            let c = cairn_client::runconfig::RunConfig {
+                id: id.into(),
+                ..Default::default()
+            };
+            serde_json::to_string(&c).expect("json")
+        };
+        const ID: &str = "0000000000000001";
+        let good = export_of(&[
+            (&format!("rs/run/{ID}"), &run(ID)),
+            (&format!("rs/runconfig/{ID}"), &config(ID)),
+        ]);
+        assert_eq!(validate(&good, 64).expect("valid"), 2);
+        for (key, value) in [
+            ("rs/run/../../x".to_string(), run("../../x")),
+            (format!("rs/run/{}", "1".repeat(300)), run(&"1".repeat(300))),
+            (format!("rs/run/{ID}"), run("0000000000000002")),
+            (format!("rs/run/{ID}"), run("../x")),
+            ("rs/runconfig/abc".to_string(), config("abc")),
+            (format!("rs/runconfig/{ID}"), config("x")),
+        ] {
+            let err = validate(&export_of(&[(&key, &value)]), 64).expect_err(&key);
+            assert!(err.to_string().contains("run"), "{key}: {err}");
+        }
     }
 
     #[test]

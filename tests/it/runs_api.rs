@@ -330,7 +330,7 @@ async fn bad_requests_get_precise_json_errors() {
     assert_eq!(e.code, ErrorCode::BadRequest);
 
     // A run that does not exist.
-    let missing = client.run("00000000000000000000-missing").await;
+    let missing = client.run("00000000000000009999").await;
     assert!(
         matches!(&missing, Err(e) if e.is_not_found()),
         "{missing:?}"

@@ -374,3 +374,54 @@ async fn a_secret_variable_echoed_by_a_step_is_masked_in_its_log() {
     assert_eq!(log, "key=*** pin=12 plain=visible-value\nVAR-SE\n***\n");
     assert!(!log.contains("VAR-SECRET-abc"));
 }
+
+/// Issue 11: a run id enters the API in `/runs/{id}` (read, restart, actions, task
+/// actions, logs) and as a listing cursor; one that is not 16 to 20 digits (a path, an
+/// overlong id, letters) is a 400 `bad_request` with the JSON error body naming the run
+/// id's format, on every one of those routes, before any store lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_run_ids_are_refused_on_every_run_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = ServiceProc::single(&dir.path().join("n"));
+    let api = format!("{}/api/v1", node.url);
+    let http = reqwest::Client::new();
+    let action = serde_json::json!({"action": "stop"});
+    let approve = serde_json::json!({"action": "approve"});
+    let long = "1".repeat(300);
+    for bad in [
+        "..%2F..%2Fx",
+        long.as_str(),
+        "000000000000000a",
+        "0000000000000001%2F..",
+    ] {
+        let requests = [
+            http.get(format!("{api}/runs/{bad}")),
+            http.post(format!("{api}/runs/{bad}/restart"))
+                .json(&serde_json::json!({})),
+            http.put(format!("{api}/runs/{bad}/actions")).json(&action),
+            http.put(format!("{api}/runs/{bad}/tasks/build/actions"))
+                .json(&approve),
+            http.get(format!("{api}/runs/{bad}/tasks/build/logs?step=0")),
+            http.get(format!("{api}/runs?cursor={bad}")),
+        ];
+        for req in requests {
+            let resp = req.bearer_auth(TOKEN).send().await.unwrap();
+            let status = resp.status();
+            let url = resp.url().to_string();
+            let body: serde_json::Value = resp.json().await.unwrap_or_default();
+            assert_eq!(status, 400, "{url}: {body}");
+            assert_eq!(body["code"], "bad_request", "{url}: {body}");
+            let message = body["message"].as_str().unwrap_or_default();
+            assert!(message.contains("run id"), "{url}: {body}");
+        }
+    }
+    // A well-formed id of no run is still a 404, and a real run is served.
+    let missing = node
+        .client()
+        .run("0000000000009999")
+        .await
+        .expect_err("no such run");
+    assert!(missing.is_not_found(), "{missing}");
+    let id = create(&node.client(), "/project/ids/branch/main", ONE, &[]).await;
+    assert_eq!(node.client().run(&id).await.unwrap().run.id, id);
+}
