@@ -335,17 +335,25 @@ fn revoke(st: &mut State, b: &mut Batch, id: i64) {
 }
 
 /// etcd's txn rules: no key is written twice in one branch, puts need their lease and,
-/// with `ignore_*`, their key, and reads at a past revision need that revision.
+/// with `ignore_*`, their key, and reads at a past revision need that revision. As in etcd,
+/// the writes are checked against each other before anything is checked against the state.
 fn validate_txn_ops(st: &State, ops: &[RequestOp]) -> Result<(), StoreError> {
     let mut puts: BTreeSet<&[u8]> = BTreeSet::new();
     for op in ops {
+        if let RequestOp::Put(p) = op {
+            let deleted = ops
+                .iter()
+                .any(|o| matches!(o, RequestOp::DeleteRange(d) if d.range.contains(&p.key)));
+            if !puts.insert(&p.key) || deleted {
+                return Err(StoreError::DuplicateKey(
+                    String::from_utf8_lossy(&p.key).into_owned(),
+                ));
+            }
+        }
+    }
+    for op in ops {
         match op {
             RequestOp::Put(p) => {
-                if !puts.insert(&p.key) {
-                    return Err(StoreError::DuplicateKey(
-                        String::from_utf8_lossy(&p.key).into_owned(),
-                    ));
-                }
                 let existing = st.current.get(&p.key);
                 if (p.ignore_value || p.ignore_lease) && existing.is_none() {
                     return Err(StoreError::KeyNotFound);
@@ -371,15 +379,6 @@ fn validate_txn_ops(st: &State, ops: &[RequestOp]) -> Result<(), StoreError> {
                 }
             }
             _ => {}
-        }
-    }
-    for op in ops {
-        if let RequestOp::DeleteRange(d) = op
-            && let Some(k) = puts.iter().find(|k| d.range.contains(k))
-        {
-            return Err(StoreError::DuplicateKey(
-                String::from_utf8_lossy(k).into_owned(),
-            ));
         }
     }
     Ok(())

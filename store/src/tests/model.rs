@@ -8,7 +8,7 @@
 //! delivered are exactly the model's history.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use proptest::collection::vec;
@@ -250,43 +250,56 @@ impl Model {
         kvs.into_iter().all(|kv| compare_kv(kv, c))
     }
 
+    /// etcd's refusals of a txn branch, written from etcd's rules (not from `Mvcc`), in
+    /// etcd's order. First what etcd's API checks before anything is applied
+    /// (`checkIntervals`): a key is written at most once, by one put, and no put writes a key
+    /// that a delete range of the branch covers; overlapping deletes are fine. etcd names no
+    /// key; the model names the first put, in op order, that breaks the rule. (etcd checks
+    /// both branches; Cairn, per its reference, only the one taken.) Then what etcd's applier
+    /// checks op by op against the state before the txn (`checkRequests`): a put keeping the
+    /// value or lease needs its key, a put's lease must exist (with `ignore_lease` the lease
+    /// it names is ignored: etcd's API refuses such a put, Cairn's store ignores the field),
+    /// and a read at a revision needs it to be neither in the future nor compacted away.
+    /// Nested txns, which etcd also checks, do not exist here.
     fn validate_txn(&self, ops: &[RequestOp]) -> Result<(), StoreError> {
-        let mut puts: BTreeSet<Vec<u8>> = BTreeSet::new();
+        let mut written: Vec<&[u8]> = Vec::new();
         for op in ops {
-            match op {
-                RequestOp::Put(p) => {
-                    if !puts.insert(p.key.clone()) {
-                        return Err(StoreError::DuplicateKey(lossy(&p.key)));
-                    }
-                    if (p.ignore_value || p.ignore_lease) && !self.kv.contains_key(&p.key) {
-                        return Err(StoreError::KeyNotFound);
-                    }
-                    if !p.ignore_lease && p.lease != 0 && !self.leases.contains_key(&p.lease) {
-                        return Err(StoreError::LeaseNotFound(p.lease));
-                    }
+            if let RequestOp::Put(p) = op {
+                let deleted = ops.iter().any(|other| match other {
+                    RequestOp::DeleteRange(d) => in_range(&d.range, &p.key),
+                    _ => false,
+                });
+                if written.contains(&p.key.as_slice()) || deleted {
+                    return Err(StoreError::DuplicateKey(lossy(&p.key)));
                 }
-                RequestOp::Range(r) if r.revision > 0 => {
-                    if r.revision < self.compact {
-                        return Err(StoreError::Compacted {
-                            requested: r.revision,
-                            compact_revision: self.compact,
-                        });
-                    }
-                    if r.revision > self.rev {
-                        return Err(StoreError::FutureRevision {
-                            requested: r.revision,
-                            current: self.rev,
-                        });
-                    }
-                }
-                _ => {}
+                written.push(&p.key);
             }
         }
         for op in ops {
-            if let RequestOp::DeleteRange(d) = op
-                && let Some(k) = puts.iter().find(|k| in_range(&d.range, k))
-            {
-                return Err(StoreError::DuplicateKey(lossy(k)));
+            match op {
+                RequestOp::Put(p) => {
+                    let exists = self.kv.contains_key(&p.key);
+                    if !exists && (p.ignore_value || p.ignore_lease) {
+                        return Err(StoreError::KeyNotFound);
+                    }
+                    let lease = if p.ignore_lease { 0 } else { p.lease };
+                    if lease != 0 && !self.leases.contains_key(&lease) {
+                        return Err(StoreError::LeaseNotFound(lease));
+                    }
+                }
+                RequestOp::Range(r) if r.revision > self.rev => {
+                    return Err(StoreError::FutureRevision {
+                        requested: r.revision,
+                        current: self.rev,
+                    });
+                }
+                RequestOp::Range(r) if r.revision > 0 && r.revision < self.compact => {
+                    return Err(StoreError::Compacted {
+                        requested: r.revision,
+                        compact_revision: self.compact,
+                    });
+                }
+                RequestOp::Range(_) | RequestOp::DeleteRange(_) => {}
             }
         }
         Ok(())

@@ -404,3 +404,61 @@ fn txn_reads_at_a_revision_written_earlier_in_the_same_batch() {
         );
     }
 }
+
+/// etcd checks a branch's writes against each other (`checkIntervals`) before it checks any
+/// op against the state, so a key written twice is the error even when an op would also
+/// fail on its own: the model oracle found this order reversed.
+#[test]
+fn a_key_written_twice_is_refused_before_any_check_against_the_state() {
+    for (t, m) in stores() {
+        let name = t.kind.as_str();
+        put(&m, "a", "0");
+        let before = observe(&m);
+        let dup = |success: Vec<RequestOp>| {
+            err(apply(
+                &m,
+                Command::Txn(TxnRequest {
+                    success,
+                    ..TxnRequest::default()
+                }),
+            ))
+        };
+        // The put alone would be KeyNotFound (it keeps the lease of a key that is absent).
+        let keeps_lease = RequestOp::Put(PutRequest {
+            key: b"e".to_vec(),
+            ignore_lease: true,
+            ..PutRequest::default()
+        });
+        let delete_all = RequestOp::DeleteRange(DeleteRangeRequest {
+            range: everything(),
+            prev_kv: false,
+        });
+        assert_eq!(
+            dup(vec![keeps_lease, delete_all]),
+            StoreError::DuplicateKey("e".into()),
+            "{name}"
+        );
+        // The first put alone would be LeaseNotFound.
+        let unknown_lease = RequestOp::Put(PutRequest {
+            key: b"x".to_vec(),
+            lease: 99,
+            ..PutRequest::default()
+        });
+        assert_eq!(
+            dup(vec![unknown_lease, op_put("x", "1")]),
+            StoreError::DuplicateKey("x".into()),
+            "{name}"
+        );
+        // The read alone would be FutureRevision.
+        let future_read = RequestOp::Range(RangeRequest {
+            revision: 1000,
+            ..rq(KeyRange::key("a"))
+        });
+        assert_eq!(
+            dup(vec![future_read, op_put("a", "1"), op_put("a", "2")]),
+            StoreError::DuplicateKey("a".into()),
+            "{name}"
+        );
+        assert_eq!(observe(&m), before, "{name}: a refused txn changes nothing");
+    }
+}
