@@ -1,6 +1,10 @@
-//! Request and response bodies of the run-service API (`/api/v1`).
+//! Request and response bodies of the run-service API (`/api/v1`), and the wire values
+//! both sides parse: which log of a task ([`LogStep`], the `step=` query value) and the
+//! header of a log that is complete ([`LOG_COMPLETE_HEADER`]).
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -11,6 +15,51 @@ use crate::runconfig::{Env, RunConfig, SourceRef};
 /// The largest body of one log append (`POST /executors/{id}/tasks/{task_id}/logs`): the
 /// server answers 413 to anything longer, so executors send longer output in chunks.
 pub const MAX_LOG_CHUNK_BYTES: usize = 4 << 20;
+
+/// Response header of a log read (`GET /runs/{id}/tasks/{task_id}/logs`) whose log was
+/// already complete when the request arrived; its value is `true`.
+pub const LOG_COMPLETE_HEADER: &str = "x-cairn-log-complete";
+
+/// Which log of a task: its setup (pod creation, image pulls, clone…) or one of its steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LogStep {
+    /// The task's setup log.
+    Setup,
+    /// The log of step N (0-based, the index in the task's step list).
+    Step(usize),
+}
+
+/// The `step=` query value: `setup` or the step's index.
+impl fmt::Display for LogStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LogStep::Setup => f.write_str("setup"),
+            LogStep::Step(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// Parses the `step=` query value: `setup` or a step index.
+impl FromStr for LogStep {
+    type Err = BadLogStep;
+
+    fn from_str(s: &str) -> Result<LogStep, BadLogStep> {
+        if s == "setup" {
+            return Ok(LogStep::Setup);
+        }
+        s.parse::<usize>()
+            .map(LogStep::Step)
+            .map_err(|_| BadLogStep { step: s.to_owned() })
+    }
+}
+
+/// A step name that is neither `setup` nor a step index.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("step {step:?} is neither `setup` nor a step index")]
+pub struct BadLogStep {
+    /// The text given.
+    pub step: String,
+}
 
 /// The git reference a run is for; selects the config's `when` clauses. A run request
 /// gives exactly one of them (as Agola's): the server classifies it, so `ref:
@@ -352,5 +401,28 @@ mod tests {
         assert_eq!(created.setup_errors(), [".agola/config.yml:3:5: runs: bad"]);
         let fine = CreateRunResponse { runs: vec![good] };
         assert!(fine.setup_errors().is_empty());
+    }
+
+    #[test]
+    fn steps_are_named_setup_or_by_index() {
+        assert_eq!(LogStep::Setup.to_string(), "setup");
+        assert_eq!(LogStep::Step(4).to_string(), "4");
+    }
+
+    #[test]
+    fn log_steps_parse_back_and_a_bad_one_is_named_in_the_error() {
+        assert_eq!("setup".parse::<LogStep>(), Ok(LogStep::Setup));
+        assert_eq!("12".parse::<LogStep>(), Ok(LogStep::Step(12)));
+        for step in [LogStep::Setup, LogStep::Step(0), LogStep::Step(7)] {
+            assert_eq!(step.to_string().parse::<LogStep>(), Ok(step));
+        }
+        for bad in ["x", "", "-1", "Setup", " 1"] {
+            let e = bad.parse::<LogStep>().expect_err("not a step");
+            assert_eq!(e.step, bad);
+            assert_eq!(
+                e.to_string(),
+                format!("step {bad:?} is neither `setup` nor a step index")
+            );
+        }
     }
 }

@@ -25,12 +25,12 @@ use serde::de::DeserializeOwned;
 
 use crate::api::{
     CreateRunRequest, CreateRunResponse, ExecutorTasksResponse, ExecutorsResponse,
-    HeartbeatResponse, ListRunsQuery, NodeInfo, RestartRunRequest, RunAction, RunActionRequest,
-    RunResponse, RunsPage, SourceUploadResponse, TaskActionRequest,
+    HeartbeatResponse, ListRunsQuery, LogStep, NodeInfo, RestartRunRequest, RunAction,
+    RunActionRequest, RunResponse, RunsPage, SourceUploadResponse, TaskActionRequest,
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::executor::{AssignedTask, Executor, ExecutorTaskStatus};
-use crate::logs::{LogStep, LogStream};
+use crate::logs::LogStream;
 use crate::run::RunEvent;
 use crate::runconfig::SourceRef;
 use crate::sse::SseParser;

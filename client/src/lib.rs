@@ -23,7 +23,7 @@ pub mod runconfig;
 pub mod sse;
 pub mod tls;
 
+pub use api::LogStep;
 pub use error::{ApiError, ErrorCode};
 pub use http::{ClientError, RunClient};
-pub use logs::LogStep;
 pub use tls::ClientTls;

@@ -1,4 +1,4 @@
-//! Reading a task step's log: which log ([`LogStep`]) and the stream of its bytes
+//! Reading a task step's log (which log: [`LogStep`]): the stream of its bytes
 //! ([`LogStream`]), which reopens a dropped connection at the byte offset it reached so the
 //! reader sees every byte once. A body that ends cleanly is the end of the log (when
 //! following) or of what was written so far; only a broken connection is resumed.
@@ -10,30 +10,11 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures::stream::{BoxStream, Stream, StreamExt};
 
+use crate::api::{LOG_COMPLETE_HEADER, LogStep};
 use crate::http::{ClientError, RunClient, transport};
 
 /// Reopens in a row that may bring no new byte before the stream gives up.
 const MAX_FRUITLESS_REOPENS: u32 = 3;
-
-/// Header sent when the log was already complete when the request arrived.
-const LOG_COMPLETE_HEADER: &str = "x-cairn-log-complete";
-
-/// Which log of a task: its setup (container start, clone…) or one of its steps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum LogStep {
-    Setup,
-    Step(usize),
-}
-
-/// The `step=` query value: `setup` or the step's index.
-impl fmt::Display for LogStep {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LogStep::Setup => f.write_str("setup"),
-            LogStep::Step(n) => write!(f, "{n}"),
-        }
-    }
-}
 
 /// The bytes of one log from an offset; see [`RunClient::logs`].
 pub struct LogStream {
@@ -174,12 +155,6 @@ mod tests {
                 .into_bytes();
         raw.extend_from_slice(body);
         Reply::Raw(raw)
-    }
-
-    #[test]
-    fn steps_are_named_setup_or_by_index() {
-        assert_eq!(LogStep::Setup.to_string(), "setup");
-        assert_eq!(LogStep::Step(4).to_string(), "4");
     }
 
     #[tokio::test]

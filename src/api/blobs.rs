@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use cairn_client::ErrorCode;
 use cairn_client::api::MAX_LOG_CHUNK_BYTES;
 use cairn_client::api::SourceUploadResponse;
+use cairn_client::api::{LOG_COMPLETE_HEADER, LogStep};
 use cairn_client::runconfig::SourceRef;
 use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
@@ -18,7 +19,7 @@ use super::error::{ApiResult, Failure};
 use super::service::ApiState;
 use super::streams::{CredentialKey, StreamKind, StreamPermit};
 use crate::datamanager::archives::ArchiveStore;
-use crate::datamanager::logs::{LogError, LogId, LogStep};
+use crate::datamanager::logs::{LogError, LogId};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct LogParams {
@@ -36,10 +37,9 @@ fn log_step(step: &Option<String>) -> Result<LogStep, Failure> {
         None => Err(Failure::bad_request(
             "step is required: `setup` or a step index",
         )),
-        Some("setup") => Ok(LogStep::Setup),
-        Some(n) => n.parse().map(LogStep::Step).map_err(|_| {
-            Failure::bad_request(format!("step {n:?} is neither `setup` nor a step index"))
-        }),
+        Some(n) => n
+            .parse()
+            .map_err(|e: cairn_client::api::BadLogStep| Failure::bad_request(e.to_string())),
     }
 }
 
@@ -98,7 +98,7 @@ pub async fn logs(
     );
     if complete {
         resp.headers_mut()
-            .insert("x-cairn-log-complete", HeaderValue::from_static("true"));
+            .insert(LOG_COMPLETE_HEADER, HeaderValue::from_static("true"));
     }
     Ok(resp)
 }
@@ -144,7 +144,6 @@ fn log_failure(e: LogError) -> Failure {
                 .with_details(serde_json::json!({ "length": len }))
         }
         e @ LogError::Finished { .. } => Failure::new(ErrorCode::Conflict, e.to_string()),
-        e @ LogError::BadStep { .. } => Failure::bad_request(e.to_string()),
         other => {
             tracing::error!(error = %other, "log storage failed");
             Failure::new(ErrorCode::Internal, other.to_string())
@@ -430,4 +429,30 @@ pub async fn download_source(
     .await?;
     let stream = st.blobs.get(&key).await?;
     Ok(Response::new(Body::from_stream(stream)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_or_missing_step_is_a_bad_request_naming_it() {
+        assert_eq!(
+            log_step(&Some("setup".into())).map_err(|f| f.0),
+            Ok(LogStep::Setup)
+        );
+        assert_eq!(
+            log_step(&Some("3".into())).map_err(|f| f.0),
+            Ok(LogStep::Step(3))
+        );
+        let bad = log_step(&Some("x".into())).expect_err("not a step").0;
+        assert_eq!(bad.code, ErrorCode::BadRequest);
+        assert_eq!(
+            bad.message,
+            "step \"x\" is neither `setup` nor a step index"
+        );
+        let missing = log_step(&None).expect_err("no step").0;
+        assert_eq!(missing.code, ErrorCode::BadRequest);
+        assert_eq!(missing.message, "step is required: `setup` or a step index");
+    }
 }

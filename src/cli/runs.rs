@@ -312,12 +312,7 @@ async fn runs_on(client: &RunClient, cmd: RunsCommand, args: &ServerArgs) -> any
                 .find(|t| t.name == task || t.id == task)
                 .ok_or_else(|| anyhow!("run {run} has no task {task:?}"))?;
             let steps: Vec<LogStep> = match step.as_deref() {
-                Some("setup") => vec![LogStep::Setup],
-                Some(n) => {
-                    vec![LogStep::Step(n.parse().map_err(|_| {
-                        anyhow!("--step {n:?} is neither setup nor an index")
-                    })?)]
-                }
+                Some(n) => vec![n.parse().map_err(|e| anyhow!("--step: {e}"))?],
                 None => (0..t.steps.len()).map(LogStep::Step).collect(),
             };
             let mut out = std::io::stdout();

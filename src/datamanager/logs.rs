@@ -20,11 +20,11 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use cairn_client::LogStep;
 use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::watch;
@@ -47,37 +47,6 @@ fn recheck_after(first: Duration, idle: u32) -> Duration {
 /// How many times a reader re-resolves one offset before calling the layout inconsistent
 /// (each retry follows a concurrent archive step, so two are always enough).
 const RESOLVE_ATTEMPTS: usize = 4;
-
-/// Which log of a task: its setup (pod creation, image pulls) or one of its steps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum LogStep {
-    /// The task's setup log.
-    Setup,
-    /// The log of step N (0-based, the index in the task's step list).
-    Step(usize),
-}
-
-impl fmt::Display for LogStep {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LogStep::Setup => f.write_str("setup"),
-            LogStep::Step(n) => write!(f, "{n}"),
-        }
-    }
-}
-
-impl FromStr for LogStep {
-    type Err = LogError;
-
-    fn from_str(s: &str) -> Result<LogStep, LogError> {
-        if s == "setup" {
-            return Ok(LogStep::Setup);
-        }
-        s.parse::<usize>()
-            .map(LogStep::Step)
-            .map_err(|_| LogError::BadStep { step: s.to_owned() })
-    }
-}
 
 /// One log: a run task's setup log or the log of one of its steps.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -145,9 +114,6 @@ pub enum LogError {
     /// A read asked for an offset past the end of a finished log.
     #[error("offset {offset} is past the end of log {id} ({len} bytes)")]
     OffsetPastEnd { id: String, offset: u64, len: u64 },
-    /// A step name that is neither `setup` nor a step number.
-    #[error("invalid log step {step:?} (expected `setup` or a step number)")]
-    BadStep { step: String },
     /// The stored objects of a log contradict each other (a gap, a bad marker).
     #[error("log {id} is inconsistent in the object store: {reason}")]
     Corrupt { id: String, reason: String },
@@ -788,7 +754,7 @@ mod tests {
         assert_eq!("12".parse::<LogStep>().expect("12"), LogStep::Step(12));
         assert!(matches!(
             "x".parse::<LogStep>(),
-            Err(LogError::BadStep { .. })
+            Err(cairn_client::api::BadLogStep { .. })
         ));
         assert_eq!(
             LogId::new("t", LogStep::Step(2)).chunk_key(7),

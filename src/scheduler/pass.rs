@@ -5,12 +5,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use cairn_client::LogStep;
 use cairn_client::executor::ExecutorTask;
 use cairn_client::run::{FetchPhase, RunPhase};
 use cairn_client::runconfig::RunConfig;
 
 use super::Shared;
-use crate::datamanager::logs::{LogId, LogStep};
+use crate::datamanager::logs::LogId;
 use crate::datamanager::{Datamanager, DmError};
 use crate::runservice;
 
