@@ -623,7 +623,7 @@ fn print_kvs(kvs: &[wire::KeyValue]) -> std::io::Result<()> {
     Ok(())
 }
 
-fn remote(e: wire::ClientError) -> anyhow::Error {
+fn remote(e: wire::EtcdError) -> anyhow::Error {
     anyhow!("{e}")
 }
 

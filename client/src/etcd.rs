@@ -524,7 +524,7 @@ pub struct ErrorBody {
 
 /// What went wrong talking to a store endpoint.
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub enum EtcdError {
     #[error("{endpoint}: {source}")]
     Http {
         endpoint: String,
@@ -611,62 +611,62 @@ impl EtcdClient {
         &self,
         path: &str,
         body: &Req,
-    ) -> Result<Resp, ClientError> {
+    ) -> Result<Resp, EtcdError> {
         let mut last = None;
         for ep in &self.endpoints {
             match self.request(ep, path).json(body).send().await {
                 Ok(resp) => return decode(ep, resp).await,
                 Err(e) if e.is_connect() => {
-                    last = Some(ClientError::Http {
+                    last = Some(EtcdError::Http {
                         endpoint: ep.clone(),
                         source: e,
                     })
                 }
                 Err(e) => {
-                    return Err(ClientError::Http {
+                    return Err(EtcdError::Http {
                         endpoint: ep.clone(),
                         source: e,
                     });
                 }
             }
         }
-        Err(last.unwrap_or_else(|| ClientError::Decode {
+        Err(last.unwrap_or_else(|| EtcdError::Decode {
             endpoint: String::new(),
             message: "no endpoints".into(),
         }))
     }
 
-    pub async fn range(&self, req: &RangeRequest) -> Result<RangeResponse, ClientError> {
+    pub async fn range(&self, req: &RangeRequest) -> Result<RangeResponse, EtcdError> {
         self.call("/v3/kv/range", req).await
     }
 
-    pub async fn put(&self, req: &PutRequest) -> Result<PutResponse, ClientError> {
+    pub async fn put(&self, req: &PutRequest) -> Result<PutResponse, EtcdError> {
         self.call("/v3/kv/put", req).await
     }
 
     pub async fn delete_range(
         &self,
         req: &DeleteRangeRequest,
-    ) -> Result<DeleteRangeResponse, ClientError> {
+    ) -> Result<DeleteRangeResponse, EtcdError> {
         self.call("/v3/kv/deleterange", req).await
     }
 
-    pub async fn txn(&self, req: &TxnRequest) -> Result<TxnResponse, ClientError> {
+    pub async fn txn(&self, req: &TxnRequest) -> Result<TxnResponse, EtcdError> {
         self.call("/v3/kv/txn", req).await
     }
 
-    pub async fn status(&self) -> Result<StatusResponse, ClientError> {
+    pub async fn status(&self) -> Result<StatusResponse, EtcdError> {
         self.call("/v3/maintenance/status", &serde_json::json!({}))
             .await
     }
 
-    pub async fn member_list(&self) -> Result<MemberListResponse, ClientError> {
+    pub async fn member_list(&self) -> Result<MemberListResponse, EtcdError> {
         self.call("/v3/cluster/member/list", &serde_json::json!({}))
             .await
     }
 
     /// Opens a watch stream; each item is one gateway message.
-    pub async fn watch(&self, req: &WatchCreateRequest) -> Result<WatchStream, ClientError> {
+    pub async fn watch(&self, req: &WatchCreateRequest) -> Result<WatchStream, EtcdError> {
         let ep = self.endpoints.first().cloned().unwrap_or_default();
         let body = WatchRequest {
             create_request: Some(req.clone()),
@@ -679,7 +679,7 @@ impl EtcdClient {
         if let Some(t) = &self.token {
             r = r.bearer_auth(t);
         }
-        let resp = r.send().await.map_err(|e| ClientError::Http {
+        let resp = r.send().await.map_err(|e| EtcdError::Http {
             endpoint: ep.clone(),
             source: e,
         })?;
@@ -694,12 +694,12 @@ impl EtcdClient {
     }
 }
 
-async fn error_of(ep: &str, resp: reqwest::Response) -> ClientError {
+async fn error_of(ep: &str, resp: reqwest::Response) -> EtcdError {
     let status = resp.status();
     let bytes = resp.bytes().await.unwrap_or_default();
     match serde_json::from_slice::<ErrorBody>(&bytes) {
-        Ok(b) if !b.message.is_empty() || !b.error.is_empty() => ClientError::Remote(b),
-        _ => ClientError::Decode {
+        Ok(b) if !b.message.is_empty() || !b.error.is_empty() => EtcdError::Remote(b),
+        _ => EtcdError::Decode {
             endpoint: ep.to_string(),
             message: format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)),
         },
@@ -709,15 +709,15 @@ async fn error_of(ep: &str, resp: reqwest::Response) -> ClientError {
 async fn decode<T: serde::de::DeserializeOwned>(
     ep: &str,
     resp: reqwest::Response,
-) -> Result<T, ClientError> {
+) -> Result<T, EtcdError> {
     if !resp.status().is_success() {
         return Err(error_of(ep, resp).await);
     }
-    let bytes = resp.bytes().await.map_err(|e| ClientError::Http {
+    let bytes = resp.bytes().await.map_err(|e| EtcdError::Http {
         endpoint: ep.to_string(),
         source: e,
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+    serde_json::from_slice(&bytes).map_err(|e| EtcdError::Decode {
         endpoint: ep.to_string(),
         message: e.to_string(),
     })
@@ -732,7 +732,7 @@ pub struct WatchStream {
 
 impl WatchStream {
     /// The next message, or `None` when the server closed the stream.
-    pub async fn next(&mut self) -> Result<Option<WatchResponse>, ClientError> {
+    pub async fn next(&mut self) -> Result<Option<WatchResponse>, EtcdError> {
         loop {
             if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=pos).collect();
@@ -741,12 +741,12 @@ impl WatchStream {
                     continue;
                 }
                 let item: StreamItem<WatchResponse> =
-                    serde_json::from_slice(line).map_err(|e| ClientError::Decode {
+                    serde_json::from_slice(line).map_err(|e| EtcdError::Decode {
                         endpoint: self.endpoint.clone(),
                         message: e.to_string(),
                     })?;
                 if let Some(err) = item.error {
-                    return Err(ClientError::Remote(err));
+                    return Err(EtcdError::Remote(err));
                 }
                 return Ok(item.result);
             }
@@ -754,7 +754,7 @@ impl WatchStream {
                 Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk),
                 Ok(None) => return Ok(None),
                 Err(e) => {
-                    return Err(ClientError::Http {
+                    return Err(EtcdError::Http {
                         endpoint: self.endpoint.clone(),
                         source: e,
                     });

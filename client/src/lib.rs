@@ -4,9 +4,11 @@
 //! - [`runconfig`], [`run`], [`executor`]: the run service's objects, as the API shows
 //!   them and as the service stores them.
 //! - [`api`]: request and response bodies of `/api/v1`; [`http::RunClient`] calls every
-//!   endpoint (with failover across a cluster's nodes), [`sse`] parses run-event streams.
+//!   endpoint (with failover across a cluster's nodes); [`logs`] and [`events`] are its
+//!   resumable streams (a step's log, run events), [`sse`] parses run-event streams.
 //! - [`ids`]: the exact formats of task, run and executor ids (never paths).
-//! - [`error`]: the stable error body `{code, message, details}` of the run-service API.
+//! - [`error`]: the stable error body `{code, message, details}` of the run-service API,
+//!   and [`ClientError`], what a call of [`RunClient`] can fail with.
 //! - [`etcd`]: the store's etcd v3 JSON API (the shapes of etcd 3.4's gRPC gateway) and
 //!   [`etcd::EtcdClient`], a small async client for it used by the CLI and the benchmarks.
 //! - [`tls`]: the CA file and client certificate of `https://` servers.
@@ -14,6 +16,7 @@
 pub mod api;
 pub mod error;
 pub mod etcd;
+pub mod events;
 pub mod executor;
 pub mod http;
 pub mod ids;
@@ -24,6 +27,6 @@ pub mod sse;
 pub mod tls;
 
 pub use api::LogStep;
-pub use error::{ApiError, ErrorCode};
-pub use http::{ClientError, RunClient};
+pub use error::{ApiError, ClientError, ErrorCode};
+pub use http::RunClient;
 pub use tls::ClientTls;

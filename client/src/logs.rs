@@ -11,10 +11,46 @@ use bytes::Bytes;
 use futures::stream::{BoxStream, Stream, StreamExt};
 
 use crate::api::{LOG_COMPLETE_HEADER, LogStep};
-use crate::http::{ClientError, RunClient, transport};
+use crate::error::{ClientError, transport};
+use crate::http::{Call, RunClient, success};
 
 /// Reopens in a row that may bring no new byte before the stream gives up.
 const MAX_FRUITLESS_REOPENS: u32 = 3;
+
+impl RunClient {
+    /// `GET /runs/{run_id}/tasks/{task_id}/logs`: a step's log from byte `offset`; with
+    /// `follow`, until the log is complete. A stream dropped midway is reopened at the
+    /// offset reached.
+    pub async fn logs(
+        &self,
+        run_id: &str,
+        task_id: &str,
+        step: LogStep,
+        offset: u64,
+        follow: bool,
+    ) -> Result<LogStream, ClientError> {
+        LogStream::open(self.clone(), run_id, task_id, step, offset, follow).await
+    }
+
+    /// Opens one log request (see [`RunClient::logs`]).
+    async fn open_logs(
+        &self,
+        run_id: &str,
+        task_id: &str,
+        step: LogStep,
+        offset: u64,
+        follow: bool,
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut call = Call::get(&["runs", run_id, "tasks", task_id, "logs"])
+            .query("step", step)
+            .query("offset", offset)
+            .streamed();
+        if follow {
+            call = call.query("follow", true);
+        }
+        success(self.send(call).await?).await
+    }
+}
 
 /// The bytes of one log from an offset; see [`RunClient::logs`].
 pub struct LogStream {

@@ -176,7 +176,7 @@ mod tests {
         }
         assert_eq!(status_of(ErrorCode::Timeout), StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(
-            cairn_client::http::code_of_status(StatusCode::GATEWAY_TIMEOUT),
+            cairn_client::error::code_of_status(StatusCode::GATEWAY_TIMEOUT),
             ErrorCode::Timeout,
             "the client reads the status back as the same kind"
         );

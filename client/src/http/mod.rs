@@ -1,312 +1,48 @@
 //! [`RunClient`], the async HTTP client of the run-service API (`<base>/api/v1`, plus
-//! `/healthz` and `/readyz`), and its error type [`ClientError`].
+//! `/healthz` and `/readyz`): one method per endpoint. Its error type is
+//! [`ClientError`].
 //!
 //! A client knows several base URLs (the nodes of a cluster). A request that is safe to
 //! repeat (GET, HEAD, PUT, DELETE and the idempotent executor POSTs) moves on to the next
 //! URL after a transport error or a 503; one that is not (creating a run, restarting a
 //! run, uploading a source) moves on only when the connection could not be opened, so it
 //! is never sent twice. The URL that last answered is tried first next time. Streaming
-//! request bodies can be sent only once, so they go to that URL alone.
+//! request bodies can be sent only once, so they go to that URL alone. That transport
+//! lives in `call.rs` ([`Payload`] is its request body).
 //!
 //! It owns the wire format (paths, query strings, status codes, error bodies); the bodies
-//! themselves are the types of [`crate::api`] and friends. Log reading lives in
-//! [`crate::logs`], the SSE framing in [`crate::sse`].
+//! themselves are the types of [`crate::api`] and friends. The resumable streams add
+//! their endpoints to [`RunClient`] next to their state: logs in [`crate::logs`], run
+//! events in [`crate::events`] (SSE framing in [`crate::sse`]).
 
-use std::collections::VecDeque;
+mod call;
+#[cfg(test)]
+pub(crate) mod test_server;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::stream::{BoxStream, Stream, StreamExt, TryStreamExt};
 use reqwest::{Method, StatusCode, Url};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+
+pub use call::{ByteStream, Payload};
+pub(crate) use call::{Call, success};
 
 use crate::api::{
     CreateRunRequest, CreateRunResponse, ExecutorTasksResponse, ExecutorsResponse,
     HeartbeatResponse, ListRunsQuery, LogStep, NodeInfo, RestartRunRequest, RunAction,
     RunActionRequest, RunResponse, RunsPage, SourceUploadResponse, TaskActionRequest,
 };
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ClientError, ErrorCode, transport};
 use crate::executor::{AssignedTask, Executor, ExecutorTaskStatus};
-use crate::logs::LogStream;
-use crate::run::RunEvent;
 use crate::runconfig::SourceRef;
-use crate::sse::SseParser;
+use call::{Retry, byte_stream};
 
 /// How long to wait for a TCP (and TLS) connection to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default overall deadline of a request whose reply is not a stream.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-/// Longest pause between attempts to reopen the run-event stream.
-const MAX_EVENTS_BACKOFF: Duration = Duration::from_secs(5);
-
-/// What a call of [`RunClient`] can fail with.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The server answered with an error (decoded from its body, or made up from the
-    /// status when the body is not the JSON error).
-    #[error(transparent)]
-    Api(ApiError),
-    /// `append_log` at an offset other than the log's length; `expected` is that length.
-    #[error("log offset mismatch: the log is {expected} bytes long")]
-    LogOffset { expected: u64 },
-    /// No answer: connection refused or dropped, timeout, bad URL.
-    #[error("transport: {0}")]
-    Transport(String),
-    /// An answer that is not what the API promises.
-    #[error("decode: {0}")]
-    Decode(String),
-}
-
-impl ClientError {
-    /// The API error kind, when the server gave one.
-    pub fn code(&self) -> Option<ErrorCode> {
-        match self {
-            ClientError::Api(e) => Some(e.code),
-            ClientError::LogOffset { .. } => Some(ErrorCode::Conflict),
-            ClientError::Transport(_) | ClientError::Decode(_) => None,
-        }
-    }
-
-    pub fn is_not_found(&self) -> bool {
-        self.code() == Some(ErrorCode::NotFound)
-    }
-
-    pub fn is_conflict(&self) -> bool {
-        self.code() == Some(ErrorCode::Conflict)
-    }
-
-    /// Worth trying again later: no answer, or the service said it is unavailable, timed
-    /// out or failed internally.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, ClientError::Transport(_))
-            || matches!(
-                self.code(),
-                Some(ErrorCode::Unavailable | ErrorCode::Timeout | ErrorCode::Internal)
-            )
-    }
-}
-
-impl From<ApiError> for ClientError {
-    fn from(e: ApiError) -> Self {
-        ClientError::Api(e)
-    }
-}
-
-/// The error of a reqwest call, with its causes (reqwest's own message names only the URL).
-pub(crate) fn transport(e: reqwest::Error) -> ClientError {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    ClientError::Transport(text)
-}
-
-/// The error kind a status stands for, when the body does not say.
-pub fn code_of_status(status: StatusCode) -> ErrorCode {
-    match status.as_u16() {
-        404 => ErrorCode::NotFound,
-        409 => ErrorCode::Conflict,
-        401 => ErrorCode::Unauthorized,
-        403 => ErrorCode::Forbidden,
-        503 => ErrorCode::Unavailable,
-        504 => ErrorCode::Timeout,
-        413 => ErrorCode::TooLarge,
-        416 => ErrorCode::RangeNotSatisfiable,
-        429 => ErrorCode::TooManyRequests,
-        400..=499 => ErrorCode::BadRequest,
-        _ => ErrorCode::Internal,
-    }
-}
-
-/// Decodes an error reply: the JSON `{code, message, details}` body, or, for any other
-/// body, an error of the status's kind whose message is the body's text.
-pub fn api_error_of(status: StatusCode, body: &[u8]) -> ApiError {
-    if let Ok(e) = serde_json::from_slice::<ApiError>(body) {
-        return e;
-    }
-    let text = String::from_utf8_lossy(body).trim().to_string();
-    let message = if text.is_empty() {
-        status
-            .canonical_reason()
-            .map_or_else(|| format!("HTTP {}", status.as_u16()), str::to_lowercase)
-    } else {
-        text
-    };
-    ApiError {
-        code: code_of_status(status),
-        message,
-        details: None,
-    }
-}
-
-/// Turns a non-2xx reply into its error.
-async fn error_of(resp: reqwest::Response) -> ClientError {
-    let status = resp.status();
-    match resp.bytes().await {
-        Ok(body) => ClientError::Api(api_error_of(status, &body)),
-        Err(e) => ClientError::Api(api_error_of(status, e.to_string().as_bytes())),
-    }
-}
-
-/// The reply if it is a success (2xx), its error otherwise.
-async fn success(resp: reqwest::Response) -> Result<reqwest::Response, ClientError> {
-    if resp.status().is_success() {
-        Ok(resp)
-    } else {
-        Err(error_of(resp).await)
-    }
-}
-
-async fn json_of<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, ClientError> {
-    let resp = success(resp).await?;
-    let body = resp.bytes().await.map_err(transport)?;
-    serde_json::from_slice(&body).map_err(|e| ClientError::Decode(e.to_string()))
-}
-
-/// A reply body as a stream of chunks.
-pub type ByteStream = BoxStream<'static, Result<Bytes, ClientError>>;
-
-fn byte_stream(resp: reqwest::Response) -> ByteStream {
-    resp.bytes_stream().map_err(transport).boxed()
-}
-
-/// A request body: whole bytes (can be resent to another node) or a stream (sent once).
-pub struct Payload(PayloadKind);
-
-enum PayloadKind {
-    Whole(Bytes),
-    Stream(reqwest::Body),
-}
-
-impl Payload {
-    /// A body read from a stream as it is sent, e.g. a tar being written.
-    pub fn stream<S>(stream: S) -> Payload
-    where
-        S: futures::TryStream + Send + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        Bytes: From<S::Ok>,
-    {
-        Payload(PayloadKind::Stream(reqwest::Body::wrap_stream(stream)))
-    }
-}
-
-impl From<Bytes> for Payload {
-    fn from(b: Bytes) -> Self {
-        Payload(PayloadKind::Whole(b))
-    }
-}
-
-impl From<Vec<u8>> for Payload {
-    fn from(v: Vec<u8>) -> Self {
-        Payload(PayloadKind::Whole(Bytes::from(v)))
-    }
-}
-
-impl From<&'static [u8]> for Payload {
-    fn from(s: &'static [u8]) -> Self {
-        Payload(PayloadKind::Whole(Bytes::from_static(s)))
-    }
-}
-
-/// Whether a request may reach the server twice.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Retry {
-    /// Idempotent: any other node may be asked after a transport error or a 503.
-    Safe,
-    /// Not idempotent: another node is asked only if the connection never opened.
-    Unsent,
-}
-
-/// The overall deadline of a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Deadline {
-    /// The client's request timeout.
-    Default,
-    /// This long (long polls: their wait plus the request timeout).
-    Within(Duration),
-    /// None: the reply is a stream that may last for ever.
-    Streamed,
-}
-
-/// One request, before it is bound to a base URL.
-struct Call {
-    method: Method,
-    /// Path segments after the base (unescaped; each is percent-encoded on its own).
-    path: Vec<String>,
-    query: Vec<(&'static str, String)>,
-    body: Option<PayloadKind>,
-    json: bool,
-    retry: Retry,
-    deadline: Deadline,
-    auth: bool,
-}
-
-impl Call {
-    fn api(method: Method, path: &[&str]) -> Call {
-        let retry = if method == Method::POST {
-            Retry::Unsent
-        } else {
-            Retry::Safe
-        };
-        Call {
-            method,
-            path: ["api", "v1"]
-                .iter()
-                .chain(path)
-                .map(|s| s.to_string())
-                .collect(),
-            query: Vec::new(),
-            body: None,
-            json: false,
-            retry,
-            deadline: Deadline::Default,
-            auth: true,
-        }
-    }
-
-    fn get(path: &[&str]) -> Call {
-        Call::api(Method::GET, path)
-    }
-
-    fn query(mut self, key: &'static str, value: impl ToString) -> Call {
-        self.query.push((key, value.to_string()));
-        self
-    }
-
-    fn json(mut self, body: &impl Serialize) -> Result<Call, ClientError> {
-        let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Decode(e.to_string()))?;
-        self.body = Some(PayloadKind::Whole(Bytes::from(bytes)));
-        self.json = true;
-        Ok(self)
-    }
-
-    fn payload(mut self, body: Payload) -> Call {
-        self.body = Some(body.0);
-        self
-    }
-
-    /// Marks a POST as idempotent (the executor endpoints, first-writer-wins caches).
-    fn idempotent(mut self) -> Call {
-        self.retry = Retry::Safe;
-        self
-    }
-
-    fn streamed(mut self) -> Call {
-        self.deadline = Deadline::Streamed;
-        self
-    }
-
-    fn timeout(mut self, timeout: Duration) -> Call {
-        self.deadline = Deadline::Within(timeout);
-        self
-    }
-}
 
 struct Inner {
     http: reqwest::Client,
@@ -349,15 +85,15 @@ impl RunClient {
         tls: &crate::tls::ClientTls,
     ) -> Result<RunClient, ClientError> {
         if urls.is_empty() {
-            return Err(ClientError::Transport("no server URL given".into()));
+            return Err(ClientError::Config("no server URL given".into()));
         }
         let bases = urls
             .iter()
             .map(|u| {
                 let url = Url::parse(u.trim())
-                    .map_err(|e| ClientError::Transport(format!("bad server URL {u:?}: {e}")))?;
+                    .map_err(|e| ClientError::Config(format!("bad server URL {u:?}: {e}")))?;
                 if url.cannot_be_a_base() || !matches!(url.scheme(), "http" | "https") {
-                    return Err(ClientError::Transport(format!(
+                    return Err(ClientError::Config(format!(
                         "bad server URL {u:?}: not an http(s) URL"
                     )));
                 }
@@ -370,7 +106,7 @@ impl RunClient {
             .pool_idle_timeout(Duration::from_secs(5));
         let http = tls
             .apply(builder)
-            .map_err(|e| ClientError::Transport(e.to_string()))?
+            .map_err(|e| ClientError::Config(e.to_string()))?
             .build()
             .map_err(transport)?;
         Ok(RunClient {
@@ -420,102 +156,6 @@ impl RunClient {
     /// The base URLs, in the order given.
     pub fn urls(&self) -> &[Url] {
         &self.inner.bases
-    }
-
-    fn url(&self, base: usize, call: &Call) -> Url {
-        let mut url = self.inner.bases[base].clone();
-        url.path_segments_mut()
-            .expect("new() accepts only URLs that can be a base")
-            .pop_if_empty()
-            .extend(&call.path);
-        if !call.query.is_empty() {
-            url.query_pairs_mut().extend_pairs(&call.query);
-        }
-        url
-    }
-
-    /// Sends `call`, moving from node to node as its [`Retry`] allows. Returns the first
-    /// reply that is not a retried 503, whatever its status.
-    async fn send(&self, mut call: Call) -> Result<reqwest::Response, ClientError> {
-        let n = self.inner.bases.len();
-        let start = self.inner.preferred.load(Ordering::Relaxed) % n;
-        let (whole, mut stream) = match call.body.take() {
-            Some(PayloadKind::Whole(b)) => (Some(b), None),
-            Some(PayloadKind::Stream(s)) => (None, Some(s)),
-            None => (None, None),
-        };
-        // A streamed body is consumed by the first attempt.
-        let attempts = if stream.is_some() { 1 } else { n };
-        let mut last = None;
-        for attempt in 0..attempts {
-            let base = (start + attempt) % n;
-            let mut req = self
-                .inner
-                .http
-                .request(call.method.clone(), self.url(base, &call));
-            if call.auth
-                && let Some(token) = self.token()
-            {
-                req = req.bearer_auth(token);
-            }
-            if let Some(body) = whole
-                .clone()
-                .map(reqwest::Body::from)
-                .or_else(|| stream.take())
-            {
-                req = req.body(body);
-            }
-            if call.json {
-                req = req.header(reqwest::header::CONTENT_TYPE, "application/json");
-            }
-            match call.deadline {
-                Deadline::Default => req = req.timeout(self.inner.request_timeout),
-                Deadline::Within(timeout) => req = req.timeout(timeout),
-                Deadline::Streamed => {}
-            }
-            match req.send().await {
-                Ok(resp)
-                    if resp.status() == StatusCode::SERVICE_UNAVAILABLE
-                        && call.retry == Retry::Safe
-                        && attempt + 1 < attempts =>
-                {
-                    last = Some(error_of(resp).await);
-                }
-                Ok(resp) => {
-                    if resp.status() != StatusCode::SERVICE_UNAVAILABLE {
-                        self.inner.preferred.store(base, Ordering::Relaxed);
-                    }
-                    return Ok(resp);
-                }
-                Err(e) => {
-                    let again = match call.retry {
-                        Retry::Safe => true,
-                        Retry::Unsent => e.is_connect(),
-                    };
-                    let err = transport(e);
-                    if !again {
-                        return Err(err);
-                    }
-                    last = Some(err);
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| ClientError::Transport("no server answered".into())))
-    }
-
-    async fn call_json<T: DeserializeOwned>(&self, call: Call) -> Result<T, ClientError> {
-        json_of(self.send(call).await?).await
-    }
-
-    /// Sends `call` and expects an empty success.
-    async fn call_empty(&self, call: Call) -> Result<(), ClientError> {
-        success(self.send(call).await?).await.map(drop)
-    }
-
-    async fn call_stream(&self, call: Call) -> Result<ByteStream, ClientError> {
-        Ok(byte_stream(
-            success(self.send(call.streamed()).await?).await?,
-        ))
     }
 
     // --- runs -------------------------------------------------------------------------
@@ -570,68 +210,6 @@ impl RunClient {
         let call =
             Call::api(Method::PUT, &["runs", run_id, "tasks", task_id, "actions"]).json(req)?;
         self.call_json(call).await
-    }
-
-    /// `GET /runs/events`: every run event after sequence `after` (`Some(0)`: all retained
-    /// ones; `None`: only events from now on), for ever. A dropped stream is reopened after the last sequence seen, so no
-    /// event is lost or repeated. Failures to reopen are yielded (the stream then keeps
-    /// trying, with a growing pause); an error that retrying cannot fix (bad request,
-    /// unauthorized…) is yielded last.
-    pub fn run_events(
-        &self,
-        after: Option<u64>,
-    ) -> impl Stream<Item = Result<RunEvent, ClientError>> + Send + 'static {
-        let state = Events {
-            client: self.clone(),
-            after,
-            body: None,
-            parser: SseParser::new(),
-            ready: VecDeque::new(),
-            idle_reopens: 0,
-            done: false,
-        };
-        futures::stream::unfold(state, Events::next)
-    }
-
-    async fn open_events(&self, after: Option<u64>) -> Result<reqwest::Response, ClientError> {
-        let mut call = Call::get(&["runs", "events"]).streamed();
-        if let Some(after) = after {
-            call = call.query("after", after);
-        }
-        success(self.send(call).await?).await
-    }
-
-    /// `GET /runs/{run_id}/tasks/{task_id}/logs`: a step's log from byte `offset`; with
-    /// `follow`, until the log is complete. A stream dropped midway is reopened at the
-    /// offset reached.
-    pub async fn logs(
-        &self,
-        run_id: &str,
-        task_id: &str,
-        step: LogStep,
-        offset: u64,
-        follow: bool,
-    ) -> Result<LogStream, ClientError> {
-        LogStream::open(self.clone(), run_id, task_id, step, offset, follow).await
-    }
-
-    /// Opens one log request (see [`RunClient::logs`]).
-    pub(crate) async fn open_logs(
-        &self,
-        run_id: &str,
-        task_id: &str,
-        step: LogStep,
-        offset: u64,
-        follow: bool,
-    ) -> Result<reqwest::Response, ClientError> {
-        let mut call = Call::get(&["runs", run_id, "tasks", task_id, "logs"])
-            .query("step", step)
-            .query("offset", offset)
-            .streamed();
-        if follow {
-            call = call.query("follow", true);
-        }
-        success(self.send(call).await?).await
     }
 
     // --- executors --------------------------------------------------------------------
@@ -984,256 +562,13 @@ fn list_runs_call(query: &ListRunsQuery) -> Call {
     call
 }
 
-/// The state of a [`RunClient::run_events`] stream between items.
-struct Events {
-    client: RunClient,
-    /// The last sequence delivered.
-    after: Option<u64>,
-    body: Option<BoxStream<'static, reqwest::Result<Bytes>>>,
-    parser: SseParser,
-    ready: VecDeque<Result<RunEvent, ClientError>>,
-    /// Reopens in a row that delivered no event (they pause before the next one).
-    idle_reopens: u32,
-    done: bool,
-}
-
-impl Events {
-    async fn next(mut self) -> Option<(Result<RunEvent, ClientError>, Events)> {
-        loop {
-            if let Some(item) = self.ready.pop_front() {
-                return Some((item, self));
-            }
-            if self.done {
-                return None;
-            }
-            let Some(body) = self.body.as_mut() else {
-                if self.idle_reopens > 0 {
-                    tokio::time::sleep(events_backoff(self.idle_reopens)).await;
-                }
-                self.idle_reopens = self.idle_reopens.saturating_add(1);
-                match self.client.open_events(self.after).await {
-                    Ok(resp) => {
-                        self.body = Some(resp.bytes_stream().boxed());
-                        self.parser = SseParser::new();
-                        continue;
-                    }
-                    Err(e) => {
-                        self.done = !e.is_transient();
-                        return Some((Err(e), self));
-                    }
-                }
-            };
-            match body.next().await {
-                Some(Ok(chunk)) => {
-                    for event in self.parser.push(&chunk) {
-                        match serde_json::from_str::<RunEvent>(&event.data) {
-                            Ok(ev) if self.after.is_some_and(|a| ev.sequence <= a) => {}
-                            Ok(ev) => {
-                                self.after = Some(ev.sequence);
-                                self.idle_reopens = 0;
-                                self.ready.push_back(Ok(ev));
-                            }
-                            Err(e) => self.ready.push_back(Err(ClientError::Decode(format!(
-                                "run event {:?}: {e}",
-                                event.id.unwrap_or_default()
-                            )))),
-                        }
-                    }
-                }
-                // Dropped or ended: reopen after the last event seen.
-                Some(Err(_)) | None => self.body = None,
-            }
-        }
-    }
-}
-
-/// The pause before reopening the event stream after `idle` fruitless attempts.
-fn events_backoff(idle: u32) -> Duration {
-    let millis = 100u64.saturating_mul(1 << idle.min(10).saturating_sub(1));
-    Duration::from_millis(millis).min(MAX_EVENTS_BACKOFF)
-}
-
-/// A raw-TCP HTTP/1.1 server for tests: it records each request and answers it with the
-/// bytes its responder returns, one request per connection.
-#[cfg(test)]
-pub(crate) mod test_server {
-    use std::sync::{Arc, Mutex};
-
-    use reqwest::Url;
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-    use tokio::net::TcpListener;
-
-    /// A request as the server saw it.
-    #[derive(Clone, Debug)]
-    pub(crate) struct Recorded {
-        pub method: String,
-        /// Path and query, as sent.
-        pub target: String,
-        pub headers: Vec<(String, String)>,
-        pub body: Vec<u8>,
-    }
-
-    impl Recorded {
-        pub fn header(&self, name: &str) -> Option<&str> {
-            self.headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
-        }
-
-        pub fn path(&self) -> &str {
-            self.target.split('?').next().unwrap_or_default()
-        }
-
-        /// The decoded query pairs.
-        pub fn query(&self) -> Vec<(String, String)> {
-            let url = Url::parse(&format!("http://test{}", self.target)).expect("a valid target");
-            url.query_pairs()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect()
-        }
-
-        pub fn query_value(&self, key: &str) -> Option<String> {
-            self.query()
-                .into_iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v)
-        }
-    }
-
-    /// What the server does with a request.
-    pub(crate) enum Reply {
-        /// Writes these bytes, then closes the connection.
-        Raw(Vec<u8>),
-        /// Closes the connection without a word.
-        Hangup,
-    }
-
-    /// A complete response with a body and `Content-Length`.
-    pub(crate) fn reply(status: u16, content_type: &str, body: &[u8]) -> Reply {
-        let mut raw = format!(
-            "HTTP/1.1 {status} Test\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        raw.extend_from_slice(body);
-        Reply::Raw(raw)
-    }
-
-    pub(crate) fn json(status: u16, body: &str) -> Reply {
-        reply(status, "application/json", body.as_bytes())
-    }
-
-    /// A response without a length: its body ends when the connection closes.
-    pub(crate) fn until_close(status: u16, headers: &str, body: &[u8]) -> Reply {
-        let mut raw =
-            format!("HTTP/1.1 {status} Test\r\n{headers}Connection: close\r\n\r\n").into_bytes();
-        raw.extend_from_slice(body);
-        Reply::Raw(raw)
-    }
-
-    pub(crate) struct TestServer {
-        pub url: String,
-        requests: Arc<Mutex<Vec<Recorded>>>,
-    }
-
-    impl TestServer {
-        pub fn requests(&self) -> Vec<Recorded> {
-            self.requests.lock().expect("not poisoned").clone()
-        }
-    }
-
-    /// Serves on 127.0.0.1:0; `respond` gets each request and its index.
-    pub(crate) async fn serve<F>(respond: F) -> TestServer
-    where
-        F: Fn(&Recorded, usize) -> Reply + Send + Sync + 'static,
-    {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
-        let url = format!("http://{}", listener.local_addr().expect("bound"));
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let seen = requests.clone();
-        let respond = Arc::new(respond);
-        tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                let (read, mut write) = socket.into_split();
-                let Some(req) = read_request(BufReader::new(read)).await else {
-                    continue;
-                };
-                let index = {
-                    let mut seen = seen.lock().expect("not poisoned");
-                    seen.push(req.clone());
-                    seen.len() - 1
-                };
-                if let Reply::Raw(raw) = respond(&req, index) {
-                    let _ = write.write_all(&raw).await;
-                }
-                let _ = write.shutdown().await;
-            }
-        });
-        TestServer { url, requests }
-    }
-
-    /// A URL on which connections are refused.
-    pub(crate) async fn refused_url() -> String {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
-        let url = format!("http://{}", listener.local_addr().expect("bound"));
-        drop(listener);
-        url
-    }
-
-    async fn read_request<R: tokio::io::AsyncRead + Unpin>(
-        mut r: BufReader<R>,
-    ) -> Option<Recorded> {
-        let mut line = String::new();
-        r.read_line(&mut line).await.ok()?;
-        let mut parts = line.split_whitespace();
-        let method = parts.next()?.to_string();
-        let target = parts.next()?.to_string();
-        let mut headers = Vec::new();
-        loop {
-            let mut line = String::new();
-            r.read_line(&mut line).await.ok()?;
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            let (name, value) = line.split_once(':')?;
-            headers.push((name.trim().to_string(), value.trim().to_string()));
-        }
-        let mut req = Recorded {
-            method,
-            target,
-            headers,
-            body: Vec::new(),
-        };
-        if let Some(len) = req.header("content-length") {
-            let mut body = vec![0; len.parse().ok()?];
-            r.read_exact(&mut body).await.ok()?;
-            req.body = body;
-        } else if req.header("transfer-encoding") == Some("chunked") {
-            loop {
-                let mut size = String::new();
-                r.read_line(&mut size).await.ok()?;
-                let size = usize::from_str_radix(size.trim(), 16).ok()?;
-                let mut chunk = vec![0; size + 2];
-                r.read_exact(&mut chunk).await.ok()?;
-                if size == 0 {
-                    break;
-                }
-                req.body.extend_from_slice(&chunk[..size]);
-            }
-        }
-        Some(req)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
     use futures::TryStreamExt;
 
-    use super::test_server::{Reply, json, refused_url, reply, serve, until_close};
+    use super::test_server::{Reply, json, refused_url, reply, serve};
     use super::*;
     use crate::api::ConfigFile;
     use crate::run::{RunPhase, RunResult};
@@ -1272,68 +607,20 @@ mod tests {
     const HEARTBEAT: &str =
         r#"{"lease_ttl_secs":30,"executor":{"id":"e1","archs":[],"labels":{}}}"#;
 
-    fn event_json(sequence: u64) -> String {
-        format!(
-            r#"{{"sequence":{sequence},"run_id":"r{sequence}","group":"/project/p1","phase":"running","result":"unknown","time":"2026-01-01T00:00:00Z"}}"#
-        )
-    }
-
-    fn sse(events: &[u64]) -> Vec<u8> {
-        let mut body = String::from(": keep-alive\n\n");
-        for seq in events {
-            body.push_str(&format!("id: {seq}\ndata: {}\n\n", event_json(*seq)));
-        }
-        body.into_bytes()
-    }
-
-    #[test]
-    fn a_json_error_body_is_decoded_as_sent() {
-        let body = br#"{"code":"conflict","message":"run r1 changed","details":{"rev":3}}"#;
-        let e = api_error_of(StatusCode::CONFLICT, body);
-        assert_eq!(e.code, ErrorCode::Conflict);
-        assert_eq!(e.message, "run r1 changed");
-        assert_eq!(e.details, Some(serde_json::json!({"rev": 3})));
-    }
-
-    #[test]
-    fn a_plain_error_body_takes_its_kind_from_the_status() {
-        let cases = [
-            (400, ErrorCode::BadRequest),
-            (401, ErrorCode::Unauthorized),
-            (403, ErrorCode::Forbidden),
-            (404, ErrorCode::NotFound),
-            (409, ErrorCode::Conflict),
-            (413, ErrorCode::TooLarge),
-            (416, ErrorCode::RangeNotSatisfiable),
-            (422, ErrorCode::BadRequest),
-            (429, ErrorCode::TooManyRequests),
-            (500, ErrorCode::Internal),
-            (502, ErrorCode::Internal),
-            (503, ErrorCode::Unavailable),
-        ];
-        for (status, code) in cases {
-            let status = StatusCode::from_u16(status).expect("a valid status");
-            let e = api_error_of(status, b"  something broke\n");
-            assert_eq!(e.code, code, "status {status}");
-            assert_eq!(e.message, "something broke");
-            assert_eq!(e.details, None);
-        }
-    }
-
-    #[test]
-    fn an_empty_error_body_gets_the_status_reason_as_message() {
-        let e = api_error_of(StatusCode::NOT_FOUND, b"");
-        assert_eq!(e.message, "not found");
-        let e = api_error_of(StatusCode::SERVICE_UNAVAILABLE, b"{\"not\":\"an error\"}");
-        assert_eq!(e.code, ErrorCode::Unavailable);
-        assert_eq!(e.message, "{\"not\":\"an error\"}");
-    }
-
     #[test]
     fn new_refuses_no_urls_and_non_http_urls() {
         assert!(RunClient::new(&[], None).is_err());
         assert!(RunClient::new(&["mailto:a@b".into()], None).is_err());
         assert!(RunClient::new(&["not a url".into()], None).is_err());
+        for urls in [
+            vec![],
+            vec!["mailto:a@b".to_string()],
+            vec!["not a url".into()],
+        ] {
+            let e = RunClient::new(&urls, None).expect_err("refused");
+            assert!(matches!(e, ClientError::Config(_)), "{e:?}");
+            assert!(!e.is_transient(), "a bad URL does not fix itself");
+        }
     }
 
     #[tokio::test]
@@ -1696,50 +983,5 @@ mod tests {
         assert_eq!(req.method, "PUT");
         assert_eq!(req.path(), "/api/v1/runs/r1/actions");
         assert_eq!(req.body, br#"{"action":"stop"}"#);
-    }
-
-    #[tokio::test]
-    async fn run_events_resume_after_the_last_sequence_when_the_stream_closes() {
-        let server = serve(|_, index| {
-            let sse_headers = "Content-Type: text/event-stream\r\n";
-            match index {
-                0 => until_close(200, sse_headers, &sse(&[1, 2])),
-                // The resumed stream repeats event 2: it must not be delivered twice.
-                _ => until_close(200, sse_headers, &sse(&[2, 3])),
-            }
-        })
-        .await;
-        let events: Vec<RunEvent> = client(&[&server.url])
-            .run_events(None)
-            .take(3)
-            .try_collect()
-            .await
-            .expect("three events");
-        let sequences: Vec<u64> = events.iter().map(|e| e.sequence).collect();
-        assert_eq!(sequences, vec![1, 2, 3]);
-        assert_eq!(events[2].run_id, "r3");
-        let reqs = server.requests();
-        assert_eq!(reqs[0].path(), "/api/v1/runs/events");
-        assert_eq!(reqs[0].query_value("after"), None);
-        assert_eq!(reqs[1].query_value("after").as_deref(), Some("2"));
-    }
-
-    #[tokio::test]
-    async fn run_events_end_with_an_error_that_retrying_cannot_fix() {
-        let server =
-            serve(|_, _| json(401, r#"{"code":"unauthorized","message":"bad token"}"#)).await;
-        let items: Vec<Result<RunEvent, ClientError>> =
-            client(&[&server.url]).run_events(Some(7)).collect().await;
-        assert_eq!(items.len(), 1);
-        let e = items
-            .into_iter()
-            .next()
-            .expect("one item")
-            .expect_err("an error");
-        assert_eq!(e.code(), Some(ErrorCode::Unauthorized));
-        assert_eq!(
-            server.requests()[0].query_value("after").as_deref(),
-            Some("7")
-        );
     }
 }
