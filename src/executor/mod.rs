@@ -9,7 +9,7 @@
 //! - [`driver`]: where steps run (`local` host processes, `docker` containers).
 //! - [`archive`]: selecting and renaming tar entries for workspaces and caches.
 //! - [`cache_key`]: cache key templates (`{{ md5sum "go.sum" }}`…), parsed then rendered.
-//! - [`source`]: unpacking (and packing) a working-tree snapshot.
+//! - [`source`]: packing a working-tree snapshot (extracted by [`archive`]).
 
 pub mod agent;
 pub mod archive;

@@ -1,131 +1,23 @@
 //! Working-tree snapshots: the tar `cairn run` uploads for a direct run (names relative
 //! to the repository root) and the `clone` step unpacks into the task's directory.
-//! [`pack_dir`] writes one from a directory, [`unpack_into`] extracts one safely: no
-//! entry lands outside the directory (absolute names and `..` are refused, and so is
-//! anything that would be written through a symbolic link), links are recreated as links
-//! and never followed, modes (the executable bit) and mtimes are kept, owners are not.
+//! [`pack_dir`] writes one from a directory. Snapshots are extracted by the one hardened
+//! extractor every archive put into a pod goes through (`executor::archive::extract`,
+//! or `archive::hardened_stream` for the docker driver): there is no second extractor
+//! here.
 //!
-//! Local file I/O only, streaming both ways; no pods, no network.
+//! Local file I/O only, streaming; no pods, no network.
 
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use tar::EntryType;
-
-use super::archive::relative_entry_name;
-
-/// Why a snapshot could not be packed or unpacked.
+/// Why a snapshot could not be packed.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    /// An entry would land outside the directory: the snapshot is refused.
-    #[error("snapshot entry {entry:?} escapes the directory: {why}")]
-    Escape { entry: String, why: &'static str },
-    /// Devices, fifos, hard links…: a working tree holds none.
-    #[error("snapshot entry {entry:?} has unsupported type {kind}")]
-    Unsupported { entry: String, kind: String },
     #[error("{path}: {source}")]
     Path { path: PathBuf, source: io::Error },
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
-}
-
-/// Extracts the snapshot `read` into `dir` (created if missing) and returns how many
-/// entries it held. Files already there are replaced (a link in the way is removed, not
-/// followed). On error the directory may hold part of the snapshot.
-pub fn unpack_into(read: impl Read, dir: &Path) -> Result<usize, SourceError> {
-    fs::create_dir_all(dir).map_err(|source| SourceError::Path {
-        path: dir.to_owned(),
-        source,
-    })?;
-    let dir = dir.canonicalize().map_err(|source| SourceError::Path {
-        path: dir.to_owned(),
-        source,
-    })?;
-    let mut archive = tar::Archive::new(read);
-    archive.set_preserve_permissions(false);
-    archive.set_preserve_ownerships(false);
-    archive.set_preserve_mtime(true);
-    archive.set_overwrite(true);
-    archive.set_unpack_xattrs(false);
-
-    // Directories are applied last, deepest first, so that their modes and mtimes are not
-    // disturbed by (or do not prevent) the extraction of what they contain.
-    let mut directories = Vec::new();
-    let mut count = 0;
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        let raw = entry.path()?.into_owned();
-        let kind = entry.header().entry_type();
-        if kind.is_pax_global_extensions() {
-            continue; // `git archive` puts the commit id there.
-        }
-        let rel = relative_entry_name(&raw).ok_or_else(|| SourceError::Escape {
-            entry: raw.display().to_string(),
-            why: "absolute or contains `..`",
-        })?;
-        if rel.as_os_str().is_empty() {
-            continue; // The root directory itself.
-        }
-        if !(kind.is_file() || kind.is_dir() || kind.is_symlink()) {
-            return Err(SourceError::Unsupported {
-                entry: rel.display().to_string(),
-                kind: kind_name(kind),
-            });
-        }
-        refuse_links_above(&dir, &rel)?;
-        count += 1;
-        if kind.is_dir() {
-            directories.push((rel, entry));
-        } else {
-            entry.unpack_in(&dir)?;
-        }
-    }
-    directories.sort_by(|(a, _), (b, _)| b.cmp(a));
-    for (rel, mut entry) in directories {
-        refuse_links_above(&dir, &rel)?;
-        entry.unpack_in(&dir)?;
-    }
-    Ok(count)
-}
-
-/// Refuses `rel` when a directory above it inside `dir` is a symbolic link.
-fn refuse_links_above(dir: &Path, rel: &Path) -> Result<(), SourceError> {
-    let mut above: Vec<&Path> = rel
-        .ancestors()
-        .skip(1)
-        .filter(|a| !a.as_os_str().is_empty())
-        .collect();
-    above.reverse();
-    for ancestor in above {
-        match fs::symlink_metadata(dir.join(ancestor)) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                return Err(SourceError::Escape {
-                    entry: rel.display().to_string(),
-                    why: "lies under a symbolic link",
-                });
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(source) => {
-                return Err(SourceError::Path {
-                    path: dir.join(ancestor),
-                    source,
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
-fn kind_name(kind: EntryType) -> String {
-    match kind {
-        EntryType::Link => "hard link".to_owned(),
-        EntryType::Char => "character device".to_owned(),
-        EntryType::Block => "block device".to_owned(),
-        EntryType::Fifo => "fifo".to_owned(),
-        other => format!("{other:?}"),
-    }
 }
 
 /// Writes the tree under `dir` as a snapshot tar into `out`, names relative to `dir`,
@@ -193,6 +85,7 @@ pub fn pack_dir(
 mod tests {
     use super::*;
     use crate::executor::archive::tests::{Item, tar_of};
+    use crate::executor::archive::{ArchiveError, extract};
     use std::os::unix::fs::{PermissionsExt, symlink};
 
     fn write(path: &Path, data: &str) {
@@ -225,6 +118,23 @@ mod tests {
         symlink("/nonexistent/target", root.join("dangling")).expect("symlink");
         write(&root.join(".git/HEAD"), "ref: refs/heads/main");
         t
+    }
+
+    /// Everything under `dir` (links not followed), relative, in name order.
+    fn entries(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut pending = vec![dir.to_owned()];
+        while let Some(d) = pending.pop() {
+            for child in fs::read_dir(&d).expect("read_dir") {
+                let path = child.expect("entry").path();
+                if fs::symlink_metadata(&path).expect("stat").is_dir() {
+                    pending.push(path.clone());
+                }
+                out.push(path.strip_prefix(dir).expect("under dir").to_owned());
+            }
+        }
+        out.sort();
+        out
     }
 
     fn pack(dir: &Path, include: impl Fn(&Path) -> bool) -> (usize, Vec<u8>) {
@@ -277,8 +187,9 @@ mod tests {
         let src = tree();
         let (_, tar) = pack(src.path(), |p| !p.starts_with(".git"));
         let dst = tempfile::tempdir().expect("tempdir");
-        let n = unpack_into(&tar[..], dst.path()).expect("unpack");
-        assert_eq!(n, 11);
+        let summary = extract(&tar[..], dst.path()).expect("unpack");
+        assert_eq!(entries(dst.path()).len(), 11);
+        assert_eq!(summary.files, 4);
         let d = dst.path();
         assert_eq!(
             fs::read_to_string(d.join("src/net/deep/tcp.rs")).expect("read"),
@@ -310,7 +221,7 @@ mod tests {
         let src = tree();
         let (_, tar) = pack(src.path(), |_| true);
         let dst = tempfile::tempdir().expect("tempdir");
-        unpack_into(&tar[..], dst.path()).expect("unpack");
+        extract(&tar[..], dst.path()).expect("unpack");
         let mtime = |p: &Path| {
             fs::metadata(p)
                 .expect("stat")
@@ -343,8 +254,8 @@ mod tests {
         let dst = tempfile::tempdir().expect("tempdir");
         let inner = dst.path().join("inner");
         let tar = tar_of(&[Item::File("../x", b"evil", 0o644)]);
-        let err = unpack_into(&tar[..], &inner).expect_err("escape");
-        assert!(matches!(err, SourceError::Escape { .. }), "{err}");
+        let err = extract(&tar[..], &inner).expect_err("escape");
+        assert!(matches!(err, ArchiveError::Escape { .. }), "{err}");
         assert!(!dst.path().join("x").exists());
     }
 
@@ -355,7 +266,7 @@ mod tests {
             Item::File("ok", b"fine", 0o644),
             Item::File("/etc/x", b"evil", 0o644),
         ]);
-        let err = unpack_into(&tar[..], dst.path()).expect_err("absolute");
+        let err = extract(&tar[..], dst.path()).expect_err("absolute");
         assert!(err.to_string().contains("/etc/x"), "{err}");
         assert!(!dst.path().join("etc").exists());
     }
@@ -369,7 +280,7 @@ mod tests {
             Item::Symlink("out", &target),
             Item::File("out/planted", b"evil", 0o644),
         ]);
-        let err = unpack_into(&tar[..], dst.path()).expect_err("through a link");
+        let err = extract(&tar[..], dst.path()).expect_err("through a link");
         assert!(err.to_string().contains("symbolic link"), "{err}");
         assert!(!outside.path().join("planted").exists());
     }
@@ -380,7 +291,7 @@ mod tests {
         let dst = tempfile::tempdir().expect("tempdir");
         symlink(outside.path(), dst.path().join("out")).expect("symlink");
         let tar = tar_of(&[Item::File("out/planted", b"evil", 0o644)]);
-        assert!(unpack_into(&tar[..], dst.path()).is_err());
+        assert!(extract(&tar[..], dst.path()).is_err());
         assert!(!outside.path().join("planted").exists());
     }
 
@@ -392,18 +303,41 @@ mod tests {
         let dst = tempfile::tempdir().expect("tempdir");
         let target = victim.display().to_string();
         let tar = tar_of(&[Item::Symlink("f", &target), Item::File("f", b"evil", 0o644)]);
-        unpack_into(&tar[..], dst.path()).expect("unpack");
+        extract(&tar[..], dst.path()).expect("unpack");
         assert_eq!(fs::read_to_string(&victim).expect("read"), "safe");
         let meta = fs::symlink_metadata(dst.path().join("f")).expect("stat");
         assert!(meta.file_type().is_file());
     }
 
+    /// A snapshot goes through the same extractor as workspaces and caches: a hard link
+    /// inside the directory is kept as a link, one whose target leaves it is refused, and
+    /// so are devices and fifos.
     #[test]
     fn unpack_refuses_hard_links_and_devices() {
         let dst = tempfile::tempdir().expect("tempdir");
-        let tar = tar_of(&[Item::File("a", b"x", 0o644), Item::HardLink("b", "a")]);
-        let err = unpack_into(&tar[..], dst.path()).expect_err("hard link");
-        assert!(matches!(err, SourceError::Unsupported { ref kind, .. } if kind == "hard link"));
+        let inside = tar_of(&[Item::File("a", b"x", 0o644), Item::HardLink("b", "a")]);
+        extract(&inside[..], dst.path()).expect("a hard link inside");
+        assert_eq!(fs::read_to_string(dst.path().join("b")).expect("read"), "x");
+        let tar = tar_of(&[Item::File("a", b"x", 0o644), Item::HardLink("c", "../a")]);
+        let err = extract(&tar[..], dst.path()).expect_err("hard link out");
+        assert!(
+            matches!(err, ArchiveError::Escape { why, .. } if why.contains("hard link")),
+            "{err}"
+        );
+        let mut fifo = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Fifo);
+        h.set_size(0);
+        h.set_mode(0o644);
+        fifo.append_data(&mut h, "pipe", io::empty())
+            .expect("append to a Vec");
+        let fifo = fifo.into_inner().expect("finish a Vec");
+        let err = extract(&fifo[..], dst.path()).expect_err("fifo");
+        assert!(
+            matches!(err, ArchiveError::Unsupported { kind: "fifo", .. }),
+            "{err}"
+        );
+        assert!(!dst.path().join("pipe").exists());
     }
 
     #[test]
@@ -411,7 +345,8 @@ mod tests {
         let base = tempfile::tempdir().expect("tempdir");
         let dir = base.path().join("a/b");
         let tar = tar_of(&[Item::Dir("./"), Item::File("./x/y", b"z", 0o600)]);
-        assert_eq!(unpack_into(&tar[..], &dir).expect("unpack"), 1);
+        assert_eq!(extract(&tar[..], &dir).expect("unpack").files, 1);
+        assert_eq!(entries(&dir), [Path::new("x"), Path::new("x/y")]);
         assert_eq!(fs::read_to_string(dir.join("x/y")).expect("read"), "z");
         assert_eq!(mode(&dir.join("x/y")), 0o600);
     }
