@@ -6,6 +6,7 @@
 //! Gated: skipped (with a message) unless `CAIRN_DOCKER_TESTS=1`; when set, a missing
 //! Engine or image fails the test, pointing at `scripts/docker-test-image.sh`. Every test
 //! removes the containers labelled with its executor's id when it ends.
+//! The gate, the node and the run helpers are shared with `security::containers`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,12 +21,12 @@ use futures::StreamExt;
 use crate::runs_flow::{create_request, wait_for};
 use crate::support::service::{ExecutorProc, ServiceProc};
 
-const IMAGE: &str = "cairn-test/busybox:latest";
+pub(crate) const IMAGE: &str = "cairn-test/busybox:latest";
 /// Container starts on a loaded machine with fuse-overlayfs can be slow.
 const LONG: Duration = Duration::from_secs(180);
 
 /// Whether the docker tests run; panics when they should but cannot.
-fn docker_enabled() -> bool {
+pub(crate) fn docker_enabled() -> bool {
     if std::env::var("CAIRN_DOCKER_TESTS").as_deref() != Ok("1") {
         eprintln!("skipped: set CAIRN_DOCKER_TESTS=1 to run the docker driver tests");
         return false;
@@ -44,7 +45,7 @@ fn docker_enabled() -> bool {
 }
 
 /// Ids of the containers carrying `label` (`k=v`), running or not.
-fn containers_labelled(label: &str) -> Vec<String> {
+pub(crate) fn containers_labelled(label: &str) -> Vec<String> {
     let out = Command::new("docker")
         .args(["ps", "-aq", "--filter", &format!("label={label}")])
         .output()
@@ -58,7 +59,7 @@ fn containers_labelled(label: &str) -> Vec<String> {
 
 /// Removes, when dropped, every container of the executor whose id file is `id_file`
 /// (only this test's executor: other tests on the machine may run their own).
-struct Cleanup {
+pub(crate) struct Cleanup {
     id_file: PathBuf,
 }
 
@@ -79,17 +80,21 @@ impl Drop for Cleanup {
 
 /// `cairn serve` with its in-process executor on the docker driver, and its cleanup.
 fn docker_node(dir: &Path) -> (Cleanup, ServiceProc) {
+    docker_node_with(dir, &[])
+}
+
+/// Like [`docker_node`], with extra `cairn serve` arguments (pod limits…).
+pub(crate) fn docker_node_with(dir: &Path, extra: &[&str]) -> (Cleanup, ServiceProc) {
     let data = dir.join("n");
     let cleanup = Cleanup {
         id_file: data.join("executor").join("executor-id"),
     };
-    (
-        cleanup,
-        ServiceProc::with_executor(&data, &["--driver", "docker"]),
-    )
+    let mut args = vec!["--driver", "docker"];
+    args.extend_from_slice(extra);
+    (cleanup, ServiceProc::with_executor(&data, &args))
 }
 
-async fn create(client: &RunClient, group: &str, config: &str) -> String {
+pub(crate) async fn create(client: &RunClient, group: &str, config: &str) -> String {
     let created = client
         .create_run(&create_request(group, config))
         .await
@@ -97,7 +102,7 @@ async fn create(client: &RunClient, group: &str, config: &str) -> String {
     created.runs[0].run.id.clone()
 }
 
-async fn wait_run(
+pub(crate) async fn wait_run(
     client: &RunClient,
     id: &str,
     what: &str,
@@ -109,7 +114,7 @@ async fn wait_run(
     .await
 }
 
-async fn wait_finished(client: &RunClient, id: &str) -> RunResponse {
+pub(crate) async fn wait_finished(client: &RunClient, id: &str) -> RunResponse {
     wait_run(client, id, "the run to finish", |r| {
         r.run.phase == RunPhase::Finished
     })
@@ -126,7 +131,12 @@ fn task_id(r: &RunResponse, name: &str) -> String {
         .clone()
 }
 
-async fn step_log(client: &RunClient, run_id: &str, task_id: &str, step: usize) -> String {
+pub(crate) async fn step_log(
+    client: &RunClient,
+    run_id: &str,
+    task_id: &str,
+    step: usize,
+) -> String {
     let mut log = client
         .logs(run_id, task_id, LogStep::Step(step), 0, false)
         .await
@@ -139,7 +149,7 @@ async fn step_log(client: &RunClient, run_id: &str, task_id: &str, step: usize) 
 }
 
 /// Every log of a task, for failure messages.
-async fn all_logs(client: &RunClient, r: &RunResponse, name: &str) -> String {
+pub(crate) async fn all_logs(client: &RunClient, r: &RunResponse, name: &str) -> String {
     let tid = task_id(r, name);
     let mut out = String::new();
     let steps = r.run.tasks[&tid].steps.len();
@@ -284,7 +294,7 @@ async fn workspaces_and_caches_round_trip_between_containers_of_two_tasks() {
     );
 }
 
-fn sleeper(group_label: &str) -> String {
+pub(crate) fn sleeper(group_label: &str) -> String {
     format!(
         r#"
 runs:
@@ -299,7 +309,7 @@ runs:
 }
 
 /// Waits until the sleeper's step runs and returns the run and its task id.
-async fn sleeper_running(client: &RunClient, id: &str) -> (RunResponse, String) {
+pub(crate) async fn sleeper_running(client: &RunClient, id: &str) -> (RunResponse, String) {
     let running = wait_run(client, id, "the sleep step running", |r| {
         let tid = task_id(r, "sleeper");
         r.run.tasks[&tid]

@@ -3,6 +3,7 @@
 
 mod auth;
 mod config;
+mod containers;
 mod ids;
 mod isolation;
 mod limits;
