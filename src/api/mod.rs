@@ -30,3 +30,6 @@ pub const REQUEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs
 pub(crate) fn request_ctx() -> raft::Ctx {
     raft::Ctx::timeout(REQUEST_DEADLINE)
 }
+
+#[cfg(test)]
+mod tests;
