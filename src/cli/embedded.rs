@@ -98,7 +98,13 @@ impl Embedded {
             .await
             .map_err(|e| {
                 let text = format!("{e:#}");
-                if text.contains("lock") || text.contains("in use") || text.contains("Database already open") {
+                let locked = e.chain().any(|c| {
+                    matches!(
+                        c.downcast_ref::<store::EngineError>(),
+                        Some(store::EngineError::Locked(_))
+                    )
+                });
+                if locked {
                     anyhow!("the embedded node's data dir {} is in use by another cairn (pass --data-dir, or --server): {text}", data_dir.display())
                 } else {
                     anyhow!("starting the embedded node in {}: {text}", data_dir.display())

@@ -172,13 +172,21 @@ pub(crate) fn take_pairs<I: DoubleEndedIterator>(
     }
 }
 
-/// Errors from a storage engine. Any of them is fatal for the write that hit it.
+/// The engine library's own error, kept as the source of an [`EngineError`].
+pub type EngineSource = Box<dyn std::error::Error + Send + Sync>;
+
+/// Errors from a storage engine. Any of them is fatal for the write that hit it. Each engine
+/// picks the variant from its library's error kinds, and keeps that error as the source.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("storage I/O error: {0}")]
-    Io(String),
+    Io(#[source] EngineSource),
     #[error("storage is corrupt: {0}")]
-    Corrupt(String),
+    Corrupt(#[source] EngineSource),
+    /// Another handle, in this process or another one, has the data dir open: opening it
+    /// again is refused while that handle holds the engine's lock.
+    #[error("storage is locked: {0}")]
+    Locked(#[source] EngineSource),
     #[error(
         "unknown engine {0:?} (expected redb, sled, mem or rocksdb; rocksdb needs the `rocksdb` feature)"
     )]

@@ -18,12 +18,12 @@ pub struct RedbEngine {
     path: std::path::PathBuf,
 }
 
-fn io(e: impl std::fmt::Display) -> EngineError {
-    let s = e.to_string();
-    if s.to_ascii_lowercase().contains("corrupt") {
-        EngineError::Corrupt(s)
-    } else {
-        EngineError::Io(s)
+/// Classifies any of redb's errors by its kind (every one of them converts to `redb::Error`).
+fn io(e: impl Into<redb::Error>) -> EngineError {
+    match e.into() {
+        e @ redb::Error::DatabaseAlreadyOpen => EngineError::Locked(e.into()),
+        e @ redb::Error::Corrupted(_) => EngineError::Corrupt(e.into()),
+        e => EngineError::Io(e.into()),
     }
 }
 
@@ -32,7 +32,7 @@ pub const CACHE_BYTES: usize = 64 << 20;
 
 impl RedbEngine {
     pub fn open(dir: &Path) -> Result<Self, EngineError> {
-        std::fs::create_dir_all(dir).map_err(io)?;
+        std::fs::create_dir_all(dir).map_err(|e| EngineError::Io(e.into()))?;
         let path = dir.join("cairn.redb");
         // redb's default page cache is 1 GiB; the current state is in memory in `Mvcc`
         // anyway, so the cache mostly serves history reads and the Raft log. A bounded

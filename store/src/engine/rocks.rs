@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use rocksdb::{DB, Direction, IteratorMode, Options, ReadOptions, WriteOptions};
+use rocksdb::{DB, Direction, ErrorKind, IteratorMode, Options, ReadOptions, WriteOptions};
 
 use super::{BatchOp, Cf, Durability, Engine, EngineError, Pair, Scan, WriteBatch};
 
@@ -13,11 +13,9 @@ pub struct RocksEngine {
 }
 
 fn io(e: rocksdb::Error) -> EngineError {
-    let s = e.to_string();
-    if s.contains("Corruption") {
-        EngineError::Corrupt(s)
-    } else {
-        EngineError::Io(s)
+    match e.kind() {
+        ErrorKind::Corruption => EngineError::Corrupt(e.into()),
+        _ => EngineError::Io(e.into()),
     }
 }
 
@@ -27,8 +25,21 @@ impl RocksEngine {
         opts.create_if_missing(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         opts.set_max_background_jobs(2);
-        let db = DB::open(&opts, dir.join("rocksdb")).map_err(io)?;
-        Ok(Self { db })
+        let path = dir.join("rocksdb");
+        let lock_file = path.join("LOCK");
+        match DB::open(&opts, &path) {
+            Ok(db) => Ok(Self { db }),
+            // RocksDB has no error kind for a held lock: it is an I/O error on the LOCK
+            // file (another process's `fcntl` lock, or "lock hold by current process"),
+            // whose path the error names.
+            Err(e)
+                if e.kind() == ErrorKind::IOError
+                    && e.as_ref().contains(&*lock_file.to_string_lossy()) =>
+            {
+                Err(EngineError::Locked(e.into()))
+            }
+            Err(e) => Err(io(e)),
+        }
     }
 }
 

@@ -13,9 +13,20 @@ pub struct SledEngine {
 
 fn io(e: sled::Error) -> EngineError {
     match e {
-        sled::Error::Corruption { .. } => EngineError::Corrupt(e.to_string()),
-        other => EngineError::Io(other.to_string()),
+        sled::Error::Corruption { .. } => EngineError::Corrupt(e.into()),
+        other => EngineError::Io(other.into()),
     }
+}
+
+/// Whether another handle holds sled's lock on `dir`. sled takes an exclusive `flock` on
+/// its `db` file when it opens but reports a failure to get it only as text (an
+/// `ErrorKind::Other` I/O error), so after a failed open the lock is tried here, and
+/// released at once if it was free.
+fn lock_held(dir: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(dir.join("sled").join("db")) else {
+        return false;
+    };
+    matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
 }
 
 impl SledEngine {
@@ -38,6 +49,7 @@ impl SledEngine {
                 {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
+                Err(e) if lock_held(dir) => return Err(EngineError::Locked(e.into())),
                 Err(e) => return Err(io(e)),
             }
         }

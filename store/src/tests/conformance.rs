@@ -1,9 +1,10 @@
 //! Engine conformance: every engine kind must behave identically behind the [`Engine`]
 //! trait (point ops, ordered scans with bounds and limits, column-family isolation,
-//! range deletes, batch semantics, and persistence across reopen for on-disk engines).
+//! range deletes, batch semantics, persistence across reopen for on-disk engines, and the
+//! typed error of a data dir that is already open).
 #![allow(clippy::unwrap_used)]
 
-use crate::engine::{Cf, Durability, Engine, Pair, WriteBatch};
+use crate::engine::{self, Cf, Durability, Engine, EngineError, Pair, WriteBatch};
 
 use super::all_engines;
 
@@ -433,5 +434,20 @@ fn synced_writes_survive_reopen_of_on_disk_engines() {
             "{name}"
         );
         assert_eq!(all(t.engine.as_ref(), Cf::Current).len(), 50, "{name}");
+    }
+}
+
+/// A data dir another handle has open is refused as `EngineError::Locked`, told apart by
+/// the engine library's error kind (the CLI matches on it to say "in use by another
+/// cairn"), with the library's error kept as the source.
+#[test]
+fn opening_a_data_dir_that_is_open_is_refused_as_locked() {
+    for t in all_engines().into_iter().filter(|t| t.on_disk()) {
+        let name = t.kind.as_str();
+        let Err(e) = engine::open(t.kind, t.dir.path()) else {
+            panic!("{name}: a second open of an open data dir succeeded");
+        };
+        assert!(matches!(e, EngineError::Locked(_)), "{name}: {e:?}");
+        assert!(std::error::Error::source(&e).is_some(), "{name}: no source");
     }
 }
