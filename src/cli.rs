@@ -76,7 +76,7 @@ pub enum Command {
     /// Write the run service's data (run configs, runs, counters, events) to stdout.
     Export {
         /// Keep secrets (run environment values, registry credentials); they are
-        /// replaced by `***` otherwise.
+        /// replaced by `***` otherwise, and such an export cannot be imported.
         #[arg(long)]
         include_secrets: bool,
         #[command(flatten)]

@@ -36,7 +36,7 @@ pub async fn import_copies(
     group_prefix: &str,
     groups: usize,
 ) -> anyhow::Result<Duration> {
-    let mut stream = client.export().await.context("exporting")?;
+    let mut stream = client.export_with(true).await.context("exporting")?;
     let mut bytes = Vec::new();
     while let Some(chunk) = stream.next().await {
         bytes.extend_from_slice(&chunk.context("reading the export")?);
@@ -105,7 +105,7 @@ pub async fn import_copies(
         .context("the export header has no revision")?;
     // Signed with the key of the token the bench's servers run with (scheduler.rs).
     let key = cairn::datamanager::exchange::export_key(b"cairn-bench-token");
-    let (mut writer, mut out) = ExportWriter::start(revision, &key);
+    let (mut writer, mut out) = ExportWriter::start(revision, &key, Some(false));
     for (key, value) in entries {
         writer.entry(key, value, &mut out);
     }

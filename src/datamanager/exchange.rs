@@ -12,7 +12,10 @@
 //! length, checksum, HMAC) before it changes anything, in time linear in its size.
 //!
 //! Secrets (the run configs' environment values and registry credentials) are replaced by
-//! [`REDACTED`] unless the export is asked to include them.
+//! [`REDACTED`] unless the export is asked to include them; the header says which
+//! (`"redacted":true|false`). An import refuses a redacted export (it would store `***` as
+//! every secret), and, for an export whose header does not say, one whose run configs
+//! hold a secret that is `***`.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -80,33 +83,47 @@ impl HmacSha256 {
     }
 }
 
-/// Replaces the secrets of a run config by [`REDACTED`]: the per-run, task, container and
-/// step environment values and the registry credentials. The static environment (CI,
-/// repository data) stays.
-pub fn redact_secrets(config: &mut cairn_client::runconfig::RunConfig) {
-    fn env(env: &mut cairn_client::runconfig::Env) {
-        env.values_mut().for_each(|v| *v = REDACTED.to_string());
-    }
-    env(&mut config.environment);
+/// Calls `f` on every secret of a run config: the per-run, task, container and step
+/// environment values and the non-empty registry credentials. The static environment
+/// (CI, repository data) is no secret.
+fn each_secret(config: &mut cairn_client::runconfig::RunConfig, mut f: impl FnMut(&mut String)) {
+    config.environment.values_mut().for_each(&mut f);
     for task in config.tasks.values_mut() {
-        env(&mut task.environment);
+        task.environment.values_mut().for_each(&mut f);
         for c in &mut task.runtime.containers {
-            env(&mut c.environment);
+            c.environment.values_mut().for_each(&mut f);
         }
         for step in &mut task.steps {
             if let cairn_client::runconfig::Step::Run(run) = step {
-                env(&mut run.environment);
+                run.environment.values_mut().for_each(&mut f);
             }
         }
         for auth in task.docker_registries_auth.values_mut() {
             for secret in [&mut auth.password, &mut auth.auth] {
                 if !secret.is_empty() {
-                    *secret = REDACTED.to_string();
+                    f(secret);
                 }
             }
         }
     }
 }
+
+/// Replaces the secrets of a run config by [`REDACTED`]: the per-run, task, container and
+/// step environment values and the registry credentials. The static environment (CI,
+/// repository data) stays.
+pub fn redact_secrets(config: &mut cairn_client::runconfig::RunConfig) {
+    each_secret(config, |v| *v = REDACTED.to_string());
+}
+
+/// Whether a secret of the run config is [`REDACTED`].
+fn holds_redacted_secrets(config: &mut cairn_client::runconfig::RunConfig) -> bool {
+    let mut redacted = false;
+    each_secret(config, |v| redacted |= v == REDACTED);
+    redacted
+}
+
+/// Why a redacted export is not imported.
+const REDACTED_IMPORT: &str = "it was made without `--include-secrets`: its secrets are `***`, and importing it would store `***` as every secret; export again with `cairn export --include-secrets`";
 
 /// The key prefixes that make up an export, in key order.
 pub const EXPORTED: [&str; 5] = [
@@ -139,6 +156,10 @@ struct Header {
     format: String,
     version: u32,
     revision: i64,
+    /// Whether the secrets were replaced by [`REDACTED`]; `None` in exports made before
+    /// the header said so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    redacted: Option<bool>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -181,8 +202,9 @@ pub struct ExportWriter {
 
 impl ExportWriter {
     /// Starts an export read at `revision`, authenticated with `key` (see
-    /// [`export_key`]): the writer, and the header line.
-    pub fn start(revision: i64, key: &[u8]) -> (ExportWriter, Vec<u8>) {
+    /// [`export_key`]), whose header says whether its secrets are `redacted` (`None`
+    /// leaves it unsaid, as older exports did): the writer, and the header line.
+    pub fn start(revision: i64, key: &[u8], redacted: Option<bool>) -> (ExportWriter, Vec<u8>) {
         let mut w = ExportWriter {
             hash: Sha256::new(),
             mac: HmacSha256::new(key),
@@ -192,6 +214,7 @@ impl ExportWriter {
             format: FORMAT.into(),
             version: VERSION,
             revision,
+            redacted,
         };
         let line = w.line(&header);
         w.count = 0;
@@ -259,7 +282,7 @@ impl Datamanager {
         let revision = self.kv().header().revision;
         // A linearizable read first, so the revision is the cluster's, not a stale one.
         self.kv().read_barrier().await?;
-        let (mut writer, header) = ExportWriter::start(revision, key);
+        let (mut writer, header) = ExportWriter::start(revision, key, Some(!include_secrets));
         if tx.send(Ok(Bytes::from(header))).await.is_err() {
             return Ok(());
         }
@@ -476,6 +499,8 @@ pub struct Validator<W: Write> {
     /// Bytes searched for a newline in all (each byte once: the parse is linear).
     searched: u64,
     header: bool,
+    /// What the header says of the secrets ([`Header::redacted`]).
+    redacted: Option<bool>,
     last_key: Option<String>,
     entries: u64,
     trailer: Option<TrailerBody>,
@@ -494,6 +519,7 @@ impl<W: Write> Validator<W> {
             scanned: 0,
             searched: 0,
             header: false,
+            redacted: None,
             last_key: None,
             entries: 0,
             trailer: None,
@@ -557,6 +583,10 @@ impl<W: Write> Validator<W> {
                     h.version
                 )));
             }
+            if h.redacted == Some(true) {
+                return Err(invalid(format!("line 1: {REDACTED_IMPORT}")));
+            }
+            self.redacted = h.redacted;
             self.header = true;
             self.hash.update(line);
             if let Some(mac) = &mut self.mac {
@@ -616,9 +646,14 @@ impl<W: Write> Validator<W> {
             check_run_id(key_id, &run.id)?;
             check_ids(run.tasks.keys(), n)?;
         } else if let Some(key_id) = e.key.strip_prefix(keys::RUN_CONFIG) {
-            let config = serde_json::from_str::<cairn_client::runconfig::RunConfig>(&e.value)
+            let mut config = serde_json::from_str::<cairn_client::runconfig::RunConfig>(&e.value)
                 .map_err(|err| invalid(format!("line {n}: run config: {err}")))?;
             check_run_id(key_id, &config.id)?;
+            if self.redacted.is_none() && holds_redacted_secrets(&mut config) {
+                return Err(invalid(format!(
+                    "line {n}: run {key_id} has a secret `***`: {REDACTED_IMPORT}"
+                )));
+            }
             check_ids(config.tasks.keys(), n)?;
         } else if e.key.starts_with(keys::COUNTER) || e.key == keys::RUN_SEQ {
             e.value
@@ -678,7 +713,7 @@ mod tests {
     const KEY: &[u8] = b"test export key";
 
     fn export_of(entries: &[(&str, &str)]) -> Vec<u8> {
-        let (mut w, mut out) = ExportWriter::start(7, KEY);
+        let (mut w, mut out) = ExportWriter::start(7, KEY, Some(false));
         for (k, v) in entries {
             w.entry(k.to_string(), v.to_string(), &mut out);
         }
@@ -776,7 +811,7 @@ mod tests {
         let entries: Vec<(String, String)> = (0..50)
             .map(|i| (format!("rs/event/{i:08}"), value.clone()))
             .collect();
-        let (mut w, mut out) = ExportWriter::start(7, KEY);
+        let (mut w, mut out) = ExportWriter::start(7, KEY, Some(false));
         for (k, v) in entries {
             w.entry(k, v, &mut out);
         }
@@ -847,6 +882,49 @@ mod tests {
         ] {
             let err = validate(&export_of(&[(&key, &value)]), 64).expect_err(&key);
             assert!(err.to_string().contains("run"), "{key}: {err}");
+        }
+    }
+
+    /// Issue 11: an export made without `--include-secrets` holds `***` for every secret;
+    /// importing it stored `***` as the secrets. Its header says it is redacted and the
+    /// import refuses it, naming the flag; an export whose header does not say (made
+    /// before it did) is refused when a run config holds a secret `***`.
+    #[test]
+    fn a_redacted_export_is_refused_by_import() {
+        let config = |value: &str| {
+            let mut c = cairn_client::runconfig::RunConfig {
+                id: "0000000000000001".into(),
+                ..Default::default()
+            };
+            c.environment.insert("DEPLOY_KEY".into(), value.into());
+            serde_json::to_string(&c).expect("json")
+        };
+        let export = |redacted: Option<bool>, value: &str| {
+            let (mut w, mut out) = ExportWriter::start(7, KEY, redacted);
+            w.entry(
+                "rs/runconfig/0000000000000001".into(),
+                config(value),
+                &mut out,
+            );
+            out.extend_from_slice(&w.finish());
+            out
+        };
+        for (redacted, value) in [(Some(true), "***"), (Some(true), "s3cret"), (None, "***")] {
+            let err = validate(&export(redacted, value), 64).expect_err("redacted");
+            assert!(
+                err.to_string().contains("--include-secrets"),
+                "{redacted:?} {value}: {err}"
+            );
+        }
+        for (redacted, value) in [
+            (Some(false), "s3cret"),
+            (Some(false), "***"),
+            (None, "s3cret"),
+        ] {
+            assert_eq!(
+                validate(&export(redacted, value), 64).expect("with secrets"),
+                1
+            );
         }
     }
 

@@ -111,9 +111,9 @@ async fn set_mode(client: &RunClient, nodes: usize, on: bool) {
     wait_mode(client, nodes, on).await;
 }
 
-/// The whole export, as bytes.
+/// The whole export, secrets included (a redacted export is not imported), as bytes.
 async fn export(client: &RunClient) -> Vec<u8> {
-    let mut stream = client.export().await.unwrap();
+    let mut stream = client.export_with(true).await.unwrap();
     let mut out = Vec::new();
     while let Some(chunk) = stream.next().await {
         out.extend_from_slice(&chunk.unwrap());

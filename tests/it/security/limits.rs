@@ -414,6 +414,43 @@ async fn exports_hide_secrets_and_a_tampered_export_is_refused_by_its_hmac() {
     assert!(!export_text(&client, true).await.contains("ATTACKER-VALUE"));
 }
 
+/// Issue 11: an export made without `--include-secrets` shows every secret as `***`;
+/// importing it stored `***` as the secrets, silently. Now the import is refused (400,
+/// naming `--include-secrets`) before anything changes, and the secrets stay; the export
+/// with secrets imports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redacted_export_is_refused_by_import_and_the_secrets_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = ServiceProc::single(&dir.path().join("n"));
+    let client = node.client();
+    let mut req = create_request("/project/p/branch/main", ONE_TASK);
+    req.environment
+        .insert("DEPLOY_KEY".into(), "SECRET-VALUE-123".into());
+    client.create_run(&req).await.unwrap();
+    maintenance_on(&client).await;
+
+    let redacted = export_text(&client, false).await;
+    assert!(redacted.contains("\"redacted\":true"), "{redacted}");
+    let err = client
+        .import(redacted.into_bytes())
+        .await
+        .expect_err("a redacted export");
+    assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
+    assert!(err.to_string().contains("--include-secrets"), "{err}");
+    let full = export_text(&client, true).await;
+    assert!(
+        full.contains("SECRET-VALUE-123"),
+        "the secret stays: {full}"
+    );
+    let summary = client.import(full.into_bytes()).await.unwrap();
+    assert_eq!(summary.runs, 1);
+    assert!(
+        export_text(&client, true)
+            .await
+            .contains("SECRET-VALUE-123")
+    );
+}
+
 /// M5: a 64 MB import body of one line is refused once the line passes the cap, without
 /// the server reading the rest (it was parsed in quadratic time: hours of CPU for 4 GiB).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
