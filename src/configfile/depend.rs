@@ -108,7 +108,7 @@ fn conditions(dec: &mut Decoder<'_>, node: &Node<'_>) -> Vec<DependCondition> {
 mod tests {
     use super::*;
     use crate::configfile::error::ConfigError;
-    use crate::configfile::yaml::load;
+    use crate::configfile::yaml::load_unwatched as load;
 
     fn depends(yaml: &str) -> (Vec<(String, Vec<DependCondition>)>, Vec<ConfigError>) {
         let doc = load("c.yml", yaml).expect("yaml");

@@ -136,8 +136,8 @@ pub fn parse(path: &str, content: &str) -> Result<Parsed, ConfigErrors> {
             ),
         )));
     }
-    let root = yaml::load(path, content).map_err(ConfigErrors::single)?;
-    limits::check_counts(path, &root).map_err(ConfigErrors::single)?;
+    let mut counter = limits::Counter::new(path);
+    let root = yaml::load(path, content, &mut counter).map_err(ConfigErrors::single)?;
     let mut dec = decode::Decoder::new(path);
     let config = document::decode_config(&mut dec, &root);
     let mut errors = dec.errors;

@@ -325,7 +325,7 @@ fn contents(dec: &mut Decoder<'_>, body: &Body<'_>, default_all: bool) -> Vec<Sa
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::configfile::yaml::load;
+    use crate::configfile::yaml::load_unwatched as load;
 
     fn steps(yaml: &str) -> (Vec<ConfigStep>, Vec<ConfigError>) {
         let doc = load("c.yml", yaml).expect("yaml");

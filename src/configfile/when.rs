@@ -198,7 +198,7 @@ fn compile(text: &str, pattern: &str) -> Result<Matcher, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::configfile::yaml::load;
+    use crate::configfile::yaml::load_unwatched as load;
 
     fn when(yaml: &str) -> When {
         let doc = load("c.yml", yaml).expect("yaml");

@@ -1,5 +1,6 @@
 //! Marked YAML access: loads a document with `saphyr` (positions kept, scalars left as
-//! written) and offers [`Node`], a read-only view of one node that knows its field path,
+//! written), showing each parser event to a [`Watch`] (Cairn's limits) before the tree
+//! holds it, and offers [`Node`], a read-only view of one node that knows its field path,
 //! its position and what kind of value it holds. JSON is read by the same parser (YAML
 //! 1.2 is a superset of JSON). Knows nothing of the config grammar.
 
@@ -11,8 +12,36 @@ use saphyr_parser::{Event, Parser, Span, SpannedEventReceiver};
 use super::error::ConfigError;
 use super::limits::{ALIAS_NODE_COST, MAX_ALIAS_EXPANSION, MAX_ALIASES};
 
-/// Parses `content` into its single document's root node.
-pub(super) fn load(file: &str, content: &str) -> Result<MarkedYamlOwned, ConfigError> {
+/// What [`load`] does with the event a [`Watch`] has just seen.
+pub(super) enum Flow {
+    /// Build it into the tree.
+    Load,
+    /// A limit is passed: build nothing more, but read on (the watch needs what follows
+    /// to name the problem).
+    Skip,
+    /// A limit is passed and the problem is known: read no further.
+    Stop,
+}
+
+/// Sees every event of the parser before the loader builds it into the tree, to refuse
+/// a document before it costs memory (the limits on the config's grammar, `limits.rs`).
+pub(super) trait Watch {
+    fn on_event(&mut self, ev: &Event<'_>, span: Span) -> Flow;
+    /// The problem, once [`Watch::on_event`] has said [`Flow::Skip`] or [`Flow::Stop`].
+    fn error(&mut self) -> Option<ConfigError>;
+}
+
+/// Parses `content` into its single document's root node, showing each event to `watch`
+/// first and stopping where it refuses. The parser is read event by event: a problem
+/// ends the reading where it is found (a syntax error, an alias beyond the budget, a
+/// limit of `watch`), so what follows it is never loaded, nor even parsed once the
+/// problem is known. A problem the loader found before a refusal (a duplicated key) is
+/// reported rather than the refusal.
+pub(super) fn load(
+    file: &str,
+    content: &str,
+    watch: &mut dyn Watch,
+) -> Result<MarkedYamlOwned, ConfigError> {
     // JSON allows tabs wherever it allows blanks but never inside strings, while YAML
     // refuses them as indentation: a tab becomes a blank, which keeps every column.
     let content: Cow<'_, str> = if file.ends_with(".json") {
@@ -22,8 +51,7 @@ pub(super) fn load(file: &str, content: &str) -> Result<MarkedYamlOwned, ConfigE
     };
     let mut loader = YamlLoader::<MarkedYamlOwned>::default();
     loader.early_parse(false);
-    let mut budget = AliasBudget::new(&mut loader);
-    let mut parser = Parser::new_from_str(&content);
+    let mut budget = AliasBudget::default();
     let syntax = |e: &saphyr::ScanError| {
         let m = e.marker();
         ConfigError::new(
@@ -34,21 +62,38 @@ pub(super) fn load(file: &str, content: &str) -> Result<MarkedYamlOwned, ConfigE
             format!("invalid YAML: {}", e.info()),
         )
     };
-    let parsed = parser.load(&mut budget, true);
-    if let Some((span, message)) = budget.refused {
-        return Err(ConfigError::over_limit(
-            file,
-            span.start.line(),
-            span.start.col() + 1,
-            "",
-            message,
-        ));
-    }
-    if let Err(e) = parsed {
-        return Err(syntax(&e));
+    let mut refused = false;
+    for next in Parser::new_from_str(&content) {
+        let (ev, span) = match next {
+            Ok(next) => next,
+            Err(_) if refused => break,
+            Err(e) => return Err(syntax(&e)),
+        };
+        if let Some(message) = budget.weigh(&ev) {
+            return Err(ConfigError::over_limit(
+                file,
+                span.start.line(),
+                span.start.col() + 1,
+                "",
+                message,
+            ));
+        }
+        match watch.on_event(&ev, span) {
+            Flow::Load if !refused => loader.on_event(ev, span),
+            Flow::Load | Flow::Skip => refused = true,
+            Flow::Stop => {
+                refused = true;
+                break;
+            }
+        }
     }
     if let Some(e) = loader.error() {
         return Err(syntax(e));
+    }
+    if refused {
+        return Err(watch
+            .error()
+            .expect("a watch that refuses a document says why"));
     }
     let mut docs = loader.into_documents();
     if docs.len() > 1 {
@@ -67,35 +112,40 @@ pub(super) fn load(file: &str, content: &str) -> Result<MarkedYamlOwned, ConfigE
     }
 }
 
-/// Passes the parser's events to the loader while weighing what each alias will clone
-/// (its anchor's scalar bytes plus [`ALIAS_NODE_COST`] per node, aliases inside counted
-/// expanded), and stops passing them at the first alias beyond [`MAX_ALIASES`] or
-/// [`MAX_ALIAS_EXPANSION`]: the loader never clones it. Linear in the events, with no
-/// recursion (saphyr's own budget counts nodes, not bytes: 100,000 aliases of a 1 MB
-/// scalar would pass it).
-struct AliasBudget<'l, R> {
-    loader: &'l mut R,
+/// No limits but the aliases' (the grammar's are `limits.rs`'s), for the tests of
+/// the grammar.
+#[cfg(test)]
+impl Watch for () {
+    fn on_event(&mut self, _: &Event<'_>, _: Span) -> Flow {
+        Flow::Load
+    }
+    fn error(&mut self) -> Option<ConfigError> {
+        None
+    }
+}
+
+/// [`load`] with no [`Watch`], for the tests of the grammar.
+#[cfg(test)]
+pub(super) fn load_unwatched(file: &str, content: &str) -> Result<MarkedYamlOwned, ConfigError> {
+    load(file, content, &mut ())
+}
+
+/// Weighs what each alias will clone (its anchor's scalar bytes plus [`ALIAS_NODE_COST`]
+/// per node, aliases inside counted expanded) from the parser's events, and refuses the
+/// first alias beyond [`MAX_ALIASES`] or [`MAX_ALIAS_EXPANSION`] before the loader sees
+/// it: the loader never clones it. Linear in the events, with no recursion (saphyr's own
+/// budget counts nodes, not bytes: 100,000 aliases of a 1 MB scalar would pass it).
+#[derive(Default)]
+struct AliasBudget {
     /// Weight of every anchor defined so far, by anchor id.
     anchors: std::collections::HashMap<usize, usize>,
     /// Open collections: (anchor id, weight so far).
     open: Vec<(usize, usize)>,
     aliases: usize,
     expanded: usize,
-    refused: Option<(Span, String)>,
 }
 
-impl<'l, R> AliasBudget<'l, R> {
-    fn new(loader: &'l mut R) -> Self {
-        AliasBudget {
-            loader,
-            anchors: Default::default(),
-            open: Vec::new(),
-            aliases: 0,
-            expanded: 0,
-            refused: None,
-        }
-    }
-
+impl AliasBudget {
     /// Adds a finished node of `weight` to its parent, and to its anchor if it has one.
     fn close(&mut self, anchor: usize, weight: usize) {
         if anchor > 0 {
@@ -105,14 +155,10 @@ impl<'l, R> AliasBudget<'l, R> {
             *parent = parent.saturating_add(weight);
         }
     }
-}
 
-impl<'input, R: SpannedEventReceiver<'input>> SpannedEventReceiver<'input> for AliasBudget<'_, R> {
-    fn on_event(&mut self, ev: Event<'input>, span: Span) {
-        if self.refused.is_some() {
-            return;
-        }
-        match &ev {
+    /// Weighs one event; the reason to refuse it, if it is an alias beyond the budget.
+    fn weigh(&mut self, ev: &Event<'_>) -> Option<String> {
+        match ev {
             Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
                 self.open.push((*anchor, ALIAS_NODE_COST));
             }
@@ -129,29 +175,21 @@ impl<'input, R: SpannedEventReceiver<'input>> SpannedEventReceiver<'input> for A
                 self.aliases += 1;
                 self.expanded = self.expanded.saturating_add(weight);
                 if self.aliases > MAX_ALIASES {
-                    self.refused = Some((
-                        span,
-                        format!(
-                            "more than {MAX_ALIASES} YAML aliases in one config (Cairn's limit)"
-                        ),
+                    return Some(format!(
+                        "more than {MAX_ALIASES} YAML aliases in one config (Cairn's limit)"
                     ));
-                    return;
                 }
                 if self.expanded > MAX_ALIAS_EXPANSION {
-                    self.refused = Some((
-                        span,
-                        format!(
-                            "YAML aliases expand the config by more than {} KiB (Cairn's limit)",
-                            MAX_ALIAS_EXPANSION / 1024
-                        ),
+                    return Some(format!(
+                        "YAML aliases expand the config by more than {} KiB (Cairn's limit)",
+                        MAX_ALIAS_EXPANSION / 1024
                     ));
-                    return;
                 }
                 self.close(0, weight);
             }
             _ => {}
         }
-        self.loader.on_event(ev, span);
+        None
     }
 }
 
@@ -398,6 +436,7 @@ pub(super) fn child_path(parent: &str, key: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::load_unwatched as load;
     use super::*;
 
     fn root(content: &str) -> MarkedYamlOwned {

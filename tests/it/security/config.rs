@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use cairn_client::api::ListRunsQuery;
+use cairn_client::api::{CreateRunRequest, ListRunsQuery};
 use cairn_client::{ApiError, ErrorCode};
 
 use crate::runs_flow::create_request;
@@ -21,7 +21,12 @@ const QUICK: Duration = Duration::from_secs(15);
 
 /// POSTs `config` as a run's config; the status and the JSON error body.
 async fn post(node: &ServiceProc, config: &str) -> (u16, ApiError, Duration) {
-    let body = serde_json::to_vec(&create_request(GROUP, config)).unwrap();
+    post_request(node, &create_request(GROUP, config)).await
+}
+
+/// POSTs `request`; the status and the JSON error body.
+async fn post_request(node: &ServiceProc, request: &CreateRunRequest) -> (u16, ApiError, Duration) {
+    let body = serde_json::to_vec(request).unwrap();
     let started = Instant::now();
     let resp = reqwest::Client::new()
         .post(format!("{}/api/v1/runs", node.url))
@@ -139,5 +144,31 @@ async fn a_16k_task_chain_is_refused_quickly() {
         detail["message"],
         "more than 1000 tasks in one config (Cairn's limit)"
     );
+    // The same chain as `.agola/config.json`: refused at the same task, before the tree
+    // holds the rest.
+    let tasks: Vec<String> = (0..16_000)
+        .map(|i| {
+            let depends = if i == 0 {
+                String::new()
+            } else {
+                format!("\"t{}\"", i - 1)
+            };
+            format!("{{\"name\": \"t{i}\", \"depends\": [{depends}]}}")
+        })
+        .collect();
+    let json = format!(
+        "{{\"runs\": [{{\"name\": \"ci\", \"tasks\": [\n{}\n]}}]}}\n",
+        tasks.join(",\n")
+    );
+    assert!(json.len() < 1024 * 1024, "{}", json.len());
+    let mut request = create_request(GROUP, &json);
+    request.config.path = ".agola/config.json".into();
+    let (status, e, elapsed) = post_request(&node, &request).await;
+    assert_eq!(status, 400, "{e:?}");
+    assert!(elapsed < QUICK, "took {elapsed:?}");
+    let detail = only_detail(&e);
+    assert_eq!(detail["field"], "runs[0].tasks[1000]", "{detail}");
+    assert_eq!(detail["line"], 1002, "{detail}");
+    assert_eq!(detail["limit"], true, "{detail}");
     still_serves(&node).await;
 }
