@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use raft::network::http::HttpTransport;
 use raft::{Node, NodeConfig, Timing};
 use store::EngineKind;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::peer::HttpTransport;
 use crate::tls::ConnPeer;
 
 /// How to start a store node.

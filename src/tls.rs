@@ -61,7 +61,7 @@ pub struct ConnPeer {
 /// Why a request on a connection must be refused before routing, if it must: the peer
 /// route on a TLS connection without a node certificate.
 pub fn peer_route_refusal(path: &str, conn: ConnPeer) -> Option<&'static str> {
-    (conn.tls && !conn.node_cert && path == raft::network::http::RPC_PATH).then_some(
+    (conn.tls && !conn.node_cert && path == crate::api::peer::RPC_PATH).then_some(
         "the peer route needs mutual TLS with a node certificate signed by the cluster CA",
     )
 }
@@ -230,7 +230,7 @@ mod tests {
 
     #[test]
     fn the_peer_route_needs_a_node_certificate_on_tls_only() {
-        let rpc = raft::network::http::RPC_PATH;
+        let rpc = crate::api::peer::RPC_PATH;
         let plain = ConnPeer::default();
         let client = ConnPeer {
             tls: true,

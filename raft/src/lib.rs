@@ -2,8 +2,10 @@
 //! sees openraft).
 //!
 //! - [`log_store`] and [`state_machine`]: openraft's storage traits over one engine per node.
-//! - [`network`]: the peer [`Transport`](network::Transport) — HTTP between processes,
-//!   a simulated network with faults in tests — and openraft's network factory over it.
+//! - [`network`]: the peer [`Transport`](network::Transport) (implemented over HTTP by
+//!   the binary, which owns every HTTP concern; a simulated network with faults in tests),
+//!   openraft's network factory over it, and [`network::answer`], a node's transport-neutral
+//!   answer to an encoded peer request.
 //! - [`node`]: a replica's lifecycle (initialize, join, remove, status, shutdown) and its
 //!   answers to peer requests; [`lessor`] keeps lease deadlines on the leader.
 //! - [`kv`]: the [`Kv`] client handle with etcd's API (linearizable reads, forwarding);

@@ -6,6 +6,7 @@
 //!   `{code, message, details}`.
 //! - [`etcd`]: the store's client port, etcd v3's JSON API (etcd 3.4 gateway shapes).
 //! - [`server`]: the node's HTTP server: the etcd API, the Raft peer endpoint and health.
+//! - [`peer`]: the Raft peer wire over HTTP, both ends (the route and the transport).
 //! - [`streams`]: per-credential and global caps on watches, SSE streams, log follows
 //!   and long polls.
 
@@ -15,6 +16,7 @@ pub mod error;
 pub mod etcd;
 pub mod executors;
 pub mod maintenance;
+pub mod peer;
 pub mod runs;
 pub mod server;
 pub mod service;

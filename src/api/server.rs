@@ -116,7 +116,7 @@ pub fn router(
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(node.clone());
-    raft::network::http::peer_router(node.handler(), cluster_token)
+    super::peer::router(node.handler(), cluster_token)
         .merge(client)
         .merge(health)
         .fallback(|| async {

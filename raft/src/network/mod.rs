@@ -1,9 +1,10 @@
 //! How nodes reach each other. A [`Transport`] delivers a [`PeerRequest`] to a node and
-//! returns its [`PeerResponse`]; [`NetworkFactory`] adapts any transport to openraft.
-//! Implementations: [`http`] (reqwest to the peer's `/raft/rpc`, bincode bodies, cluster
-//! token, pooled keep-alive connections) and [`sim`] (in-process, with a fault matrix).
+//! returns its [`PeerResponse`]; [`NetworkFactory`] adapts any transport to openraft. On
+//! the receiving side, [`answer`] turns an encoded request into an encoded response for
+//! a byte-carrying transport. Implementations: [`sim`] (in-process, with a fault matrix)
+//! here; the HTTP one (bincode bodies at `/raft/rpc`, the peer secret, pooled keep-alive
+//! connections) lives in the binary's `api::peer`, so that this crate knows no HTTP.
 
-pub mod http;
 pub mod sim;
 
 use std::sync::Arc;
@@ -20,8 +21,8 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 
-use crate::rpc::{PeerRequest, PeerResponse};
-use crate::types::{NodeAddr, NodeId, TypeConfig};
+use crate::rpc::{PeerRequest, PeerResponse, Refusal};
+use crate::types::{NodeAddr, NodeId, TypeConfig, decode, encode};
 
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum TransportError {
@@ -52,6 +53,29 @@ pub trait Transport: Send + Sync + 'static {
 /// The receiving side: a node that answers peer requests.
 pub trait PeerHandler: Send + Sync + 'static {
     fn handle(&self, req: PeerRequest) -> BoxFuture<'static, PeerResponse>;
+}
+
+/// Why a node gave no answer to an encoded peer request (see [`answer`]); a transport
+/// tells the sender in its own way (over HTTP: 400 and 403).
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The bytes are not a peer request (bincode decodes with a size limit, so a huge
+    /// length prefix is this error, never an allocation).
+    #[error("bad peer request: {0}")]
+    BadRequest(#[source] store::StoreError),
+    /// The node refused the request before it reached Raft ([`crate::rpc::admit`]).
+    #[error("peer request refused: {0}")]
+    Refused(#[source] Refusal),
+}
+
+/// Answers one encoded peer request with its encoded response, transport-neutral: the
+/// transport authenticates the sender and bounds the body before calling this.
+pub async fn answer(handler: &dyn PeerHandler, body: &[u8]) -> Result<Vec<u8>, PeerError> {
+    let req: PeerRequest = decode(body).map_err(PeerError::BadRequest)?;
+    match handler.handle(req).await {
+        PeerResponse::Refused(why) => Err(PeerError::Refused(why)),
+        resp => Ok(encode(&resp)),
+    }
 }
 
 /// openraft's network factory over a [`Transport`].
@@ -152,5 +176,52 @@ impl RaftNetwork<TypeConfig> for Connection {
             PeerResponse::Vote(r) => r.map_err(|e| self.remote(e)),
             _ => Err(self.unexpected("vote")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+
+    use super::*;
+    use crate::rpc::Refusal;
+
+    /// Refuses proposals, answers everything else with an error-free keepalive.
+    struct Fake;
+
+    impl PeerHandler for Fake {
+        fn handle(&self, req: PeerRequest) -> BoxFuture<'static, PeerResponse> {
+            let resp = match req {
+                PeerRequest::Propose { from, .. } => {
+                    PeerResponse::Refused(Refusal::NotAMember(from))
+                }
+                _ => PeerResponse::KeepAlive(Ok(7)),
+            };
+            async move { resp }.boxed()
+        }
+    }
+
+    #[tokio::test]
+    async fn answer_encodes_the_response_and_reports_what_it_did_not_answer() {
+        let ok = answer(&Fake, &encode(&PeerRequest::KeepAlive(1)))
+            .await
+            .expect("answered");
+        assert!(matches!(
+            decode::<PeerResponse>(&ok),
+            Ok(PeerResponse::KeepAlive(Ok(7)))
+        ));
+
+        let propose = PeerRequest::Propose {
+            from: 9,
+            cmd: store::Command::LeaseRevoke { id: 1 },
+        };
+        let refused = answer(&Fake, &encode(&propose)).await;
+        assert!(
+            matches!(refused, Err(PeerError::Refused(Refusal::NotAMember(9)))),
+            "{refused:?}"
+        );
+
+        let bad = answer(&Fake, &[0xff; 16]).await;
+        assert!(matches!(bad, Err(PeerError::BadRequest(_))), "{bad:?}");
     }
 }

@@ -1,41 +1,45 @@
-//! The HTTP transport: a peer request is a `POST /raft/rpc` with a bincode body and the
-//! cluster token as a bearer token. One pooled reqwest client per node keeps connections
-//! alive (no per-call handshake, `TCP_NODELAY` on); over `https://` it trusts the cluster
-//! CA and presents the node's certificate (mutual TLS), as the node's composition root
-//! sets it up.
+//! The Raft peer wire over HTTP, both ends: a peer request is a `POST /raft/rpc` with a
+//! bincode body and the peer secret as a bearer token. [`router`] serves it (the node
+//! answers through [`raft::network::answer`], which knows no HTTP; this file maps its
+//! errors to statuses); [`HttpTransport`] sends it, with one pooled reqwest client per
+//! node that keeps connections alive (no per-call handshake, `TCP_NODELAY` on) and, over
+//! `https://`, trusts the cluster CA and presents the node's certificate (mutual TLS), as
+//! the node's composition root sets it up.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use raft::network::{PeerError, PeerHandler, Transport, TransportError};
+use raft::rpc::{PeerRequest, PeerResponse};
+use raft::types::{NodeAddr, decode, encode};
 
-use super::{PeerHandler, Transport, TransportError};
-use crate::rpc::{PeerRequest, PeerResponse};
-use crate::types::{NodeAddr, decode, encode};
+use super::auth;
 
 /// Path of the peer endpoint on every node's HTTP port.
 pub const RPC_PATH: &str = "/raft/rpc";
 /// Largest peer request accepted (snapshot chunks are 3 MiB by default).
 pub const MAX_RPC_BODY: usize = 64 << 20;
 
+/// The sending end: delivers peer requests to other nodes' [`RPC_PATH`].
 #[derive(Clone)]
 pub struct HttpTransport {
     client: reqwest::Client,
-    token: Arc<str>,
+    secret: Arc<str>,
 }
 
 impl HttpTransport {
-    pub fn new(token: &str) -> Self {
+    pub fn new(secret: &str) -> Self {
         let client = Self::client_builder()
             .build()
             .expect("a reqwest client with static settings builds");
-        Self::with_client(token, client)
+        Self::with_client(secret, client)
     }
 
     /// The pooled client's settings, for a caller to add TLS roots and the node's client
@@ -50,10 +54,10 @@ impl HttpTransport {
     }
 
     /// A transport over `client` (built from [`HttpTransport::client_builder`]).
-    pub fn with_client(token: &str, client: reqwest::Client) -> Self {
+    pub fn with_client(secret: &str, client: reqwest::Client) -> Self {
         Self {
             client,
-            token: token.into(),
+            secret: secret.into(),
         }
     }
 }
@@ -70,7 +74,7 @@ impl Transport for HttpTransport {
         let call = self
             .client
             .post(url)
-            .bearer_auth(&*self.token)
+            .bearer_auth(&*self.secret)
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .body(body)
             .timeout(timeout);
@@ -100,40 +104,31 @@ impl Transport for HttpTransport {
 #[derive(Clone)]
 struct PeerState {
     handler: Arc<dyn PeerHandler>,
-    token: Arc<str>,
+    secret: Arc<str>,
 }
 
-/// The axum routes of the peer endpoint, to merge into the node's HTTP server.
-pub fn peer_router(handler: Arc<dyn PeerHandler>, token: &str) -> Router {
+/// The receiving end: the route of the peer endpoint, to merge into the node's HTTP
+/// server. Only `secret` (the peer secret) opens it.
+pub fn router(handler: Arc<dyn PeerHandler>, secret: &str) -> Router {
     Router::new()
         .route(RPC_PATH, post(rpc))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_RPC_BODY))
+        .layer(DefaultBodyLimit::max(MAX_RPC_BODY))
         .with_state(PeerState {
             handler,
-            token: token.into(),
+            secret: secret.into(),
         })
 }
 
-fn token_ok(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// The peer endpoint. The token is checked before a byte of the body is read, so an
-/// unauthenticated request is answered at once and its body never buffered; the body is
-/// then read up to [`MAX_RPC_BODY`] and decoded with bincode's size limit (see
-/// [`store::codec::decode`]): a short body with a huge length prefix is a 400, never an
-/// allocation (security.md H2). A request the node refuses (a sender that is not a
-/// member, an absurd term: [`crate::rpc::admit`]) is a 403.
-async fn rpc(State(st): State<PeerState>, req: axum::extract::Request) -> Response {
-    if !token_ok(req.headers(), &st.token) {
+/// The peer endpoint. The secret is checked (with [`auth::same_secret`]) before a byte of
+/// the body is read, so an unauthenticated request is answered at once and its body
+/// never buffered; the body is then read up to [`MAX_RPC_BODY`] and decoded with
+/// bincode's size limit (see [`store::codec::decode`]): a short body with a huge length
+/// prefix is a 400, never an allocation (security.md H2). A request the node refuses (a
+/// sender that is not a member, an absurd term: [`raft::rpc::admit`]) is a 403.
+async fn rpc(State(st): State<PeerState>, req: Request) -> Response {
+    let ok = auth::bearer(req.headers())
+        .is_some_and(|t| auth::same_secret(t.as_bytes(), st.secret.as_bytes()));
+    if !ok {
         return (StatusCode::UNAUTHORIZED, "wrong cluster token").into_response();
     }
     let declared = req
@@ -154,23 +149,17 @@ async fn rpc(State(st): State<PeerState>, req: axum::extract::Request) -> Respon
                 .into_response();
         }
     };
-    let req: PeerRequest = match decode(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return (StatusCode::BAD_REQUEST, format!("bad peer request: {e}")).into_response();
-        }
-    };
-    match st.handler.handle(req).await {
-        PeerResponse::Refused(why) => (
-            StatusCode::FORBIDDEN,
-            format!("peer request refused: {why}"),
-        )
-            .into_response(),
-        resp => (
-            [(header::CONTENT_TYPE, "application/octet-stream")],
-            encode(&resp),
-        )
-            .into_response(),
+    match raft::network::answer(&*st.handler, &body).await {
+        Ok(resp) => ([(header::CONTENT_TYPE, "application/octet-stream")], resp).into_response(),
+        Err(e) => (status_of(&e), e.to_string()).into_response(),
+    }
+}
+
+/// The status of a peer request the node did not answer.
+fn status_of(e: &PeerError) -> StatusCode {
+    match e {
+        PeerError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        PeerError::Refused(_) => StatusCode::FORBIDDEN,
     }
 }
 
