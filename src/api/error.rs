@@ -120,8 +120,13 @@ impl From<crate::datamanager::caches::CacheError> for Failure {
     }
 }
 
-/// Axum's own rejections (bad JSON, wrong content type, body too large) as our body.
-pub async fn json_errors(resp: Response) -> Response {
+/// Rewrites the plain-text errors axum itself produces (bad JSON, wrong content type or
+/// method, body too large) into a front end's JSON error body, so every client error of
+/// that front end has one shape: `shape` builds the body from the status and axum's text
+/// (at most 64 KiB of it); the status is kept. JSON answers and successes pass through.
+/// Both routers use it: [`api_error_body`] for `/api/v1`, `server::etcd_error_body` for
+/// the etcd port.
+pub async fn json_errors(resp: Response, shape: fn(StatusCode, &str) -> Response) -> Response {
     let status = resp.status();
     let is_json = resp
         .headers()
@@ -130,6 +135,17 @@ pub async fn json_errors(resp: Response) -> Response {
     if is_json || !(status.is_client_error() || status.is_server_error()) {
         return resp;
     }
+    let text = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let mut out = shape(status, String::from_utf8_lossy(&text).trim());
+    *out.status_mut() = status;
+    out
+}
+
+/// The `/api/v1` shape of an error axum produced: `{code, message, details}` with axum's
+/// text as the message (the status's reason when there is none).
+pub fn api_error_body(status: StatusCode, text: &str) -> Response {
     let code = match status {
         StatusCode::NOT_FOUND => ErrorCode::NotFound,
         StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
@@ -138,20 +154,15 @@ pub async fn json_errors(resp: Response) -> Response {
         s if s.is_server_error() => ErrorCode::Internal,
         _ => ErrorCode::BadRequest,
     };
-    let (parts, body) = resp.into_parts();
-    let text = axum::body::to_bytes(body, 64 * 1024)
-        .await
-        .unwrap_or_default();
-    let mut message = String::from_utf8_lossy(&text).trim().to_string();
-    if message.is_empty() {
-        message = status
+    let message = if text.is_empty() {
+        status
             .canonical_reason()
             .unwrap_or("error")
-            .to_ascii_lowercase();
-    }
-    let mut out = Failure::new(code, message).into_response();
-    *out.status_mut() = parts.status;
-    out
+            .to_ascii_lowercase()
+    } else {
+        text.to_string()
+    };
+    Failure::new(code, message).into_response()
 }
 
 #[cfg(test)]

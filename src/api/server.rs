@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use raft::Node;
 
+use super::error::json_errors;
 use super::etcd::{self, EtcdError};
 
 /// Limit of a client request body (etcd's default `--max-request-bytes`, plus framing).
@@ -68,17 +69,9 @@ fn loopback_only(headers: &axum::http::HeaderMap) -> Result<(), &'static str> {
     }
 }
 
-/// Rewrites the plain-text errors axum itself produces (body too large, wrong method)
-/// into etcd's JSON error body, so every client error has the same shape.
-async fn json_errors(resp: Response) -> Response {
-    let status = resp.status();
-    let is_json = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if is_json || !(status.is_client_error() || status.is_server_error()) {
-        return resp;
-    }
+/// The etcd shape of an error axum produced (body too large, wrong method; see
+/// [`json_errors`]): etcd's JSON error body with the gRPC code of the status.
+fn etcd_error_body(status: StatusCode, _text: &str) -> Response {
     let code = match status {
         StatusCode::PAYLOAD_TOO_LARGE => 3,
         StatusCode::UNAUTHORIZED => 16,
@@ -105,13 +98,7 @@ pub fn router(
     client_token: Option<String>,
     streams: super::streams::StreamCaps,
 ) -> Router {
-    let auth = Auth {
-        token: client_token.map(Into::into),
-    };
-    let client = etcd::router(node.clone(), streams)
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
-        .layer(middleware::from_fn_with_state(auth, require_token))
-        .layer(middleware::map_response(json_errors));
+    let client = client_port(etcd::router(node.clone(), streams), client_token);
     let health = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -124,11 +111,79 @@ pub fn router(
         })
 }
 
+/// The client routes behind the etcd port's body limit, token check and error shape.
+fn client_port(routes: Router, client_token: Option<String>) -> Router {
+    let auth = Auth {
+        token: client_token.map(Into::into),
+    };
+    routes
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .layer(middleware::from_fn_with_state(auth, require_token))
+        .layer(middleware::map_response(|r| {
+            json_errors(r, etcd_error_body)
+        }))
+}
+
 async fn readyz(State(node): State<Node>) -> Response {
     let st = node.status();
     if st.leader.is_some() {
         (StatusCode::OK, "ready").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "no leader").into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::routing::post;
+
+    use super::*;
+
+    async fn call(port: &Router, authorization: Option<&str>) -> (StatusCode, serde_json::Value) {
+        let mut req =
+            axum::http::Request::post("/v3/kv/range").header(header::HOST, "127.0.0.1:2379");
+        if let Some(a) = authorization {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        let req = req.body(Body::from("{}")).expect("a valid request");
+        let svc = hyper_util::service::TowerToHyperService::new(port.clone());
+        let resp = hyper::service::Service::call(&svc, req)
+            .await
+            .expect("the router answers");
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .expect("a body");
+        (status, serde_json::from_slice(&body).expect("a JSON body"))
+    }
+
+    #[tokio::test]
+    async fn the_etcd_port_refuses_a_wrong_token() {
+        let routes = Router::new().route(
+            "/v3/kv/range",
+            post(|| async { axum::Json(serde_json::json!({"ok": true})) }),
+        );
+        let port = client_port(routes, Some("the-admin-token".into()));
+        for wrong in [
+            None,
+            Some("Bearer the-admin-tokeN"),
+            Some("Bearer the-admin-token2"),
+            Some("Bearer the-admin"),
+            Some("Bearer "),
+            Some("the-admin-token"),
+            Some("Basic the-admin-token"),
+        ] {
+            let (status, body) = call(&port, wrong).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{wrong:?}");
+            assert_eq!(body["code"], 16, "{wrong:?}: {body}");
+            assert_eq!(
+                body["message"], "etcdserver: invalid auth token",
+                "{wrong:?}"
+            );
+        }
+        let (status, body) = call(&port, Some("Bearer the-admin-token")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["ok"], true);
     }
 }

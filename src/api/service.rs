@@ -15,7 +15,7 @@ use cairn_client::ErrorCode;
 use raft::Node;
 
 use super::auth::{self, Authenticator};
-use super::error::{Failure, json_errors};
+use super::error::{Failure, api_error_body, json_errors};
 use super::{blobs, executors, maintenance, runs};
 use crate::datamanager::Datamanager;
 use crate::datamanager::blobs::Blobs;
@@ -167,7 +167,7 @@ pub fn router(state: ApiState, auth: Authenticator) -> Router {
         .with_state(state)
         .layer(middleware::from_fn_with_state(mode, gate))
         .layer(middleware::from_fn_with_state(auth, authenticate))
-        .layer(middleware::map_response(json_errors));
+        .layer(middleware::map_response(|r| json_errors(r, api_error_body)));
     Router::new().nest("/api/v1", api)
 }
 
