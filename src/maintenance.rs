@@ -50,7 +50,11 @@ impl ModeSwitch {
 
     pub async fn stop(self) {
         self.cancel.cancel();
-        let _ = self.task.await;
+        if let Err(e) = self.task.await
+            && e.is_panic()
+        {
+            tracing::error!(error = %e, "the maintenance switch task panicked");
+        }
     }
 }
 

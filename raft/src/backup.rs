@@ -128,7 +128,7 @@ impl Write for ChunkWriter {
 
 /// Reads the header of a backup and checks its magic.
 pub fn header(bytes: &[u8]) -> Result<(BackupHeader, &[u8]), NodeError> {
-    let bad = |m: &str| NodeError::Storage(format!("not a valid Cairn backup: {m}"));
+    let bad = |m: &str| NodeError::storage(format!("not a valid Cairn backup: {m}"));
     if bytes.len() < 12 || &bytes[..8] != MAGIC {
         return Err(bad("bad magic"));
     }
@@ -148,7 +148,7 @@ pub fn restore(
     engine: EngineKind,
 ) -> Result<BackupHeader, NodeError> {
     let (h, dump) = header(bytes)?;
-    std::fs::create_dir_all(data_dir).map_err(|e| NodeError::Storage(e.to_string()))?;
+    std::fs::create_dir_all(data_dir).map_err(NodeError::storage)?;
     let engine = store::engine::open(engine, data_dir)?;
     if !engine.scan(Cf::RaftMeta, &[], None, 1, false)?.is_empty()
         || !engine.scan(Cf::Current, &[], None, 1, false)?.is_empty()

@@ -41,11 +41,15 @@ pub enum KvError {
     Stopped(String),
 }
 
+/// A boxed underlying error, kept as the source of a [`NodeError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Errors starting, initializing or joining a node.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// The data dir, the engine or the state machine failed (the source says how).
     #[error("storage: {0}")]
-    Storage(String),
+    Storage(#[source] BoxError),
     #[error(
         "data dir {0} already belongs to a cluster; refusing to initialize it again (restart without --init, or use a new --data-dir)"
     )]
@@ -54,20 +58,33 @@ pub enum NodeError {
     NotInitialized(String),
     #[error("join failed: {0}")]
     Join(String),
+    /// openraft refused or failed (its error is the source).
     #[error("raft: {0}")]
-    Raft(String),
+    Raft(#[source] BoxError),
     #[error(transparent)]
     Kv(#[from] KvError),
 }
 
+impl NodeError {
+    /// A storage failure caused by `e`.
+    pub fn storage(e: impl Into<BoxError>) -> Self {
+        NodeError::Storage(e.into())
+    }
+
+    /// An openraft failure caused by `e`.
+    pub fn raft(e: impl Into<BoxError>) -> Self {
+        NodeError::Raft(e.into())
+    }
+}
+
 impl From<store::EngineError> for NodeError {
     fn from(e: store::EngineError) -> Self {
-        NodeError::Storage(e.to_string())
+        NodeError::storage(e)
     }
 }
 
 impl From<StoreError> for NodeError {
     fn from(e: StoreError) -> Self {
-        NodeError::Storage(e.to_string())
+        NodeError::storage(e)
     }
 }

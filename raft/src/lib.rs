@@ -36,6 +36,6 @@ pub use concurrency::{Fence, Mutex, Session};
 pub use error::{KvError, NodeError};
 pub use kv::{Ctx, Header, Kv, LeaseTtl, Updated, Write};
 pub use node::{Node, NodeConfig};
-pub use rpc::NodeStatus;
+pub use rpc::{NodeState, NodeStatus};
 pub use timing::Timing;
 pub use types::NodeId;

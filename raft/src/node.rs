@@ -71,14 +71,10 @@ pub struct Node {
     pub(crate) inner: Arc<NodeInner>,
 }
 
-fn raft_err(e: impl std::fmt::Display) -> NodeError {
-    NodeError::Raft(e.to_string())
-}
-
 impl Node {
     /// Opens the engine at `cfg.data_dir` and starts the replica.
     pub async fn open(cfg: NodeConfig, transport: Arc<dyn Transport>) -> Result<Node, NodeError> {
-        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| NodeError::Storage(e.to_string()))?;
+        std::fs::create_dir_all(&cfg.data_dir).map_err(NodeError::storage)?;
         let engine = store::engine::open(cfg.engine, &cfg.data_dir)?;
         Self::open_with_engine(cfg, engine, transport).await
     }
@@ -105,18 +101,18 @@ impl Node {
             None => 0,
         };
         let mvcc = Arc::new(Mvcc::open(engine.clone())?);
-        let sm =
-            StateMachine::open(mvcc.clone(), cfg.data_dir.join("snapshot")).map_err(raft_err)?;
+        let sm = StateMachine::open(mvcc.clone(), cfg.data_dir.join("snapshot"))
+            .map_err(NodeError::raft)?;
         let log = LogStore::new(engine.clone());
         let config = Arc::new(
             cfg.timing
                 .raft_config("cairn")
                 .validate()
-                .map_err(raft_err)?,
+                .map_err(NodeError::raft)?,
         );
         let raft = Raft::new(id, config, NetworkFactory::new(transport.clone()), log, sm)
             .await
-            .map_err(raft_err)?;
+            .map_err(NodeError::raft)?;
         let (proposer, proposals) = ProposerHandle::new();
         let inner = Arc::new(NodeInner {
             id,
@@ -257,7 +253,7 @@ impl Node {
             .raft
             .initialize(members)
             .await
-            .map_err(raft_err)?;
+            .map_err(NodeError::raft)?;
         Ok(cluster_id)
     }
 
@@ -306,9 +302,8 @@ impl Node {
             .wait(Some(timeout))
             .metrics(|m| m.current_leader.is_some(), "a leader")
             .await
-            .map_err(raft_err)?;
-        m.current_leader
-            .ok_or_else(|| NodeError::Raft("no leader".into()))
+            .map_err(NodeError::raft)?;
+        m.current_leader.ok_or_else(|| NodeError::raft("no leader"))
     }
 
     pub fn status(&self) -> NodeStatus {
@@ -335,7 +330,11 @@ impl Node {
         let tasks: Vec<_> =
             std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for t in tasks {
-            let _ = t.await;
+            if let Err(e) = t.await
+                && e.is_panic()
+            {
+                tracing::error!(error = %e, "a background task of the node panicked");
+            }
         }
         if let Err(e) = self.inner.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
@@ -367,23 +366,23 @@ fn status(inner: &NodeInner) -> NodeStatus {
             learners.push((*id, node.addr.clone()));
         }
     }
-    let state = match m.state {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Candidate => "candidate",
-        ServerState::Learner => "learner",
-        ServerState::Shutdown => "shutdown",
+    let applied = m.last_applied.map(|l| l.index);
+    let committed = match &m.replication {
+        Some(matched) => {
+            quorum_matched(mem.get_joint_config(), matched, m.current_term).or(applied)
+        }
+        None => applied,
     };
     NodeStatus {
         node_id: inner.id,
         cluster_id: inner.cluster_id.load(Ordering::SeqCst),
         addr: inner.addr.clone(),
-        state: state.to_string(),
+        state: m.state.into(),
         leader: m.current_leader,
         term: m.current_term,
         last_log_index: m.last_log_index,
-        committed: None,
-        applied: m.last_applied.map(|l| l.index),
+        committed,
+        applied,
         revision: inner.mvcc.revision(),
         compact_revision: inner.mvcc.compact_revision(),
         voters,
@@ -506,29 +505,18 @@ impl Node {
                 addr.addr
             )));
         }
-        let map = |e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>| match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => KvError::NotLeader {
-                leader: f.leader_id,
-            },
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
-                KvError::Membership(c.to_string())
-            }
-            RaftError::Fatal(f) => KvError::Stopped(f.to_string()),
-        };
         tracing::info!(node_id, addr = %addr.addr, "adding learner");
         inner
             .raft
             .add_learner(node_id, addr, true)
             .await
-            .map_err(map)?;
+            .map_err(membership_err)?;
         tracing::info!(node_id, "learner caught up; promoting to voter");
-        let mut ids = BTreeSet::new();
-        ids.insert(node_id);
         inner
             .raft
-            .change_membership(ChangeMembers::AddVoterIds(ids), false)
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false)
             .await
-            .map_err(map)?;
+            .map_err(membership_err)?;
         let m = metrics(inner);
         Ok(JoinResponse {
             cluster_id: inner.cluster_id.load(Ordering::SeqCst),
@@ -553,41 +541,77 @@ impl Node {
         if is_voter && mem.voter_ids().count() == 1 {
             return Err(KvError::Membership("cannot remove the last voter".into()));
         }
-        let mut ids = BTreeSet::new();
-        ids.insert(node_id);
+        let ids = BTreeSet::from([node_id]);
         let change = if is_voter {
             ChangeMembers::RemoveVoters(ids)
         } else {
             ChangeMembers::RemoveNodes(ids)
         };
-        let res = inner.raft.change_membership(change, false).await;
-        res.map_err(|e| match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => KvError::NotLeader {
-                leader: f.leader_id,
-            },
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
-                KvError::Membership(c.to_string())
-            }
-            RaftError::Fatal(f) => KvError::Stopped(f.to_string()),
-        })?;
+        inner
+            .raft
+            .change_membership(change, false)
+            .await
+            .map_err(membership_err)?;
         if is_voter {
             // A voter is removed in two steps (joint config); also drop it as a learner.
-            let mut ids = BTreeSet::new();
-            ids.insert(node_id);
             let still_there = metrics(inner)
                 .membership_config
                 .membership()
                 .nodes()
                 .any(|(id, _)| *id == node_id);
-            if still_there {
-                let _ = inner
+            if still_there
+                && let Err(e) = inner
                     .raft
-                    .change_membership(ChangeMembers::RemoveNodes(ids), false)
-                    .await;
+                    .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([node_id])), false)
+                    .await
+            {
+                // It is no voter any more: removal succeeded, a learner entry stays
+                // until another `remove` drops it.
+                tracing::warn!(
+                    node_id,
+                    error = %membership_err(e),
+                    "removed as a voter, but still a learner"
+                );
             }
         }
         Ok(())
     }
+}
+
+/// A refused or failed membership change (`add_learner`, `change_membership`) as the
+/// caller sees it.
+fn membership_err(e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>) -> KvError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => KvError::NotLeader {
+            leader: f.leader_id,
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            KvError::Membership(c.to_string())
+        }
+        RaftError::Fatal(f) => KvError::Stopped(f.to_string()),
+    }
+}
+
+/// The log index a quorum of every voter config in `configs` (one, or two while joint)
+/// has matched, as the leader's replication metrics (`matched`, which include the leader
+/// itself) show; `None` when that log id is not of `term`: a leader commits entries of
+/// earlier terms only through one of its own.
+fn quorum_matched(
+    configs: &[BTreeSet<NodeId>],
+    matched: &BTreeMap<NodeId, Option<crate::types::LogId>>,
+    term: u64,
+) -> Option<u64> {
+    let per_config = configs.iter().map(|voters| {
+        let mut ids: Vec<Option<crate::types::LogId>> = voters
+            .iter()
+            .map(|v| matched.get(v).copied().flatten())
+            .collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        // The (n/2 + 1)-th highest is held by a majority.
+        ids.get(voters.len() / 2).copied().flatten()
+    });
+    let least = per_config.min()??;
+    (least.leader_id.term == term).then_some(least.index)
 }
 
 impl From<TransportError> for KvError {
@@ -770,6 +794,43 @@ mod supervision_tests {
             3,
             "two panics, then a clean return"
         );
+    }
+}
+
+#[cfg(test)]
+mod committed_tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::quorum_matched;
+    use crate::types::{CommittedLeaderId, LogId};
+
+    fn at(term: u64, index: u64) -> Option<LogId> {
+        Some(LogId::new(CommittedLeaderId::new(term, 1), index))
+    }
+
+    #[test]
+    fn committed_is_what_a_quorum_of_each_config_matched_in_this_term() {
+        let three = BTreeSet::from([1, 2, 3]);
+        let matched = BTreeMap::from([(1, at(2, 9)), (2, at(2, 7)), (3, None)]);
+        assert_eq!(
+            quorum_matched(std::slice::from_ref(&three), &matched, 2),
+            Some(7)
+        );
+        // A quorum holds only entries of an earlier term: nothing known committed.
+        let old = BTreeMap::from([(1, at(2, 9)), (2, at(1, 5)), (3, at(1, 4))]);
+        assert_eq!(quorum_matched(std::slice::from_ref(&three), &old, 2), None);
+        // Joint config: the lower of the two quorums.
+        let five = BTreeSet::from([1, 2, 3, 4, 5]);
+        let joint = BTreeMap::from([
+            (1, at(3, 20)),
+            (2, at(3, 18)),
+            (3, at(3, 12)),
+            (4, at(3, 11)),
+            (5, None),
+        ]);
+        assert_eq!(quorum_matched(&[three, five], &joint, 3), Some(12));
+        let one = BTreeSet::from([1]);
+        assert_eq!(quorum_matched(&[one], &matched, 2), Some(9));
     }
 }
 

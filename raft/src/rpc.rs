@@ -139,17 +139,87 @@ pub struct JoinResponse {
     pub voters: Vec<NodeId>,
 }
 
+/// A node's Raft role, as its status reports it. On the wire (bincode and JSON) it is the
+/// string of [`NodeState::as_str`], as when the field was a string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "&'static str", try_from = "String")]
+pub enum NodeState {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    /// The Raft node stopped (shutdown or a fatal error).
+    Shutdown,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Leader => "leader",
+            NodeState::Follower => "follower",
+            NodeState::Candidate => "candidate",
+            NodeState::Learner => "learner",
+            NodeState::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl std::fmt::Display for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<NodeState> for &'static str {
+    fn from(s: NodeState) -> Self {
+        s.as_str()
+    }
+}
+
+impl TryFrom<String> for NodeState {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        [
+            NodeState::Leader,
+            NodeState::Follower,
+            NodeState::Candidate,
+            NodeState::Learner,
+            NodeState::Shutdown,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+        .ok_or_else(|| format!("unknown node state {s:?}"))
+    }
+}
+
+impl From<openraft::ServerState> for NodeState {
+    fn from(s: openraft::ServerState) -> Self {
+        use openraft::ServerState as S;
+        match s {
+            S::Leader => NodeState::Leader,
+            S::Follower => NodeState::Follower,
+            S::Candidate => NodeState::Candidate,
+            S::Learner => NodeState::Learner,
+            S::Shutdown => NodeState::Shutdown,
+        }
+    }
+}
+
 /// A node's view of itself and the cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub node_id: NodeId,
     pub cluster_id: u64,
     pub addr: String,
-    /// leader, follower, candidate or learner.
-    pub state: String,
+    pub state: NodeState,
     pub leader: Option<NodeId>,
     pub term: u64,
     pub last_log_index: Option<u64>,
+    /// The highest log index this node knows committed: on the leader, the index a
+    /// quorum of every voter config has matched in this term (openraft's replication
+    /// metrics); elsewhere the last applied index, a lower bound (openraft 0.9's metrics
+    /// carry no commit index, and a node applies what it learns is committed).
     pub committed: Option<u64>,
     pub applied: Option<u64>,
     pub revision: i64,
@@ -190,6 +260,30 @@ mod tests {
         }
         // Near the top, the jump bound saturates instead of overflowing.
         assert!(admit(&vote(u64::MAX, 2), u64::MAX - 1, members).is_err());
+    }
+
+    #[test]
+    fn a_node_state_travels_as_the_string_it_was() {
+        for (st, text) in [
+            (NodeState::Leader, "leader"),
+            (NodeState::Follower, "follower"),
+            (NodeState::Candidate, "candidate"),
+            (NodeState::Learner, "learner"),
+            (NodeState::Shutdown, "shutdown"),
+        ] {
+            assert_eq!(st.to_string(), text);
+            let bin = crate::types::encode(&st);
+            assert_eq!(
+                bin,
+                crate::types::encode(&text.to_string()),
+                "bincode of {text}"
+            );
+            assert_eq!(crate::types::decode::<NodeState>(&bin), Ok(st));
+            let json = serde_json::to_string(&st).expect("serializes");
+            assert_eq!(json, format!("\"{text}\""));
+            assert_eq!(serde_json::from_str::<NodeState>(&json).ok(), Some(st));
+        }
+        assert!(serde_json::from_str::<NodeState>("\"emperor\"").is_err());
     }
 
     #[test]

@@ -672,7 +672,7 @@ async fn status(State(s): State<EtcdState>) -> Reply<wire::StatusResponse> {
         raft_index: I64(st.last_log_index.unwrap_or(0) as i64),
         raft_term: I64(st.term as i64),
         raft_applied_index: I64(st.applied.unwrap_or(0) as i64),
-        is_learner: st.state == "learner",
+        is_learner: st.state == raft::NodeState::Learner,
         errors: Vec::new(),
     }))
 }

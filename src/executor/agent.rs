@@ -128,7 +128,11 @@ impl Agent {
     /// Stops polling and every running task (their pods are removed), then returns.
     pub async fn stop(self) {
         self.cancel.cancel();
-        let _ = self.task.await;
+        if let Err(e) = self.task.await
+            && e.is_panic()
+        {
+            tracing::error!(error = %e, "the executor agent task panicked");
+        }
     }
 }
 

@@ -118,7 +118,11 @@ impl Scheduler {
     /// Stops the task and waits for it to end.
     pub async fn stop(self) {
         self.cancel.cancel();
-        let _ = self.task.await;
+        if let Err(e) = self.task.await
+            && e.is_panic()
+        {
+            tracing::error!(error = %e, "the scheduler task panicked");
+        }
     }
 }
 
