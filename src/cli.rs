@@ -627,6 +627,29 @@ fn remote(e: wire::EtcdError) -> anyhow::Error {
     anyhow!("{e}")
 }
 
+/// Streams a backup into `tmp` and checks that it is one: its header (a few dozen bytes at
+/// the front) must parse. Returns the header and the backup's length.
+async fn save_snapshot(
+    client: &EtcdClient,
+    tmp: &std::path::Path,
+) -> anyhow::Result<(raft::backup::BackupHeader, u64)> {
+    use std::io::Read as _;
+
+    let writing = || format!("writing {}", tmp.display());
+    let mut out =
+        tokio::io::BufWriter::new(tokio::fs::File::create(tmp).await.with_context(writing)?);
+    let len = client.snapshot(&mut out).await.map_err(remote)?;
+    out.into_inner().sync_all().await.with_context(writing)?;
+    let mut front = Vec::new();
+    std::fs::File::open(tmp)
+        .with_context(|| format!("reading {}", tmp.display()))?
+        .take(64 << 10)
+        .read_to_end(&mut front)
+        .with_context(|| format!("reading {}", tmp.display()))?;
+    let (h, _) = raft::backup::header(&front)?;
+    Ok((h, len))
+}
+
 /// Runs a client command; output goes to stdout.
 pub async fn run_store_client(cmd: StoreCommand) -> anyhow::Result<()> {
     match cmd {
@@ -780,46 +803,23 @@ pub async fn run_store_client(cmd: StoreCommand) -> anyhow::Result<()> {
             let req = wire::MemberRemoveRequest {
                 id: I64(parsed as i64),
             };
-            let _: wire::MemberListResponse = client
-                .client()?
-                .call("/v3/cluster/member/remove", &req)
-                .await
-                .map_err(remote)?;
+            client.client()?.member_remove(&req).await.map_err(remote)?;
             outln!("removed member {parsed:x}")?;
         }
         StoreCommand::Snapshot {
             command: SnapshotCommand::Save { file, client },
         } => {
-            let c = client.client()?;
-            let ep = c.endpoints().first().cloned().unwrap_or_default();
-            let http = client
-                .tls
-                .client_tls()
-                .apply(reqwest::Client::builder())?
-                .build()?;
-            let mut req = http
-                .post(format!("{ep}/v3/maintenance/snapshot"))
-                .json(&serde_json::json!({}));
-            if let Some(t) = &client.token {
-                req = req.bearer_auth(t);
-            }
-            let resp = req.send().await.with_context(|| ep.to_string())?;
-            if !resp.status().is_success() {
-                bail!(
-                    "{ep}: HTTP {}: {}",
-                    resp.status(),
-                    resp.text().await.unwrap_or_default()
-                );
-            }
-            let bytes = resp.bytes().await?;
-            let (h, _) = raft::backup::header(&bytes)?;
             let tmp = file.with_extension("part");
-            std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+            let (h, len) = save_snapshot(&client.client()?, &tmp)
+                .await
+                .inspect_err(|_| {
+                    let _ = std::fs::remove_file(&tmp);
+                })?;
             std::fs::rename(&tmp, &file).with_context(|| format!("writing {}", file.display()))?;
             outln!(
                 "saved revision {} ({} bytes) to {}",
                 h.revision,
-                bytes.len(),
+                len,
                 file.display()
             )?;
         }

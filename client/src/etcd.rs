@@ -534,7 +534,14 @@ pub enum EtcdError {
     Remote(ErrorBody),
     #[error("bad response from {endpoint}: {message}")]
     Decode { endpoint: String, message: String },
+    /// The writer a snapshot was streamed into failed.
+    #[error("writing the snapshot: {0}")]
+    Write(#[source] std::io::Error),
 }
+
+/// The timeout of requests whose reply streams for as long as it takes (watches,
+/// snapshots): reqwest has no "none", so a year.
+const STREAMED_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// The smallest key greater than every key with this prefix (etcd's `GetPrefixRangeEnd`).
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
@@ -665,6 +672,46 @@ impl EtcdClient {
             .await
     }
 
+    /// Removes a member from the cluster; the answer lists the members left.
+    pub async fn member_remove(
+        &self,
+        req: &MemberRemoveRequest,
+    ) -> Result<MemberListResponse, EtcdError> {
+        self.call("/v3/cluster/member/remove", req).await
+    }
+
+    /// Streams a backup of the first endpoint's store (`/v3/maintenance/snapshot`) into
+    /// `out` as it arrives, without a deadline; returns the number of bytes written.
+    pub async fn snapshot<W>(&self, out: &mut W) -> Result<u64, EtcdError>
+    where
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        use tokio::io::AsyncWriteExt;
+
+        let ep = self.endpoints.first().cloned().unwrap_or_default();
+        let http = |source| EtcdError::Http {
+            endpoint: ep.clone(),
+            source,
+        };
+        let mut resp = self
+            .request(&ep, "/v3/maintenance/snapshot")
+            .json(&serde_json::json!({}))
+            .timeout(STREAMED_TIMEOUT)
+            .send()
+            .await
+            .map_err(http)?;
+        if !resp.status().is_success() {
+            return Err(error_of(&ep, resp).await);
+        }
+        let mut written = 0u64;
+        while let Some(chunk) = resp.chunk().await.map_err(http)? {
+            out.write_all(&chunk).await.map_err(EtcdError::Write)?;
+            written += chunk.len() as u64;
+        }
+        out.flush().await.map_err(EtcdError::Write)?;
+        Ok(written)
+    }
+
     /// Opens a watch stream; each item is one gateway message.
     pub async fn watch(&self, req: &WatchCreateRequest) -> Result<WatchStream, EtcdError> {
         let ep = self.endpoints.first().cloned().unwrap_or_default();
@@ -675,7 +722,7 @@ impl EtcdClient {
             .http
             .post(format!("{ep}/v3/watch"))
             .json(&body)
-            .timeout(Duration::from_secs(365 * 24 * 3600));
+            .timeout(STREAMED_TIMEOUT);
         if let Some(t) = &self.token {
             r = r.bearer_auth(t);
         }
@@ -813,5 +860,68 @@ mod tests {
             (c.result, c.target),
             (CompareResult::NotEqual, CompareTarget::Mod)
         );
+    }
+
+    fn client(url: &str) -> EtcdClient {
+        EtcdClient::new(
+            vec![format!("{url}/")],
+            Some("t0ken".into()),
+            Duration::from_secs(5),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_streams_into_the_writer() {
+        use crate::http::test_server::{reply, serve};
+
+        let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = body.clone();
+        let server = serve(move |_, _| reply(200, "application/octet-stream", &sent)).await;
+        let mut out = Vec::new();
+        let n = client(&server.url)
+            .snapshot(&mut out)
+            .await
+            .expect("a snapshot");
+        assert_eq!(n, body.len() as u64);
+        assert_eq!(out, body);
+        let req = &server.requests()[0];
+        assert_eq!(req.method, "POST");
+        assert_eq!(req.path(), "/v3/maintenance/snapshot");
+        assert_eq!(req.header("authorization"), Some("Bearer t0ken"));
+    }
+
+    #[tokio::test]
+    async fn a_refused_snapshot_is_the_gateway_error() {
+        use crate::http::test_server::{json, serve};
+
+        let server = serve(|_, _| {
+            json(
+                401,
+                r#"{"error":"bad token","code":16,"message":"bad token"}"#,
+            )
+        })
+        .await;
+        let mut out = Vec::new();
+        let e = client(&server.url)
+            .snapshot(&mut out)
+            .await
+            .expect_err("refused");
+        assert!(matches!(&e, EtcdError::Remote(b) if b.code == 16), "{e:?}");
+        assert!(out.is_empty());
+    }
+
+    #[tokio::test]
+    async fn member_remove_posts_the_id_as_a_string() {
+        use crate::http::test_server::{json, serve};
+
+        let server = serve(|_, _| json(200, r#"{"header":{},"members":[]}"#)).await;
+        let left = client(&server.url)
+            .member_remove(&MemberRemoveRequest { id: I64(0x1f) })
+            .await
+            .expect("removed");
+        assert!(left.members.is_empty());
+        let req = &server.requests()[0];
+        assert_eq!(req.path(), "/v3/cluster/member/remove");
+        assert_eq!(req.body, br#"{"ID":"31"}"#);
     }
 }
