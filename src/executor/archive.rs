@@ -12,8 +12,8 @@
 //! link leaving the root, refuse devices and fifos, and drop setuid, setgid and sticky
 //! bits.
 //!
-//! Pure streaming over `Read`/`Write` (plus one adapter of a pod's byte stream): no pods,
-//! no network, no file held in memory.
+//! Pure streaming over `Read`/`Write` (plus [`blocking_stream`], which runs such a copy
+//! over a pod's byte stream): no pods, no network, no file held in memory.
 //!
 //! Glob semantics (Go's doublestar): `*` and `?` stay within a path segment, `**` spans
 //! segments (`src/**/*.rs` matches `src/main.rs` and `src/a/b.rs`), `[abc]` and `{a,b}`.
@@ -401,26 +401,44 @@ pub fn harden<W: Write>(read: impl Read, out: W) -> Result<(ArchiveSummary, W), 
     Ok((checker.summary, out))
 }
 
-/// [`harden`] over a pod's byte stream, off the async runtime: the archive comes out as
-/// it is read; a refused one ends the stream with the refusal (the entries before it were
-/// checked too). Dropping the returned stream stops the copy.
+/// [`harden`] over a pod's byte stream, off the async runtime (see [`blocking_stream`]):
+/// the archive comes out as it is read; a refused one ends the stream with the refusal
+/// (the entries before it were checked too). Dropping the returned stream stops the copy.
 pub fn hardened_stream(input: super::driver::ByteStream) -> super::driver::ByteStream {
+    use super::driver::DriverError;
+    blocking_stream(input, |read, out| {
+        harden(read, out)
+            .map(drop)
+            .map_err(|e| DriverError::Refused(e.to_string()))
+    })
+}
+
+/// Runs `copy` from a pod's byte stream to a new one on a blocking thread, reading
+/// through `tokio_util::io::SyncIoBridge`: what it writes comes out as it is written (in
+/// 64 KiB chunks); an error it returns ends the stream. Dropping the returned stream stops
+/// the copy at its next write.
+pub fn blocking_stream<F>(input: super::driver::ByteStream, copy: F) -> super::driver::ByteStream
+where
+    F: FnOnce(&mut dyn Read, &mut dyn Write) -> Result<(), super::driver::DriverError>
+        + Send
+        + 'static,
+{
     use super::driver::DriverError;
     use futures::{StreamExt, TryStreamExt};
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, DriverError>>(4);
     let reader =
         tokio_util::io::StreamReader::new(input.map_err(|e| io::Error::other(e.to_string())));
-    let bridge = tokio_util::io::SyncIoBridge::new(reader);
-    let writer = ChannelWriter {
+    let mut bridge = tokio_util::io::SyncIoBridge::new(reader);
+    let mut writer = ChannelWriter {
         tx: tx.clone(),
         buf: Vec::new(),
     };
     // Owned by the returned stream: when it is dropped, the next send fails and the copy
     // ends with an error nobody reads.
     tokio::task::spawn_blocking(move || {
-        let result = harden(bridge, writer).and_then(|(_, mut w)| Ok(w.flush()?));
+        let result = copy(&mut bridge, &mut writer).and_then(|()| Ok(writer.flush()?));
         if let Err(e) = result {
-            let _ = tx.blocking_send(Err(DriverError::Refused(e.to_string())));
+            let _ = tx.blocking_send(Err(e));
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx).boxed()

@@ -156,7 +156,9 @@ pub struct DockerDriver {
 }
 
 /// The Engine socket's path for `host` (`unix:///path`), else `DOCKER_HOST`'s, else
-/// [`DEFAULT_SOCKET`].
+/// [`DEFAULT_SOCKET`]. The serve and executor commands pass their `--docker-host` (which
+/// clap already defaults to `DOCKER_HOST`); `cairn run`'s embedded executor passes none, so
+/// the variable is read here too.
 pub fn socket_path(host: Option<&str>) -> Result<String, DriverError> {
     let env = std::env::var("DOCKER_HOST").ok();
     match host.or(env.as_deref()) {

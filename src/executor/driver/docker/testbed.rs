@@ -3,6 +3,7 @@
 //! pods of the local test image, log sinks, and tar archives built and read by the tests.
 
 use std::collections::HashMap;
+use std::io::Read;
 
 use async_trait::async_trait;
 use bollard::query_parameters::ListContainersOptionsBuilder;
@@ -11,86 +12,106 @@ use cairn_client::runconfig::Container;
 use futures::{StreamExt, TryStreamExt, stream};
 use tokio_util::sync::CancellationToken;
 
-use super::transfer::{
-    BLOCK, c_string, new_header, padded, parse_decimal, parse_number, parse_pax, pax_header,
-    pax_value, set_checksum, set_field, ustar_name, write_octal,
-};
 use super::{DockerDriver, DockerOptions, LABEL_EXECUTOR, LABEL_TASK};
 use crate::executor::driver::{ByteStream, Discard, Driver, ExecRequest, LogSink, Pod, PodSpec};
 
-/// A tar entry as the tests see it.
+/// A tar entry as the tests see it (read by the `tar` crate, PAX records applied).
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct Entry {
     pub(super) name: String,
     pub(super) kind: u8,
     pub(super) uid: u64,
     pub(super) gid: u64,
+    pub(super) uname: String,
+    pub(super) gname: String,
     pub(super) link: String,
     pub(super) data: Vec<u8>,
 }
 
-/// Reads a whole archive, applying PAX `path`/`linkpath`/`uid`/`gid` records.
+/// Reads a whole archive with the `tar` crate (an oracle independent of the code under
+/// test), applying PAX `uid`/`gid`/`uname`/`gname` records (the crate applies `path` and
+/// `linkpath` itself).
 pub(super) fn entries(archive: &[u8]) -> Vec<Entry> {
     let mut out = Vec::new();
-    let mut pax = Vec::new();
-    let mut pos = 0;
-    while pos + BLOCK <= archive.len() {
-        let block: &[u8; BLOCK] = archive[pos..pos + BLOCK].try_into().expect("a block");
-        if block.iter().all(|b| *b == 0) {
-            break;
-        }
-        let size = parse_number(&block[124..136]).expect("size") as usize;
-        let data = archive[pos + BLOCK..pos + BLOCK + size].to_vec();
-        pos += BLOCK + padded(size as u64) as usize;
-        if block[156] == b'x' {
-            pax = parse_pax(&data).expect("pax records");
-            continue;
-        }
-        let text = |key: &[u8], default: Vec<u8>| {
-            String::from_utf8(pax_value(&pax, key).map_or(default, <[u8]>::to_vec)).expect("utf-8")
+    let mut archive = tar::Archive::new(archive);
+    for entry in archive.entries().expect("an archive") {
+        let mut entry = entry.expect("a valid entry");
+        let pax: Vec<(String, String)> = match entry.pax_extensions().expect("readable") {
+            Some(records) => records
+                .map(|r| {
+                    let r = r.expect("a valid record");
+                    let text = |b: &[u8]| String::from_utf8(b.to_vec()).expect("utf-8");
+                    (text(r.key_bytes()), text(r.value_bytes()))
+                })
+                .collect(),
+            None => Vec::new(),
         };
-        let number = |key: &[u8], field: &[u8]| {
-            pax_value(&pax, key)
-                .map_or_else(|| parse_number(field), parse_decimal)
-                .expect("a number")
+        let value = |key: &str| {
+            pax.iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
         };
+        let text =
+            |b: Option<&[u8]>| String::from_utf8(b.unwrap_or_default().to_vec()).expect("utf-8");
+        let header = entry.header();
+        let number =
+            |key: &str, field: u64| value(key).map_or(field, |v| v.parse().expect("a number"));
+        let uid = number("uid", header.uid().expect("a uid"));
+        let gid = number("gid", header.gid().expect("a gid"));
+        let uname = value("uname").unwrap_or_else(|| text(header.username_bytes()));
+        let gname = value("gname").unwrap_or_else(|| text(header.groupname_bytes()));
+        let kind = header.entry_type().as_byte();
+        let name = text(Some(&entry.path_bytes()));
+        let link = text(entry.link_name_bytes().as_deref());
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).expect("the entry's data");
         out.push(Entry {
-            name: text(b"path", ustar_name(block)),
-            kind: block[156],
-            uid: number(b"uid", &block[108..116]),
-            gid: number(b"gid", &block[116..124]),
-            link: text(b"linkpath", c_string(&block[157..257]).to_vec()),
+            name,
+            kind,
+            uid,
+            gid,
+            uname,
+            gname,
+            link,
             data,
         });
-        pax.clear();
     }
     out
 }
 
-/// Builds an archive of `(name, kind, link, data)` entries owned by 1000:1000, names
-/// over 100 bytes through PAX.
+/// Builds, with the `tar` crate, an archive of `(name, kind, link, data)` entries owned
+/// by 1000:1000 (`someone`), names over 100 bytes in PAX `path` records as the Engine
+/// writes them.
 pub(super) fn archive(items: &[(&str, u8, &str, &[u8])]) -> Vec<u8> {
-    let mut out = Vec::new();
+    let mut tar = tar::Builder::new(Vec::new());
     for (name, kind, link, data) in items {
-        let mode = if *kind == b'5' { 0o755 } else { 0o644 };
-        let mut block = new_header(name.as_bytes(), *kind, mode, data.len() as u64, 1);
-        write_octal(&mut block[108..116], 1000);
-        write_octal(&mut block[116..124], 1000);
-        set_field(&mut block[265..297], b"someone");
-        set_field(&mut block[157..257], link.as_bytes());
-        if name.len() > 100 {
-            out.extend_from_slice(&pax_header(&[(b"path".to_vec(), name.as_bytes().to_vec())]));
+        let mut header = tar::Header::new_ustar();
+        header.set_entry_type(tar::EntryType::new(*kind));
+        header.set_mode(if *kind == b'5' { 0o755 } else { 0o644 });
+        header.set_size(data.len() as u64);
+        header.set_mtime(1);
+        header.set_uid(1000);
+        header.set_gid(1000);
+        header.set_username("someone").expect("a short name");
+        header.set_groupname("someone").expect("a short name");
+        if !link.is_empty() {
+            header.set_link_name(link).expect("a short link");
         }
-        set_checksum(&mut block);
-        out.extend_from_slice(&block);
-        out.extend_from_slice(data);
-        out.resize(
-            out.len() + (padded(data.len() as u64) as usize - data.len()),
-            0,
-        );
+        if name.len() > 100 {
+            tar.append_pax_extensions([("path", name.as_bytes())])
+                .expect("a pax record");
+            header
+                .as_old_mut()
+                .name
+                .copy_from_slice(&name.as_bytes()[..100]);
+            header.set_cksum();
+            tar.append(&header, *data).expect("an entry");
+        } else {
+            tar.append_data(&mut header, name, *data).expect("an entry");
+        }
     }
-    out.extend_from_slice(&[0u8; 2 * BLOCK]);
-    out
+    tar.into_inner().expect("an archive")
 }
 
 pub(super) fn long_name(root: &str) -> String {
