@@ -338,17 +338,16 @@ fn revoke(st: &mut State, b: &mut Batch, id: i64) {
 /// with `ignore_*`, their key, and reads at a past revision need that revision. As in etcd,
 /// the writes are checked against each other before anything is checked against the state.
 fn validate_txn_ops(st: &State, ops: &[RequestOp]) -> Result<(), StoreError> {
+    // Both checks are O(log n) per op: a branch of many puts and deletions is not quadratic.
+    let deleted = DeletedRanges::of(ops);
     let mut puts: BTreeSet<&[u8]> = BTreeSet::new();
     for op in ops {
-        if let RequestOp::Put(p) = op {
-            let deleted = ops
-                .iter()
-                .any(|o| matches!(o, RequestOp::DeleteRange(d) if d.range.contains(&p.key)));
-            if !puts.insert(&p.key) || deleted {
-                return Err(StoreError::DuplicateKey(
-                    String::from_utf8_lossy(&p.key).into_owned(),
-                ));
-            }
+        if let RequestOp::Put(p) = op
+            && (!puts.insert(&p.key) || deleted.contains(&p.key))
+        {
+            return Err(StoreError::DuplicateKey(
+                String::from_utf8_lossy(&p.key).into_owned(),
+            ));
         }
     }
     for op in ops {
@@ -382,4 +381,106 @@ fn validate_txn_ops(st: &State, ops: &[RequestOp]) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// The union of one branch's delete ranges, answering "does the branch delete this key" in
+/// O(log n): the ranges sorted by start, each with the farthest end among it and every range
+/// that starts before it. A key is deleted exactly when the farthest end among the ranges
+/// starting at or before it lies beyond it.
+struct DeletedRanges<'a> {
+    starts: Vec<&'a [u8]>,
+    /// `reach[i]`: the largest exclusive end of ranges `0..=i`; `None` is "no upper bound".
+    reach: Vec<Option<Vec<u8>>>,
+}
+
+impl<'a> DeletedRanges<'a> {
+    fn of(ops: &'a [RequestOp]) -> Self {
+        let mut ranges: Vec<(&[u8], Option<Vec<u8>>)> = ops
+            .iter()
+            .filter_map(|op| match op {
+                RequestOp::DeleteRange(d) => Some((d.range.key.as_slice(), d.range.end_bound())),
+                _ => None,
+            })
+            .collect();
+        ranges.sort_by(|a, b| a.0.cmp(b.0));
+        let mut reach: Vec<Option<Vec<u8>>> = Vec::with_capacity(ranges.len());
+        let mut starts = Vec::with_capacity(ranges.len());
+        for (start, end) in ranges {
+            let farthest = match (reach.last(), end) {
+                (None, end) => end,
+                (Some(None), _) | (Some(Some(_)), None) => None,
+                (Some(Some(before)), Some(end)) => Some(end.max(before.clone())),
+            };
+            starts.push(start);
+            reach.push(farthest);
+        }
+        Self { starts, reach }
+    }
+
+    fn contains(&self, key: &[u8]) -> bool {
+        let before = self.starts.partition_point(|s| *s <= key);
+        match before.checked_sub(1).map(|i| &self.reach[i]) {
+            None => false,
+            Some(None) => true,
+            Some(Some(end)) => key < end.as_slice(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delete(key: &[u8], range_end: &[u8]) -> RequestOp {
+        RequestOp::DeleteRange(DeleteRangeRequest {
+            range: KeyRange::interval(key.to_vec(), range_end.to_vec()),
+            ..Default::default()
+        })
+    }
+
+    /// Against the plain definition (some range contains the key), over every small key
+    /// and every branch of up to three ranges drawn from a small alphabet.
+    #[test]
+    fn deleted_ranges_agree_with_each_ranges_contains() {
+        let bounds: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0],
+            b"a".to_vec(),
+            b"b".to_vec(),
+            b"bb".to_vec(),
+            b"c".to_vec(),
+        ];
+        let keys: Vec<Vec<u8>> = [&b""[..], b"a", b"a\0", b"b", b"ba", b"bb", b"c", b"d"]
+            .iter()
+            .map(|k| k.to_vec())
+            .collect();
+        let mut ranges = Vec::new();
+        for k in &bounds {
+            for e in &bounds {
+                ranges.push(delete(k, e));
+            }
+        }
+        let mut checked = 0;
+        for a in &ranges {
+            for b in &ranges {
+                for c in ranges.iter().step_by(5) {
+                    let ops = vec![
+                        a.clone(),
+                        RequestOp::Put(PutRequest::default()),
+                        b.clone(),
+                        c.clone(),
+                    ];
+                    let union = DeletedRanges::of(&ops);
+                    for key in &keys {
+                        let want = ops.iter().any(
+                            |o| matches!(o, RequestOp::DeleteRange(d) if d.range.contains(key)),
+                        );
+                        assert_eq!(union.contains(key), want, "key {key:?} in {ops:?}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 10_000);
+    }
 }
