@@ -10,11 +10,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::runs_flow::create_request;
 use crate::support::cli::{
     Background, Output, cairn, direct_run, direct_run_command, plain_dir, run,
 };
 use crate::support::process::TOKEN;
+use crate::support::runs::create_request;
 use crate::support::service::ServiceProc;
 
 /// Every wait for something that should happen: generous, for a slow shared machine.

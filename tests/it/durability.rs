@@ -37,7 +37,7 @@ async fn crash_loop(engine: &str) {
         }
         // Let writes flow, then pull the plug mid-stream.
         let before = acked.lock().unwrap().len();
-        crate::support::process::eventually(Duration::from_secs(30), "writes acknowledged", || {
+        crate::support::poll::eventually(Duration::from_secs(30), "writes acknowledged", || {
             let acked = acked.clone();
             async move { acked.lock().unwrap().len() >= before + 200 }
         })

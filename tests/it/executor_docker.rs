@@ -18,7 +18,7 @@ use cairn_client::api::{RunAction, RunResponse};
 use cairn_client::run::{ExecutorTaskPhase, RunPhase, RunResult, RunTaskStatus};
 use futures::StreamExt;
 
-use crate::runs_flow::{create_request, wait_for};
+use crate::support::runs::{self, create, task_id, wait_run_phase_within, wait_run_within};
 use crate::support::service::{ExecutorProc, ServiceProc};
 
 pub(crate) const IMAGE: &str = "cairn-test/busybox:latest";
@@ -94,41 +94,9 @@ pub(crate) fn docker_node_with(dir: &Path, extra: &[&str]) -> (Cleanup, ServiceP
     (cleanup, ServiceProc::with_executor(&data, &args))
 }
 
-pub(crate) async fn create(client: &RunClient, group: &str, config: &str) -> String {
-    let created = client
-        .create_run(&create_request(group, config))
-        .await
-        .unwrap();
-    created.runs[0].run.id.clone()
-}
-
-pub(crate) async fn wait_run(
-    client: &RunClient,
-    id: &str,
-    what: &str,
-    pred: impl Fn(&RunResponse) -> bool,
-) -> RunResponse {
-    wait_for(LONG, what, || async {
-        client.run(id).await.ok().filter(|r| pred(r))
-    })
-    .await
-}
-
+/// Waits for the run to finish, within this module's bound for docker runs.
 pub(crate) async fn wait_finished(client: &RunClient, id: &str) -> RunResponse {
-    wait_run(client, id, "the run to finish", |r| {
-        r.run.phase == RunPhase::Finished
-    })
-    .await
-}
-
-fn task_id(r: &RunResponse, name: &str) -> String {
-    r.run_config
-        .tasks
-        .values()
-        .find(|t| t.name == name)
-        .unwrap_or_else(|| panic!("no task {name}"))
-        .id
-        .clone()
+    wait_run_phase_within(LONG, client, id, RunPhase::Finished).await
 }
 
 pub(crate) async fn step_log(
@@ -137,15 +105,7 @@ pub(crate) async fn step_log(
     task_id: &str,
     step: usize,
 ) -> String {
-    let mut log = client
-        .logs(run_id, task_id, LogStep::Step(step), 0, false)
-        .await
-        .unwrap();
-    let mut text = Vec::new();
-    while let Some(chunk) = log.next().await {
-        text.extend_from_slice(&chunk.unwrap());
-    }
-    String::from_utf8(text).unwrap()
+    runs::step_log(client, run_id, task_id, LogStep::Step(step)).await
 }
 
 /// Every log of a task, for failure messages.
@@ -189,7 +149,10 @@ async fn a_service_container_is_reached_on_localhost_from_container_zero() {
     let dir = tempfile::tempdir().unwrap();
     let (_cleanup, node) = docker_node(dir.path());
     let client = node.client();
-    let id = create(&client, "/project/svc/branch/main", SERVICE).await;
+    let id = create(&client, "/project/svc/branch/main", SERVICE)
+        .await
+        .run
+        .id;
     let done = wait_finished(&client, &id).await;
     assert_eq!(
         done.run.result,
@@ -229,7 +192,10 @@ async fn a_tmpfs_volume_is_mounted_in_the_container_with_its_size() {
     let dir = tempfile::tempdir().unwrap();
     let (_cleanup, node) = docker_node(dir.path());
     let client = node.client();
-    let id = create(&client, "/project/tmpfs/branch/main", TMPFS).await;
+    let id = create(&client, "/project/tmpfs/branch/main", TMPFS)
+        .await
+        .run
+        .id;
     let done = wait_finished(&client, &id).await;
     assert_eq!(
         done.run.result,
@@ -277,7 +243,10 @@ async fn workspaces_and_caches_round_trip_between_containers_of_two_tasks() {
     let dir = tempfile::tempdir().unwrap();
     let (_cleanup, node) = docker_node(dir.path());
     let client = node.client();
-    let id = create(&client, "/project/trip/branch/main", ROUND_TRIP).await;
+    let id = create(&client, "/project/trip/branch/main", ROUND_TRIP)
+        .await
+        .run
+        .id;
     let done = wait_finished(&client, &id).await;
     assert_eq!(
         done.run.result,
@@ -310,7 +279,7 @@ runs:
 
 /// Waits until the sleeper's step runs and returns the run and its task id.
 pub(crate) async fn sleeper_running(client: &RunClient, id: &str) -> (RunResponse, String) {
-    let running = wait_run(client, id, "the sleep step running", |r| {
+    let running = wait_run_within(LONG, client, id, "the sleep step running", |r| {
         let tid = task_id(r, "sleeper");
         r.run.tasks[&tid]
             .steps
@@ -330,7 +299,10 @@ async fn stopping_a_run_stops_its_step_and_removes_its_containers() {
     let dir = tempfile::tempdir().unwrap();
     let (_cleanup, node) = docker_node(dir.path());
     let client = node.client();
-    let id = create(&client, "/project/stop/branch/main", &sleeper("stop")).await;
+    let id = create(&client, "/project/stop/branch/main", &sleeper("stop"))
+        .await
+        .run
+        .id;
     let (_, tid) = sleeper_running(&client, &id).await;
     assert_eq!(containers_labelled(&format!("cairn.task={tid}")).len(), 1);
 
@@ -361,7 +333,10 @@ async fn a_restarted_docker_executor_removes_the_containers_of_the_task_it_lost(
         id_file: ex_dir.join("executor-id"),
     };
     let mut ex = ExecutorProc::start(&node.url, &ex_dir, &["--driver", "docker"]);
-    let id = create(&client, "/project/orphan/branch/main", &sleeper("orphan")).await;
+    let id = create(&client, "/project/orphan/branch/main", &sleeper("orphan"))
+        .await
+        .run
+        .id;
     let (_, tid) = sleeper_running(&client, &id).await;
 
     ex.kill9();

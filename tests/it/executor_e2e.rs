@@ -15,7 +15,10 @@ use cairn_client::api::{RunAction, RunResponse, TaskActionRequest};
 use cairn_client::run::{ExecutorTaskPhase, RunResult, RunTask, RunTaskStatus};
 use futures::StreamExt;
 
-use crate::runs_flow::{create_request, task_id, wait_finished, wait_for, wait_run};
+use crate::support::poll::wait_for;
+use crate::support::runs::{
+    create_request, create_run, step_log, task_id, wait_finished, wait_run,
+};
 use crate::support::service::{ExecutorProc, ServiceProc, process_alive};
 
 /// Every wait: generous, for a slow shared machine.
@@ -48,9 +51,7 @@ async fn create(
     if let Some(tar) = source {
         req.source = Some(client.upload_source(tar).await.unwrap());
     }
-    let created = client.create_run(&req).await.unwrap();
-    assert_eq!(created.runs.len(), 1);
-    created.runs[0].run.id.clone()
+    create_run(client, &req).await.run.id
 }
 
 fn task<'r>(r: &'r RunResponse, name: &str) -> &'r RunTask {
@@ -60,16 +61,6 @@ fn task<'r>(r: &'r RunResponse, name: &str) -> &'r RunTask {
 /// The exit codes of a task's steps (`None` for steps that never ran).
 fn exit_codes(t: &RunTask) -> Vec<Option<i32>> {
     t.steps.iter().map(|s| s.exit_status).collect()
-}
-
-/// A step's whole log as it is now.
-async fn step_log(client: &RunClient, run_id: &str, task_id: &str, step: LogStep) -> String {
-    let mut log = client.logs(run_id, task_id, step, 0, false).await.unwrap();
-    let mut text = Vec::new();
-    while let Some(chunk) = log.next().await {
-        text.extend_from_slice(&chunk.unwrap());
-    }
-    String::from_utf8(text).unwrap()
 }
 
 /// Reads a log stream to its end.

@@ -11,7 +11,8 @@ use cairn_client::etcd::*;
 use rand::{Rng, SeedableRng};
 
 use crate::support::linearizability::{OpKind, Operation, check};
-use crate::support::process::{Cluster, eventually};
+use crate::support::poll::eventually;
+use crate::support::process::Cluster;
 
 const REGISTERS: usize = 3;
 const KILLS: usize = 10;

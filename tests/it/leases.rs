@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use cairn_client::etcd::*;
 
-use crate::support::process::{Cluster, eventually};
+use crate::support::poll::eventually;
+use crate::support::process::Cluster;
 
 async fn grant(c: &EtcdClient, ttl: i64) -> i64 {
     let g: LeaseGrantResponse = c

@@ -8,24 +8,15 @@ use cairn_client::LogStep;
 use cairn_client::RunClient;
 use cairn_client::api::{RestartRunRequest, RunAction, RunResponse};
 use cairn_client::run::{RunResult, RunTaskStatus};
-use futures::StreamExt;
 
-use crate::runs_flow::{create_request, task_id, wait_finished, wait_for};
 use crate::support::cli::{cairn, run};
+use crate::support::poll::wait_for;
 use crate::support::process::TOKEN;
+use crate::support::runs::{self, create, task_id, wait_finished};
 use crate::support::service::ServiceProc;
 
 /// Every wait: generous, for a slow shared machine.
 const LONG: Duration = Duration::from_secs(120);
-
-async fn create(client: &RunClient, group: &str, config: &str) -> RunResponse {
-    let created = client
-        .create_run(&create_request(group, config))
-        .await
-        .unwrap();
-    assert_eq!(created.runs.len(), 1);
-    created.runs.into_iter().next().unwrap()
-}
 
 fn status(r: &RunResponse, name: &str) -> RunTaskStatus {
     r.run.tasks[&task_id(r, name)].status
@@ -33,15 +24,7 @@ fn status(r: &RunResponse, name: &str) -> RunTaskStatus {
 
 /// A step's whole log.
 async fn step_log(client: &RunClient, run_id: &str, task_id: &str, step: usize) -> String {
-    let mut log = client
-        .logs(run_id, task_id, LogStep::Step(step), 0, false)
-        .await
-        .unwrap();
-    let mut text = Vec::new();
-    while let Some(chunk) = log.next().await {
-        text.extend_from_slice(&chunk.unwrap());
-    }
-    String::from_utf8(text).unwrap()
+    runs::step_log(client, run_id, task_id, LogStep::Step(step)).await
 }
 
 // --- restarts see their own id and counter -----------------------------------------------

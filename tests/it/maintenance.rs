@@ -8,66 +8,22 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cairn_client::api::{ListRunsQuery, RunAction, RunResponse};
+use cairn_client::api::{ListRunsQuery, RunAction};
 use cairn_client::run::{Run, RunEvent, RunPhase, RunResult, RunTaskStatus};
 use cairn_client::runconfig::RunConfig;
-use cairn_client::{ApiError, ClientError, ErrorCode, RunClient};
+use cairn_client::{ErrorCode, RunClient};
 use futures::StreamExt;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::runs_flow::{create_request, wait_for, wait_run_phase};
+use crate::support::poll::wait_for;
 use crate::support::process::TOKEN;
+use crate::support::runs::{GROUP, api_error, create, one_task, wait_run, wait_run_phase};
 use crate::support::scripted::{Behaviour, Script, ScriptedExecutor};
 use crate::support::service::{ServiceCluster, ServiceProc};
 
 /// Generous bound for anything the nodes, the scheduler and an executor must do.
 const LONG: Duration = Duration::from_secs(120);
-
-const GROUP: &str = "/project/p1/branch/main";
-
-/// A config with one run, `ci`, of one single-step task named `task`.
-fn one_task(task: &str) -> String {
-    format!(
-        r#"runs:
-  - name: ci
-    tasks:
-      - name: {task}
-        runtime: {{ containers: [ {{ image: busybox }} ] }}
-        steps: [ {{ run: make }} ]
-"#
-    )
-}
-
-/// The `ApiError` of a failed call.
-fn api_error(result: Result<impl std::fmt::Debug, ClientError>) -> ApiError {
-    match result {
-        Err(ClientError::Api(e)) => e,
-        other => panic!("expected an API error, got {other:?}"),
-    }
-}
-
-async fn create(client: &RunClient, group: &str, config: &str) -> RunResponse {
-    let mut created = client
-        .create_run(&create_request(group, config))
-        .await
-        .unwrap();
-    assert_eq!(created.runs.len(), 1);
-    created.runs.remove(0)
-}
-
-/// Waits until `check` holds for run `id`, returning it.
-async fn wait_run(
-    client: &RunClient,
-    id: &str,
-    what: &str,
-    check: impl Fn(&RunResponse) -> bool,
-) -> RunResponse {
-    wait_for(LONG, &format!("run {id}: {what}"), || async {
-        client.run(id).await.ok().filter(&check)
-    })
-    .await
-}
 
 /// Every run (no test here makes more than a page), oldest first, with its config.
 async fn snapshot(client: &RunClient) -> Vec<(Run, RunConfig)> {

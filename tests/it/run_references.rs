@@ -13,8 +13,8 @@ use cairn_client::run::RunTaskStatus;
 use cairn_client::{ClientError, ErrorCode};
 use serde_json::Value;
 
-use crate::runs_flow::create_request;
 use crate::support::cli::{Output, USER, cairn, direct_run, git, git_dir, plain_dir, run};
+use crate::support::runs::create_request;
 use crate::support::service::ServiceProc;
 
 const LONG: Duration = Duration::from_secs(120);

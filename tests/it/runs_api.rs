@@ -13,78 +13,20 @@ use cairn_client::run::{Run, RunEvent, RunPhase, RunResult, RunTask, RunTaskStat
 use cairn_client::{ApiError, ClientError, ErrorCode, LogStep, RunClient};
 use futures::{Stream, StreamExt};
 
-use crate::runs_flow::{create_request, wait_for, wait_run_phase};
+use crate::support::poll::wait_for;
 use crate::support::process::TOKEN;
+use crate::support::runs::{
+    GROUP, api_error, create, create_request, one_task, task_id, wait_finished, wait_run,
+    wait_run_phase,
+};
 use crate::support::scripted::{Behaviour, Script, ScriptedExecutor};
 use crate::support::service::ServiceProc;
 
 /// Generous bound for anything the scheduler and an executor must do.
 const LONG: Duration = Duration::from_secs(120);
 
-const GROUP: &str = "/project/p1/branch/main";
-
-/// A config with one run, `ci`, of one single-step task named `task`.
-fn one_task(task: &str) -> String {
-    format!(
-        r#"runs:
-  - name: ci
-    tasks:
-      - name: {task}
-        runtime: {{ containers: [ {{ image: busybox }} ] }}
-        steps: [ {{ run: make }} ]
-"#
-    )
-}
-
-/// The `ApiError` of a failed call.
-fn api_error(result: Result<impl std::fmt::Debug, ClientError>) -> ApiError {
-    match result {
-        Err(ClientError::Api(e)) => e,
-        other => panic!("expected an API error, got {other:?}"),
-    }
-}
-
-fn task_id(resp: &RunResponse, name: &str) -> String {
-    resp.run_config
-        .tasks
-        .values()
-        .find(|t| t.name == name)
-        .unwrap_or_else(|| panic!("run {} has no task {name}", resp.run.id))
-        .id
-        .clone()
-}
-
 fn task<'r>(resp: &'r RunResponse, name: &str) -> &'r RunTask {
     &resp.run.tasks[&task_id(resp, name)]
-}
-
-async fn create(client: &RunClient, group: &str, config: &str) -> RunResponse {
-    let mut created = client
-        .create_run(&create_request(group, config))
-        .await
-        .unwrap();
-    assert_eq!(created.runs.len(), 1);
-    created.runs.remove(0)
-}
-
-/// Waits until `check` holds for run `id`, returning it.
-async fn wait_run(
-    client: &RunClient,
-    id: &str,
-    what: &str,
-    check: impl Fn(&RunResponse) -> bool,
-) -> RunResponse {
-    wait_for(LONG, &format!("run {id}: {what}"), || async {
-        client.run(id).await.ok().filter(&check)
-    })
-    .await
-}
-
-async fn wait_finished(client: &RunClient, id: &str) -> RunResponse {
-    wait_run(client, id, "finished", |r| {
-        r.run.phase == RunPhase::Finished
-    })
-    .await
 }
 
 /// The first page of runs matching `query`: every one of them, as no test here creates

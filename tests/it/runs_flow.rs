@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
-use cairn_client::api::{ConfigFile, CreateRunRequest, RefSpec, RunResponse};
+use cairn_client::LogStep;
 use cairn_client::run::{RunPhase, RunResult, RunTaskStatus};
-use cairn_client::{LogStep, RunClient};
 use futures::StreamExt;
 
+use crate::support::poll::wait_for;
 use crate::support::process::TOKEN;
+use crate::support::runs::{create_request, wait_run_phase};
 use crate::support::scripted::{Script, ScriptedExecutor};
 use crate::support::service::ServiceProc;
 
@@ -34,95 +35,6 @@ runs:
         depends: [ { test: [ on_failure ] } ]
         steps: [ { run: echo failed } ]
 "#;
-
-pub fn create_request(group: &str, config: &str) -> CreateRunRequest {
-    CreateRunRequest {
-        group: group.to_string(),
-        config: ConfigFile {
-            path: ".agola/config.yml".into(),
-            content: config.to_string(),
-        },
-        reference: RefSpec {
-            branch: Some("main".into()),
-            ..RefSpec::default()
-        },
-        source: None,
-        variables: Default::default(),
-        environment: Default::default(),
-        cache_group: None,
-        annotations: Default::default(),
-        tasks: Vec::new(),
-        run_name: None,
-        ..Default::default()
-    }
-}
-
-/// How long the shared run waits below give a run of real processes.
-const RUN_WAIT: Duration = Duration::from_secs(120);
-
-/// Polls the run until `pred` holds.
-pub async fn wait_run(
-    client: &RunClient,
-    id: &str,
-    what: &str,
-    pred: impl Fn(&RunResponse) -> bool,
-) -> RunResponse {
-    wait_for(RUN_WAIT, what, || async {
-        client.run(id).await.ok().filter(|r| pred(r))
-    })
-    .await
-}
-
-/// Polls the run until its phase is `finished`.
-pub async fn wait_finished(client: &RunClient, id: &str) -> RunResponse {
-    wait_run(client, id, &format!("run {id} to finish"), |r| {
-        r.run.phase == RunPhase::Finished
-    })
-    .await
-}
-
-/// The id of the run's task called `name` (panics when there is none).
-pub fn task_id(r: &RunResponse, name: &str) -> String {
-    r.run_config
-        .tasks
-        .values()
-        .find(|t| t.name == name)
-        .unwrap_or_else(|| panic!("no task {name}"))
-        .id
-        .clone()
-}
-
-/// Polls `f` until it returns `Some`, failing the test after `timeout`.
-pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-pub async fn wait_run_phase(
-    client: &RunClient,
-    id: &str,
-    phase: RunPhase,
-) -> cairn_client::api::RunResponse {
-    wait_for(
-        Duration::from_secs(60),
-        &format!("run {id} to be {phase:?}"),
-        || async { client.run(id).await.ok().filter(|r| r.run.phase == phase) },
-    )
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dag_runs_to_success_in_dependency_order_and_is_archived() {

@@ -10,8 +10,9 @@ use cairn_client::RunClient;
 use cairn_client::api::RunResponse;
 use cairn_client::run::{ExecutorTaskPhase, RunPhase, RunResult, RunTask, RunTaskStatus};
 
-use crate::runs_flow::{create_request, wait_for, wait_run_phase};
+use crate::support::poll::wait_for;
 use crate::support::process::TOKEN;
+use crate::support::runs::{GROUP, create, task_id, wait_finished, wait_run, wait_run_phase};
 use crate::support::scripted::{Behaviour, Script, ScriptedExecutor};
 use crate::support::service::{ServiceCluster, ServiceProc};
 
@@ -80,8 +81,6 @@ runs:
         steps: [ { run: make two } ]
 "#;
 
-const GROUP: &str = "/project/p1/branch/main";
-/// Generous for a slow, shared machine: lease expiries, restarts and elections included.
 const LONG_WAIT: Duration = Duration::from_secs(120);
 
 fn long_runs_until_stopped(name: &str) -> Behaviour {
@@ -116,23 +115,7 @@ fn patient_executor(
 }
 
 fn task_named(r: &RunResponse, name: &str) -> RunTask {
-    let id = &r
-        .run_config
-        .tasks
-        .values()
-        .find(|t| t.name == name)
-        .unwrap_or_else(|| panic!("no task {name} in the run config"))
-        .id;
-    r.run.tasks[id].clone()
-}
-
-async fn create(client: &RunClient, config: &str) -> String {
-    let created = client
-        .create_run(&create_request(GROUP, config))
-        .await
-        .unwrap();
-    assert_eq!(created.runs.len(), 1);
-    created.runs[0].run.id.clone()
+    r.run.tasks[&task_id(r, name)].clone()
 }
 
 /// Waits until the run's task `name` has status `status` on the server.
@@ -142,16 +125,11 @@ async fn wait_task_status(
     name: &str,
     status: RunTaskStatus,
 ) -> RunResponse {
-    wait_for(
-        LONG_WAIT,
+    wait_run(
+        client,
+        run_id,
         &format!("task {name} to be {status:?}"),
-        || async {
-            client
-                .run(run_id)
-                .await
-                .ok()
-                .filter(|r| task_named(r, name).status == status)
-        },
+        |r| task_named(r, name).status == status,
     )
     .await
 }
@@ -159,28 +137,16 @@ async fn wait_task_status(
 /// Waits until the task's first step is reported running (the executor reports its setup
 /// first, then the step: a task can be `running` with no step started yet).
 async fn wait_first_step_running(client: &RunClient, run_id: &str, name: &str) -> RunResponse {
-    wait_for(
-        LONG_WAIT,
+    wait_run(
+        client,
+        run_id,
         &format!("the first step of task {name} to be running"),
-        || async {
-            client.run(run_id).await.ok().filter(|r| {
-                let t = task_named(r, name);
-                t.status == RunTaskStatus::Running
-                    && t.steps.first().map(|s| s.phase) == Some(ExecutorTaskPhase::Running)
-            })
+        |r| {
+            let t = task_named(r, name);
+            t.status == RunTaskStatus::Running
+                && t.steps.first().map(|s| s.phase) == Some(ExecutorTaskPhase::Running)
         },
     )
-    .await
-}
-
-async fn wait_finished(client: &RunClient, run_id: &str) -> RunResponse {
-    wait_for(LONG_WAIT, &format!("run {run_id} to finish"), || async {
-        client
-            .run(run_id)
-            .await
-            .ok()
-            .filter(|r| r.run.phase == RunPhase::Finished)
-    })
     .await
 }
 
@@ -253,7 +219,7 @@ async fn a_dead_executors_task_fails_when_its_lease_expires_and_new_work_goes_to
             ..Script::new("ex1")
         },
     );
-    let run_id = create(&client, LONG).await;
+    let run_id = create(&client, GROUP, LONG).await.run.id;
     wait_first_step_running(&client, &run_id, "long").await;
 
     // The executor dies: no more heartbeats, so its lease runs out.
@@ -269,7 +235,7 @@ async fn a_dead_executors_task_fails_when_its_lease_expires_and_new_work_goes_to
 
     // A new executor takes new work.
     let ex2 = ScriptedExecutor::start(&urls, TOKEN, Script::new("ex2"));
-    let next = create(&client, QUICK).await;
+    let next = create(&client, GROUP, QUICK).await.run.id;
     let done = wait_run_phase(&client, &next, RunPhase::Finished).await;
     assert_eq!(done.run.result, RunResult::Success);
     assert_eq!(ex2.started(), vec![task_named(&done, "quick").id]);
@@ -290,7 +256,7 @@ async fn deleting_an_executor_fails_its_running_task_and_a_second_delete_is_not_
             ..Script::new("ex1")
         },
     );
-    let run_id = create(&client, LONG).await;
+    let run_id = create(&client, GROUP, LONG).await.run.id;
     wait_first_step_running(&client, &run_id, "long").await;
 
     // Silence it first: a live executor would register again at its next heartbeat.
@@ -316,7 +282,7 @@ async fn a_run_goes_on_after_its_server_is_killed_and_restarted_without_handing_
     let mut node = ServiceProc::single(&dir.path().join("n"));
     let client = node.client();
     let ex = patient_executor(std::slice::from_ref(&node.url), "ex1", b_is_held);
-    let run_id = create(&client, CHAIN).await;
+    let run_id = create(&client, GROUP, CHAIN).await.run.id;
     wait_task_status(&client, &run_id, "b", RunTaskStatus::Running).await;
 
     // The server dies while b runs; b finishes during the outage and the executor keeps
@@ -340,7 +306,7 @@ async fn a_run_goes_on_after_its_server_is_killed_and_restarted_without_handing_
 async fn kill_a_node_mid_run(cluster: &mut ServiceCluster, killed: usize) {
     let ex = patient_executor(&cluster.urls(), "ex1", b_is_held);
     let client = cluster.client();
-    let run_id = create(&client, CHAIN).await;
+    let run_id = create(&client, GROUP, CHAIN).await.run.id;
     wait_task_status(&client, &run_id, "b", RunTaskStatus::Running).await;
 
     cluster.nodes[killed].kill9();
@@ -420,7 +386,7 @@ async fn a_task_needing_labels_waits_for_an_executor_that_carries_them() {
     })
     .await;
 
-    let run_id = create(&client, LINUX_ONLY).await;
+    let run_id = create(&client, GROUP, LINUX_ONLY).await.run.id;
     let why = wait_for(LONG_WAIT, "a pending reason naming the labels", || async {
         let r = client.run(&run_id).await.ok()?;
         let why = r.pending?.tasks.get("linux-only")?.clone();
@@ -456,7 +422,7 @@ async fn an_executor_at_its_task_limit_gets_one_task_at_a_time() {
             ..Script::new("ex1")
         },
     );
-    let run_id = create(&client, TWO_READY).await;
+    let run_id = create(&client, GROUP, TWO_READY).await.run.id;
 
     // One task is held by the executor; the other waits, and says it waits for capacity.
     let (first, waiting, why) = wait_for(LONG_WAIT, "one task running, one waiting", || async {

@@ -9,8 +9,9 @@ use cairn_client::executor::Executor;
 use cairn_client::runconfig::Arch;
 use cairn_client::{ErrorCode, RunClient};
 
-use crate::runs_flow::{create_request, task_id, wait_for};
+use crate::support::poll::wait_for;
 use crate::support::process::TOKEN;
+use crate::support::runs::{create_request, task_id};
 use crate::support::scripted::{Behaviour, Script, ScriptedExecutor};
 use crate::support::service::ServiceProc;
 

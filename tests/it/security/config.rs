@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use cairn_client::api::{CreateRunRequest, ListRunsQuery};
 use cairn_client::{ApiError, ErrorCode};
 
-use crate::runs_flow::create_request;
 use crate::support::process::TOKEN;
+use crate::support::runs::create_request;
 use crate::support::service::ServiceProc;
 
 const GROUP: &str = "/project/p1/branch/main";

@@ -17,10 +17,10 @@ use cairn_client::run::RunResult;
 use serde_json::Value;
 
 use crate::executor_docker::{
-    Cleanup, IMAGE, all_logs, containers_labelled, create, docker_enabled, docker_node_with,
-    sleeper, sleeper_running, step_log, wait_finished,
+    Cleanup, IMAGE, all_logs, containers_labelled, docker_enabled, docker_node_with, sleeper,
+    sleeper_running, step_log, wait_finished,
 };
-use crate::runs_flow::{create_request, task_id};
+use crate::support::runs::{create, create_request, task_id};
 use crate::support::service::ServiceProc;
 
 /// `--pod-memory`, and the bytes it means.
@@ -210,7 +210,10 @@ async fn a_running_pods_container_has_the_flags_limits_and_the_hardened_host_con
     let dir = tempfile::tempdir().unwrap();
     let (_cleanup, node) = limited_node(dir.path());
     let client = node.client();
-    let id = create(&client, "/project/inspect/branch/main", &sleeper("inspect")).await;
+    let id = create(&client, "/project/inspect/branch/main", &sleeper("inspect"))
+        .await
+        .run
+        .id;
     let (_, tid) = sleeper_running(&client, &id).await;
     let ids = containers_labelled(&format!("cairn.task={tid}"));
     assert_eq!(ids.len(), 1, "one container for the task: {ids:?}");

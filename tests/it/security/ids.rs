@@ -10,10 +10,12 @@ use cairn_client::api::RunResponse;
 use cairn_client::etcd::{EtcdClient, PutRequest, RangeRequest};
 use cairn_client::executor::ExecutorTask;
 use cairn_client::run::{ExecutorTaskPhase, RunResult};
-use futures::StreamExt;
 
-use crate::runs_flow::{create_request, task_id, wait_finished, wait_for, wait_run};
+use crate::support::poll::wait_for;
 use crate::support::process::TOKEN;
+use crate::support::runs::{
+    create_request, create_run, step_log, task_id, wait_finished, wait_run,
+};
 use crate::support::service::ServiceProc;
 
 const LONG: Duration = Duration::from_secs(120);
@@ -30,19 +32,7 @@ async fn create(
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let created = client.create_run(&req).await.unwrap();
-    assert_eq!(created.runs.len(), 1);
-    created.runs[0].run.id.clone()
-}
-
-/// A step's whole log as it is now.
-async fn step_log(client: &RunClient, run_id: &str, task_id: &str, step: LogStep) -> String {
-    let mut log = client.logs(run_id, task_id, step, 0, false).await.unwrap();
-    let mut text = Vec::new();
-    while let Some(chunk) = log.next().await {
-        text.extend_from_slice(&chunk.unwrap());
-    }
-    String::from_utf8(text).unwrap()
+    create_run(client, &req).await.run.id
 }
 
 async fn finished_log(

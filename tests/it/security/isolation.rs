@@ -11,16 +11,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use cairn_client::api::RunResponse;
-use cairn_client::run::{RunPhase, RunResult};
+use cairn_client::run::RunResult;
 use cairn_client::{LogStep, RunClient};
 use futures::StreamExt;
 
-use crate::runs_flow::{create_request, task_id, wait_for};
 use crate::support::process::{TOKEN, cairn_bin, free_port, spawn_until_ready};
+use crate::support::runs::{create_request, task_id, wait_finished};
 use crate::support::service::kill_step_leftovers;
 
-/// Every wait: generous, for a slow shared machine.
-const LONG: Duration = Duration::from_secs(120);
 /// A cloud key in the server's environment.
 const CLOUD_KEY: &str = "host-aws-secret-0123456789";
 /// Any other variable of the server's environment.
@@ -93,14 +91,7 @@ async fn run_step(client: &RunClient, command: &str) -> (RunResponse, String) {
         .await
         .unwrap();
     let id = created.runs[0].run.id.clone();
-    let done = wait_for(LONG, "the run to finish", || async {
-        client
-            .run(&id)
-            .await
-            .ok()
-            .filter(|r| r.run.phase == RunPhase::Finished)
-    })
-    .await;
+    let done = wait_finished(client, &id).await;
     let tid = task_id(&done, "probe");
     let mut log = client
         .logs(&id, &tid, LogStep::Step(0), 0, false)

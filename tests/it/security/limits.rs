@@ -6,8 +6,9 @@ use cairn_client::{ErrorCode, RunClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::runs_flow::{create_request, task_id, wait_for};
+use crate::support::poll::wait_for;
 use crate::support::process::TOKEN;
+use crate::support::runs::{create_request, task_id};
 use crate::support::scripted::{Behaviour, Script, ScriptedExecutor};
 use crate::support::service::ServiceProc;
 
@@ -265,7 +266,7 @@ async fn run_archived(node: &ServiceProc, source: cairn_client::runconfig::Sourc
         TOKEN,
         Script::new("ex-archive"),
     );
-    crate::runs_flow::wait_run(&client, &run_id, "the run to be archived", |r| {
+    crate::support::runs::wait_run(&client, &run_id, "the run to be archived", |r| {
         r.run.archived
     })
     .await;

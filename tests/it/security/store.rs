@@ -9,9 +9,8 @@ use raft::types::{CommittedLeaderId, LogId, Vote, VoteRequest};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::process::{
-    StoreProc, TOKEN, cairn_bin, eventually, free_port, spawn_until_ready,
-};
+use crate::support::poll::eventually;
+use crate::support::process::{StoreProc, TOKEN, cairn_bin, free_port, spawn_until_ready};
 
 fn node() -> (tempfile::TempDir, StoreProc) {
     let dir = tempfile::tempdir().unwrap();

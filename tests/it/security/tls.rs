@@ -10,8 +10,8 @@ use cairn_client::etcd::{B64Bytes, EtcdClient, PutRequest, RangeRequest, WatchCr
 use cairn_client::run::RunResult;
 use cairn_client::{ClientTls, RunClient};
 
-use crate::runs_flow::{create_request, wait_finished};
 use crate::support::process::{TOKEN, cairn_bin, free_port, spawn_until_ready};
+use crate::support::runs::{create_request, wait_finished};
 use crate::support::service::ServiceProc;
 
 /// Raises this test process's soft open-file limit to the hard one (it holds over a

@@ -1,9 +1,12 @@
 //! Shared test support: a harness that runs real `cairn` processes (`store serve` and
 //! `serve`), a scripted executor that speaks the executor protocol, and the
-//! linearizability checker for the histories they record.
+//! linearizability checker for the histories they record, the run helpers of the tests that
+//! drive runs, and the one poll-until helper.
 
 pub mod cli;
 pub mod linearizability;
+pub mod poll;
 pub mod process;
+pub mod runs;
 pub mod scripted;
 pub mod service;

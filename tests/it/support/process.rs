@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use cairn_client::etcd::{EtcdClient, I64};
 
+use crate::support::poll::wait_for;
+
 pub const TOKEN: &str = "test-token";
 
 pub fn cairn_bin() -> &'static str {
@@ -178,14 +180,7 @@ impl Cluster {
     /// node reports, once that node itself confirms it in the same term (a restarted
     /// old leader may still name itself from its persisted vote, with a stale term).
     pub async fn leader(&self, timeout: Duration) -> usize {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(i) = self.try_leader().await {
-                return i;
-            }
-            assert!(Instant::now() < deadline, "no leader within {timeout:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for(timeout, "a leader", || self.try_leader()).await
     }
 
     async fn try_leader(&self) -> Option<usize> {
@@ -214,18 +209,5 @@ impl Cluster {
             .iter()
             .any(|&(i, t, l)| i == idx && t == term && l == leader);
         confirmed.then_some(idx)
-    }
-}
-
-/// Waits until `check` passes, polling, or panics with `what` after `timeout`.
-pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
