@@ -276,9 +276,14 @@ pub struct ServeArgs {
     /// Join the cluster of the node at URL.
     #[arg(long)]
     pub join: Option<String>,
-    /// Cluster token: authenticates peers, and clients unless --no-client-auth.
+    /// Cluster token: authenticates clients (unless --no-client-auth). Peers present the
+    /// peer secret instead, derived from this token unless --peer-token-file.
     #[arg(long, env = "CAIRN_TOKEN")]
     pub token: String,
+    /// A file holding the peer secret, which only nodes hold and present on /raft/rpc
+    /// (default: DATA_DIR/peer-token, else derived from --token and kept there).
+    #[arg(long, env = "CAIRN_PEER_TOKEN_FILE")]
+    pub peer_token_file: Option<PathBuf>,
     /// Serve clients without a token (loopback addresses only).
     #[arg(long)]
     pub no_client_auth: bool,

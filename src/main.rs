@@ -111,6 +111,13 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Peers present their own secret, never the client token (as `cairn serve` does).
+    let peer_given = cairn::cli::token_from(None, args.peer_token_file.as_deref())?;
+    let peer_token = cairn::service::load_or_make_peer_token(
+        &args.data_dir,
+        peer_given.as_deref(),
+        &args.token,
+    )?;
     let opts = StoreOptions {
         data_dir: args.data_dir,
         listen: args.listen,
@@ -126,7 +133,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         } else {
             Some(args.token.clone())
         },
-        cluster_token: args.token,
+        cluster_token: peer_token,
         streams: cairn::api::streams::StreamCaps::default(),
         net: args.net.serve_net(),
     };

@@ -244,7 +244,7 @@ pub fn derive_peer_token(admin_token: &str) -> String {
 
 /// The peer secret: `given` (kept in the data dir so that a restart needs no flag), else
 /// the data dir's, else derived from `admin_token` (and kept).
-fn load_or_make_peer_token(
+pub fn load_or_make_peer_token(
     data_dir: &Path,
     given: Option<&str>,
     admin_token: &str,

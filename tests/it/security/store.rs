@@ -18,16 +18,28 @@ fn node() -> (tempfile::TempDir, StoreProc) {
     (dir, p)
 }
 
-async fn peer_rpc(url: &str, body: Vec<u8>) -> (u16, String) {
+/// The node's peer secret (`DATA_DIR/peer-token`, derived from its client token).
+fn peer_secret(p: &StoreProc) -> String {
+    std::fs::read_to_string(p.data_dir.join("peer-token"))
+        .expect("the node keeps its peer secret")
+        .trim()
+        .to_string()
+}
+
+async fn peer_rpc_as(url: &str, token: &str, body: Vec<u8>) -> (u16, String) {
     let resp = reqwest::Client::new()
         .post(format!("{url}/raft/rpc"))
-        .bearer_auth(TOKEN)
+        .bearer_auth(token)
         .body(body)
         .send()
         .await
         .expect("the node answers");
     let status = resp.status().as_u16();
     (status, resp.text().await.unwrap_or_default())
+}
+
+async fn peer_rpc(p: &StoreProc, body: Vec<u8>) -> (u16, String) {
+    peer_rpc_as(&p.url, &peer_secret(p), body).await
 }
 
 async fn term(c: &EtcdClient) -> i64 {
@@ -40,7 +52,7 @@ async fn term(c: &EtcdClient) -> i64 {
 async fn the_fourteen_byte_join_bomb_is_a_400_and_the_node_lives() {
     let (_d, p) = node();
     let bomb = b"\x07\x05\xfd\x00\x00\x00\x00\x00\x10\x00\x00abc".to_vec();
-    let (status, text) = peer_rpc(&p.url, bomb).await;
+    let (status, text) = peer_rpc(&p, bomb).await;
     assert_eq!(status, 400, "{text}");
     let c = p.client();
     c.put(&PutRequest {
@@ -104,11 +116,11 @@ async fn a_vote_with_an_absurd_term_or_from_a_stranger_is_refused() {
             Some(last),
         )))
     };
-    let (status, text) = peer_rpc(&p.url, vote(u64::MAX, me)).await;
+    let (status, text) = peer_rpc(&p, vote(u64::MAX, me)).await;
     assert_eq!(status, 403, "{text}");
     assert!(text.contains("absurd"), "{text}");
     let stranger = me ^ 1;
-    let (status, text) = peer_rpc(&p.url, vote(before as u64 + 1, stranger)).await;
+    let (status, text) = peer_rpc(&p, vote(before as u64 + 1, stranger)).await;
     assert_eq!(status, 403, "{text}");
     assert!(text.contains("not a member"), "{text}");
     assert_eq!(term(&c).await, before, "the term did not move");
@@ -279,4 +291,45 @@ async fn a_range_larger_than_the_response_cap_is_refused_and_pages_are_served() 
         .expect("a page of 10");
     assert_eq!(page.kvs.len(), 10);
     assert!(page.more);
+}
+
+/// H1/H2 on the bare store: `cairn store serve` took its one `--token` for clients and
+/// peers alike, so every etcd client could drive `/raft/rpc` (Vote, Append, Join…). Now
+/// peers present a peer secret derived from it (kept in `DATA_DIR/peer-token`), as `cairn
+/// serve` does: the client token is a 401 on `/raft/rpc`, the peer secret is no client
+/// token, and a second node still joins with the same `--token`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_store_nodes_client_token_does_not_open_the_peer_route() {
+    let (d, p) = node();
+    let peer = peer_secret(&p);
+    assert_ne!(peer, TOKEN);
+    let (status, text) = peer_rpc_as(&p.url, TOKEN, b"\x00".to_vec()).await;
+    assert_eq!(status, 401, "the client token on /raft/rpc: {text}");
+    let (status, text) = peer_rpc_as(&p.url, &peer, b"\x00".to_vec()).await;
+    assert_ne!(status, 401, "the peer secret on /raft/rpc: {text}");
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v3/kv/range", p.url))
+        .bearer_auth(&peer)
+        .body(r#"{"key":"YQ=="}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401, "the peer secret as a client token");
+    let second = StoreProc::start(
+        &d.path().join("m"),
+        free_port(),
+        "redb",
+        false,
+        Some(&p.url),
+    );
+    let c = second.client();
+    c.put(&PutRequest {
+        key: "joined".into(),
+        value: "yes".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("the joined node serves writes");
+    let members = p.client().member_list().await.expect("members");
+    assert_eq!(members.members.len(), 2, "{members:?}");
 }
