@@ -14,7 +14,7 @@ use cairn_client::api::{
     RunAction, RunActionRequest, RunResponse, RunsPage, TaskActionRequest,
 };
 use cairn_client::run::{Run, RunPhase, RunResult};
-use cairn_client::runconfig::{Env, RunConfig, SourceRef};
+use cairn_client::runconfig::RunConfig;
 use futures::Stream;
 use serde::Deserialize;
 use store::WatchMessage;
@@ -24,9 +24,7 @@ use super::error::{ApiResult, Failure};
 use super::service::ApiState;
 use crate::configfile;
 use crate::datamanager::Datamanager;
-use crate::datamanager::keys;
 use crate::runservice;
-use crate::runservice::reference::{self, PullRequestRefs};
 
 pub async fn create(
     State(st): State<ApiState>,
@@ -46,101 +44,19 @@ async fn create_runs(
     st: ApiState,
     req: CreateRunRequest,
 ) -> ApiResult<(StatusCode, Json<CreateRunResponse>)> {
-    let group = keys::normalize_group(&req.group)
-        .filter(|_| req.group.starts_with('/'))
-        .filter(|g| g.split('/').filter(|s| !s.is_empty()).count() >= 2)
-        .ok_or_else(|| {
-            Failure::bad_request(format!(
-                "group {:?} must be an absolute path of at least two segments, like /user/<id>/branch/<name>",
-                req.group
-            ))
-        })?;
-    reference::check_commit(req.commit_sha.as_deref(), req.message.as_deref())
-        .map_err(|e| Failure::bad_request(e.to_string()))?;
-    let prs = if req.pull_request_ref_regexes.is_empty() {
-        st.pull_request_refs.clone()
-    } else {
-        PullRequestRefs::new(&req.pull_request_ref_regexes)
-            .map_err(|e| Failure::bad_request(e.to_string()))?
-    };
-    let reference = reference::classify(&req.reference, &prs)
-        .map_err(|e| Failure::bad_request(e.to_string()))?;
-    let for_when = reference.ref_spec();
-    let commit = commit(&req);
-    let made = Made {
-        static_environment: reference::static_environment(&reference, &commit, &group),
-        annotations: reference::annotations(&reference, &commit, &group, &req.annotations),
-    };
-    let ctx = configfile::ConfigContext {
-        ref_type: reference.ref_type.as_str().to_string(),
-        git_ref: reference.git_ref.clone(),
-        branch: reference.branch.clone(),
-        tag: reference.tag.clone(),
-        pull_request_id: reference.pull_request_id.clone(),
-        commit_sha: commit.sha.clone(),
-    };
-    let config = match load_config(&req, ctx).await? {
-        Ok(parsed) => parsed.config,
-        // Beyond Cairn's limits (size, counts, regexes, aliases): refused, not recorded.
-        Err(errors) if errors.over_limit() => return Err(config_failure(errors)),
-        // Agola's gateway: a config that cannot be parsed still records one run, in phase
-        // setuperror, with the positioned errors; the caller gets it like any new run.
-        Err(errors) => {
-            let run = record_setup_error(&st, &group, &req, &made, errors.lines()).await?;
-            return Ok((
-                StatusCode::CREATED,
-                Json(CreateRunResponse { runs: vec![run] }),
-            ));
-        }
-    };
-    let mut names: Vec<String> = configfile::matching_runs(&config, &for_when)
-        .into_iter()
-        .map(|r| r.name.clone())
-        .collect();
-    if let Some(only) = &req.run_name {
-        names.retain(|n| n == only);
-        if names.is_empty() {
-            return Err(Failure::bad_request(format!(
-                "{}: no run named {only:?} matches this reference",
-                req.config.path
-            )));
-        }
-    }
-    if names.is_empty() {
-        return Err(Failure::bad_request(format!(
-            "{}: no run of the config matches this reference",
-            req.config.path
-        )));
-    }
-    let ctx = configfile::ExpandContext {
-        reference: for_when.clone(),
-        variables: req.variables.clone(),
-        only_tasks: req.tasks.clone(),
-    };
-    let mut expanded = Vec::new();
-    for name in &names {
-        let tasks = configfile::expand(&config, name, &ctx).map_err(config_failure)?;
-        expanded.push((name.clone(), tasks));
-    }
+    let resolved =
+        runservice::create::resolve_request(&req, &st.pull_request_refs).map_err(create_failure)?;
+    let loaded = load_config(&req, resolved.config_context.clone()).await?;
+    let configs =
+        runservice::create::run_configs(&req, &resolved, loaded).map_err(create_failure)?;
+    let group = &resolved.group;
     let mut runs = Vec::new();
-    for (name, tasks) in expanded {
-        let template = RunConfig {
-            id: String::new(),
-            name,
-            group: group.clone(),
-            setup_errors: Vec::new(),
-            annotations: made.annotations.clone(),
-            static_environment: made.static_environment.clone(),
-            environment: req.environment.clone(),
-            tasks,
-            cache_group: req.cache_group.clone(),
-            source: req.source.clone(),
-        };
+    for template in configs {
         let now = chrono::Utc::now();
         let created = st
             .dm
             .with_ctx(super::request_ctx())
-            .create_run(&group, |id, counter| {
+            .create_run(group, |id, counter| {
                 let mut config = template.clone();
                 config.id = id.to_string();
                 // The run's id and counter reach its tasks at hand-out (runservice::spec_data).
@@ -148,7 +64,11 @@ async fn create_runs(
                 (config, run)
             })
             .await?;
-        tracing::info!(run_id = %created.run.value.id, group = %group, "run created");
+        if created.config.setup_errors.is_empty() {
+            tracing::info!(run_id = %created.run.value.id, group = %group, "run created");
+        } else {
+            tracing::info!(run_id = %created.run.value.id, group = %group, "setuperror run recorded");
+        }
         runs.push(RunResponse {
             run: created.run.value,
             run_config: created.config,
@@ -158,44 +78,12 @@ async fn create_runs(
     Ok((StatusCode::CREATED, Json(CreateRunResponse { runs })))
 }
 
-/// Records the run of a config that could not be set up: Agola's generic "Setup Error"
-/// run, in phase setuperror with `setup_errors` and no tasks.
-async fn record_setup_error(
-    st: &ApiState,
-    group: &str,
-    req: &CreateRunRequest,
-    made: &Made,
-    setup_errors: Vec<String>,
-) -> Result<RunResponse, Failure> {
-    let template = RunConfig {
-        id: String::new(),
-        name: runservice::SETUP_ERROR_RUN_NAME.to_string(),
-        group: group.to_string(),
-        setup_errors,
-        annotations: made.annotations.clone(),
-        static_environment: made.static_environment.clone(),
-        environment: req.environment.clone(),
-        tasks: Default::default(),
-        cache_group: req.cache_group.clone(),
-        source: req.source.clone(),
-    };
-    let now = chrono::Utc::now();
-    let created = st
-        .dm
-        .with_ctx(super::request_ctx())
-        .create_run(group, |id, counter| {
-            let mut config = template.clone();
-            config.id = id.to_string();
-            let run = runservice::new_run(&config, counter, now);
-            (config, run)
-        })
-        .await?;
-    tracing::info!(run_id = %created.run.value.id, group = %group, "setuperror run recorded");
-    Ok(RunResponse {
-        run: created.run.value,
-        run_config: created.config,
-        pending: None,
-    })
+/// A refused creation request: a config's errors travel as details.
+fn create_failure(e: runservice::RunServiceError) -> Failure {
+    match e {
+        runservice::RunServiceError::Config(errors) => config_failure(errors),
+        other => other.into(),
+    }
 }
 
 /// Configs parsed (and programs evaluated) at once; more requests wait their turn, so
@@ -233,30 +121,6 @@ async fn load_config(
 fn config_failure(e: configfile::ConfigErrors) -> Failure {
     let details = serde_json::to_value(&e).unwrap_or_default();
     Failure::bad_request(e.to_string()).with_details(details)
-}
-
-/// What the reference and commit make of every run of a request.
-struct Made {
-    static_environment: Env,
-    annotations: BTreeMap<String, String>,
-}
-
-/// The commit a request is for: its `commit_sha` (else a git source's commit), message
-/// and a git source's URL.
-fn commit(req: &CreateRunRequest) -> reference::Commit {
-    let (url, source_commit) = match &req.source {
-        Some(SourceRef::Git { url, commit, .. }) => (url.clone(), commit.clone()),
-        _ => (String::new(), String::new()),
-    };
-    reference::Commit {
-        sha: req
-            .commit_sha
-            .clone()
-            .filter(|c| !c.is_empty())
-            .unwrap_or(source_commit),
-        message: req.message.clone().unwrap_or_default(),
-        repository_url: url,
-    }
 }
 
 /// A run id from a path or a cursor must be in its format (16 to 20 digits,

@@ -102,18 +102,8 @@ pub fn run_id(seq: u64) -> String {
     format!("{seq:016}")
 }
 
-/// A group path in canonical form: leading `/`, no trailing `/`, no empty segments;
-/// `/` alone is the root. `None` when it has `..`, `.`, a NUL or a control character.
-pub fn normalize_group(group: &str) -> Option<String> {
-    if group.chars().any(|c| c.is_control()) {
-        return None;
-    }
-    let segments: Vec<&str> = group.split('/').filter(|s| !s.is_empty()).collect();
-    if segments.iter().any(|s| *s == "." || *s == "..") {
-        return None;
-    }
-    Some(format!("/{}", segments.join("/")))
-}
+/// A group path in canonical form (a run-service rule, used here for the listing keys).
+pub use crate::runservice::reference::normalize_group;
 
 /// `/a/b/c` → `["/", "/a", "/a/b", "/a/b/c"]`.
 pub fn ancestors(group: &str) -> Vec<String> {

@@ -5,6 +5,9 @@
 use cairn_client::ErrorCode;
 use cairn_client::run::{ExecutorTaskPhase, RunPhase, RunTaskStatus};
 
+use super::reference::ReferenceError;
+use crate::configfile::ConfigErrors;
+
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RunServiceError {
     /// The run has no task with this id.
@@ -83,6 +86,28 @@ pub enum RunServiceError {
         expected: usize,
         reported: usize,
     },
+
+    /// A run group that is not an absolute path of at least two segments.
+    #[error(
+        "group {group:?} must be an absolute path of at least two segments, like /user/<id>/branch/<name>"
+    )]
+    BadGroup { group: String },
+
+    /// A creation request's reference, commit or pull-request patterns are not usable.
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+
+    /// A config beyond Cairn's limits, or whose runs cannot be expanded.
+    #[error("{0}")]
+    Config(ConfigErrors),
+
+    /// A creation request names a run that does not match its reference.
+    #[error("{path}: no run named {name:?} matches this reference")]
+    NoRunNamed { path: String, name: String },
+
+    /// No run of the config matches a creation request's reference.
+    #[error("{path}: no run of the config matches this reference")]
+    NoMatchingRun { path: String },
 }
 
 impl RunServiceError {
@@ -100,7 +125,12 @@ impl RunServiceError {
             | RunServiceError::UnknownTasks { .. }
             | RunServiceError::BadRestart { .. }
             | RunServiceError::WrongRun { .. }
-            | RunServiceError::StepCountMismatch { .. } => ErrorCode::BadRequest,
+            | RunServiceError::StepCountMismatch { .. }
+            | RunServiceError::BadGroup { .. }
+            | RunServiceError::Reference(_)
+            | RunServiceError::Config(_)
+            | RunServiceError::NoRunNamed { .. }
+            | RunServiceError::NoMatchingRun { .. } => ErrorCode::BadRequest,
         }
     }
 }

@@ -6,7 +6,7 @@
 //! store: the scheduler and the API read the run, its config and its executor tasks, call
 //! these functions, and write the results back with compare-and-swap.
 //!
-//! - [`create`]: a new run from its config.
+//! - [`create`]: a new run from its config, and the run configs a creation request asks for.
 //! - [`restart`](mod@restart): a new run (and config) from a finished one, from scratch
 //!   from failed tasks or from chosen tasks.
 //! - [`advance`](mod@advance): the state machine (result, phase, dependency conditions with skip

@@ -257,6 +257,19 @@ pub fn path_escape(s: &str) -> String {
     out
 }
 
+/// A group path in canonical form: leading `/`, no trailing `/`, no empty segments;
+/// `/` alone is the root. `None` when it has `..`, `.`, a NUL or a control character.
+pub fn normalize_group(group: &str) -> Option<String> {
+    if group.chars().any(|c| c.is_control()) {
+        return None;
+    }
+    let segments: Vec<&str> = group.split('/').filter(|s| !s.is_empty()).collect();
+    if segments.iter().any(|s| *s == "." || *s == "..") {
+        return None;
+    }
+    Some(format!("/{}", segments.join("/")))
+}
+
 /// What a run is for beyond its reference: where its sources come from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Commit {
