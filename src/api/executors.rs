@@ -236,29 +236,7 @@ pub async fn status(
     check_task_id(&task_id)?;
     let dm = st.dm.with_ctx(super::request_ctx());
     dm.update_executor_task_with(&task_id, |et| {
-        if et.spec.executor_id != id {
-            return Err(Failure::new(
-                ErrorCode::Forbidden,
-                format!("task {task_id} is assigned to another executor"),
-            ));
-        }
-        if et.status == status {
-            return Ok(None);
-        }
-        // A finished status is final: a late or replayed report cannot rewrite it.
-        if et.status.phase.is_finished() {
-            return Err(Failure::new(
-                ErrorCode::Conflict,
-                format!(
-                    "task {task_id} already finished ({}); a {} report is refused",
-                    et.status.phase.as_str(),
-                    status.phase.as_str()
-                ),
-            ));
-        }
-        let mut next = et.clone();
-        next.status = status.clone();
-        Ok(Some(next))
+        runservice::accept_report(et, &id, &status).map_err(Failure::from)
     })
     .await
     .map_err(|e| match e {

@@ -87,6 +87,22 @@ pub enum RunServiceError {
         reported: usize,
     },
 
+    /// An executor reported the status of a task assigned to another executor.
+    #[error("task {task_id} is assigned to another executor")]
+    NotAssigned { task_id: String },
+
+    /// A status report for an executor task that already finished: its status is final.
+    #[error(
+        "task {task_id} already finished ({}); a {} report is refused",
+        .phase.as_str(),
+        .reported.as_str()
+    )]
+    AlreadyFinished {
+        task_id: String,
+        phase: ExecutorTaskPhase,
+        reported: ExecutorTaskPhase,
+    },
+
     /// A run group that is not an absolute path of at least two segments.
     #[error(
         "group {group:?} must be an absolute path of at least two segments, like /user/<id>/branch/<name>"
@@ -115,11 +131,13 @@ impl RunServiceError {
     pub fn code(&self) -> ErrorCode {
         match self {
             RunServiceError::TaskNotFound { .. } => ErrorCode::NotFound,
+            RunServiceError::NotAssigned { .. } => ErrorCode::Forbidden,
             RunServiceError::InvalidPhase { .. }
             | RunServiceError::CannotRestart { .. }
             | RunServiceError::CancelRequested { .. }
             | RunServiceError::AlreadyApproved { .. }
-            | RunServiceError::InconsistentStatus { .. } => ErrorCode::Conflict,
+            | RunServiceError::InconsistentStatus { .. }
+            | RunServiceError::AlreadyFinished { .. } => ErrorCode::Conflict,
             RunServiceError::NotWaitingApproval { .. }
             | RunServiceError::BadApproversAnnotation { .. }
             | RunServiceError::UnknownTasks { .. }

@@ -12,7 +12,8 @@
 //! - [`advance`](mod@advance): the state machine (result, phase, dependency conditions with skip
 //!   propagation, approval, stop, cancellation) and the tasks ready to hand out.
 //! - [`actions`]: user actions (start, cancel, stop, approve, task annotations).
-//! - [`task_status`]: executor status reports applied to the run, lost executor tasks.
+//! - [`task_status`]: executor status reports accepted (finished is final) and applied to
+//!   the run, lost executor tasks.
 //! - [`spec`]: the executor task spec data generated at every hand-out.
 //! - [`cache_namespace`]: the unambiguous id of a task's cache group.
 //! - [`placement`]: which executor gets a task, or why none can.
@@ -50,5 +51,5 @@ pub use restart::{
     RestartFrom, can_restart_from_failed, can_restart_from_scratch, check_restart, restart,
 };
 pub use spec::spec_data;
-pub use task_status::{apply_executor_status, fail_lost_task};
+pub use task_status::{accept_report, apply_executor_status, fail_lost_task};
 pub use unplaceable::fail_unplaceable;

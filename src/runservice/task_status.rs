@@ -1,5 +1,7 @@
-//! Executor status reports applied to a run ([`apply_executor_status`]) and the failing of
-//! executor tasks whose executor is gone ([`fail_lost_task`], DESIGN §4 rule 1).
+//! Executor status reports: whether one is accepted over the stored executor task
+//! ([`accept_report`]: only from its executor, and a finished status is final), applied to
+//! a run ([`apply_executor_status`]), and the failing of executor tasks whose executor is
+//! gone ([`fail_lost_task`], DESIGN §4 rule 1).
 //!
 //! A report may move a run task only along the executor task's state machine (Agola's
 //! table, §4.4 of the reference, widened so that a finished report also applies over a
@@ -18,7 +20,7 @@
 //! Anything else is an inconsistent (late or replayed) report and is refused with a typed
 //! error, so the caller can log it and move on.
 
-use cairn_client::executor::{ExecutorTask, StepStatus};
+use cairn_client::executor::{ExecutorTask, ExecutorTaskStatus, StepStatus};
 use cairn_client::run::{ExecutorTaskPhase, Run, RunTaskStatus, RunTaskStep, Time};
 
 use super::error::RunServiceError;
@@ -66,6 +68,35 @@ pub fn apply_executor_status(run: &mut Run, et: &ExecutorTask) -> Result<bool, R
         copy_step(step, status);
     }
     Ok(*task != before)
+}
+
+/// Executor `reporter`'s status report for the stored executor task `current`: the task
+/// to write, or `None` when the report repeats the stored status. Only the task's own
+/// executor may report ([`RunServiceError::NotAssigned`]), and a finished status is final:
+/// a late or replayed report cannot rewrite it ([`RunServiceError::AlreadyFinished`]).
+pub fn accept_report(
+    current: &ExecutorTask,
+    reporter: &str,
+    report: &ExecutorTaskStatus,
+) -> Result<Option<ExecutorTask>, RunServiceError> {
+    if current.spec.executor_id != reporter {
+        return Err(RunServiceError::NotAssigned {
+            task_id: current.id.clone(),
+        });
+    }
+    if current.status == *report {
+        return Ok(None);
+    }
+    if current.status.phase.is_finished() {
+        return Err(RunServiceError::AlreadyFinished {
+            task_id: current.id.clone(),
+            phase: current.status.phase,
+            reported: report.phase,
+        });
+    }
+    let mut next = current.clone();
+    next.status = report.clone();
+    Ok(Some(next))
 }
 
 /// Marks an unfinished executor task failed because its executor is gone: phase failed with
@@ -328,5 +359,73 @@ mod tests {
         let mut never_started = ExecutorTask::new("a", "run1", "x1", 1);
         assert!(fail_lost_task(&mut never_started, "gone", at(5)));
         assert_eq!(never_started.status.phase, ExecutorTaskPhase::Failed);
+    }
+
+    #[test]
+    fn a_report_from_another_executor_is_refused() {
+        let stored = ExecutorTask::new("a", "run1", "x1", 1);
+        let mut report = stored.status.clone();
+        report.phase = ExecutorTaskPhase::Running;
+        let err = accept_report(&stored, "x2", &report).expect_err("not its task");
+        assert_eq!(
+            err,
+            RunServiceError::NotAssigned {
+                task_id: "a".into()
+            }
+        );
+        assert_eq!(err.to_string(), "task a is assigned to another executor");
+        assert_eq!(err.code(), cairn_client::ErrorCode::Forbidden);
+    }
+
+    #[test]
+    fn a_report_moves_an_unfinished_task_and_a_repeat_writes_nothing() {
+        let stored = ExecutorTask::new("a", "run1", "x1", 1);
+        assert_eq!(accept_report(&stored, "x1", &stored.status), Ok(None));
+        for phase in PHASES {
+            let mut report = stored.status.clone();
+            report.phase = phase;
+            report.start_time = Some(at(3));
+            let next = accept_report(&stored, "x1", &report)
+                .expect("unfinished task")
+                .expect("a changed status is written");
+            assert_eq!(next.status, report);
+            assert_eq!(next.spec, stored.spec);
+        }
+    }
+
+    #[test]
+    fn a_finished_executor_task_status_is_final() {
+        for finished in PHASES.into_iter().filter(|p| p.is_finished()) {
+            let mut stored = ExecutorTask::new("a", "run1", "x1", 1);
+            stored.status.phase = finished;
+            assert_eq!(
+                accept_report(&stored, "x1", &stored.status),
+                Ok(None),
+                "a replay of the final status is harmless"
+            );
+            for reported in PHASES {
+                let mut report = stored.status.clone();
+                report.phase = reported;
+                report.end_time = Some(at(9));
+                let err = accept_report(&stored, "x1", &report).expect_err("final");
+                assert_eq!(
+                    err,
+                    RunServiceError::AlreadyFinished {
+                        task_id: "a".into(),
+                        phase: finished,
+                        reported,
+                    }
+                );
+                assert_eq!(err.code(), cairn_client::ErrorCode::Conflict);
+                assert_eq!(
+                    err.to_string(),
+                    format!(
+                        "task a already finished ({}); a {} report is refused",
+                        finished.as_str(),
+                        reported.as_str()
+                    )
+                );
+            }
+        }
     }
 }
