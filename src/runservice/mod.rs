@@ -11,6 +11,8 @@
 //!   from failed tasks or from chosen tasks.
 //! - [`advance`](mod@advance): the state machine (result, phase, dependency conditions with skip
 //!   propagation, approval, stop, cancellation) and the tasks ready to hand out.
+//! - [`archive`]: when a finished task's logs go to object storage and its executor
+//!   task can go, and when a run is archivable.
 //! - [`actions`]: user actions (start, cancel, stop, approve, task annotations).
 //! - [`task_status`]: executor status reports accepted (finished is final) and applied to
 //!   the run, lost executor tasks.
@@ -26,6 +28,7 @@
 
 pub mod actions;
 pub mod advance;
+pub mod archive;
 pub mod cache_namespace;
 pub mod create;
 pub mod depends;

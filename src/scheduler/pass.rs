@@ -5,9 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use cairn_client::LogStep;
 use cairn_client::executor::ExecutorTask;
-use cairn_client::run::{FetchPhase, RunPhase};
+use cairn_client::run::RunPhase;
 use cairn_client::runconfig::RunConfig;
 
 use super::Shared;
@@ -87,12 +86,11 @@ impl Shared {
             let Some(rt) = run.tasks.get_mut(task_id) else {
                 continue;
             };
-            if !et.value.status.phase.is_finished() || !rt.status.is_finished() {
+            if !runservice::archive::executor_task_done(&et.value, rt) {
                 continue;
             }
-            if !rt.all_fetched() {
-                let mut logs = vec![LogStep::Setup];
-                logs.extend((0..rt.steps.len()).map(LogStep::Step));
+            let logs = runservice::archive::logs_to_archive(rt);
+            if !logs.is_empty() {
                 for step in logs {
                     let log = LogId {
                         task_id: task_id.clone(),
@@ -103,20 +101,12 @@ impl Shared {
                         return Ok(false);
                     }
                 }
-                rt.setup_step.log_phase = FetchPhase::Finished;
-                for s in &mut rt.steps {
-                    s.log_phase = FetchPhase::Finished;
-                }
-                // Workspace archives are uploaded straight to object storage.
-                for p in &mut rt.workspace_archives_phase {
-                    *p = FetchPhase::Finished;
-                }
+                runservice::archive::close_fetch_phases(rt);
             }
             done_ets.push(task_id.clone());
         }
 
-        if run.phase.is_finished() && ets.is_empty() && run.tasks.values().all(|t| t.all_fetched())
-        {
+        if runservice::archive::is_archivable(&run, ets.len()) {
             run.archived = true;
         }
         if run.phase == RunPhase::Queued {
