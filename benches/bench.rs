@@ -36,6 +36,8 @@ mod load;
 mod procs;
 #[path = "bench/report.rs"]
 mod report;
+#[path = "../tests/it/support/request.rs"]
+mod request;
 #[path = "bench/scheduler.rs"]
 mod scheduler;
 #[path = "bench/tracker.rs"]

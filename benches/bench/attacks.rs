@@ -22,10 +22,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use cairn_client::api::{ConfigFile, CreateRunRequest, RefSpec};
 use tokio::io::AsyncWriteExt;
 
 use crate::env_num;
+use crate::request::create_request;
 
 const TOKEN: &str = "cairn-bench-token";
 const TARGET_MB: f64 = 100.0;
@@ -141,18 +141,7 @@ fn chain() -> String {
 /// `rounds` rounds of [`CONCURRENT`] `POST /runs` of `config`: the statuses seen and
 /// the slowest request.
 async fn hammer(url: &str, config: &str, rounds: usize) -> anyhow::Result<(String, Duration)> {
-    let body = serde_json::to_vec(&CreateRunRequest {
-        group: "/project/p1/branch/main".into(),
-        config: ConfigFile {
-            path: ".agola/config.yml".into(),
-            content: config.to_string(),
-        },
-        reference: RefSpec {
-            branch: Some("main".into()),
-            ..RefSpec::default()
-        },
-        ..Default::default()
-    })?;
+    let body = serde_json::to_vec(&create_request("/project/p1/branch/main", config))?;
     let http = reqwest::Client::new();
     let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
     let mut slowest = Duration::ZERO;

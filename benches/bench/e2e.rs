@@ -37,7 +37,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use cairn_client::api::{ConfigFile, CreateRunRequest, RefSpec};
 use cairn_client::run::{FetchPhase, Run, RunResult};
 use cairn_client::{LogStep, RunClient};
 use futures::StreamExt;
@@ -45,6 +44,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 use crate::load::Sample;
+use crate::request::create_request;
 use crate::tracker::{AbortOnDrop, Tracker};
 use crate::{command_line, env_num};
 
@@ -266,28 +266,6 @@ async fn idle_rss(pid: u32, when: &str, idle: Duration) -> RssRow {
 
 // --- runs -----------------------------------------------------------------------------
 
-fn request(group: &str, config: String) -> CreateRunRequest {
-    CreateRunRequest {
-        group: group.to_string(),
-        config: ConfigFile {
-            path: ".agola/config.yml".into(),
-            content: config,
-        },
-        reference: RefSpec {
-            branch: Some("main".into()),
-            ..RefSpec::default()
-        },
-        source: None,
-        variables: Default::default(),
-        environment: Default::default(),
-        cache_group: None,
-        annotations: Default::default(),
-        tasks: Vec::new(),
-        run_name: None,
-        ..Default::default()
-    }
-}
-
 /// A one-task run whose one step runs `command` (a YAML single-quoted scalar).
 fn one_step_config(command: &str) -> String {
     format!(
@@ -303,7 +281,7 @@ async fn create(
     config: String,
 ) -> anyhow::Result<(String, String)> {
     let resp = client
-        .create_run(&request(group, config))
+        .create_run(&create_request(group, &config))
         .await
         .with_context(|| format!("creating a run in {group}"))?;
     let run = &resp.runs.first().context("no run created")?.run;

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use cairn_client::RunClient;
-use cairn_client::api::{ConfigFile, CreateRunRequest, ListRunsQuery, RefSpec};
+use cairn_client::api::ListRunsQuery;
 use cairn_client::executor::{AssignedTask, Executor, ExecutorTaskStatus, StepStatus};
 use cairn_client::run::{ExecutorTaskPhase, RunPhase, RunResult};
 use cairn_client::runconfig::Arch;
@@ -45,6 +45,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::load::Sample;
+use crate::request::create_request;
 use crate::tracker::{AbortOnDrop, Tracker};
 use crate::{command_line, env_num};
 
@@ -203,31 +204,9 @@ fn has_chain_child(task_name: &str) -> bool {
     task_name.starts_with('t') && task_name != format!("t{:02}", CHAIN_LEN - 1)
 }
 
-fn request(group: &str, config: &str) -> CreateRunRequest {
-    CreateRunRequest {
-        group: group.to_string(),
-        config: ConfigFile {
-            path: ".agola/config.yml".into(),
-            content: config.to_string(),
-        },
-        reference: RefSpec {
-            branch: Some("main".into()),
-            ..RefSpec::default()
-        },
-        source: None,
-        variables: Default::default(),
-        environment: Default::default(),
-        cache_group: None,
-        annotations: Default::default(),
-        tasks: Vec::new(),
-        run_name: None,
-        ..Default::default()
-    }
-}
-
 async fn create(client: &RunClient, group: &str, config: &str) -> anyhow::Result<String> {
     let resp = client
-        .create_run(&request(group, config))
+        .create_run(&create_request(group, config))
         .await
         .with_context(|| format!("creating a run in {group}"))?;
     Ok(resp.runs.first().context("no run created")?.run.id.clone())

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod linearizability;
 pub mod poll;
 pub mod process;
+pub mod request;
 pub mod runs;
 pub mod scripted;
 pub mod service;

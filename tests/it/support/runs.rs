@@ -4,12 +4,13 @@
 
 use std::time::Duration;
 
-use cairn_client::api::{ConfigFile, CreateRunRequest, RefSpec, RunResponse};
+use cairn_client::api::{CreateRunRequest, RunResponse};
 use cairn_client::run::RunPhase;
 use cairn_client::{ApiError, ClientError, LogStep, RunClient};
 use futures::StreamExt;
 
 use crate::support::poll::wait_for;
+pub use crate::support::request::create_request;
 
 /// How long a run of real processes is given to reach the state a test waits for.
 pub const RUN_WAIT: Duration = Duration::from_secs(120);
@@ -28,29 +29,6 @@ pub fn one_task(task: &str) -> String {
         steps: [ {{ run: make }} ]
 "#
     )
-}
-
-/// A request for the runs of `config` in `group`, on branch `main`, with nothing else set.
-pub fn create_request(group: &str, config: &str) -> CreateRunRequest {
-    CreateRunRequest {
-        group: group.to_string(),
-        config: ConfigFile {
-            path: ".agola/config.yml".into(),
-            content: config.to_string(),
-        },
-        reference: RefSpec {
-            branch: Some("main".into()),
-            ..RefSpec::default()
-        },
-        source: None,
-        variables: Default::default(),
-        environment: Default::default(),
-        cache_group: None,
-        annotations: Default::default(),
-        tasks: Vec::new(),
-        run_name: None,
-        ..Default::default()
-    }
 }
 
 /// Creates the runs of `req`, asserting there is exactly one, and returns it.
