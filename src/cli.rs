@@ -32,6 +32,7 @@ pub mod snapshot;
 pub mod terminal;
 pub mod token;
 
+use crate::service::DriverKind;
 use anyhow::{Context, anyhow, bail};
 use cairn_client::etcd::{self as wire, B64Bytes, EtcdClient, I64};
 use clap::{Args, Parser, Subcommand};
@@ -249,8 +250,13 @@ pub enum SnapshotCommand {
         #[arg(long)]
         data_dir: PathBuf,
         #[arg(long, default_value = "redb")]
-        engine: String,
+        engine: store::EngineKind,
     },
+}
+
+/// The `--timing` profile named `s` (clap's value parser).
+fn timing_profile(s: &str) -> Result<raft::Timing, String> {
+    raft::Timing::parse(s).ok_or_else(|| format!("unknown timing profile {s:?} (lan or edge)"))
 }
 
 #[derive(Args, Debug, Clone)]
@@ -266,10 +272,10 @@ pub struct ServeArgs {
     pub advertise: Option<String>,
     /// Storage engine: redb (default), sled, mem, rocksdb (with the rocksdb feature).
     #[arg(long, default_value = "redb")]
-    pub engine: String,
+    pub engine: store::EngineKind,
     /// Timing profile: lan or edge.
-    #[arg(long, default_value = "lan")]
-    pub timing: String,
+    #[arg(long, default_value = "lan", value_parser = timing_profile)]
+    pub timing: raft::Timing,
     /// Start a new cluster with this node as its only member.
     #[arg(long, conflicts_with = "join")]
     pub init: bool,
@@ -379,10 +385,10 @@ pub struct RunServeArgs {
     pub advertise: Option<String>,
     /// Storage engine: redb (default), sled, mem, rocksdb (with the rocksdb feature).
     #[arg(long, default_value = "redb")]
-    pub engine: String,
+    pub engine: store::EngineKind,
     /// Timing profile: lan or edge.
-    #[arg(long, default_value = "lan")]
-    pub timing: String,
+    #[arg(long, default_value = "lan", value_parser = timing_profile)]
+    pub timing: raft::Timing,
     /// Start a new cluster with this node as its only member (the default for a fresh
     /// data dir without --join).
     #[arg(long, conflicts_with = "join")]
@@ -484,7 +490,7 @@ pub struct ExecutorTuning {
     /// Where tasks run: docker (containers; the default when a Docker Engine answers) or
     /// local (host processes as this user: trusted code only).
     #[arg(long)]
-    pub driver: Option<String>,
+    pub driver: Option<DriverKind>,
     /// The Docker (or Podman) Engine's socket, unix:///path (default: DOCKER_HOST, else
     /// unix:///var/run/docker.sock).
     #[arg(long, env = "DOCKER_HOST")]
@@ -530,8 +536,8 @@ impl ExecutorTuning {
         alternative: &str,
     ) -> anyhow::Result<crate::service::ExecutorOptions> {
         use crate::executor::driver::docker;
-        use crate::service::{DriverKind, PodLimits, choose_driver, local_driver_warning};
-        let asked = self.driver.as_deref();
+        use crate::service::{PodLimits, choose_driver, local_driver_warning};
+        let asked = self.driver;
         let ping = match asked {
             None => Some(docker::ping(self.docker_host.as_deref()).await),
             Some(_) => None,
@@ -836,10 +842,9 @@ pub async fn run_store_client(cmd: StoreCommand) -> anyhow::Result<()> {
                     engine,
                 },
         } => {
-            let kind = store::EngineKind::parse(&engine)?;
             let bytes =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let h = raft::backup::restore(&bytes, &data_dir, kind)?;
+            let h = raft::backup::restore(&bytes, &data_dir, engine)?;
             outln!(
                 "restored revision {} into {}; start it with `cairn store serve --init --data-dir {}`",
                 h.revision,

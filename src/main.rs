@@ -17,7 +17,10 @@ fn main() -> ExitCode {
     if let Some(code) = cairn::configfile::eval::sandbox::child_main() {
         return ExitCode::from(code);
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return bad_value(e),
+    };
     // Commands that keep data (a store, objects, an executor's task dirs) create it
     // private to this user: directories 0700, files 0600.
     if matches!(
@@ -63,6 +66,28 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Reports a command line clap refused: a bad value (`--engine leveldb`, `--phase x`) as
+/// one line and exit code 2; help, version and other usage errors as clap prints them.
+fn bad_value(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let line = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let line = line.strip_prefix("error: ").unwrap_or(&line);
+    let _ = writeln!(std::io::stderr(), "cairn: {line}");
+    ExitCode::from(2)
 }
 
 /// Sets the process umask to 0o077: whatever this process (and the step processes it
@@ -122,9 +147,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         listen: args.listen,
         advertise: args.advertise,
-        engine: store::EngineKind::parse(&args.engine)?,
-        timing: raft::Timing::parse(&args.timing)
-            .ok_or_else(|| anyhow!("unknown timing profile {:?} (lan or edge)", args.timing))?,
+        engine: args.engine,
+        timing: args.timing,
         init: args.init,
         init_if_new: false,
         join: args.join,
@@ -164,9 +188,8 @@ async fn serve_service(args: RunServeArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         listen: args.listen,
         advertise: args.advertise,
-        engine: store::EngineKind::parse(&args.engine)?,
-        timing: raft::Timing::parse(&args.timing)
-            .ok_or_else(|| anyhow!("unknown timing profile {:?} (lan or edge)", args.timing))?,
+        engine: args.engine,
+        timing: args.timing,
         init: args.init,
         join: args.join,
         token,

@@ -75,6 +75,14 @@ impl DriverKind {
     }
 }
 
+impl std::str::FromStr for DriverKind {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<DriverKind> {
+        DriverKind::parse(s)
+    }
+}
+
 /// How an executor (in-process or standalone) is set up.
 #[derive(Clone, Debug)]
 pub struct ExecutorOptions {
@@ -105,12 +113,12 @@ pub fn default_tasks_dir(data_dir: &Path) -> PathBuf {
 /// when `engine` (a ping of the Docker Engine) succeeded; with neither, an error saying
 /// what to pass (`alternative`: what else the command accepts, like `--no-executor`).
 pub fn choose_driver(
-    asked: Option<&str>,
+    asked: Option<DriverKind>,
     engine: impl FnOnce() -> Result<(), String>,
     alternative: &str,
 ) -> anyhow::Result<DriverKind> {
     if let Some(asked) = asked {
-        return DriverKind::parse(asked);
+        return Ok(asked);
     }
     match engine() {
         Ok(()) => Ok(DriverKind::Docker),
@@ -507,11 +515,11 @@ mod tests {
             DriverKind::Docker
         );
         assert_eq!(
-            choose_driver(Some("local"), silent, "").expect("ok"),
+            choose_driver(Some("local".parse().expect("local")), silent, "").expect("ok"),
             DriverKind::Local
         );
         assert_eq!(
-            choose_driver(Some("docker"), silent, "").expect("ok"),
+            choose_driver(Some("docker".parse().expect("docker")), silent, "").expect("ok"),
             DriverKind::Docker
         );
         let err = choose_driver(None, silent, ", or --no-executor")
@@ -521,7 +529,8 @@ mod tests {
             err.contains("no socket") && err.contains("--no-executor"),
             "{err}"
         );
-        assert!(choose_driver(Some("vm"), answers, "").is_err());
+        // `--driver vm` is refused by the parser, before a driver is chosen.
+        assert!("vm".parse::<DriverKind>().is_err());
     }
 
     #[test]

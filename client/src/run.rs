@@ -53,6 +53,34 @@ impl RunPhase {
     }
 }
 
+/// A name that is none of an enum's values (the `FromStr` error of [`RunPhase`],
+/// [`RunResult`] and [`crate::runconfig::Arch`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {kind} {name:?}")]
+pub struct UnknownName {
+    /// What was named: `phase`, `result`, `arch`.
+    pub kind: &'static str,
+    /// The name given.
+    pub name: String,
+}
+
+impl UnknownName {
+    pub(crate) fn new(kind: &'static str, name: &str) -> UnknownName {
+        UnknownName {
+            kind,
+            name: name.to_string(),
+        }
+    }
+}
+
+impl std::str::FromStr for RunPhase {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<RunPhase, UnknownName> {
+        RunPhase::parse(s).ok_or_else(|| UnknownName::new("phase", s))
+    }
+}
+
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
@@ -89,6 +117,14 @@ impl RunResult {
 
     pub fn parse(s: &str) -> Option<RunResult> {
         RunResult::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+impl std::str::FromStr for RunResult {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<RunResult, UnknownName> {
+        RunResult::parse(s).ok_or_else(|| UnknownName::new("result", s))
     }
 }
 

@@ -172,6 +172,14 @@ impl Arch {
     }
 }
 
+impl std::str::FromStr for Arch {
+    type Err = crate::run::UnknownName;
+
+    fn from_str(s: &str) -> Result<Arch, crate::run::UnknownName> {
+        Arch::parse(s).ok_or_else(|| crate::run::UnknownName::new("arch", s))
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Container {
     pub image: String,

@@ -76,7 +76,7 @@ pub struct RunArgs {
     pub data_dir: Option<PathBuf>,
     /// Driver of the embedded executor: local or docker.
     #[arg(long, default_value = "local")]
-    pub driver: String,
+    pub driver: crate::service::DriverKind,
     /// Let the embedded executor run tasks with privileged containers.
     #[arg(long)]
     pub allow_privileged: bool,
@@ -262,7 +262,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         let node = Embedded::start(
             &data_dir,
             Some(EmbeddedExecutor {
-                driver: args.driver.clone(),
+                driver: args.driver,
                 allow_privileged: args.allow_privileged,
             }),
         )

@@ -23,7 +23,7 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
 /// The in-process executor of an embedded node.
 #[derive(Clone, Debug)]
 pub struct EmbeddedExecutor {
-    pub driver: String,
+    pub driver: DriverKind,
     pub allow_privileged: bool,
 }
 
@@ -82,7 +82,7 @@ impl Embedded {
             .map(|e| {
                 anyhow::Ok(ExecutorOptions {
                     data_dir: data_dir.join("executor"),
-                    driver: DriverKind::parse(&e.driver)?,
+                    driver: e.driver,
                     labels: Default::default(),
                     active_tasks_limit: 0,
                     allow_privileged: e.allow_privileged,

@@ -56,10 +56,10 @@ pub enum RunsCommand {
         group: Option<String>,
         /// Only these phases (comma separated).
         #[arg(long, value_delimiter = ',')]
-        phase: Vec<String>,
+        phase: Vec<RunPhase>,
         /// Only these results (comma separated).
         #[arg(long, value_delimiter = ',')]
-        result: Vec<String>,
+        result: Vec<RunResult>,
         #[arg(long, default_value_t = 25)]
         limit: usize,
         /// Continue after this cursor (printed after a full page).
@@ -99,7 +99,7 @@ pub enum RunsCommand {
         task: Vec<String>,
         /// Driver of the embedded executor: local or docker.
         #[arg(long, default_value = "local")]
-        driver: String,
+        driver: crate::service::DriverKind,
         /// Let the embedded executor run tasks with privileged containers.
         #[arg(long)]
         allow_privileged: bool,
@@ -177,7 +177,7 @@ pub async fn runs(cmd: RunsCommand, args: ServerArgs) -> anyhow::Result<u8> {
         && args.server.is_empty()
     {
         let executor = EmbeddedExecutor {
-            driver: driver.clone(),
+            driver: *driver,
             allow_privileged: *allow_privileged,
         };
         let req = RestartRunRequest {
@@ -205,14 +205,8 @@ async fn runs_on(client: &RunClient, cmd: RunsCommand, args: &ServerArgs) -> any
         } => {
             let q = ListRunsQuery {
                 group,
-                phase: phase
-                    .iter()
-                    .map(|p| RunPhase::parse(p).ok_or_else(|| anyhow!("unknown phase {p:?}")))
-                    .collect::<anyhow::Result<_>>()?,
-                result: result
-                    .iter()
-                    .map(|r| RunResult::parse(r).ok_or_else(|| anyhow!("unknown result {r:?}")))
-                    .collect::<anyhow::Result<_>>()?,
+                phase,
+                result,
                 cursor,
                 limit: Some(limit),
                 ..ListRunsQuery::default()

@@ -282,6 +282,14 @@ impl EngineKind {
     }
 }
 
+impl std::str::FromStr for EngineKind {
+    type Err = EngineError;
+
+    fn from_str(s: &str) -> Result<Self, EngineError> {
+        EngineKind::parse(s)
+    }
+}
+
 /// Opens an engine of `kind` at `dir` (ignored for `mem`).
 pub fn open(kind: EngineKind, dir: &Path) -> Result<Arc<dyn Engine>, EngineError> {
     Ok(match kind {
