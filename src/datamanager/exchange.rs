@@ -148,9 +148,6 @@ const CLEARED: [&str; 10] = [
     keys::CHANGE_GROUP,
 ];
 
-/// Set while an import is being applied; maintenance cannot end meanwhile.
-pub const IMPORTING: &str = "rs/importing";
-
 #[derive(Debug, Serialize, Deserialize)]
 struct Header {
     format: String,
@@ -355,7 +352,7 @@ impl Datamanager {
         if let Some(kv) = self.kv().get(keys::RUN_SEQ.as_bytes().to_vec()).await? {
             floors.insert(keys::RUN_SEQ.to_string(), parse_u64(&kv.value));
         }
-        self.commit(vec![], vec![put(IMPORTING, b"1".to_vec())])
+        self.commit(vec![], vec![put(keys::IMPORTING, b"1".to_vec())])
             .await?;
         let clear: Vec<_> = CLEARED.iter().map(|p| delete_range(p)).collect();
         self.commit(vec![], clear).await?;
@@ -432,7 +429,8 @@ impl Datamanager {
         if !batch.is_empty() {
             self.commit(vec![], batch).await?;
         }
-        self.commit(vec![], vec![super::delete(IMPORTING)]).await?;
+        self.commit(vec![], vec![super::delete(keys::IMPORTING)])
+            .await?;
         Ok(summary)
     }
 }

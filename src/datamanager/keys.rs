@@ -17,6 +17,9 @@
 //! rs/lock/scheduler/               the scheduler mutex
 //! rs/token/<id>                    StoredToken (JSON): a `cairn token create` token, hashed
 //! rs/xcred/<executor id>           ExecutorCredential (JSON): an executor's own credential, hashed
+//! rs/maintenance                   marker (JSON time): maintenance asked for, every node switches
+//! rs/nodemode/<node id>            NodeMode (JSON): the mode a node is in, on the node's lease
+//! rs/importing                     marker: an import is being applied (maintenance cannot end)
 //! ```
 
 use cairn_client::run::{Run, RunPhase, RunResult};
@@ -36,6 +39,11 @@ pub const CHANGE_GROUP: &str = "rs/cg/";
 pub const SCHEDULER_LOCK: &str = "rs/lock/scheduler/";
 pub const TOKEN: &str = "rs/token/";
 pub const EXECUTOR_CREDENTIAL: &str = "rs/xcred/";
+/// Maintenance is asked for while this key exists.
+pub const MAINTENANCE: &str = "rs/maintenance";
+pub const NODE_MODE: &str = "rs/nodemode/";
+/// Set while an import is being applied; maintenance cannot end meanwhile.
+pub const IMPORTING: &str = "rs/importing";
 /// Everything the run service owns.
 pub const ALL: &str = "rs/";
 

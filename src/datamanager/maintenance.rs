@@ -4,11 +4,10 @@
 
 use cairn_client::api::{MaintenanceStatus, NodeMode};
 
-use super::exchange::IMPORTING;
+/// Re-exported for the node's maintenance switch (`src/maintenance.rs`).
+pub use super::keys::MAINTENANCE;
+use super::keys::{IMPORTING, NODE_MODE};
 use super::{Datamanager, DmError, absent, delete, encode, put, put_with_lease};
-
-pub const MAINTENANCE: &str = "rs/maintenance";
-pub const NODE_MODE: &str = "rs/nodemode/";
 
 impl Datamanager {
     /// Whether maintenance is asked for.
