@@ -99,9 +99,7 @@ impl Scheduler {
         let c = cancel.clone();
         let task = tokio::spawn(async move {
             let span = tracing::info_span!("scheduler");
-            let _enter = span.enter();
-            drop(_enter);
-            ctx.compete(c).await;
+            tracing::Instrument::instrument(ctx.compete(c), span).await;
         });
         Scheduler {
             active,
