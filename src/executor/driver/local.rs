@@ -605,7 +605,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let pod = pod(dir.path()).await;
         let pidfile = dir.path().join("child.pid");
-        let script = format!("sleep 600 & echo $! > {}; wait", pidfile.display());
+        // The pid appears whole or not at all (written aside, then renamed): the canceller
+        // below fires as soon as the file exists.
+        let script = format!(
+            "sleep 600 & echo $! > {p}.tmp && mv {p}.tmp {p}; wait",
+            p = pidfile.display()
+        );
         let cancel = CancellationToken::new();
         let c = cancel.clone();
         let pf = pidfile.clone();

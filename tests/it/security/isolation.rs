@@ -146,12 +146,17 @@ async fn a_local_steps_home_is_outside_the_data_dir() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("n");
     let server = Server::start(&data, &["--driver", "local"]);
-    let (_, log) = run_step(
+    let (done, log) = run_step(
         &server.client(),
         "echo HOME=$HOME; cat $HOME/../../../../token; cat $HOME/../../../token; true",
     )
     .await;
-    let home = PathBuf::from(field(&log, "HOME").expect("HOME in the log"));
+    let home = PathBuf::from(field(&log, "HOME").unwrap_or_else(|| {
+        panic!(
+            "no HOME in the step's log {log:?}; the run ended {:?} with tasks {:?}",
+            done.run.result, done.run.tasks
+        )
+    }));
     // (The task's directory is gone once it ended: the paths are compared as written.)
     assert!(
         home.starts_with(cairn::service::default_tasks_dir(&data)) && !home.starts_with(&data),
