@@ -28,6 +28,8 @@
 mod attacks;
 #[path = "bench/e2e.rs"]
 mod e2e;
+#[path = "../tests/it/support/heartbeat.rs"]
+mod heartbeat;
 #[path = "bench/import_fill.rs"]
 mod import_fill;
 #[path = "bench/load.rs"]

@@ -44,6 +44,7 @@ use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+use crate::heartbeat::spawn_heartbeat;
 use crate::load::Sample;
 use crate::request::create_request;
 use crate::tracker::{AbortOnDrop, Tracker};
@@ -260,18 +261,12 @@ impl BenchExecutor {
             archs: Arch::host().into_iter().collect(),
             ..Executor::default()
         };
-        let heartbeat = {
-            let (client, cancel, me) = (client.clone(), cancel.clone(), me.clone());
-            tokio::spawn(async move {
-                loop {
-                    let _ = client.heartbeat(&me).await;
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
-            })
-        };
+        let heartbeat = spawn_heartbeat(
+            client.clone(),
+            me.clone(),
+            Duration::from_secs(1),
+            cancel.clone(),
+        );
         let poller = {
             let (client, cancel, probe) = (client.clone(), cancel.clone(), probe.clone());
             tokio::spawn(async move { poll(client, me, probe, cancel).await })

@@ -4,6 +4,7 @@
 //! drive runs, and the one poll-until helper.
 
 pub mod cli;
+pub mod heartbeat;
 pub mod linearizability;
 pub mod poll;
 pub mod process;

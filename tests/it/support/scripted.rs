@@ -20,6 +20,8 @@ use cairn_client::runconfig::Arch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::support::heartbeat::spawn_heartbeat;
+
 /// What a task does, chosen by task name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Behaviour {
@@ -92,18 +94,12 @@ impl ScriptedExecutor {
             active_tasks_limit: script.limit,
             ..Executor::default()
         };
-        let heartbeat = {
-            let (client, cancel, me) = (client.clone(), cancel.clone(), me.clone());
-            tokio::spawn(async move {
-                loop {
-                    let _ = client.heartbeat(&me).await;
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    }
-                }
-            })
-        };
+        let heartbeat = spawn_heartbeat(
+            client.clone(),
+            me.clone(),
+            Duration::from_millis(500),
+            cancel.clone(),
+        );
         let poller = {
             let (client, cancel, started) = (client.clone(), cancel.clone(), started.clone());
             let stop_requests = stop_requests.clone();
