@@ -12,6 +12,9 @@
 //! - [`app`]: starting a store node and serving it until shutdown (the accept loop:
 //!   connection cap, header-read timeout, TLS).
 //! - [`tls`]: TLS of the HTTP port (certificates from files, reloaded; peer certificates).
+//! - [`cli`]: the command line (clap tree, `cairn run`, run and store commands); it talks
+//!   to servers only through `cairn-client`.
+//! - [`maintenance`]: each node's maintenance switch (follows the store's maintenance key).
 
 pub mod api;
 pub mod app;
