@@ -564,48 +564,16 @@ fn list_runs_call(query: &ListRunsQuery) -> Call {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use futures::TryStreamExt;
 
-    use super::test_server::{Reply, json, refused_url, reply, serve};
+    use super::test_server::{json, reply, serve};
     use super::*;
-    use crate::api::ConfigFile;
     use crate::run::{RunPhase, RunResult};
 
     fn client(urls: &[&str]) -> RunClient {
         let urls: Vec<String> = urls.iter().map(|u| u.to_string()).collect();
         RunClient::new(&urls, Some("s3cret".into())).expect("valid URLs")
     }
-
-    fn create_request() -> CreateRunRequest {
-        CreateRunRequest {
-            group: "/project/p1/branch/main".into(),
-            config: ConfigFile {
-                path: ".agola/config.yml".into(),
-                content: "runs: []".into(),
-            },
-            reference: Default::default(),
-            source: None,
-            variables: BTreeMap::new(),
-            environment: BTreeMap::new(),
-            cache_group: None,
-            annotations: BTreeMap::new(),
-            tasks: Vec::new(),
-            run_name: None,
-            ..Default::default()
-        }
-    }
-
-    fn executor(id: &str) -> Executor {
-        Executor {
-            id: id.into(),
-            ..Executor::default()
-        }
-    }
-
-    const HEARTBEAT: &str =
-        r#"{"lease_ttl_secs":30,"executor":{"id":"e1","archs":[],"labels":{}}}"#;
 
     #[test]
     fn new_refuses_no_urls_and_non_http_urls() {
@@ -621,148 +589,6 @@ mod tests {
             assert!(matches!(e, ClientError::Config(_)), "{e:?}");
             assert!(!e.is_transient(), "a bad URL does not fix itself");
         }
-    }
-
-    #[tokio::test]
-    async fn api_calls_carry_the_bearer_token_and_health_probes_do_not() {
-        let server = serve(|req, _| match req.path() {
-            "/healthz" => reply(200, "text/plain", b"ok"),
-            _ => json(
-                200,
-                r#"{"node_id":1,"leader_id":1,"scheduler_active":true,"revision":9}"#,
-            ),
-        })
-        .await;
-        let c = client(&[&server.url]);
-        let info = c.cluster().await.expect("cluster info");
-        assert_eq!(info.revision, 9);
-        c.healthz().await.expect("healthy");
-        let reqs = server.requests();
-        assert_eq!(reqs[0].path(), "/api/v1/cluster");
-        assert_eq!(reqs[0].header("authorization"), Some("Bearer s3cret"));
-        assert_eq!(reqs[1].path(), "/healthz");
-        assert_eq!(reqs[1].header("authorization"), None);
-    }
-
-    #[tokio::test]
-    async fn a_json_error_reply_becomes_the_same_api_error() {
-        let server =
-            serve(|_, _| json(404, r#"{"code":"not_found","message":"run r9 not found"}"#)).await;
-        let e = client(&[&server.url])
-            .run("r9")
-            .await
-            .expect_err("no such run");
-        assert!(e.is_not_found());
-        assert!(!e.is_conflict());
-        assert_eq!(e.to_string(), "NotFound: run r9 not found");
-    }
-
-    #[tokio::test]
-    async fn a_plain_text_error_reply_keeps_its_text() {
-        let server = serve(|_, _| reply(401, "text/plain", b"missing token")).await;
-        let e = client(&[&server.url])
-            .executors()
-            .await
-            .expect_err("refused");
-        match e {
-            ClientError::Api(e) => {
-                assert_eq!(e.code, ErrorCode::Unauthorized);
-                assert_eq!(e.message, "missing token");
-            }
-            other => panic!("expected an API error, got {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn a_refused_connection_fails_over_to_the_next_url() {
-        let down = refused_url().await;
-        let server = serve(|_, _| json(200, r#"{"executors":[]}"#)).await;
-        let c = client(&[&down, &server.url]);
-        let resp = c.executors().await.expect("the second node answers");
-        assert!(resp.executors.is_empty());
-        assert_eq!(server.requests().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn a_503_fails_over_and_the_answering_node_is_remembered() {
-        let busy = serve(|_, _| json(503, r#"{"code":"unavailable","message":"no leader"}"#)).await;
-        let good = serve(|_, _| json(200, r#"{"executors":[]}"#)).await;
-        let c = client(&[&busy.url, &good.url]);
-        c.executors().await.expect("the second node answers");
-        c.clone()
-            .executors()
-            .await
-            .expect("the second node answers again");
-        assert_eq!(busy.requests().len(), 1, "the busy node is asked only once");
-        assert_eq!(good.requests().len(), 2);
-    }
-
-    #[tokio::test]
-    async fn when_every_node_is_unavailable_the_last_error_is_returned() {
-        let busy = serve(|_, _| json(503, r#"{"code":"unavailable","message":"no leader"}"#)).await;
-        let down = refused_url().await;
-        let e = client(&[&down, &busy.url])
-            .executors()
-            .await
-            .expect_err("nobody serves");
-        assert_eq!(e.code(), Some(ErrorCode::Unavailable));
-        assert!(e.is_transient());
-    }
-
-    #[tokio::test]
-    async fn create_run_goes_to_the_next_url_when_the_first_refuses_connections() {
-        let down = refused_url().await;
-        let server = serve(|_, _| json(201, r#"{"runs":[]}"#)).await;
-        let resp = client(&[&down, &server.url])
-            .create_run(&create_request())
-            .await
-            .expect("created on the second node");
-        assert!(resp.runs.is_empty());
-        let reqs = server.requests();
-        assert_eq!(reqs[0].method, "POST");
-        assert_eq!(reqs[0].path(), "/api/v1/runs");
-        assert_eq!(reqs[0].header("content-type"), Some("application/json"));
-        let sent: CreateRunRequest = serde_json::from_slice(&reqs[0].body).expect("json body");
-        assert_eq!(sent, create_request());
-    }
-
-    #[tokio::test]
-    async fn create_run_is_not_resent_after_the_connection_drops() {
-        let flaky = serve(|_, _| Reply::Hangup).await;
-        let other = serve(|_, _| json(201, r#"{"runs":[]}"#)).await;
-        let e = client(&[&flaky.url, &other.url])
-            .create_run(&create_request())
-            .await
-            .expect_err("the outcome is unknown");
-        assert!(matches!(e, ClientError::Transport(_)), "{e:?}");
-        assert_eq!(flaky.requests().len(), 1);
-        assert!(other.requests().is_empty(), "never sent twice");
-    }
-
-    #[tokio::test]
-    async fn create_run_is_not_resent_after_a_503() {
-        let busy = serve(|_, _| json(503, r#"{"code":"unavailable","message":"no leader"}"#)).await;
-        let other = serve(|_, _| json(201, r#"{"runs":[]}"#)).await;
-        let e = client(&[&busy.url, &other.url])
-            .create_run(&create_request())
-            .await
-            .expect_err("unavailable");
-        assert_eq!(e.code(), Some(ErrorCode::Unavailable));
-        assert!(other.requests().is_empty());
-    }
-
-    #[tokio::test]
-    async fn heartbeats_are_idempotent_and_fail_over_on_503() {
-        let busy = serve(|_, _| json(503, r#"{"code":"unavailable","message":"no leader"}"#)).await;
-        let good = serve(|_, _| json(200, HEARTBEAT)).await;
-        let resp = client(&[&busy.url, &good.url])
-            .heartbeat(&executor("e1"))
-            .await
-            .expect("registered on the second node");
-        assert_eq!(resp.lease_ttl_secs, 30);
-        let reqs = good.requests();
-        assert_eq!(reqs[0].method, "POST");
-        assert_eq!(reqs[0].path(), "/api/v1/executors/e1");
     }
 
     #[tokio::test]
@@ -803,29 +629,6 @@ mod tests {
             "{}",
             req.target
         );
-    }
-
-    #[tokio::test]
-    async fn an_empty_list_query_sends_no_query_string() {
-        let server = serve(|_, _| json(200, r#"{"runs":[]}"#)).await;
-        client(&[&server.url])
-            .list_runs(&ListRunsQuery::default())
-            .await
-            .expect("a page");
-        assert_eq!(server.requests()[0].target, "/api/v1/runs");
-    }
-
-    #[tokio::test]
-    async fn path_segments_are_escaped_one_by_one() {
-        let server = serve(|_, _| reply(201, "text/plain", b"")).await;
-        let created = client(&[&server.url])
-            .upload_cache("linux/node modules?", Bytes::from_static(b"tar"))
-            .await
-            .expect("stored");
-        assert!(created);
-        let req = &server.requests()[0];
-        assert_eq!(req.target, "/api/v1/caches/linux%2Fnode%20modules%3F");
-        assert_eq!(req.body, b"tar");
     }
 
     #[tokio::test]
@@ -938,28 +741,6 @@ mod tests {
         assert_eq!(req.path(), "/api/v1/executors/e1/tasks");
         assert_eq!(req.query_value("after").as_deref(), Some("5"));
         assert_eq!(req.query_value("wait").as_deref(), Some("30"));
-    }
-
-    #[tokio::test]
-    async fn an_archive_uploads_from_a_stream() {
-        let server = serve(|_, _| reply(204, "text/plain", b"")).await;
-        let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
-            Ok(Bytes::from_static(b"hello ")),
-            Ok(Bytes::from_static(b"world")),
-        ];
-        client(&[&server.url])
-            .upload_archive(
-                "e1",
-                "t1",
-                3,
-                Payload::stream(futures::stream::iter(chunks)),
-            )
-            .await
-            .expect("uploaded");
-        let req = &server.requests()[0];
-        assert_eq!(req.method, "PUT");
-        assert_eq!(req.path(), "/api/v1/executors/e1/tasks/t1/archives/3");
-        assert_eq!(req.body, b"hello world");
     }
 
     #[tokio::test]
