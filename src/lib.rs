@@ -9,7 +9,7 @@
 //! - [`runservice`]: run and task state machines as pure functions.
 //! - [`configfile`]: the run config format: parse, validate, expand.
 //! - [`datamanager`]: typed collections over the store, and object storage.
-//! - [`app`]: starting a store node and serving it until shutdown (the accept loop:
+//! - [`store_node`]: starting a store node and serving it until shutdown (the accept loop:
 //!   connection cap, header-read timeout, TLS).
 //! - [`tls`]: TLS of the HTTP port (certificates from files, reloaded; peer certificates).
 //! - [`cli`]: the command line (clap tree, `cairn run`, run and store commands); it talks
@@ -17,7 +17,6 @@
 //! - [`maintenance`]: each node's maintenance switch (follows the store's maintenance key).
 
 pub mod api;
-pub mod app;
 pub mod cli;
 pub mod configfile;
 pub mod datamanager;
@@ -26,4 +25,5 @@ pub mod maintenance;
 pub mod runservice;
 pub mod scheduler;
 pub mod service;
+pub mod store_node;
 pub mod tls;

@@ -5,10 +5,10 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::anyhow;
-use cairn::app::{StoreOptions, StoreServer};
 use cairn::cli::ExecutorArgs;
 use cairn::cli::{Cli, Command, RunServeArgs, ServeArgs, StoreCommand};
 use cairn::service::{DriverKind, Service, ServiceOptions, default_tasks_dir};
+use cairn::store_node::{StoreOptions, StoreServer};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 

@@ -12,7 +12,6 @@ use anyhow::Context;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{StoreOptions, StoreServer};
 use crate::datamanager::Datamanager;
 use crate::datamanager::blobs::Blobs;
 use crate::datamanager::caches::CacheStore;
@@ -24,6 +23,7 @@ use crate::executor::driver::docker::{DockerDriver, DockerOptions};
 use crate::executor::driver::local::{LocalDriver, LocalOptions, RunAs as LocalRunAs};
 use crate::maintenance::ModeSwitch;
 use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::store_node::{StoreOptions, StoreServer};
 
 /// How to start a run-service node.
 #[derive(Clone, Debug)]
@@ -55,7 +55,7 @@ pub struct ServiceOptions {
     /// Caps on watches, run-event streams, log follows and long polls.
     pub streams: crate::api::streams::StreamLimits,
     /// Connection limits and TLS of the HTTP port.
-    pub net: crate::app::ServeNet,
+    pub net: crate::store_node::ServeNet,
 }
 
 /// Which driver an executor runs tasks with.
@@ -397,7 +397,7 @@ impl Service {
         let (b, l, c, a) = (blobs.clone(), logs.clone(), caches.clone(), active.clone());
         let executor_ttl = opts.executor_ttl_secs;
         let store = StoreServer::start_with(store_opts, move |node| {
-            let state = crate::api::service::ApiState {
+            let state = crate::api::v1::ApiState {
                 node: node.clone(),
                 dm: Datamanager::new(node.kv()),
                 blobs: b,
@@ -411,7 +411,7 @@ impl Service {
                 export_key: export_key.clone(),
             };
             let auth = crate::api::auth::Authenticator::new(&api_token, state.dm.clone());
-            crate::api::service::router(state, auth)
+            crate::api::v1::router(state, auth)
         })
         .await?;
         let (quiet_tx, quiet_rx) = tokio::sync::watch::channel(false);

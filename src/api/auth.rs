@@ -24,7 +24,7 @@ use cairn_client::api::{
 };
 
 use super::error::{ApiResult, Failure};
-use super::service::ApiState;
+use super::v1::ApiState;
 use crate::datamanager::tokens::{self, Presented};
 use crate::datamanager::{Datamanager, DmError};
 

@@ -16,8 +16,8 @@ use serde::Deserialize;
 
 use super::auth::Caller;
 use super::error::{ApiResult, Failure};
-use super::service::ApiState;
 use super::streams::{CredentialKey, StreamKind, StreamPermit};
+use super::v1::ApiState;
 use crate::datamanager::archives::ArchiveStore;
 use crate::datamanager::logs::{LogError, LogId};
 

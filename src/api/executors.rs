@@ -1,23 +1,21 @@
 //! Executor endpoints: register/heartbeat (the executor's key lives on a lease the
 //! heartbeats keep alive), delete, list, the long poll for assigned tasks (each with its
-//! spec data generated from the run and its config, never stored), status reports, and
-//! the node's cluster view.
+//! spec data generated from the run and its config, never stored), and status reports.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use cairn_client::ErrorCode;
-use cairn_client::api::{ExecutorTasksResponse, ExecutorsResponse, HeartbeatResponse, NodeInfo};
+use cairn_client::api::{ExecutorTasksResponse, ExecutorsResponse, HeartbeatResponse};
 use cairn_client::executor::{AssignedTask, Executor, ExecutorTask, ExecutorTaskStatus};
 use serde::Deserialize;
 use store::WatchMessage;
 
 use super::auth::Caller;
 use super::error::{ApiResult, Failure};
-use super::service::ApiState;
+use super::v1::ApiState;
 use crate::datamanager::{DmError, Versioned};
 use crate::runservice;
 
@@ -246,14 +244,4 @@ pub async fn status(
         other => other,
     })?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-pub async fn cluster(State(st): State<ApiState>) -> ApiResult<Json<NodeInfo>> {
-    let s = st.node.status();
-    Ok(Json(NodeInfo {
-        node_id: st.node.id(),
-        leader_id: s.leader,
-        scheduler_active: st.scheduler_active.load(Ordering::Relaxed),
-        revision: st.dm.kv().header().revision,
-    }))
 }

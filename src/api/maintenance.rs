@@ -12,7 +12,7 @@ use cairn_client::api::{ImportResponse, MaintenanceStatus};
 use futures::StreamExt;
 
 use super::error::{ApiResult, Failure};
-use super::service::ApiState;
+use super::v1::ApiState;
 use crate::datamanager::exchange::Validator;
 
 pub async fn status(State(st): State<ApiState>) -> ApiResult<Json<MaintenanceStatus>> {

@@ -1,8 +1,8 @@
 //! HTTP front ends; the only place that knows HTTP status codes.
 //!
 //! - [`auth`]: credentials and roles (who may call what), the constant-time compare.
-//! - [`service`]: the run-service API router (`/api/v1`), with [`runs`], [`executors`]
-//!   and [`blobs`] handlers and [`error`], the mapping of every failure to
+//! - [`v1`]: the run-service API router (`/api/v1`), with [`runs`], [`executors`],
+//!   [`blobs`] and [`cluster`] handlers and [`error`], the mapping of every failure to
 //!   `{code, message, details}`.
 //! - [`etcd`]: the store's client port, etcd v3's JSON API (etcd 3.4 gateway shapes).
 //! - [`server`]: the node's HTTP server: the etcd API, the Raft peer endpoint and health.
@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod blobs;
+pub mod cluster;
 pub mod error;
 pub mod etcd;
 pub mod executors;
@@ -19,8 +20,8 @@ pub mod maintenance;
 pub mod peer;
 pub mod runs;
 pub mod server;
-pub mod service;
 pub mod streams;
+pub mod v1;
 
 /// How long a request's datamanager writes may take, conflicts retried included, before
 /// it answers with a timeout (a client that disconnects earlier drops the handler, which

@@ -21,7 +21,7 @@ use store::WatchMessage;
 
 use super::auth::{self, Caller};
 use super::error::{ApiResult, Failure};
-use super::service::ApiState;
+use super::v1::ApiState;
 use crate::configfile;
 use crate::datamanager::Datamanager;
 use crate::runservice;

@@ -57,7 +57,7 @@ pub(crate) fn embedded_options(
         executor_ttl_secs: 15,
         pull_request_ref_regexes: Vec::new(),
         streams: crate::api::streams::StreamLimits::default(),
-        net: crate::app::ServeNet::default(),
+        net: crate::store_node::ServeNet::default(),
         executor,
     }
 }

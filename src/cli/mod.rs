@@ -345,17 +345,17 @@ pub struct NetArgs {
     #[arg(long, default_value_t = 10_000)]
     pub tls_handshake_timeout_ms: u64,
     /// Most connections served at once (kept below the open-file limit; more wait).
-    #[arg(long, default_value_t = crate::app::DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, default_value_t = crate::store_node::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
     /// Milliseconds a connection may take to send a request head, and may stay idle
     /// between requests.
-    #[arg(long, default_value_t = crate::app::DEFAULT_HEADER_READ_TIMEOUT.as_millis() as u64)]
+    #[arg(long, default_value_t = crate::store_node::DEFAULT_HEADER_READ_TIMEOUT.as_millis() as u64)]
     pub header_read_timeout_ms: u64,
 }
 
 impl NetArgs {
-    pub fn serve_net(&self) -> crate::app::ServeNet {
-        crate::app::ServeNet {
+    pub fn serve_net(&self) -> crate::store_node::ServeNet {
+        crate::store_node::ServeNet {
             max_connections: self.max_connections,
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms.max(1)),
             tls: match (&self.tls_cert, &self.tls_key) {

@@ -157,7 +157,7 @@ pub fn parse(path: &str, content: &str) -> Result<Parsed, ConfigErrors> {
 mod tests {
     use super::*;
 
-    /// Reference §8's minimal example.
+    /// The smallest useful config: one run, one task in one container, clone then test.
     pub(super) const MINIMAL: &str = "\
 runs:
   - name: ci
@@ -171,7 +171,8 @@ runs:
           - run: go test ./...
 ";
 
-    /// Reference §8's typical example.
+    /// A typical config: registry auth from a variable, caches, a workspace passed from
+    /// build to test, a task run on failure, and a deploy gated by approval and a tag.
     pub(super) const TYPICAL: &str = r#"
 docker_registries_auth:
   registry.example.com:

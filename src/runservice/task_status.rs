@@ -1,12 +1,13 @@
 //! Executor status reports: whether one is accepted over the stored executor task
 //! ([`accept_report`]: only from its executor, and a finished status is final), applied to
 //! a run ([`apply_executor_status`]), and the failing of executor tasks whose executor is
-//! gone ([`fail_lost_task`], DESIGN §4 rule 1).
+//! gone ([`fail_lost_task`]).
 //!
 //! A report may move a run task only along the executor task's state machine (Agola's
-//! table, §4.4 of the reference, widened so that a finished report also applies over a
-//! not-started task: the store keeps only an executor task's latest status, so the
-//! scheduler may never see the `running` in between):
+//! table, from `updateRunTaskStatus` in `internal/services/runservice/scheduler.go`,
+//! widened so that a finished report also applies over a not-started task: the store
+//! keeps only an executor task's latest status, so the scheduler may never see the
+//! `running` in between):
 //!
 //! | reported phase | allowed current run-task status |
 //! |---|---|

@@ -1,4 +1,4 @@
-//! In-process tests of the `/api/v1` router: the router of [`super::service::router`]
+//! In-process tests of the `/api/v1` router: the router of [`super::v1::router`]
 //! over a one-node in-process store ([`crate::datamanager::testing::TestStore`]), each
 //! request driven through `tower::ServiceExt::oneshot` — no process, no socket, no
 //! scheduler. A test that needs an executor task hands it out as the scheduler does.
@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use super::auth::Authenticator;
-use super::service::{ApiState, router};
+use super::v1::{ApiState, router};
 use crate::datamanager::Datamanager;
 use crate::datamanager::blobs::Blobs;
 use crate::datamanager::caches::CacheStore;

@@ -16,7 +16,7 @@ use raft::Node;
 
 use super::auth::{self, Authenticator};
 use super::error::{Failure, api_error_body, json_errors};
-use super::{blobs, executors, maintenance, runs};
+use super::{blobs, cluster, executors, maintenance, runs};
 use crate::datamanager::Datamanager;
 use crate::datamanager::blobs::Blobs;
 use crate::datamanager::caches::CacheStore;
@@ -129,7 +129,7 @@ pub fn router(state: ApiState, auth: Authenticator) -> Router {
             "/executors/{id}/tasks/{task_id}/status",
             put(executors::status),
         )
-        .route("/cluster", get(executors::cluster))
+        .route("/cluster", get(cluster::cluster))
         .route(
             "/maintenance",
             get(maintenance::status)
