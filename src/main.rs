@@ -139,19 +139,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Peers present their own secret, never the client token (as `cairn serve` does).
     let peer_given = cairn::cli::token_from(None, args.peer_token_file.as_deref())?;
     let peer_token = cairn::service::load_or_make_peer_token(
-        &args.data_dir,
+        &args.node.data_dir,
         peer_given.as_deref(),
         &args.token,
     )?;
     let opts = StoreOptions {
-        data_dir: args.data_dir,
-        listen: args.listen,
-        advertise: args.advertise,
-        engine: args.engine,
-        timing: args.timing,
-        init: args.init,
+        data_dir: args.node.data_dir,
+        listen: args.node.listen,
+        advertise: args.node.advertise,
+        engine: args.node.engine,
+        timing: args.node.timing,
+        init: args.node.init,
         init_if_new: false,
-        join: args.join,
+        join: args.node.join,
         client_token: if args.no_client_auth {
             None
         } else {
@@ -177,21 +177,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn serve_service(args: RunServeArgs) -> anyhow::Result<()> {
-    let executor_dir = args.data_dir.join("executor");
+    let executor_dir = args.node.data_dir.join("executor");
     let token = cairn::cli::token_from(args.token, args.token_file.as_deref())?;
-    if args.join.is_some() && token.is_none() {
+    if args.node.join.is_some() && token.is_none() {
         anyhow::bail!("--join needs the cluster's admin token (--token-file or CAIRN_TOKEN)");
     }
     let peer_token = cairn::cli::token_from(None, args.peer_token_file.as_deref())?;
-    let tasks_dir = default_tasks_dir(&args.data_dir);
+    let tasks_dir = default_tasks_dir(&args.node.data_dir);
     let opts = ServiceOptions {
-        data_dir: args.data_dir,
-        listen: args.listen,
-        advertise: args.advertise,
-        engine: args.engine,
-        timing: args.timing,
-        init: args.init,
-        join: args.join,
+        data_dir: args.node.data_dir,
+        listen: args.node.listen,
+        advertise: args.node.advertise,
+        engine: args.node.engine,
+        timing: args.node.timing,
+        init: args.node.init,
+        join: args.node.join,
         token,
         peer_token,
         objects: args.objects,

@@ -259,8 +259,10 @@ fn timing_profile(s: &str) -> Result<raft::Timing, String> {
     raft::Timing::parse(s).ok_or_else(|| format!("unknown timing profile {s:?} (lan or edge)"))
 }
 
+/// The options of a node that `cairn store serve` and `cairn serve` share. The help texts
+/// are the store node's; `cairn serve` rewords some of them ([`RunServeArgs`]).
 #[derive(Args, Debug, Clone)]
-pub struct ServeArgs {
+pub struct NodeArgs {
     /// Data directory (Raft log and state machine).
     #[arg(long, default_value = "cairn-data")]
     pub data_dir: PathBuf,
@@ -282,6 +284,12 @@ pub struct ServeArgs {
     /// Join the cluster of the node at URL.
     #[arg(long)]
     pub join: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
     /// Cluster token: authenticates clients (unless --no-client-auth). Peers present the
     /// peer secret instead, derived from this token unless --peer-token-file.
     #[arg(long, env = "CAIRN_TOKEN")]
@@ -372,31 +380,24 @@ impl NetArgs {
     }
 }
 
+/// `cairn serve`: a [`NodeArgs`] node (its help reworded for the service, its port
+/// 7070) with the API, scheduler and executor on top.
 #[derive(Args, Debug, Clone)]
+#[command(
+    mut_arg("data_dir", |a| a.help("Data directory (store, token, and by default object storage)")),
+    mut_arg("listen", |a| a
+        .default_value("127.0.0.1:7070")
+        .help("Address of the HTTP port (API, etcd API and peers); port 0 picks a free one")),
+    mut_arg("advertise", |a| a.help(
+        "URL other nodes and executors reach this node at (default: http://LISTEN)")),
+    mut_arg("init", |a| a.help(
+        "Start a new cluster with this node as its only member (the default for a fresh data dir without --join)")),
+    mut_arg("join", |a| a.help(
+        "Join the cluster of the node at URL (needs that cluster's admin token, and its peer secret when that is not derived from the admin token: --peer-token-file)")),
+)]
 pub struct RunServeArgs {
-    /// Data directory (store, token, and by default object storage).
-    #[arg(long, default_value = "cairn-data")]
-    pub data_dir: PathBuf,
-    /// Address of the HTTP port (API, etcd API and peers); port 0 picks a free one.
-    #[arg(long, default_value = "127.0.0.1:7070")]
-    pub listen: SocketAddr,
-    /// URL other nodes and executors reach this node at (default: http://LISTEN).
-    #[arg(long)]
-    pub advertise: Option<String>,
-    /// Storage engine: redb (default), sled, mem, rocksdb (with the rocksdb feature).
-    #[arg(long, default_value = "redb")]
-    pub engine: store::EngineKind,
-    /// Timing profile: lan or edge.
-    #[arg(long, default_value = "lan", value_parser = timing_profile)]
-    pub timing: raft::Timing,
-    /// Start a new cluster with this node as its only member (the default for a fresh
-    /// data dir without --join).
-    #[arg(long, conflicts_with = "join")]
-    pub init: bool,
-    /// Join the cluster of the node at URL (needs that cluster's admin token, and its
-    /// peer secret when that is not derived from the admin token: --peer-token-file).
-    #[arg(long)]
-    pub join: Option<String>,
+    #[command(flatten)]
+    pub node: NodeArgs,
     /// The admin token (default: the one in DATA_DIR/token, made on first start). Prefer
     /// --token-file or CAIRN_TOKEN: the command line is visible to every local user.
     #[arg(long, env = "CAIRN_TOKEN", hide_env_values = true)]

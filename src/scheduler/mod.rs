@@ -47,6 +47,11 @@ pub struct SchedulerConfig {
     pub fixed_executors: bool,
 }
 
+/// The deadline of the context the scheduler queues for its lock and writes under: none
+/// in practice (a year). Holding the lock ends by cancellation, maintenance mode or a
+/// lost session, never by time.
+const NO_DEADLINE: Duration = Duration::from_secs(365 * 24 * 3600);
+
 impl Default for SchedulerConfig {
     fn default() -> Self {
         SchedulerConfig {
@@ -170,7 +175,7 @@ impl Shared {
     async fn hold_and_schedule(&self, cancel: &CancellationToken) -> Result<(), DmError> {
         let session = Session::new(&self.kv, self.config.session_ttl).await?;
         let mutex = Mutex::new(keys::SCHEDULER_LOCK);
-        let ctx = Ctx::with_cancel(Duration::from_secs(365 * 24 * 3600), cancel.clone());
+        let ctx = Ctx::with_cancel(NO_DEADLINE, cancel.clone());
         // Maintenance while queued for the lock: leave the queue (closing the session
         // deletes this node's place in it).
         let mut mode = self.maintenance.clone();
