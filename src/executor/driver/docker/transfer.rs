@@ -28,22 +28,42 @@ use super::{engine, status};
 use crate::executor::archive;
 use crate::executor::driver::{ByteStream, DriverError};
 
+/// The most of `/etc/passwd` (with its tar framing) read into memory: an image, or a step
+/// before the lookup, can make the file any size.
+const MAX_PASSWD_ARCHIVE: usize = 4 << 20;
+
+/// The whole of `input` in memory, or `None` as soon as it passes `max` bytes.
+async fn read_bounded<E>(
+    mut input: impl futures::Stream<Item = Result<Bytes, E>> + Unpin,
+    max: usize,
+) -> Result<Option<Vec<u8>>, E> {
+    let mut all = Vec::new();
+    while let Some(chunk) = input.next().await {
+        let chunk = chunk?;
+        if all.len() + chunk.len() > max {
+            return Ok(None);
+        }
+        all.extend_from_slice(&chunk);
+    }
+    Ok(Some(all))
+}
+
 impl DockerPod {
     /// Container 0's `/etc/passwd` (empty when it has none).
     pub(super) async fn passwd(&self) -> Result<String, DriverError> {
         let options = DownloadFromContainerOptionsBuilder::new()
             .path("/etc/passwd")
             .build();
-        let archive: Vec<u8> = match self
+        let download = self
             .docker
-            .download_from_container(self.main(), Some(options))
-            .try_fold(Vec::new(), |mut all, chunk| async move {
-                all.extend_from_slice(&chunk);
-                Ok(all)
-            })
-            .await
-        {
-            Ok(archive) => archive,
+            .download_from_container(self.main(), Some(options));
+        let archive = match read_bounded(download, MAX_PASSWD_ARCHIVE).await {
+            Ok(Some(archive)) => archive,
+            Ok(None) => {
+                return Err(DriverError::Refused(format!(
+                    "/etc/passwd in the task's first container is over {MAX_PASSWD_ARCHIVE} bytes"
+                )));
+            }
             Err(e) if status(&e) == Some(404) => return Ok(String::new()),
             Err(e) => return Err(engine(e)),
         };
@@ -669,5 +689,25 @@ mod tests {
             "{names:?}"
         );
         pod.remove().await;
+    }
+
+    #[tokio::test]
+    async fn a_download_past_its_bound_is_refused_without_reading_the_rest() {
+        let chunks = |n: usize| {
+            stream::iter(
+                (0..n).map(|_| Ok::<_, std::convert::Infallible>(Bytes::from(vec![b'x'; 1024]))),
+            )
+        };
+        let whole = read_bounded(chunks(4), 4096).await.unwrap();
+        assert_eq!(whole.map(|v| v.len()), Some(4096));
+        assert_eq!(read_bounded(chunks(5), 4096).await.unwrap(), None);
+        // An endless stream (a hostile file of any size) ends at the bound.
+        let endless = stream::repeat_with(|| {
+            Ok::<_, std::convert::Infallible>(Bytes::from_static(b"root:x:0:0::/root:/bin/sh\n"))
+        });
+        assert_eq!(
+            read_bounded(endless, MAX_PASSWD_ARCHIVE).await.unwrap(),
+            None
+        );
     }
 }
