@@ -301,16 +301,14 @@ async fn restart_run(
         .with_ctx(super::request_ctx())
         .create_run(&old.group, |new_id, counter| {
             let mut fresh = || uuid::Uuid::new_v4().to_string();
-            match runservice::restart(
-                &old,
-                &old_config,
-                &from,
-                new_id,
-                counter,
-                req.environment.clone(),
+            let request = runservice::restart::Restart {
+                old_run: &old,
+                old_config: &old_config,
+                from: &from,
+                environment: req.environment.as_ref(),
                 now,
-                &mut fresh,
-            ) {
+            };
+            match runservice::restart(&request, new_id, counter, &mut fresh) {
                 Ok(pair) => pair,
                 Err(e) => {
                     failure = Some(e);

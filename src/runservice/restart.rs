@@ -72,20 +72,34 @@ pub fn check_restart(
     rerun_tasks(old_run, old_config, from).map(|_| ())
 }
 
-/// The config and run of a restart of `old_run` as run `new_id`, number `counter`,
-/// enqueued at `now`. `environment`, when given, replaces the run-level environment.
+/// A restart asked for: of which run (with its config), which of its tasks re-run, the
+/// environment of the new run, and when it is enqueued.
+#[derive(Clone, Copy, Debug)]
+pub struct Restart<'a> {
+    pub old_run: &'a Run,
+    pub old_config: &'a RunConfig,
+    pub from: &'a RestartFrom,
+    /// When given, replaces the run-level environment.
+    pub environment: Option<&'a Env>,
+    /// When the new run is enqueued.
+    pub now: Time,
+}
+
+/// The config and run of the restart `request` as run `new_id`, number `counter`.
 /// `new_task_id` is called once per re-run task, in (level, name) order.
-#[allow(clippy::too_many_arguments)] // the brief's signature: every input is distinct data
 pub fn restart(
-    old_run: &Run,
-    old_config: &RunConfig,
-    from: &RestartFrom,
+    request: &Restart<'_>,
     new_id: &str,
     counter: u64,
-    environment: Option<Env>,
-    now: Time,
     new_task_id: &mut dyn FnMut() -> String,
 ) -> Result<(RunConfig, Run), RunServiceError> {
+    let Restart {
+        old_run,
+        old_config,
+        from,
+        environment,
+        now,
+    } = *request;
     let rerun = rerun_tasks(old_run, old_config, from)?;
     let ids: BTreeMap<String, String> = in_level_order(old_config)
         .into_iter()
@@ -103,7 +117,7 @@ pub fn restart(
     let mut config = old_config.clone();
     config.id = new_id.to_string();
     if let Some(environment) = environment {
-        config.environment = environment;
+        config.environment = environment.clone();
     }
     config.tasks = old_config
         .tasks
@@ -285,13 +299,15 @@ mod tests {
     fn restarting_from_failed_re_runs_failed_tasks_and_their_descendants_only() {
         let (old_cfg, old_run) = failed_run();
         let (cfg, run) = restart(
-            &old_run,
-            &old_cfg,
-            &RestartFrom::Failed,
+            &Restart {
+                old_run: &old_run,
+                old_config: &old_cfg,
+                from: &RestartFrom::Failed,
+                environment: None,
+                now: at(20),
+            },
             "run2",
             8,
-            None,
-            at(20),
             &mut counter_ids(),
         )
         .expect("restartable");
@@ -343,13 +359,15 @@ mod tests {
         let (old_cfg, old_run) = failed_run();
         let env = Env::from([("V".to_string(), "2".to_string())]);
         let (cfg, run) = restart(
-            &old_run,
-            &old_cfg,
-            &RestartFrom::Start,
+            &Restart {
+                old_run: &old_run,
+                old_config: &old_cfg,
+                from: &RestartFrom::Start,
+                environment: Some(&env),
+                now: at(20),
+            },
             "run2",
             8,
-            Some(env.clone()),
-            at(20),
             &mut counter_ids(),
         )
         .expect("restartable");
@@ -385,13 +403,15 @@ mod tests {
         let (old_cfg, old_run) = failed_run();
         // b failed, but only a (and so b, c, d below it) is asked for; e is kept.
         let (cfg, run) = restart(
-            &old_run,
-            &old_cfg,
-            &RestartFrom::Tasks(vec!["a".into()]),
+            &Restart {
+                old_run: &old_run,
+                old_config: &old_cfg,
+                from: &RestartFrom::Tasks(vec!["a".into()]),
+                environment: None,
+                now: at(20),
+            },
             "run2",
             8,
-            None,
-            at(20),
             &mut counter_ids(),
         )
         .expect("restartable");
@@ -407,13 +427,15 @@ mod tests {
         let mut ok_run = old_run.clone();
         ok_run.result = RunResult::Success;
         let (cfg, run) = restart(
-            &ok_run,
-            &old_cfg,
-            &RestartFrom::Tasks(vec!["d".into(), "e".into()]),
+            &Restart {
+                old_run: &ok_run,
+                old_config: &old_cfg,
+                from: &RestartFrom::Tasks(vec!["d".into(), "e".into()]),
+                environment: None,
+                now: at(21),
+            },
             "run3",
             9,
-            None,
-            at(21),
             &mut counter_ids(),
         )
         .expect("a successful run restarts from chosen tasks");
@@ -430,13 +452,15 @@ mod tests {
     fn restarting_unknown_tasks_is_refused_naming_them_and_the_known_ones() {
         let (cfg, run) = failed_run();
         let refused = restart(
-            &run,
-            &cfg,
-            &RestartFrom::Tasks(vec!["a".into(), "nope".into(), "zilch".into()]),
+            &Restart {
+                old_run: &run,
+                old_config: &cfg,
+                from: &RestartFrom::Tasks(vec!["a".into(), "nope".into(), "zilch".into()]),
+                environment: None,
+                now: at(5),
+            },
             "run2",
             2,
-            None,
-            at(5),
             &mut counter_ids(),
         );
         let err = refused.expect_err("unknown tasks");
@@ -468,13 +492,15 @@ mod tests {
         let (cfg, mut run) = failed_run();
         run.tasks.get_mut("e").expect("e").setup_step.log_phase = FetchPhase::NotStarted;
         let refused = restart(
-            &run,
-            &cfg,
-            &RestartFrom::Tasks(vec!["b".into()]),
+            &Restart {
+                old_run: &run,
+                old_config: &cfg,
+                from: &RestartFrom::Tasks(vec!["b".into()]),
+                environment: None,
+                now: at(5),
+            },
             "run2",
             2,
-            None,
-            at(5),
             &mut counter_ids(),
         );
         assert!(matches!(
@@ -498,13 +524,15 @@ mod tests {
             RestartFrom::Tasks(vec!["a".into()]),
         ] {
             let refused = restart(
-                &run,
-                &cfg,
-                &from,
+                &Restart {
+                    old_run: &run,
+                    old_config: &cfg,
+                    from: &from,
+                    environment: None,
+                    now: at(5),
+                },
                 "run2",
                 2,
-                None,
-                at(5),
                 &mut counter_ids(),
             );
             assert_eq!(
@@ -553,13 +581,15 @@ mod tests {
         let (cfg, mut run) = failed_run();
         run.result = RunResult::Success;
         let refused = restart(
-            &run,
-            &cfg,
-            &RestartFrom::Failed,
+            &Restart {
+                old_run: &run,
+                old_config: &cfg,
+                from: &RestartFrom::Failed,
+                environment: None,
+                now: at(5),
+            },
             "run2",
             2,
-            None,
-            at(5),
             &mut counter_ids(),
         );
         assert!(matches!(
@@ -570,13 +600,15 @@ mod tests {
         let (cfg, mut run) = failed_run();
         run.tasks.get_mut("d").expect("d").setup_step.log_phase = FetchPhase::NotStarted;
         let refused = restart(
-            &run,
-            &cfg,
-            &RestartFrom::Failed,
+            &Restart {
+                old_run: &run,
+                old_config: &cfg,
+                from: &RestartFrom::Failed,
+                environment: None,
+                now: at(5),
+            },
             "run2",
             2,
-            None,
-            at(5),
             &mut counter_ids(),
         );
         assert!(matches!(
@@ -586,14 +618,16 @@ mod tests {
         ));
         assert!(
             restart(
-                &run,
-                &cfg,
-                &RestartFrom::Start,
+                &Restart {
+                    old_run: &run,
+                    old_config: &cfg,
+                    from: &RestartFrom::Start,
+                    environment: None,
+                    now: at(5),
+                },
                 "run2",
                 2,
-                None,
-                at(5),
-                &mut counter_ids()
+                &mut counter_ids(),
             )
             .is_ok(),
             "from scratch reuses nothing"
