@@ -14,14 +14,15 @@
 //! - [`tls`]: TLS of the HTTP port (certificates from files, reloaded; peer certificates).
 //! - [`cli`]: the command line (clap tree, `cairn run`, run and store commands); it talks
 //!   to servers only through `cairn-client`.
-//! - [`maintenance`]: each node's maintenance switch (follows the store's maintenance key).
+//! - [`mode_switch`]: each node's maintenance switch, [`mode_switch::ModeSwitch`] (follows
+//!   the store's maintenance key; the scheduler stops while it is on).
 
 pub mod api;
 pub mod cli;
 pub mod configfile;
 pub mod datamanager;
 pub mod executor;
-pub mod maintenance;
+pub mod mode_switch;
 pub mod runservice;
 pub mod scheduler;
 pub mod service;

@@ -21,8 +21,8 @@ use crate::executor::driver::Driver;
 pub use crate::executor::driver::docker::PodLimits;
 use crate::executor::driver::docker::{DockerDriver, DockerOptions};
 use crate::executor::driver::local::{LocalDriver, LocalOptions, RunAs as LocalRunAs};
-use crate::maintenance::ModeSwitch;
-use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::mode_switch::ModeSwitch;
+use crate::scheduler::{ModeSignals, Scheduler, SchedulerConfig};
 use crate::store_node::{StoreOptions, StoreServer};
 
 /// How to start a run-service node.
@@ -422,7 +422,7 @@ impl Service {
             blobs,
             opts.scheduler.clone(),
             active,
-            crate::scheduler::Maintenance {
+            ModeSignals {
                 mode: mode_rx,
                 quiet: quiet_tx,
             },

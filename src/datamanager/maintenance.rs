@@ -4,7 +4,7 @@
 
 use cairn_client::api::{MaintenanceStatus, NodeMode};
 
-/// Re-exported for the node's maintenance switch (`src/maintenance.rs`).
+/// Re-exported for the node's maintenance switch (`src/mode_switch.rs`).
 pub use super::keys::MAINTENANCE;
 use super::keys::{IMPORTING, NODE_MODE};
 use super::{Datamanager, DmError, absent, delete, encode, put, put_with_lease};

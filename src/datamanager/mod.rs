@@ -32,6 +32,7 @@ pub mod tasks;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod tokens;
+pub mod watches;
 
 use std::time::{Duration, Instant};
 

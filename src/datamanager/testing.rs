@@ -1,5 +1,6 @@
-//! A one-node in-process store for the datamanager's unit tests (memory engine,
-//! simulated network).
+//! Test support shared by the unit tests of the datamanager, the API and the scheduler: a
+//! one-node in-process store (memory engine, simulated network) and the run configs they
+//! create runs from.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +10,29 @@ use raft::{Node, NodeConfig, Timing};
 use store::engine::MemEngine;
 
 use super::Datamanager;
+
+/// A config with one run, `ci`, of one single-step task, `build`.
+pub const ONE_TASK: &str = r#"runs:
+  - name: ci
+    tasks:
+      - name: build
+        runtime: { containers: [ { image: busybox } ] }
+        steps: [ { run: make } ]
+"#;
+
+/// A config with one run, `ci`, of tasks `a` (one step) and `b` (two steps), where `a`
+/// depends on `b`.
+pub const CHAIN: &str = r#"runs:
+  - name: ci
+    tasks:
+      - name: a
+        runtime: { containers: [ { image: busybox } ] }
+        steps: [ { run: make test } ]
+        depends: [ b ]
+      - name: b
+        runtime: { containers: [ { image: busybox } ] }
+        steps: [ { run: make }, { run: make lint } ]
+"#;
 
 /// A started single-node store; the node stops when this drops.
 pub struct TestStore {

@@ -6,11 +6,11 @@
 use cairn_client::run::{Run, Time};
 use cairn_client::runconfig::RunConfig;
 
-use super::Shared;
+use super::SchedulerTask;
 use crate::datamanager::{Datamanager, DmError};
 use crate::runservice;
 
-impl Shared {
+impl SchedulerTask {
     /// Fails, in `run`, each of the ready tasks `to_run` that no registered executor can
     /// ever take. Returns the ids of the tasks failed (the caller writes the run).
     pub(super) async fn fail_unplaceable(

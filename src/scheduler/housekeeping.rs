@@ -8,12 +8,12 @@ use std::collections::BTreeSet;
 use cairn_client::runconfig::SourceRef;
 use chrono::{DateTime, Utc};
 
-use super::Shared;
+use super::SchedulerTask;
 use crate::datamanager::Datamanager;
 use crate::datamanager::archives::ArchiveStore;
 use crate::datamanager::caches::CacheStore;
 
-impl Shared {
+impl SchedulerTask {
     pub(super) async fn housekeeping(&self, dm: &Datamanager) {
         match dm.compact_change_groups().await {
             Ok(n) if n > 0 => tracing::debug!(deleted = n, "change groups compacted"),

@@ -5,9 +5,9 @@
 //! Exactly one scheduler is active in a cluster: each node's [`Scheduler`] queues for the
 //! store mutex `rs/lock/scheduler/`, and the holder writes only through a fenced
 //! [`Datamanager`], so a deposed scheduler (paused, partitioned) cannot commit anything.
-//! It is event-driven — watches on runs, executor tasks and executors mark runs dirty and
-//! each dirty run is re-evaluated at once — with a slow sweep of every active run as a
-//! safety net. Decisions are the pure functions of [`crate::runservice`]; this module
+//! It is event-driven — the datamanager's typed watches ([`crate::datamanager::watches`])
+//! of runs, executor tasks and executors mark runs dirty and each dirty run is
+//! re-evaluated at once — with a slow sweep of every active run as a safety net. Decisions are the pure functions of [`crate::runservice`]; this module
 //! only reads, calls them, and writes back with compare-and-swap.
 
 mod fixed;
@@ -21,12 +21,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use raft::{Ctx, Kv, Mutex, Session};
-use store::{KeyRange, WatchMessage, WatchRequest, WatchStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::datamanager::logs::LogStore;
+use crate::datamanager::watches::ExecutorChanges;
 use crate::datamanager::{Datamanager, DmError, keys};
+use pass::PassState;
 
 /// Tunables of the scheduler loop.
 #[derive(Clone, Debug)]
@@ -65,15 +66,15 @@ impl Default for SchedulerConfig {
     }
 }
 
-/// Handle of one node's scheduler task.
+/// Handle of one node's scheduler task (`SchedulerTask`).
 pub struct Scheduler {
     active: Arc<AtomicBool>,
     task: JoinHandle<()>,
     cancel: CancellationToken,
 }
 
-/// The scheduler's side of the node's maintenance switch.
-pub struct Maintenance {
+/// The scheduler's side of the node's maintenance switch ([`crate::mode_switch`]).
+pub struct ModeSignals {
     /// The node's mode: the scheduler stops while it is on.
     pub mode: tokio::sync::watch::Receiver<bool>,
     /// Set by the scheduler once it has stopped for maintenance and released the store.
@@ -89,22 +90,22 @@ impl Scheduler {
         blobs: crate::datamanager::blobs::Blobs,
         config: SchedulerConfig,
         active: Arc<AtomicBool>,
-        maintenance: Maintenance,
+        signals: ModeSignals,
         cancel: CancellationToken,
     ) -> Scheduler {
-        let ctx = Shared {
+        let core = SchedulerTask {
             kv,
             logs,
             blobs,
             config,
             active: active.clone(),
-            maintenance: maintenance.mode,
-            quiet: maintenance.quiet,
+            mode: signals.mode,
+            quiet: signals.quiet,
         };
         let c = cancel.clone();
         let task = tokio::spawn(async move {
             let span = tracing::info_span!("scheduler");
-            tracing::Instrument::instrument(ctx.compete(c), span).await;
+            tracing::Instrument::instrument(core.compete(c), span).await;
         });
         Scheduler {
             active,
@@ -129,26 +130,29 @@ impl Scheduler {
     }
 }
 
-struct Shared {
+/// The scheduler task's own state: what it schedules with, and its side of the node's
+/// mode. It competes for the lock and, holding it, runs the scheduling loop.
+struct SchedulerTask {
     kv: Kv,
     logs: LogStore,
     blobs: crate::datamanager::blobs::Blobs,
     config: SchedulerConfig,
     active: Arc<AtomicBool>,
-    /// While on, this node's scheduler stops and does not compete.
-    maintenance: tokio::sync::watch::Receiver<bool>,
+    /// The node's maintenance mode: while on, this node's scheduler stops and does not
+    /// compete.
+    mode: tokio::sync::watch::Receiver<bool>,
     /// Set once the scheduler has stopped for maintenance and released the store (lock,
     /// session); cleared when it competes again. The node reports maintenance only then.
     quiet: tokio::sync::watch::Sender<bool>,
 }
 
-impl Shared {
+impl SchedulerTask {
     /// Queues for the lock, schedules while holding it, and starts over when it is lost.
     async fn compete(&self, cancel: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         while !cancel.is_cancelled() {
             // In maintenance the scheduler waits, holding nothing.
-            let mut mode = self.maintenance.clone();
+            let mut mode = self.mode.clone();
             if *mode.borrow_and_update() {
                 self.quiet.send_replace(true);
             }
@@ -178,7 +182,7 @@ impl Shared {
         let ctx = Ctx::with_cancel(NO_DEADLINE, cancel.clone());
         // Maintenance while queued for the lock: leave the queue (closing the session
         // deletes this node's place in it).
-        let mut mode = self.maintenance.clone();
+        let mut mode = self.mode.clone();
         let queued = tokio::select! {
             biased;
             _ = mode.wait_for(|on| *on) => None,
@@ -223,11 +227,11 @@ impl Shared {
     /// The active scheduler's loop: watches mark runs dirty; dirty runs are passed.
     async fn schedule(&self, dm: &Datamanager) -> Result<(), DmError> {
         let from = self.kv.header().revision + 1;
-        let mut runs = watch_prefix(&self.kv, keys::RUN, from, false);
-        let mut tasks = watch_prefix(&self.kv, keys::EXECUTOR_TASK, from, true);
-        let mut executors = watch_prefix(&self.kv, keys::EXECUTOR, from, true);
+        let mut runs = dm.watch_run_ids(from);
+        let mut tasks = dm.watch_task_run_ids(from);
+        let mut executors = dm.watch_executor_changes(from);
         let mut dirty: BTreeSet<String> = dm.active_run_ids().await?.into_iter().collect();
-        let mut state = pass::State::default();
+        let mut state = PassState::default();
         let mut sweep = tokio::time::interval(self.config.sweep_every);
         let mut housekeeping = tokio::time::interval(self.config.housekeeping_every);
         sweep.tick().await;
@@ -257,23 +261,25 @@ impl Shared {
                         dirty.insert(id);
                     }
                 }
-                // Drain events that arrived meanwhile before waiting.
-                drain(&mut runs, &mut dirty, run_id_of_run_event)?;
-                drain(&mut tasks, &mut dirty, run_id_of_task_event)?;
+                // Drain changes that arrived meanwhile before waiting.
+                while let Some(ids) = runs.try_recv() {
+                    dirty.extend(ids?);
+                }
+                while let Some(ids) = tasks.try_recv() {
+                    dirty.extend(ids?);
+                }
                 let mut seen = ExecutorChanges::default();
-                while let Some(m) = executors.try_recv() {
-                    seen.add(Some(m))?;
+                while let Some(changes) = executors.try_recv() {
+                    seen = seen.merge(changes?);
                 }
                 self.executors_changed(dm, seen, &mut state, &mut dirty)
                     .await?;
             }
             tokio::select! {
-                m = runs.recv() => on_message(m, &mut dirty, run_id_of_run_event)?,
-                m = tasks.recv() => on_message(m, &mut dirty, run_id_of_task_event)?,
-                m = executors.recv() => {
-                    let mut seen = ExecutorChanges::default();
-                    seen.add(m)?;
-                    self.executors_changed(dm, seen, &mut state, &mut dirty).await?;
+                ids = runs.recv() => dirty.extend(ids?),
+                ids = tasks.recv() => dirty.extend(ids?),
+                seen = executors.recv() => {
+                    self.executors_changed(dm, seen?, &mut state, &mut dirty).await?;
                 }
                 _ = sweep.tick() => {
                     dirty.extend(dm.active_run_ids().await?);
@@ -283,78 +289,7 @@ impl Shared {
             }
         }
     }
-}
 
-fn watch_prefix(kv: &Kv, prefix: &str, from: i64, prev_kv: bool) -> WatchStream {
-    kv.watch(WatchRequest {
-        range: KeyRange::prefix(prefix.as_bytes().to_vec()),
-        start_revision: from,
-        prev_kv,
-        progress_notify: false,
-        filter_put: false,
-        filter_delete: false,
-    })
-}
-
-fn run_id_of_run_event(ev: &store::Event) -> Option<String> {
-    keys::id_of(&ev.kv.key, keys::RUN).map(str::to_string)
-}
-
-fn run_id_of_task_event(ev: &store::Event) -> Option<String> {
-    let value = if ev.kv.value.is_empty() {
-        ev.prev_kv.as_ref().map(|kv| kv.value.as_slice())?
-    } else {
-        ev.kv.value.as_slice()
-    };
-    serde_json::from_slice::<cairn_client::executor::ExecutorTask>(value)
-        .ok()
-        .map(|et| et.spec.run_id)
-}
-
-fn on_message(
-    m: Option<WatchMessage>,
-    dirty: &mut BTreeSet<String>,
-    id_of: fn(&store::Event) -> Option<String>,
-) -> Result<(), DmError> {
-    match m {
-        Some(WatchMessage::Events { events, .. }) => {
-            dirty.extend(events.iter().filter_map(id_of));
-            Ok(())
-        }
-        Some(WatchMessage::Progress { .. }) => Ok(()),
-        Some(WatchMessage::Canceled(reason)) => Err(watch_ended(reason.to_string())),
-        None => Err(watch_ended("closed".into())),
-    }
-}
-
-/// What the executor watch reported: registrations and heartbeats (puts), and
-/// executors gone (deleted, or their lease expired).
-#[derive(Default)]
-struct ExecutorChanges {
-    put: bool,
-    gone: bool,
-}
-
-impl ExecutorChanges {
-    fn add(&mut self, m: Option<WatchMessage>) -> Result<(), DmError> {
-        match m {
-            Some(WatchMessage::Events { events, .. }) => {
-                for e in events {
-                    match e.kind {
-                        store::EventKind::Put => self.put = true,
-                        store::EventKind::Delete => self.gone = true,
-                    }
-                }
-                Ok(())
-            }
-            Some(WatchMessage::Progress { .. }) => Ok(()),
-            Some(WatchMessage::Canceled(reason)) => Err(watch_ended(reason.to_string())),
-            None => Err(watch_ended("closed".into())),
-        }
-    }
-}
-
-impl Shared {
     /// A gone executor's unfinished tasks fail; any put (a new executor, or a heartbeat
     /// reporting capacity) gives runs waiting for an executor another pass. Heartbeats
     /// therefore never scan the executor tasks.
@@ -362,7 +297,7 @@ impl Shared {
         &self,
         dm: &Datamanager,
         seen: ExecutorChanges,
-        state: &mut pass::State,
+        state: &mut PassState,
         dirty: &mut BTreeSet<String>,
     ) -> Result<(), DmError> {
         if seen.gone {
@@ -373,23 +308,6 @@ impl Shared {
         }
         Ok(())
     }
-}
-
-fn drain(
-    w: &mut WatchStream,
-    dirty: &mut BTreeSet<String>,
-    id_of: fn(&store::Event) -> Option<String>,
-) -> Result<(), DmError> {
-    while let Some(m) = w.try_recv() {
-        on_message(Some(m), dirty, id_of)?;
-    }
-    Ok(())
-}
-
-fn watch_ended(why: String) -> DmError {
-    DmError::Kv(raft::KvError::Unavailable(format!(
-        "scheduler watch ended: {why}"
-    )))
 }
 
 #[cfg(test)]

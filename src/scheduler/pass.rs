@@ -9,14 +9,14 @@ use cairn_client::executor::ExecutorTask;
 use cairn_client::run::RunPhase;
 use cairn_client::runconfig::RunConfig;
 
-use super::Shared;
+use super::SchedulerTask;
 use crate::datamanager::logs::LogId;
 use crate::datamanager::{Datamanager, DmError};
 use crate::runservice;
 
 /// What the scheduler remembers between passes.
 #[derive(Default)]
-pub(super) struct State {
+pub(super) struct PassState {
     /// Runs with a ready task that no executor could take.
     pub waiting_for_executor: BTreeSet<String>,
     /// Groups whose queue may be able to start a run.
@@ -25,7 +25,7 @@ pub(super) struct State {
     configs: HashMap<String, Arc<RunConfig>>,
 }
 
-impl State {
+impl PassState {
     async fn config(&mut self, dm: &Datamanager, id: &str) -> Result<Arc<RunConfig>, DmError> {
         if let Some(c) = self.configs.get(id) {
             return Ok(c.clone());
@@ -39,12 +39,12 @@ impl State {
     }
 }
 
-impl Shared {
+impl SchedulerTask {
     /// Passes run `id` once. Returns whether it wants another pass at once.
     pub(super) async fn pass(
         &self,
         dm: &Datamanager,
-        state: &mut State,
+        state: &mut PassState,
         id: &str,
     ) -> Result<bool, DmError> {
         let prev = match dm.run(id).await {
@@ -149,7 +149,7 @@ impl Shared {
     async fn hand_out(
         &self,
         dm: &Datamanager,
-        state: &mut State,
+        state: &mut PassState,
         run_id: &str,
         config: &RunConfig,
         to_run: &[String],

@@ -5,7 +5,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use super::Shared;
+use super::SchedulerTask;
 use crate::datamanager::{Datamanager, DmError};
 use crate::runservice;
 
@@ -14,7 +14,7 @@ pub fn queue_change_group(group: &str) -> String {
     format!("queue-{}", URL_SAFE_NO_PAD.encode(group.as_bytes()))
 }
 
-impl Shared {
+impl SchedulerTask {
     /// Starts the next run of `group` if the group has none running. Returns its id.
     pub(super) async fn start_next(
         &self,

@@ -16,31 +16,10 @@ use tokio::time::Instant;
 use super::*;
 use crate::configfile;
 use crate::datamanager::blobs::Blobs;
-use crate::datamanager::testing::{TestError, TestStore};
+use crate::datamanager::testing::{CHAIN, ONE_TASK, TestError, TestStore};
 use crate::runservice;
 
 const GROUP: &str = "/project/p/branch/main";
-
-/// Tasks `a` and `b`, where `a` depends on `b`.
-const CHAIN: &str = r#"runs:
-  - name: ci
-    tasks:
-      - name: a
-        runtime: { containers: [ { image: busybox } ] }
-        steps: [ { run: make test } ]
-        depends: [ b ]
-      - name: b
-        runtime: { containers: [ { image: busybox } ] }
-        steps: [ { run: make } ]
-"#;
-
-const ONE_TASK: &str = r#"runs:
-  - name: ci
-    tasks:
-      - name: build
-        runtime: { containers: [ { image: busybox } ] }
-        steps: [ { run: make } ]
-"#;
 
 /// A spawned scheduler with its maintenance switch and quiet signal.
 struct Running {
@@ -60,7 +39,7 @@ fn spawn(kv: Kv, maintenance: bool, config: SchedulerConfig) -> Running {
         blobs,
         config,
         Arc::new(AtomicBool::new(false)),
-        Maintenance {
+        ModeSignals {
             mode: mode_rx,
             quiet: quiet_tx,
         },

@@ -8,7 +8,8 @@ use cairn_client::executor::ExecutorTask;
 use cairn_client::run::ExecutorTaskPhase;
 use serde_json::json;
 
-use super::{ADMIN, Api, ONE_TASK, executor, task_id};
+use super::{ADMIN, Api, executor, task_id};
+use crate::datamanager::testing::ONE_TASK;
 
 #[tokio::test]
 async fn registration_issues_a_credential_once_and_heartbeats_keep_the_lease() {

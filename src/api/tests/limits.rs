@@ -5,8 +5,9 @@
 use axum::http::{Method, StatusCode};
 use cairn_client::api::RunsPage;
 
-use super::{ADMIN, Api, GROUP, ONE_TASK, create_request};
+use super::{ADMIN, Api, GROUP, create_request};
 use crate::api::v1::MAX_JSON_BYTES;
+use crate::datamanager::testing::ONE_TASK;
 
 #[tokio::test]
 async fn a_json_body_over_the_limit_is_a_413_with_a_json_body() {

@@ -34,15 +34,6 @@ const ADMIN: &str = "the-admin-token-of-the-api-tests";
 
 const GROUP: &str = "/project/p1/branch/main";
 
-/// A config with one run, `ci`, of one single-step task, `build`.
-const ONE_TASK: &str = r#"runs:
-  - name: ci
-    tasks:
-      - name: build
-        runtime: { containers: [ { image: busybox } ] }
-        steps: [ { run: make } ]
-"#;
-
 /// The router over a fresh store, and the switch of its maintenance mode.
 struct Api {
     store: TestStore,

@@ -8,7 +8,8 @@ use cairn_client::executor::ExecutorTask;
 use cairn_client::run::ExecutorTaskPhase;
 use serde_json::json;
 
-use super::{ADMIN, Api, GROUP, ONE_TASK, create_request, executor, task_id};
+use super::{ADMIN, Api, GROUP, create_request, executor, task_id};
+use crate::datamanager::testing::ONE_TASK;
 
 const NO_TOKEN: &str = "missing or wrong bearer token";
 

@@ -6,20 +6,8 @@ use axum::http::{Method, StatusCode};
 use cairn_client::api::{CreateRunResponse, PendingReasons, RunResponse, RunsPage};
 use cairn_client::run::{RunPhase, RunResult, RunTaskStatus};
 
-use super::{ADMIN, Api, GROUP, ONE_TASK, create_request};
-
-/// Tasks `a` and `b`, where `a` depends on `b`.
-const CHAIN: &str = r#"runs:
-  - name: ci
-    tasks:
-      - name: a
-        runtime: { containers: [ { image: busybox } ] }
-        steps: [ { run: make test } ]
-        depends: [ b ]
-      - name: b
-        runtime: { containers: [ { image: busybox } ] }
-        steps: [ { run: make }, { run: make lint } ]
-"#;
+use super::{ADMIN, Api, GROUP, create_request};
+use crate::datamanager::testing::{CHAIN, ONE_TASK};
 
 /// A dependency cycle: the config parses but cannot be set up.
 const CYCLE: &str = r#"runs:

@@ -1,9 +1,13 @@
-//! Each node's maintenance switch: a task that watches `rs/maintenance` and publishes the
-//! node's mode on a `watch` channel (the API gates on it, the scheduler stops while it is
-//! on) and records it in the store for `GET /api/v1/maintenance` — switching on is recorded
-//! only once the node's scheduler has stopped and released the store, so an operator who
-//! waits for every node knows no scheduler writes any more. Switching is asynchronous:
-//! every node follows the key on its own.
+//! Each node's maintenance switch, [`ModeSwitch`]: a task that watches `rs/maintenance`
+//! and publishes the node's mode on a `watch` channel (the API gates on it, the scheduler
+//! stops while it is on) and records it in the store for `GET /api/v1/maintenance` —
+//! switching on is recorded only once the node's scheduler has stopped and released the
+//! store, so an operator who waits for every node knows no scheduler writes any more.
+//! Switching is asynchronous: every node follows the key on its own.
+//!
+//! The stored flag and node modes are [`crate::datamanager::maintenance`], the HTTP
+//! handlers [`crate::api::maintenance`], and the scheduler's side of the switch
+//! [`crate::scheduler::ModeSignals`].
 
 use std::time::Duration;
 
