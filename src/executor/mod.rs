@@ -4,6 +4,7 @@
 //!
 //! - [`agent`]: registration, heartbeats, the task long poll, runners, restart recovery.
 //! - [`task`]: one task: setup, steps in order, status reports, stop and timeout.
+//! - [`task_run`]: the task's status transitions, decided without I/O.
 //! - [`steps`]: clone, run, workspaces and caches over the driver's pod.
 //! - [`log_upload`]: a step's output streamed to the server as it is produced.
 //! - [`driver`]: where steps run (`local` host processes, `docker` containers).
@@ -19,3 +20,4 @@ pub mod log_upload;
 pub mod source;
 pub mod steps;
 pub mod task;
+pub mod task_run;

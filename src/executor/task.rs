@@ -1,7 +1,8 @@
-//! Runs one task: setup (task directory, pod, working directory), then its steps in
-//! order, stopping at the first failure; reports the status after every transition;
-//! honours the stop flag (cancelled before start, stopped while running) and the task
-//! timeout; streams every step's log; removes the pod at the end.
+//! Runs one task: the I/O shell around [`TaskRun`], which decides every status change.
+//! Setup (task directory, pod, working directory), then the steps in order, stopping at
+//! the first failure; reports the status after every transition; honours the stop flag
+//! (cancelled before start, stopped while running) and the task timeout; streams every
+//! step's log; removes the pod at the end.
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -9,18 +10,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cairn_client::executor::{AssignedTask, ExecutorTaskStatus, StepStatus};
+use cairn_client::executor::{AssignedTask, ExecutorTaskSpecData, ExecutorTaskStatus};
 use cairn_client::ids::{IdError, TaskId};
-use cairn_client::run::ExecutorTaskPhase;
 use cairn_client::runconfig::Step;
 use cairn_client::{LogStep, RunClient};
 use futures::StreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::driver::{Driver, LogSink, Pod, PodSpec};
+use super::driver::{ByteStream, Driver, DriverError, LogSink, Pod, PodSpec};
 use super::log_upload::{LogUpload, Redactor};
 use super::steps::{self, StepCtx};
+use super::task_run::{StepOutcome, TaskRun};
 
 /// What a task runner needs from its executor.
 #[derive(Clone)]
@@ -153,10 +154,29 @@ pub fn spawn(env: TaskEnv, task: AssignedTask) -> TaskHandle {
     }
 }
 
+/// Why a task's setup failed (the task then fails with this message).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The task asks for privileged containers and the executor refuses them.
+    #[error("the task needs privileged containers and this executor does not allow them")]
+    PrivilegedRefused,
+    /// The task's directory could not be created.
+    #[error("creating {}: {source}", dir.display())]
+    TaskDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The driver could not create the pod.
+    #[error(transparent)]
+    Pod(#[from] DriverError),
+}
+
 struct Runner {
     env: TaskEnv,
     id: String,
-    status: ExecutorTaskStatus,
+    /// The task's status and the decisions that change it.
+    run: TaskRun,
     tx: watch::Sender<ExecutorTaskStatus>,
     abandoned: Arc<AtomicBool>,
     /// The task's secret values, redacted from every log of the task.
@@ -165,7 +185,7 @@ struct Runner {
 
 impl Runner {
     async fn publish(&mut self) {
-        self.tx.send_replace(self.status.clone());
+        self.tx.send_replace(self.run.status().clone());
         if self.abandoned.load(Ordering::Relaxed) {
             return;
         }
@@ -173,7 +193,7 @@ impl Runner {
             &self.env.client,
             &self.env.executor_id,
             &self.id,
-            &self.status,
+            self.run.status(),
         )
         .await;
     }
@@ -187,6 +207,61 @@ impl Runner {
             self.redactor.clone(),
         )
     }
+}
+
+/// Closes the log of `step`; a log that cannot be closed is warned about here, once, and
+/// does not change the task's result.
+async fn close_log(log: LogUpload, step: LogStep) {
+    if let Err(e) = log.finish().await {
+        tracing::warn!(error = %e, step = %step, "the task log could not be closed");
+    }
+}
+
+/// The task's deadline: when it passes, it cancels the steps' token and
+/// [`Deadline::passed`] turns true (a stop cancels the same token; this tells them apart).
+struct Deadline {
+    passed: Arc<AtomicBool>,
+    timer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Deadline {
+    /// Starts the timer of `timeout_secs` (none: no deadline) over `cancel`.
+    fn start(timeout_secs: Option<u64>, cancel: &CancellationToken) -> Deadline {
+        let passed = Arc::new(AtomicBool::new(false));
+        let timer = timeout_secs.map(|secs| {
+            let (cancel, flag) = (cancel.clone(), passed.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+                flag.store(true, Ordering::Relaxed);
+                cancel.cancel();
+            })
+        });
+        Deadline { passed, timer }
+    }
+
+    fn passed(&self) -> bool {
+        self.passed.load(Ordering::Relaxed)
+    }
+
+    /// Stops the timer: the deadline can no longer pass.
+    fn disarm(&mut self) {
+        if let Some(t) = self.timer.take() {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Deadline {
+    fn drop(&mut self) {
+        self.disarm();
+    }
+}
+
+/// Where the steps run in the pod.
+struct Place {
+    user: String,
+    home: String,
+    working_dir: String,
 }
 
 async fn run(
@@ -208,57 +283,119 @@ async fn run(
     let spec = task.data;
     let mut r = Runner {
         id: task.task.id.clone(),
-        status: task.task.status.clone(),
+        run: TaskRun::new(
+            task.task.status.clone(),
+            spec.steps.len(),
+            spec.timeout_secs,
+        ),
         env,
         tx,
         abandoned,
         redactor: Redactor::new(&spec.secrets),
     };
-    r.status
-        .steps
-        .resize(spec.steps.len(), StepStatus::default());
     if stop.is_cancelled() || task.task.spec.stop {
-        r.status.phase = ExecutorTaskPhase::Cancelled;
-        r.status.end_time = Some(now());
+        r.run.cancel(now());
         r.publish().await;
         return;
     }
-    r.status.phase = ExecutorTaskPhase::Running;
-    r.status.start_time = Some(now());
-    r.status.setup_step.phase = ExecutorTaskPhase::Running;
-    r.status.setup_step.start_time = Some(now());
+    r.run.start(now());
     r.publish().await;
 
-    // Stop and timeout both cancel the running step; `timedout` tells them apart.
+    // Stop and timeout both cancel the running step; the deadline tells them apart.
     let cancel = stop.child_token();
-    let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let timer = spec.timeout_secs.map(|secs| {
-        let (cancel, flag) = (cancel.clone(), timed_out.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(secs)).await;
-            flag.store(true, std::sync::atomic::Ordering::Relaxed);
-            cancel.cancel();
-        })
-    });
+    let mut deadline = Deadline::start(spec.timeout_secs, &cancel);
 
     let mut setup_log = r.log(LogStep::Setup);
-    let pod = setup(&r, &spec, &task_dir, &mut setup_log).await;
-    let pod = match pod {
+    let pod = match setup(&r, &spec, &task_dir, &mut setup_log).await {
         Ok(p) => p,
-        Err(why) => {
-            setup_log
-                .write(Bytes::from(format!("setup failed: {why}\n")))
-                .await;
-            let _ = setup_log.finish().await;
-            r.status.setup_step.phase = ExecutorTaskPhase::Failed;
-            r.status.setup_step.end_time = Some(now());
-            r.status.phase = ExecutorTaskPhase::Failed;
-            r.status.fail_error = Some(format!("setup failed: {why}"));
-            r.status.end_time = Some(now());
+        Err(e) => {
+            let line = r.run.setup_failed(&e.to_string(), now());
+            setup_log.write(Bytes::from(line)).await;
+            close_log(setup_log, LogStep::Setup).await;
             r.publish().await;
             return;
         }
     };
+    let place = prepare_working_dir(pod.as_ref(), &spec, &mut setup_log).await;
+    close_log(setup_log, LogStep::Setup).await;
+    r.run.setup_done(now());
+    r.publish().await;
+
+    run_steps(
+        &mut r,
+        pod.as_ref(),
+        &spec,
+        &task_dir,
+        place,
+        &cancel,
+        &deadline,
+    )
+    .await;
+    deadline.disarm();
+    pod.stop().await;
+    pod.remove().await;
+    let _ = tokio::fs::remove_dir_all(&task_dir).await;
+    r.run.finish(deadline.passed(), now());
+    if r.abandoned.load(Ordering::Relaxed) {
+        tracing::info!("task abandoned: the server no longer runs it here; its pod is removed");
+    }
+    r.publish().await;
+}
+
+/// Runs the steps in order as [`TaskRun`] says, each with its own log.
+async fn run_steps(
+    r: &mut Runner,
+    pod: &dyn Pod,
+    spec: &ExecutorTaskSpecData,
+    task_dir: &Path,
+    place: Place,
+    cancel: &CancellationToken,
+    deadline: &Deadline,
+) {
+    let now = chrono::Utc::now;
+    let (env, task_id) = (r.env.clone(), r.id.clone());
+    let ctx = StepCtx {
+        pod,
+        client: &env.client,
+        executor_id: &env.executor_id,
+        task_id: &task_id,
+        spec,
+        task_dir: task_dir.to_path_buf(),
+        user: place.user,
+        working_dir: place.working_dir,
+        home: place.home,
+    };
+    while let Some(i) = r.run.next_step(cancel.is_cancelled(), now()) {
+        r.publish().await;
+        let mut log = r.log(LogStep::Step(i));
+        // `TaskRun` has one step per step of the spec.
+        let outcome = match &spec.steps[i] {
+            Step::Clone(s) => steps::clone(&ctx, s, &mut log, cancel).await,
+            Step::Run(s) => steps::run(&ctx, s, &mut log, cancel).await,
+            Step::SaveToWorkspace(s) => steps::save_to_workspace(&ctx, i, s, &mut log).await,
+            Step::RestoreWorkspace(s) => steps::restore_workspace(&ctx, s, &mut log).await,
+            Step::SaveCache(s) => steps::save_cache(&ctx, s, &mut log).await,
+            Step::RestoreCache(s) => steps::restore_cache(&ctx, s, &mut log).await,
+        };
+        let outcome = match outcome {
+            Ok(Some(code)) => StepOutcome::Exited(code),
+            Ok(None) => StepOutcome::Cancelled,
+            Err(e) => StepOutcome::Error(e.to_string()),
+        };
+        if let Some(line) = r.run.step_ended(outcome, deadline.passed(), now()) {
+            log.write(Bytes::from(line)).await;
+        }
+        close_log(log, LogStep::Step(i)).await;
+    }
+}
+
+/// The steps' user, home and working directory; the working directory is created (an
+/// empty archive put there), and a failure to create it is written to the setup log.
+async fn prepare_working_dir(
+    pod: &dyn Pod,
+    spec: &ExecutorTaskSpecData,
+    setup_log: &mut LogUpload,
+) -> Place {
     let user = if spec.user.is_empty() {
         spec.containers
             .first()
@@ -278,7 +415,7 @@ async fn run(
     );
     let working_dir = steps::resolve(&home, &home, &wd);
     // The working directory exists before the first step (an empty archive creates it).
-    let empty: super::driver::ByteStream = futures::stream::once(async { Ok(empty_tar()) }).boxed();
+    let empty: ByteStream = futures::stream::once(async { Ok(empty_tar()) }).boxed();
     if let Err(e) = pod.put_archive(&working_dir, &user, empty).await {
         setup_log
             .write(Bytes::from(format!(
@@ -286,130 +423,37 @@ async fn run(
             )))
             .await;
     }
-    let _ = setup_log.finish().await;
-    r.status.setup_step.phase = ExecutorTaskPhase::Success;
-    r.status.setup_step.end_time = Some(now());
-    r.publish().await;
-
-    let (env, task_id) = (r.env.clone(), r.id.clone());
-    let ctx = StepCtx {
-        pod: pod.as_ref(),
-        client: &env.client,
-        executor_id: &env.executor_id,
-        task_id: &task_id,
-        spec: &spec,
-        task_dir: task_dir.clone(),
+    Place {
         user,
-        working_dir,
         home,
-    };
-    let mut phase = ExecutorTaskPhase::Success;
-    let mut fail_error = None;
-    for (i, step) in spec.steps.iter().enumerate() {
-        if cancel.is_cancelled() {
-            phase = ExecutorTaskPhase::Stopped;
-            break;
-        }
-        r.status.steps[i].phase = ExecutorTaskPhase::Running;
-        r.status.steps[i].start_time = Some(now());
-        r.publish().await;
-        let mut log = r.log(LogStep::Step(i));
-        let outcome = match step {
-            Step::Clone(s) => steps::clone(&ctx, s, &mut log, &cancel).await,
-            Step::Run(s) => steps::run(&ctx, s, &mut log, &cancel).await,
-            Step::SaveToWorkspace(s) => steps::save_to_workspace(&ctx, i, s, &mut log).await,
-            Step::RestoreWorkspace(s) => steps::restore_workspace(&ctx, s, &mut log).await,
-            Step::SaveCache(s) => steps::save_cache(&ctx, s, &mut log).await,
-            Step::RestoreCache(s) => steps::restore_cache(&ctx, s, &mut log).await,
-        };
-        let st = &mut r.status.steps[i];
-        st.end_time = Some(now());
-        match outcome {
-            Ok(Some(0)) => {
-                st.phase = ExecutorTaskPhase::Success;
-                st.exit_status = Some(0);
-            }
-            Ok(Some(code)) => {
-                st.phase = ExecutorTaskPhase::Failed;
-                st.exit_status = Some(code);
-                phase = ExecutorTaskPhase::Failed;
-                log.write(Bytes::from(format!("exit status {code}\n")))
-                    .await;
-            }
-            Ok(None) => {
-                let timed = timed_out.load(std::sync::atomic::Ordering::Relaxed);
-                st.phase = if timed {
-                    ExecutorTaskPhase::Failed
-                } else {
-                    ExecutorTaskPhase::Stopped
-                };
-                phase = st.phase;
-                let why = if timed { "timed out" } else { "stopped" };
-                log.write(Bytes::from(format!("{why}\n"))).await;
-            }
-            Err(e) => {
-                st.phase = ExecutorTaskPhase::Failed;
-                phase = ExecutorTaskPhase::Failed;
-                fail_error = Some(format!("step {i}: {e}"));
-                log.write(Bytes::from(format!("error: {e}\n"))).await;
-            }
-        }
-        if let Err(e) = log.finish().await {
-            tracing::warn!(error = %e, step = i, "the step log could not be closed");
-        }
-        if phase != ExecutorTaskPhase::Success {
-            break;
-        }
+        working_dir,
     }
-    drop(ctx);
-    if let Some(t) = timer {
-        t.abort();
-    }
-    pod.stop().await;
-    pod.remove().await;
-    let _ = tokio::fs::remove_dir_all(&task_dir).await;
-    if timed_out.load(std::sync::atomic::Ordering::Relaxed) {
-        r.status.timedout = true;
-        phase = ExecutorTaskPhase::Failed;
-        fail_error
-            .get_or_insert_with(|| format!("timed out after {}s", spec.timeout_secs.unwrap_or(0)));
-    }
-    r.status.phase = phase;
-    r.status.fail_error = fail_error;
-    r.status.end_time = Some(now());
-    if r.abandoned.load(Ordering::Relaxed) {
-        tracing::info!("task abandoned: the server no longer runs it here; its pod is removed");
-    }
-    r.publish().await;
 }
 
 async fn setup(
     r: &Runner,
-    spec: &cairn_client::executor::ExecutorTaskSpecData,
-    task_dir: &PathBuf,
+    spec: &ExecutorTaskSpecData,
+    task_dir: &Path,
     log: &mut LogUpload,
-) -> Result<Box<dyn Pod>, String> {
+) -> Result<Box<dyn Pod>, SetupError> {
     if spec.privileged && !r.env.allow_privileged {
-        return Err(
-            "the task needs privileged containers and this executor does not allow them".into(),
-        );
+        return Err(SetupError::PrivilegedRefused);
     }
     let _ = tokio::fs::remove_dir_all(task_dir).await;
     tokio::fs::create_dir_all(task_dir)
         .await
-        .map_err(|e| format!("creating {}: {e}", task_dir.display()))?;
+        .map_err(|source| SetupError::TaskDir {
+            dir: task_dir.to_path_buf(),
+            source,
+        })?;
     let pod_spec = PodSpec {
         task_id: r.id.clone(),
         executor_id: r.env.executor_id.clone(),
         containers: spec.containers.clone(),
         registry_auth: spec.docker_registries_auth.clone(),
-        task_dir: task_dir.clone(),
+        task_dir: task_dir.to_path_buf(),
     };
-    r.env
-        .driver
-        .create_pod(&pod_spec, log)
-        .await
-        .map_err(|e| e.to_string())
+    Ok(r.env.driver.create_pod(&pod_spec, log).await?)
 }
 
 /// A tar with no entries (two zero blocks).
