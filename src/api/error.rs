@@ -77,16 +77,42 @@ impl From<DmError> for Failure {
     }
 }
 
+/// The code of a replicated-store failure on `/api/v1`. Every variant is mapped by name,
+/// with the HTTP status the etcd gateway (`api/etcd.rs`) gives the same error, so a new
+/// variant must be placed here deliberately: the requested revision out of range and a
+/// refused argument are the request's fault (400); no leader, a stopped node or a
+/// cancelled request are worth retrying elsewhere (503); a passed deadline is a 504;
+/// only a storage failure is internal (500).
 fn kv_code(e: &raft::KvError) -> ErrorCode {
     use raft::KvError as K;
     match e {
-        K::Unavailable(_) | K::NotLeader { .. } | K::Stopped(_) | K::DeadlineExceeded(_) => {
+        K::Store(s) => store_code(s),
+        K::Unavailable(_) | K::NotLeader { .. } | K::Stopped(_) | K::Cancelled => {
             ErrorCode::Unavailable
         }
-        K::OutcomeUnknown(_) => ErrorCode::Unavailable,
+        K::DeadlineExceeded(_) | K::OutcomeUnknown(_) => ErrorCode::Timeout,
+        K::UnknownNode(_) => ErrorCode::NotFound,
+        K::Membership(_) => ErrorCode::BadRequest,
         K::LockLost { .. } => ErrorCode::Conflict,
         K::Unauthorized => ErrorCode::Unauthorized,
-        _ => ErrorCode::Internal,
+    }
+}
+
+/// The code of an error the state machine decided (see [`kv_code`]).
+fn store_code(e: &store::StoreError) -> ErrorCode {
+    use store::StoreError as S;
+    match e {
+        S::Compacted { .. } | S::FutureRevision { .. } => ErrorCode::BadRequest,
+        S::LeaseNotFound(_) => ErrorCode::NotFound,
+        S::LeaseExists(_)
+        | S::LeaseTtlTooSmall { .. }
+        | S::LeaseTtlTooLarge { .. }
+        | S::DuplicateKey(_)
+        | S::KeyNotFound
+        | S::InvalidArgument(_)
+        | S::NotANumber { .. } => ErrorCode::BadRequest,
+        S::TooLarge { .. } => ErrorCode::TooLarge,
+        S::Storage(_) => ErrorCode::Internal,
     }
 }
 
@@ -191,5 +217,149 @@ mod tests {
             ErrorCode::Timeout,
             "the client reads the status back as the same kind"
         );
+    }
+
+    use raft::KvError;
+    use store::StoreError;
+
+    /// The status `/api/v1` answers a failed store call with.
+    fn status(e: KvError) -> StatusCode {
+        Failure::from(DmError::Kv(e)).into_response().status()
+    }
+
+    /// One error of every `KvError` and `StoreError` variant.
+    fn one_of_each() -> Vec<KvError> {
+        let store = [
+            StoreError::Compacted {
+                requested: 3,
+                compact_revision: 9,
+            },
+            StoreError::FutureRevision {
+                requested: 9,
+                current: 3,
+            },
+            StoreError::LeaseNotFound(7),
+            StoreError::LeaseExists(7),
+            StoreError::LeaseTtlTooSmall { ttl: 0, min: 1 },
+            StoreError::LeaseTtlTooLarge {
+                ttl: i64::MAX,
+                max: 9,
+            },
+            StoreError::DuplicateKey("k".into()),
+            StoreError::KeyNotFound,
+            StoreError::InvalidArgument("bad".into()),
+            StoreError::NotANumber { key: "k".into() },
+            StoreError::TooLarge { size: 2, limit: 1 },
+            StoreError::Storage("disk".into()),
+        ];
+        let mut all: Vec<KvError> = store.into_iter().map(KvError::Store).collect();
+        all.extend([
+            KvError::Unavailable("no leader".into()),
+            KvError::OutcomeUnknown("slow".into()),
+            KvError::DeadlineExceeded("slow".into()),
+            KvError::Cancelled,
+            KvError::NotLeader { leader: None },
+            KvError::UnknownNode(5),
+            KvError::Membership("last voter".into()),
+            KvError::Unauthorized,
+            KvError::LockLost {
+                key: "l".into(),
+                token: 1,
+            },
+            KvError::Stopped("shutdown".into()),
+        ]);
+        all
+    }
+
+    #[test]
+    fn a_compacted_or_future_revision_is_a_400_not_a_500() {
+        for e in [
+            StoreError::Compacted {
+                requested: 3,
+                compact_revision: 9,
+            },
+            StoreError::FutureRevision {
+                requested: 9,
+                current: 3,
+            },
+        ] {
+            assert_eq!(status(KvError::Store(e)), StatusCode::BAD_REQUEST);
+        }
+    }
+
+    #[test]
+    fn a_refused_argument_is_a_400_and_an_oversized_request_a_413() {
+        for e in [
+            KvError::Store(StoreError::InvalidArgument("bad".into())),
+            KvError::Store(StoreError::LeaseTtlTooSmall { ttl: 0, min: 1 }),
+            KvError::Store(StoreError::LeaseTtlTooLarge {
+                ttl: i64::MAX,
+                max: 9,
+            }),
+            KvError::Store(StoreError::LeaseExists(7)),
+            KvError::Store(StoreError::DuplicateKey("k".into())),
+            KvError::Store(StoreError::KeyNotFound),
+            KvError::Store(StoreError::NotANumber { key: "k".into() }),
+            KvError::Membership("last voter".into()),
+        ] {
+            assert_eq!(status(e.clone()), StatusCode::BAD_REQUEST, "{e}");
+        }
+        let too_large = KvError::Store(StoreError::TooLarge { size: 2, limit: 1 });
+        assert_eq!(status(too_large), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[test]
+    fn no_leader_a_stopped_node_or_a_cancelled_request_is_a_503() {
+        for e in [
+            KvError::Unavailable("no leader".into()),
+            KvError::NotLeader { leader: Some(2) },
+            KvError::Stopped("shutdown".into()),
+            KvError::Cancelled,
+        ] {
+            assert_eq!(status(e.clone()), StatusCode::SERVICE_UNAVAILABLE, "{e}");
+        }
+    }
+
+    #[test]
+    fn a_store_timeout_is_a_504() {
+        for e in [
+            KvError::DeadlineExceeded("slow".into()),
+            KvError::OutcomeUnknown("slow".into()),
+        ] {
+            assert_eq!(status(e.clone()), StatusCode::GATEWAY_TIMEOUT, "{e}");
+        }
+    }
+
+    #[test]
+    fn missing_refused_and_lost_are_404_401_and_409() {
+        let lease = KvError::Store(StoreError::LeaseNotFound(7));
+        assert_eq!(status(lease), StatusCode::NOT_FOUND);
+        assert_eq!(status(KvError::UnknownNode(5)), StatusCode::NOT_FOUND);
+        assert_eq!(status(KvError::Unauthorized), StatusCode::UNAUTHORIZED);
+        let lost = KvError::LockLost {
+            key: "l".into(),
+            token: 1,
+        };
+        assert_eq!(status(lost), StatusCode::CONFLICT);
+    }
+
+    #[test]
+    fn only_a_storage_failure_is_internal() {
+        for e in one_of_each() {
+            let internal = matches!(e, KvError::Store(StoreError::Storage(_)));
+            assert_eq!(
+                status(e.clone()) == StatusCode::INTERNAL_SERVER_ERROR,
+                internal,
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_store_error_has_the_etcd_gateways_status() {
+        for e in one_of_each() {
+            let etcd = super::super::etcd::EtcdError::from(e.clone()).into_response();
+            assert_eq!(status(e.clone()), etcd.status(), "{e}");
+        }
     }
 }
