@@ -372,7 +372,7 @@ impl Service {
             // A fresh single node initializes itself; a joining node never does.
             init_if_new: opts.join.is_none(),
             join: opts.join.clone(),
-            // Separate credentials (security.md H1, H2): peers present the peer secret
+            // Separate credentials (security review H1, H2): peers present the peer secret
             // on /raft/rpc only; /v3 takes the admin token only.
             cluster_token: peer_token,
             client_token: Some(token.clone()),

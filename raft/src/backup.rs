@@ -54,7 +54,7 @@ const STREAM_DEPTH: usize = 4;
 /// A chunk of a streamed backup, or the error that ended it.
 pub type BackupChunk = Result<bytes::Bytes, std::io::Error>;
 
-/// Like [`save`], streamed (security.md M6: a whole snapshot in memory per request took
+/// Like [`save`], streamed (security review M6: a whole snapshot in memory per request took
 /// 450 MB each). After the barrier, a blocking task writes the dump from the engine's
 /// point-in-time view in chunks of `STREAM_CHUNK` (256 KiB) through a channel `STREAM_DEPTH`
 /// deep, so at most about 1 MiB of it is in memory at once (an engine without views

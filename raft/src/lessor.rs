@@ -8,7 +8,7 @@
 //!
 //! Every deadline is computed by [`deadline`], which saturates: a TTL from an old store
 //! (granted before [`store::command::MAX_LEASE_TTL`] was enforced, up to `i64::MAX`) or a
-//! negative one never makes `Instant + Duration` panic (security.md H3).
+//! negative one never makes `Instant + Duration` panic (security review H3).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -176,7 +176,7 @@ mod tests {
         );
     }
 
-    /// H3 (security.md): a lease with TTL `i64::MAX` (accepted before the cap, so it may
+    /// H3 (security review): a lease with TTL `i64::MAX` (accepted before the cap, so it may
     /// sit in an existing store) made `now + Duration::from_secs(ttl)` panic the lessor
     /// loop, and no lease expired again. Now its deadline saturates and the others expire.
     #[test]

@@ -629,8 +629,8 @@ const RESTART_PAUSE: Duration = Duration::from_secs(1);
 
 /// Runs the loop `make()` builds, and when it panics logs the panic at error level and
 /// starts a new one after `pause`, so a bug in a loop (the lessor's TTL
-/// overflow of security.md H3 was one) is loud and never leaves it silently dead. A loop
-/// that returns is not restarted. Cancelled with the node's other tasks by [`Node::spawn`].
+/// overflow of the security review's H3 was one) is loud and never leaves it silently
+/// dead. A loop that returns is not restarted. Cancelled with the node's other tasks by [`Node::spawn`].
 async fn supervised<F, Fut>(name: &'static str, pause: Duration, mut make: F)
 where
     F: FnMut() -> Fut + Send,

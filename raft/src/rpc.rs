@@ -77,7 +77,7 @@ pub enum Refusal {
     AbsurdTerm { term: u64, current: u64 },
 }
 
-/// Sanity checks on a peer request before it reaches openraft (security.md H2):
+/// Sanity checks on a peer request before it reaches openraft (security review H2):
 /// - Vote, Append, Snapshot and Propose must come from a member (voter or learner) of
 ///   this node's membership, as `is_member` tells; a node with no membership yet (one
 ///   waiting to join) takes Raft messages from anyone holding the peer token.

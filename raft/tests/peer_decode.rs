@@ -1,4 +1,4 @@
-//! Property tests of the peer decoder (security.md H2): arbitrary bytes, and short
+//! Property tests of the peer decoder (security review H2): arbitrary bytes, and short
 //! bodies with huge length prefixes, never panic and never make the decoder allocate
 //! beyond bincode's limit for the body's size class ([`store::codec::limit_for`]) plus
 //! serde's bounded preallocations. This test binary's allocator refuses any allocation
@@ -43,7 +43,7 @@ fn with_length_prefix(head: &[u8], len: u64, tail: &[u8]) -> Vec<u8> {
 
 #[test]
 fn the_peer_decoder_never_panics_nor_allocates_beyond_its_limit() {
-    // security.md H2: PeerRequest::Join { node_id: 5, addr: String(len = 2^44) }.
+    // Security review H2: PeerRequest::Join { node_id: 5, addr: String(len = 2^44) }.
     let bomb = b"\x07\x05\xfd\x00\x00\x00\x00\x00\x10\x00\x00abc";
     assert!(!decode_within_budget(bomb), "the join bomb is refused");
     // A valid request still decodes.

@@ -409,7 +409,7 @@ fn op_out(node: &Node, o: store::ResponseOp) -> wire::ResponseOp {
 
 // ---- KV handlers ----
 
-/// Most bytes of keys and values one `/v3/kv/range` answers (security.md M6: unbounded
+/// Most bytes of keys and values one `/v3/kv/range` answers (security review M6: unbounded
 /// ranges were built whole in memory, 200 MB each); a larger answer is refused before it
 /// is copied, and the client pages with `limit` (and `more`). Checked on the current
 /// revision; reads at a past revision and ranges inside a txn are not.
@@ -484,7 +484,7 @@ async fn lease_grant(State(s): State<EtcdState>, b: Bytes) -> Reply<wire::LeaseG
             "etcdserver: lease TTL must be positive",
         ));
     }
-    // Refused here and again by the state machine (security.md H3).
+    // Refused here and again by the state machine (security review H3).
     if g.ttl.0 > store::MAX_LEASE_TTL {
         return Err(lease_ttl_too_large());
     }

@@ -123,7 +123,7 @@ pub fn router(handler: Arc<dyn PeerHandler>, secret: &str) -> Router {
 /// the body is read, so an unauthenticated request is answered at once and its body
 /// never buffered; the body is then read up to [`MAX_RPC_BODY`] and decoded with
 /// bincode's size limit (see [`store::codec::decode`]): a short body with a huge length
-/// prefix is a 400, never an allocation (security.md H2). A request the node refuses (a
+/// prefix is a 400, never an allocation (security review H2). A request the node refuses (a
 /// sender that is not a member, an absurd term: [`raft::rpc::admit`]) is a 403.
 async fn rpc(State(st): State<PeerState>, req: Request) -> Response {
     let ok = auth::bearer(req.headers())

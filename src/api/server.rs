@@ -30,7 +30,7 @@ async fn require_token(State(auth): State<Auth>, req: Request, next: Next) -> Re
         return EtcdError::new(StatusCode::FORBIDDEN, 7, why).into_response();
     }
     if let Some(token) = &auth.token {
-        // Constant time (security.md L1); on `cairn serve` only the admin token passes.
+        // Constant time (security review L1); on `cairn serve` only the admin token passes.
         let ok = super::auth::bearer(req.headers())
             .is_some_and(|t| super::auth::same_secret(t.as_bytes(), token.as_bytes()));
         if !ok {
@@ -41,7 +41,7 @@ async fn require_token(State(auth): State<Auth>, req: Request, next: Next) -> Re
 }
 
 /// With client auth off (loopback only), a web page in a local browser must not reach
-/// the API (security.md L5): a request must name a loopback `Host` (a DNS-rebound name
+/// the API (security review L5): a request must name a loopback `Host` (a DNS-rebound name
 /// is not one) and carry no `Origin` other than `http://<that host>` (a cross-origin
 /// "simple request" from a browser always carries one). curl and the CLI send neither.
 fn loopback_only(headers: &axum::http::HeaderMap) -> Result<(), &'static str> {

@@ -102,7 +102,7 @@ pub fn escape(key: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    /// H2 (security.md): `PeerRequest::Join { node_id: 5, addr: String(len = 2^44) }` in
+    /// H2 (security review): `PeerRequest::Join { node_id: 5, addr: String(len = 2^44) }` in
     /// 14 bytes; the same shape here as a (u8, u8, String) tuple.
     #[test]
     fn a_huge_length_prefix_is_refused_before_allocating() {

@@ -890,7 +890,7 @@ async fn update_keys_guards_every_key_read_and_ends_at_once_on_a_lost_fence() {
     c.shutdown().await;
 }
 
-/// security.md H2: Raft messages and proposals from a node outside the membership, and
+/// Security review H2: Raft messages and proposals from a node outside the membership, and
 /// votes with an absurd term, are refused before openraft sees them; members pass.
 #[tokio::test]
 async fn peer_requests_from_strangers_and_absurd_terms_are_refused() {

@@ -1,6 +1,6 @@
 //! Credentials and roles: who may call which route (H1, the peer half of H2, L1, L2, L3).
-//! Each test names the attack of `../shared/reviews/security.md` it replays; on the code
-//! before roles, every one of them succeeded with the single token.
+//! Each test names the attack it replays (a credential, or none, used on a route outside
+//! its role); on the code before roles, every one of them succeeded with the single token.
 
 use std::time::Duration;
 

@@ -95,8 +95,8 @@ runs:
         steps: [ { run: 'echo done' } ]
 "#;
 
-/// C2: a store write (`/v3/kv/put`, as security.md's `inject.py` did) gave a run a task
-/// whose id is a host path and assigned it to the executor, which then ran
+/// C2: a store write (`/v3/kv/put`, as the security review's injection script did) gave a
+/// run a task whose id is a host path and assigned it to the executor, which then ran
 /// `remove_dir_all(<tasks root>.join(id))`, i.e. `rm -rf` of that path. Now the server
 /// never hands out a task whose id is not a uuid (and the executor would refuse it):
 /// the victim directory survives and the injected task never starts.

@@ -1,10 +1,11 @@
 //! Steps never see the server: drivers, environment, users (C1); the docker pods'
 //! hardening (L6) is tested in `containers`.
 //!
-//! Issue 11, point 1, against `../shared/reviews/security.md`: each test is one attack that
-//! worked on the code before the fix. The local-driver tests start a real `cairn serve
-//! --driver local` whose environment carries a token and a cloud key; the `--run-as` test
-//! needs root (CI runs as root; as another user it checks that `--run-as` is refused).
+//! Issue 11, point 1: each test is one attack of a step on the server that runs it
+//! (inheriting its environment, reaching its data dir or its token) that worked on the code
+//! before the fix. The local-driver tests start a real `cairn serve --driver local` whose
+//! environment carries a token and a cloud key; the `--run-as` test needs root (CI runs as
+//! root; as another user it checks that `--run-as` is refused).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -69,7 +69,7 @@ impl Drop for LimitedServe {
 }
 
 /// Opens `n` connections to `port`: odd ones stay silent, even ones send half a request
-/// head and stop (the probe of security.md H5).
+/// head and stop (the probe of the security review's H5).
 fn open_idle_connections(port: u16, n: usize) -> Vec<TcpStream> {
     (0..n)
         .map(|i| {

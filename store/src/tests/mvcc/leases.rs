@@ -25,7 +25,7 @@ fn put_with_an_unknown_lease_fails() {
     }
 }
 
-/// H3 (security.md): a TTL above etcd's `MaxLeaseTTL` is refused by the state machine
+/// H3 (security review): a TTL above etcd's `MaxLeaseTTL` is refused by the state machine
 /// itself, so no replicated command can bring one into the lease table.
 #[test]
 fn a_lease_ttl_above_the_maximum_is_refused() {

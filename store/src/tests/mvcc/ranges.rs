@@ -270,7 +270,7 @@ fn reading_a_future_revision_fails() {
     }
 }
 
-/// M6 (security.md): the gateway refuses a range whose answer would be too large before
+/// M6 (security review): the gateway refuses a range whose answer would be too large before
 /// copying it; `range_size` is the estimate it uses.
 #[test]
 fn range_size_counts_keys_and_values_within_the_limit() {
