@@ -161,7 +161,10 @@ pub async fn clone(
             .await;
             let stream = ctx.client.download_source(object).await?;
             let stream: ByteStream = stream
-                .map_err(|e| DriverError::Engine(format!("downloading the source: {e}")))
+                .map_err(|source| DriverError::Download {
+                    what: "the source",
+                    source,
+                })
                 .boxed();
             ctx.pod
                 .put_archive(&ctx.working_dir, &ctx.user, stream)
@@ -326,7 +329,10 @@ pub async fn restore_workspace(
         .await;
         let stream = ctx.client.download_archive(&op.task_id, op.step).await?;
         let stream: ByteStream = stream
-            .map_err(|e| DriverError::Engine(format!("downloading the archive: {e}")))
+            .map_err(|source| DriverError::Download {
+                what: "the archive",
+                source,
+            })
             .boxed();
         ctx.pod.put_archive(&dest, &ctx.user, stream).await?;
     }
@@ -479,7 +485,10 @@ pub async fn restore_cache(
             )
             .await;
             let stream: ByteStream = stream
-                .map_err(|e| DriverError::Engine(format!("downloading the cache: {e}")))
+                .map_err(|source| DriverError::Download {
+                    what: "the cache",
+                    source,
+                })
                 .boxed();
             ctx.pod.put_archive(&dest, &ctx.user, stream).await?;
             return Ok(Some(0));

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use cairn_client::ClientError;
 use cairn_client::runconfig::{Arch, Container, Env, RegistryAuth};
 use futures::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
@@ -36,9 +37,33 @@ pub enum DriverError {
     NotFound(String),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-    /// The container engine failed.
+    /// A request to the container engine failed.
     #[error("container engine: {0}")]
-    Engine(String),
+    Engine(#[from] bollard::errors::Error),
+    /// The container engine at `socket` cannot be reached.
+    #[error("container engine: cannot reach the Docker Engine at unix://{socket}: {source}")]
+    Unreachable {
+        socket: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// The container engine at `socket` did not answer within `secs` seconds.
+    #[error(
+        "container engine: the Docker Engine at unix://{socket} did not answer within {secs} s"
+    )]
+    Unanswered { socket: String, secs: u64 },
+    /// The container engine answered in a way the driver cannot use (an exec started
+    /// detached, an exec still running after its output ended).
+    #[error("container engine: {0}")]
+    Unexpected(String),
+    /// An archive put into a pod could not be downloaded from the server (`what`: which
+    /// archive, like "the cache").
+    #[error("downloading {what}: {source}")]
+    Download {
+        what: &'static str,
+        #[source]
+        source: ClientError,
+    },
 }
 
 /// Where output goes: the step's live log. Writes must not block for long.
@@ -136,4 +161,42 @@ pub trait Driver: Send + Sync {
         executor_id: &str,
         keep: &[String],
     ) -> Result<usize, DriverError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn engine_errors_keep_their_source_and_their_message() {
+        let answer = || bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            message: "no such container".into(),
+        };
+        let e = DriverError::from(answer());
+        assert!(e.to_string().starts_with("container engine: "), "{e}");
+        assert!(e.to_string().contains("no such container"), "{e}");
+        assert!(e.source().is_some());
+        let e = DriverError::Unreachable {
+            socket: "/run/docker.sock".into(),
+            source: answer(),
+        };
+        assert!(
+            e.to_string().starts_with(
+                "container engine: cannot reach the Docker Engine at unix:///run/docker.sock: "
+            ),
+            "{e}"
+        );
+        assert!(e.source().is_some());
+        let e = DriverError::Unanswered {
+            socket: "/run/docker.sock".into(),
+            secs: 10,
+        };
+        assert_eq!(
+            e.to_string(),
+            "container engine: the Docker Engine at unix:///run/docker.sock did not answer within 10 s"
+        );
+    }
 }

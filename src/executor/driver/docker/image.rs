@@ -13,7 +13,7 @@ use bytes::Bytes;
 use cairn_client::runconfig::{RegistryAuth, RegistryAuthType};
 use futures::StreamExt;
 
-use super::{DockerDriver, engine, status};
+use super::{DockerDriver, status};
 use crate::executor::driver::{DriverError, LogSink, PodSpec};
 
 /// What to do about a task's image before starting it.
@@ -49,7 +49,7 @@ impl DockerDriver {
         match self.docker.inspect_image(image).await {
             Ok(inspect) => Ok(Some(inspect.id.unwrap_or_default())),
             Err(e) if status(&e) == Some(404) => Ok(None),
-            Err(e) => Err(engine(e)),
+            Err(e) => Err(DriverError::Engine(e)),
         }
     }
 

@@ -176,10 +176,9 @@ pub fn socket_path(host: Option<&str>) -> Result<String, DriverError> {
 
 /// Connects to the Engine at `socket` and agrees on the API version with it (a ping).
 async fn connect_engine(socket: &str) -> Result<Docker, DriverError> {
-    let unreachable = |e: bollard::errors::Error| {
-        DriverError::Engine(format!(
-            "cannot reach the Docker Engine at unix://{socket}: {e}"
-        ))
+    let unreachable = |source| DriverError::Unreachable {
+        socket: socket.to_string(),
+        source,
     };
     let docker =
         Docker::connect_with_unix(socket, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
@@ -195,11 +194,10 @@ async fn connect_engine(socket: &str) -> Result<Docker, DriverError> {
 pub async fn ping(host: Option<&str>) -> Result<(), DriverError> {
     let socket = socket_path(host)?;
     let probe = connect_engine(&socket);
-    match tokio::time::timeout(std::time::Duration::from_secs(10), probe).await {
+    let secs = 10;
+    match tokio::time::timeout(std::time::Duration::from_secs(secs), probe).await {
         Ok(r) => r.map(drop),
-        Err(_) => Err(DriverError::Engine(format!(
-            "the Docker Engine at unix://{socket} did not answer within 10 s"
-        ))),
+        Err(_) => Err(DriverError::Unanswered { socket, secs }),
     }
 }
 
@@ -338,7 +336,7 @@ impl Driver for DockerDriver {
             Ok(inspect) => inspect.config.and_then(|c| c.user).unwrap_or_default(),
             Err(e) => {
                 pod.remove().await;
-                return Err(engine(e));
+                return Err(DriverError::Engine(e));
             }
         };
         Ok(Box::new(DockerPod {
@@ -364,7 +362,7 @@ impl Driver for DockerDriver {
             .docker
             .list_containers(Some(options))
             .await
-            .map_err(engine)?;
+            .map_err(DriverError::Engine)?;
         let mut pods = BTreeSet::new();
         for container in containers {
             let labels = container.labels.unwrap_or_default();
@@ -394,7 +392,7 @@ async fn remove_container(docker: &Docker, id: &str) -> Result<(), DriverError> 
         Err(e) if status(&e) == Some(404) => Ok(()),
         // 409: a removal of this container is already in progress.
         Err(e) if status(&e) == Some(409) => Ok(()),
-        Err(e) => Err(engine(e)),
+        Err(e) => Err(DriverError::Engine(e)),
     }
 }
 
@@ -422,10 +420,6 @@ fn host_config(
         security_opt: hardened.then(|| vec!["no-new-privileges".to_string()]),
         ..Default::default()
     }
-}
-
-fn engine(e: bollard::errors::Error) -> DriverError {
-    DriverError::Engine(e.to_string())
 }
 
 /// The HTTP status of an Engine error answer.

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::passwd::{default_home, passwd_entry, resolve_owner, user_name};
-use super::{STOP_GRACE_SECS, engine, env_list, non_empty, remove_container, status};
+use super::{STOP_GRACE_SECS, env_list, non_empty, remove_container, status};
 use crate::executor::driver::{ByteStream, DriverError, ExecRequest, LogSink, Pod};
 
 /// A task's containers; `containers[0]` runs the steps.
@@ -42,13 +42,17 @@ impl DockerPod {
     /// moment after its output ended, so this asks again a few times.
     async fn exit_code(&self, exec_id: &str) -> Result<Option<i32>, DriverError> {
         for _ in 0..100 {
-            let inspect = self.docker.inspect_exec(exec_id).await.map_err(engine)?;
+            let inspect = self
+                .docker
+                .inspect_exec(exec_id)
+                .await
+                .map_err(DriverError::Engine)?;
             if inspect.running != Some(true) {
                 return Ok(inspect.exit_code.map(|c| i32::try_from(c).unwrap_or(-1)));
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        Err(DriverError::Engine(format!(
+        Err(DriverError::Unexpected(format!(
             "exec {exec_id} still running after its output ended"
         )))
     }
@@ -110,7 +114,7 @@ impl Pod for DockerPod {
             .await
             .map_err(start_error)?;
         let StartExecResults::Attached { mut output, .. } = started else {
-            return Err(DriverError::Engine("exec started detached".into()));
+            return Err(DriverError::Unexpected("exec started detached".into()));
         };
         loop {
             tokio::select! {
@@ -126,7 +130,7 @@ impl Pod for DockerPod {
                         | LogOutput::Console { message },
                     )) => out.write(message).await,
                     Some(Ok(LogOutput::StdIn { .. })) => {}
-                    Some(Err(e)) => return Err(engine(e)),
+                    Some(Err(e)) => return Err(DriverError::Engine(e)),
                     None => break,
                 },
             }

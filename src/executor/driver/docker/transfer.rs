@@ -24,7 +24,7 @@ use tar::{EntryType, Header};
 
 use super::passwd::Owner;
 use super::pod::DockerPod;
-use super::{engine, status};
+use super::status;
 use crate::executor::archive;
 use crate::executor::driver::{ByteStream, DriverError};
 
@@ -65,7 +65,7 @@ impl DockerPod {
                 )));
             }
             Err(e) if status(&e) == Some(404) => return Ok(String::new()),
-            Err(e) => return Err(engine(e)),
+            Err(e) => return Err(DriverError::Engine(e)),
         };
         Ok(first_file(&archive)
             .map(|data| String::from_utf8_lossy(&data).into_owned())
@@ -82,7 +82,7 @@ impl DockerPod {
         {
             Ok(_) => Ok(true),
             Err(e) if status(&e) == Some(404) => Ok(false),
-            Err(e) => Err(engine(e)),
+            Err(e) => Err(DriverError::Engine(e)),
         }
     }
 
@@ -114,7 +114,7 @@ impl DockerPod {
             .await
             .map_err(|e| match status(&e) {
                 Some(404) => DriverError::NotFound(dest.to_string()),
-                _ => engine(e),
+                _ => DriverError::Engine(e),
             })
     }
 
@@ -163,9 +163,11 @@ impl DockerPod {
             Some(Err(e)) if status(&e) == Some(404) => {
                 return Err(DriverError::NotFound(path.to_string()));
             }
-            first => first.map(|r| r.map_err(engine)),
+            first => first.map(|r| r.map_err(DriverError::Engine)),
         };
-        let archive = stream::iter(first).chain(archive.map_err(engine)).boxed();
+        let archive = stream::iter(first)
+            .chain(archive.map_err(DriverError::Engine))
+            .boxed();
         let changes = Rewrite {
             strip_root: true,
             owner: None,
