@@ -9,6 +9,7 @@
 //! - [`runservice`]: run and task state machines as pure functions.
 //! - [`configfile`]: the run config format: parse, validate, expand.
 //! - [`datamanager`]: typed collections over the store, and object storage.
+//! - [`archive_index`]: each node's local on-disk index of archived runs.
 //! - [`store_node`]: starting a store node and serving it until shutdown (the accept loop:
 //!   connection cap, header-read timeout, TLS).
 //! - [`tls`]: TLS of the HTTP port (certificates from files, reloaded; peer certificates).
@@ -18,6 +19,7 @@
 //!   the store's maintenance key; the scheduler stops while it is on).
 
 pub mod api;
+pub mod archive_index;
 pub mod cli;
 pub mod configfile;
 pub mod datamanager;
