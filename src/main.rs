@@ -5,8 +5,8 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::anyhow;
-use cairn::cli::ExecutorArgs;
-use cairn::cli::{Cli, Command, RunServeArgs, ServeArgs, StoreCommand};
+use cairn::cli::store::{ServeArgs, StoreCommand};
+use cairn::cli::{Cli, Command, ExecutorArgs, RunServeArgs};
 use cairn::service::{DriverKind, Service, ServiceOptions, default_tasks_dir};
 use cairn::store_node::{StoreOptions, StoreServer};
 use clap::Parser;
@@ -113,9 +113,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Runs { command, server } => cairn::cli::runs::runs(command, server).await,
         Command::Executors { command, server } => {
-            cairn::cli::runs::executors(command, server).await
+            cairn::cli::executors::executors(command, server).await
         }
-        Command::Validate { dir } => cairn::cli::runs::validate(&dir),
+        Command::Validate { dir } => cairn::cli::validate::validate(&dir),
         Command::Maintenance { command, server } => {
             cairn::cli::admin::maintenance(command, server).await
         }
@@ -128,10 +128,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Serve(args) => serve_service(*args).await.map(|()| 0),
         Command::Executor(args) => run_executor(args).await.map(|()| 0),
         Command::Cert { command } => cairn::cli::cert::run(command).map(|()| 0),
-        Command::Store {
-            command: StoreCommand::Serve(args),
-        } => serve(args).await.map(|()| 0),
-        Command::Store { command } => cairn::cli::run_store_client(command).await.map(|()| 0),
+        Command::Store { command } => match command {
+            StoreCommand::Serve(args) => serve(args).await.map(|()| 0),
+            StoreCommand::Client(command) => cairn::cli::store::run(command).await.map(|()| 0),
+        },
     }
 }
 

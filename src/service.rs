@@ -153,6 +153,24 @@ pub fn local_driver_warning(run_as: Option<&str>) -> String {
 }
 
 impl ExecutorOptions {
+    /// An executor with data dir `data_dir` and `driver`, and the defaults of the other
+    /// options: no labels, no limit on tasks, no privileged containers, the default Engine
+    /// socket and pod limits, task directories in `<data_dir>/tasks`, steps run as this
+    /// user. Callers change what they set with struct update syntax.
+    pub fn new(data_dir: PathBuf, driver: DriverKind) -> ExecutorOptions {
+        ExecutorOptions {
+            data_dir,
+            driver,
+            labels: Default::default(),
+            active_tasks_limit: 0,
+            allow_privileged: false,
+            docker_host: None,
+            pod_limits: PodLimits::defaults(),
+            tasks_dir: None,
+            run_as: None,
+        }
+    }
+
     /// Starts an executor agent against `servers`.
     pub async fn start(
         &self,

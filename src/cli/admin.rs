@@ -9,7 +9,7 @@ use cairn_client::http::Payload;
 use clap::Subcommand;
 use futures::StreamExt;
 
-use super::runs::{Connection, Output, ServerArgs};
+use super::args::{Connection, Output, ServerArgs};
 
 #[derive(Subcommand, Debug)]
 pub enum MaintenanceCommand {

@@ -78,21 +78,10 @@ impl Embedded {
     ) -> anyhow::Result<Embedded> {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
-        let executor = executor
-            .map(|e| {
-                anyhow::Ok(ExecutorOptions {
-                    data_dir: data_dir.join("executor"),
-                    driver: e.driver,
-                    labels: Default::default(),
-                    active_tasks_limit: 0,
-                    allow_privileged: e.allow_privileged,
-                    docker_host: None,
-                    pod_limits: crate::service::PodLimits::defaults(),
-                    tasks_dir: None,
-                    run_as: None,
-                })
-            })
-            .transpose()?;
+        let executor = executor.map(|e| ExecutorOptions {
+            allow_privileged: e.allow_privileged,
+            ..ExecutorOptions::new(data_dir.join("executor"), e.driver)
+        });
         let started = chrono::Utc::now();
         let service = Service::start(embedded_options(data_dir, executor))
             .await

@@ -1,51 +1,20 @@
-//! `cairn runs …`, `cairn executors …` and `cairn validate`: the client commands. They
-//! talk to a server through `cairn-client` only; without `--server` they open the
+//! `cairn runs list|show|logs|stop|cancel|approve|restart`: a server's runs, through
+//! `cairn-client` only, one function per subcommand. Without `--server` they open the
 //! embedded node of `cairn run` (its data dir), so direct runs can be listed, read and
 //! restarted from the same machine.
-
-use std::path::PathBuf;
 
 use anyhow::anyhow;
 use cairn_client::api::{ListRunsQuery, RestartRunRequest, RunAction, TaskActionRequest};
 use cairn_client::run::{ExecutorTaskPhase, RunPhase, RunResult};
 use cairn_client::{LogStep, RunClient};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::Subcommand;
 use futures::StreamExt;
 use std::io::Write;
 
-use super::direct::{SetupError, default_data_dir};
+use super::args::{Connection, Output, ServerArgs};
+use super::direct::default_data_dir;
 use super::embedded::{Embedded, EmbeddedExecutor, running_node};
 use super::terminal::{Terminal, duration};
-use crate::configfile;
-
-/// Where the commands find a server.
-#[derive(Args, Debug, Clone)]
-pub struct ServerArgs {
-    /// Server URLs (comma separated); default: the embedded node of `cairn run`.
-    #[arg(long, env = "CAIRN_SERVER", value_delimiter = ',', global = true)]
-    pub server: Vec<String>,
-    /// The server's API token (prefer --token-file or CAIRN_TOKEN: the command line is
-    /// visible to every local user).
-    #[arg(long, env = "CAIRN_TOKEN", global = true, hide_env_values = true)]
-    pub token: Option<String>,
-    /// A file holding the server's API token.
-    #[arg(long, env = "CAIRN_TOKEN_FILE", global = true)]
-    pub token_file: Option<PathBuf>,
-    /// Data directory of the embedded node (without --server).
-    #[arg(long, env = "CAIRN_DATA_DIR", global = true)]
-    pub data_dir: Option<PathBuf>,
-    /// Output format of listings.
-    #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
-    pub output: Output,
-    #[command(flatten)]
-    pub tls: crate::cli::TlsClientArgs,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    Table,
-    Json,
-}
 
 #[derive(Subcommand, Debug)]
 pub enum RunsCommand {
@@ -109,61 +78,6 @@ pub enum RunsCommand {
     },
 }
 
-#[derive(Subcommand, Debug)]
-pub enum ExecutorsCommand {
-    /// Registered executors and their load.
-    List,
-    /// Unregister an executor (its unfinished tasks are failed).
-    Delete { id: String },
-}
-
-/// A connected client and, without `--server`, the embedded node behind it: the one
-/// another `cairn` runs over the data dir, or one opened here.
-pub(crate) struct Connection {
-    pub(crate) client: RunClient,
-    embedded: Option<Embedded>,
-}
-
-impl Connection {
-    pub(crate) async fn open(args: &ServerArgs) -> anyhow::Result<Connection> {
-        if !args.server.is_empty() {
-            let token = crate::cli::token_from(args.token.clone(), args.token_file.as_deref())?
-                .ok_or_else(|| anyhow!("--server needs --token-file (or CAIRN_TOKEN)"))?;
-            return Ok(Connection {
-                client: RunClient::with_tls(&args.server, Some(token), &args.tls.client_tls())?,
-                embedded: None,
-            });
-        }
-        let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-        if !data_dir.join("token").exists() {
-            return Err(anyhow!(
-                "no embedded node in {} yet (run `cairn run` first, or pass --server)",
-                data_dir.display()
-            ));
-        }
-        // A `cairn run` holding the node: talk to it over its loopback port.
-        if let Some(client) = running_node(&data_dir).await {
-            return Ok(Connection {
-                client,
-                embedded: None,
-            });
-        }
-        let node = Embedded::start(&data_dir, None)
-            .await
-            .map_err(|e| anyhow!("opening the embedded node in {}: {e:#}", data_dir.display()))?;
-        Ok(Connection {
-            client: node.client()?,
-            embedded: Some(node),
-        })
-    }
-
-    pub(crate) async fn close(self) {
-        if let Some(s) = self.embedded {
-            s.stop().await;
-        }
-    }
-}
-
 /// Runs a `cairn runs` command.
 pub async fn runs(cmd: RunsCommand, args: ServerArgs) -> anyhow::Result<u8> {
     if let RunsCommand::Restart {
@@ -188,13 +102,13 @@ pub async fn runs(cmd: RunsCommand, args: ServerArgs) -> anyhow::Result<u8> {
         return restart_embedded(run, &req, executor, *approve, &args).await;
     }
     let conn = Connection::open(&args).await?;
-    let result = runs_on(&conn.client, cmd, &args).await;
+    let result = runs_on(&conn.client, cmd, args.output).await;
     conn.close().await;
     result
 }
 
-async fn runs_on(client: &RunClient, cmd: RunsCommand, args: &ServerArgs) -> anyhow::Result<u8> {
-    let mut term = Terminal::new();
+/// Runs `cmd` over `client`.
+async fn runs_on(client: &RunClient, cmd: RunsCommand, output: Output) -> anyhow::Result<u8> {
     match cmd {
         RunsCommand::List {
             group,
@@ -211,157 +125,181 @@ async fn runs_on(client: &RunClient, cmd: RunsCommand, args: &ServerArgs) -> any
                 limit: Some(limit),
                 ..ListRunsQuery::default()
             };
-            let page = client.list_runs(&q).await?;
-            if args.output == Output::Json {
-                outln!("{}", serde_json::to_string_pretty(&page)?)?;
-                return Ok(0);
-            }
-            let rows: Vec<Vec<String>> = page
-                .runs
-                .iter()
-                .map(|r| {
-                    let took = match (r.start_time, r.end_time) {
-                        (Some(s), Some(e)) => duration(e - s),
-                        _ => String::new(),
-                    };
-                    vec![
-                        r.id.clone(),
-                        format!("#{}", r.counter),
-                        r.name.clone(),
-                        r.group.clone(),
-                        r.phase.as_str().to_string(),
-                        term.result_word(r.result.as_str()),
-                        took,
-                    ]
-                })
-                .collect();
-            term.table(
-                &["ID", "#", "NAME", "GROUP", "PHASE", "RESULT", "TIME"],
-                &rows,
-            );
-            if let Some(next) = page.next {
-                outln!("more: --cursor {next}")?;
-            }
-            Ok(0)
+            list(client, &q, output).await
         }
-        RunsCommand::Show { run } => {
-            let r = client.run(&run).await?;
-            if args.output == Output::Json {
-                outln!("{}", serde_json::to_string_pretty(&r)?)?;
-                return Ok(0);
-            }
-            outln!(
-                "run {} #{} {} in {}: {} {}",
-                r.run.id,
-                r.run.counter,
-                r.run.name,
-                r.run.group,
-                r.run.phase.as_str(),
-                term.result_word(r.run.result.as_str())
-            )?;
-            if let Some(why) = r.pending.as_ref().and_then(|p| p.run.clone()) {
-                outln!("waiting: {why}")?;
-            }
-            for e in &r.run_config.setup_errors {
-                outln!("setup error: {e}")?;
-            }
-            let mut tasks: Vec<_> = r.run_config.tasks.values().collect();
-            tasks.sort_by(|a, b| (a.level, &a.name).cmp(&(b.level, &b.name)));
-            let rows: Vec<Vec<String>> = tasks
-                .iter()
-                .filter_map(|t| {
-                    let rt = r.run.tasks.get(&t.id)?;
-                    let took = match (rt.start_time, rt.end_time) {
-                        (Some(s), Some(e)) => duration(e - s),
-                        _ => String::new(),
-                    };
-                    let why = r
-                        .pending
-                        .as_ref()
-                        .and_then(|p| p.tasks.get(&t.name).cloned())
-                        .or_else(|| rt.fail_error.clone())
-                        .unwrap_or_default();
-                    Some(vec![
-                        t.name.clone(),
-                        term.result_word(rt.status.as_str()),
-                        took,
-                        why,
-                    ])
-                })
-                .collect();
-            term.table(&["TASK", "STATUS", "TIME", "NOTE"], &rows);
-            Ok(0)
-        }
+        RunsCommand::Show { run } => show(client, &run, output).await,
         RunsCommand::Logs {
             run,
             task,
             step,
             follow,
-        } => {
-            let r = client.run(&run).await?;
-            let t = r
-                .run_config
-                .tasks
-                .values()
-                .find(|t| t.name == task || t.id == task)
-                .ok_or_else(|| anyhow!("run {run} has no task {task:?}"))?;
-            let steps: Vec<LogStep> = match step.as_deref() {
-                Some(n) => vec![n.parse().map_err(|e| anyhow!("--step: {e}"))?],
-                None => (0..t.steps.len()).map(LogStep::Step).collect(),
-            };
-            let mut out = std::io::stdout();
-            for s in steps {
-                // A step that never starts (its task skipped or ended before it) has no
-                // log to follow: waiting for one would never end.
-                if follow && !wait_step_started(client, &run, &t.id, s).await? {
-                    continue;
-                }
-                let mut stream = client.logs(&run, &t.id, s, 0, follow).await?;
-                while let Some(chunk) = stream.next().await {
-                    out.write_all(&chunk?)?;
-                    out.flush()?;
-                }
-            }
-            Ok(0)
-        }
-        RunsCommand::Stop { run } => {
-            let r = client.run_action(&run, RunAction::Stop).await?;
-            outln!("run {} stopping", r.run.id)?;
-            Ok(0)
-        }
-        RunsCommand::Cancel { run } => {
-            let r = client.run_action(&run, RunAction::Cancel).await?;
-            outln!("run {} cancelling", r.run.id)?;
-            Ok(0)
-        }
-        RunsCommand::Approve { run, task } => {
-            let approver = std::env::var("USER").ok();
-            client
-                .task_action(&run, &task, &TaskActionRequest::Approve { approver })
-                .await?;
-            outln!("task {task} of run {run} approved")?;
-            Ok(0)
-        }
+        } => logs(client, &run, &task, step.as_deref(), follow).await,
+        RunsCommand::Stop { run } => act(client, &run, RunAction::Stop, "stopping").await,
+        RunsCommand::Cancel { run } => act(client, &run, RunAction::Cancel, "cancelling").await,
+        RunsCommand::Approve { run, task } => approve(client, &run, &task).await,
         RunsCommand::Restart {
             run,
             from_start,
             task,
             ..
         } => {
-            let r = client
-                .restart_run(
-                    &run,
-                    &RestartRunRequest {
-                        from_start,
-                        environment: None,
-                        tasks: task,
-                    },
-                )
-                .await?;
-            outln!("run {} #{} created from {run}", r.run.id, r.run.counter)?;
-            Ok(0)
+            let req = RestartRunRequest {
+                from_start,
+                environment: None,
+                tasks: task,
+            };
+            restart(client, &run, &req).await
         }
     }
+}
+
+/// `cairn runs list`: one page of runs, newest first, and the cursor of the next one.
+async fn list(client: &RunClient, q: &ListRunsQuery, output: Output) -> anyhow::Result<u8> {
+    let page = client.list_runs(q).await?;
+    if output == Output::Json {
+        outln!("{}", serde_json::to_string_pretty(&page)?)?;
+        return Ok(0);
+    }
+    let mut term = Terminal::new();
+    let rows: Vec<Vec<String>> = page
+        .runs
+        .iter()
+        .map(|r| {
+            let took = match (r.start_time, r.end_time) {
+                (Some(s), Some(e)) => duration(e - s),
+                _ => String::new(),
+            };
+            vec![
+                r.id.clone(),
+                format!("#{}", r.counter),
+                r.name.clone(),
+                r.group.clone(),
+                r.phase.as_str().to_string(),
+                term.result_word(r.result.as_str()),
+                took,
+            ]
+        })
+        .collect();
+    term.table(
+        &["ID", "#", "NAME", "GROUP", "PHASE", "RESULT", "TIME"],
+        &rows,
+    );
+    if let Some(next) = page.next {
+        outln!("more: --cursor {next}")?;
+    }
+    Ok(0)
+}
+
+/// `cairn runs show RUN`: the run, why it waits, its setup errors and a table of its
+/// tasks in level order.
+async fn show(client: &RunClient, run: &str, output: Output) -> anyhow::Result<u8> {
+    let r = client.run(run).await?;
+    if output == Output::Json {
+        outln!("{}", serde_json::to_string_pretty(&r)?)?;
+        return Ok(0);
+    }
+    let mut term = Terminal::new();
+    outln!(
+        "run {} #{} {} in {}: {} {}",
+        r.run.id,
+        r.run.counter,
+        r.run.name,
+        r.run.group,
+        r.run.phase.as_str(),
+        term.result_word(r.run.result.as_str())
+    )?;
+    if let Some(why) = r.pending.as_ref().and_then(|p| p.run.clone()) {
+        outln!("waiting: {why}")?;
+    }
+    for e in &r.run_config.setup_errors {
+        outln!("setup error: {e}")?;
+    }
+    let mut tasks: Vec<_> = r.run_config.tasks.values().collect();
+    tasks.sort_by(|a, b| (a.level, &a.name).cmp(&(b.level, &b.name)));
+    let rows: Vec<Vec<String>> = tasks
+        .iter()
+        .filter_map(|t| {
+            let rt = r.run.tasks.get(&t.id)?;
+            let took = match (rt.start_time, rt.end_time) {
+                (Some(s), Some(e)) => duration(e - s),
+                _ => String::new(),
+            };
+            let why = r
+                .pending
+                .as_ref()
+                .and_then(|p| p.tasks.get(&t.name).cloned())
+                .or_else(|| rt.fail_error.clone())
+                .unwrap_or_default();
+            Some(vec![
+                t.name.clone(),
+                term.result_word(rt.status.as_str()),
+                took,
+                why,
+            ])
+        })
+        .collect();
+    term.table(&["TASK", "STATUS", "TIME", "NOTE"], &rows);
+    Ok(0)
+}
+
+/// `cairn runs logs RUN TASK`: the logs of every step of the task (or of `--step`) in
+/// order, with `--follow` until each ends.
+async fn logs(
+    client: &RunClient,
+    run: &str,
+    task: &str,
+    step: Option<&str>,
+    follow: bool,
+) -> anyhow::Result<u8> {
+    let r = client.run(run).await?;
+    let t = r
+        .run_config
+        .tasks
+        .values()
+        .find(|t| t.name == task || t.id == task)
+        .ok_or_else(|| anyhow!("run {run} has no task {task:?}"))?;
+    let steps: Vec<LogStep> = match step {
+        Some(n) => vec![n.parse().map_err(|e| anyhow!("--step: {e}"))?],
+        None => (0..t.steps.len()).map(LogStep::Step).collect(),
+    };
+    let mut out = std::io::stdout();
+    for s in steps {
+        // A step that never starts (its task skipped or ended before it) has no
+        // log to follow: waiting for one would never end.
+        if follow && !wait_step_started(client, run, &t.id, s).await? {
+            continue;
+        }
+        let mut stream = client.logs(run, &t.id, s, 0, follow).await?;
+        while let Some(chunk) = stream.next().await {
+            out.write_all(&chunk?)?;
+            out.flush()?;
+        }
+    }
+    Ok(0)
+}
+
+/// `cairn runs stop|cancel RUN`: asks for `action` and says the run is `doing` it.
+async fn act(client: &RunClient, run: &str, action: RunAction, doing: &str) -> anyhow::Result<u8> {
+    let r = client.run_action(run, action).await?;
+    outln!("run {} {doing}", r.run.id)?;
+    Ok(0)
+}
+
+/// `cairn runs restart RUN --server …`: prints the new run.
+async fn restart(client: &RunClient, run: &str, req: &RestartRunRequest) -> anyhow::Result<u8> {
+    let r = client.restart_run(run, req).await?;
+    outln!("run {} #{} created from {run}", r.run.id, r.run.counter)?;
+    Ok(0)
+}
+
+/// `cairn runs approve RUN TASK`, as the user `cairn run` names its runs for.
+async fn approve(client: &RunClient, run: &str, task: &str) -> anyhow::Result<u8> {
+    let approver = Some(super::user::user_name());
+    client
+        .task_action(run, task, &TaskActionRequest::Approve { approver })
+        .await?;
+    outln!("task {task} of run {run} approved")?;
+    Ok(0)
 }
 
 /// `cairn runs restart` on the embedded node: restarts the run on the node another
@@ -426,104 +364,5 @@ async fn wait_step_started(
             return Ok(false);
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-}
-
-/// Runs a `cairn executors` command.
-pub async fn executors(cmd: ExecutorsCommand, args: ServerArgs) -> anyhow::Result<u8> {
-    let conn = Connection::open(&args).await?;
-    let result = async {
-        let mut term = Terminal::new();
-        match cmd {
-            ExecutorsCommand::List => {
-                let list = conn.client.executors().await?;
-                if args.output == Output::Json {
-                    outln!("{}", serde_json::to_string_pretty(&list)?)?;
-                    return Ok(0);
-                }
-                let rows: Vec<Vec<String>> = list
-                    .executors
-                    .iter()
-                    .map(|e| {
-                        let archs: Vec<&str> = e.archs.iter().map(|a| a.as_str()).collect();
-                        let labels: Vec<String> =
-                            e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                        vec![
-                            e.id.clone(),
-                            archs.join(","),
-                            labels.join(","),
-                            format!(
-                                "{}/{}",
-                                list.assigned.get(&e.id).copied().unwrap_or(0),
-                                if e.active_tasks_limit == 0 {
-                                    "-".to_string()
-                                } else {
-                                    e.active_tasks_limit.to_string()
-                                }
-                            ),
-                            e.last_heartbeat.map(|t| t.to_rfc3339()).unwrap_or_default(),
-                        ]
-                    })
-                    .collect();
-                term.table(&["ID", "ARCHS", "LABELS", "TASKS", "LAST HEARTBEAT"], &rows);
-                Ok(0)
-            }
-            ExecutorsCommand::Delete { id } => {
-                conn.client.delete_executor(&id).await?;
-                outln!("executor {id} deleted")?;
-                Ok(0)
-            }
-        }
-    }
-    .await;
-    conn.close().await;
-    result
-}
-
-/// `cairn validate [DIR]`: the config's errors with file, line and field; exit 2 if any.
-pub fn validate(dir: &std::path::Path) -> anyhow::Result<u8> {
-    let path = configfile::find_config(dir).ok_or_else(|| {
-        anyhow::Error::new(SetupError(format!(
-            "no pipeline in {}: add {}",
-            dir.display(),
-            configfile::config_files_list()
-        )))
-    })?;
-    let rel = path
-        .strip_prefix(dir)
-        .unwrap_or(&path)
-        .display()
-        .to_string();
-    let content = std::fs::read_to_string(&path)
-        .map_err(|e| anyhow::Error::new(SetupError(format!("{rel}: {e}"))))?;
-    // Programs (Jsonnet, Starlark) are evaluated as for a run of the checked-out branch.
-    let branch = super::snapshot::WorkTree::open(dir)
-        .ok()
-        .and_then(|t| t.branch())
-        .unwrap_or_else(|| "main".into());
-    let ctx = configfile::ConfigContext::new(Some(&branch), None, None, "");
-    match configfile::load(&rel, &content, &ctx) {
-        Ok(configfile::Parsed { config, warnings }) => {
-            for warning in &warnings {
-                errln!("warning: {warning}");
-            }
-            let tasks: usize = config.runs.iter().map(|r| r.tasks.len()).sum();
-            let noted = match warnings.len() {
-                0 => String::new(),
-                n => format!(", {n} warning(s)"),
-            };
-            outln!(
-                "{rel}: ok ({} runs, {tasks} tasks{noted})",
-                config.runs.len()
-            )?;
-            Ok(0)
-        }
-        Err(errors) => {
-            for line in errors.to_string().lines() {
-                errln!("{line}");
-            }
-            errln!("{rel}: {} error(s)", errors.len());
-            Ok(2)
-        }
     }
 }

@@ -5,7 +5,7 @@ use anyhow::anyhow;
 use cairn_client::api::{CreateTokenRequest, TokenRole};
 use clap::Subcommand;
 
-use super::runs::{Connection, Output, ServerArgs};
+use super::args::{Connection, Output, ServerArgs};
 
 #[derive(Subcommand, Debug)]
 pub enum TokenCommand {
