@@ -112,7 +112,7 @@ impl Events {
 }
 
 /// The pause before reopening the event stream after `idle` fruitless attempts.
-fn events_backoff(idle: u32) -> Duration {
+pub(crate) fn events_backoff(idle: u32) -> Duration {
     let millis = 100u64.saturating_mul(1 << idle.min(10).saturating_sub(1));
     Duration::from_millis(millis).min(MAX_EVENTS_BACKOFF)
 }

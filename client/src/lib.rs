@@ -4,8 +4,9 @@
 //! - [`runconfig`], [`run`], [`executor`]: the run service's objects, as the API shows
 //!   them and as the service stores them.
 //! - [`api`]: request and response bodies of `/api/v1`; [`http::RunClient`] calls every
-//!   endpoint (with failover across a cluster's nodes); [`logs`] and [`events`] are its
-//!   resumable streams (a step's log, run events), [`sse`] parses run-event streams.
+//!   endpoint (with failover across a cluster's nodes); [`logs`], [`events`] and
+//!   [`run_watch`] are its resumable streams (a step's log, run events, one run as it
+//!   goes), [`sse`] parses their server-sent events.
 //! - [`ids`]: the exact formats of task, run and executor ids (never paths).
 //! - [`error`]: the stable error body `{code, message, details}` of the run-service API,
 //!   and [`ClientError`], what a call of [`RunClient`] can fail with.
@@ -22,6 +23,7 @@ pub mod http;
 pub mod ids;
 pub mod logs;
 pub mod run;
+pub mod run_watch;
 pub mod runconfig;
 pub mod sse;
 pub mod tls;

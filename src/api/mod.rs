@@ -1,8 +1,8 @@
 //! HTTP front ends; the only place that knows HTTP status codes.
 //!
 //! - [`auth`]: credentials and roles (who may call what), the constant-time compare.
-//! - [`v1`]: the run-service API router (`/api/v1`), with [`runs`], [`executors`],
-//!   [`blobs`] and [`cluster`] handlers and [`error`], the mapping of every failure to
+//! - [`v1`]: the run-service API router (`/api/v1`), with [`runs`], [`run_watch`],
+//!   [`executors`], [`blobs`] and [`cluster`] handlers and [`error`], the mapping of every failure to
 //!   `{code, message, details}`.
 //! - [`etcd`]: the store's client port, etcd v3's JSON API (etcd 3.4 gateway shapes).
 //! - [`server`]: the node's HTTP server: the etcd API, the Raft peer endpoint and health.
@@ -18,6 +18,7 @@ pub mod etcd;
 pub mod executors;
 pub mod maintenance;
 pub mod peer;
+pub mod run_watch;
 pub mod runs;
 pub mod server;
 pub mod streams;

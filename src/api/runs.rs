@@ -144,14 +144,23 @@ pub async fn get(
 
 /// The run, its config and why it (or each waiting task) is pending.
 async fn run_response(st: &ApiState, id: &str) -> Result<RunResponse, Failure> {
-    let run = st.dm.run(id).await?.value;
+    Ok(run_response_at(st, id).await?.0)
+}
+
+/// [`run_response`] and the mod revision of the run it read.
+pub(super) async fn run_response_at(
+    st: &ApiState,
+    id: &str,
+) -> Result<(RunResponse, i64), Failure> {
+    let run = st.dm.run(id).await?;
     let config = st.dm.run_config(id).await?;
-    let pending = pending(&st.dm, &run, &config).await?;
-    Ok(RunResponse {
-        run,
+    let pending = pending(&st.dm, &run.value, &config).await?;
+    let resp = RunResponse {
+        run: run.value,
         run_config: config,
         pending,
-    })
+    };
+    Ok((resp, run.mod_revision))
 }
 
 async fn pending(
@@ -476,7 +485,7 @@ fn sse_event(ev: &cairn_client::run::RunEvent) -> Result<Event, Infallible> {
 }
 
 /// A stream fed by a producer task; the task ends when the consumer goes away.
-fn async_stream<T, F, Fut>(f: F) -> impl Stream<Item = T>
+pub(super) fn async_stream<T, F, Fut>(f: F) -> impl Stream<Item = T>
 where
     T: Send + 'static,
     F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,

@@ -1,5 +1,5 @@
-//! Caps on long-lived requests: etcd watches, run-event SSE streams, log follows and
-//! executor long polls. Each kind has a per-credential cap (credentials are told apart by
+//! Caps on long-lived requests: etcd watches, run-event SSE streams, run watches, log
+//! follows and executor long polls. Each kind has a per-credential cap (credentials are told apart by
 //! a SHA-256 of their bearer token, whatever role the token has) and a global cap; a
 //! request beyond either is refused with 429 before it starts. A [`StreamPermit`] holds one
 //! slot and frees it when dropped, i.e. when the response body (or the wait) ends, which
@@ -29,6 +29,8 @@ pub enum StreamKind {
     Events,
     /// `GET /api/v1/runs/{id}/tasks/{task}/logs?follow=true`.
     LogFollow,
+    /// `GET /api/v1/runs/{id}/watch`.
+    RunWatch,
     /// `GET /api/v1/executors/{id}/tasks?after=&wait=`.
     LongPoll,
 }
@@ -39,6 +41,7 @@ impl fmt::Display for StreamKind {
             StreamKind::Watch => "watch",
             StreamKind::Events => "event stream",
             StreamKind::LogFollow => "log follow",
+            StreamKind::RunWatch => "run watch",
             StreamKind::LongPoll => "long poll",
         })
     }
@@ -54,7 +57,8 @@ pub struct StreamLimits {
     pub per_credential: usize,
     /// Concurrent requests of one kind on this node.
     pub global: usize,
-    /// How long one log follow may last; the client resumes a cut follow at its offset.
+    /// How long one log follow or run watch may last; the client resumes a cut follow at
+    /// its offset, a cut run watch from the run's current state.
     pub max_follow: Duration,
 }
 

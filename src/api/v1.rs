@@ -16,7 +16,7 @@ use raft::Node;
 
 use super::auth::{self, Authenticator};
 use super::error::{Failure, api_error_body, json_errors};
-use super::{blobs, cluster, executors, maintenance, runs};
+use super::{blobs, cluster, executors, maintenance, run_watch, runs};
 use crate::datamanager::Datamanager;
 use crate::datamanager::blobs::Blobs;
 use crate::datamanager::caches::CacheStore;
@@ -110,6 +110,7 @@ pub fn router(state: ApiState, auth: Authenticator) -> Router {
         .route("/runs", post(runs::create).get(runs::list))
         .route("/runs/events", get(runs::events))
         .route("/runs/{id}", get(runs::get))
+        .route("/runs/{id}/watch", get(run_watch::watch))
         .route("/runs/{id}/restart", post(runs::restart))
         .route("/runs/{id}/actions", put(runs::action))
         .route("/runs/{id}/tasks/{task_id}/actions", put(runs::task_action))

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use cairn_client::api::{ListRunsQuery, RunsPage};
 use cairn_client::run::{Run, RunEvent, RunPhase, root_group};
 use cairn_client::runconfig::RunConfig;
-use store::{KeyRange, RangeRequest, RequestOp, SortOrder};
+use store::{KeyRange, RangeRequest, RequestOp, SortOrder, WatchRequest, WatchStream};
 
 use super::keys::{self, Selector};
 use raft::Write;
@@ -126,6 +126,18 @@ impl Datamanager {
             .await?
             .map(|v| v.value)
             .ok_or_else(|| DmError::not_found("run config", id))
+    }
+
+    /// Changes to one run (its own key) from revision `from` on.
+    pub fn watch_run(&self, id: &str, from: i64) -> WatchStream {
+        self.kv().watch(WatchRequest {
+            range: KeyRange::key(keys::run(id).into_bytes()),
+            start_revision: from,
+            prev_kv: false,
+            progress_notify: false,
+            filter_put: false,
+            filter_delete: false,
+        })
     }
 
     /// Writes `run` if it is still at `prev_revision`, with its index, event and

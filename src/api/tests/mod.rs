@@ -7,6 +7,7 @@
 mod executors;
 mod limits;
 mod roles;
+mod run_watch;
 mod runs;
 
 use std::sync::Arc;
