@@ -12,7 +12,8 @@ use cairn_client::sse::{SseEvent, SseParser};
 use futures::StreamExt;
 use tower::ServiceExt;
 
-use super::{ADMIN, Api, ONE_TASK};
+use super::{ADMIN, Api};
+use crate::datamanager::testing::ONE_TASK;
 
 /// How long a test waits for an event that must come (a failure bound, not a pace).
 const PATIENCE: Duration = Duration::from_secs(30);
