@@ -28,6 +28,7 @@ pub mod keys;
 pub mod logs;
 pub mod maintenance;
 pub mod runs;
+pub mod segments;
 pub mod tasks;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -320,6 +320,76 @@ impl Blobs {
         Ok(result_stream(key, result))
     }
 
+    /// Reads bytes `offset..offset + len` of the object at `key` into memory, in one ranged
+    /// request: exactly `len` bytes, or an error. A range reaching past the object's end is
+    /// [`BlobError::OffsetPastEnd`] (naming the end asked for), never a shorter answer; a
+    /// `len` of 0 reads nothing but still needs the object and an offset within it.
+    pub async fn get_range_bounded(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, BlobError> {
+        let path = parse_key(key)?;
+        let end = match offset.checked_add(len) {
+            Some(end) if len > 0 => end,
+            _ => {
+                let end = offset.saturating_add(len);
+                return self.past_end(key, end).await.map(|()| Bytes::new());
+            }
+        };
+        let opts = GetOptions {
+            range: Some(GetRange::Bounded(offset..end)),
+            ..GetOptions::default()
+        };
+        let result = match self.store.get_opts(&path, opts).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(BlobError::NotFound {
+                    key: key.to_owned(),
+                });
+            }
+            // A range starting past the end is the backend's error: say which.
+            Err(e) => {
+                self.past_end(key, end).await?;
+                return Err(BlobError::store("get", key, e));
+            }
+        };
+        let size = result.meta.size;
+        let short = BlobError::OffsetPastEnd {
+            key: key.to_owned(),
+            offset: end,
+            size,
+        };
+        // Backends clamp a range reaching past the end; this method never does.
+        if result.range != (offset..end) {
+            return Err(short);
+        }
+        let bytes = result
+            .bytes()
+            .await
+            .map_err(|e| BlobError::store("get", key, e))?;
+        if bytes.len() as u64 != len {
+            return Err(short);
+        }
+        Ok(bytes)
+    }
+
+    /// `Ok` when the object at `key` exists and `end` is within it; else why not.
+    async fn past_end(&self, key: &str, end: u64) -> Result<(), BlobError> {
+        match self.head(key).await? {
+            None => Err(BlobError::NotFound {
+                key: key.to_owned(),
+            }),
+            Some(meta) if end > meta.size => Err(BlobError::OffsetPastEnd {
+                key: key.to_owned(),
+                offset: end,
+                size: meta.size,
+            }),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// Reads the whole object at `key` into memory (for small objects: markers, tests).
     pub async fn get_bytes(&self, key: &str) -> Result<Bytes, BlobError> {
         let path = parse_key(key)?;
