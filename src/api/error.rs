@@ -78,19 +78,24 @@ impl From<DmError> for Failure {
 }
 
 /// The code of a replicated-store failure on `/api/v1`. Every variant is mapped by name,
-/// with the HTTP status the etcd gateway (`api/etcd.rs`) gives the same error, so a new
+/// with the HTTP status the etcd gateway (`api/etcd.rs`) gives the same error but for
+/// store timeouts (below), so a new
 /// variant must be placed here deliberately: the requested revision out of range and a
-/// refused argument are the request's fault (400); no leader, a stopped node or a
-/// cancelled request are worth retrying elsewhere (503); a passed deadline is a 504;
-/// only a storage failure is internal (500).
+/// refused argument are the request's fault (400); no leader, a stopped node, a
+/// cancelled request or a store operation that did not complete in time (no quorum
+/// answered) are worth retrying elsewhere (503: the client fails idempotent calls over
+/// to another node on a 503, never on a 504); only a storage failure is internal (500).
+/// The request's own deadline passing is `DmError::Timeout`, a 504.
 fn kv_code(e: &raft::KvError) -> ErrorCode {
     use raft::KvError as K;
     match e {
         K::Store(s) => store_code(s),
-        K::Unavailable(_) | K::NotLeader { .. } | K::Stopped(_) | K::Cancelled => {
-            ErrorCode::Unavailable
-        }
-        K::DeadlineExceeded(_) | K::OutcomeUnknown(_) => ErrorCode::Timeout,
+        K::Unavailable(_)
+        | K::NotLeader { .. }
+        | K::Stopped(_)
+        | K::Cancelled
+        | K::DeadlineExceeded(_)
+        | K::OutcomeUnknown(_) => ErrorCode::Unavailable,
         K::UnknownNode(_) => ErrorCode::NotFound,
         K::Membership(_) => ErrorCode::BadRequest,
         K::LockLost { .. } => ErrorCode::Conflict,
@@ -321,12 +326,12 @@ mod tests {
     }
 
     #[test]
-    fn a_store_timeout_is_a_504() {
+    fn a_store_timeout_is_a_503_so_idempotent_calls_fail_over() {
         for e in [
             KvError::DeadlineExceeded("slow".into()),
             KvError::OutcomeUnknown("slow".into()),
         ] {
-            assert_eq!(status(e.clone()), StatusCode::GATEWAY_TIMEOUT, "{e}");
+            assert_eq!(status(e.clone()), StatusCode::SERVICE_UNAVAILABLE, "{e}");
         }
     }
 
@@ -356,9 +361,15 @@ mod tests {
     }
 
     #[test]
-    fn every_store_error_has_the_etcd_gateways_status() {
+    fn every_store_error_has_the_etcd_gateways_status_but_timeouts() {
         for e in one_of_each() {
             let etcd = super::super::etcd::EtcdError::from(e.clone()).into_response();
+            if matches!(e, KvError::DeadlineExceeded(_) | KvError::OutcomeUnknown(_)) {
+                // etcd's gateway says 504; /api/v1 says 503 so that its client fails over.
+                assert_eq!(etcd.status(), StatusCode::GATEWAY_TIMEOUT);
+                assert_eq!(status(e.clone()), StatusCode::SERVICE_UNAVAILABLE);
+                continue;
+            }
             assert_eq!(status(e.clone()), etcd.status(), "{e}");
         }
     }

@@ -28,6 +28,8 @@ use crate::runservice::reference;
 mod approval;
 mod watch;
 
+use super::user::user_name;
+
 use watch::Interrupt;
 pub(crate) use watch::follow;
 
@@ -105,16 +107,6 @@ pub struct SetupError(pub String);
 
 fn setup<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow::Error::new(SetupError(e.to_string()))
-}
-
-/// The user a direct run belongs to.
-pub(crate) fn user_name() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("USERNAME"))
-        .ok()
-        .filter(|u| !u.is_empty())
-        .map(|u| u.replace('/', "_"))
-        .unwrap_or_else(|| "local".to_string())
 }
 
 /// `NAME=VALUE` pairs from `--var-file`s then `--var`s.

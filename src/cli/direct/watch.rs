@@ -15,8 +15,8 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use super::super::user::user_name;
 use super::approval::Approvals;
-use super::user_name;
 use crate::cli::terminal::{LineSplitter, Terminal, duration};
 
 /// A task of the run as the terminal shows it, in (level, name) order.
