@@ -337,41 +337,75 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The pull-request patterns of `opts`, once the options are known to make a service.
+fn check_options(
+    opts: &ServiceOptions,
+) -> anyhow::Result<crate::runservice::reference::PullRequestRefs> {
+    if opts.join.is_some() && opts.objects.is_none() {
+        anyhow::bail!(
+            "a cluster needs object storage all its nodes share (logs written through one node are archived by the scheduler on another): pass --objects s3://bucket/prefix, or a directory every node mounts, on every node"
+        );
+    }
+    Ok(if opts.pull_request_ref_regexes.is_empty() {
+        crate::runservice::reference::PullRequestRefs::agola_default()
+    } else {
+        crate::runservice::reference::PullRequestRefs::new(&opts.pull_request_ref_regexes)?
+    })
+}
+
+/// The admin token and the peer secret, read from (or first written to) the data dir,
+/// which only this user may enter (steps of `--run-as` users cannot).
+fn credentials(opts: &ServiceOptions) -> anyhow::Result<(String, String)> {
+    let token = match &opts.token {
+        Some(t) if !t.is_empty() => {
+            // Kept so that a restart needs no --token.
+            let path = token_file(&opts.data_dir);
+            if !path.exists() {
+                std::fs::create_dir_all(&opts.data_dir)
+                    .with_context(|| format!("creating {}", opts.data_dir.display()))?;
+                write_private(&path, t.as_bytes())?;
+            }
+            t.clone()
+        }
+        _ => load_or_make_token(&opts.data_dir)?,
+    };
+    let peer_token = load_or_make_peer_token(&opts.data_dir, opts.peer_token.as_deref(), &token)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&opts.data_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("setting the permissions of {}", opts.data_dir.display()))?;
+    }
+    Ok((token, peer_token))
+}
+
+/// Starts the in-process executor, if `opts` has one (`id`: its id). It gets its own
+/// credential directly: it never holds the admin token.
+async fn start_executor(
+    opts: &ServiceOptions,
+    store: &StoreServer,
+    id: Option<&str>,
+) -> anyhow::Result<Option<Agent>> {
+    let (Some(ex), Some(id)) = (&opts.executor, id) else {
+        return Ok(None);
+    };
+    let credential = Datamanager::new(store.node.kv())
+        .issue_executor_credential(id)
+        .await
+        .context("issuing the in-process executor's credential")?;
+    let agent = ex
+        .start(
+            vec![store.url.clone()],
+            Some(credential),
+            opts.net.self_client_tls(),
+        )
+        .await?;
+    Ok(Some(agent))
+}
+
 impl Service {
     pub async fn start(opts: ServiceOptions) -> anyhow::Result<Service> {
-        let pull_request_refs = if opts.pull_request_ref_regexes.is_empty() {
-            crate::runservice::reference::PullRequestRefs::agola_default()
-        } else {
-            crate::runservice::reference::PullRequestRefs::new(&opts.pull_request_ref_regexes)?
-        };
-        if opts.join.is_some() && opts.objects.is_none() {
-            anyhow::bail!(
-                "a cluster needs object storage all its nodes share (logs written through one node are archived by the scheduler on another): pass --objects s3://bucket/prefix, or a directory every node mounts, on every node"
-            );
-        }
-        let token = match &opts.token {
-            Some(t) if !t.is_empty() => {
-                // Kept so that a restart needs no --token.
-                let path = token_file(&opts.data_dir);
-                if !path.exists() {
-                    std::fs::create_dir_all(&opts.data_dir)
-                        .with_context(|| format!("creating {}", opts.data_dir.display()))?;
-                    write_private(&path, t.as_bytes())?;
-                }
-                t.clone()
-            }
-            _ => load_or_make_token(&opts.data_dir)?,
-        };
-        let peer_token =
-            load_or_make_peer_token(&opts.data_dir, opts.peer_token.as_deref(), &token)?;
-        // Only this user enters the data dir (steps of `--run-as` users cannot).
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&opts.data_dir, std::fs::Permissions::from_mode(0o700))
-                .with_context(|| {
-                    format!("setting the permissions of {}", opts.data_dir.display())
-                })?;
-        }
+        let pull_request_refs = check_options(&opts)?;
+        let (token, peer_token) = credentials(&opts)?;
         let objects = match &opts.objects {
             Some(url) => url.clone(),
             None => opts.data_dir.join("objects").display().to_string(),
@@ -446,44 +480,14 @@ impl Service {
             },
             CancellationToken::new(),
         );
-        // The in-process executor gets its own credential directly: it never holds the
-        // admin token.
-        let credential = match &in_process_executor {
-            Some(id) => {
-                match Datamanager::new(store.node.kv())
-                    .issue_executor_credential(id)
-                    .await
-                {
-                    Ok(c) => Some(c),
-                    Err(e) => {
-                        scheduler.stop().await;
-                        switch.stop().await;
-                        store.stop().await;
-                        return Err(anyhow::Error::from(e)
-                            .context("issuing the in-process executor's credential"));
-                    }
-                }
+        let agent = match start_executor(&opts, &store, in_process_executor.as_deref()).await {
+            Ok(agent) => agent,
+            Err(e) => {
+                scheduler.stop().await;
+                switch.stop().await;
+                store.stop().await;
+                return Err(e);
             }
-            None => None,
-        };
-        let agent = match &opts.executor {
-            Some(ex) => match ex
-                .start(
-                    vec![store.url.clone()],
-                    credential,
-                    opts.net.self_client_tls(),
-                )
-                .await
-            {
-                Ok(a) => Some(a),
-                Err(e) => {
-                    scheduler.stop().await;
-                    switch.stop().await;
-                    store.stop().await;
-                    return Err(e);
-                }
-            },
-            None => None,
         };
         Ok(Service {
             store,
