@@ -20,6 +20,7 @@
 //! rs/maintenance                   marker (JSON time): maintenance asked for, every node switches
 //! rs/nodemode/<node id>            NodeMode (JSON): the mode a node is in, on the node's lease
 //! rs/importing                     marker: an import is being applied (maintenance cannot end)
+//! rs/segment/<segment id>          SegmentMeta (JSON): a segment of archived runs in object storage
 //! ```
 
 use cairn_client::run::{Run, RunPhase, RunResult};
@@ -44,6 +45,8 @@ pub const MAINTENANCE: &str = "rs/maintenance";
 pub const NODE_MODE: &str = "rs/nodemode/";
 /// Set while an import is being applied; maintenance cannot end meanwhile.
 pub const IMPORTING: &str = "rs/importing";
+/// Segments of archived runs, by segment id.
+pub const SEGMENT: &str = "rs/segment/";
 /// Everything the run service owns.
 pub const ALL: &str = "rs/";
 
@@ -93,6 +96,10 @@ pub fn executor_credential(executor_id: &str) -> String {
 
 pub fn events_of(run_id: &str) -> String {
     format!("{EVENT}{run_id}/")
+}
+
+pub fn segment(id: &str) -> String {
+    format!("{SEGMENT}{id}")
 }
 
 pub fn change_group(name: &str) -> String {

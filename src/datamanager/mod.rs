@@ -1,7 +1,8 @@
 //! The datamanager: typed collections of the run service over the replicated store
-//! (runs, run configs, counters, executor tasks, executors, run events, change groups),
-//! with the indexes that keep listings O(page), and object storage for blobs (logs,
-//! workspace archives, caches, sources).
+//! (runs, run configs, counters, executor tasks, executors, run events, change groups,
+//! records of archived-run segments), with the indexes that keep listings O(page), and
+//! object storage for blobs (logs, workspace archives, caches, sources, segments of
+//! archived runs).
 //!
 //! Every write is a compare-and-swap transaction: callers read an object with its
 //! revision and write it back only if nobody changed it since ([`DmError::Conflict`]
@@ -17,6 +18,7 @@
 //!
 //! This module knows keys and JSON, not HTTP and not run semantics.
 
+pub mod archived;
 pub mod archives;
 pub mod blobs;
 pub mod caches;

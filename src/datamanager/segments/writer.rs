@@ -38,7 +38,7 @@ impl Default for SegmentLimits {
 }
 
 /// What the store records about a written segment.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SegmentMeta {
     /// `<first run id>-<last run id>-<8 hex digits>`.
     pub id: String,

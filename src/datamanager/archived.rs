@@ -1,0 +1,265 @@
+//! Runs that left the store for a segment in object storage (`segments/`): the store keeps
+//! one small record per segment, `rs/segment/<id>` (its [`SegmentMeta`]), and none of the
+//! archived runs' own keys.
+//!
+//! Archiving a batch is one transaction ([`Datamanager::commit_segment`]): the record is
+//! written and every key of the batch's runs deleted — the run, its config, its listing
+//! index entries, its active marker and its events — only if no run changed since it was
+//! read and the segment is not recorded yet (and, through a fenced handle, only while the
+//! scheduler holds its lock). The segment object is written before, so a crash leaves
+//! either the runs in the store and an unrecorded segment ([`orphan_segments`], removed
+//! on a later pass) or the record and no run key: a run is never in both places for a
+//! reader of the store, and never in neither. `rs/last/<group>` is kept: it names the
+//! group's newest run wherever that run lives.
+
+use std::collections::BTreeSet;
+
+use cairn_client::run::{Run, Time};
+use store::{Compare, RequestOp};
+
+use super::segments::SegmentMeta;
+use super::{
+    Datamanager, DmError, Versioned, absent, delete, delete_range, encode, put, unchanged,
+};
+use crate::datamanager::keys;
+
+/// The store's writes that move `runs` into the segment `meta`: the compares (every run
+/// as read, the segment not recorded yet) and the ops (the record put, each run's keys
+/// deleted).
+pub fn archive_ops(meta: &SegmentMeta, runs: &[Versioned<Run>]) -> (Vec<Compare>, Vec<RequestOp>) {
+    let mut compare = vec![absent(keys::segment(&meta.id))];
+    let mut ops = vec![put(keys::segment(&meta.id), encode(meta))];
+    for run in runs {
+        let id = &run.value.id;
+        compare.push(unchanged(keys::run(id), run.mod_revision));
+        ops.push(delete(keys::run(id)));
+        ops.push(delete(keys::run_config(id)));
+        ops.push(delete(keys::active(id)));
+        ops.extend(keys::index_keys(&run.value).into_iter().map(delete));
+        ops.push(delete_range(&keys::events_of(id)));
+    }
+    (compare, ops)
+}
+
+/// The segments in object storage that no store record names and that were written
+/// before `cutoff` (younger ones may belong to an archiving pass still under way): what
+/// a crash between writing a segment and recording it left behind. Their runs are still
+/// in the store and will be archived again, so they are deleted, not adopted.
+pub fn orphan_segments(
+    stored: &[(String, Time)],
+    recorded: &BTreeSet<String>,
+    cutoff: Time,
+) -> Vec<String> {
+    stored
+        .iter()
+        .filter(|(id, written)| !recorded.contains(id) && *written < cutoff)
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
+impl Datamanager {
+    /// Records segment `meta` and deletes the keys of `runs` (as read: each at its mod
+    /// revision) in one transaction; [`DmError::Conflict`] and nothing written when a run
+    /// changed meanwhile or the segment is recorded already. Returns the revision.
+    pub async fn commit_segment(
+        &self,
+        meta: &SegmentMeta,
+        runs: &[Versioned<Run>],
+    ) -> Result<i64, DmError> {
+        let (compare, ops) = archive_ops(meta, runs);
+        let resp = self.commit(compare, ops).await?;
+        if !resp.succeeded {
+            return Err(DmError::Conflict(format!(
+                "segment {}: a run changed or the segment is recorded already",
+                meta.id
+            )));
+        }
+        Ok(resp.revision)
+    }
+
+    /// Every recorded segment, in id order (= the order of their first run ids).
+    pub async fn segment_records(&self) -> Result<Vec<Versioned<SegmentMeta>>, DmError> {
+        self.scan_json(keys::SEGMENT).await
+    }
+
+    /// One recorded segment.
+    pub async fn segment_record(&self, id: &str) -> Result<Option<SegmentMeta>, DmError> {
+        Ok(self
+            .get_json(&keys::segment(id))
+            .await?
+            .map(|v: Versioned<SegmentMeta>| v.value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_client::api::ListRunsQuery;
+    use cairn_client::run::{RunPhase, RunResult};
+    use cairn_client::runconfig::RunConfig;
+    use chrono::{Duration, Utc};
+
+    use super::*;
+    use crate::datamanager::testing::TestStore;
+
+    const GROUP: &str = "/project/a/branch/main";
+
+    async fn finished_run(dm: &Datamanager) -> Versioned<Run> {
+        let created = dm
+            .create_run(GROUP, |id, counter| {
+                let config = RunConfig {
+                    id: id.to_string(),
+                    name: "ci".into(),
+                    group: GROUP.to_string(),
+                    ..RunConfig::default()
+                };
+                let run = crate::runservice::new_run(&config, counter, Utc::now());
+                (config, run)
+            })
+            .await
+            .expect("create")
+            .run;
+        let mut done = created.value.clone();
+        done.phase = RunPhase::Finished;
+        done.result = RunResult::Success;
+        let rev = dm.update_run(&created, &done).await.expect("finished");
+        Versioned {
+            value: done,
+            mod_revision: rev,
+        }
+    }
+
+    fn meta_of(runs: &[Versioned<Run>]) -> SegmentMeta {
+        let first = runs.first().expect("runs").value.id.clone();
+        let last = runs.last().expect("runs").value.id.clone();
+        let id = format!("{first}-{last}-0badcafe");
+        SegmentMeta {
+            key: format!("segments/{id}.seg"),
+            id,
+            created: Utc::now(),
+            runs: runs.len(),
+            bytes: 1234,
+            sha256: "ab".repeat(32),
+            first_id: first,
+            last_id: last,
+        }
+    }
+
+    async fn listed(dm: &Datamanager) -> Vec<String> {
+        let page = dm
+            .list_runs(&ListRunsQuery {
+                group: Some(GROUP.to_string()),
+                ..ListRunsQuery::default()
+            })
+            .await
+            .expect("listing");
+        page.runs.into_iter().map(|r| r.id).collect()
+    }
+
+    #[tokio::test]
+    async fn a_committed_segment_takes_its_runs_keys_out_of_the_store_and_nothing_else() {
+        let st = TestStore::start().await;
+        let dm = st.dm();
+        let a = finished_run(&dm).await;
+        let b = finished_run(&dm).await;
+        let c = finished_run(&dm).await;
+        let meta = meta_of(&[a.clone(), b.clone()]);
+        dm.commit_segment(&meta, &[a.clone(), b.clone()])
+            .await
+            .expect("committed");
+
+        for gone in [&a, &b] {
+            let id = &gone.value.id;
+            assert!(matches!(dm.run(id).await, Err(DmError::NotFound { .. })));
+            assert!(matches!(
+                dm.run_config(id).await,
+                Err(DmError::NotFound { .. })
+            ));
+            for key in keys::index_keys(&gone.value) {
+                assert!(
+                    st.node
+                        .kv()
+                        .get(key.into_bytes())
+                        .await
+                        .expect("read")
+                        .is_none()
+                );
+            }
+            let events = dm.scan(&keys::events_of(id), true).await.expect("events");
+            assert!(events.is_empty(), "run {id}'s events left the store");
+        }
+        assert_eq!(listed(&dm).await, vec![c.value.id.clone()]);
+        assert_eq!(dm.run(&c.value.id).await.expect("c stays").value, c.value);
+        assert_eq!(
+            dm.segment_record(&meta.id).await.expect("read"),
+            Some(meta.clone())
+        );
+        let records = dm.segment_records().await.expect("records");
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].value, meta);
+        // The group's newest-run pointer still names its newest run.
+        let last = st
+            .node
+            .kv()
+            .get(keys::last(GROUP).into_bytes())
+            .await
+            .expect("read")
+            .expect("kept");
+        assert_eq!(last.value, c.value.id.as_bytes());
+    }
+
+    #[tokio::test]
+    async fn a_run_changed_since_it_was_read_makes_the_commit_write_nothing() {
+        let st = TestStore::start().await;
+        let dm = st.dm();
+        let a = finished_run(&dm).await;
+        let b = finished_run(&dm).await;
+        // b changes after the archiver read it.
+        let mut annotated = b.value.clone();
+        annotated.annotations.insert("late".into(), "write".into());
+        dm.update_run(&b, &annotated).await.expect("written");
+        let meta = meta_of(&[a.clone(), b.clone()]);
+        let err = dm
+            .commit_segment(&meta, &[a.clone(), b.clone()])
+            .await
+            .expect_err("b changed");
+        assert!(matches!(err, DmError::Conflict(_)), "{err}");
+        assert_eq!(dm.segment_record(&meta.id).await.expect("read"), None);
+        assert_eq!(listed(&dm).await.len(), 2, "both runs are still listed");
+        assert_eq!(dm.run(&a.value.id).await.expect("a stays").value, a.value);
+    }
+
+    #[tokio::test]
+    async fn a_segment_is_recorded_once() {
+        let st = TestStore::start().await;
+        let dm = st.dm();
+        let a = finished_run(&dm).await;
+        let meta = meta_of(std::slice::from_ref(&a));
+        dm.commit_segment(&meta, std::slice::from_ref(&a))
+            .await
+            .expect("committed");
+        let b = finished_run(&dm).await;
+        let again = dm
+            .commit_segment(&meta, std::slice::from_ref(&b))
+            .await
+            .expect_err("recorded already");
+        assert!(matches!(again, DmError::Conflict(_)), "{again}");
+        assert_eq!(dm.run(&b.value.id).await.expect("b stays").value, b.value);
+    }
+
+    #[test]
+    fn only_old_unrecorded_segments_are_orphans() {
+        let now = Utc::now();
+        let old = now - Duration::hours(1);
+        let stored = vec![
+            ("recorded".to_string(), old),
+            ("crashed".to_string(), old),
+            ("in-flight".to_string(), now),
+        ];
+        let recorded: BTreeSet<String> = ["recorded".to_string()].into();
+        let cutoff = now - Duration::minutes(10);
+        assert_eq!(
+            orphan_segments(&stored, &recorded, cutoff),
+            vec!["crashed".to_string()]
+        );
+    }
+}
