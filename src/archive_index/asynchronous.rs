@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use cairn_client::api::{ListRunsQuery, RunsPage};
 
-use super::tables::{IndexedRun, SegmentEntry, SegmentMeta};
+use super::tables::{IndexedRun, IndexedSegment, SegmentEntry};
 use super::{ArchiveIndex, IndexError};
 
 impl ArchiveIndex {
@@ -37,7 +37,7 @@ impl ArchiveIndex {
     pub async fn add_segment_async(
         &self,
         segment: String,
-        meta: SegmentMeta,
+        meta: IndexedSegment,
         entries: Vec<SegmentEntry>,
     ) -> Result<bool, IndexError> {
         self.call(move |i| i.add_segment(&segment, &meta, entries))

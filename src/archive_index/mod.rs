@@ -8,8 +8,8 @@
 //! and cursors and the two can be merged; the segments indexed; and the store revision
 //! of the last segment record applied. It is a cache of object storage: a file that is
 //! corrupt or of another format version is reported as such (`IndexError::needs_rebuild`)
-//! and the caller deletes and rebuilds it. It does not read segments nor follow the
-//! store: callers feed it.
+//! and the caller deletes and rebuilds it. `sync.rs` feeds it: the store's segment records
+//! (`datamanager::archived`) say which segments exist, their objects give the runs.
 //!
 //! redb is blocking: the methods here block on disk I/O; async code calls the `*_async`
 //! wrappers (`asynchronous.rs`), which run them with `spawn_blocking`.
@@ -18,6 +18,7 @@ mod asynchronous;
 mod error;
 mod listing;
 mod read;
+mod sync;
 mod tables;
 mod write;
 
@@ -31,8 +32,9 @@ use redb::{Database, ReadableTable, TableHandle};
 
 pub use error::IndexError;
 pub use listing::{ListPlan, merge_page, plan};
+pub use sync::{SyncError, SyncReport, sync};
 pub use tables::{
-    FORMAT_VERSION, IndexedRun, SegmentEntry, SegmentMeta, listing_keys, listing_prefix,
+    FORMAT_VERSION, IndexedRun, IndexedSegment, SegmentEntry, listing_keys, listing_prefix,
     stream_bounds,
 };
 pub use write::check_segment;

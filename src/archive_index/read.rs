@@ -3,7 +3,7 @@
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
-use super::tables::{APPLIED_KEY, IndexedRun, META, RUNS, SEGMENTS, SegmentMeta};
+use super::tables::{APPLIED_KEY, IndexedRun, IndexedSegment, META, RUNS, SEGMENTS};
 use super::{ArchiveIndex, IndexError};
 
 impl ArchiveIndex {
@@ -25,7 +25,7 @@ impl ArchiveIndex {
     }
 
     /// Every segment indexed, by id.
-    pub fn segments(&self) -> Result<Vec<(String, SegmentMeta)>, IndexError> {
+    pub fn segments(&self) -> Result<Vec<(String, IndexedSegment)>, IndexError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(SEGMENTS)?;
         let mut out = Vec::new();

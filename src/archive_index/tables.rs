@@ -4,7 +4,7 @@
 //! ```text
 //! runs          <run id>                        IndexedRun (JSON): where the run is, and the run
 //! listing       <ancestor>\0<sel>\0<run id>     ()  the store's listing index keys (`keys::index_keys`)
-//! segments      <segment id>                    SegmentMeta (JSON)
+//! segments      <segment id>                    IndexedSegment (JSON)
 //! segment_runs  (<segment id>, <run id>)        ()  the runs a segment holds in this index
 //! meta          format_version | applied_revision   i64
 //! ```
@@ -43,7 +43,7 @@ pub struct IndexedRun {
 
 /// What the index keeps of a segment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SegmentMeta {
+pub struct IndexedSegment {
     /// Runs in the segment.
     pub runs: u32,
     /// The segment's size in bytes.

@@ -30,8 +30,8 @@ fn run(seq: u64, group: &str, phase: RunPhase, result: RunResult) -> Run {
     }
 }
 
-fn meta(runs: usize) -> SegmentMeta {
-    SegmentMeta {
+fn meta(runs: usize) -> IndexedSegment {
+    IndexedSegment {
         runs: runs as u32,
         bytes: 1000 * runs as u64,
         sha256: format!("{:064x}", runs),
@@ -290,7 +290,7 @@ fn adding_a_segment_twice_changes_nothing_and_other_metadata_is_a_conflict() {
         before
     );
     assert_eq!(f.index.len().expect("len"), 5);
-    let other = SegmentMeta {
+    let other = IndexedSegment {
         sha256: "ff".repeat(32),
         ..meta(5)
     };

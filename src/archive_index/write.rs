@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use redb::{ReadableTable, Table};
 
 use super::tables::{
-    self, APPLIED_KEY, IndexedRun, LISTING, META, RUNS, SEGMENT_RUNS, SEGMENTS, SegmentEntry,
-    SegmentMeta,
+    self, APPLIED_KEY, IndexedRun, IndexedSegment, LISTING, META, RUNS, SEGMENT_RUNS, SEGMENTS,
+    SegmentEntry,
 };
 use super::{ArchiveIndex, IndexError};
 use crate::datamanager::keys;
@@ -22,7 +22,7 @@ impl ArchiveIndex {
     pub fn add_segment(
         &self,
         segment: &str,
-        meta: &SegmentMeta,
+        meta: &IndexedSegment,
         entries: Vec<SegmentEntry>,
     ) -> Result<bool, IndexError> {
         check_segment(segment, &entries)?;
@@ -30,7 +30,7 @@ impl ArchiveIndex {
         {
             let mut segments = txn.open_table(SEGMENTS)?;
             if let Some(existing) = segments.get(segment)? {
-                let existing: SegmentMeta = serde_json::from_slice(existing.value())
+                let existing: IndexedSegment = serde_json::from_slice(existing.value())
                     .map_err(|e| IndexError::undecodable("segment", segment, e))?;
                 if existing == *meta {
                     return Ok(false);
