@@ -128,42 +128,20 @@ async fn index_segment(
 #[cfg(test)]
 mod tests {
     use cairn_client::api::ListRunsQuery;
-    use cairn_client::run::{Run, RunPhase, RunResult};
+    use cairn_client::run::{Run, RunPhase};
     use cairn_client::runconfig::RunConfig;
-    use chrono::Utc;
 
     use super::*;
     use crate::datamanager::Versioned;
     use crate::datamanager::keys;
     use crate::datamanager::segments::{ArchivedRun, SegmentLimits, SegmentWriter};
-    use crate::datamanager::testing::TestStore;
+    use crate::datamanager::testing::{self, TestStore};
 
     const GROUP: &str = "/project/a/branch/main";
 
     /// A finished run in the store, with its config.
     async fn finished(dm: &Datamanager) -> (Versioned<Run>, RunConfig) {
-        let created = dm
-            .create_run(GROUP, |id, counter| {
-                let config = RunConfig {
-                    id: id.to_string(),
-                    name: "ci".into(),
-                    group: GROUP.to_string(),
-                    ..RunConfig::default()
-                };
-                let run = crate::runservice::new_run(&config, counter, Utc::now());
-                (config, run)
-            })
-            .await
-            .expect("create");
-        let mut done = created.run.value.clone();
-        done.phase = RunPhase::Finished;
-        done.result = RunResult::Success;
-        let rev = dm.update_run(&created.run, &done).await.expect("finished");
-        let run = Versioned {
-            value: done,
-            mod_revision: rev,
-        };
-        (run, created.config)
+        testing::finished_run(dm, GROUP).await
     }
 
     /// Archives `n` new finished runs as one segment, as the archiver will; their ids.

@@ -94,38 +94,15 @@ impl Datamanager {
 #[cfg(test)]
 mod tests {
     use cairn_client::api::ListRunsQuery;
-    use cairn_client::run::{RunPhase, RunResult};
-    use cairn_client::runconfig::RunConfig;
     use chrono::{Duration, Utc};
 
     use super::*;
-    use crate::datamanager::testing::TestStore;
+    use crate::datamanager::testing::{self, TestStore};
 
     const GROUP: &str = "/project/a/branch/main";
 
     async fn finished_run(dm: &Datamanager) -> Versioned<Run> {
-        let created = dm
-            .create_run(GROUP, |id, counter| {
-                let config = RunConfig {
-                    id: id.to_string(),
-                    name: "ci".into(),
-                    group: GROUP.to_string(),
-                    ..RunConfig::default()
-                };
-                let run = crate::runservice::new_run(&config, counter, Utc::now());
-                (config, run)
-            })
-            .await
-            .expect("create")
-            .run;
-        let mut done = created.value.clone();
-        done.phase = RunPhase::Finished;
-        done.result = RunResult::Success;
-        let rev = dm.update_run(&created, &done).await.expect("finished");
-        Versioned {
-            value: done,
-            mod_revision: rev,
-        }
+        testing::finished_run(dm, GROUP).await.0
     }
 
     fn meta_of(runs: &[Versioned<Run>]) -> SegmentMeta {

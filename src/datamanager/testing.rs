@@ -67,6 +67,40 @@ impl TestStore {
     }
 }
 
+/// A new run of a one-config group `group`, finished with success, as read back (with
+/// its config).
+pub async fn finished_run(
+    dm: &Datamanager,
+    group: &str,
+) -> (
+    super::Versioned<cairn_client::run::Run>,
+    cairn_client::runconfig::RunConfig,
+) {
+    use cairn_client::run::{RunPhase, RunResult};
+    let created = dm
+        .create_run(group, |id, counter| {
+            let config = cairn_client::runconfig::RunConfig {
+                id: id.to_string(),
+                name: "ci".into(),
+                group: group.to_string(),
+                ..Default::default()
+            };
+            let run = crate::runservice::new_run(&config, counter, chrono::Utc::now());
+            (config, run)
+        })
+        .await
+        .expect("create");
+    let mut done = created.run.value.clone();
+    done.phase = RunPhase::Finished;
+    done.result = RunResult::Success;
+    let rev = dm.update_run(&created.run, &done).await.expect("finished");
+    let run = super::Versioned {
+        value: done,
+        mod_revision: rev,
+    };
+    (run, created.config)
+}
+
 /// An error of a read-modify-write in tests: the datamanager's, or the function's.
 #[derive(Debug)]
 #[allow(dead_code)] // the payloads are read through Debug, in failed assertions
