@@ -4,18 +4,13 @@
 //! stream over one endpoint of [`RunClient`].
 
 use std::collections::VecDeque;
-use std::time::Duration;
 
-use bytes::Bytes;
-use futures::stream::{BoxStream, Stream, StreamExt};
+use futures::stream::Stream;
 
 use crate::error::ClientError;
 use crate::http::{Call, RunClient, success};
+use crate::reopen::Reopening;
 use crate::run::RunEvent;
-use crate::sse::SseParser;
-
-/// Longest pause between attempts to reopen the run-event stream.
-const MAX_EVENTS_BACKOFF: Duration = Duration::from_secs(5);
 
 impl RunClient {
     /// `GET /runs/events`: every run event after sequence `after` (`Some(0)`: all retained
@@ -30,10 +25,8 @@ impl RunClient {
         let state = Events {
             client: self.clone(),
             after,
-            body: None,
-            parser: SseParser::new(),
+            body: Reopening::new(),
             ready: VecDeque::new(),
-            idle_reopens: 0,
             done: false,
         };
         futures::stream::unfold(state, Events::next)
@@ -53,11 +46,8 @@ struct Events {
     client: RunClient,
     /// The last sequence delivered.
     after: Option<u64>,
-    body: Option<BoxStream<'static, reqwest::Result<Bytes>>>,
-    parser: SseParser,
+    body: Reopening,
     ready: VecDeque<Result<RunEvent, ClientError>>,
-    /// Reopens in a row that delivered no event (they pause before the next one).
-    idle_reopens: u32,
     done: bool,
 }
 
@@ -70,56 +60,37 @@ impl Events {
             if self.done {
                 return None;
             }
-            let Some(body) = self.body.as_mut() else {
-                if self.idle_reopens > 0 {
-                    tokio::time::sleep(events_backoff(self.idle_reopens)).await;
-                }
-                self.idle_reopens = self.idle_reopens.saturating_add(1);
-                match self.client.open_events(self.after).await {
-                    Ok(resp) => {
-                        self.body = Some(resp.bytes_stream().boxed());
-                        self.parser = SseParser::new();
-                        continue;
-                    }
-                    Err(e) => {
-                        self.done = !e.is_transient();
-                        return Some((Err(e), self));
-                    }
+            let (client, after) = (&self.client, self.after);
+            let events = match self.body.next(|| client.open_events(after)).await {
+                Ok(Some(events)) => events,
+                // Dropped or ended: reopened after the last event seen.
+                Ok(None) => continue,
+                Err(e) => {
+                    self.done = !e.is_transient();
+                    return Some((Err(e), self));
                 }
             };
-            match body.next().await {
-                Some(Ok(chunk)) => {
-                    for event in self.parser.push(&chunk) {
-                        match serde_json::from_str::<RunEvent>(&event.data) {
-                            Ok(ev) if self.after.is_some_and(|a| ev.sequence <= a) => {}
-                            Ok(ev) => {
-                                self.after = Some(ev.sequence);
-                                self.idle_reopens = 0;
-                                self.ready.push_back(Ok(ev));
-                            }
-                            Err(e) => self.ready.push_back(Err(ClientError::Decode(format!(
-                                "run event {:?}: {e}",
-                                event.id.unwrap_or_default()
-                            )))),
-                        }
+            for event in events {
+                match serde_json::from_str::<RunEvent>(&event.data) {
+                    Ok(ev) if self.after.is_some_and(|a| ev.sequence <= a) => {}
+                    Ok(ev) => {
+                        self.after = Some(ev.sequence);
+                        self.body.delivered();
+                        self.ready.push_back(Ok(ev));
                     }
+                    Err(e) => self.ready.push_back(Err(ClientError::Decode(format!(
+                        "run event {:?}: {e}",
+                        event.id.unwrap_or_default()
+                    )))),
                 }
-                // Dropped or ended: reopen after the last event seen.
-                Some(Err(_)) | None => self.body = None,
             }
         }
     }
 }
 
-/// The pause before reopening the event stream after `idle` fruitless attempts.
-pub(crate) fn events_backoff(idle: u32) -> Duration {
-    let millis = 100u64.saturating_mul(1 << idle.min(10).saturating_sub(1));
-    Duration::from_millis(millis).min(MAX_EVENTS_BACKOFF)
-}
-
 #[cfg(test)]
 mod tests {
-    use futures::TryStreamExt;
+    use futures::{StreamExt, TryStreamExt};
 
     use super::*;
     use crate::error::ErrorCode;

@@ -22,6 +22,7 @@ pub mod executor;
 pub mod http;
 pub mod ids;
 pub mod logs;
+mod reopen;
 pub mod run;
 pub mod run_watch;
 pub mod runconfig;

@@ -4,14 +4,14 @@
 //! so a reopen misses nothing a watcher needs. The stream ends after the run is finished.
 //! Like [`crate::events`], a resumable stream over one endpoint of [`RunClient`].
 
-use bytes::Bytes;
-use futures::stream::{BoxStream, Stream, StreamExt};
+use std::collections::VecDeque;
+
+use futures::stream::Stream;
 
 use crate::api::RunResponse;
 use crate::error::ClientError;
-use crate::events::events_backoff;
 use crate::http::{Call, RunClient, success};
-use crate::sse::SseParser;
+use crate::reopen::Reopening;
 
 impl RunClient {
     /// `GET /runs/{id}/watch`: the run now, then again at each change (its tasks, steps,
@@ -26,10 +26,8 @@ impl RunClient {
         let state = Watch {
             client: self.clone(),
             id: id.to_string(),
-            body: None,
-            parser: SseParser::new(),
-            ready: Vec::new(),
-            idle_reopens: 0,
+            body: Reopening::new(),
+            ready: VecDeque::new(),
             finished: false,
             done: false,
         };
@@ -49,12 +47,9 @@ impl RunClient {
 struct Watch {
     client: RunClient,
     id: String,
-    body: Option<BoxStream<'static, reqwest::Result<Bytes>>>,
-    parser: SseParser,
-    /// Decoded and not yet yielded, newest last.
-    ready: Vec<Result<RunResponse, ClientError>>,
-    /// Reopens in a row that delivered nothing (they pause before the next one).
-    idle_reopens: u32,
+    body: Reopening,
+    /// Decoded and not yet yielded.
+    ready: VecDeque<Result<RunResponse, ClientError>>,
     /// The last state yielded showed the run finished: end once `ready` is empty.
     finished: bool,
     done: bool,
@@ -63,8 +58,7 @@ struct Watch {
 impl Watch {
     async fn next(mut self) -> Option<(Result<RunResponse, ClientError>, Watch)> {
         loop {
-            if !self.ready.is_empty() {
-                let item = self.ready.remove(0);
+            if let Some(item) = self.ready.pop_front() {
                 if let Ok(r) = &item {
                     self.finished = r.run.phase.is_finished();
                 }
@@ -73,41 +67,28 @@ impl Watch {
             if self.done || self.finished {
                 return None;
             }
-            let Some(body) = self.body.as_mut() else {
-                if self.idle_reopens > 0 {
-                    tokio::time::sleep(events_backoff(self.idle_reopens)).await;
-                }
-                self.idle_reopens = self.idle_reopens.saturating_add(1);
-                match self.client.open_watch(&self.id).await {
-                    Ok(resp) => {
-                        self.body = Some(resp.bytes_stream().boxed());
-                        self.parser = SseParser::new();
-                        continue;
-                    }
-                    Err(e) => {
-                        self.done = !e.is_transient();
-                        return Some((Err(e), self));
-                    }
+            let (client, id) = (&self.client, self.id.as_str());
+            let events = match self.body.next(|| client.open_watch(id)).await {
+                Ok(Some(events)) => events,
+                // Dropped, or cut by the server before the run finished: reopened.
+                Ok(None) => continue,
+                Err(e) => {
+                    self.done = !e.is_transient();
+                    return Some((Err(e), self));
                 }
             };
-            match body.next().await {
-                Some(Ok(chunk)) => {
-                    for event in self.parser.push(&chunk) {
-                        self.idle_reopens = 0;
-                        self.ready
-                            .push(
-                                serde_json::from_str::<RunResponse>(&event.data).map_err(|e| {
-                                    ClientError::Decode(format!(
-                                        "run {} at revision {}: {e}",
-                                        self.id,
-                                        event.id.unwrap_or_default()
-                                    ))
-                                }),
-                            );
-                    }
-                }
-                // Dropped, or cut by the server before the run finished: reopen.
-                Some(Err(_)) | None => self.body = None,
+            for event in events {
+                self.body.delivered();
+                self.ready
+                    .push_back(
+                        serde_json::from_str::<RunResponse>(&event.data).map_err(|e| {
+                            ClientError::Decode(format!(
+                                "run {} at revision {}: {e}",
+                                self.id,
+                                event.id.unwrap_or_default()
+                            ))
+                        }),
+                    );
             }
         }
     }
@@ -115,7 +96,7 @@ impl Watch {
 
 #[cfg(test)]
 mod tests {
-    use futures::TryStreamExt;
+    use futures::{StreamExt, TryStreamExt};
 
     use super::*;
     use crate::error::ErrorCode;
