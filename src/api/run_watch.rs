@@ -22,7 +22,7 @@ use tokio::sync::mpsc::Sender;
 
 use super::auth::{self, Caller};
 use super::error::ApiResult;
-use super::runs::{async_stream, check_run_id, run_response_at};
+use super::runs::{async_stream, check_run_id, run_response_at, run_response_with};
 use super::streams::{CredentialKey, StreamKind};
 use super::v1::ApiState;
 
@@ -49,6 +49,8 @@ pub async fn watch(
         let mut refresh = tokio::time::interval(PENDING_REFRESH);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         refresh.reset();
+        // The config never changes: read once, only the run and its reasons again.
+        let config = first.run_config.clone();
         let mut last = auth::run_response_for(&caller, first);
         if !send(&tx, &last, revision).await || last.run.phase.is_finished() {
             return;
@@ -66,7 +68,7 @@ pub async fn watch(
                 _ = refresh.tick() => {}
             }
             // Deleted (or unreadable) meanwhile: end; a reopen tells the client why.
-            let Ok((next, revision)) = run_response_at(&st, &id).await else {
+            let Ok((next, revision)) = run_response_with(&st, &id, config.clone()).await else {
                 return;
             };
             let next = auth::run_response_for(&caller, next);

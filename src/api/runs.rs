@@ -23,7 +23,7 @@ use super::auth::{self, Caller};
 use super::error::{ApiResult, Failure};
 use super::v1::ApiState;
 use crate::configfile;
-use crate::datamanager::Datamanager;
+use crate::datamanager::{Datamanager, Versioned};
 use crate::runservice;
 
 pub async fn create(
@@ -154,6 +154,24 @@ pub(super) async fn run_response_at(
 ) -> Result<(RunResponse, i64), Failure> {
     let run = st.dm.run(id).await?;
     let config = st.dm.run_config(id).await?;
+    respond(st, run, config).await
+}
+
+/// [`run_response_at`] with the run's config already at hand (it never changes).
+pub(super) async fn run_response_with(
+    st: &ApiState,
+    id: &str,
+    config: RunConfig,
+) -> Result<(RunResponse, i64), Failure> {
+    let run = st.dm.run(id).await?;
+    respond(st, run, config).await
+}
+
+async fn respond(
+    st: &ApiState,
+    run: Versioned<Run>,
+    config: RunConfig,
+) -> Result<(RunResponse, i64), Failure> {
     let pending = pending(&st.dm, &run.value, &config).await?;
     let resp = RunResponse {
         run: run.value,
