@@ -57,6 +57,42 @@ pub fn orphan_segments(
         .collect()
 }
 
+/// The most runs one [`Datamanager::commit_segment`] moves: each costs about 20 ops of
+/// one transaction, which must stay a reasonable Raft entry.
+pub const MAX_RUNS_PER_COMMIT: usize = 1000;
+
+/// A batch fits one transaction and is the segment its record describes: as many runs as
+/// it says, in ascending id order from its first to its last id.
+fn check_batch(meta: &SegmentMeta, runs: &[Versioned<Run>]) -> Result<(), DmError> {
+    let invalid = |why: String| DmError::Invalid {
+        what: "segment batch",
+        why,
+    };
+    if runs.is_empty() || runs.len() > MAX_RUNS_PER_COMMIT {
+        return Err(invalid(format!(
+            "{} runs: a segment moves 1 to {MAX_RUNS_PER_COMMIT}",
+            runs.len()
+        )));
+    }
+    if runs.len() != meta.runs {
+        return Err(invalid(format!(
+            "segment {} holds {} runs, the batch {}",
+            meta.id,
+            meta.runs,
+            runs.len()
+        )));
+    }
+    let ids: Vec<&str> = runs.iter().map(|r| r.value.id.as_str()).collect();
+    let ascending = ids.windows(2).all(|w| w[0] < w[1]);
+    if !ascending || ids[0] != meta.first_id || ids[ids.len() - 1] != meta.last_id {
+        return Err(invalid(format!(
+            "segment {} spans {}..={}, the batch is not those runs in ascending order",
+            meta.id, meta.first_id, meta.last_id
+        )));
+    }
+    Ok(())
+}
+
 impl Datamanager {
     /// Records segment `meta` and deletes the keys of `runs` (as read: each at its mod
     /// revision) in one transaction; [`DmError::Conflict`] and nothing written when a run
@@ -66,6 +102,7 @@ impl Datamanager {
         meta: &SegmentMeta,
         runs: &[Versioned<Run>],
     ) -> Result<i64, DmError> {
+        check_batch(meta, runs)?;
         let (compare, ops) = archive_ops(meta, runs);
         let resp = self.commit(compare, ops).await?;
         if !resp.succeeded {
@@ -215,12 +252,47 @@ mod tests {
             .await
             .expect("committed");
         let b = finished_run(&dm).await;
+        // Another batch under the recorded segment's id.
+        let mut reused = meta_of(std::slice::from_ref(&b));
+        reused.id = meta.id.clone();
         let again = dm
-            .commit_segment(&meta, std::slice::from_ref(&b))
+            .commit_segment(&reused, std::slice::from_ref(&b))
             .await
             .expect_err("recorded already");
         assert!(matches!(again, DmError::Conflict(_)), "{again}");
         assert_eq!(dm.run(&b.value.id).await.expect("b stays").value, b.value);
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_is_not_its_segment_is_refused_before_anything_is_written() {
+        let st = TestStore::start().await;
+        let dm = st.dm();
+        let a = finished_run(&dm).await;
+        let b = finished_run(&dm).await;
+        let both = [a.clone(), b.clone()];
+        let meta = meta_of(&both);
+        let cases: [(&str, Vec<Versioned<Run>>, SegmentMeta); 4] = [
+            ("empty", vec![], meta.clone()),
+            ("fewer than recorded", vec![a.clone()], meta.clone()),
+            ("out of order", vec![b.clone(), a.clone()], meta.clone()),
+            (
+                "the same run twice",
+                vec![a.clone(), a.clone()],
+                meta.clone(),
+            ),
+        ];
+        for (case, runs, meta) in cases {
+            let err = dm.commit_segment(&meta, &runs).await.expect_err(case);
+            assert!(matches!(err, DmError::Invalid { .. }), "{case}: {err}");
+        }
+        let too_many: Vec<Versioned<Run>> = (0..=MAX_RUNS_PER_COMMIT).map(|_| a.clone()).collect();
+        let err = dm
+            .commit_segment(&meta, &too_many)
+            .await
+            .expect_err("too many");
+        assert!(matches!(err, DmError::Invalid { .. }), "{err}");
+        assert_eq!(dm.segment_record(&meta.id).await.expect("read"), None);
+        assert_eq!(listed(&dm).await.len(), 2, "nothing left the store");
     }
 
     #[test]
