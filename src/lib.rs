@@ -5,7 +5,10 @@
 //! - [`api`]: HTTP front ends, the only place that knows status codes: the run-service
 //!   API (`/api/v1`), the store's etcd v3 JSON API, peers, health.
 //! - [`executor`]: the agent that runs tasks, and its drivers.
-//! - [`scheduler`]: the loop that advances runs and hands tasks to executors.
+//! - [`history`]: one view of live (store) and archived (index, segments) runs, and the
+//!   task that keeps this node's index in line with the store.
+//! - [`scheduler`]: the loop that advances runs and hands tasks to executors, and the
+//!   segmenter that moves archived runs into segments.
 //! - [`runservice`]: run and task state machines as pure functions.
 //! - [`configfile`]: the run config format: parse, validate, expand.
 //! - [`datamanager`]: typed collections over the store, and object storage.
@@ -24,6 +27,7 @@ pub mod cli;
 pub mod configfile;
 pub mod datamanager;
 pub mod executor;
+pub mod history;
 pub mod mode_switch;
 pub mod runservice;
 pub mod scheduler;

@@ -198,6 +198,11 @@ async fn serve_service(args: RunServeArgs) -> anyhow::Result<()> {
         scheduler: cairn::scheduler::SchedulerConfig {
             blob_ttl: std::time::Duration::from_secs(args.blob_ttl_secs),
             housekeeping_every: std::time::Duration::from_secs(args.housekeeping_secs.max(1)),
+            segments: cairn::runservice::archive::SegmentPolicy {
+                batch: usize::try_from(args.segment_runs).unwrap_or(1000),
+                max_wait: std::time::Duration::from_secs(args.segment_wait_secs),
+                ..Default::default()
+            },
             ..cairn::scheduler::SchedulerConfig::default()
         },
         executor_ttl_secs: args.executor_ttl,

@@ -247,6 +247,8 @@ pub struct Service {
     scheduler: Scheduler,
     agent: Option<Agent>,
     switch: ModeSwitch,
+    /// Keeps this node's index of archived runs in line with the store.
+    follower: crate::history::IndexFollower,
 }
 
 /// The token file of a data dir.
@@ -414,6 +416,12 @@ impl Service {
             Blobs::open(&objects).with_context(|| format!("opening object storage {objects}"))?;
         let logs = LogStore::new(blobs.clone());
         let caches = CacheStore::new(blobs.clone());
+        let index_path = opts.data_dir.join(crate::history::INDEX_FILE);
+        let index = crate::history::open_index(index_path.clone())
+            .await
+            .with_context(|| format!("opening the archive index {}", index_path.display()))?;
+        let (publisher, indexed) = crate::history::IndexedRevision::channel();
+        let record_cache = crate::history::RecordCache::new(crate::history::cache::DEFAULT_BUDGET);
         let store_opts = StoreOptions {
             data_dir: opts.data_dir.clone(),
             listen: opts.listen,
@@ -447,11 +455,16 @@ impl Service {
             None => None,
         };
         let (b, l, c, a) = (blobs.clone(), logs.clone(), caches.clone(), active.clone());
+        let idx = index.clone();
         let executor_ttl = opts.executor_ttl_secs;
         let store = StoreServer::start_with(store_opts, move |node| {
+            let dm = Datamanager::new(node.kv());
+            let history =
+                crate::history::History::new(dm.clone(), idx, b.clone(), record_cache, indexed);
             let state = crate::api::v1::ApiState {
                 node: node.clone(),
-                dm: Datamanager::new(node.kv()),
+                dm,
+                history,
                 blobs: b,
                 logs: l,
                 caches: c,
@@ -466,6 +479,13 @@ impl Service {
             crate::api::v1::router(state, auth)
         })
         .await?;
+        let follower = crate::history::IndexFollower::spawn(
+            index,
+            Datamanager::new(store.node.kv()),
+            blobs.clone(),
+            publisher,
+            CancellationToken::new(),
+        );
         let (quiet_tx, quiet_rx) = tokio::sync::watch::channel(false);
         let switch = ModeSwitch::spawn(store.node.kv(), store.node.id(), mode_tx, quiet_rx);
         let scheduler = Scheduler::spawn(
@@ -485,12 +505,14 @@ impl Service {
             Err(e) => {
                 scheduler.stop().await;
                 switch.stop().await;
+                follower.stop().await;
                 store.stop().await;
                 return Err(e);
             }
         };
         Ok(Service {
             store,
+            follower,
             token_file: token_file(&opts.data_dir),
             token,
             scheduler,
@@ -519,6 +541,7 @@ impl Service {
         }
         self.scheduler.stop().await;
         self.switch.stop().await;
+        self.follower.stop().await;
         self.store.stop().await;
     }
 }

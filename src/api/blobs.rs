@@ -52,8 +52,8 @@ pub async fn logs(
 ) -> ApiResult<Response> {
     super::runs::check_run_id(&run_id)?;
     let step = log_step(&p.step)?;
-    let run = st.dm.run(&run_id).await?.value;
-    let config = st.dm.run_config(&run_id).await?;
+    let (run, config) = st.history.run_and_config(&run_id).await?;
+    let run = run.value;
     let task_id = super::runs::task_id(&config, &run_id, &task_id)?;
     let rt = run
         .tasks

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use cairn_client::{ApiError, ErrorCode};
 
 use crate::datamanager::DmError;
+use crate::history::HistoryError;
 use crate::runservice::RunServiceError;
 
 /// A failed API request.
@@ -74,6 +75,24 @@ impl From<DmError> for Failure {
             tracing::error!(error = %e, "request failed");
         }
         Failure::new(code, e.to_string())
+    }
+}
+
+/// A read of the run history: the store's failures as above; an index that lags (being
+/// rebuilt) is a 503, so a client fails over to a node whose index is complete; an
+/// unreadable index or segment is internal.
+impl From<HistoryError> for Failure {
+    fn from(e: HistoryError) -> Failure {
+        match e {
+            HistoryError::Store(e) => e.into(),
+            e @ HistoryError::IndexBehind { .. } => {
+                Failure::new(ErrorCode::Unavailable, e.to_string())
+            }
+            e @ (HistoryError::Index(_) | HistoryError::Segment { .. }) => {
+                tracing::error!(error = %e, "reading an archived run failed");
+                Failure::new(ErrorCode::Internal, e.to_string())
+            }
+        }
     }
 }
 

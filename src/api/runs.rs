@@ -152,9 +152,8 @@ pub(super) async fn run_response_at(
     st: &ApiState,
     id: &str,
 ) -> Result<(RunResponse, i64), Failure> {
-    let run = st.dm.run(id).await?;
-    let config = st.dm.run_config(id).await?;
-    respond(st, run, config).await
+    let (run, config) = st.history.run_and_config(id).await?;
+    respond(st, run, (*config).clone()).await
 }
 
 /// [`run_response_at`] with the run's config already at hand (it never changes).
@@ -163,7 +162,7 @@ pub(super) async fn run_response_with(
     id: &str,
     config: RunConfig,
 ) -> Result<(RunResponse, i64), Failure> {
-    let run = st.dm.run(id).await?;
+    let run = st.history.run(id).await?;
     respond(st, run, config).await
 }
 
@@ -276,7 +275,7 @@ pub async fn list(
         limit: p.limit,
         asc: p.asc,
     };
-    Ok(Json(st.dm.list_runs(&q).await?))
+    Ok(Json(st.history.list(&q).await?))
 }
 
 pub async fn restart(
@@ -296,8 +295,8 @@ async fn restart_run(
     body: Option<Json<RestartRunRequest>>,
 ) -> ApiResult<(StatusCode, Json<RunResponse>)> {
     let req = body.map(|b| b.0).unwrap_or_default();
-    let old = st.dm.run(&id).await?.value;
-    let old_config = st.dm.run_config(&id).await?;
+    let (old, old_config) = st.history.run_and_config(&id).await?;
+    let (old, old_config) = (old.value, (*old_config).clone());
     let from = runservice::RestartFrom::of_request(req.from_start, &req.tasks)?;
     if let runservice::RestartFrom::Tasks(_) = from {
         runservice::check_restart(&old, &old_config, &from)?;

@@ -32,6 +32,8 @@ pub const MAX_BLOB_BYTES: usize = 4 << 30;
 pub struct ApiState {
     pub node: Node,
     pub dm: Datamanager,
+    /// Live and archived runs as one, for every read of runs.
+    pub history: crate::history::History,
     pub blobs: Blobs,
     pub logs: LogStore,
     pub caches: CacheStore,

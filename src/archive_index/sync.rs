@@ -44,6 +44,9 @@ pub struct SyncReport {
     pub removed: usize,
     /// Segments the store records.
     pub recorded: usize,
+    /// The store revision the records were read at: the index now holds every segment
+    /// recorded up to it.
+    pub revision: i64,
 }
 
 /// Indexes every recorded segment the index lacks and drops the ones the store no longer
@@ -54,7 +57,7 @@ pub async fn sync(
     blobs: &Blobs,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<SyncReport, SyncError> {
-    let records = dm.segment_records().await?;
+    let (records, revision) = dm.segment_records_at().await?;
     let indexed: BTreeSet<String> = index
         .call(|index| index.segments())
         .await?
@@ -69,6 +72,7 @@ pub async fn sync(
         .collect();
     let mut report = SyncReport {
         recorded: records.len(),
+        revision,
         ..SyncReport::default()
     };
     for (done, meta) in missing.iter().enumerate() {
@@ -204,7 +208,8 @@ mod tests {
             SyncReport {
                 added: 2,
                 removed: 0,
-                recorded: 2
+                recorded: 2,
+                revision: report.revision,
             }
         );
         assert_eq!(seen, vec![(1, 2), (2, 2)]);

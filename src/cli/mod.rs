@@ -181,6 +181,13 @@ pub struct RunServeArgs {
     /// How often expiry and compaction run, in seconds.
     #[arg(long, default_value_t = 60)]
     pub housekeeping_secs: u64,
+    /// Archived runs move out of the store into a segment in object storage in batches
+    /// of this many (1 to 1000)...
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub segment_runs: u64,
+    /// ... or once the oldest of them finished this many seconds ago.
+    #[arg(long, default_value_t = 600)]
+    pub segment_wait_secs: u64,
     #[command(flatten)]
     pub net: NetArgs,
 }

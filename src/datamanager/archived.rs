@@ -15,11 +15,11 @@
 use std::collections::BTreeSet;
 
 use cairn_client::run::{Run, Time};
-use store::{Compare, RequestOp};
+use store::{Compare, KeyRange, RangeRequest, RequestOp};
 
-use super::segments::SegmentMeta;
+use super::segments::{ArchivedRun, SegmentMeta};
 use super::{
-    Datamanager, DmError, Versioned, absent, delete, delete_range, encode, put, unchanged,
+    Datamanager, DmError, Versioned, absent, decode, delete, delete_range, encode, put, unchanged,
 };
 use crate::datamanager::keys;
 
@@ -35,6 +35,7 @@ pub fn archive_ops(meta: &SegmentMeta, runs: &[Versioned<Run>]) -> (Vec<Compare>
         ops.push(delete(keys::run(id)));
         ops.push(delete(keys::run_config(id)));
         ops.push(delete(keys::active(id)));
+        ops.push(delete(keys::archived(id)));
         ops.extend(keys::index_keys(&run.value).into_iter().map(delete));
         ops.push(delete_range(&keys::events_of(id)));
     }
@@ -114,9 +115,94 @@ impl Datamanager {
         Ok(resp.revision)
     }
 
+    /// Up to `limit` ids of runs archived but still in the store (their `rs/archived/`
+    /// markers), lowest id first: the segmenter's queue.
+    pub async fn archived_run_ids(&self, limit: usize) -> Result<Vec<String>, DmError> {
+        let prefix = keys::ARCHIVED.as_bytes().to_vec();
+        let mut req = RangeRequest::new(KeyRange::prefix(prefix));
+        req.limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        req.keys_only = true;
+        let resp = self.kv().range(req).await?;
+        Ok(resp
+            .kvs
+            .iter()
+            .filter_map(|kv| keys::id_of(&kv.key, keys::ARCHIVED).map(str::to_string))
+            .collect())
+    }
+
+    /// What would move into a segment for each of `ids`: the run as read (with its mod
+    /// revision, for [`Datamanager::commit_segment`]'s compare), its config and its events
+    /// in sequence order. Runs gone meanwhile are left out; a run whose config is missing
+    /// is corrupt.
+    pub async fn archived_batch(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<(Versioned<Run>, ArchivedRun)>, DmError> {
+        let runs = self.runs(ids).await?;
+        let config_keys: Vec<String> = runs.iter().map(|r| keys::run_config(&r.value.id)).collect();
+        let configs = self.get_many_json(&config_keys).await?;
+        let mut out = Vec::with_capacity(runs.len());
+        for (run, config) in runs.into_iter().zip(configs) {
+            let id = run.value.id.clone();
+            let config = config
+                .ok_or_else(|| DmError::Corrupt {
+                    key: keys::run_config(&id),
+                    why: "the run exists without its config".into(),
+                })?
+                .value;
+            let mut events = Vec::new();
+            for kv in self.scan(&keys::events_of(&id), false).await? {
+                events.push(super::events::event_from(
+                    &kv.key,
+                    &kv.value,
+                    kv.mod_revision,
+                )?);
+            }
+            events.sort_by_key(|e| e.sequence);
+            let archived = ArchivedRun {
+                run: run.value.clone(),
+                config,
+                events,
+            };
+            out.push((run, archived));
+        }
+        Ok(out)
+    }
+
+    /// Takes runs that cannot go into a segment off the segmenter's queue (their markers
+    /// deleted): they stay in the store, archived, listed and read as before.
+    pub async fn keep_in_store(&self, ids: &[String]) -> Result<(), DmError> {
+        let ops = ids.iter().map(|id| delete(keys::archived(id))).collect();
+        self.commit(vec![], ops).await?;
+        Ok(())
+    }
+
     /// Every recorded segment, in id order (= the order of their first run ids).
     pub async fn segment_records(&self) -> Result<Vec<Versioned<SegmentMeta>>, DmError> {
-        self.scan_json(keys::SEGMENT).await
+        Ok(self.segment_records_at().await?.0)
+    }
+
+    /// [`Datamanager::segment_records`], with the store revision they were read at.
+    pub async fn segment_records_at(&self) -> Result<(Vec<Versioned<SegmentMeta>>, i64), DmError> {
+        let (kvs, revision) = self.scan_at(keys::SEGMENT, false).await?;
+        let mut out = Vec::with_capacity(kvs.len());
+        for kv in kvs {
+            let key = String::from_utf8_lossy(&kv.key).into_owned();
+            out.push(Versioned {
+                value: decode(&key, &kv.value)?,
+                mod_revision: kv.mod_revision,
+            });
+        }
+        Ok((out, revision))
+    }
+
+    /// How many segment records were written (created or changed) after `revision`:
+    /// zero means an index that applied the records up to `revision` lacks none.
+    pub async fn segments_written_after(&self, revision: i64) -> Result<i64, DmError> {
+        let mut req = RangeRequest::new(KeyRange::prefix(keys::SEGMENT.as_bytes().to_vec()));
+        req.min_mod_revision = revision.saturating_add(1);
+        req.count_only = true;
+        Ok(self.kv().range(req).await?.count)
     }
 
     /// One recorded segment.

@@ -135,12 +135,13 @@ pub const EXPORTED: [&str; 5] = [
 ];
 
 /// Prefixes an import clears (everything derived from the exported objects too).
-const CLEARED: [&str; 10] = [
+const CLEARED: [&str; 11] = [
     keys::COUNTER,
     keys::EVENT,
     keys::RUN,
     keys::RUN_CONFIG,
     keys::ACTIVE,
+    keys::ARCHIVED,
     keys::INDEX,
     keys::LAST,
     keys::EXECUTOR_TASK,
@@ -387,7 +388,9 @@ impl Datamanager {
                     batch.push(put(k, Vec::new()));
                 }
                 last.insert(run.group.clone(), run.id.clone());
-                if !run.archived {
+                if run.archived {
+                    batch.push(put(keys::archived(&run.id), Vec::new()));
+                } else {
                     batch.push(put(keys::active(&run.id), Vec::new()));
                 }
             } else if entry.key.starts_with(keys::EVENT) {

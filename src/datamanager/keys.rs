@@ -5,6 +5,7 @@
 //! rs/run/<id>                      Run (JSON), active and archived
 //! rs/runconfig/<id>                RunConfig (JSON), immutable
 //! rs/active/<id>                   marker: not archived yet (the scheduler's working set)
+//! rs/archived/<id>                 marker: archived, still in the store (the segmenter's queue)
 //! rs/idx/<ancestor>\0<sel>\0<id>   listing index, one per group ancestor × selector
 //! rs/last/<group>                  id of the group's newest run
 //! rs/seq/run                       last run sequence number
@@ -28,6 +29,8 @@ use cairn_client::run::{Run, RunPhase, RunResult};
 pub const RUN: &str = "rs/run/";
 pub const RUN_CONFIG: &str = "rs/runconfig/";
 pub const ACTIVE: &str = "rs/active/";
+/// Runs archived but still in the store, waiting to move into a segment.
+pub const ARCHIVED: &str = "rs/archived/";
 pub const INDEX: &str = "rs/idx/";
 pub const LAST: &str = "rs/last/";
 pub const RUN_SEQ: &str = "rs/seq/run";
@@ -60,6 +63,10 @@ pub fn run_config(id: &str) -> String {
 
 pub fn active(id: &str) -> String {
     format!("{ACTIVE}{id}")
+}
+
+pub fn archived(id: &str) -> String {
+    format!("{ARCHIVED}{id}")
 }
 
 pub fn last(group: &str) -> String {

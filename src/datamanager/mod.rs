@@ -30,6 +30,7 @@ pub mod keys;
 pub mod logs;
 pub mod maintenance;
 pub mod runs;
+pub mod segmenting;
 pub mod segments;
 pub mod tasks;
 #[cfg(test)]
@@ -297,6 +298,15 @@ impl Datamanager {
 
     /// Every key-value under `prefix`, paged at one revision.
     async fn scan(&self, prefix: &str, keys_only: bool) -> Result<Vec<store::KeyValue>, DmError> {
+        Ok(self.scan_at(prefix, keys_only).await?.0)
+    }
+
+    /// [`Datamanager::scan`], with the revision it read at.
+    async fn scan_at(
+        &self,
+        prefix: &str,
+        keys_only: bool,
+    ) -> Result<(Vec<store::KeyValue>, i64), DmError> {
         const PAGE: i64 = 1000;
         let end = store::prefix_end(prefix.as_bytes());
         let mut start = prefix.as_bytes().to_vec();
@@ -318,7 +328,7 @@ impl Datamanager {
             }
             out.extend(resp.kvs);
             if !more {
-                return Ok(out);
+                return Ok((out, revision));
             }
         }
     }

@@ -227,14 +227,7 @@ impl Datamanager {
     /// Runs by group prefix, phase and result, newest first by default, one page at a
     /// time. Cost: O(limit × selectors), whatever the number of runs stored.
     pub async fn list_runs(&self, q: &ListRunsQuery) -> Result<RunsPage, DmError> {
-        let group = match &q.group {
-            Some(g) => keys::normalize_group(g).ok_or_else(|| DmError::Invalid {
-                what: "group",
-                why: format!("{g:?} is not a group path"),
-            })?,
-            None => "/".to_string(),
-        };
-        let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+        let (group, limit) = listing_scope(q)?;
         if q.last_run {
             return self.list_last_runs(&group, q, limit).await;
         }
@@ -284,13 +277,34 @@ impl Datamanager {
         }
     }
 
-    /// The newest run of every group under `group`, paged by group path.
+    /// The newest run of every group under `group`, paged by group path; only those in
+    /// the store (see `history` for archived ones).
     async fn list_last_runs(
         &self,
         group: &str,
         q: &ListRunsQuery,
         limit: usize,
     ) -> Result<RunsPage, DmError> {
+        let (ids, next) = self.last_run_ids(group, q.cursor.as_deref(), limit).await?;
+        let mut runs: Vec<Run> = self
+            .runs(&ids)
+            .await?
+            .into_iter()
+            .map(|v| v.value)
+            .collect();
+        runs.retain(|r| last_run_matches(r, q));
+        Ok(RunsPage { runs, next })
+    }
+
+    /// The ids of the newest run of every group under `group` (`rs/last/`, wherever
+    /// the run lives), in group path order after `cursor` (a group path), at most
+    /// `limit`, and the cursor of the next page.
+    pub async fn last_run_ids(
+        &self,
+        group: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<String>, Option<String>), DmError> {
         let exact = keys::last(group);
         let sub = if group == "/" {
             keys::last("/")
@@ -298,7 +312,7 @@ impl Datamanager {
             keys::last(&format!("{group}/"))
         };
         let end = store::prefix_end(sub.as_bytes());
-        let start = match &q.cursor {
+        let start = match cursor {
             Some(c) => format!("{}\0", keys::last(c)).into_bytes(),
             None => exact.clone().into_bytes(),
         };
@@ -316,24 +330,31 @@ impl Datamanager {
             }
             pairs.push((g, String::from_utf8_lossy(&kv.value).into_owned()));
         }
-        let ids: Vec<String> = pairs.iter().map(|(_, id)| id.clone()).collect();
-        let mut runs: Vec<Run> = self
-            .runs(&ids)
-            .await?
-            .into_iter()
-            .map(|v| v.value)
-            .collect();
-        runs.retain(|r| {
-            (q.phase.is_empty() || q.phase.contains(&r.phase))
-                && (q.result.is_empty() || q.result.contains(&r.result))
-        });
         let next = if resp.more {
             pairs.last().map(|(g, _)| g.clone())
         } else {
             None
         };
-        Ok(RunsPage { runs, next })
+        Ok((pairs.into_iter().map(|(_, id)| id).collect(), next))
     }
+}
+
+/// The group (canonical; `/` when none) and page size a listing asks for.
+pub fn listing_scope(q: &ListRunsQuery) -> Result<(String, usize), DmError> {
+    let group = match &q.group {
+        Some(g) => keys::normalize_group(g).ok_or_else(|| DmError::Invalid {
+            what: "group",
+            why: format!("{g:?} is not a group path"),
+        })?,
+        None => "/".to_string(),
+    };
+    Ok((group, q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT)))
+}
+
+/// Whether a last run passes the phase and result filters of `q`.
+pub fn last_run_matches(r: &Run, q: &ListRunsQuery) -> bool {
+    (q.phase.is_empty() || q.phase.contains(&r.phase))
+        && (q.result.is_empty() || q.result.contains(&r.result))
 }
 
 /// The ops that write `run` over `prev` (None: a new run): the run itself, index keys
@@ -360,6 +381,7 @@ pub(super) fn run_write_ops(prev: Option<&Run>, run: &Run) -> Vec<RequestOp> {
         }
         Some(p) if p.archived != run.archived && run.archived => {
             ops.push(delete(keys::active(&run.id)));
+            ops.push(put(keys::archived(&run.id), Vec::new()));
         }
         Some(_) => {}
     }

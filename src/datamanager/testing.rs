@@ -120,3 +120,49 @@ impl From<crate::runservice::RunServiceError> for TestError {
         TestError::Rejected(e)
     }
 }
+
+/// A finished run of group `group` marked archived (so queued for a segment), as read
+/// back; it ended `ago`.
+pub async fn archived_run_ended(
+    dm: &Datamanager,
+    group: &str,
+    ago: chrono::Duration,
+) -> super::Versioned<cairn_client::run::Run> {
+    let (run, _) = finished_run(dm, group).await;
+    let mut archived = run.value.clone();
+    archived.archived = true;
+    archived.end_time = Some(chrono::Utc::now() - ago);
+    let rev = dm.update_run(&run, &archived).await.expect("archived");
+    super::Versioned {
+        value: archived,
+        mod_revision: rev,
+    }
+}
+
+/// A finished run of group `group` that ended now, marked archived.
+pub async fn archived_run(
+    dm: &Datamanager,
+    group: &str,
+) -> super::Versioned<cairn_client::run::Run> {
+    archived_run_ended(dm, group, chrono::Duration::zero()).await
+}
+
+/// Moves up to `max` archived runs waiting in the store into one segment, as the
+/// segmenter does, and returns its record.
+pub async fn segment_waiting(
+    dm: &Datamanager,
+    blobs: &super::blobs::Blobs,
+    max: usize,
+) -> super::segments::SegmentMeta {
+    let ids = dm.archived_run_ids(max).await.expect("queue");
+    let batch = dm.archived_batch(&ids).await.expect("batch");
+    let limits = super::segments::SegmentLimits {
+        max_runs: max,
+        ..Default::default()
+    };
+    super::segmenting::move_into_segment(dm, blobs, batch, limits)
+        .await
+        .expect("segmented")
+        .segment
+        .expect("a segment was written")
+}

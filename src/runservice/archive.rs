@@ -7,9 +7,11 @@
 //! Pure: the scheduler's pass archives the logs, deletes the executor tasks and writes the
 //! run; these functions only say what is due.
 
+use std::time::Duration;
+
 use cairn_client::LogStep;
 use cairn_client::executor::ExecutorTask;
-use cairn_client::run::{FetchPhase, Run, RunTask};
+use cairn_client::run::{FetchPhase, Run, RunTask, Time};
 
 /// Whether the executor task of run task `rt` is done with: both have finished, so the
 /// task's logs can go to object storage and then the executor task can be deleted.
@@ -46,6 +48,47 @@ pub fn is_archivable(run: &Run, executor_tasks_left: usize) -> bool {
     run.phase.is_finished()
         && executor_tasks_left == 0
         && run.tasks.values().all(|t| t.all_fetched())
+}
+
+/// When archived runs waiting in the store move into a segment in object storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentPolicy {
+    /// A segment is written as soon as this many runs wait (and holds at most this many).
+    pub batch: usize,
+    /// ... or once the oldest waiting run finished this long ago, however few wait.
+    pub max_wait: Duration,
+    /// How often the queue is looked at.
+    pub every: Duration,
+}
+
+impl Default for SegmentPolicy {
+    /// Batches of 1,000 runs, none waiting over 10 minutes, looked at every 5 s.
+    fn default() -> SegmentPolicy {
+        SegmentPolicy {
+            batch: 1000,
+            max_wait: Duration::from_secs(600),
+            every: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Whether the archived runs waiting in the store are due to move into a segment:
+/// `waiting` of them (at most a batch is counted), the oldest of which ended at
+/// `oldest_end`. A run without an end time (cancelled before it started) counts as old.
+pub fn segment_due(
+    waiting: usize,
+    oldest_end: Option<Time>,
+    now: Time,
+    policy: &SegmentPolicy,
+) -> bool {
+    if waiting == 0 {
+        return false;
+    }
+    if waiting >= policy.batch {
+        return true;
+    }
+    let max_wait = chrono::Duration::from_std(policy.max_wait).unwrap_or(chrono::Duration::MAX);
+    oldest_end.is_none_or(|end| now - end >= max_wait)
 }
 
 #[cfg(test)]
@@ -122,6 +165,28 @@ mod tests {
             close_fetch_phases(t);
         }
         assert!(is_archivable(&cancelled, 0));
+    }
+
+    #[test]
+    fn a_segment_is_due_for_a_full_batch_or_an_old_enough_run() {
+        let policy = SegmentPolicy {
+            batch: 3,
+            max_wait: std::time::Duration::from_secs(60),
+            every: std::time::Duration::from_secs(1),
+        };
+        let now = at(1000);
+        assert!(!segment_due(0, None, now, &policy), "nothing waits");
+        assert!(
+            !segment_due(2, Some(at(990)), now, &policy),
+            "few and young"
+        );
+        assert!(segment_due(3, Some(at(999)), now, &policy), "a full batch");
+        assert!(
+            segment_due(1, Some(at(940)), now, &policy),
+            "waited max_wait"
+        );
+        assert!(!segment_due(1, Some(at(941)), now, &policy), "just under");
+        assert!(segment_due(1, None, now, &policy), "never started");
     }
 
     #[test]

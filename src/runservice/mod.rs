@@ -42,7 +42,7 @@ pub mod task_status;
 pub mod unplaceable;
 
 #[cfg(test)]
-mod fixture;
+pub(crate) mod fixture;
 
 pub use actions::{APPROVERS_ANNOTATION, approve, cancel, set_task_annotations, start, stop};
 pub use advance::{Advance, advance};

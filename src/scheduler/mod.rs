@@ -14,6 +14,7 @@ mod fixed;
 mod housekeeping;
 mod pass;
 mod queue;
+mod segmenter;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -46,6 +47,8 @@ pub struct SchedulerConfig {
     /// run`): a ready task none of them can ever take fails at once, with the reason,
     /// instead of waiting forever.
     pub fixed_executors: bool,
+    /// When archived runs move out of the store into segments.
+    pub segments: crate::runservice::archive::SegmentPolicy,
 }
 
 /// The deadline of the context the scheduler queues for its lock and writes under: none
@@ -62,6 +65,7 @@ impl Default for SchedulerConfig {
             keep_events: 10_000,
             session_ttl: 5,
             fixed_executors: false,
+            segments: Default::default(),
         }
     }
 }
@@ -217,6 +221,7 @@ impl SchedulerTask {
                 token: fence.token,
             })),
             r = self.schedule(&dm) => r,
+            r = self.segmenter(&dm) => r,
         };
         self.active.store(false, Ordering::Relaxed);
         let _ = mutex.unlock(&session, &fence).await;

@@ -31,6 +31,11 @@ struct Running {
 /// A scheduler over `kv` with `config`, whose maintenance switch starts as `maintenance`.
 fn spawn(kv: Kv, maintenance: bool, config: SchedulerConfig) -> Running {
     let blobs = Blobs::open("memory:").expect("memory blobs");
+    spawn_with(kv, blobs, maintenance, config)
+}
+
+/// [`spawn`] over the object storage `blobs`.
+fn spawn_with(kv: Kv, blobs: Blobs, maintenance: bool, config: SchedulerConfig) -> Running {
     let (mode, mode_rx) = tokio::sync::watch::channel(maintenance);
     let (quiet_tx, quiet) = tokio::sync::watch::channel(false);
     let scheduler = Scheduler::spawn(
@@ -417,5 +422,91 @@ async fn housekeeping_prunes_old_run_events_once_per_period() {
     .await;
     assert_eq!(kept, all[3..].to_vec(), "the newest two are kept");
     assert!(started.elapsed() <= period + Duration::from_secs(1));
+    s.scheduler.stop().await;
+}
+
+#[tokio::test]
+async fn archived_runs_move_into_segments_in_full_batches_or_once_old_enough() {
+    use crate::datamanager::segments;
+    use crate::datamanager::testing::{archived_run, archived_run_ended};
+    use crate::runservice::archive::SegmentPolicy;
+
+    let st = TestStore::start().await;
+    let dm = st.dm();
+    let blobs = Blobs::open("memory:").expect("memory blobs");
+    let mut runs = Vec::new();
+    for _ in 0..4 {
+        runs.push(archived_run(&dm, GROUP).await.value);
+    }
+    let config = SchedulerConfig {
+        segments: SegmentPolicy {
+            batch: 3,
+            max_wait: Duration::from_secs(3600),
+            every: Duration::from_millis(20),
+        },
+        ..SchedulerConfig::default()
+    };
+    let s = spawn_with(st.node.kv(), blobs.clone(), false, config);
+    let ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
+    let records = until(Duration::from_secs(20), "a full batch", || async {
+        Some(dm.segment_records().await.expect("records")).filter(|r| !r.is_empty())
+    })
+    .await;
+    assert_eq!(records.len(), 1);
+    let meta = &records[0].value;
+    assert_eq!(
+        (&meta.first_id, &meta.last_id, meta.runs),
+        (&ids[0], &ids[2], 3)
+    );
+    let footer = segments::read_footer(&blobs, &meta.key)
+        .await
+        .expect("footer");
+    for (i, run) in runs.iter().enumerate().take(3) {
+        assert!(
+            matches!(dm.run(&run.id).await, Err(DmError::NotFound { .. })),
+            "run {i} left the store"
+        );
+        let stored = segments::read_run(&blobs, &meta.key, &footer.runs[i])
+            .await
+            .expect("record");
+        assert_eq!(&stored.run, run, "the segment holds the run as it was");
+        assert!(!stored.events.is_empty(), "with its events");
+    }
+    // The fourth is alone and young: it waits in the store, queued (passes go on).
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(
+            dm.archived_run_ids(10).await.expect("queue"),
+            vec![ids[3].clone()]
+        );
+    }
+    assert_eq!(dm.run(&ids[3]).await.expect("in the store").value, runs[3]);
+
+    // A run that ended over max_wait ago joins the queue (written while the scheduler
+    // is stopped for maintenance): not a full batch, but due.
+    s.mode.send_replace(true);
+    let mut quiet = s.quiet.clone();
+    tokio::time::timeout(Duration::from_secs(10), quiet.wait_for(|q| *q))
+        .await
+        .expect("stopped in time")
+        .expect("quiet");
+    let old = archived_run_ended(&dm, GROUP, chrono::Duration::hours(2)).await;
+    s.mode.send_replace(false);
+    let records = until(Duration::from_secs(20), "the old run segmented", || async {
+        Some(dm.segment_records().await.expect("records")).filter(|r| r.len() == 2)
+    })
+    .await;
+    assert_eq!(
+        (&records[1].value.first_id, &records[1].value.last_id),
+        (&ids[3], &old.value.id)
+    );
+    assert!(dm.archived_run_ids(10).await.expect("queue").is_empty());
+    assert_eq!(
+        segments::list_segments(&blobs)
+            .await
+            .expect("objects")
+            .len(),
+        2
+    );
     s.scheduler.stop().await;
 }

@@ -40,6 +40,8 @@ struct Api {
     store: TestStore,
     router: Router,
     maintenance: tokio::sync::watch::Sender<bool>,
+    /// The archive index's directory and its follower, kept for the test's length.
+    _index: (tempfile::TempDir, crate::history::IndexFollower),
 }
 
 /// A reply: status, whether its body is JSON, and the body.
@@ -79,9 +81,28 @@ impl Api {
         let store = TestStore::start().await;
         let blobs = Blobs::open("memory:").expect("memory blobs");
         let (maintenance, mode) = tokio::sync::watch::channel(false);
+        let index_dir = tempfile::tempdir().expect("tempdir");
+        let index = crate::archive_index::ArchiveIndex::open(&index_dir.path().join("index.redb"))
+            .expect("index");
+        let (publisher, indexed) = crate::history::IndexedRevision::channel();
+        let follower = crate::history::IndexFollower::spawn(
+            index.clone(),
+            store.dm(),
+            blobs.clone(),
+            publisher,
+            tokio_util::sync::CancellationToken::new(),
+        );
+        let history = crate::history::History::new(
+            store.dm(),
+            index,
+            blobs.clone(),
+            crate::history::RecordCache::new(1 << 20),
+            indexed,
+        );
         let state = ApiState {
             node: store.node.clone(),
             dm: store.dm(),
+            history,
             logs: LogStore::new(blobs.clone()),
             caches: CacheStore::new(blobs.clone()),
             blobs,
@@ -97,6 +118,7 @@ impl Api {
             router: router(state, auth),
             store,
             maintenance,
+            _index: (index_dir, follower),
         }
     }
 

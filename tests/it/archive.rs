@@ -1,0 +1,192 @@
+//! Archived runs leave the store for segments in object storage and stay one view (issue
+//! 13), with real `cairn serve` processes: runs flow while the node is killed with
+//! SIGKILL over and over (so kills land while a segment is written, recorded or indexed),
+//! and afterwards every run created is listed exactly once, in order, readable with its
+//! config and logs, and none is left in the store; a node whose index file is deleted
+//! rebuilds it and answers identically; an archived run restarts.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use cairn_client::LogStep;
+use cairn_client::RunClient;
+use cairn_client::api::{ListRunsQuery, RestartRunRequest};
+use cairn_client::etcd::{RangeRequest, prefix_end};
+use cairn_client::run::RunResult;
+
+use crate::support::poll::wait_for;
+use crate::support::process::TOKEN;
+use crate::support::runs::{create, step_log, task_id, wait_finished};
+use crate::support::service::ServiceProc;
+
+const GROUP: &str = "/project/archive/branch/main";
+
+const ECHO: &str = r#"runs:
+  - name: ci
+    tasks:
+      - name: hello
+        runtime: { containers: [ { image: busybox } ] }
+        steps: [ { run: echo archived-hello } ]
+"#;
+
+/// Segments of two runs, written as soon as any run waits.
+const EAGER: &[&str] = &["--segment-runs", "2", "--segment-wait-secs", "0"];
+
+/// Every run of the group, page by page (`limit` a page), newest first.
+async fn listed(client: &RunClient, limit: usize) -> Vec<(String, bool)> {
+    let mut q = ListRunsQuery {
+        group: Some(GROUP.to_string()),
+        limit: Some(limit),
+        ..ListRunsQuery::default()
+    };
+    let mut out = Vec::new();
+    loop {
+        let page = client.list_runs(&q).await.expect("listing");
+        out.extend(page.runs.into_iter().map(|r| (r.id, r.archived)));
+        match page.next {
+            Some(next) => q.cursor = Some(next),
+            None => return out,
+        }
+    }
+}
+
+/// How many keys the node's store holds under `prefix` (through its etcd API).
+async fn store_keys(node: &ServiceProc, prefix: &str) -> i64 {
+    let etcd = cairn_client::etcd::EtcdClient::new(
+        vec![node.url.clone()],
+        Some(TOKEN.to_string()),
+        Duration::from_secs(10),
+    );
+    let resp = etcd
+        .range(&RangeRequest {
+            key: prefix.into(),
+            range_end: prefix_end(prefix.as_bytes()).into(),
+            count_only: true,
+            ..RangeRequest::default()
+        })
+        .await
+        .expect("range");
+    resp.count.0
+}
+
+/// Waits until every run of `ids` is listed, finished and out of the store.
+async fn wait_all_segmented(node: &ServiceProc, ids: &BTreeSet<String>) {
+    let client = node.client();
+    wait_for(
+        Duration::from_secs(120),
+        "every run in a segment",
+        || async {
+            let runs = client
+                .list_runs(&ListRunsQuery {
+                    group: Some(GROUP.to_string()),
+                    limit: Some(200),
+                    ..ListRunsQuery::default()
+                })
+                .await
+                .ok()?;
+            let all_archived = runs.runs.len() == ids.len() && runs.runs.iter().all(|r| r.archived);
+            (all_archived && store_keys(node, "rs/run/").await == 0).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_archived_under_kill9_are_listed_once_and_a_deleted_index_is_rebuilt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("node");
+    let mut node = ServiceProc::with_executor(&data, EAGER);
+    let mut created = BTreeSet::new();
+
+    // Runs flow while the node is killed with SIGKILL three times.
+    for round in 0..3 {
+        let client = node.client();
+        for _ in 0..4 {
+            created.insert(create(&client, GROUP, ECHO).await.run.id);
+        }
+        // Let some finish and move before the kill: it lands mid-archiving.
+        let first = created.iter().next_back().cloned().expect("a run");
+        wait_finished(&client, &first).await;
+        tokio::time::sleep(Duration::from_millis(100 * round)).await;
+        node.kill9();
+        node.restart();
+    }
+    wait_all_segmented(&node, &created).await;
+
+    let client = node.client();
+    let newest_first: Vec<String> = created.iter().rev().cloned().collect();
+    for limit in [1, 5, 200] {
+        let runs = listed(&client, limit).await;
+        assert_eq!(
+            runs.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
+            newest_first,
+            "every run exactly once, newest first (pages of {limit})"
+        );
+        assert!(runs.iter().all(|(_, archived)| *archived));
+    }
+    for id in &created {
+        let run = client.run(id).await.expect("an archived run reads");
+        assert_eq!(run.run.result, RunResult::Success, "run {id}");
+        assert!(run.run.archived);
+        assert_eq!(run.run_config.group, GROUP);
+    }
+    assert_eq!(store_keys(&node, "rs/runconfig/").await, 0);
+    assert_eq!(store_keys(&node, "rs/archived/").await, 0);
+    let segments = std::fs::read_dir(data.join("objects").join("segments"))
+        .expect("segments dir")
+        .count();
+    assert!(segments >= created.len() / 2, "{segments} segments");
+
+    // An archived run's log is read as before.
+    let last = newest_first[0].clone();
+    let run = client.run(&last).await.expect("run");
+    let hello = task_id(&run, "hello");
+    let log = step_log(&client, &last, &hello, LogStep::Step(0)).await;
+    assert!(log.contains("archived-hello"), "{log:?}");
+
+    // The index file deleted: rebuilt on start, the same answers.
+    let before = listed(&client, 3).await;
+    node.kill9();
+    std::fs::remove_file(data.join("archive-index.redb")).expect("index deleted");
+    node.restart();
+    let client = node.client();
+    assert_eq!(listed(&client, 3).await, before);
+    assert_eq!(
+        client.run(&last).await.expect("run").run_config,
+        run.run_config
+    );
+
+    // An archived run restarts: a new run, which runs.
+    let again = client
+        .restart_run(
+            &last,
+            &RestartRunRequest {
+                from_start: true,
+                ..RestartRunRequest::default()
+            },
+        )
+        .await
+        .expect("restarted");
+    assert_ne!(again.run.id, last);
+    let done = wait_finished(&client, &again.run.id).await;
+    assert_eq!(done.run.result, RunResult::Success);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_index_file_is_replaced_and_rebuilt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("node");
+    let mut node = ServiceProc::with_executor(&data, EAGER);
+    let client = node.client();
+    let mut created = BTreeSet::new();
+    for _ in 0..2 {
+        created.insert(create(&client, GROUP, ECHO).await.run.id);
+    }
+    wait_all_segmented(&node, &created).await;
+    let before = listed(&client, 25).await;
+
+    node.kill9();
+    std::fs::write(data.join("archive-index.redb"), b"not a database at all").expect("write");
+    node.restart();
+    assert_eq!(listed(&node.client(), 25).await, before);
+}
