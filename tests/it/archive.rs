@@ -3,7 +3,9 @@
 //! SIGKILL over and over (so kills land while a segment is written, recorded or indexed),
 //! and afterwards every run created is listed exactly once, in order, readable with its
 //! config and logs, and none is left in the store; a node whose index file is deleted
-//! rebuilds it and answers identically; an archived run restarts.
+//! rebuilds it and answers identically; an archived run restarts; in a 3-node cluster
+//! sharing object storage every node's own index answers the same, and the survivors
+//! keep serving (and archiving) when the scheduler's node is killed.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -17,7 +19,10 @@ use cairn_client::run::RunResult;
 use crate::support::poll::wait_for;
 use crate::support::process::TOKEN;
 use crate::support::runs::{create, step_log, task_id, wait_finished};
-use crate::support::service::ServiceProc;
+use crate::support::service::{ExecutorProc, ServiceCluster, ServiceProc};
+
+/// How long a cluster is given to agree, elect or catch up.
+const LONG: Duration = Duration::from_secs(60);
 
 const GROUP: &str = "/project/archive/branch/main";
 
@@ -189,4 +194,65 @@ async fn a_corrupt_index_file_is_replaced_and_rebuilt() {
     std::fs::write(data.join("archive-index.redb"), b"not a database at all").expect("write");
     node.restart();
     assert_eq!(listed(&node.client(), 25).await, before);
+}
+
+/// The listing of `GROUP` from node `i`, in pages of 4.
+async fn listed_on(cluster: &ServiceCluster, i: usize) -> Vec<(String, bool)> {
+    listed(&cluster.nodes[i].client(), 4).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_lists_archived_runs_and_keeps_serving_when_the_schedulers_node_is_killed() {
+    let mut cluster = ServiceCluster::start_sharing_objects_with(3, EAGER);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _executor = ExecutorProc::start(&cluster.urls().join(","), &dir.path().join("ex"), &[]);
+    let client = cluster.client();
+    let mut created = BTreeSet::new();
+    for _ in 0..5 {
+        created.insert(create(&client, GROUP, ECHO).await.run.id);
+    }
+    wait_all_segmented(&cluster.nodes[0], &created).await;
+
+    // Every node's own index answers the same, merged with the store the same way.
+    let expected = listed_on(&cluster, 0).await;
+    assert_eq!(expected.len(), created.len());
+    for i in 1..3 {
+        wait_for(LONG, &format!("node {i}'s index complete"), || async {
+            (listed_on(&cluster, i).await == expected).then_some(())
+        })
+        .await;
+    }
+
+    // The scheduler's node dies: the others keep listing and reading archived runs,
+    // and a new scheduler archives the next runs.
+    let holder = cluster.scheduler_holder(LONG).await;
+    cluster.nodes[holder].kill9();
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != holder).collect();
+    for &i in &survivors {
+        assert_eq!(listed_on(&cluster, i).await, expected, "node {i}");
+        let id = &expected[0].0;
+        let run = cluster.nodes[i]
+            .client()
+            .run(id)
+            .await
+            .expect("archived run");
+        assert_eq!(run.run_config.group, GROUP);
+    }
+    let client = cluster.nodes[survivors[0]].client();
+    for _ in 0..2 {
+        created.insert(create(&client, GROUP, ECHO).await.run.id);
+    }
+    wait_all_segmented(&cluster.nodes[survivors[0]], &created).await;
+    let newest_first: Vec<String> = created.iter().rev().cloned().collect();
+    for &i in &survivors {
+        wait_for(LONG, &format!("node {i} lists every run"), || async {
+            let ids: Vec<String> = listed_on(&cluster, i)
+                .await
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+            (ids == newest_first).then_some(())
+        })
+        .await;
+    }
 }

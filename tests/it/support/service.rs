@@ -284,9 +284,16 @@ impl ServiceCluster {
     /// as `cairn serve --join` requires): logs appended through one node can be archived
     /// by the scheduler on another.
     pub fn start_sharing_objects(n: usize) -> ServiceCluster {
+        ServiceCluster::start_sharing_objects_with(n, &[])
+    }
+
+    /// [`ServiceCluster::start_sharing_objects`] with extra `cairn serve` arguments on
+    /// every node.
+    pub fn start_sharing_objects_with(n: usize, more: &[&str]) -> ServiceCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let objects = dir.path().join("objects").display().to_string();
-        let extra = ["--objects", objects.as_str()];
+        let mut extra = vec!["--objects", objects.as_str()];
+        extra.extend_from_slice(more);
         let mut nodes: Vec<ServiceProc> = Vec::new();
         for i in 0..n {
             let data = dir.path().join(format!("n{i}"));
