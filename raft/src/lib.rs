@@ -2,6 +2,8 @@
 //! sees openraft).
 //!
 //! - [`log_store`] and [`state_machine`]: openraft's storage traits over one engine per node.
+//!   Snapshots are files ([`snapshot_file`] is their format), sent and received chunk by
+//!   chunk; [`snapshot_intake`] checks every received chunk before openraft writes it.
 //! - [`network`]: the peer [`Transport`](network::Transport) (implemented over HTTP by
 //!   the binary, which owns every HTTP concern; a simulated network with faults in tests),
 //!   openraft's network factory over it, and [`network::answer`], a node's transport-neutral
@@ -25,6 +27,8 @@ pub mod network;
 pub mod node;
 pub mod proposer;
 pub mod rpc;
+pub mod snapshot_file;
+pub mod snapshot_intake;
 pub mod state_machine;
 pub mod timing;
 pub mod types;

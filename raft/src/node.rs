@@ -30,6 +30,7 @@ use crate::log_store::LogStore;
 use crate::network::{NetworkFactory, PeerHandler, Transport, TransportError};
 use crate::proposer::{ProposerHandle, proposer_loop};
 use crate::rpc::{JoinResponse, NodeStatus, PeerRequest, PeerResponse};
+use crate::snapshot_intake::SnapshotIntake;
 use crate::state_machine::StateMachine;
 use crate::timing::Timing;
 use crate::types::{NodeAddr, NodeId, Raft, RaftMetrics, decode, encode};
@@ -61,6 +62,8 @@ pub(crate) struct NodeInner {
     pub(crate) timing: Timing,
     cluster_id: AtomicU64,
     membership_lock: AsyncMutex<()>,
+    /// Checks on the snapshot chunks received, held while openraft takes each one.
+    snapshot_intake: AsyncMutex<SnapshotIntake>,
     cancel: CancellationToken,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
@@ -126,6 +129,7 @@ impl Node {
             timing: cfg.timing.clone(),
             cluster_id: AtomicU64::new(cluster_id),
             membership_lock: AsyncMutex::new(()),
+            snapshot_intake: AsyncMutex::new(SnapshotIntake::default()),
             proposer,
             cancel: CancellationToken::new(),
             tasks: std::sync::Mutex::new(Vec::new()),
@@ -423,6 +427,20 @@ impl Node {
         }
     }
 
+    /// Hands a snapshot chunk to openraft once [`SnapshotIntake`] admitted it, one chunk
+    /// at a time (openraft writes it at its offset and installs the snapshot when done).
+    async fn receive_snapshot_chunk(
+        &self,
+        r: openraft::raft::InstallSnapshotRequest<crate::types::TypeConfig>,
+    ) -> PeerResponse {
+        let mut intake = self.inner.snapshot_intake.lock().await;
+        if let Err(why) = intake.admit(&r) {
+            tracing::warn!(refused = %why, "snapshot chunk refused");
+            return PeerResponse::Refused(why.into());
+        }
+        PeerResponse::Snapshot(self.inner.raft.install_snapshot(r).await)
+    }
+
     async fn answer(&self, req: PeerRequest) -> PeerResponse {
         let inner = &self.inner;
         let m = metrics(inner);
@@ -435,9 +453,7 @@ impl Node {
         match req {
             PeerRequest::Append(r) => PeerResponse::Append(inner.raft.append_entries(r).await),
             PeerRequest::Vote(r) => PeerResponse::Vote(inner.raft.vote(r).await),
-            PeerRequest::Snapshot(r) => {
-                PeerResponse::Snapshot(inner.raft.install_snapshot(r).await)
-            }
+            PeerRequest::Snapshot(r) => self.receive_snapshot_chunk(r).await,
             PeerRequest::Propose { cmd, .. } => {
                 PeerResponse::Propose(self.kv().propose_local(cmd).await)
             }

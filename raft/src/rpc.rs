@@ -75,6 +75,9 @@ pub enum Refusal {
     NotAMember(NodeId),
     #[error("term {term} is absurd (current term {current})")]
     AbsurdTerm { term: u64, current: u64 },
+    /// A snapshot chunk failed the receiver's checks ([`crate::snapshot_intake`]).
+    #[error(transparent)]
+    SnapshotChunk(#[from] crate::snapshot_intake::ChunkRefusal),
 }
 
 /// Sanity checks on a peer request before it reaches openraft (security review H2):

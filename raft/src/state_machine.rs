@@ -2,24 +2,42 @@
 //!
 //! Applying a batch of entries is one engine write holding the new state *and* the applied
 //! log id and membership, so the applied pointer never runs ahead of (or behind) the state
-//! it describes. A snapshot is fixed by [`Mvcc::snapshot`] while no apply runs (openraft
-//! calls `get_snapshot_builder` on the state-machine task) — on redb a read transaction, so
-//! fixing it is cheap — then streamed by `build_snapshot`, on a task of its own while
-//! applies go on, into the node's current snapshot `<data>/snapshot/current` (a temporary
-//! file, synced, renamed). Installing one is [`Mvcc::restore`]: a single synced batch.
+//! it describes.
+//!
+//! Snapshots live in files under the node's `<data>/snapshot/` ([`crate::snapshot_file`]
+//! is the format), never whole in memory:
+//! - **build**: the state is fixed by [`Mvcc::snapshot`] while no apply runs (openraft
+//!   calls `get_snapshot_builder` on the state-machine task) — on redb a read transaction,
+//!   so fixing it is cheap — then `build_snapshot`, on a task of its own while applies go
+//!   on, streams it record by record into a temporary file, syncs it and renames it over
+//!   `current` (the previous snapshot goes with the rename);
+//! - **send**: `get_current_snapshot` opens `current`; openraft reads it a chunk
+//!   ([`crate::timing::SNAPSHOT_CHUNK`]) at a time, one `InstallSnapshot` RPC per chunk;
+//! - **receive**: `begin_receiving_snapshot` creates a file in the snapshot dir and
+//!   unlinks it at once (so a crash leaves nothing behind); openraft writes each chunk,
+//!   once [`crate::snapshot_intake`] admitted it, at its offset;
+//! - **install**: `install_snapshot` reads the received file once, streaming: the header
+//!   must carry the meta openraft installs, the dump goes record by record into
+//!   [`Mvcc::restore`] (one synced engine batch) and, through a tee, into a temporary
+//!   file that then becomes `current` as a built one does.
 
-use std::io::Cursor;
-use std::path::PathBuf;
+use std::io::{Seek, SeekFrom};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogId};
 use store::{Cf, Command, CommandResult, Mvcc, StateSnapshot, WriteBatch};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+use crate::snapshot_file::{MAX_META_LEN, Tee, read_header, write_header};
 use crate::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig, decode,
     encode,
 };
+
+/// Bytes buffered when a snapshot file is written or read.
+const FILE_BUFFER: usize = 1 << 20;
 
 const APPLIED: &[u8] = b"raft/applied";
 const MEMBERSHIP: &[u8] = b"raft/membership";
@@ -53,6 +71,7 @@ impl StateMachine {
     /// Opens over `mvcc`; snapshots go to `snapshot_dir` (created if missing).
     pub fn open(mvcc: Arc<Mvcc>, snapshot_dir: PathBuf) -> Result<Self, StorageError> {
         std::fs::create_dir_all(&snapshot_dir).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        remove_stale_temp_files(&snapshot_dir);
         let (applied, membership) = read_applied(&mvcc)?;
         Ok(Self {
             mvcc,
@@ -72,23 +91,59 @@ impl StateMachine {
     }
 }
 
+/// The prefix of a snapshot file being written; the process id and a counter follow.
+const TEMP_PREFIX: &str = "current.tmp.";
+
+/// Removes the temporary files a crashed process left in `dir` (files of this process may
+/// belong to a build still running for an earlier incarnation of the node in tests).
+fn remove_stale_temp_files(dir: &Path) {
+    let own = format!("{TEMP_PREFIX}{}.", std::process::id());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(TEMP_PREFIX)
+            && !name.starts_with(&own)
+            && let Err(err) = std::fs::remove_file(e.path())
+        {
+            tracing::warn!(file = %name, error = %err, "removing a stale snapshot file");
+        }
+    }
+}
+
+/// Opens the snapshot file at `path` (`None` when there is none) with its meta; the file
+/// is left at its start, as openraft sends it from there.
+async fn open_snapshot(path: &Path) -> Result<Option<Snapshot>, StorageError> {
+    let read = |e: std::io::Error| snap_err(ErrorVerb::Read, e);
+    let mut f = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(read(e)),
+    };
+    let len = f.read_u32().await.map_err(read)? as usize;
+    if len > MAX_META_LEN {
+        return Err(snap_err(
+            ErrorVerb::Read,
+            format!("snapshot meta of {len} bytes in {}", path.display()),
+        ));
+    }
+    let mut m = vec![0u8; len];
+    f.read_exact(&mut m).await.map_err(read)?;
+    let meta: SnapshotMeta = decode(&m).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+    f.seek(SeekFrom::Start(0)).await.map_err(read)?;
+    Ok(Some(Snapshot {
+        meta,
+        snapshot: Box::new(f),
+    }))
+}
+
 /// Serializes snapshot saves. openraft finishes a build on a task of its own, so a build
 /// can finish while the state machine installs a received snapshot into the same dir (and,
 /// with an in-process restart, while the next incarnation of the node saves one). Unserialized,
 /// both write `current.tmp`: one rename fails (a fatal storage error) or the file interleaves.
 static SAVE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Persists `meta` + `data` as the current snapshot of `dir` (see [`save_snapshot_with`]).
-fn save_snapshot(
-    dir: &std::path::Path,
-    meta: &SnapshotMeta,
-    data: &[u8],
-) -> Result<(), StorageError> {
-    save_snapshot_with(dir, meta, |out| {
-        out.write_all(data)
-            .map_err(|e| snap_err(ErrorVerb::Write, e))
-    })
-}
 
 /// Persists `meta` and what `write_data` writes as the current snapshot of `dir`: a temp
 /// file of its own (written without the lock, so a big dump does not hold up an install),
@@ -96,21 +151,20 @@ fn save_snapshot(
 /// (a slow build finishing after an install) is not saved: the current snapshot never
 /// goes back.
 fn save_snapshot_with(
-    dir: &std::path::Path,
+    dir: &Path,
     meta: &SnapshotMeta,
     write_data: impl FnOnce(&mut dyn std::io::Write) -> Result<(), StorageError>,
 ) -> Result<(), StorageError> {
-    use std::io::Write;
     static NEXT_TMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT_TMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = dir.join(format!("current.tmp.{}.{n}", std::process::id()));
+    let tmp = dir.join(format!("{TEMP_PREFIX}{}.{n}", std::process::id()));
     let io = |e: std::io::Error| snap_err(ErrorVerb::Write, e);
     let written = (|| {
-        let m = encode(meta);
-        let mut f =
-            std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp).map_err(io)?);
-        f.write_all(&(m.len() as u32).to_be_bytes()).map_err(io)?;
-        f.write_all(&m).map_err(io)?;
+        let mut f = std::io::BufWriter::with_capacity(
+            FILE_BUFFER,
+            std::fs::File::create(&tmp).map_err(io)?,
+        );
+        write_header(&mut f, meta).map_err(io)?;
         write_data(&mut f)?;
         let f = f.into_inner().map_err(|e| io(e.into_error()))?;
         f.sync_all().map_err(io)
@@ -135,22 +189,49 @@ fn save_snapshot_with(
 }
 
 /// The meta of the snapshot saved at `path`, if any (reads only the header).
-fn read_saved_meta(path: &std::path::Path) -> Result<Option<SnapshotMeta>, StorageError> {
-    use std::io::Read;
+fn read_saved_meta(path: &Path) -> Result<Option<SnapshotMeta>, StorageError> {
     let mut f = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(snap_err(ErrorVerb::Read, e)),
     };
-    let mut len = [0u8; 4];
-    f.read_exact(&mut len)
-        .map_err(|e| snap_err(ErrorVerb::Read, e))?;
-    let mut m = vec![0u8; u32::from_be_bytes(len) as usize];
-    f.read_exact(&mut m)
-        .map_err(|e| snap_err(ErrorVerb::Read, e))?;
-    decode(&m)
+    read_header(&mut f)
         .map(Some)
         .map_err(|e| snap_err(ErrorVerb::Read, e))
+}
+
+/// Installs the snapshot file `received` (any position) as `meta`: its header must be
+/// `meta`; its dump is read once, streaming, into `mvcc` (with `extra` in the same batch)
+/// and into the new current snapshot file of `dir`.
+fn install_file(
+    received: std::fs::File,
+    meta: &SnapshotMeta,
+    mvcc: &Mvcc,
+    extra: WriteBatch,
+    dir: &Path,
+) -> Result<(), StorageError> {
+    let mut input = std::io::BufReader::with_capacity(FILE_BUFFER, received);
+    input
+        .seek(SeekFrom::Start(0))
+        .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+    let header = read_header(&mut input).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+    if header != *meta {
+        return Err(snap_err(
+            ErrorVerb::Read,
+            format!(
+                "the received snapshot file holds snapshot {}, not {}",
+                header.snapshot_id, meta.snapshot_id
+            ),
+        ));
+    }
+    save_snapshot_with(dir, meta, |out| {
+        let mut tee = Tee {
+            input: &mut input,
+            copy: out,
+        };
+        mvcc.restore(&mut tee, extra)
+            .map_err(|e| snap_err(ErrorVerb::Write, e))
+    })
 }
 
 fn read_applied(mvcc: &Mvcc) -> Result<(Option<LogId>, StoredMembership), StorageError> {
@@ -210,12 +291,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             "snapshot saved"
         );
         // openraft 0.9 keeps only the meta of a snapshot it had built (its state-machine
-        // worker maps the result to `Response::BuildSnapshot(snap.meta)`); a snapshot is
-        // sent to followers from `get_current_snapshot`, which reads the file. So no copy
-        // of the data is handed back here.
+        // worker maps the result to `Response::BuildSnapshot(snap.meta)`) and sends from
+        // `get_current_snapshot`; the file handed back is the saved one, opened, not a copy.
+        let current = open_snapshot(&self.sm_dir.join("current"))
+            .await?
+            .ok_or_else(|| snap_err(ErrorVerb::Read, "the saved snapshot is gone"))?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(Vec::new())),
+            snapshot: current.snapshot,
         })
     }
 }
@@ -284,47 +367,48 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self
+            .snapshot_dir
+            .join(format!("receiving.{}.{n}", std::process::id()));
+        let io = |e: std::io::Error| snap_err(ErrorVerb::Write, e);
+        let f = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(io)?;
+        // Unlinked at once: the open file is all there is, and a crash leaves nothing.
+        tokio::fs::remove_file(&path).await.map_err(io)?;
+        Ok(Box::new(f))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
+        let received = snapshot.into_std().await;
         let extra = pointers(&meta.last_log_id, &meta.last_membership);
-        let mvcc = self.mvcc.clone();
-        let data = tokio::task::spawn_blocking(move || {
-            mvcc.restore(&mut data.as_slice(), extra).map(|()| data)
-        })
-        .await
-        .map_err(|e| snap_err(ErrorVerb::Write, e))?
-        .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let (mvcc, dir, m) = (self.mvcc.clone(), self.snapshot_dir.clone(), meta.clone());
+        let started = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || install_file(received, &m, &mvcc, extra, &dir))
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))??;
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            took_ms = started.elapsed().as_millis() as u64,
+            "snapshot installed"
+        );
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
-        save_snapshot(&self.snapshot_dir, meta, &data)
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let bytes = match std::fs::read(self.current_path()) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(snap_err(ErrorVerb::Read, e)),
-        };
-        if bytes.len() < 4 {
-            return Err(snap_err(ErrorVerb::Read, "snapshot file is truncated"));
-        }
-        let ml = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
-        if bytes.len() < 4 + ml {
-            return Err(snap_err(ErrorVerb::Read, "snapshot file is truncated"));
-        }
-        let meta: SnapshotMeta =
-            decode(&bytes[4..4 + ml]).map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(bytes[4 + ml..].to_vec())),
-        }))
+        open_snapshot(&self.current_path()).await
     }
 }

@@ -3,6 +3,11 @@
 
 use std::time::Duration;
 
+/// Bytes per chunk a leader sends of a snapshot: one `InstallSnapshot` RPC carries one
+/// chunk read from the snapshot file, so this is what a transfer holds in memory on either
+/// side (and well under the receiver's [`crate::snapshot_intake::MAX_SNAPSHOT_CHUNK`]).
+pub const SNAPSHOT_CHUNK: u64 = 1 << 20;
+
 /// Raft and request timings of a node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Timing {
@@ -108,6 +113,7 @@ impl Timing {
             election_timeout_min: self.election_min.as_millis() as u64,
             election_timeout_max: self.election_max.as_millis() as u64,
             install_snapshot_timeout: 10_000,
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK,
             max_payload_entries: 512,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
             max_in_snapshot_log_to_keep: self.keep_logs_after_snapshot,

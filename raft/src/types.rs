@@ -1,7 +1,7 @@
 //! The openraft type configuration: what a log entry carries (a [`store::Command`]),
-//! what applying it returns, and how nodes are addressed.
-
-use std::io::Cursor;
+//! what applying it returns, how nodes are addressed, and what a snapshot is: an open
+//! file ([`crate::snapshot_file`]), which openraft reads chunk by chunk to send it and
+//! writes chunk by chunk as it arrives, so a snapshot is never whole in memory.
 
 use serde::{Deserialize, Serialize};
 
@@ -27,7 +27,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = NodeAddr,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

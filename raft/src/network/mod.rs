@@ -4,6 +4,12 @@
 //! a byte-carrying transport. Implementations: [`sim`] (in-process, with a fault matrix)
 //! here; the HTTP one (bincode bodies at `/raft/rpc`, the peer secret, pooled keep-alive
 //! connections) lives in the binary's `api::peer`, so that this crate knows no HTTP.
+//!
+//! A snapshot travels as openraft sends it: one `InstallSnapshot` request per chunk of
+//! at most [`crate::timing::SNAPSHOT_CHUNK`] bytes, read from the leader's snapshot file,
+//! so a transport holds one chunk at a time, never a whole snapshot. A request the peer
+//! refused ([`PeerResponse::Refused`], e.g. a snapshot chunk that failed its checks) is a
+//! network error naming the refusal.
 
 pub mod sim;
 
@@ -118,7 +124,8 @@ impl Connection {
         option: &RPCOption,
     ) -> Result<PeerResponse, RpcErr<E>> {
         let ttl = option.soft_ttl();
-        self.transport
+        let resp = self
+            .transport
             .send(&self.addr, req, ttl)
             .await
             .map_err(|e| match e {
@@ -126,7 +133,13 @@ impl Connection {
                     RPCError::Unreachable(Unreachable::new(&AnyError::error(e.to_string())))
                 }
                 other => RPCError::Network(NetworkError::new(&AnyError::error(other.to_string()))),
-            })
+            })?;
+        match resp {
+            PeerResponse::Refused(why) => Err(RPCError::Network(NetworkError::new(
+                &AnyError::error(format!("node {} refused the request: {why}", self.target)),
+            ))),
+            resp => Ok(resp),
+        }
     }
 
     fn remote<E: std::error::Error>(&self, e: RaftError<NodeId, E>) -> RpcErr<E> {

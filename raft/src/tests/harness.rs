@@ -115,6 +115,29 @@ impl Cluster {
         c
     }
 
+    /// Starts one more node and joins it through node `via`; returns its index.
+    pub async fn add_node(&mut self, via: usize) -> usize {
+        let i = self.slots.len();
+        let addr = format!("sim://node{}", i + 1);
+        let data_dir = self._dir.path().join(format!("node{}", i + 1));
+        let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+        let node = open(&self.net, &self.timing, &addr, &data_dir, engine.clone()).await;
+        self.slots.push(Slot {
+            addr,
+            data_dir,
+            engine,
+            id: node.id(),
+            node: Mutex::new(Some(node.clone())),
+        });
+        node.join(&self.slots[via].addr, WAIT).await.unwrap();
+        i
+    }
+
+    /// Node `i`'s data directory (its snapshot files live under `snapshot/`).
+    pub fn data_dir(&self, i: usize) -> &std::path::Path {
+        &self.slots[i].data_dir
+    }
+
     pub fn len(&self) -> usize {
         self.slots.len()
     }

@@ -1,7 +1,10 @@
 //! Crate tests of the replication layer: openraft's storage conformance suite over every
 //! engine, and an in-process cluster over the simulated network (elections, partitions,
-//! crash/restart, snapshots, leases, the fenced mutex, watches and seeded fault schedules).
+//! crash/restart, snapshots, leases, the fenced mutex, watches and seeded fault schedules),
+//! snapshots sent as files, and (ignored) the memory an install takes.
 
 mod cluster;
 mod harness;
+mod snapshot_memory;
+mod snapshot_transfer;
 mod storage_suite;

@@ -106,10 +106,11 @@ async fn a_snapshot_build_racing_an_install_keeps_the_newer_snapshot() {
             .await
             .unwrap();
         let newer = leader.get_current_snapshot().await.unwrap().unwrap();
+        let sent = Box::new(newer.snapshot.try_clone().await.unwrap());
 
         let (built, installed) = tokio::join!(
             slow_build.build_snapshot(),
-            follower.install_snapshot(&newer.meta, newer.snapshot.clone())
+            follower.install_snapshot(&newer.meta, sent)
         );
         built.unwrap_or_else(|e| panic!("round {round}: build failed: {e}"));
         installed.unwrap_or_else(|e| panic!("round {round}: install failed: {e}"));
@@ -118,6 +119,18 @@ async fn a_snapshot_build_racing_an_install_keeps_the_newer_snapshot() {
             current.meta, newer.meta,
             "round {round}: an older build replaced the installed snapshot"
         );
-        assert_eq!(current.snapshot.into_inner(), newer.snapshot.into_inner());
+        assert_eq!(
+            contents(current.snapshot).await,
+            contents(newer.snapshot).await
+        );
     }
+}
+
+/// The whole of a (small, test) snapshot file.
+async fn contents(mut f: Box<tokio::fs::File>) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    f.seek(std::io::SeekFrom::Start(0)).await.unwrap();
+    let mut out = Vec::new();
+    f.read_to_end(&mut out).await.unwrap();
+    out
 }
