@@ -441,6 +441,11 @@ impl Node {
         PeerResponse::Snapshot(self.inner.raft.install_snapshot(r).await)
     }
 
+    /// Snapshot chunks this node refused since it started.
+    pub async fn snapshot_chunks_refused(&self) -> u64 {
+        self.inner.snapshot_intake.lock().await.refused()
+    }
+
     async fn answer(&self, req: PeerRequest) -> PeerResponse {
         let inner = &self.inner;
         let m = metrics(inner);

@@ -59,6 +59,7 @@ pub enum ChunkRefusal {
 #[derive(Default)]
 pub struct SnapshotIntake {
     stream: Option<Stream>,
+    refused: u64,
 }
 
 #[derive(Clone)]
@@ -75,6 +76,19 @@ struct Stream {
 impl SnapshotIntake {
     /// Checks `req` and, when it passes, takes it into account (see the module docs).
     pub fn admit(&mut self, req: &InstallSnapshotRequest<TypeConfig>) -> Result<(), ChunkRefusal> {
+        let admitted = self.check(req);
+        if admitted.is_err() {
+            self.refused += 1;
+        }
+        admitted
+    }
+
+    /// Chunks refused so far.
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
+    fn check(&mut self, req: &InstallSnapshotRequest<TypeConfig>) -> Result<(), ChunkRefusal> {
         let id = || req.meta.snapshot_id.clone();
         let len = req.data.len();
         if len > MAX_SNAPSHOT_CHUNK {

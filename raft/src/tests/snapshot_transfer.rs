@@ -312,6 +312,55 @@ async fn a_corrupt_or_truncated_snapshot_is_refused_and_leaves_the_receiver_inta
     c.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_snapshot_file_is_refused_by_the_follower_until_the_leader_builds_a_sound_one() {
+    const KEYS: usize = 3_000;
+    let c = Cluster::start(3, quiet_timing()).await;
+    let l = c.wait_leader(&c.all(), WAIT).await;
+    let f = (l + 1) % 3;
+    c.isolate(f);
+    let leader = c.node(l);
+    fill(&leader, "bad", KEYS).await;
+    snapshot_and_purge(&leader).await;
+    // The disk flips a byte in the middle of the leader's snapshot file.
+    let path = c.data_dir(l).join("snapshot/current");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let follower = c.node(f);
+    let before = (c.dump(f).await, metrics(&follower).snapshot);
+    c.heal();
+    let deadline = Instant::now() + WAIT;
+    while follower.snapshot_chunks_refused().await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the corrupt snapshot was never refused"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        (c.dump(f).await, metrics(&follower).snapshot),
+        before,
+        "the follower installed nothing"
+    );
+
+    // A new build replaces the file: the follower installs it and catches up.
+    fill(&leader, "good", 10).await;
+    let snap = snapshot_and_purge(&leader).await;
+    wait_installed(
+        &follower,
+        snap.index,
+        "the follower installs the sound snapshot",
+    )
+    .await;
+    c.wait_converged(WAIT).await;
+    assert_serves(&follower, "bad", KEYS).await;
+    c.assert_replicas_equal().await;
+    c.shutdown().await;
+}
+
 fn resp_text(resp: &PeerResponse) -> String {
     match resp {
         PeerResponse::Refused(why) => why.to_string(),
