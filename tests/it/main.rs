@@ -20,5 +20,7 @@ mod maintenance;
 mod run_references;
 mod runs_api;
 mod runs_flow;
+#[cfg(feature = "s3")]
+mod s3;
 mod scheduling;
 mod security;

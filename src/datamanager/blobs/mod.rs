@@ -30,7 +30,7 @@ use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::{Path, PathPart};
 use object_store::{
-    GetOptions, GetRange, ObjectMeta, ObjectStore, PutMode, PutOptions, PutPayload, WriteMultipart,
+    GetOptions, GetRange, MultipartUpload, ObjectMeta, ObjectStore, PutMode, PutOptions, PutPayload,
 };
 
 mod open;
@@ -217,38 +217,35 @@ impl Blobs {
             return Ok(first_len as u64);
         };
 
-        let upload = self
+        let mut upload = self
             .store
             .put_multipart(&path)
             .await
             .map_err(|e| BlobError::store("put_multipart", key, e))?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-        let mut total = (first_len + overflow.len()) as u64;
-        for chunk in first.into_iter().chain([overflow]) {
-            writer.put(chunk);
-        }
-        loop {
-            if let Err(e) = writer.wait_for_capacity(UPLOAD_CONCURRENCY).await {
-                abort(writer, key).await;
-                return Err(BlobError::store("put_multipart", key, e));
+        let mut parts = Parts::default();
+        let store_error = |e| BlobError::store("put_multipart", key, e);
+        let outcome = async {
+            for chunk in first.into_iter().chain([overflow]) {
+                parts.add(&mut *upload, chunk).await.map_err(store_error)?;
             }
-            match data.next().await {
-                Some(Ok(chunk)) => {
-                    total += chunk.len() as u64;
-                    writer.put(chunk);
-                }
-                Some(Err(e)) => {
-                    abort(writer, key).await;
-                    return Err(source(e));
-                }
-                None => break,
+            while let Some(item) = data.next().await {
+                let chunk = item.map_err(source)?;
+                parts.add(&mut *upload, chunk).await.map_err(store_error)?;
+            }
+            parts.flush(&mut *upload).await.map_err(store_error)?;
+            upload.complete().await.map_err(store_error)?;
+            Ok(parts.total)
+        }
+        .await;
+        if outcome.is_err() {
+            // Stop the parts still in flight, then give up the upload so that no part is
+            // left stored; the caller gets the original error.
+            parts.in_flight.shutdown().await;
+            if let Err(error) = upload.abort().await {
+                tracing::warn!(key, error = %error, "aborting a failed upload left parts behind");
             }
         }
-        writer
-            .finish()
-            .await
-            .map_err(|e| BlobError::store("put_multipart", key, e))?;
-        Ok(total)
+        outcome
     }
 
     /// Uploads a stream to `key` only if no object is there, returning whether this call
@@ -530,11 +527,74 @@ impl Blobs {
     }
 }
 
-/// Gives up a multipart upload after a failure; the caller reports the original error.
-async fn abort(writer: WriteMultipart, key: &str) {
-    if let Err(error) = writer.abort().await {
-        tracing::warn!(key, error = %error, "aborting a failed upload left parts behind");
+/// The parts of one multipart upload: bytes gathered into parts of exactly `PART_SIZE`
+/// (the last one shorter), each sent by its own task, at most `UPLOAD_CONCURRENCY` in
+/// flight. Dropping it stops the parts in flight.
+#[derive(Default)]
+struct Parts {
+    pending: Vec<Bytes>,
+    pending_len: usize,
+    in_flight: tokio::task::JoinSet<object_store::Result<()>>,
+    /// Bytes added so far.
+    total: u64,
+}
+
+impl Parts {
+    /// Adds `chunk`, sending each part it completes.
+    async fn add(
+        &mut self,
+        upload: &mut dyn MultipartUpload,
+        mut chunk: Bytes,
+    ) -> object_store::Result<()> {
+        self.total += chunk.len() as u64;
+        while self.pending_len + chunk.len() >= PART_SIZE {
+            let head = chunk.split_to(PART_SIZE - self.pending_len);
+            self.pending.push(head);
+            self.send_pending(upload).await?;
+        }
+        if !chunk.is_empty() {
+            self.pending_len += chunk.len();
+            self.pending.push(chunk);
+        }
+        Ok(())
     }
+
+    /// Sends the last part, if any, and waits for every part to be stored.
+    async fn flush(&mut self, upload: &mut dyn MultipartUpload) -> object_store::Result<()> {
+        if self.pending_len > 0 {
+            self.send_pending(upload).await?;
+        }
+        while let Some(done) = self.in_flight.join_next().await {
+            part_result(done)?;
+        }
+        Ok(())
+    }
+
+    /// Sends the gathered bytes as the next part, once fewer than `UPLOAD_CONCURRENCY`
+    /// parts are in flight.
+    async fn send_pending(&mut self, upload: &mut dyn MultipartUpload) -> object_store::Result<()> {
+        while self.in_flight.len() >= UPLOAD_CONCURRENCY {
+            if let Some(done) = self.in_flight.join_next().await {
+                part_result(done)?;
+            }
+        }
+        let part: PutPayload = std::mem::take(&mut self.pending).into_iter().collect();
+        self.pending_len = 0;
+        // Parts are numbered in the order they are created, here, whatever order they
+        // finish in.
+        self.in_flight.spawn(upload.put_part(part));
+        Ok(())
+    }
+}
+
+/// A part's outcome; a part task that panicked is an error of the upload.
+fn part_result(
+    done: Result<object_store::Result<()>, tokio::task::JoinError>,
+) -> object_store::Result<()> {
+    done.map_err(|e| object_store::Error::Generic {
+        store: "Blobs",
+        source: Box::new(e),
+    })?
 }
 
 /// Parses a key into a store path, refusing what would be silently rewritten.

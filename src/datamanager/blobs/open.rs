@@ -15,8 +15,12 @@ impl Blobs {
 
     /// Like [`Blobs::open`] with backend options, for S3 the `object_store` AWS config keys
     /// (`aws_access_key_id`, `aws_secret_access_key`, `aws_region`, `aws_endpoint`,
-    /// `aws_allow_http`, …). Options are refused for backends that take none, and nothing is
-    /// read from the environment: configuration passes them in.
+    /// `aws_allow_http`, `timeout` (each request, default 30 s), `connect_timeout`, …) and
+    /// Cairn's bounds on retrying a failed or timed-out request: `max_retries` (default 10)
+    /// and `retry_timeout` (no new attempt after this long, default 3 min; durations as
+    /// `500ms`, `30s` or `2m`). A stalled server is thus an error after at most about
+    /// `retry_timeout` plus one `timeout`. Options are refused for backends that take none,
+    /// and nothing is read from the environment: configuration passes them in.
     pub fn open_with<I, K, V>(url: &str, options: I) -> Result<Blobs, BlobError>
     where
         I: IntoIterator<Item = (K, V)>,
@@ -81,13 +85,32 @@ fn open_s3(url: &str, rest: &str, options: Vec<(String, String)>) -> Result<Blob
     let mut builder = AmazonS3Builder::new()
         .with_bucket_name(bucket)
         .with_copy_if_not_exists(S3CopyIfNotExists::Multipart);
+    let mut retry = object_store::RetryConfig::default();
     for (key, value) in options {
+        match key.as_str() {
+            MAX_RETRIES => {
+                retry.max_retries = value
+                    .parse()
+                    .map_err(|e| bad(format!("s3 option {MAX_RETRIES}={value:?}: {e}")))?;
+                continue;
+            }
+            RETRY_TIMEOUT => {
+                retry.retry_timeout = parse_duration(&value).ok_or_else(|| {
+                    bad(format!(
+                        "s3 option {RETRY_TIMEOUT}={value:?}: not a duration (500ms, 30s, 2m)"
+                    ))
+                })?;
+                continue;
+            }
+            _ => {}
+        }
         let key: AmazonS3ConfigKey = key
             .parse()
             .map_err(|e| bad(format!("unknown s3 option {key:?}: {e}")))?;
         builder = builder.with_config(key, value);
     }
     let store = builder
+        .with_retry(retry)
         .build()
         .map_err(|e| bad(format!("invalid s3 configuration: {e}")))?;
     let prefix = prefix.trim_matches('/');
@@ -96,6 +119,34 @@ fn open_s3(url: &str, rest: &str, options: Vec<(String, String)>) -> Result<Blob
     }
     let prefix = parse_key(prefix)?;
     Ok(Blobs::from_store(Arc::new(PrefixStore::new(store, prefix))))
+}
+
+/// The option bounding how many times a failed request is retried.
+#[cfg(feature = "s3")]
+const MAX_RETRIES: &str = "max_retries";
+
+/// The option bounding how long after a request's first attempt it may be retried.
+#[cfg(feature = "s3")]
+const RETRY_TIMEOUT: &str = "retry_timeout";
+
+/// A duration written `<n>ms`, `<n>s` or `<n>m`, at most a day.
+#[cfg(feature = "s3")]
+fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let (digits, unit): (&str, fn(u64) -> Duration) = if let Some(n) = text.strip_suffix("ms") {
+        (n, Duration::from_millis)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, Duration::from_secs)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, |m| Duration::from_secs(m.saturating_mul(60)))
+    } else {
+        return None;
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let duration = unit(digits.parse().ok()?);
+    (duration <= Duration::from_secs(24 * 3600)).then_some(duration)
 }
 
 /// Without the `s3` feature an `s3://` URL is a clear configuration error.

@@ -4,11 +4,15 @@
 //! drive runs, and the one poll-until helper.
 
 pub mod cli;
+#[cfg(feature = "s3")]
+pub mod fault_proxy;
 pub mod heartbeat;
 pub mod linearizability;
 pub mod poll;
 pub mod process;
 pub mod request;
 pub mod runs;
+#[cfg(feature = "s3")]
+pub mod s3;
 pub mod scripted;
 pub mod service;
