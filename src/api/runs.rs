@@ -361,15 +361,30 @@ async fn restart_run(
 
 /// Applies `f` to run `id` and writes it back, retrying concurrent changes within the
 /// request's deadline.
-async fn update_run<F>(dm: &Datamanager, id: &str, f: F) -> Result<(), Failure>
+/// Applies `f` to run `id` in the store. A run archived into a segment never changes:
+/// `f` is tried on it so an action refused for a finished run is refused the same way,
+/// and one that would change it is a conflict.
+async fn update_run<F>(st: &ApiState, id: &str, f: F) -> Result<(), Failure>
 where
     F: FnMut(&mut Run) -> Result<(), runservice::RunServiceError>,
 {
     let mut f = f;
-    dm.with_ctx(super::request_ctx())
+    let updated = st
+        .dm
+        .with_ctx(super::request_ctx())
         .update_run_with(id, |run| f(run).map_err(Failure::from))
-        .await?;
-    Ok(())
+        .await;
+    match updated {
+        Err(e) if e.0.code == cairn_client::ErrorCode::NotFound => {
+            let mut run = st.history.run(id).await?.value;
+            f(&mut run)?;
+            Err(Failure::new(
+                cairn_client::ErrorCode::Conflict,
+                format!("run {id} is archived: it has finished and can no longer change"),
+            ))
+        }
+        other => other.map(|_| ()),
+    }
 }
 
 pub async fn action(
@@ -379,7 +394,7 @@ pub async fn action(
     Json(req): Json<RunActionRequest>,
 ) -> ApiResult<Json<RunResponse>> {
     check_run_id(&id)?;
-    update_run(&st.dm, &id, |run| match req.action {
+    update_run(&st, &id, |run| match req.action {
         RunAction::Stop => runservice::stop(run),
         RunAction::Cancel => runservice::cancel(run),
     })
@@ -398,9 +413,9 @@ pub async fn task_action(
     Json(req): Json<TaskActionRequest>,
 ) -> ApiResult<Json<RunResponse>> {
     check_run_id(&id)?;
-    let config = st.dm.run_config(&id).await?;
+    let config = st.history.run_config(&id).await?;
     let task_id = task_id(&config, &id, &task)?;
-    update_run(&st.dm, &id, |run| match &req {
+    update_run(&st, &id, |run| match &req {
         TaskActionRequest::Approve { approver } => {
             runservice::approve(run, &task_id, approver.as_deref())
         }

@@ -4,6 +4,7 @@
 //! scheduler. A test that needs an executor task hands it out as the scheduler does.
 //! Statuses and JSON bodies are asserted as the integration tests (`tests/it`) see them.
 
+mod archived;
 mod executors;
 mod limits;
 mod roles;
@@ -38,6 +39,8 @@ const GROUP: &str = "/project/p1/branch/main";
 /// The router over a fresh store, and the switch of its maintenance mode.
 struct Api {
     store: TestStore,
+    /// The object storage behind the API (segments, logs).
+    blobs: Blobs,
     router: Router,
     maintenance: tokio::sync::watch::Sender<bool>,
     /// The archive index's directory and its follower, kept for the test's length.
@@ -99,6 +102,7 @@ impl Api {
             crate::history::RecordCache::new(1 << 20),
             indexed,
         );
+        let segments_blobs = blobs.clone();
         let state = ApiState {
             node: store.node.clone(),
             dm: store.dm(),
@@ -116,6 +120,7 @@ impl Api {
         let auth = Authenticator::new(ADMIN, state.dm.clone());
         Api {
             router: router(state, auth),
+            blobs: segments_blobs,
             store,
             maintenance,
             _index: (index_dir, follower),
