@@ -18,6 +18,7 @@
 //! - [`tls`]: TLS of the HTTP port (certificates from files, reloaded; peer certificates).
 //! - [`cli`]: the command line (clap tree, `cairn run`, run and store commands); it talks
 //!   to servers only through `cairn-client`.
+//! - [`crash_point`]: points where the kill -9 tests make the process abort.
 //! - [`mode_switch`]: each node's maintenance switch, [`mode_switch::ModeSwitch`] (follows
 //!   the store's maintenance key; the scheduler stops while it is on).
 
@@ -25,6 +26,7 @@ pub mod api;
 pub mod archive_index;
 pub mod cli;
 pub mod configfile;
+pub mod crash_point;
 pub mod datamanager;
 pub mod executor;
 pub mod history;

@@ -68,8 +68,10 @@ pub async fn move_into_segment(
     }
     let (bytes, meta) = writer.finish()?;
     segments::put_segment(blobs, bytes, &meta).await?;
+    crate::crash_point::reached("segment-written");
     match dm.commit_segment(&meta, &runs).await {
         Ok(revision) => {
+            crate::crash_point::reached("segment-recorded");
             tracing::info!(segment = %meta.id, runs = meta.runs, bytes = meta.bytes, revision, "archived runs moved into a segment");
             moved.segment = Some(meta);
         }

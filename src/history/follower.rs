@@ -147,6 +147,9 @@ async fn sync_once(
         }
     };
     let report = archive_index::sync(index, dm, blobs, progress).await?;
+    if report.added > 0 {
+        crate::crash_point::reached("segment-indexed");
+    }
     if first || report.added > 0 || report.removed > 0 {
         tracing::info!(
             segments = report.recorded,

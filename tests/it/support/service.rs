@@ -20,6 +20,8 @@ pub struct ServiceProc {
     extra: Vec<String>,
     /// Runs its in-process executor (the harness passes `--no-executor` otherwise).
     executor: bool,
+    /// Extra environment of the process (applied at each start).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -35,6 +37,7 @@ impl ServiceProc {
             data_dir: data_dir.to_path_buf(),
             url: String::new(),
             executor: true,
+            env: Vec::new(),
             child: None,
         };
         p.url = format!("http://127.0.0.1:{}", p.port);
@@ -70,6 +73,7 @@ impl ServiceProc {
             data_dir: data_dir.to_path_buf(),
             url: format!("http://127.0.0.1:{port}"),
             executor: false,
+            env: Vec::new(),
             child: None,
         };
         p.spawn(init, join);
@@ -90,6 +94,7 @@ impl ServiceProc {
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .args(&self.extra)
             .env("CAIRN_LOG", "error,openraft=off")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if init {
@@ -119,6 +124,21 @@ impl ServiceProc {
 
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; whether it did (then
+    /// it counts as stopped and can be restarted).
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let child = self.child.as_mut().expect("a running node");
+            if child.try_wait().expect("try_wait").is_some() {
+                self.child = None;
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     /// SIGSTOP: the process freezes (its sockets stay open) until [`ServiceProc::resume`].
