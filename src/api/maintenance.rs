@@ -13,7 +13,8 @@ use futures::StreamExt;
 
 use super::error::{ApiResult, Failure};
 use super::v1::ApiState;
-use crate::datamanager::exchange::Validator;
+use crate::datamanager::exchange::{ExchangeError, Validator};
+use crate::datamanager::segments::SegmentLimits;
 
 pub async fn status(State(st): State<ApiState>) -> ApiResult<Json<MaintenanceStatus>> {
     Ok(Json(st.dm.maintenance_status().await?))
@@ -53,7 +54,7 @@ pub async fn export(
 ) -> ApiResult<Response> {
     let stream = st
         .dm
-        .export(st.export_key.to_vec(), p.include_secrets)
+        .export(st.blobs.clone(), st.export_key.to_vec(), p.include_secrets)
         .map(|r| r.map_err(|e| std::io::Error::other(e.to_string())));
     let mut resp = Response::new(Body::from_stream(stream));
     resp.headers_mut().insert(
@@ -63,8 +64,20 @@ pub async fn export(
     Ok(resp)
 }
 
+/// An import's failure: the datamanager's as usual; a segment not written is object
+/// storage failing (500), logged here.
+fn import_failure(e: ExchangeError) -> Failure {
+    match e {
+        ExchangeError::Dm(e) => e.into(),
+        e @ ExchangeError::Segment { .. } => {
+            tracing::error!(error = %e, "import failed");
+            Failure::new(ErrorCode::Internal, e.to_string())
+        }
+    }
+}
+
 /// `POST /import`: only in maintenance. The whole stream is validated (while spooled to
-/// a temporary file) before anything changes.
+/// a temporary file) before anything changes; archived runs go into new segments.
 pub async fn import(State(st): State<ApiState>, body: Body) -> ApiResult<Json<ImportResponse>> {
     let not_in_maintenance = || {
         Failure::new(
@@ -90,10 +103,16 @@ pub async fn import(State(st): State<ApiState>, body: Body) -> ApiResult<Json<Im
     if !st.dm.maintenance_requested().await? {
         return Err(not_in_maintenance());
     }
-    let summary = st.dm.import(spool.path()).await?;
+    let summary = st
+        .dm
+        .import(&st.blobs, spool.path(), SegmentLimits::default())
+        .await
+        .map_err(import_failure)?;
     tracing::info!(
         entries = summary.entries,
         runs = summary.runs,
+        archived = summary.archived,
+        segments = summary.segments,
         "import applied"
     );
     Ok(Json(ImportResponse {

@@ -115,6 +115,24 @@ impl Datamanager {
         Ok(resp.revision)
     }
 
+    /// Records segment `meta` and nothing else, only if it is not recorded yet: for a
+    /// segment whose runs are not in the store (an import writes archived runs straight
+    /// into new segments). [`DmError::Conflict`] when it is recorded already. Returns the
+    /// revision.
+    pub async fn record_segment(&self, meta: &SegmentMeta) -> Result<i64, DmError> {
+        let key = keys::segment(&meta.id);
+        let resp = self
+            .commit(vec![absent(key.clone())], vec![put(key, encode(meta))])
+            .await?;
+        if !resp.succeeded {
+            return Err(DmError::Conflict(format!(
+                "segment {}: recorded already",
+                meta.id
+            )));
+        }
+        Ok(resp.revision)
+    }
+
     /// Up to `limit` ids of runs archived but still in the store (their `rs/archived/`
     /// markers), lowest id first: the segmenter's queue.
     pub async fn archived_run_ids(&self, limit: usize) -> Result<Vec<String>, DmError> {
@@ -379,6 +397,26 @@ mod tests {
         assert!(matches!(err, DmError::Invalid { .. }), "{err}");
         assert_eq!(dm.segment_record(&meta.id).await.expect("read"), None);
         assert_eq!(listed(&dm).await.len(), 2, "nothing left the store");
+    }
+
+    #[tokio::test]
+    async fn a_recorded_only_segment_touches_no_run_and_is_recorded_once() {
+        let st = TestStore::start().await;
+        let dm = st.dm();
+        let a = finished_run(&dm).await;
+        let meta = meta_of(std::slice::from_ref(&a));
+        dm.record_segment(&meta).await.expect("recorded");
+        assert_eq!(
+            dm.segment_record(&meta.id).await.expect("read"),
+            Some(meta.clone())
+        );
+        assert_eq!(dm.run(&a.value.id).await.expect("a stays").value, a.value);
+        assert_eq!(listed(&dm).await, vec![a.value.id.clone()]);
+        let mut changed = meta.clone();
+        changed.bytes += 1;
+        let again = dm.record_segment(&changed).await.expect_err("recorded");
+        assert!(matches!(again, DmError::Conflict(_)), "{again}");
+        assert_eq!(dm.segment_record(&meta.id).await.expect("read"), Some(meta));
     }
 
     #[test]

@@ -83,6 +83,9 @@ async fn export(client: &RunClient) -> Vec<u8> {
 struct Parsed {
     header: Value,
     entries: Vec<(String, String)>,
+    /// The runs archived in segments (`{"archived":{run, config, events}}` lines, after
+    /// the entries, in id order).
+    archived: Vec<Value>,
 }
 
 fn parse_export(bytes: &[u8]) -> Parsed {
@@ -92,15 +95,28 @@ fn parse_export(bytes: &[u8]) -> Parsed {
     assert!(lines.len() >= 2, "an export has a header and a trailer");
     let header: Value = serde_json::from_str(lines[0]).expect("the header parses");
     assert_eq!(header["format"], "cairn-export", "{header}");
-    assert_eq!(header["version"], 1, "{header}");
+    assert_eq!(header["version"], 2, "{header}");
     assert!(header["revision"].as_i64().is_some(), "{header}");
     let trailer: Value = serde_json::from_str(lines[lines.len() - 1]).expect("the trailer parses");
     let mut hash = Sha256::new();
     hash.update(lines[0].as_bytes());
     let mut entries = Vec::new();
+    let mut archived: Vec<Value> = Vec::new();
     for line in &lines[1..lines.len() - 1] {
         hash.update(line.as_bytes());
         let e: Value = serde_json::from_str(line).expect("every entry parses");
+        if let Some(a) = e.get("archived") {
+            let id = a["run"]["id"].as_str().expect("an archived run's id");
+            if let Some(prev) = archived.last() {
+                assert!(
+                    prev["run"]["id"].as_str() < Some(id),
+                    "archived runs out of order"
+                );
+            }
+            archived.push(a.clone());
+            continue;
+        }
+        assert!(archived.is_empty(), "an entry after the archived runs");
         let key = e["key"].as_str().expect("a string key").to_string();
         let value = e["value"].as_str().expect("a string value").to_string();
         if let Some((prev, _)) = entries.last() {
@@ -111,11 +127,15 @@ fn parse_export(bytes: &[u8]) -> Parsed {
     let sum: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(
         trailer["trailer"]["entries"].as_u64(),
-        Some(entries.len() as u64),
+        Some((entries.len() + archived.len()) as u64),
         "{trailer}"
     );
     assert_eq!(trailer["trailer"]["sha256"].as_str(), Some(sum.as_str()));
-    Parsed { header, entries }
+    Parsed {
+        header,
+        entries,
+        archived,
+    }
 }
 
 /// The export's run events, with their sequence (a store revision) left out.
@@ -239,7 +259,10 @@ async fn an_export_imported_into_a_fresh_node_gives_the_same_runs_and_ids_go_on_
     set_mode(&cb, 1, true).await;
     let summary = cb.import(bytes.clone()).await.unwrap();
     assert_eq!(summary.runs, 5);
-    assert_eq!(summary.entries, parsed.entries.len() as u64);
+    assert_eq!(
+        summary.entries,
+        (parsed.entries.len() + parsed.archived.len()) as u64
+    );
     set_mode(&cb, 1, false).await;
 
     let after = snapshot(&cb).await;
@@ -255,8 +278,22 @@ async fn an_export_imported_into_a_fresh_node_gives_the_same_runs_and_ids_go_on_
     };
     assert_eq!(statuses(&after), statuses(&before));
 
-    // B replays the imported events (with B's own sequences).
-    assert_eq!(replay(&cb, events.len()).await, events);
+    // B replays the imported events of the runs in its store (with B's own sequences);
+    // the archived runs went into segments on import with their events, which B's
+    // export holds.
+    let in_store = |e: &RunEvent| before.iter().any(|(r, _)| r.id == e.run_id && !r.archived);
+    let (store_events, archived_events): (Vec<_>, Vec<_>) =
+        events.iter().cloned().partition(in_store);
+    assert_eq!(replay(&cb, store_events.len()).await, store_events);
+    let again = parse_export(&export(&cb).await);
+    let mut segment_events: Vec<RunEvent> = again
+        .archived
+        .iter()
+        .flat_map(|a| serde_json::from_value::<Vec<RunEvent>>(a["events"].clone()).unwrap())
+        .map(|e| RunEvent { sequence: 0, ..e })
+        .collect();
+    sort_events(&mut segment_events);
+    assert_eq!(segment_events, archived_events);
 
     // A new run on B comes after every imported one.
     let new = create(&cb, GROUP, &one_task("ok")).await.run;
