@@ -4,8 +4,8 @@
 //! (Linux only, and each must run alone in its process, as the peak is the process's):
 //!
 //! ```text
-//! cargo test -p raft --release --lib tests::snapshot_memory::measure_install_streamed_from_a_file -- --ignored --exact --nocapture
-//! cargo test -p raft --release --lib tests::snapshot_memory::measure_install_from_a_whole_copy_in_memory -- --ignored --exact --nocapture
+//! cargo test -p raft --lib tests::snapshot_memory::measure_install_streamed_from_a_file -- --ignored --exact --nocapture
+//! cargo test -p raft --lib tests::snapshot_memory::measure_install_from_a_whole_copy_in_memory -- --ignored --exact --nocapture
 //! ```
 //!
 //! The second replays what the receiver did before snapshots were files: chunks appended
