@@ -195,16 +195,18 @@ async fn serve_service(args: RunServeArgs) -> anyhow::Result<()> {
         token,
         peer_token,
         objects: args.objects,
-        scheduler: cairn::scheduler::SchedulerConfig {
-            blob_ttl: std::time::Duration::from_secs(args.blob_ttl_secs),
-            housekeeping_every: std::time::Duration::from_secs(args.housekeeping_secs.max(1)),
-            segments: cairn::runservice::archive::SegmentPolicy {
-                batch: usize::try_from(args.segment_runs).unwrap_or(1000),
-                max_wait: std::time::Duration::from_secs(args.segment_wait_secs),
-                ..Default::default()
+        scheduler: args.retention.apply(
+            cairn::scheduler::SchedulerConfig {
+                housekeeping_every: std::time::Duration::from_secs(args.housekeeping_secs.max(1)),
+                segments: cairn::runservice::archive::SegmentPolicy {
+                    batch: usize::try_from(args.segment_runs).unwrap_or(1000),
+                    max_wait: std::time::Duration::from_secs(args.segment_wait_secs),
+                    ..Default::default()
+                },
+                ..cairn::scheduler::SchedulerConfig::default()
             },
-            ..cairn::scheduler::SchedulerConfig::default()
-        },
+            std::time::Duration::from_secs(args.blob_ttl_secs),
+        )?,
         executor_ttl_secs: args.executor_ttl,
         pull_request_ref_regexes: args.pull_request_ref_regexes,
         streams: args.streams.limits(),

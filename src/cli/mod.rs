@@ -29,6 +29,7 @@ pub mod cert;
 pub mod direct;
 pub mod embedded;
 pub mod executors;
+pub mod retention;
 pub mod runs;
 pub mod snapshot;
 pub mod store;
@@ -175,9 +176,12 @@ pub struct RunServeArgs {
     #[command(flatten)]
     pub streams: StreamTuning,
     /// Caches, workspace archives and source snapshots (once no run still to be
-    /// archived uses them) older than this many seconds are deleted.
+    /// archived uses them) older than this many seconds are deleted, unless
+    /// --cache-ttl, --archive-ttl or --source-ttl says otherwise.
     #[arg(long, default_value_t = 7 * 24 * 3600)]
     pub blob_ttl_secs: u64,
+    #[command(flatten)]
+    pub retention: retention::RetentionArgs,
     /// How often expiry and compaction run, in seconds.
     #[arg(long, default_value_t = 60)]
     pub housekeeping_secs: u64,

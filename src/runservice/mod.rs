@@ -23,6 +23,8 @@
 //! - [`unplaceable`]: failing a task that no executor of a fixed set can ever take.
 //! - [`reference`](mod@reference): a git reference classified as Agola does (branch, tag, pull request),
 //!   its run group, the static environment and the run annotations.
+//! - [`retention`]: which archived runs are past their group's limits, and which of their
+//!   tasks' logs and archives no kept run uses.
 //! - [`depends`]: the evaluation of a task's parents shared by the above.
 //! - [`error`]: the typed [`RunServiceError`].
 
@@ -37,6 +39,7 @@ pub mod pending;
 pub mod placement;
 pub mod reference;
 pub mod restart;
+pub mod retention;
 pub mod spec;
 pub mod task_status;
 pub mod unplaceable;

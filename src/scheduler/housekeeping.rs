@@ -1,7 +1,7 @@
 //! Slow periodic chores of the active scheduler: change-group compaction, run-event
-//! retention, and expiry of old caches, workspace archives and source snapshots (a
-//! snapshot goes with the workspace archives of its runs: once older than the blob TTL and
-//! used by no run still to be archived).
+//! retention, expiry of old caches, workspace archives and source snapshots, each after
+//! its own TTL (a snapshot once also used by no run still to be archived), and the
+//! retention pass of archived runs (`retention.rs`).
 
 use std::collections::BTreeSet;
 
@@ -25,26 +25,35 @@ impl SchedulerTask {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "run-event pruning failed"),
         }
-        let ttl =
-            chrono::Duration::from_std(self.config.blob_ttl).unwrap_or(chrono::Duration::days(7));
-        let cutoff = chrono::Utc::now() - ttl;
+        let now = chrono::Utc::now();
+        // A TTL too long to subtract keeps everything.
+        let cutoff = |ttl: std::time::Duration| {
+            chrono::Duration::from_std(ttl)
+                .ok()
+                .and_then(|ttl| now.checked_sub_signed(ttl))
+                .unwrap_or(DateTime::<Utc>::MIN_UTC)
+        };
         let caches = CacheStore::new(self.blobs.clone());
-        match caches.expire(cutoff).await {
+        match caches.expire(cutoff(self.config.cache_ttl)).await {
             Ok(n) if n > 0 => tracing::info!(deleted = n, "expired caches deleted"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cache expiry failed"),
         }
         let archives = ArchiveStore::new(self.blobs.clone());
-        match archives.expire(cutoff).await {
+        match archives.expire(cutoff(self.config.archive_ttl)).await {
             Ok(n) if n > 0 => tracing::info!(deleted = n, "expired workspace archives deleted"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "workspace archive expiry failed"),
         }
-        match self.expire_sources(dm, cutoff).await {
+        match self
+            .expire_sources(dm, cutoff(self.config.source_ttl))
+            .await
+        {
             Ok(n) if n > 0 => tracing::info!(deleted = n, "expired source snapshots deleted"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "source snapshot expiry failed"),
         }
+        self.retention(dm).await;
         // Uploads abandoned by writers that died an hour ago or more.
         let stale = chrono::Utc::now() - chrono::Duration::hours(1);
         if let Err(e) = self.blobs.clean_staging(stale).await {

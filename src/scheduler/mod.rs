@@ -14,6 +14,7 @@ mod fixed;
 mod housekeeping;
 mod pass;
 mod queue;
+mod retention;
 mod segmenter;
 
 use std::collections::BTreeSet;
@@ -37,8 +38,17 @@ pub struct SchedulerConfig {
     pub sweep_every: Duration,
     /// Change-group compaction, event pruning and blob expiry run this often.
     pub housekeeping_every: Duration,
-    /// Caches and workspace archives older than this are deleted.
-    pub blob_ttl: Duration,
+    /// Caches written longer ago than this are deleted.
+    pub cache_ttl: Duration,
+    /// Workspace archives older than this are deleted.
+    pub archive_ttl: Duration,
+    /// Uploaded source snapshots older than this, and used by no run still to be
+    /// archived, are deleted.
+    pub source_ttl: Duration,
+    /// How long archived runs are kept, per group (default: forever).
+    pub retention: crate::runservice::retention::RetentionPolicy,
+    /// A retention pass runs once per this interval (in a housekeeping pass).
+    pub retention_every: Duration,
     /// Run events kept.
     pub keep_events: usize,
     /// TTL of the scheduler's lock session, in seconds.
@@ -56,12 +66,19 @@ pub struct SchedulerConfig {
 /// lost session, never by time.
 const NO_DEADLINE: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// How long caches, workspace archives and source snapshots are kept by default: 7 days.
+pub const DEFAULT_BLOB_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
 impl Default for SchedulerConfig {
     fn default() -> Self {
         SchedulerConfig {
             sweep_every: Duration::from_secs(5),
             housekeeping_every: Duration::from_secs(60),
-            blob_ttl: Duration::from_secs(7 * 24 * 3600),
+            cache_ttl: DEFAULT_BLOB_TTL,
+            archive_ttl: DEFAULT_BLOB_TTL,
+            source_ttl: DEFAULT_BLOB_TTL,
+            retention: crate::runservice::retention::RetentionPolicy::default(),
+            retention_every: Duration::from_secs(600),
             keep_events: 10_000,
             session_ttl: 5,
             fixed_executors: false,
