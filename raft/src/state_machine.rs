@@ -93,21 +93,24 @@ impl StateMachine {
 
 /// The prefix of a snapshot file being written; the process id and a counter follow.
 const TEMP_PREFIX: &str = "current.tmp.";
+/// The prefix of a file receiving a snapshot (unlinked as soon as it is created).
+const RECEIVING_PREFIX: &str = "receiving.";
 
 /// Removes the temporary files a crashed process left in `dir` (files of this process may
 /// belong to a build still running for an earlier incarnation of the node in tests).
 fn remove_stale_temp_files(dir: &Path) {
-    let own = format!("{TEMP_PREFIX}{}.", std::process::id());
+    let pid = std::process::id();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
         let name = e.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with(TEMP_PREFIX)
-            && !name.starts_with(&own)
-            && let Err(err) = std::fs::remove_file(e.path())
-        {
+        let stale = [TEMP_PREFIX, RECEIVING_PREFIX].iter().any(|p| {
+            name.strip_prefix(p)
+                .is_some_and(|rest| !rest.starts_with(&format!("{pid}.")))
+        });
+        if stale && let Err(err) = std::fs::remove_file(e.path()) {
             tracing::warn!(file = %name, error = %err, "removing a stale snapshot file");
         }
     }
@@ -372,7 +375,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = self
             .snapshot_dir
-            .join(format!("receiving.{}.{n}", std::process::id()));
+            .join(format!("{RECEIVING_PREFIX}{}.{n}", std::process::id()));
         let io = |e: std::io::Error| snap_err(ErrorVerb::Write, e);
         let f = tokio::fs::OpenOptions::new()
             .read(true)
@@ -410,5 +413,33 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         open_snapshot(&self.current_path()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn opening_removes_the_temp_files_a_crashed_process_left_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = std::process::id();
+        let files = [
+            ("current", true),
+            ("current.tmp.1.0", false),
+            ("receiving.1.3", false),
+            (&*format!("current.tmp.{own}.7"), true),
+            (&*format!("receiving.{own}.2"), true),
+        ];
+        for (name, _) in &files {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let mvcc = Arc::new(Mvcc::open(Arc::new(store::engine::MemEngine::new())).unwrap());
+        StateMachine::open(mvcc, dir.path().to_path_buf()).unwrap();
+        for (name, kept) in files {
+            assert_eq!(dir.path().join(name).exists(), kept, "{name}");
+        }
     }
 }
