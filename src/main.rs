@@ -195,6 +195,7 @@ async fn serve_service(args: RunServeArgs) -> anyhow::Result<()> {
         token,
         peer_token,
         objects: args.objects,
+        objects_options: args.objects_options,
         scheduler: args.retention.apply(
             cairn::scheduler::SchedulerConfig {
                 housekeeping_every: std::time::Duration::from_secs(args.housekeeping_secs.max(1)),

@@ -44,6 +44,8 @@ pub struct ServiceOptions {
     pub peer_token: Option<String>,
     /// Object storage URL; `None` = `<data_dir>/objects`.
     pub objects: Option<String>,
+    /// The object store's options (`Blobs::open_with`), for S3 its endpoint and credentials.
+    pub objects_options: Vec<(String, String)>,
     pub scheduler: SchedulerConfig,
     /// Executor registrations live this long without a heartbeat (seconds; raised to
     /// the store's minimum lease TTL).
@@ -412,8 +414,11 @@ impl Service {
             Some(url) => url.clone(),
             None => opts.data_dir.join("objects").display().to_string(),
         };
-        let blobs =
-            Blobs::open(&objects).with_context(|| format!("opening object storage {objects}"))?;
+        let blobs = Blobs::open_with(
+            &objects,
+            opts.objects_options.iter().map(|(k, v)| (k, v.clone())),
+        )
+        .with_context(|| format!("opening object storage {objects}"))?;
         let logs = LogStore::new(blobs.clone());
         let caches = CacheStore::new(blobs.clone());
         let index_path = opts.data_dir.join(crate::history::INDEX_FILE);

@@ -50,6 +50,7 @@ pub(crate) fn embedded_options(
         token: None,
         peer_token: None,
         objects: None,
+        objects_options: Vec::new(),
         scheduler: crate::scheduler::SchedulerConfig {
             fixed_executors: executor.is_some(),
             ..crate::scheduler::SchedulerConfig::default()

@@ -159,6 +159,12 @@ pub struct RunServeArgs {
     /// with --join).
     #[arg(long)]
     pub objects: Option<String>,
+    /// An option of the object store, KEY=VALUE (repeatable), for s3:// the endpoint,
+    /// region and credentials (aws_endpoint, aws_region, aws_access_key_id,
+    /// aws_secret_access_key, aws_allow_http, …) and the request bounds (timeout,
+    /// max_retries, retry_timeout). The command line is visible to every local user.
+    #[arg(long = "objects-option", value_name = "KEY=VALUE", value_parser = parse_option)]
+    pub objects_options: Vec<(String, String)>,
     /// Seconds an executor stays registered without a heartbeat; its unfinished tasks
     /// are failed once it is gone.
     #[arg(long, default_value_t = 15)]
@@ -194,6 +200,14 @@ pub struct RunServeArgs {
     pub segment_wait_secs: u64,
     #[command(flatten)]
     pub net: NetArgs,
+}
+
+/// A `KEY=VALUE` option (the value may hold `=`).
+fn parse_option(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
 }
 
 /// Caps on long-lived requests (watches, run-event streams, log follows, long polls).

@@ -22,11 +22,11 @@ use crate::support::runs::{create, step_log, task_id, wait_finished};
 use crate::support::service::{ExecutorProc, ServiceCluster, ServiceProc};
 
 /// How long a cluster is given to agree, elect or catch up.
-const LONG: Duration = Duration::from_secs(60);
+pub(crate) const LONG: Duration = Duration::from_secs(60);
 
-const GROUP: &str = "/project/archive/branch/main";
+pub(crate) const GROUP: &str = "/project/archive/branch/main";
 
-const ECHO: &str = r#"runs:
+pub(crate) const ECHO: &str = r#"runs:
   - name: ci
     tasks:
       - name: hello
@@ -35,10 +35,10 @@ const ECHO: &str = r#"runs:
 "#;
 
 /// Segments of two runs, written as soon as any run waits.
-const EAGER: &[&str] = &["--segment-runs", "2", "--segment-wait-secs", "0"];
+pub(crate) const EAGER: &[&str] = &["--segment-runs", "2", "--segment-wait-secs", "0"];
 
 /// Every run of the group, page by page (`limit` a page), newest first.
-async fn listed(client: &RunClient, limit: usize) -> Vec<(String, bool)> {
+pub(crate) async fn listed(client: &RunClient, limit: usize) -> Vec<(String, bool)> {
     let mut q = ListRunsQuery {
         group: Some(GROUP.to_string()),
         limit: Some(limit),
@@ -75,7 +75,7 @@ async fn store_keys(node: &ServiceProc, prefix: &str) -> i64 {
 }
 
 /// Waits until every run of `ids` is listed, finished and out of the store.
-async fn wait_all_segmented(node: &ServiceProc, ids: &BTreeSet<String>) {
+pub(crate) async fn wait_all_segmented(node: &ServiceProc, ids: &BTreeSet<String>) {
     let client = node.client();
     wait_for(
         Duration::from_secs(120),

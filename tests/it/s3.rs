@@ -3,7 +3,10 @@
 //! it (`support::fault_proxy`). [`Blobs`]' operations and guarantees, segments, streamed
 //! (multipart) uploads, and a server that fails or stalls mid-upload: an error within a
 //! bounded time, never a hang, nothing partial visible, and a later retry that succeeds.
+//! Last, a 3-node cluster of real `cairn serve` processes sharing one bucket archives
+//! finished runs into segments there, and every node lists and reads them.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,14 +16,19 @@ use cairn::datamanager::keys;
 use cairn::datamanager::segments::{
     self, ArchivedRun, SegmentError, SegmentLimits, SegmentMeta, SegmentWriter,
 };
+use cairn_client::LogStep;
 use cairn_client::run::{Run, RunEvent, RunPhase, RunResult, Time};
 use cairn_client::runconfig::RunConfig;
 use chrono::TimeZone;
 use futures::TryStreamExt;
 use futures::stream::{self, Stream};
 
+use crate::archive::{EAGER, ECHO, GROUP, LONG, listed, wait_all_segmented};
 use crate::support::fault_proxy::{Fault, FaultProxy};
+use crate::support::poll::wait_for;
+use crate::support::runs::{create, step_log, task_id};
 use crate::support::s3::{Patience, S3Server};
+use crate::support::service::{ExecutorProc, ServiceCluster};
 
 const MIB: usize = 1024 * 1024;
 
@@ -583,5 +591,77 @@ fn s3_retry_bounds_are_options_and_bad_ones_are_refused() {
             matches!(err, BlobError::BadUrl { .. }),
             "{key}={value}: {err}"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_a_cluster_sharing_a_bucket_archives_runs_into_segments_every_node_reads() {
+    let server = S3Server::start();
+    let bucket = server.bucket().await;
+    let mut args: Vec<String> = EAGER.iter().map(|a| a.to_string()).collect();
+    for (key, value) in bucket.options(&server.endpoint(), Patience::NORMAL) {
+        args.extend(["--objects-option".to_owned(), format!("{key}={value}")]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = ServiceCluster::start_in(dir, 3, &bucket.url("cluster"), &args);
+    let executor_dir = tempfile::tempdir().expect("tempdir");
+    let _executor = ExecutorProc::start(
+        &cluster.urls().join(","),
+        &executor_dir.path().join("ex"),
+        &[],
+    );
+    let client = cluster.client();
+    let mut created = BTreeSet::new();
+    for _ in 0..5 {
+        created.insert(create(&client, GROUP, ECHO).await.run.id);
+    }
+    wait_all_segmented(&cluster.nodes[0], &created).await;
+
+    // The runs are in segments in the bucket, each once.
+    let blobs = bucket.blobs("cluster");
+    let mut archived = BTreeSet::new();
+    for stored in segments::list_segments(&blobs).await.expect("list") {
+        let footer = segments::read_footer(&blobs, &stored.key)
+            .await
+            .expect("footer");
+        for entry in footer.runs {
+            assert!(
+                archived.insert(entry.id.clone()),
+                "run {} in two segments",
+                entry.id
+            );
+        }
+    }
+    assert_eq!(archived, created);
+
+    // Every node's own index, built from the bucket, lists and reads them, logs included.
+    let newest_first: Vec<String> = created.iter().rev().cloned().collect();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let client = node.client();
+        wait_for(
+            LONG,
+            &format!("node {i} lists every archived run"),
+            || async {
+                let runs = listed(&client, 2).await;
+                let ids: Vec<String> = runs.iter().map(|(id, _)| id.clone()).collect();
+                (ids == newest_first && runs.iter().all(|(_, archived)| *archived)).then_some(())
+            },
+        )
+        .await;
+        for id in &created {
+            let run = client.run(id).await.expect("an archived run reads");
+            assert!(run.run.archived, "node {i}, run {id}");
+            assert_eq!(run.run.result, RunResult::Success, "node {i}, run {id}");
+            assert_eq!(run.run_config.group, GROUP);
+        }
+        let log = step_log(
+            &client,
+            &newest_first[i],
+            &task_id(&client.run(&newest_first[i]).await.expect("run"), "hello"),
+            LogStep::Step(0),
+        )
+        .await;
+        assert!(log.contains("archived-hello"), "node {i}: {log:?}");
     }
 }

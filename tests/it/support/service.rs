@@ -312,7 +312,18 @@ impl ServiceCluster {
     pub fn start_sharing_objects_with(n: usize, more: &[&str]) -> ServiceCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let objects = dir.path().join("objects").display().to_string();
-        let mut extra = vec!["--objects", objects.as_str()];
+        ServiceCluster::start_in(dir, n, &objects, more)
+    }
+
+    /// `n` nodes sharing the object store `objects` (an `s3://` bucket, say), with extra
+    /// `cairn serve` arguments on every node, their data dirs in `dir`.
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        n: usize,
+        objects: &str,
+        more: &[&str],
+    ) -> ServiceCluster {
+        let mut extra = vec!["--objects", objects];
         extra.extend_from_slice(more);
         let mut nodes: Vec<ServiceProc> = Vec::new();
         for i in 0..n {
