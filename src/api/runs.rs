@@ -470,7 +470,7 @@ pub async fn events(
             .and_then(|v| v.parse().ok())
     });
     let (backlog, revision) = match after {
-        Some(a) => st.dm.events_after(a).await?,
+        Some(a) => st.history.events_after(a).await?,
         None => (Vec::new(), st.dm.kv().header().revision),
     };
     let mut watch = st.dm.watch_events(revision + 1);

@@ -30,6 +30,14 @@ impl ArchiveIndex {
         self.call(move |i| i.get(&id)).await
     }
 
+    pub async fn events_after_async(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<cairn_client::run::RunEvent>, IndexError> {
+        self.call(move |i| i.events_after(after, limit)).await
+    }
+
     pub async fn list_async(&self, q: ListRunsQuery) -> Result<RunsPage, IndexError> {
         self.call(move |i| i.list(&q)).await
     }

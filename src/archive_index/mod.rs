@@ -5,8 +5,9 @@
 //! It holds, per archived run, the segment and byte range of its record and the run
 //! itself; the listing keys of the store's own index (`keys::index_keys`: per group
 //! ancestor × {all, phase, result}, in run-id order), so listings have the store's order
-//! and cursors and the two can be merged; the segments indexed; and the store revision
-//! of the last segment record applied. It is a cache of object storage: a file that is
+//! and cursors and the two can be merged; the segments indexed; the newest run events of
+//! archived runs by sequence (for the run-event stream); and the store revision of the
+//! last segment record applied. It is a cache of object storage: a file that is
 //! corrupt or of another format version is reported as such (`IndexError::needs_rebuild`)
 //! and the caller deletes and rebuilds it. `sync.rs` feeds it: the store's segment records
 //! (`datamanager::archived`) say which segments exist, their objects give the runs.
@@ -34,12 +35,12 @@ pub use error::IndexError;
 pub use listing::{ListPlan, merge_page, plan};
 pub use sync::{SyncError, SyncReport, sync};
 pub use tables::{
-    FORMAT_VERSION, IndexedRun, IndexedSegment, SegmentEntry, listing_keys, listing_prefix,
-    stream_bounds,
+    EVENTS_KEPT, FORMAT_VERSION, IndexedRun, IndexedSegment, SegmentEntry, listing_keys,
+    listing_prefix, stream_bounds,
 };
 pub use write::check_segment;
 
-use tables::{LISTING, META, RUNS, SEGMENT_RUNS, SEGMENTS, VERSION_KEY};
+use tables::{EVENTS, LISTING, META, RUNS, SEGMENT_RUNS, SEGMENTS, VERSION_KEY};
 
 /// The page cache of the index file. Listings read a few pages each; the working set of
 /// a busy node is the newest runs, so a small cache keeps RSS flat as history grows.
@@ -107,6 +108,7 @@ fn check_format(db: &Database) -> Result<(), IndexError> {
         txn.open_table(LISTING)?;
         txn.open_table(SEGMENTS)?;
         txn.open_table(SEGMENT_RUNS)?;
+        txn.open_table(EVENTS)?;
     }
     txn.commit()?;
     Ok(())

@@ -3,7 +3,9 @@
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
-use super::tables::{APPLIED_KEY, IndexedRun, IndexedSegment, META, RUNS, SEGMENTS};
+use cairn_client::run::RunEvent;
+
+use super::tables::{APPLIED_KEY, EVENTS, IndexedRun, IndexedSegment, META, RUNS, SEGMENTS};
 use super::{ArchiveIndex, IndexError};
 
 impl ArchiveIndex {
@@ -17,6 +19,21 @@ impl ArchiveIndex {
         serde_json::from_slice(value.value())
             .map(Some)
             .map_err(|e| IndexError::undecodable("run", id, e))
+    }
+
+    /// Up to `limit` kept events of archived runs with a sequence greater than `after`,
+    /// oldest first.
+    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<RunEvent>, IndexError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(EVENTS)?;
+        let mut out = Vec::new();
+        for entry in table.range(after.saturating_add(1)..)?.take(limit) {
+            let (seq, value) = entry?;
+            let event: RunEvent = serde_json::from_slice(value.value())
+                .map_err(|e| IndexError::undecodable("event", &seq.value().to_string(), e))?;
+            out.push(event);
+        }
+        Ok(out)
     }
 
     pub fn has_segment(&self, segment: &str) -> Result<bool, IndexError> {

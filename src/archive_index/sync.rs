@@ -116,6 +116,7 @@ async fn index_segment(
             run: archived.run,
             offset: entry.offset,
             len: entry.len,
+            events: archived.events,
         })
         .collect();
     let indexed = IndexedSegment {

@@ -11,7 +11,7 @@
 
 use std::ops::Bound;
 
-use cairn_client::run::Run;
+use cairn_client::run::{Run, RunEvent};
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
@@ -23,9 +23,16 @@ pub(super) const SEGMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("
 pub(super) const SEGMENT_RUNS: TableDefinition<(&str, &str), ()> =
     TableDefinition::new("segment_runs");
 pub(super) const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
+/// The newest [`EVENTS_KEPT`] run events of archived runs, by sequence (JSON `RunEvent`):
+/// what the run-event stream replays after a sequence, beside the store's own.
+pub(super) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+
+/// Run events of archived runs the index keeps (the newest; the store keeps as many of
+/// its own by default).
+pub const EVENTS_KEPT: u64 = 10_000;
 
 /// The layout above. A file with another version is rebuilt, never migrated.
-pub const FORMAT_VERSION: i64 = 1;
+pub const FORMAT_VERSION: i64 = 2;
 pub(super) const VERSION_KEY: &str = "format_version";
 pub(super) const APPLIED_KEY: &str = "applied_revision";
 
@@ -58,6 +65,8 @@ pub struct SegmentEntry {
     pub run: Run,
     pub offset: u64,
     pub len: u64,
+    /// The run's events (the newest [`EVENTS_KEPT`] of all archived runs are kept).
+    pub events: Vec<RunEvent>,
 }
 
 /// The listing keys of `run`: exactly the store's listing index keys

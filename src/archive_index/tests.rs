@@ -46,6 +46,7 @@ fn entries(runs: &[Run]) -> Vec<SegmentEntry> {
             run: r.clone(),
             offset: 100 * i as u64,
             len: 100,
+            events: Vec::new(),
         })
         .collect()
 }
@@ -362,6 +363,7 @@ fn a_run_taken_over_by_a_later_segment_survives_the_removal_of_the_older_one() {
                 run: moved.clone(),
                 offset: 7,
                 len: 9,
+                events: Vec::new(),
             }],
         )
         .expect("add new");
@@ -666,4 +668,56 @@ fn a_page_of_the_newest_runs_among_100k_is_exact() {
         ids(&f.index.list(&q).expect("list").runs),
         [49_999, 49_998, 49_997].map(keys::run_id)
     );
+}
+
+#[test]
+fn archived_runs_events_are_kept_by_sequence_up_to_the_cap() {
+    use cairn_client::run::RunEvent;
+    let f = fixture();
+    let event = |run: &Run, sequence: u64| RunEvent {
+        sequence,
+        run_id: run.id.clone(),
+        group: run.group.clone(),
+        phase: RunPhase::Finished,
+        result: RunResult::Success,
+        time: chrono::Utc::now(),
+    };
+    // Two runs whose events interleave: the index orders them by sequence.
+    let runs = vec![
+        run(1, "/a", RunPhase::Finished, RunResult::Success),
+        run(2, "/a", RunPhase::Finished, RunResult::Success),
+    ];
+    let mut with_events = entries(&runs);
+    with_events[0].events = vec![event(&runs[0], 10), event(&runs[0], 30)];
+    with_events[1].events = vec![event(&runs[1], 20)];
+    f.index
+        .add_segment("one", &meta(2), with_events)
+        .expect("add");
+    let seqs = |after| -> Vec<u64> {
+        f.index
+            .events_after(after, 100)
+            .expect("events")
+            .iter()
+            .map(|e| e.sequence)
+            .collect()
+    };
+    assert_eq!(seqs(0), [10, 20, 30]);
+    assert_eq!(seqs(10), [20, 30]);
+    assert_eq!(seqs(30), Vec::<u64>::new());
+    assert_eq!(
+        f.index.events_after(0, 2).expect("events").len(),
+        2,
+        "the limit"
+    );
+
+    // Past the cap, the oldest go.
+    let many: Vec<Run> = vec![run(3, "/b", RunPhase::Finished, RunResult::Success)];
+    let mut big = entries(&many);
+    big[0].events = (1000..1000 + EVENTS_KEPT)
+        .map(|s| event(&many[0], s))
+        .collect();
+    f.index.add_segment("two", &meta(1), big).expect("add");
+    let kept = f.index.events_after(0, usize::MAX).expect("events");
+    assert_eq!(kept.len() as u64, EVENTS_KEPT);
+    assert_eq!(kept[0].sequence, 1000, "10, 20 and 30 went first");
 }

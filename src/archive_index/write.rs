@@ -5,11 +5,11 @@
 
 use std::collections::BTreeSet;
 
-use redb::{ReadableTable, Table};
+use redb::{ReadableTable, ReadableTableMetadata, Table};
 
 use super::tables::{
-    self, APPLIED_KEY, IndexedRun, IndexedSegment, LISTING, META, RUNS, SEGMENT_RUNS, SEGMENTS,
-    SegmentEntry,
+    self, APPLIED_KEY, EVENTS, EVENTS_KEPT, IndexedRun, IndexedSegment, LISTING, META, RUNS,
+    SEGMENT_RUNS, SEGMENTS, SegmentEntry,
 };
 use super::{ArchiveIndex, IndexError};
 use crate::datamanager::keys;
@@ -43,8 +43,12 @@ impl ArchiveIndex {
             let mut runs = txn.open_table(RUNS)?;
             let mut listing = txn.open_table(LISTING)?;
             let mut members = txn.open_table(SEGMENT_RUNS)?;
+            let mut events = txn.open_table(EVENTS)?;
             for entry in entries {
                 let id = entry.run.id.clone();
+                for event in &entry.events {
+                    events.insert(event.sequence, encode(event).as_slice())?;
+                }
                 unindex(&mut runs, &mut listing, &mut members, &id)?;
                 for key in tables::listing_keys(&entry.run) {
                     listing.insert(key.as_str(), ())?;
@@ -57,6 +61,9 @@ impl ArchiveIndex {
                     run: entry.run,
                 };
                 runs.insert(id.as_str(), encode(&indexed).as_slice())?;
+            }
+            while events.len()? > EVENTS_KEPT {
+                events.pop_first()?;
             }
         }
         txn.commit()?;

@@ -14,6 +14,9 @@
 //! archived reads wait a little, then fail with [`HistoryError::IndexBehind`] (a 503),
 //! never answer wrongly empty.
 //!
+//! Run events are merged the same way: the store's with the newest events of archived
+//! runs, which the index keeps by sequence.
+//!
 //! Archived runs' configs are read from their segment record (one ranged read) through a
 //! bounded cache ([`RecordCache`]).
 
@@ -28,13 +31,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_client::api::{ListRunsQuery, RunsPage};
-use cairn_client::run::Run;
+use cairn_client::run::{Run, RunEvent};
 use cairn_client::runconfig::RunConfig;
 
 pub use cache::RecordCache;
 pub use follower::{IndexFollower, IndexPublisher, IndexedRevision};
 
-use crate::archive_index::{ArchiveIndex, IndexError, IndexedRun};
+use crate::archive_index::{self, ArchiveIndex, IndexError, IndexedRun};
 use crate::datamanager::blobs::Blobs;
 use crate::datamanager::segments::{self, ArchivedRun, FooterEntry, SegmentError};
 use crate::datamanager::{Datamanager, DmError, Versioned};
@@ -149,6 +152,23 @@ impl History {
     /// The config of run `id`, live or archived.
     pub async fn run_config(&self, id: &str) -> Result<Arc<RunConfig>, HistoryError> {
         Ok(self.run_and_config(id).await?.1)
+    }
+
+    /// Run events with a sequence greater than `after`, oldest first, wherever their run
+    /// lives (the store's, and the newest `EVENTS_KEPT` of archived runs from the index),
+    /// and the store revision they were read at: a watch from the next revision continues
+    /// them without a gap or a repeat (an archived event written after that revision is
+    /// left to the watch, which sees it written).
+    pub async fn events_after(&self, after: u64) -> Result<(Vec<RunEvent>, i64), HistoryError> {
+        let (mut events, revision) = self.dm.events_after(after).await?;
+        self.ensure_indexed(revision).await?;
+        let until = u64::try_from(revision).unwrap_or(0);
+        let kept = usize::try_from(archive_index::EVENTS_KEPT).unwrap_or(usize::MAX);
+        let archived = self.index.events_after_async(after, kept).await?;
+        events.extend(archived.into_iter().filter(|e| e.sequence <= until));
+        events.sort_by_key(|e| e.sequence);
+        events.dedup_by_key(|e| e.sequence);
+        Ok((events, revision))
     }
 
     /// One page of runs from the store and the index, merged (see `listing.rs`).

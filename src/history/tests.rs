@@ -291,3 +291,27 @@ fn merging_two_pages_keeps_order_drops_duplicates_and_cuts_at_the_limit() {
     let m = listing::merge_pages(page(&[], false), page(&[], false), true, 5);
     assert!(m.runs.is_empty() && m.next.is_none());
 }
+
+#[tokio::test]
+async fn run_events_read_the_same_before_and_after_their_runs_move_into_a_segment() {
+    let f = Fixture::start().await;
+    let dm = f.st.dm();
+    archived(&dm, 3).await;
+    let (before, _) = f.history().events_after(0).await.expect("events");
+    assert!(
+        before.len() >= 6,
+        "each run was created and finished: {before:?}"
+    );
+
+    testing::segment_waiting(&dm, &f.blobs, 10).await;
+    let (in_store, _) = dm.events_after(0).await.expect("store events");
+    assert!(
+        in_store.is_empty(),
+        "the events left the store with their runs"
+    );
+    let (after, _) = f.history().events_after(0).await.expect("events");
+    assert_eq!(after, before, "the same events, same sequences, same order");
+    let middle = before[2].sequence;
+    let (tail, _) = f.history().events_after(middle).await.expect("events");
+    assert_eq!(tail, before[3..]);
+}

@@ -238,7 +238,7 @@ impl SchedulerTask {
                 token: fence.token,
             })),
             r = self.schedule(&dm) => r,
-            r = self.segmenter(&dm) => r,
+            r = self.background(&dm) => r,
         };
         self.active.store(false, Ordering::Relaxed);
         let _ = mutex.unlock(&session, &fence).await;
@@ -255,9 +255,7 @@ impl SchedulerTask {
         let mut dirty: BTreeSet<String> = dm.active_run_ids().await?.into_iter().collect();
         let mut state = PassState::default();
         let mut sweep = tokio::time::interval(self.config.sweep_every);
-        let mut housekeeping = tokio::time::interval(self.config.housekeeping_every);
         sweep.tick().await;
-        housekeeping.tick().await;
         loop {
             while !dirty.is_empty() {
                 let batch = std::mem::take(&mut dirty);
@@ -307,7 +305,6 @@ impl SchedulerTask {
                     dirty.extend(dm.active_run_ids().await?);
                     self.fail_lost_tasks(dm, &mut dirty).await?;
                 }
-                _ = housekeeping.tick() => self.housekeeping(dm).await,
             }
         }
     }

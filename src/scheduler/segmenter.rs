@@ -1,5 +1,6 @@
-//! The segmenter: the active scheduler's second loop, which moves archived runs out of the
-//! store into segments in object storage.
+//! The segmenter: the active scheduler's background loop (beside the scheduling loop),
+//! which moves archived runs out of the store into segments in object storage and, less
+//! often, deletes orphan segments and runs the housekeeping chores.
 //!
 //! A finished run is archived in two steps. The scheduler's pass marks it archived once
 //! its logs are in object storage (`archived = true`, and the `rs/archived/<id>` marker
@@ -27,22 +28,28 @@ use crate::runservice::archive::segment_due;
 pub const ORPHAN_AGE: Duration = Duration::from_secs(600);
 
 impl SchedulerTask {
-    /// Segments due runs every `segments.every` and deletes orphan segments every
-    /// `housekeeping_every`, until the scheduler stops (the caller drops this future).
-    /// Returns only when the scheduler's lock is lost.
-    pub(super) async fn segmenter(&self, dm: &Datamanager) -> Result<(), DmError> {
+    /// The active scheduler's background loop, beside the scheduling loop so that its
+    /// slow object-storage work never holds up a hand-out: segments due runs every
+    /// `segments.every`, and every `housekeeping_every` deletes orphan segments and does
+    /// the housekeeping chores (compaction, expiry, retention). Runs until the scheduler
+    /// stops (the caller drops this future); returns only when the lock is lost.
+    pub(super) async fn background(&self, dm: &Datamanager) -> Result<(), DmError> {
         let mut tick = tokio::time::interval(self.config.segments.every);
-        let mut orphans = tokio::time::interval(self.config.housekeeping_every);
+        let mut chores = tokio::time::interval(self.config.housekeeping_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        orphans.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        chores.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        chores.tick().await;
         loop {
             tokio::select! {
                 _ = tick.tick() => self.segment_due_runs(dm).await?,
-                _ = orphans.tick() => match self.remove_orphan_segments(dm).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(deleted = n, "orphan segments deleted"),
-                    Err(e) => tracing::warn!(error = %e, "deleting orphan segments failed"),
-                },
+                _ = chores.tick() => {
+                    match self.remove_orphan_segments(dm).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(deleted = n, "orphan segments deleted"),
+                        Err(e) => tracing::warn!(error = %e, "deleting orphan segments failed"),
+                    }
+                    self.housekeeping(dm).await;
+                }
             }
         }
     }
