@@ -19,7 +19,7 @@ use store::{Compare, KeyRange, RangeRequest, RequestOp};
 
 use super::segments::{ArchivedRun, SegmentMeta};
 use super::{
-    Datamanager, DmError, Versioned, absent, decode, delete, delete_range, encode, put, unchanged,
+    Datamanager, DmError, Versioned, absent, delete, delete_range, encode, put, unchanged,
 };
 use crate::datamanager::keys;
 
@@ -202,16 +202,7 @@ impl Datamanager {
 
     /// [`Datamanager::segment_records`], with the store revision they were read at.
     pub async fn segment_records_at(&self) -> Result<(Vec<Versioned<SegmentMeta>>, i64), DmError> {
-        let (kvs, revision) = self.scan_at(keys::SEGMENT, false).await?;
-        let mut out = Vec::with_capacity(kvs.len());
-        for kv in kvs {
-            let key = String::from_utf8_lossy(&kv.key).into_owned();
-            out.push(Versioned {
-                value: decode(&key, &kv.value)?,
-                mod_revision: kv.mod_revision,
-            });
-        }
-        Ok((out, revision))
+        self.scan_json_at(keys::SEGMENT).await
     }
 
     /// How many segment records were written (created or changed) after `revision`:

@@ -285,15 +285,24 @@ impl Datamanager {
         &self,
         prefix: &str,
     ) -> Result<Vec<Versioned<T>>, DmError> {
-        let mut out = Vec::new();
-        for kv in self.scan(prefix, false).await? {
+        Ok(self.scan_json_at(prefix).await?.0)
+    }
+
+    /// [`Datamanager::scan_json`], with the revision it read at.
+    async fn scan_json_at<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<(Vec<Versioned<T>>, i64), DmError> {
+        let (kvs, revision) = self.scan_at(prefix, false).await?;
+        let mut out = Vec::with_capacity(kvs.len());
+        for kv in kvs {
             let key = String::from_utf8_lossy(&kv.key).into_owned();
             out.push(Versioned {
                 value: decode(&key, &kv.value)?,
                 mod_revision: kv.mod_revision,
             });
         }
-        Ok(out)
+        Ok((out, revision))
     }
 
     /// Every key-value under `prefix`, paged at one revision.

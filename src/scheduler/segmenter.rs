@@ -84,12 +84,19 @@ impl SchedulerTask {
         if ids.is_empty() {
             return Ok(0);
         }
-        let batch = dm.archived_batch(&ids).await?;
-        let oldest_end = batch.iter().map(|(_, a)| a.run.end_time).min().flatten();
+        // A full batch is due as it is; a smaller one only once its oldest run waited
+        // long enough, which the runs alone tell (configs and events are read only for a
+        // batch that moves).
+        let policy = &self.config.segments;
         let now = chrono::Utc::now();
-        if !segment_due(ids.len(), oldest_end, now, &self.config.segments) {
-            return Ok(0);
+        if ids.len() < self.batch() {
+            let runs = dm.runs(&ids).await?;
+            let oldest_end = runs.iter().map(|r| r.value.end_time).min().flatten();
+            if !segment_due(ids.len(), oldest_end, now, policy) {
+                return Ok(0);
+            }
         }
+        let batch = dm.archived_batch(&ids).await?;
         let limits = SegmentLimits {
             max_runs: self.batch(),
             ..SegmentLimits::default()
