@@ -462,6 +462,8 @@ impl Service {
         let (b, l, c, a) = (blobs.clone(), logs.clone(), caches.clone(), active.clone());
         let idx = index.clone();
         let executor_ttl = opts.executor_ttl_secs;
+        let peer_reads = crate::api::forward::PeerReads::new(opts.net.peer_client_builder()?)
+            .context("the client of reads forwarded to peers")?;
         let store = StoreServer::start_with(store_opts, move |node| {
             let dm = Datamanager::new(node.kv());
             let history =
@@ -470,6 +472,7 @@ impl Service {
                 node: node.clone(),
                 dm,
                 history,
+                peer_reads,
                 blobs: b,
                 logs: l,
                 caches: c,

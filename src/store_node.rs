@@ -94,6 +94,17 @@ impl ServeNet {
         }
     }
 
+    /// The builder of this node's clients of its peers (the Raft transport, reads
+    /// forwarded to a peer): [`HttpTransport::client_builder`]'s settings, and over
+    /// `https://` the cluster CA and the node's certificate (`peer_client_tls`).
+    pub fn peer_client_builder(&self) -> anyhow::Result<reqwest::ClientBuilder> {
+        let builder = HttpTransport::client_builder();
+        Ok(match self.peer_client_tls() {
+            Some(tls) => tls.apply(builder)?,
+            None => builder,
+        })
+    }
+
     /// How this node dials its peers: trusting the cluster CA, presenting its own
     /// certificate (a node certificate is valid for client authentication too).
     fn peer_client_tls(&self) -> Option<cairn_client::ClientTls> {
@@ -193,16 +204,12 @@ impl StoreServer {
             .advertise
             .clone()
             .unwrap_or_else(|| format!("{scheme}://{addr}"));
-        let transport = Arc::new(match opts.net.peer_client_tls() {
-            Some(peer_tls) => {
-                let client = peer_tls
-                    .apply(HttpTransport::client_builder())?
-                    .build()
-                    .context("the peer client")?;
-                HttpTransport::with_client(&opts.cluster_token, client)
-            }
-            None => HttpTransport::new(&opts.cluster_token),
-        });
+        let client = opts
+            .net
+            .peer_client_builder()?
+            .build()
+            .context("the peer client")?;
+        let transport = Arc::new(HttpTransport::with_client(&opts.cluster_token, client));
         let cfg = NodeConfig {
             data_dir: opts.data_dir.clone(),
             engine: opts.engine,

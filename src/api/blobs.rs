@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use super::auth::Caller;
 use super::error::{ApiResult, Failure};
+use super::forward::PeerRead;
 use super::streams::{CredentialKey, StreamKind, StreamPermit};
 use super::v1::ApiState;
 use crate::datamanager::archives::ArchiveStore;
@@ -43,16 +44,23 @@ fn log_step(step: &Option<String>) -> Result<LogStep, Failure> {
     }
 }
 
-/// `GET /runs/{id}/tasks/{task_id}/logs?step=&offset=&follow=`.
+/// `GET /runs/{id}/tasks/{task_id}/logs?step=&offset=&follow=`. A read without `follow`
+/// is answered by a peer while this node's index cannot read an archived run
+/// (`super::forward`); a follow is a stream, never forwarded.
 pub async fn logs(
     State(st): State<ApiState>,
     credential: CredentialKey,
+    read: PeerRead,
     Path((run_id, task_id)): Path<(String, String)>,
     Query(p): Query<LogParams>,
 ) -> ApiResult<Response> {
     super::runs::check_run_id(&run_id)?;
     let step = log_step(&p.step)?;
-    let (run, config) = st.history.run_and_config(&run_id).await?;
+    let read = if p.follow { read.local() } else { read };
+    let (run, config) = match read.history(&st).run_and_config(&run_id).await {
+        Ok(found) => found,
+        Err(e) => return read.or_forward(&st, e).await,
+    };
     let run = run.value;
     let task_id = super::runs::task_id(&config, &run_id, &task_id)?;
     let rt = run

@@ -9,6 +9,7 @@
 //! - [`peer`]: the Raft peer wire over HTTP, both ends (the route and the transport).
 //! - [`streams`]: per-credential and global caps on watches, SSE streams, log follows
 //!   and long polls.
+//! - [`forward`]: run reads answered by a peer while this node's archive index is behind.
 
 pub mod auth;
 pub mod blobs;
@@ -16,6 +17,7 @@ pub mod cluster;
 pub mod error;
 pub mod etcd;
 pub mod executors;
+pub mod forward;
 pub mod maintenance;
 pub mod peer;
 pub mod run_watch;

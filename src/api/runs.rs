@@ -9,9 +9,10 @@ use axum::Json;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use cairn_client::api::{
     CreateRunRequest, CreateRunResponse, ListRunsQuery, PendingReasons, RestartRunRequest,
-    RunAction, RunActionRequest, RunResponse, RunsPage, TaskActionRequest,
+    RunAction, RunActionRequest, RunResponse, TaskActionRequest,
 };
 use cairn_client::run::{Run, RunPhase, RunResult};
 use cairn_client::runconfig::RunConfig;
@@ -21,6 +22,7 @@ use store::WatchMessage;
 
 use super::auth::{self, Caller};
 use super::error::{ApiResult, Failure};
+use super::forward::PeerRead;
 use super::v1::ApiState;
 use crate::configfile;
 use crate::datamanager::{Datamanager, Versioned};
@@ -130,16 +132,21 @@ pub(super) fn check_run_id(id: &str) -> Result<(), Failure> {
 }
 
 /// `GET /runs/{id}`: secrets of the run config are redacted unless the caller is admin.
+/// Answered by a peer while this node's index cannot read an archived run
+/// (`super::forward`).
 pub async fn get(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
+    read: PeerRead,
     Path(id): Path<String>,
-) -> ApiResult<Json<RunResponse>> {
+) -> ApiResult<Response> {
     check_run_id(&id)?;
-    Ok(Json(auth::run_response_for(
-        &caller,
-        run_response(&st, &id).await?,
-    )))
+    let (run, config) = match read.history(&st).run_and_config(&id).await {
+        Ok(found) => found,
+        Err(e) => return read.or_forward(&st, e).await,
+    };
+    let (resp, _) = respond(&st, run, (*config).clone()).await?;
+    Ok(Json(auth::run_response_for(&caller, resp)).into_response())
 }
 
 /// The run, its config and why it (or each waiting task) is pending.
@@ -253,10 +260,13 @@ fn parse_list<T>(
         .collect()
 }
 
+/// `GET /runs`; answered by a peer while this node's index is behind
+/// (`super::forward`).
 pub async fn list(
     State(st): State<ApiState>,
+    read: PeerRead,
     Query(p): Query<ListParams>,
-) -> ApiResult<Json<RunsPage>> {
+) -> ApiResult<Response> {
     if p.limit == Some(0) {
         return Err(Failure::bad_request("limit must be at least 1"));
     }
@@ -275,7 +285,10 @@ pub async fn list(
         limit: p.limit,
         asc: p.asc,
     };
-    Ok(Json(st.history.list(&q).await?))
+    match read.history(&st).list(&q).await {
+        Ok(page) => Ok(Json(page).into_response()),
+        Err(e) => read.or_forward(&st, e).await,
+    }
 }
 
 pub async fn restart(

@@ -22,6 +22,9 @@ use crate::datamanager::blobs::Blobs;
 use crate::datamanager::caches::CacheStore;
 use crate::datamanager::logs::LogStore;
 
+/// Where the router is mounted.
+pub const PREFIX: &str = "/api/v1";
+
 /// Limit of JSON request bodies.
 pub const MAX_JSON_BYTES: usize = 2 << 20;
 /// Limit of uploaded blobs (log chunks, archives, caches, sources).
@@ -34,6 +37,8 @@ pub struct ApiState {
     pub dm: Datamanager,
     /// Live and archived runs as one, for every read of runs.
     pub history: crate::history::History,
+    /// Asks peers for the runs this node cannot read while its index is behind.
+    pub peer_reads: super::forward::PeerReads,
     pub blobs: Blobs,
     pub logs: LogStore,
     pub caches: CacheStore,
@@ -171,7 +176,7 @@ pub fn router(state: ApiState, auth: Authenticator) -> Router {
         .layer(middleware::from_fn_with_state(mode, gate))
         .layer(middleware::from_fn_with_state(auth, authenticate))
         .layer(middleware::map_response(|r| json_errors(r, api_error_body)));
-    Router::new().nest("/api/v1", api)
+    Router::new().nest(PREFIX, api)
 }
 
 #[cfg(test)]

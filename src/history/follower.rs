@@ -3,7 +3,9 @@
 //! (`archive_index::sync`: a missing or deleted index is rebuilt from object storage,
 //! with a progress line), then watches `rs/segment/` and syncs again at every change.
 //! It publishes the store revision up to which the index holds every recorded segment
-//! ([`IndexedRevision`]), which readers wait on (`History::ensure_indexed`).
+//! ([`IndexedRevision`]), which readers wait on (`History::ensure_indexed`); `None`
+//! until the first sync of the process has finished, which is how a reader tells an
+//! index being rebuilt (ask a peer) from one a little behind (wait).
 
 use std::time::Duration;
 
@@ -105,6 +107,8 @@ async fn follow(
     blobs: Blobs,
     tx: watch::Sender<Option<i64>>,
 ) {
+    // Tests hold a node's index back here, so that it stays incomplete (`None`).
+    crate::crash_point::held("index-first-sync").await;
     let mut backoff = FIRST_BACKOFF;
     let mut first = true;
     loop {

@@ -10,9 +10,11 @@
 //! at revision `r` is completed from the index only once the index holds every segment
 //! recorded up to `r` ([`History::ensure_indexed`]): then a run archived before `r` is in
 //! the index, a run archived after it is still in what the store returned, and a run in
-//! both (moved between the two reads) is shown once. An index still being built makes
-//! archived reads wait a little, then fail with [`HistoryError::IndexBehind`] (a 503),
-//! never answer wrongly empty.
+//! both (moved between the two reads) is shown once. An index behind makes archived
+//! reads wait a little, or give up at once while it is rebuilt or far behind (`lag.rs`,
+//! by the read's [`ReadOrigin`]), with [`HistoryError::IndexBehind`]: the API then asks
+//! a peer whose index is complete (`api/forward.rs`), or answers 503; never wrongly
+//! empty.
 //!
 //! Run events are merged the same way: the store's with the newest events of archived
 //! runs, which the index keeps by sequence.
@@ -22,6 +24,7 @@
 
 pub mod cache;
 mod follower;
+pub mod lag;
 mod listing;
 
 #[cfg(test)]
@@ -36,6 +39,7 @@ use cairn_client::runconfig::RunConfig;
 
 pub use cache::RecordCache;
 pub use follower::{IndexFollower, IndexPublisher, IndexedRevision};
+pub use lag::{IndexLag, LagPlan, ReadOrigin, lag_plan};
 
 use crate::archive_index::{self, ArchiveIndex, IndexError, IndexedRun};
 use crate::datamanager::blobs::Blobs;
@@ -43,7 +47,7 @@ use crate::datamanager::segments::{self, ArchivedRun, FooterEntry, SegmentError}
 use crate::datamanager::{Datamanager, DmError, Versioned};
 
 /// How long a read waits for this node's index to catch up with the store before it
-/// fails with [`HistoryError::IndexBehind`].
+/// fails with [`HistoryError::IndexBehind`] (when it waits at all: [`lag_plan`]).
 pub const INDEX_WAIT: Duration = Duration::from_secs(5);
 
 /// The file name of a node's index under its data dir.
@@ -93,6 +97,9 @@ pub struct History {
     blobs: Blobs,
     cache: RecordCache,
     indexed: IndexedRevision,
+    /// Whether reads wait for a lagging index ([`lag_plan`]); `Local` unless set by
+    /// [`History::reading_for`].
+    origin: ReadOrigin,
 }
 
 impl History {
@@ -109,6 +116,15 @@ impl History {
             blobs,
             cache,
             indexed,
+            origin: ReadOrigin::Local,
+        }
+    }
+
+    /// This history for reads from `origin`: how they meet a lagging index.
+    pub fn reading_for(&self, origin: ReadOrigin) -> History {
+        History {
+            origin,
+            ..self.clone()
         }
     }
 
@@ -218,7 +234,7 @@ impl History {
     /// Waits until this node's index holds every segment recorded up to store revision
     /// `wanted`: at once when it applied the records at or past `wanted`, or when no
     /// record was written after the revision it applied; else as it catches up, for at
-    /// most [`INDEX_WAIT`].
+    /// most [`INDEX_WAIT`], when [`lag_plan`] says to wait at all (else it fails at once).
     pub async fn ensure_indexed(&self, wanted: i64) -> Result<(), HistoryError> {
         let deadline = tokio::time::Instant::now() + INDEX_WAIT;
         let mut indexed = self.indexed.clone();
@@ -227,14 +243,18 @@ impl History {
             if at.is_some_and(|at| at >= wanted) {
                 return Ok(());
             }
-            if let Some(at) = at
-                && self.dm.segments_written_after(at).await? == 0
-            {
-                return Ok(());
-            }
-            if tokio::time::timeout_at(deadline, indexed.changed())
-                .await
-                .is_err()
+            let lag = match at {
+                None => IndexLag::Rebuilding,
+                Some(at) => match self.dm.segments_written_after(at).await? {
+                    0 => return Ok(()),
+                    segments => IndexLag::Behind { segments },
+                },
+            };
+            let waits = lag_plan(self.origin, lag) == LagPlan::Wait;
+            if !waits
+                || tokio::time::timeout_at(deadline, indexed.changed())
+                    .await
+                    .is_err()
             {
                 return Err(HistoryError::IndexBehind {
                     indexed: indexed.current().unwrap_or(-1),

@@ -1,7 +1,8 @@
 //! The merged view over a real store, a memory object store and a redb index kept by the
 //! real follower: archived runs read by id with their configs, listings merged in order
 //! across the boundary with cursors, a run moved between two pages shown once, reads
-//! that wait for a lagging index, and a deleted index rebuilt to the same answers.
+//! that wait for a lagging index (or give up at once, by their origin), and a deleted
+//! index rebuilt to the same answers.
 
 use std::time::Duration;
 
@@ -314,4 +315,58 @@ async fn run_events_read_the_same_before_and_after_their_runs_move_into_a_segmen
     let middle = before[2].sequence;
     let (tail, _) = f.history().events_after(middle).await.expect("events");
     assert_eq!(tail, before[3..]);
+}
+
+#[tokio::test]
+async fn a_rebuilding_index_fails_a_forwardable_read_at_once_and_a_forwarded_read_never_waits() {
+    let f = Fixture::start().await;
+    let dm = f.st.dm();
+    let ids = archived(&dm, 2).await;
+    testing::segment_waiting(&dm, &f.blobs, 2).await;
+    let in_store = testing::archived_run(&dm, GROUP).await.value.id;
+    let stuck_at = |indexed: Option<i64>| {
+        History::new(
+            dm.clone(),
+            ArchiveIndex::open(&f.dir.path().join(format!("stuck-{indexed:?}.redb")))
+                .expect("index"),
+            f.blobs.clone(),
+            RecordCache::new(1 << 20),
+            IndexedRevision::fixed(indexed),
+        )
+    };
+    let at_once = |started: std::time::Instant| started.elapsed() < INDEX_WAIT / 2;
+
+    // Rebuilding (the first sync not finished): no wait unless nobody else can answer.
+    let rebuilding = stuck_at(None);
+    for origin in [ReadOrigin::Forwardable, ReadOrigin::Forwarded] {
+        let started = std::time::Instant::now();
+        let err = rebuilding
+            .reading_for(origin)
+            .run(&ids[0])
+            .await
+            .expect_err("behind");
+        assert!(
+            matches!(err, HistoryError::IndexBehind { indexed: -1, .. }),
+            "{err}"
+        );
+        let listed = rebuilding.reading_for(origin).list(&query(5, false)).await;
+        assert!(matches!(listed, Err(HistoryError::IndexBehind { .. })));
+        assert!(at_once(started), "{origin:?} waited");
+    }
+    // A run still in the store needs no index.
+    let run = rebuilding
+        .reading_for(ReadOrigin::Forwarded)
+        .run(&in_store)
+        .await
+        .expect("a run in the store");
+    assert_eq!(run.value.id, in_store);
+
+    // Slightly behind: a forwarded read still answers at once.
+    let behind = stuck_at(Some(1)).reading_for(ReadOrigin::Forwarded);
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        behind.run(&ids[0]).await,
+        Err(HistoryError::IndexBehind { indexed: 1, .. })
+    ));
+    assert!(at_once(started), "a forwarded read waited");
 }

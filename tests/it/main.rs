@@ -17,6 +17,7 @@ mod failover;
 mod leases;
 mod lifecycle;
 mod maintenance;
+mod peer_reads;
 mod run_references;
 mod runs_api;
 mod runs_flow;

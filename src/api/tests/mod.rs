@@ -107,6 +107,9 @@ impl Api {
             node: store.node.clone(),
             dm: store.dm(),
             history,
+            peer_reads:
+                super::forward::PeerReads::new(super::peer::HttpTransport::client_builder())
+                    .expect("a client"),
             logs: LogStore::new(blobs.clone()),
             caches: CacheStore::new(blobs.clone()),
             blobs,

@@ -9,4 +9,4 @@ mod ids;
 mod isolation;
 mod limits;
 mod store;
-mod tls;
+pub(crate) mod tls;

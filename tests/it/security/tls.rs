@@ -223,13 +223,13 @@ fn a_watch_outlives_the_header_read_timeout() {
 }
 
 /// The PEM files `cairn cert` wrote into a directory.
-struct Certs {
+pub(crate) struct Certs {
     dir: std::path::PathBuf,
 }
 
 impl Certs {
     /// `cairn cert init`, then a certificate per `(kind, name)`, all for 127.0.0.1.
-    fn make(dir: &std::path::Path, certs: &[(&str, &str)]) -> Certs {
+    pub(crate) fn make(dir: &std::path::Path, certs: &[(&str, &str)]) -> Certs {
         cert_cli(&["init", "--dir", &dir.display().to_string()]);
         for (kind, name) in certs {
             cert_cli(&[
@@ -258,7 +258,7 @@ impl Certs {
     }
 
     /// `cairn serve` arguments serving `name`'s node certificate with mutual TLS.
-    fn serve_args(&self, name: &str) -> Vec<String> {
+    pub(crate) fn serve_args(&self, name: &str) -> Vec<String> {
         vec![
             "--tls-cert".into(),
             self.path(&format!("{name}.pem")),
@@ -270,7 +270,7 @@ impl Certs {
     }
 
     /// Trusts this CA, presenting `name`'s certificate when given.
-    fn client_tls(&self, name: Option<&str>) -> ClientTls {
+    pub(crate) fn client_tls(&self, name: Option<&str>) -> ClientTls {
         ClientTls {
             ca_file: Some(self.ca().into()),
             cert_file: name.map(|n| self.path(&format!("{n}.pem")).into()),
