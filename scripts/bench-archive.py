@@ -5,8 +5,8 @@ sharing one object storage directory, filled by import with N finished, archived
 
 - import wall time and the importing node's peak RSS (VmHWM);
 - how long each node's own index of archived runs takes to be complete after the import;
-- every node's RSS once settled, and the size of the store (its Raft snapshot file when
-  one was built, and the data dir);
+- every node's RSS once settled, the size of the store's state (a snapshot of it, saved
+  with `cairn store snapshot save`: what a Raft snapshot holds) and node 0's data dir;
 - GET /runs?limit=25 newest first, by group and by result, and GET /runs/{id} of an
   archived run cold (ids never read) and warm, p50/p99 over keep-alive connections to a
   follower;
@@ -184,8 +184,12 @@ def bench(n):
         index_secs = [wait_indexed(node, last, since) for node in nodes]
         time.sleep(2)
         rss = [node.status("VmRSS") for node in nodes]
-        snap = os.path.join(nodes[0].data, "snapshot", "current")
-        snapshot = "%.1f MB" % (os.path.getsize(snap) / 1e6) if os.path.exists(snap) else "none built"
+        # The store's state as a Raft snapshot holds it (etcd's maintenance snapshot of
+        # the same state machine), saved from node 0.
+        snap = os.path.join(work, "store.snapshot")
+        subprocess.run([BIN, "store", "snapshot", "save", snap, "--endpoints", nodes[0].url,
+                        "--token", TOKEN], check=True, capture_output=True)
+        snapshot = "%.2f MB" % (os.path.getsize(snap) / 1e6)
         follower = nodes[1]
         rows = {
             "newest 25": timed(follower, ["/runs?limit=25"] * 200),

@@ -52,6 +52,32 @@ impl ArchiveIndex {
             .await
     }
 
+    pub async fn begin_segment_async(
+        &self,
+        segment: String,
+        meta: IndexedSegment,
+    ) -> Result<bool, IndexError> {
+        self.call(move |i| i.begin_segment(&segment, &meta)).await
+    }
+
+    pub async fn add_segment_runs_async(
+        &self,
+        segment: String,
+        entries: Vec<SegmentEntry>,
+    ) -> Result<(), IndexError> {
+        self.call(move |i| i.add_segment_runs(&segment, entries))
+            .await
+    }
+
+    pub async fn complete_segment_async(
+        &self,
+        segment: String,
+        meta: IndexedSegment,
+    ) -> Result<(), IndexError> {
+        self.call(move |i| i.complete_segment(&segment, &meta))
+            .await
+    }
+
     pub async fn remove_segment_async(&self, segment: String) -> Result<bool, IndexError> {
         self.call(move |i| i.remove_segment(&segment)).await
     }

@@ -40,7 +40,7 @@ pub use tables::{
 };
 pub use write::check_segment;
 
-use tables::{EVENTS, LISTING, META, RUNS, SEGMENT_RUNS, SEGMENTS, VERSION_KEY};
+use tables::{EVENTS, LISTING, META, PARTIAL, RUNS, SEGMENT_RUNS, SEGMENTS, VERSION_KEY};
 
 /// The page cache of the index file. Listings read a few pages each; the working set of
 /// a busy node is the newest runs, so a small cache keeps RSS flat as history grows.
@@ -109,6 +109,7 @@ fn check_format(db: &Database) -> Result<(), IndexError> {
         txn.open_table(SEGMENTS)?;
         txn.open_table(SEGMENT_RUNS)?;
         txn.open_table(EVENTS)?;
+        txn.open_table(PARTIAL)?;
     }
     txn.commit()?;
     Ok(())

@@ -5,7 +5,9 @@ use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use cairn_client::run::RunEvent;
 
-use super::tables::{APPLIED_KEY, EVENTS, IndexedRun, IndexedSegment, META, RUNS, SEGMENTS};
+use super::tables::{
+    APPLIED_KEY, EVENTS, IndexedRun, IndexedSegment, META, PARTIAL, RUNS, SEGMENTS,
+};
 use super::{ArchiveIndex, IndexError};
 
 impl ArchiveIndex {
@@ -52,6 +54,17 @@ impl ArchiveIndex {
             let meta = serde_json::from_slice(value.value())
                 .map_err(|e| IndexError::undecodable("segment", &id, e))?;
             out.push((id, meta));
+        }
+        Ok(out)
+    }
+
+    /// Segments being indexed in batches and not completed (a crash in between).
+    pub fn partial_segments(&self) -> Result<Vec<String>, IndexError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PARTIAL)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            out.push(entry?.0.value().to_string());
         }
         Ok(out)
     }

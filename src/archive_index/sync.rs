@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use super::{ArchiveIndex, IndexError, IndexedSegment, SegmentEntry};
 use crate::datamanager::blobs::Blobs;
-use crate::datamanager::segments::{self, SegmentError, SegmentMeta};
+use crate::datamanager::segments::{SegmentError, SegmentMeta, SegmentReader};
 use crate::datamanager::{Datamanager, DmError};
 
 /// Why a sync pass stopped.
@@ -64,6 +64,11 @@ pub async fn sync(
         .into_iter()
         .map(|(id, _)| id)
         .collect();
+    let partial: BTreeSet<String> = index
+        .call(|index| index.partial_segments())
+        .await?
+        .into_iter()
+        .collect();
     let recorded: BTreeSet<String> = records.iter().map(|r| r.value.id.clone()).collect();
     let missing: Vec<&SegmentMeta> = records
         .iter()
@@ -80,7 +85,7 @@ pub async fn sync(
         report.added += 1;
         progress(done + 1, missing.len());
     }
-    for gone in indexed.difference(&recorded) {
+    for gone in indexed.union(&partial).filter(|s| !recorded.contains(*s)) {
         if index.remove_segment_async(gone.clone()).await? {
             report.removed += 1;
         }
@@ -88,44 +93,69 @@ pub async fn sync(
     Ok(report)
 }
 
-/// Reads segment `meta` whole, checks it is the recorded one, and indexes its runs.
+/// Runs indexed per write transaction while a segment is read: what bounds the memory
+/// of indexing (decoded runs and the transaction's dirty pages), whatever the segment's
+/// size.
+pub const INDEX_BATCH: usize = 500;
+
+/// Streams segment `meta`, indexing its runs [`INDEX_BATCH`] at a time, then records it
+/// once the whole object is read and is the recorded one. An object that is not (another
+/// SHA-256) is unindexed again and refused.
 async fn index_segment(
     index: &ArchiveIndex,
     blobs: &Blobs,
     meta: &SegmentMeta,
 ) -> Result<(), SyncError> {
-    let (decoded, sha256) = segments::read_segment(blobs, &meta.key)
+    let segment_error = |source| SyncError::Segment {
+        segment: meta.id.clone(),
+        source,
+    };
+    let mut reader = SegmentReader::open(blobs, &meta.key)
         .await
-        .map_err(|source| SyncError::Segment {
-            segment: meta.id.clone(),
-            source,
-        })?;
+        .map_err(segment_error)?;
+    let indexed = IndexedSegment {
+        runs: u32::try_from(reader.footer().runs.len()).unwrap_or(u32::MAX),
+        bytes: meta.bytes,
+        sha256: meta.sha256.clone(),
+    };
+    if !index
+        .begin_segment_async(meta.id.clone(), indexed.clone())
+        .await?
+    {
+        return Ok(());
+    }
+    loop {
+        let batch = reader
+            .next_batch(INDEX_BATCH)
+            .await
+            .map_err(segment_error)?;
+        if batch.is_empty() {
+            break;
+        }
+        let entries: Vec<SegmentEntry> = batch
+            .into_iter()
+            .map(|(entry, archived)| SegmentEntry {
+                run: archived.run,
+                offset: entry.offset,
+                len: entry.len,
+                events: archived.events,
+            })
+            .collect();
+        index
+            .add_segment_runs_async(meta.id.clone(), entries)
+            .await?;
+    }
+    let sha256 = reader.finish().await.map_err(segment_error)?;
     if sha256 != meta.sha256 {
+        index.remove_segment_async(meta.id.clone()).await?;
         return Err(SyncError::Mismatch {
             segment: meta.id.clone(),
             recorded: meta.sha256.clone(),
             found: sha256,
         });
     }
-    let entries: Vec<SegmentEntry> = decoded
-        .footer
-        .runs
-        .iter()
-        .zip(decoded.runs)
-        .map(|(entry, archived)| SegmentEntry {
-            run: archived.run,
-            offset: entry.offset,
-            len: entry.len,
-            events: archived.events,
-        })
-        .collect();
-    let indexed = IndexedSegment {
-        runs: u32::try_from(entries.len()).unwrap_or(u32::MAX),
-        bytes: meta.bytes,
-        sha256: meta.sha256.clone(),
-    };
     index
-        .add_segment_async(meta.id.clone(), indexed, entries)
+        .complete_segment_async(meta.id.clone(), indexed)
         .await?;
     Ok(())
 }
@@ -139,7 +169,7 @@ mod tests {
     use super::*;
     use crate::datamanager::Versioned;
     use crate::datamanager::keys;
-    use crate::datamanager::segments::{ArchivedRun, SegmentLimits, SegmentWriter};
+    use crate::datamanager::segments::{self, ArchivedRun, SegmentLimits, SegmentWriter};
     use crate::datamanager::testing::{self, TestStore};
 
     const GROUP: &str = "/project/a/branch/main";
@@ -294,5 +324,51 @@ mod tests {
                 .expect("read")
                 .is_none()
         );
+    }
+
+    #[tokio::test]
+    async fn a_segment_left_partial_by_a_crash_is_indexed_again_and_an_unrecorded_one_dropped() {
+        let st = TestStore::start().await;
+        let dm = st.dm();
+        let (blobs, _objects) = file_blobs();
+        let (meta, mut ids) = archive(&dm, &blobs, 4).await;
+        ids.reverse();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let index = ArchiveIndex::open_async(dir.path().join("index.redb"))
+            .await
+            .expect("open");
+        // What a crash after the first batch leaves: the segment partial, one run in.
+        let indexed = IndexedSegment {
+            runs: 4,
+            bytes: meta.bytes,
+            sha256: meta.sha256.clone(),
+        };
+        assert!(index.begin_segment(&meta.id, &indexed).expect("begin"));
+        let first = ids[3].clone(); // the oldest: the segment's first run
+        let (decoded, _) = crate::datamanager::segments::read_segment(&blobs, &meta.key)
+            .await
+            .expect("read");
+        let one = SegmentEntry {
+            run: decoded.runs[0].run.clone(),
+            offset: decoded.footer.runs[0].offset,
+            len: decoded.footer.runs[0].len,
+            events: Vec::new(),
+        };
+        assert_eq!(one.run.id, first);
+        index
+            .add_segment_runs(&meta.id, vec![one])
+            .expect("first batch");
+        // And a partial segment the store never recorded (its record rolled back).
+        assert!(
+            index
+                .begin_segment("0000000000000900-0000000000000900-00000000", &indexed)
+                .expect("begin")
+        );
+
+        let report = sync(&index, &dm, &blobs, |_, _| {}).await.expect("synced");
+        assert_eq!((report.added, report.removed), (1, 1));
+        assert!(index.partial_segments().expect("partial").is_empty());
+        assert!(index.has_segment(&meta.id).expect("has"));
+        assert_eq!(listed(&index).await, ids);
     }
 }

@@ -6,6 +6,7 @@
 //! listing       <ancestor>\0<sel>\0<run id>     ()  the store's listing index keys (`keys::index_keys`)
 //! segments      <segment id>                    IndexedSegment (JSON)
 //! segment_runs  (<segment id>, <run id>)        ()  the runs a segment holds in this index
+//! partial       <segment id>                    ()  segments being indexed in batches
 //! meta          format_version | applied_revision   i64
 //! ```
 
@@ -22,6 +23,9 @@ pub(super) const LISTING: TableDefinition<&str, ()> = TableDefinition::new("list
 pub(super) const SEGMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("segments");
 pub(super) const SEGMENT_RUNS: TableDefinition<(&str, &str), ()> =
     TableDefinition::new("segment_runs");
+/// Segments whose runs are being indexed in batches (`begin_segment`): not yet in
+/// `segments`, so a sync indexes them again.
+pub(super) const PARTIAL: TableDefinition<&str, ()> = TableDefinition::new("partial");
 pub(super) const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
 /// The newest [`EVENTS_KEPT`] run events of archived runs, by sequence (JSON `RunEvent`):
 /// what the run-event stream replays after a sequence, beside the store's own.

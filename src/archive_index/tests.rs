@@ -721,3 +721,65 @@ fn archived_runs_events_are_kept_by_sequence_up_to_the_cap() {
     assert_eq!(kept.len() as u64, EVENTS_KEPT);
     assert_eq!(kept[0].sequence, 1000, "10, 20 and 30 went first");
 }
+
+#[test]
+fn a_segment_indexed_in_batches_is_partial_until_completed_and_can_be_redone_or_dropped() {
+    let f = fixture();
+    let runs = mixed_runs(9);
+    assert!(f.index.begin_segment("s", &meta(9)).expect("begin"));
+    f.index
+        .add_segment_runs("s", entries(&runs[..5]))
+        .expect("first batch");
+    // A crash here: the segment is partial, not indexed; its runs so far are listed.
+    assert_eq!(f.index.partial_segments().expect("partial"), vec!["s"]);
+    assert!(!f.index.has_segment("s").expect("has"));
+    assert_eq!(f.index.len().expect("len"), 5);
+
+    // Indexed again from the start (as a sync does): the runs are replaced, not doubled.
+    assert!(f.index.begin_segment("s", &meta(9)).expect("begin again"));
+    f.index
+        .add_segment_runs("s", entries(&runs[..5]))
+        .expect("first batch again");
+    f.index
+        .add_segment_runs("s", entries(&runs[5..]))
+        .expect("second batch");
+    f.index.complete_segment("s", &meta(9)).expect("complete");
+    assert!(f.index.partial_segments().expect("partial").is_empty());
+    assert!(f.index.has_segment("s").expect("has"));
+    assert_eq!(f.index.len().expect("len"), 9);
+    let listed: Vec<String> = f
+        .index
+        .list(&ListRunsQuery::default())
+        .expect("list")
+        .runs
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(listed, ids(&runs).into_iter().rev().collect::<Vec<_>>());
+    // Complete: beginning it again is a no-op; other metadata is a conflict.
+    assert!(!f.index.begin_segment("s", &meta(9)).expect("done"));
+    let other = IndexedSegment {
+        sha256: "ff".repeat(32),
+        ..meta(9)
+    };
+    assert!(matches!(
+        f.index.begin_segment("s", &other),
+        Err(IndexError::SegmentConflict { .. })
+    ));
+    // Runs cannot be added to a segment that is not being indexed.
+    assert!(matches!(
+        f.index.add_segment_runs("s", entries(&runs[..1])),
+        Err(IndexError::Invalid { .. })
+    ));
+
+    // A partial segment the store no longer records is dropped with its runs.
+    let more = mixed_runs(12);
+    assert!(f.index.begin_segment("t", &meta(3)).expect("begin"));
+    f.index
+        .add_segment_runs("t", entries(&more[9..]))
+        .expect("batch");
+    assert!(f.index.remove_segment("t").expect("removed"));
+    assert!(f.index.partial_segments().expect("partial").is_empty());
+    assert_eq!(f.index.len().expect("len"), 9);
+    assert!(!f.index.remove_segment("t").expect("gone already"));
+}

@@ -6,12 +6,14 @@
 //! one segment within count and size limits, and this file holds the typed error and the
 //! object operations over [`Blobs`]: [`put_segment`], [`read_footer`] and [`read_run`]
 //! (ranged reads: trailer and footer, then one record), [`read_segment`] (whole, with its
-//! SHA-256), [`list_segments`], [`delete_segment`]. Nothing here knows the store: which
+//! SHA-256), [`SegmentReader`] (`reader.rs`: whole, streamed a batch of runs at a time,
+//! with its SHA-256), [`list_segments`], [`delete_segment`]. Nothing here knows the store: which
 //! segments exist for the run service, and which runs they hold, is recorded elsewhere.
 //! Every id is checked before it becomes a key, and every byte read is checked before it
 //! is trusted.
 
 pub mod format;
+mod reader;
 mod writer;
 
 #[cfg(test)]
@@ -22,6 +24,7 @@ use cairn_client::run::RunPhase;
 use sha2::{Digest, Sha256};
 
 pub use format::{ArchivedRun, DecodedSegment, FooterEntry, SegmentFooter};
+pub use reader::SegmentReader;
 pub use writer::{SegmentLimits, SegmentMeta, SegmentWriter};
 
 use super::blobs::{BlobError, Blobs, Meta};

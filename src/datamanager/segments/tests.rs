@@ -865,3 +865,111 @@ fn offsets_in_a_decoded_footer_are_within_the_object() {
         bytes.len() as u64
     );
 }
+
+/// Every run of `key` through a [`SegmentReader`], `batch` at a time, and the SHA-256.
+async fn stream_all(
+    blobs: &Blobs,
+    key: &str,
+    batch: usize,
+) -> Result<(Vec<ArchivedRun>, Vec<usize>, String), SegmentError> {
+    let mut reader = SegmentReader::open(blobs, key).await?;
+    let (mut all, mut sizes) = (Vec::new(), Vec::new());
+    loop {
+        let got = reader.next_batch(batch).await?;
+        if got.is_empty() {
+            break;
+        }
+        sizes.push(got.len());
+        for (entry, run) in got {
+            assert_eq!(entry.id, run.run.id);
+            all.push(run);
+        }
+    }
+    let sha256 = reader.finish().await?;
+    Ok((all, sizes, sha256))
+}
+
+#[tokio::test]
+async fn a_streamed_segment_gives_every_run_in_batches_and_the_sha_of_the_whole_object() {
+    let (blobs, _dir) = file_store();
+    let input = runs(1..=1203);
+    let (bytes, meta) = segment(&input);
+    put_segment(&blobs, bytes, &meta).await.expect("put");
+
+    let (got, sizes, sha256) = stream_all(&blobs, &meta.key, 500).await.expect("streamed");
+    assert_eq!(got, input);
+    assert_eq!(sizes, vec![500, 500, 203]);
+    assert_eq!(sha256, meta.sha256);
+    // A batch of 0 still moves on (one run at a time).
+    let (one_by_one, sizes, _) = stream_all(&blobs, &meta.key, 0).await.expect("streamed");
+    assert_eq!(one_by_one.len(), 1203);
+    assert!(sizes.iter().all(|&n| n == 1));
+}
+
+#[tokio::test]
+async fn a_streamed_segment_with_a_damaged_record_or_another_body_is_caught() {
+    let (blobs, _dir) = file_store();
+    let input = runs(1..=50);
+    let (bytes, meta) = segment(&input);
+
+    // A bit flipped inside the 30th record: the first batch passes, the one holding it
+    // fails with the record's own checksum error.
+    let footer = format::decode_segment(&bytes).expect("valid").footer;
+    let hit = &footer.runs[29];
+    let mut damaged = bytes.to_vec();
+    damaged[(hit.offset + RECORD_HEADER_LEN + 3) as usize] ^= 0x10;
+    put_segment(&blobs, Bytes::from(damaged), &meta)
+        .await
+        .expect("put");
+    let mut reader = SegmentReader::open(&blobs, &meta.key).await.expect("open");
+    assert_eq!(reader.next_batch(20).await.expect("first 20").len(), 20);
+    let err = reader.next_batch(20).await.expect_err("the damaged record");
+    assert!(
+        matches!(err, SegmentError::RecordChecksum { ref id, .. } if *id == hit.id),
+        "{err}"
+    );
+
+    // The same runs written again (another creation time): every record is sound, but
+    // the object is not the one recorded, which only the SHA-256 tells.
+    let (_, other_dir) = file_store();
+    let other_blobs = Blobs::open(&format!("file://{}", other_dir.path().display())).expect("open");
+    let mut writer = SegmentWriter::new(SegmentLimits {
+        max_runs: 100_000,
+        max_bytes: u64::MAX,
+    });
+    for run in &input {
+        writer.add(run).expect("add");
+    }
+    let (other, _) = writer.finish_with(at(200), 0xdead_beef).expect("finish");
+    other_blobs
+        .put(&meta.key, other)
+        .await
+        .expect("stored under the same key");
+    let (got, _, sha256) = stream_all(&other_blobs, &meta.key, 500)
+        .await
+        .expect("sound records");
+    assert_eq!(got, input);
+    assert_ne!(sha256, meta.sha256);
+}
+
+#[tokio::test]
+async fn a_segment_cut_short_is_refused_not_a_hang() {
+    let (blobs, _dir) = file_store();
+    let input = runs(1..=40);
+    let (bytes, meta) = segment(&input);
+    // The footer and trailer are intact (read by range), the records are cut: the stream
+    // ends before the records it promises.
+    let footer = format::decode_segment(&bytes).expect("valid").footer;
+    let trailer = trailer_of(&bytes);
+    let cut = footer.runs[10].offset as usize;
+    let mut short = bytes[..cut].to_vec();
+    short.extend_from_slice(&bytes[trailer.footer_offset as usize..]);
+    blobs
+        .put(&meta.key, Bytes::from(short))
+        .await
+        .expect("stored");
+    let err = stream_all(&blobs, &meta.key, 500)
+        .await
+        .expect_err("cut short");
+    assert!(err.is_corrupt(), "{err}");
+}
