@@ -14,7 +14,8 @@ sharing one object storage directory, filled by import with N finished, archived
 - a fourth node joining: until it serves, and until its index is complete.
 
 Usage: scripts/bench-archive.py [N ...]   (default: 1000 10000 100000)
-Needs a release build (`cargo build --release`); CAIRN_BIN overrides the binary.
+Needs a release build (`cargo build --release`); CAIRN_BIN overrides the binary;
+CAIRN_BENCH_DIR says where the work directories go, CAIRN_BENCH_KEEP=1 keeps them (logs).
 """
 import hashlib
 import hmac
@@ -62,8 +63,14 @@ class Node:
         self.ready = time.monotonic() - self.started
         self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
 
-    def get(self, path):
-        self.conn.request("GET", "/api/v1" + path, headers={"Authorization": "Bearer " + TOKEN})
+    def get(self, path, own=False):
+        """GET /api/v1<path>; `own`: answered from this node's own index only (marked as
+        forwarded by a peer, so it is neither forwarded nor kept waiting: 503 until the
+        index holds it)."""
+        headers = {"Authorization": "Bearer " + TOKEN}
+        if own:
+            headers["x-cairn-forwarded"] = "bench"
+        self.conn.request("GET", "/api/v1" + path, headers=headers)
         resp = self.conn.getresponse()
         body = resp.read()
         return resp.status, body
@@ -136,9 +143,11 @@ def timed(node, paths):
     return statistics.median(times), times[int(len(times) * 0.99) - 1]
 
 
-def wait_indexed(node, last_id, since):
+def wait_indexed(node, last_id, since, own=True):
+    """Seconds from `since` until `node` answers GET /runs/<last_id>: from its own index
+    (`own`), or by any means (a peer answering for it while its index is behind)."""
     while True:
-        status, _ = node.get("/runs/" + last_id)
+        status, _ = node.get("/runs/" + last_id, own=own)
         if status == 200:
             return time.monotonic() - since
         if time.monotonic() - since > 600:
@@ -206,6 +215,7 @@ def bench(n):
         joiner = Node(work, 3, objects, join=nodes[0].url)
         nodes.append(joiner)
         join_ready = joiner.ready
+        join_answers = wait_indexed(joiner, last, joiner.started, own=False)
         join_index = wait_indexed(joiner, last, joiner.started)
         print("| %s | %.1f MB | %.1f s | %.0f MiB | %s | %s | %s | %.1f MB |" % (
             format(n, ","), size, imported, peak,
@@ -214,12 +224,16 @@ def bench(n):
         for name, (p50, p99) in rows.items():
             print("|   %s | p50 %.2f ms | p99 %.2f ms |" % (name, p50, p99))
         print("|   export | %.2f s | %d lines | %.0f runs/s |" % (exported, lines, n / exported))
-        print("|   4th node joins | serving %.1f s | index complete %.1f s |" % (join_ready, join_index))
+        print("|   4th node joins | serving %.1f s | answers an archived run %.1f s | own index complete %.1f s |" % (
+            join_ready, join_answers, join_index))
         sys.stdout.flush()
     finally:
         for node in nodes:
             node.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        if os.environ.get("CAIRN_BENCH_KEEP"):
+            print("kept %s" % work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def main():

@@ -584,20 +584,22 @@ impl Kv {
                     "no leader answered before the deadline".into(),
                 ));
             }
-            let m = metrics(&self.n);
-            let leader = m.current_leader.and_then(|id| {
-                m.membership_config
-                    .membership()
-                    .get_node(&id)
-                    .map(|n| (id, n.clone()))
-            });
-            let Some((leader_id, addr)) = leader else {
-                let _ = self
+            let Some((leader_id, addr)) = reachable_leader(&metrics(&self.n)) else {
+                // Wait for the same condition as the one just missed: a node that knows
+                // the leader's id before the membership naming its address (a joining
+                // node, before the membership entry reaches it) would otherwise spin
+                // here without yielding, starving the runtime that must receive that
+                // very entry (seen: a 4th node joining under load never caught up).
+                let waited = self
                     .n
                     .raft
                     .wait(Some(remaining.min(Duration::from_millis(500))))
-                    .metrics(|m| m.current_leader.is_some(), "leader")
+                    .metrics(|m| reachable_leader(m).is_some(), "leader")
                     .await;
+                if waited.is_err() {
+                    // Timed out, or the node is shutting down (which answers at once).
+                    tokio::time::sleep(backoff.min(remaining)).await;
+                }
                 continue;
             };
             let answer = if leader_id == self.n.id {
@@ -642,4 +644,12 @@ impl Kv {
             }
         }
     }
+}
+
+/// The leader this node knows, with its address from the membership this node has: None
+/// while either is unknown.
+fn reachable_leader(m: &crate::types::RaftMetrics) -> Option<(NodeId, NodeAddr)> {
+    let id = m.current_leader?;
+    let addr = m.membership_config.membership().get_node(&id)?;
+    Some((id, addr.clone()))
 }

@@ -117,6 +117,16 @@ impl Cluster {
 
     /// Starts one more node and joins it through node `via`; returns its index.
     pub async fn add_node(&mut self, via: usize) -> usize {
+        let i = self.open_node().await;
+        self.node(i)
+            .join(&self.slots[via].addr, WAIT)
+            .await
+            .unwrap();
+        i
+    }
+
+    /// Starts one more node, not joined to anything yet; returns its index.
+    pub async fn open_node(&mut self) -> usize {
         let i = self.slots.len();
         let addr = format!("sim://node{}", i + 1);
         let data_dir = self._dir.path().join(format!("node{}", i + 1));
@@ -127,10 +137,14 @@ impl Cluster {
             data_dir,
             engine,
             id: node.id(),
-            node: Mutex::new(Some(node.clone())),
+            node: Mutex::new(Some(node)),
         });
-        node.join(&self.slots[via].addr, WAIT).await.unwrap();
         i
+    }
+
+    /// The address other nodes reach node `i` at.
+    pub fn addr(&self, i: usize) -> &str {
+        &self.slots[i].addr
     }
 
     /// Node `i`'s data directory (its snapshot files live under `snapshot/`).

@@ -367,3 +367,47 @@ fn resp_text(resp: &PeerResponse) -> String {
         other => format!("{other:?}"),
     }
 }
+
+/// A node reading while it joins learns the leader's id (its vote) before the membership
+/// that gives the leader's address, which here comes with a many-chunk snapshot. Its
+/// read must wait for that, not spin on it: on a one-thread runtime a spin starves the
+/// node's own Raft, which must receive the snapshot, and the join never completes (seen:
+/// a 4th `cairn serve` node joining a loaded cluster, both runtime workers spinning in
+/// the leader lookup, stuck for minutes). A spin blocks this very runtime, timers
+/// included, so a watchdog thread aborts the test binary if the join hangs.
+#[tokio::test(flavor = "current_thread")]
+async fn a_node_reading_while_it_joins_by_snapshot_catches_up_on_a_one_thread_runtime() {
+    const KEYS: usize = 5_000;
+    let (done, watch) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if watch.recv_timeout(WAIT * 3).is_err() {
+            eprintln!("the joining node never caught up: its runtime is spinning");
+            std::process::abort();
+        }
+    });
+    let mut c = Cluster::start(2, quiet_timing()).await;
+    let l = c.wait_leader(&c.all(), WAIT).await;
+    let leader = c.node(l);
+    fill(&leader, "big", KEYS).await;
+    let snap = snapshot_and_purge(&leader).await;
+
+    let joining = c.open_node().await;
+    let node = c.node(joining);
+    let kv = node.kv();
+    let reader = tokio::spawn(async move {
+        loop {
+            // Linearizable: through the leader, once this node knows where it is.
+            if let Ok(Some(_)) = kv.get("big/00000").await {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    let via = c.addr(l).to_string();
+    node.join(&via, WAIT).await.expect("joined");
+    wait_installed(&node, snap.index, "the new node installs the snapshot").await;
+    reader.await.expect("the joined node answers reads");
+    assert_serves(&node, "big", KEYS).await;
+    done.send(()).expect("the watchdog waits");
+    watchdog.join().expect("the watchdog ends");
+}
