@@ -73,6 +73,11 @@ pub fn evaluate_with(
     .map_err(|e| failure(file, &e))?;
     let mut child = Command::new(program)
         .arg(CHILD_ARG)
+        // The binary's allocator (mimalloc) reserves 1 GiB of address space at its first
+        // allocation, before the child sets its address-space limit: with that reserve,
+        // the limit leaves the evaluation no room at all. Without it, the child maps
+        // what it uses, which is what the limit is meant to bound.
+        .env("MIMALLOC_ARENA_RESERVE", "0")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
