@@ -1,7 +1,9 @@
 //! The MVCC key-value state machine: etcd v3's data model over an [`Engine`].
 //!
-//! The current value of every key and the lease table live in memory (rebuilt from the
-//! engine on open) so current reads never touch the disk; every version of every key and
+//! Every live key with its revisions, the values of small ones, and the lease table live in
+//! memory (rebuilt from the engine on open); larger values are read from the engine when a
+//! read needs them (`live.rs`), so memory does not grow with the size of live values. Every
+//! version of every key and
 //! the events of every revision live in the engine until compacted, for reads at a past
 //! revision and for watch catch-up. [`Mvcc::apply`] applies a batch of commands as one
 //! atomic engine write that also carries the caller's metadata (the Raft applied log id),
@@ -24,11 +26,15 @@ use crate::kv::*;
 use crate::watch::WatchHub;
 
 mod compact;
+mod live;
 mod read;
 mod snapshot;
 mod write;
 
+pub use live::INLINE_VALUE_MAX;
 pub use snapshot::StateSnapshot;
+
+use live::Live;
 
 const META_REVISION: &[u8] = b"revision";
 const META_COMPACT: &[u8] = b"compact_revision";
@@ -43,7 +49,7 @@ struct LeaseState {
 
 #[derive(Default)]
 struct State {
-    current: BTreeMap<Vec<u8>, KeyValue>,
+    current: BTreeMap<Vec<u8>, Live>,
     revision: i64,
     compact_revision: i64,
     next_lease_id: i64,
@@ -65,6 +71,10 @@ struct Batch {
     revisions: Vec<(i64, Vec<Event>)>,
     /// History versions written by this batch (not yet in the engine), per key.
     pending_history: HashMap<Vec<u8>, Vec<i64>>,
+    /// The engine, for values spilled by earlier batches.
+    engine: Arc<dyn Engine>,
+    /// Keys put by this batch: held whole until the batch is in the engine, then spilled.
+    fresh: Vec<Vec<u8>>,
 }
 
 impl Mvcc {
@@ -112,6 +122,12 @@ impl Mvcc {
         self.read().current.len()
     }
 
+    /// Bytes of live values held in memory (the small ones; larger ones are read from the
+    /// engine when asked for).
+    pub fn held_value_bytes(&self) -> usize {
+        self.read().current.values().map(Live::held_bytes).sum()
+    }
+
     /// Applies commands in order as one atomic engine write, together with `extra` (the
     /// caller's metadata, such as the Raft applied log id). `None` items are entries with
     /// nothing to apply. Deterministic rejections (unknown lease, …) become
@@ -126,6 +142,8 @@ impl Mvcc {
             writes: WriteBatch::new(),
             revisions: Vec::new(),
             pending_history: HashMap::new(),
+            engine: self.engine.clone(),
+            fresh: Vec::new(),
         };
         let mut results = Vec::with_capacity(commands.len());
         for cmd in commands {
@@ -136,9 +154,9 @@ impl Mvcc {
                 Some(Command::Batch(cmds)) => CommandResult::Batch(
                     cmds.into_iter()
                         .map(|cmd| self.apply_or_reject(&mut st, &mut b, cmd))
-                        .collect(),
+                        .collect::<Result<_, _>>()?,
                 ),
-                Some(cmd) => self.apply_or_reject(&mut st, &mut b, cmd),
+                Some(cmd) => self.apply_or_reject(&mut st, &mut b, cmd)?,
             };
             results.push(r);
         }
@@ -150,14 +168,30 @@ impl Mvcc {
             .put(Cf::Meta, META_NEXT_LEASE, be(st.next_lease_id).to_vec());
         b.writes.extend(extra);
         self.engine.write(b.writes, Durability::Buffered)?;
+        for key in b.fresh {
+            if let Some(live) = st.current.get_mut(&key) {
+                live.spill();
+            }
+        }
         self.hub
             .publish(b.revisions, st.revision, st.compact_revision);
         Ok(results)
     }
 
-    fn apply_or_reject(&self, st: &mut State, b: &mut Batch, cmd: Command) -> CommandResult {
-        self.apply_one(st, b, cmd)
-            .unwrap_or_else(CommandResult::Error)
+    /// One command's result, a deterministic rejection as [`CommandResult::Error`]. A
+    /// storage failure (reading a spilled value or a past revision) is not a rejection:
+    /// another replica would not fail the same way, so it fails the whole apply.
+    fn apply_or_reject(
+        &self,
+        st: &mut State,
+        b: &mut Batch,
+        cmd: Command,
+    ) -> Result<CommandResult, StoreError> {
+        match self.apply_one(st, b, cmd) {
+            Ok(result) => Ok(result),
+            Err(e @ StoreError::Storage(_)) => Err(e),
+            Err(e) => Ok(CommandResult::Error(e)),
+        }
     }
 
     /// Granted TTL and attached keys of a lease.
@@ -211,7 +245,7 @@ fn load_state(engine: &dyn Engine) -> Result<State, StoreError> {
         {
             l.keys.insert(k.clone());
         }
-        st.current.insert(k, kv);
+        st.current.insert(k, Live::stored(kv));
         Ok(())
     })?;
     Ok(st)

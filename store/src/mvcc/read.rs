@@ -5,17 +5,18 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
+use super::live::{Live, materialize};
 use super::{Mvcc, State, for_each_pair};
 use crate::codec::{decode, from_be};
-use crate::engine::Cf;
+use crate::engine::{Cf, Engine};
 use crate::error::StoreError;
 use crate::history::{Version, history_prefix};
 use crate::kv::*;
 
 pub(super) fn range_iter<'a>(
-    current: &'a BTreeMap<Vec<u8>, KeyValue>,
+    current: &'a BTreeMap<Vec<u8>, Live>,
     range: &KeyRange,
-) -> Box<dyn Iterator<Item = &'a KeyValue> + 'a> {
+) -> Box<dyn Iterator<Item = &'a Live> + 'a> {
     if range.is_single() {
         return Box::new(current.get(&range.key).into_iter());
     }
@@ -50,20 +51,58 @@ fn compare_holds(kv: Option<&KeyValue>, c: &Compare) -> bool {
     }
 }
 
+/// Whether compare `c` holds for live key `live` (a value compare reads a spilled value).
+fn live_compare_holds(engine: &dyn Engine, live: &Live, c: &Compare) -> Result<bool, StoreError> {
+    if matches!(c.target, CompareTarget::Value(_)) {
+        let kv = materialize(engine, live, true)?;
+        Ok(compare_holds(Some(&kv), c))
+    } else {
+        Ok(compare_holds(Some(&live.kv), c))
+    }
+}
+
 /// Whether every compare of a txn holds. A compare over a range holds when it holds for
 /// every key in it; an empty range compares like an absent key (etcd's applyCompare).
-pub(super) fn compares_hold(st: &State, compares: &[Compare]) -> bool {
-    compares.iter().all(|c| {
-        if c.range.is_single() {
-            return compare_holds(st.current.get(&c.range.key), c);
-        }
-        let mut kvs = range_iter(&st.current, &c.range).peekable();
-        if kvs.peek().is_none() {
-            compare_holds(None, c)
+pub(super) fn compares_hold(
+    engine: &dyn Engine,
+    st: &State,
+    compares: &[Compare],
+) -> Result<bool, StoreError> {
+    for c in compares {
+        let holds = if c.range.is_single() {
+            match st.current.get(&c.range.key) {
+                None => compare_holds(None, c),
+                Some(live) => live_compare_holds(engine, live, c)?,
+            }
         } else {
-            kvs.all(|kv| compare_holds(Some(kv), c))
+            let mut lives = range_iter(&st.current, &c.range).peekable();
+            if lives.peek().is_none() {
+                compare_holds(None, c)
+            } else {
+                let mut all = true;
+                for live in lives {
+                    if !live_compare_holds(engine, live, c)? {
+                        all = false;
+                        break;
+                    }
+                }
+                all
+            }
+        };
+        if !holds {
+            return Ok(false);
         }
-    })
+    }
+    Ok(true)
+}
+
+/// The whole `KeyValue`s of `lives` (values read where spilled, unless `value` is false).
+pub(super) fn materialize_all<'a>(
+    engine: &dyn Engine,
+    lives: impl Iterator<Item = &'a Live>,
+    value: bool,
+) -> Result<Vec<KeyValue>, StoreError> {
+    lives.map(|live| materialize(engine, live, value)).collect()
 }
 
 pub(super) fn finish_range(
@@ -118,7 +157,8 @@ impl Mvcc {
     /// compares and ranges all see the same state.
     pub fn read_txn(&self, req: &TxnRequest) -> Result<TxnResponse, StoreError> {
         let st = self.read();
-        let succeeded = compares_hold(&st, &req.compare);
+        let engine = self.engine.as_ref();
+        let succeeded = compares_hold(engine, &st, &req.compare)?;
         let ops = if succeeded {
             &req.success
         } else {
@@ -133,7 +173,7 @@ impl Mvcc {
                 self.range_at(&st, rr, &[])?
             } else {
                 finish_range(
-                    range_iter(&st.current, &rr.range).cloned().collect(),
+                    materialize_all(engine, range_iter(&st.current, &rr.range), !rr.keys_only)?,
                     rr,
                     st.revision,
                 )
@@ -169,13 +209,17 @@ impl Mvcc {
             && req.sort_target == SortTarget::Key
             && !req.range.is_single()
         {
-            return Ok(page(&st.current, req, st.revision));
+            return page(self.engine.as_ref(), &st.current, req, st.revision);
         }
         if req.sort_order == SortOrder::None && !req.count_only && req.limit > 0 && no_filters(req)
         {
             // Fast path: stop copying at the limit, count the rest without cloning.
             let mut it = range_iter(&st.current, &req.range);
-            let mut kvs: Vec<KeyValue> = it.by_ref().take(req.limit as usize).cloned().collect();
+            let mut kvs = materialize_all(
+                self.engine.as_ref(),
+                it.by_ref().take(req.limit as usize),
+                !req.keys_only,
+            )?;
             let rest = it.count();
             if req.keys_only {
                 kvs.iter_mut().for_each(|kv| kv.value.clear());
@@ -188,7 +232,13 @@ impl Mvcc {
                 revision: st.revision,
             });
         }
-        let kvs = range_iter(&st.current, &req.range).cloned().collect();
+        // A sort by value needs the values even when only keys are returned.
+        let values = !req.keys_only || req.sort_target == SortTarget::Value;
+        let kvs = materialize_all(
+            self.engine.as_ref(),
+            range_iter(&st.current, &req.range),
+            values,
+        )?;
         Ok(finish_range(kvs, req, st.revision))
     }
 
@@ -201,7 +251,7 @@ impl Mvcc {
         if req.count_only || (req.revision > 0 && req.revision < st.revision) {
             return 0;
         }
-        let size = |kv: &KeyValue| kv.key.len() + if req.keys_only { 0 } else { kv.value.len() };
+        let size = |live: &Live| live.kv.key.len() + if req.keys_only { 0 } else { live.value_len };
         let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
         if req.limit > 0 && req.sort_order == SortOrder::None {
             return range_iter(&st.current, &req.range)
@@ -210,8 +260,8 @@ impl Mvcc {
                 .sum();
         }
         let (mut total, mut largest) = (0usize, 0usize);
-        for kv in range_iter(&st.current, &req.range) {
-            let n = size(kv);
+        for live in range_iter(&st.current, &req.range) {
+            let n = size(live);
             total = total.saturating_add(n);
             largest = largest.max(n);
         }
@@ -306,35 +356,41 @@ impl Mvcc {
 }
 
 /// One page of a key-ordered range (either direction) without counting the rest.
-fn page(current: &BTreeMap<Vec<u8>, KeyValue>, req: &RangeRequest, revision: i64) -> RangeResponse {
+fn page(
+    engine: &dyn Engine,
+    current: &BTreeMap<Vec<u8>, Live>,
+    req: &RangeRequest,
+    revision: i64,
+) -> Result<RangeResponse, StoreError> {
     let end = match req.range.end_bound() {
         Some(e) if e.as_slice() <= req.range.key.as_slice() => {
-            return RangeResponse {
+            return Ok(RangeResponse {
                 revision,
                 ..RangeResponse::default()
-            };
+            });
         }
         Some(e) => Bound::Excluded(e),
         None => Bound::Unbounded,
     };
     let it = current.range::<Vec<u8>, _>((Bound::Included(req.range.key.clone()), end));
     let take = req.limit as usize + 1;
-    let mut kvs: Vec<KeyValue> = if req.sort_order == SortOrder::Descend {
-        it.rev().take(take).map(|(_, v)| v.clone()).collect()
+    let mut lives: Vec<&Live> = if req.sort_order == SortOrder::Descend {
+        it.rev().take(take).map(|(_, v)| v).collect()
     } else {
-        it.take(take).map(|(_, v)| v.clone()).collect()
+        it.take(take).map(|(_, v)| v).collect()
     };
-    let more = kvs.len() > req.limit as usize;
-    kvs.truncate(req.limit as usize);
+    let more = lives.len() > req.limit as usize;
+    lives.truncate(req.limit as usize);
+    let mut kvs = materialize_all(engine, lives.into_iter(), !req.keys_only)?;
     if req.keys_only {
         kvs.iter_mut().for_each(|kv| kv.value.clear());
     }
-    RangeResponse {
+    Ok(RangeResponse {
         count: kvs.len() as i64 + i64::from(more),
         kvs,
         more,
         revision,
-    }
+    })
 }
 
 fn no_filters(req: &RangeRequest) -> bool {

@@ -4,7 +4,8 @@
 
 use std::collections::BTreeSet;
 
-use super::read::{compares_hold, finish_range, range_iter};
+use super::live::{Live, materialize};
+use super::read::{compares_hold, finish_range, materialize_all, range_iter};
 use super::{Batch, LeaseState, Mvcc, State};
 use crate::codec::{be, encode};
 use crate::command::{Command, CommandResult};
@@ -34,7 +35,10 @@ impl<'a> Rev<'a> {
     }
 
     fn put(&mut self, req: &PutRequest) -> Result<PutResponse, StoreError> {
-        let prev = self.st.current.get(&req.key).cloned();
+        let prev = match self.st.current.get(&req.key) {
+            Some(live) => Some(materialize(self.b.engine.as_ref(), live, true)?),
+            None => None,
+        };
         let value = if req.ignore_value {
             prev.as_ref().ok_or(StoreError::KeyNotFound)?.value.clone()
         } else {
@@ -69,19 +73,27 @@ impl<'a> Rev<'a> {
             l.keys.insert(req.key.clone());
         }
         self.record(kv.clone(), false, prev.clone());
-        self.st.current.insert(req.key.clone(), kv);
+        self.st.current.insert(req.key.clone(), Live::fresh(kv));
+        self.b.fresh.push(req.key.clone());
         Ok(PutResponse {
             revision: self.rev,
             prev_kv: if req.prev_kv { prev } else { None },
         })
     }
 
-    fn delete_range(&mut self, req: &DeleteRangeRequest) -> DeleteRangeResponse {
-        let doomed: Vec<KeyValue> = range_iter(&self.st.current, &req.range).cloned().collect();
+    fn delete_range(
+        &mut self,
+        req: &DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, StoreError> {
+        let doomed = materialize_all(
+            self.b.engine.as_ref(),
+            range_iter(&self.st.current, &req.range),
+            true,
+        )?;
         for prev in &doomed {
             self.delete_key(prev.clone());
         }
-        DeleteRangeResponse {
+        Ok(DeleteRangeResponse {
             revision: if doomed.is_empty() {
                 self.rev - 1
             } else {
@@ -89,7 +101,7 @@ impl<'a> Rev<'a> {
             },
             deleted: doomed.len() as i64,
             prev_kvs: if req.prev_kv { doomed } else { Vec::new() },
-        }
+        })
     }
 
     fn delete_key(&mut self, prev: KeyValue) {
@@ -167,7 +179,7 @@ impl Mvcc {
             }
             Command::DeleteRange(req) => {
                 let mut r = Rev::new(st, b);
-                let mut resp = r.delete_range(&req);
+                let mut resp = r.delete_range(&req)?;
                 resp.revision = r.finish();
                 CommandResult::DeleteRange(resp)
             }
@@ -225,7 +237,7 @@ impl Mvcc {
                 if !st.leases.contains_key(&id) {
                     return Err(StoreError::LeaseNotFound(id));
                 }
-                revoke(st, b, id);
+                revoke(st, b, id)?;
                 CommandResult::LeaseRevoke {
                     revision: st.revision,
                 }
@@ -234,7 +246,7 @@ impl Mvcc {
                 let mut expired = Vec::new();
                 for id in ids {
                     if st.leases.contains_key(&id) {
-                        revoke(st, b, id);
+                        revoke(st, b, id)?;
                         expired.push(id);
                     }
                 }
@@ -247,7 +259,11 @@ impl Mvcc {
                 return Err(StoreError::InvalidArgument("batches do not nest".into()));
             }
             Command::Incr { key, delta } => {
-                let (current, lease) = match st.current.get(&key) {
+                let current = match st.current.get(&key) {
+                    None => None,
+                    Some(live) => Some(materialize(b.engine.as_ref(), live, true)?),
+                };
+                let (current, lease) = match current {
                     None => (0u64, 0),
                     Some(kv) => {
                         let n = std::str::from_utf8(&kv.value)
@@ -280,7 +296,7 @@ impl Mvcc {
         b: &mut Batch,
         req: TxnRequest,
     ) -> Result<TxnResponse, StoreError> {
-        let succeeded = compares_hold(st, &req.compare);
+        let succeeded = compares_hold(self.engine.as_ref(), st, &req.compare)?;
         let ops = if succeeded { req.success } else { req.failure };
         validate_txn_ops(st, &ops)?;
         let mut r = Rev::new(st, b);
@@ -292,12 +308,17 @@ impl Mvcc {
                     if rr.revision > 0 {
                         ResponseOp::Range(self.range_at(r.st, rr, &r.b.revisions)?)
                     } else {
-                        let kvs = range_iter(&r.st.current, &rr.range).cloned().collect();
+                        let values = !rr.keys_only || rr.sort_target == SortTarget::Value;
+                        let kvs = materialize_all(
+                            r.b.engine.as_ref(),
+                            range_iter(&r.st.current, &rr.range),
+                            values,
+                        )?;
                         ResponseOp::Range(finish_range(kvs, rr, rev))
                     }
                 }
                 RequestOp::Put(p) => ResponseOp::Put(r.put(p)?),
-                RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(r.delete_range(d)),
+                RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(r.delete_range(d)?),
             });
         }
         let revision = r.finish();
@@ -317,7 +338,7 @@ impl Mvcc {
     }
 }
 
-fn revoke(st: &mut State, b: &mut Batch, id: i64) {
+fn revoke(st: &mut State, b: &mut Batch, id: i64) -> Result<(), StoreError> {
     let keys: Vec<Vec<u8>> = st
         .leases
         .get(&id)
@@ -325,13 +346,16 @@ fn revoke(st: &mut State, b: &mut Batch, id: i64) {
         .unwrap_or_default();
     let mut r = Rev::new(st, b);
     for k in keys {
-        if let Some(kv) = r.st.current.get(&k).cloned() {
-            r.delete_key(kv);
-        }
+        let prev = match r.st.current.get(&k) {
+            Some(live) => materialize(r.b.engine.as_ref(), live, true)?,
+            None => continue,
+        };
+        r.delete_key(prev);
     }
     r.finish();
     st.leases.remove(&id);
     b.writes.delete(Cf::Lease, be(id).to_vec());
+    Ok(())
 }
 
 /// etcd's txn rules: no key is written twice in one branch, puts need their lease and,

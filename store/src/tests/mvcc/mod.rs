@@ -24,6 +24,7 @@ use super::{TestEngine, all_engines, open_engine};
 
 mod compaction;
 mod leases;
+mod live_values;
 mod persistence;
 mod ranges;
 mod revisions;
