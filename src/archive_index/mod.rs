@@ -42,9 +42,10 @@ pub use write::check_segment;
 
 use tables::{EVENTS, LISTING, META, PARTIAL, RUNS, SEGMENT_RUNS, SEGMENTS, VERSION_KEY};
 
-/// The page cache of the index file. Listings read a few pages each; the working set of
-/// a busy node is the newest runs, so a small cache keeps RSS flat as history grows.
-pub const CACHE_BYTES: usize = 32 << 20;
+/// The page cache of the index file. Listings read a few pages each and the OS page cache
+/// holds the rest of the file; at 32 MiB the cache filling made RSS grow by ~25 MiB from
+/// 10k to 100k archived runs, at 8 MiB it is flat (BENCHMARKS.md "Archived runs").
+pub const CACHE_BYTES: usize = 8 << 20;
 
 /// A handle on one index file; clones share it.
 #[derive(Clone)]
