@@ -39,7 +39,7 @@ mod tests;
 pub use concurrency::{Fence, Mutex, Session};
 pub use error::{KvError, NodeError};
 pub use kv::{Ctx, Header, Kv, LeaseTtl, Updated, Write};
-pub use node::{Node, NodeConfig};
+pub use node::{Members, Node, NodeConfig};
 pub use rpc::{NodeState, NodeStatus};
 pub use timing::Timing;
 pub use types::NodeId;

@@ -314,6 +314,12 @@ impl Node {
         status(&self.inner)
     }
 
+    /// This node's view of the membership: voters and learners with their addresses. The
+    /// part of [`Node::status`] a per-request caller needs, without its storage reads.
+    pub fn members(&self) -> Members {
+        members_of(&metrics(&self.inner))
+    }
+
     /// Removes a node from the cluster (through the leader).
     pub async fn remove(&self, node_id: NodeId) -> Result<(), KvError> {
         self.kv()
@@ -352,24 +358,37 @@ impl NodeInner {
     }
 }
 
+/// The members of a cluster as one node sees them (see [`Node::members`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Members {
+    pub voters: Vec<(NodeId, String)>,
+    pub learners: Vec<(NodeId, String)>,
+}
+
 pub(crate) fn metrics(inner: &NodeInner) -> RaftMetrics {
     // Clone and drop the borrow at once: holding it blocks RaftCore.
     inner.raft.metrics().borrow().clone()
 }
 
+/// The voters and the learners of the membership in `m`, with their addresses.
+fn members_of(m: &RaftMetrics) -> Members {
+    let mem = m.membership_config.membership();
+    let voter_ids: BTreeSet<NodeId> = mem.voter_ids().collect();
+    let mut members = Members::default();
+    for (id, node) in mem.nodes() {
+        if voter_ids.contains(id) {
+            members.voters.push((*id, node.addr.clone()));
+        } else {
+            members.learners.push((*id, node.addr.clone()));
+        }
+    }
+    members
+}
+
 fn status(inner: &NodeInner) -> NodeStatus {
     let m = metrics(inner);
     let mem = m.membership_config.membership();
-    let voter_ids: BTreeSet<NodeId> = mem.voter_ids().collect();
-    let mut voters = Vec::new();
-    let mut learners = Vec::new();
-    for (id, node) in mem.nodes() {
-        if voter_ids.contains(id) {
-            voters.push((*id, node.addr.clone()));
-        } else {
-            learners.push((*id, node.addr.clone()));
-        }
-    }
+    let Members { voters, learners } = members_of(&m);
     let applied = m.last_applied.map(|l| l.index);
     let committed = match &m.replication {
         Some(matched) => {

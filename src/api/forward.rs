@@ -214,8 +214,10 @@ impl FromRequestParts<ApiState> for PeerRead {
         // wait for a lagging index) away from its own read, which then gets a 503 sooner
         // where it would have got a peer's answer. Harmless, so it is not refused.
         let forwarded = parts.headers.contains_key(FORWARDED_HEADER);
-        let status = st.node.status();
-        let peers = peers_to_ask(status.node_id, &status.voters, &status.learners);
+        // Only the membership (a metrics read): this runs on every plain run read.
+        let me = st.node.id();
+        let members = st.node.members();
+        let peers = peers_to_ask(me, &members.voters, &members.learners);
         let origin = if forwarded {
             ReadOrigin::Forwarded
         } else if peers.is_empty() {
@@ -234,7 +236,7 @@ impl FromRequestParts<ApiState> for PeerRead {
             req: Outgoing {
                 path_and_query,
                 authorization: parts.headers.get(header::AUTHORIZATION).cloned(),
-                from: status.node_id,
+                from: me,
             },
         })
     }

@@ -58,17 +58,11 @@ pub async fn sync(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<SyncReport, SyncError> {
     let (records, revision) = dm.segment_records_at().await?;
-    let indexed: BTreeSet<String> = index
-        .call(|index| index.segments())
-        .await?
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
-    let partial: BTreeSet<String> = index
-        .call(|index| index.partial_segments())
-        .await?
-        .into_iter()
-        .collect();
+    let (indexed, partial) = index
+        .call(|index| Ok((index.segments()?, index.partial_segments()?)))
+        .await?;
+    let indexed: BTreeSet<String> = indexed.into_iter().map(|(id, _)| id).collect();
+    let partial: BTreeSet<String> = partial.into_iter().collect();
     let recorded: BTreeSet<String> = records.iter().map(|r| r.value.id.clone()).collect();
     let missing: Vec<&SegmentMeta> = records
         .iter()
