@@ -214,6 +214,12 @@ pub trait Engine: Scan {
     /// Reads one key.
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError>;
 
+    /// Reads several keys of `cf`, in order, from one point in time where the engine can
+    /// (one read transaction instead of one per key).
+    fn get_many(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, EngineError> {
+        keys.iter().map(|k| self.get(cf, k)).collect()
+    }
+
     /// Applies a batch atomically.
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<(), EngineError>;
 

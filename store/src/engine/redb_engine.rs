@@ -79,6 +79,20 @@ impl Engine for RedbEngine {
             .map(|v| v.value().to_vec()))
     }
 
+    fn get_many(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, EngineError> {
+        let txn = self.db.begin_read().map_err(io)?;
+        let table = txn.open_table(KV).map_err(io)?;
+        keys.iter()
+            .map(|k| {
+                let full = cf.full_key(k);
+                Ok(table
+                    .get(full.as_slice())
+                    .map_err(io)?
+                    .map(|v| v.value().to_vec()))
+            })
+            .collect()
+    }
+
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<(), EngineError> {
         let mut txn = self.db.begin_write().map_err(io)?;
         let level = match durability {

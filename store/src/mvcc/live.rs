@@ -69,7 +69,36 @@ pub(super) fn materialize(
     if !live.spilled || !value {
         return Ok(live.kv.clone());
     }
-    let bytes = engine.get(Cf::Current, &live.kv.key)?.ok_or_else(|| {
+    from_engine(live, engine.get(Cf::Current, &live.kv.key)?)
+}
+
+/// [`materialize`] of many live keys, the spilled values read in one engine call.
+pub(super) fn materialize_many(
+    engine: &dyn Engine,
+    lives: &[&Live],
+    value: bool,
+) -> Result<Vec<KeyValue>, StoreError> {
+    let spilled: Vec<&[u8]> = lives
+        .iter()
+        .filter(|l| value && l.spilled)
+        .map(|l| l.kv.key.as_slice())
+        .collect();
+    let mut read = engine.get_many(Cf::Current, &spilled)?.into_iter();
+    lives
+        .iter()
+        .map(|live| {
+            if value && live.spilled {
+                from_engine(live, read.next().flatten())
+            } else {
+                Ok(live.kv.clone())
+            }
+        })
+        .collect()
+}
+
+/// The `KeyValue` of spilled `live` from the engine's copy `bytes`, checked against it.
+fn from_engine(live: &Live, bytes: Option<Vec<u8>>) -> Result<KeyValue, StoreError> {
+    let bytes = bytes.ok_or_else(|| {
         StoreError::corrupt(format!(
             "live key {:?} has no current version in the engine",
             String::from_utf8_lossy(&live.kv.key)

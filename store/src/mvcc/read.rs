@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use super::live::{Live, materialize};
+use super::live::{Live, materialize, materialize_many};
 use super::{Mvcc, State, for_each_pair};
 use crate::codec::{decode, from_be};
 use crate::engine::{Cf, Engine};
@@ -96,13 +96,15 @@ pub(super) fn compares_hold(
     Ok(true)
 }
 
-/// The whole `KeyValue`s of `lives` (values read where spilled, unless `value` is false).
+/// The whole `KeyValue`s of `lives` (values read where spilled, unless `value` is false,
+/// in one engine call).
 pub(super) fn materialize_all<'a>(
     engine: &dyn Engine,
     lives: impl Iterator<Item = &'a Live>,
     value: bool,
 ) -> Result<Vec<KeyValue>, StoreError> {
-    lives.map(|live| materialize(engine, live, value)).collect()
+    let lives: Vec<&Live> = lives.collect();
+    materialize_many(engine, &lives, value)
 }
 
 pub(super) fn finish_range(
