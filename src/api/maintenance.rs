@@ -69,7 +69,7 @@ pub async fn export(
 fn import_failure(e: ExchangeError) -> Failure {
     match e {
         ExchangeError::Dm(e) => e.into(),
-        e @ ExchangeError::Segment { .. } => {
+        e @ (ExchangeError::Segment { .. } | ExchangeError::Worker(_)) => {
             tracing::error!(error = %e, "import failed");
             Failure::new(ErrorCode::Internal, e.to_string())
         }

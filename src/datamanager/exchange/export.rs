@@ -5,18 +5,25 @@
 //! recorded SHA-256) when its first run id is the smallest still to write, and dropped
 //! once its last run is written. Segments whose run-id ranges overlap (a run archived
 //! later than runs with greater ids) are open together, and only those.
+//!
+//! Turning a run's record into its export line (decode, redact, encode) is most of an
+//! export's work, so an open segment hands it to blocking threads, [`LINES_PER_TASK`] runs
+//! at a time and [`TASKS_AHEAD`] tasks ahead of the writer: the export uses every core
+//! while it stays one ordered stream, hashed in order by the one writer. Memory: per open
+//! segment, its bytes and at most `TASKS_AHEAD + 1` batches of lines.
+
+use std::collections::VecDeque;
 
 use bytes::Bytes;
 use futures::Stream;
 use sha2::{Digest, Sha256};
 use store::{KeyRange, RangeRequest};
 use tokio::sync::mpsc::Sender;
+use tokio::task::JoinHandle;
 
-use super::{ExchangeError, ExportWriter, is_exported, keys, redact_secrets};
+use super::{ExchangeError, ExportWriter, archived_line, is_exported, keys, redact_secrets};
 use crate::datamanager::blobs::Blobs;
-use crate::datamanager::segments::format::{
-    self, ArchivedRun, FooterEntry, HEADER_LEN, TRAILER_LEN,
-};
+use crate::datamanager::segments::format::{self, FooterEntry, HEADER_LEN, TRAILER_LEN};
 use crate::datamanager::segments::{SegmentError, SegmentMeta};
 use crate::datamanager::{Datamanager, DmError};
 
@@ -24,6 +31,11 @@ use crate::datamanager::{Datamanager, DmError};
 const PAGE: i64 = 500;
 /// Bytes of export lines gathered before they are sent.
 const CHUNK: usize = 1 << 20;
+/// Runs of a segment one blocking task turns into export lines.
+const LINES_PER_TASK: usize = 500;
+/// Conversion tasks in flight per open segment beyond the batch being written (2: both
+/// cores of a small machine).
+const TASKS_AHEAD: usize = 2;
 
 type Tx = Sender<Result<Bytes, ExchangeError>>;
 
@@ -153,27 +165,24 @@ impl Datamanager {
             if let Some(meta) = &next_record
                 && smallest.is_none_or(|i| meta.first_id.as_str() <= open[i].peek_id())
             {
-                open.push(OpenSegment::read(blobs, meta).await?);
+                open.push(OpenSegment::open(blobs, meta, include_secrets).await?);
                 next_record = records.next(self).await?;
                 continue;
             }
             let Some(i) = smallest else { break };
-            let mut run = open[i].take()?;
+            let line = open[i].take().await?;
             if open[i].is_done() {
                 open.swap_remove(i);
             }
-            if last.as_deref().is_some_and(|l| l >= run.run.id.as_str()) {
+            if last.as_deref().is_some_and(|l| l >= line.id.as_str()) {
                 return Err(DmError::Corrupt {
                     key: keys::SEGMENT.to_string(),
-                    why: format!("run {} is in two recorded segments", run.run.id),
+                    why: format!("run {} is in two recorded segments", line.id),
                 }
                 .into());
             }
-            if !include_secrets {
-                redact_secrets(&mut run.config);
-            }
-            writer.archived(&run, &mut out.buf);
-            last = Some(run.run.id);
+            writer.archived_line(&line.bytes, &mut out.buf);
+            last = Some(line.id);
             if !out.send_if_full().await {
                 return Ok(());
             }
@@ -261,77 +270,154 @@ impl Records {
     }
 }
 
-/// A segment being exported: its bytes, checked, and the runs not written yet.
+/// One run's export line, and its id.
+struct Line {
+    id: String,
+    bytes: Vec<u8>,
+}
+
+/// A segment being exported: its bytes, checked, and its runs not written yet, as lines
+/// ready to write, being made on blocking threads, or not handed out yet.
+///
+/// The conversion tasks belong to it; dropped (the export ended or failed), it leaves
+/// them to finish their batch, whose lines nobody reads.
 struct OpenSegment {
     id: String,
     bytes: Bytes,
-    /// Reversed: the next run is the last.
-    entries: Vec<FooterEntry>,
+    include_secrets: bool,
+    /// Entries not handed to a task yet, in id order.
+    entries: std::vec::IntoIter<FooterEntry>,
+    /// Tasks in flight, oldest (lowest ids) first.
+    converting: VecDeque<JoinHandle<Result<Vec<Line>, ExchangeError>>>,
+    /// Lines ready to write, lowest id first; empty only once every run was written.
+    ready: VecDeque<Line>,
 }
 
 impl OpenSegment {
-    /// Reads segment `meta` whole and checks it: its recorded size and SHA-256, header,
-    /// trailer and footer (each record is checked as it is taken).
-    async fn read(blobs: &Blobs, meta: &SegmentMeta) -> Result<OpenSegment, ExchangeError> {
+    /// Reads segment `meta` whole and checks it (its recorded size and SHA-256, header,
+    /// trailer and footer; each record is checked as it is converted), then starts
+    /// converting its runs and waits for the first batch.
+    async fn open(
+        blobs: &Blobs,
+        meta: &SegmentMeta,
+        include_secrets: bool,
+    ) -> Result<OpenSegment, ExchangeError> {
         let failed = |e: SegmentError| ExchangeError::segment(meta.id.clone(), e);
         let key = crate::datamanager::segments::segment_key(&meta.id).map_err(failed)?;
         let bytes = blobs
             .get_bytes(&key)
             .await
             .map_err(|e| failed(SegmentError::Blob(e)))?;
-        let mismatch = SegmentError::Mismatch {
-            id: meta.id.clone(),
-            what: "the object and its record (size or SHA-256)",
+        let checked = {
+            let (meta, bytes) = (meta.clone(), bytes.clone());
+            tokio::task::spawn_blocking(move || check_segment(&meta, &bytes)).await?
         };
-        if bytes.len() as u64 != meta.bytes || super::hex(&Sha256::digest(&bytes)) != meta.sha256 {
-            return Err(failed(mismatch));
-        }
-        let footer = decode_footer(&bytes).map_err(failed)?;
-        if footer.runs.is_empty() {
-            return Err(failed(SegmentError::Empty));
-        }
-        let mut entries = footer.runs;
-        entries.reverse();
-        Ok(OpenSegment {
+        let entries = checked.map_err(failed)?;
+        let mut segment = OpenSegment {
             id: meta.id.clone(),
             bytes,
-            entries,
-        })
+            include_secrets,
+            entries: entries.into_iter(),
+            converting: VecDeque::new(),
+            ready: VecDeque::new(),
+        };
+        segment.refill().await?;
+        Ok(segment)
     }
 
     fn peek_id(&self) -> &str {
-        self.entries.last().map_or("", |e| e.id.as_str())
+        self.ready.front().map_or("", |l| l.id.as_str())
     }
 
     fn is_done(&self) -> bool {
-        self.entries.is_empty()
+        self.ready.is_empty()
     }
 
-    /// The next run, its record checked.
-    fn take(&mut self) -> Result<ArchivedRun, ExchangeError> {
-        let entry = self
-            .entries
-            .pop()
+    /// The next run's line (there is one unless [`Self::is_done`]).
+    async fn take(&mut self) -> Result<Line, ExchangeError> {
+        let line = self
+            .ready
+            .pop_front()
             .ok_or_else(|| ExchangeError::segment(self.id.clone(), SegmentError::Empty))?;
-        let end = entry.offset.saturating_add(entry.len);
-        let record = usize::try_from(entry.offset)
-            .ok()
-            .zip(usize::try_from(end).ok())
-            .and_then(|(from, to)| self.bytes.get(from..to))
-            .ok_or_else(|| {
-                ExchangeError::segment(
-                    self.id.clone(),
-                    SegmentError::EntryOutOfBounds {
+        if self.ready.is_empty() {
+            self.refill().await?;
+        }
+        Ok(line)
+    }
+
+    /// Keeps [`TASKS_AHEAD`] tasks in flight and waits for the oldest one's lines (none
+    /// once every run was handed out).
+    async fn refill(&mut self) -> Result<(), ExchangeError> {
+        while self.converting.len() <= TASKS_AHEAD {
+            let batch: Vec<FooterEntry> = self.entries.by_ref().take(LINES_PER_TASK).collect();
+            if batch.is_empty() {
+                break;
+            }
+            let (id, bytes) = (self.id.clone(), self.bytes.clone());
+            let include_secrets = self.include_secrets;
+            self.converting
+                .push_back(tokio::task::spawn_blocking(move || {
+                    export_lines(&id, &bytes, &batch, include_secrets)
+                }));
+        }
+        if let Some(task) = self.converting.pop_front() {
+            self.ready = task.await??.into();
+        }
+        Ok(())
+    }
+}
+
+/// The checked footer entries of segment `meta`'s whole `bytes`, in id order: its size
+/// and SHA-256 are the recorded ones, and it holds a run. Pure.
+fn check_segment(meta: &SegmentMeta, bytes: &[u8]) -> Result<Vec<FooterEntry>, SegmentError> {
+    if bytes.len() as u64 != meta.bytes || super::hex(&Sha256::digest(bytes)) != meta.sha256 {
+        return Err(SegmentError::Mismatch {
+            id: meta.id.clone(),
+            what: "the object and its record (size or SHA-256)",
+        });
+    }
+    let footer = decode_footer(bytes)?;
+    if footer.runs.is_empty() {
+        return Err(SegmentError::Empty);
+    }
+    Ok(footer.runs)
+}
+
+/// The export lines of the runs of `entries` in segment `segment`'s `bytes`, each record
+/// checked, secrets redacted unless `include_secrets`. Pure (runs on a blocking thread).
+fn export_lines(
+    segment: &str,
+    bytes: &[u8],
+    entries: &[FooterEntry],
+    include_secrets: bool,
+) -> Result<Vec<Line>, ExchangeError> {
+    let failed = |e: SegmentError| ExchangeError::segment(segment, e);
+    entries
+        .iter()
+        .map(|entry| {
+            let end = entry.offset.saturating_add(entry.len);
+            let record = usize::try_from(entry.offset)
+                .ok()
+                .zip(usize::try_from(end).ok())
+                .and_then(|(from, to)| bytes.get(from..to))
+                .ok_or_else(|| {
+                    failed(SegmentError::EntryOutOfBounds {
                         id: entry.id.clone(),
                         offset: entry.offset,
                         len: entry.len,
-                        records_end: self.bytes.len() as u64,
-                    },
-                )
-            })?;
-        format::decode_record(record, &entry)
-            .map_err(|e| ExchangeError::segment(self.id.clone(), e))
-    }
+                        records_end: bytes.len() as u64,
+                    })
+                })?;
+            let mut run = format::decode_record(record, entry).map_err(failed)?;
+            if !include_secrets {
+                redact_secrets(&mut run.config);
+            }
+            Ok(Line {
+                bytes: archived_line(&run),
+                id: run.run.id,
+            })
+        })
+        .collect()
 }
 
 /// The checked footer of a whole segment's bytes.

@@ -75,6 +75,9 @@ pub enum ExchangeError {
         #[source]
         source: Box<SegmentError>,
     },
+    /// A worker thread of the export (one converting runs into lines) panicked.
+    #[error("an export worker failed: {0}")]
+    Worker(#[from] tokio::task::JoinError),
 }
 
 impl ExchangeError {
@@ -257,7 +260,13 @@ impl ExportWriter {
 
     /// Appends the line of one run archived in a segment to `out`.
     pub fn archived(&mut self, run: &ArchivedRun, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.line(&ArchivedLineRef { archived: run }));
+        self.archived_line(&archived_line(run), out);
+    }
+
+    /// Appends one run's line made by [`archived_line`] (on any thread) to `out`.
+    pub fn archived_line(&mut self, line: &[u8], out: &mut Vec<u8>) {
+        self.count_line(line);
+        out.extend_from_slice(line);
     }
 
     /// The trailer line.
@@ -276,13 +285,28 @@ impl ExportWriter {
 
     /// One hashed, counted line.
     fn line(&mut self, item: &impl Serialize) -> Vec<u8> {
-        let mut l = serde_json::to_vec(item).expect("export lines serialize");
-        l.push(b'\n');
-        self.hash.update(&l);
-        self.mac.update(&l);
-        self.count += 1;
+        let l = json_line(item);
+        self.count_line(&l);
         l
     }
+
+    fn count_line(&mut self, line: &[u8]) {
+        self.hash.update(line);
+        self.mac.update(line);
+        self.count += 1;
+    }
+}
+
+/// The export line of one run archived in a segment, not yet hashed or counted (see
+/// [`ExportWriter::archived_line`]). Pure.
+pub fn archived_line(run: &ArchivedRun) -> Vec<u8> {
+    json_line(&ArchivedLineRef { archived: run })
+}
+
+fn json_line(item: &impl Serialize) -> Vec<u8> {
+    let mut l = serde_json::to_vec(item).expect("export lines serialize");
+    l.push(b'\n');
+    l
 }
 
 fn invalid(why: String) -> DmError {

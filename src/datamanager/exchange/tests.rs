@@ -842,6 +842,42 @@ async fn many_archived_runs_make_several_segments_within_limits() {
     }
 }
 
+/// The export converts each segment's runs on blocking threads, 500 at a time and several
+/// batches ahead: 2,345 runs in three segments (batches of 500, 500 / 500, 500 / 345)
+/// come out as the very lines that were imported, in id order, and the export validates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_of_segments_in_many_batches_gives_back_the_imported_lines_in_order() {
+    let st = TestStore::start().await;
+    let (dm, blobs) = (st.dm(), memory_blobs());
+    let input = export_of_archived((1..=2_345).map(|i| archived_run(i, GROUP)));
+    let limits = SegmentLimits {
+        max_runs: 1000,
+        max_bytes: 64 << 20,
+    };
+    let spool = spool_of(&input);
+    let summary = dm
+        .import(&blobs, spool.path(), limits)
+        .await
+        .expect("import");
+    assert_eq!((summary.archived, summary.segments), (2_345, 3));
+    let output = export_bytes(&dm, &blobs, true).await;
+    let archived_lines = |bytes: &[u8]| -> Vec<String> {
+        std::str::from_utf8(bytes)
+            .expect("utf8")
+            .lines()
+            .filter(|l| l.starts_with(ARCHIVED_LINE))
+            .map(str::to_string)
+            .collect()
+    };
+    let (want, got) = (archived_lines(&input), archived_lines(&output));
+    assert_eq!(got.len(), 2_345);
+    assert!(
+        want == got,
+        "the exported archived lines differ from the imported ones"
+    );
+    spool_of(&output);
+}
+
 #[tokio::test]
 async fn a_run_both_in_the_store_and_archived_is_refused_before_anything_changes() {
     let st = TestStore::start().await;
