@@ -25,6 +25,10 @@ fn main() -> ExitCode {
     if let Some(code) = cairn::configfile::eval::sandbox::child_main() {
         return ExitCode::from(code);
     }
+    // The lifeline watchdog of an executor (executor::lifeline).
+    if let Some(code) = cairn::executor::lifeline::child_main() {
+        return ExitCode::from(code);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return bad_value(e),
@@ -212,6 +216,7 @@ async fn serve_service(args: RunServeArgs) -> anyhow::Result<()> {
                     max_wait: std::time::Duration::from_secs(args.segment_wait_secs),
                     ..Default::default()
                 },
+                retry_lost_tasks: args.retry_lost_tasks,
                 ..cairn::scheduler::SchedulerConfig::default()
             },
             std::time::Duration::from_secs(args.blob_ttl_secs),

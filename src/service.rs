@@ -21,6 +21,7 @@ use crate::executor::driver::Driver;
 pub use crate::executor::driver::docker::PodLimits;
 use crate::executor::driver::docker::{DockerDriver, DockerOptions};
 use crate::executor::driver::local::{LocalDriver, LocalOptions, RunAs as LocalRunAs};
+use crate::executor::lifeline::WatchedDriver;
 use crate::mode_switch::ModeSwitch;
 use crate::scheduler::{ModeSignals, Scheduler, SchedulerConfig};
 use crate::store_node::{StoreOptions, StoreServer};
@@ -101,6 +102,10 @@ pub struct ExecutorOptions {
     pub tasks_dir: Option<PathBuf>,
     /// Local driver: the user steps run as.
     pub run_as: Option<String>,
+    /// This binary, started again as the agent's lifeline watchdog so that steps die with
+    /// the executor ([`crate::executor::lifeline`]); `None`: no watchdog (an agent in a
+    /// test process).
+    pub lifeline: Option<PathBuf>,
 }
 
 /// The task directories of a server or executor with data dir `data_dir`: beside it
@@ -170,6 +175,7 @@ impl ExecutorOptions {
             pod_limits: PodLimits::defaults(),
             tasks_dir: None,
             run_as: None,
+            lifeline: None,
         }
     }
 
@@ -216,7 +222,19 @@ impl ExecutorOptions {
                 .context("connecting to the Docker Engine")?,
             ),
         };
+        let lifeline = self.lifeline.clone().map(|program| {
+            let driver = match self.driver {
+                DriverKind::Local => WatchedDriver::Local {
+                    tasks_dir: tasks_dir.clone(),
+                },
+                DriverKind::Docker => WatchedDriver::Docker {
+                    host: self.docker_host.clone(),
+                },
+            };
+            (program, driver)
+        });
         Agent::start(AgentConfig {
+            lifeline,
             tasks_dir,
             data_dir,
             servers,

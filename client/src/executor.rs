@@ -51,6 +51,7 @@ impl ExecutorTask {
                 executor_id: executor_id.to_string(),
                 run_id: run_id.to_string(),
                 stop: false,
+                attempt: 0,
             },
             status: ExecutorTaskStatus {
                 steps: vec![StepStatus::default(); steps],
@@ -67,6 +68,14 @@ pub struct ExecutorTaskSpec {
     /// Asked to stop (before start: cancelled; while running: stopped).
     #[serde(default)]
     pub stop: bool,
+    /// Which attempt of the run task this is: how many earlier attempts were lost with
+    /// their executor when it was handed out (see `RunTask::lost_attempts`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// What the executor reports.
@@ -75,6 +84,10 @@ pub struct ExecutorTaskStatus {
     pub phase: ExecutorTaskPhase,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fail_error: Option<String>,
+    /// Failed because the task was lost with its executor (gone, restarted, stopped, out
+    /// of contact), not by its steps: the scheduler may run it again elsewhere.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lost: bool,
     #[serde(default)]
     pub timedout: bool,
     #[serde(default)]

@@ -297,6 +297,21 @@ pub struct RunTask {
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_time: Option<Time>,
+    /// Earlier attempts of this task lost with their executor and run again
+    /// (`--retry-lost-tasks`, a task's `retry_lost_tasks`), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lost_attempts: Vec<LostAttempt>,
+}
+
+/// An attempt of a run task lost with its executor, after which the task ran again (its
+/// logs are discarded: the task's logs are those of its last attempt).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LostAttempt {
+    pub executor_id: String,
+    /// Why it was lost ("executor … is gone", "the executor restarted and lost the task").
+    pub reason: String,
+    /// When the scheduler gave it up and queued the task again.
+    pub time: Time,
 }
 
 impl RunTask {

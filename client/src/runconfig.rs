@@ -91,6 +91,10 @@ pub struct RunConfigTask {
     /// whose values came from `from_variable`: secrets, redacted from step logs.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub secret_environment: BTreeSet<String>,
+    /// How many times the task runs again when an attempt is lost with its executor
+    /// (Cairn's `retry_lost_tasks`); `None`: the server's `--retry-lost-tasks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_lost: Option<u32>,
 }
 
 /// An edge of the DAG: the parent and the parent outcomes that let the child run.

@@ -125,7 +125,8 @@ pub fn need<'a>(method: &Method, path: &'a str) -> Need<'a> {
         ["tokens", ..] | ["export"] | ["import"] => Need::Admin,
         ["maintenance"] if !get => Need::Admin,
         ["executors", id] if *method == Method::POST => Need::Register(id),
-        ["executors", _] if *method == Method::DELETE => Need::Admin,
+        // The executor itself may deregister (a clean stop hands its tasks back).
+        ["executors", id] if *method == Method::DELETE => Need::Executor(id),
         ["executors", _, "credential"] => Need::Admin,
         ["executors", id, "tasks", ..] => Need::Executor(id),
         ["archives", ..] | ["caches", ..] => Need::ExecutorBlobs,
@@ -326,7 +327,7 @@ mod tests {
         assert_eq!(need(&g, "/export"), Need::Admin);
         assert_eq!(need(&p, "/import"), Need::Admin);
         assert_eq!(need(&p, "/caches/import"), Need::ExecutorBlobs);
-        assert_eq!(need(&Method::DELETE, "/executors/e1"), Need::Admin);
+        assert_eq!(need(&Method::DELETE, "/executors/e1"), Need::Executor("e1"));
         assert_eq!(need(&p, "/executors/e1"), Need::Register("e1"));
         assert_eq!(
             need(&Method::DELETE, "/executors/e1/credential"),
@@ -343,6 +344,7 @@ mod tests {
     fn roles_permit_what_the_model_says() {
         let ex = Caller::Executor("e1".into());
         assert!(permits(&ex, &Need::Executor("e1")));
+        // Another executor's tasks, reports or registration (DELETE /executors/e2).
         assert!(!permits(&ex, &Need::Executor("e2")));
         assert!(!permits(&ex, &Need::Register("e2")));
         assert!(!permits(&ex, &Need::Read));

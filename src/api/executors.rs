@@ -96,7 +96,8 @@ pub async fn heartbeat(
     }))
 }
 
-/// `DELETE /executors/{id}` (admin): the registration (its unfinished tasks are failed).
+/// `DELETE /executors/{id}` (admin, or the executor itself on a clean stop): the
+/// registration (its unfinished tasks are failed as lost, and run again elsewhere).
 /// The executor keeps its credential and may register again, as before roles; a
 /// credential is revoked with `DELETE /executors/{id}/credential`.
 pub async fn delete(State(st): State<ApiState>, Path(id): Path<String>) -> ApiResult<StatusCode> {

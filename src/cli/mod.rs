@@ -198,6 +198,11 @@ pub struct RunServeArgs {
     /// ... or once the oldest of them finished this many seconds ago.
     #[arg(long, default_value_t = 600)]
     pub segment_wait_secs: u64,
+    /// How many times a task lost with its executor (killed, restarted, stopped, out of
+    /// contact) runs again on another executor, unless its config's `retry_lost_tasks`
+    /// says; 0 fails it at once. A task whose steps failed is never run again.
+    #[arg(long, default_value_t = crate::scheduler::DEFAULT_RETRY_LOST_TASKS, value_parser = clap::value_parser!(u32).range(0..=10))]
+    pub retry_lost_tasks: u32,
     #[command(flatten)]
     pub net: NetArgs,
 }
@@ -318,6 +323,7 @@ impl ExecutorTuning {
             pod_limits,
             tasks_dir: Some(self.tasks_dir.clone().unwrap_or(tasks_default)),
             run_as: self.run_as.clone(),
+            lifeline: std::env::current_exe().ok(),
             ..crate::service::ExecutorOptions::new(data_dir, driver)
         })
     }

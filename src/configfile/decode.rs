@@ -233,6 +233,22 @@ impl<'f> Decoder<'f> {
         map
     }
 
+    /// A whole number from 0 to `max` (Cairn's `retry_lost_tasks`).
+    pub(super) fn count(&mut self, node: &Node<'_>, max: u32) -> Option<u32> {
+        let found = match (node.kind(), node.as_int()) {
+            (Kind::Int, Some(n)) => match u32::try_from(n).ok().filter(|n| *n <= max) {
+                Some(n) => return Some(n),
+                None => n.to_string(),
+            },
+            (kind, _) => kind.describe().to_string(),
+        };
+        self.error(
+            node,
+            format!("expected a whole number from 0 to {max}, found {found}"),
+        );
+        None
+    }
+
     /// Seconds, from an integer or a duration string such as "1h30m", "45s" (Cairn's
     /// `task_timeout`).
     pub(super) fn duration(&mut self, node: &Node<'_>) -> Option<u64> {

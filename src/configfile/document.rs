@@ -85,7 +85,10 @@ fn decode_run(dec: &mut Decoder<'_>, node: &Node<'_>) -> Option<ConfigRun> {
     Some(run)
 }
 
-const TASK_KEYS: [&str; 14] = [
+/// The most a task's `retry_lost_tasks` may ask for.
+pub const MAX_RETRY_LOST: u32 = 10;
+
+const TASK_KEYS: [&str; 15] = [
     "name",
     "runtime",
     "environment",
@@ -100,6 +103,7 @@ const TASK_KEYS: [&str; 14] = [
     "docker_registries_auth",
     "task_timeout_interval",
     "task_timeout",
+    "retry_lost_tasks",
 ];
 
 fn decode_task(dec: &mut Decoder<'_>, node: &Node<'_>) -> Option<ConfigTask> {
@@ -141,6 +145,9 @@ fn decode_task(dec: &mut Decoder<'_>, node: &Node<'_>) -> Option<ConfigTask> {
         when: fields.get("when").and_then(|n| decode_when(dec, n)),
         docker_registries_auth: registries(dec, &fields),
         task_timeout: timeout(dec, &fields),
+        retry_lost: fields
+            .get("retry_lost_tasks")
+            .and_then(|n| dec.count(n, MAX_RETRY_LOST)),
     };
     Some(task)
 }

@@ -108,6 +108,7 @@ pub fn expand(
                 .or(config.task_timeout)
                 .filter(|&secs| secs > 0),
             secret_environment: secret_names(task),
+            retry_lost: task.retry_lost,
         };
         tasks.insert(id, rct);
     }

@@ -313,6 +313,38 @@ runs:
     }
 
     #[test]
+    fn retry_lost_tasks_is_a_small_whole_number_per_task() {
+        let yaml = "\
+runs:
+  - name: ci
+    tasks:
+      - name: a
+        runtime: { containers: [ { image: alpine } ] }
+        retry_lost_tasks: 3
+      - name: b
+        runtime: { containers: [ { image: alpine } ] }
+";
+        let parsed = parse("c.yml", yaml).expect("valid");
+        let tasks = &parsed.config.runs[0].tasks;
+        assert_eq!((tasks[0].retry_lost, tasks[1].retry_lost), (Some(3), None));
+        let expanded = expand(&parsed.config, "ci", &ExpandContext::default()).expect("expands");
+        let by_name = |n: &str| expanded.values().find(|t| t.name == n).expect("task");
+        assert_eq!(by_name("a").retry_lost, Some(3));
+        assert_eq!(by_name("b").retry_lost, None);
+
+        for (value, found) in [("11", "11"), ("-1", "-1"), ("two", "a string")] {
+            let bad = yaml.replace("retry_lost_tasks: 3", &format!("retry_lost_tasks: {value}"));
+            let errors = parse("c.yml", &bad).expect_err("refused");
+            assert_eq!(
+                errors.lines(),
+                [format!(
+                    "c.yml:6:27: runs[0] \"ci\" › tasks[0] \"a\" › retry_lost_tasks: expected a whole number from 0 to 10, found {found}"
+                )]
+            );
+        }
+    }
+
+    #[test]
     fn find_config_follows_agolas_order_then_cairns() {
         let dir = tempfile::tempdir().expect("tempdir");
         assert_eq!(find_config(dir.path()), None);

@@ -81,6 +81,8 @@ pub struct ConfigTask {
     pub when: Option<When>,
     pub docker_registries_auth: BTreeMap<String, ConfigRegistryAuth>,
     pub task_timeout: Option<u64>,
+    /// Cairn's `retry_lost_tasks`: runs again after an attempt lost with its executor.
+    pub retry_lost: Option<u32>,
 }
 
 /// A value that is either written in the file or read from a variable at run creation.

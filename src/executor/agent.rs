@@ -4,6 +4,17 @@
 //! executor was deleted while alive, or no longer assigned to it: their processes are
 //! killed), re-sends statuses after a reconnect, reports tasks it lost in a restart as
 //! failed, and cleans the directories and pods of tasks that are gone. It only dials out.
+//!
+//! A task is never left running where the server may hand it to another executor (a lost
+//! task runs again elsewhere, see [`crate::runservice::retry`]):
+//! - **Out of contact**: when no heartbeat got through for two thirds of the lease TTL
+//!   ([`out_of_contact`]), the agent kills every task it runs, before the server can deem
+//!   the executor gone (a full TTL after the last heartbeat it received), and reports them
+//!   lost once it reaches a server again.
+//! - **Clean stop** ([`Agent::stop`]): every running task is killed and reported lost, then
+//!   the executor deregisters, so its tasks run again elsewhere at once and it gets no more.
+//! - **Capacity**: a heartbeat goes out as soon as a task ends, so the scheduler sees the
+//!   free slot at once rather than at the next heartbeat.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,12 +22,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_client::RunClient;
-use cairn_client::executor::{AssignedTask, Executor};
+use cairn_client::executor::{AssignedTask, Executor, ExecutorTaskStatus};
 use cairn_client::run::ExecutorTaskPhase;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::driver::Driver;
+use super::lifeline::{self, Lifeline, Watch, WatchedDriver};
 use super::task::{self, TaskEnv, TaskHandle};
 
 /// How an agent runs.
@@ -36,6 +49,9 @@ pub struct AgentConfig {
     pub active_tasks_limit: u32,
     pub allow_privileged: bool,
     pub driver: Arc<dyn Driver>,
+    /// The program to start as this agent's lifeline watchdog and the driver it cleans up
+    /// after ([`super::lifeline`]); `None`: no watchdog.
+    pub lifeline: Option<(PathBuf, WatchedDriver)>,
 }
 
 /// A running agent.
@@ -43,6 +59,8 @@ pub struct Agent {
     pub id: String,
     cancel: CancellationToken,
     task: JoinHandle<()>,
+    /// Kept until the agent is dropped (after [`Agent::stop`]) or the process ends.
+    _lifeline: Option<Lifeline>,
 }
 
 /// The file keeping an executor's own credential.
@@ -96,6 +114,22 @@ impl Agent {
     /// Starts the agent's loops; they run until [`Agent::stop`].
     pub fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
         let id = load_or_make_id(&cfg.data_dir)?;
+        // Before any task starts: from now on, whatever kills this process kills its steps.
+        let lifeline = match &cfg.lifeline {
+            Some((program, driver)) => {
+                let watch = Watch {
+                    executor_id: id.clone(),
+                    driver: driver.clone(),
+                };
+                Some(lifeline::start(program, &watch).map_err(|e| {
+                    anyhow::anyhow!(
+                        "starting the executor's lifeline {}: {e}",
+                        program.display()
+                    )
+                })?)
+            }
+            None => None,
+        };
         // The credential of an earlier registration first; the registration token if the
         // server refuses it.
         let client = RunClient::with_tls(
@@ -116,16 +150,27 @@ impl Agent {
             running: BTreeMap::new(),
             handed_at: BTreeMap::new(),
             finished: Default::default(),
+            last_contact: None,
+            reported_active: 0,
+            reports: JoinSet::new(),
         };
         let c = cancel.clone();
         let task = tokio::spawn(async move {
             let span = tracing::info_span!("executor", executor_id = %state.env.executor_id);
             tracing::Instrument::instrument(state.run(c), span).await;
         });
-        Ok(Agent { id, cancel, task })
+        Ok(Agent {
+            id,
+            cancel,
+            task,
+            _lifeline: lifeline,
+        })
     }
 
-    /// Stops polling and every running task (their pods are removed), then returns.
+    /// A clean stop: stops polling, kills every running task (their pods are removed) and
+    /// reports it lost so it runs again elsewhere, deregisters, then returns. Reaching the
+    /// servers is bounded by [`HAND_BACK_TIME`]: what does not get through, the server
+    /// learns when the executor's lease expires.
     pub async fn stop(self) {
         self.cancel.cancel();
         if let Err(e) = self.task.await
@@ -144,8 +189,49 @@ struct State {
     /// an older view (another server catching up) cannot tell that a task is gone.
     handed_at: BTreeMap<String, i64>,
     /// Tasks this process ran to the end (a poll answered before their last report
-    /// landed may still show them running; they are not lost).
+    /// landed may still show them running; they are not lost), or killed when it lost
+    /// contact (never started again: they are reported lost).
     finished: std::collections::BTreeSet<String>,
+    /// When the last heartbeat that got an answer was sent.
+    last_contact: Option<Instant>,
+    /// The task count the last heartbeat reported.
+    reported_active: usize,
+    /// Reports of tasks killed out of contact, sent once a server answers; aborted when
+    /// the agent stops.
+    reports: JoinSet<()>,
+}
+
+/// How long a clean stop waits for its tasks to die, and then for the servers to take
+/// their lost reports and the deregistration.
+pub const HAND_BACK_TIME: Duration = Duration::from_secs(5);
+
+/// Whether an executor whose last answered heartbeat was sent at `last_contact` must kill
+/// its tasks at `now`, its lease being `ttl`: after two thirds of it. The server deems the
+/// executor gone no sooner than a whole TTL after it received that heartbeat (later than
+/// it was sent), and only then gives its tasks to another executor, so the tasks are dead
+/// by then with a third of the TTL to spare. Pure.
+pub fn out_of_contact(last_contact: Instant, now: Instant, ttl: Duration) -> bool {
+    now.saturating_duration_since(last_contact) >= ttl * 2 / 3
+}
+
+/// `status` as the report of a task lost with its executor: failed with `reason`, lost (so
+/// the server may run it again), its running steps failed, all at `now`. Pure.
+pub fn lost_status(
+    mut status: ExecutorTaskStatus,
+    reason: &str,
+    now: cairn_client::run::Time,
+) -> ExecutorTaskStatus {
+    status.phase = ExecutorTaskPhase::Failed;
+    status.fail_error = Some(reason.to_string());
+    status.lost = true;
+    status.end_time = Some(now);
+    for s in std::iter::once(&mut status.setup_step).chain(status.steps.iter_mut()) {
+        if s.phase == ExecutorTaskPhase::Running {
+            s.phase = ExecutorTaskPhase::Failed;
+            s.end_time = Some(now);
+        }
+    }
+    status
 }
 
 impl State {
@@ -156,17 +242,28 @@ impl State {
             labels: self.cfg.labels.clone(),
             allow_privileged: self.cfg.allow_privileged,
             active_tasks_limit: self.cfg.active_tasks_limit,
-            active_tasks: u32::try_from(self.running.len()).unwrap_or(u32::MAX),
+            active_tasks: u32::try_from(self.active()).unwrap_or(u32::MAX),
             ..Executor::default()
         }
+    }
+
+    /// Tasks that hold a slot: running ones that have not reported their end (a finished
+    /// one may still be uploading its logs, but its slot is free).
+    fn active(&self) -> usize {
+        self.running
+            .values()
+            .filter(|h| !h.status.borrow().phase.is_finished())
+            .count()
     }
 
     async fn run(mut self, cancel: CancellationToken) {
         let client = self.env.client.clone();
         // Register first (retrying until a server answers), and learn the lease TTL.
         let ttl = loop {
+            let sent = Instant::now();
             match self.register().await {
                 Ok(ttl) => {
+                    self.last_contact = Some(sent);
                     tracing::info!(driver = self.cfg.driver.name(), "executor registered");
                     break ttl;
                 }
@@ -196,7 +293,8 @@ impl State {
             let _ = tokio::fs::remove_dir_all(tasks_root.join(dir)).await;
         }
 
-        let heartbeat_every = Duration::from_millis((ttl as u64 * 1000 / 3).max(200));
+        let ttl = Duration::from_secs(ttl.unsigned_abs());
+        let heartbeat_every = (ttl / 3).max(Duration::from_millis(200));
         let mut heartbeat = tokio::time::interval(heartbeat_every);
         let mut resend = tokio::time::interval(Duration::from_secs(5));
         let mut after = 0i64;
@@ -204,11 +302,7 @@ impl State {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = heartbeat.tick() => {
-                    if let Err(e) = self.register().await {
-                        tracing::warn!(error = %e, "heartbeat failed");
-                    }
-                }
+                _ = heartbeat.tick() => self.heartbeat(ttl, heartbeat_every).await,
                 _ = resend.tick() => self.resend().await,
                 r = &mut poll => {
                     match r {
@@ -225,13 +319,117 @@ impl State {
                         }
                     }
                     self.reap();
+                    if self.active() < self.reported_active {
+                        // A slot came free: say so now, not at the next heartbeat.
+                        self.heartbeat(ttl, heartbeat_every).await;
+                    }
                     poll = Box::pin(self::poll(client.clone(), self.env.executor_id.clone(), after));
                 }
             }
         }
-        for (_, h) in std::mem::take(&mut self.running) {
-            h.stop.cancel();
-            let _ = h.join.await;
+        self.hand_back().await;
+    }
+
+    /// One heartbeat, bounded by `timeout`; then, if no heartbeat got through for too
+    /// long ([`out_of_contact`]), every running task is killed.
+    async fn heartbeat(&mut self, ttl: Duration, timeout: Duration) {
+        let sent = Instant::now();
+        let active = self.active();
+        match tokio::time::timeout(timeout, self.register()).await {
+            Ok(Ok(_)) => {
+                self.last_contact = Some(sent);
+                self.reported_active = active;
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "heartbeat failed"),
+            Err(_) => tracing::warn!(secs = timeout.as_secs_f32(), "heartbeat timed out"),
+        }
+        let Some(last) = self.last_contact else {
+            return;
+        };
+        if !self.running.is_empty() && out_of_contact(last, Instant::now(), ttl) {
+            let secs = last.elapsed().as_secs();
+            let reason = format!(
+                "executor {} lost contact with the servers for {secs} s",
+                self.env.executor_id
+            );
+            tracing::warn!(tasks = self.running.len(), %reason, "killing every task so none runs twice");
+            for (id, status) in self.kill_all(&reason) {
+                let (env, handle) = (self.env.clone(), self.running.remove(&id));
+                self.handed_at.remove(&id);
+                self.finished.insert(id.clone());
+                self.reports.spawn(async move {
+                    if let Some(h) = handle {
+                        let _ = h.join.await;
+                    }
+                    task::report(&env.client, &env.executor_id, &id, &status).await;
+                });
+            }
+        }
+    }
+
+    /// Abandons every running task (its processes are killed, its runner reports nothing
+    /// more); the lost statuses to report for those that had not ended.
+    fn kill_all(&mut self, reason: &str) -> Vec<(String, ExecutorTaskStatus)> {
+        let now = chrono::Utc::now();
+        let mut lost = Vec::new();
+        for (id, h) in &self.running {
+            let status = h.status.borrow().clone();
+            h.abandon();
+            if !status.phase.is_finished() {
+                lost.push((id.clone(), lost_status(status, reason, now)));
+            }
+        }
+        lost
+    }
+
+    /// The clean stop of [`Agent::stop`].
+    async fn hand_back(&mut self) {
+        self.reports.abort_all();
+        if self.running.is_empty() {
+            // Nothing to hand back; deregistering still stops new hand-outs at once.
+            let _ = tokio::time::timeout(
+                HAND_BACK_TIME,
+                self.env.client.delete_executor(&self.env.executor_id),
+            )
+            .await;
+            return;
+        }
+        let reason = format!("executor {} was stopped", self.env.executor_id);
+        let lost = self.kill_all(&reason);
+        let running = std::mem::take(&mut self.running);
+        let dead = tokio::time::timeout(HAND_BACK_TIME, async {
+            for (_, h) in running {
+                let _ = h.join.await;
+            }
+        })
+        .await;
+        if dead.is_err() {
+            // Its processes may live on: the server must not run them again before the
+            // lease expires.
+            tracing::warn!("tasks still dying after {HAND_BACK_TIME:?}; not handed back");
+            return;
+        }
+        let (client, me) = (&self.env.client, &self.env.executor_id);
+        let handed_back = tokio::time::timeout(HAND_BACK_TIME, async {
+            for (id, status) in &lost {
+                if let Err(e) = client.report_status(me, id, status).await {
+                    tracing::debug!(task_id = %id, error = %e, "lost report refused");
+                }
+            }
+            client.delete_executor(me).await
+        })
+        .await;
+        match handed_back {
+            Ok(Ok(())) => tracing::info!(
+                tasks = lost.len(),
+                "tasks handed back; executor deregistered"
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "deregistering failed; the server forgets this executor when its lease expires")
+            }
+            Err(_) => tracing::warn!(
+                "the servers did not answer; they forget this executor when its lease expires"
+            ),
         }
     }
 
@@ -303,18 +501,11 @@ impl State {
                 ExecutorTaskPhase::Running => {
                     // The server thinks it runs here, but this process does not run it:
                     // an earlier process of this executor died with it.
-                    let mut status = t.task.status.clone();
-                    let now = chrono::Utc::now();
-                    status.phase = ExecutorTaskPhase::Failed;
-                    status.fail_error = Some("the executor restarted and lost the task".into());
-                    status.end_time = Some(now);
-                    for s in std::iter::once(&mut status.setup_step).chain(status.steps.iter_mut())
-                    {
-                        if s.phase == ExecutorTaskPhase::Running {
-                            s.phase = ExecutorTaskPhase::Failed;
-                            s.end_time = Some(now);
-                        }
-                    }
+                    let status = lost_status(
+                        t.task.status.clone(),
+                        "the executor restarted and lost the task",
+                        chrono::Utc::now(),
+                    );
                     tracing::warn!(task_id = %id, "task lost in a restart reported failed");
                     task::report(&self.env.client, &self.env.executor_id, &id, &status).await;
                 }
@@ -440,6 +631,50 @@ mod tests {
 
     fn handed(ids: &[(&str, i64)]) -> BTreeMap<String, i64> {
         ids.iter().map(|(id, r)| (id.to_string(), *r)).collect()
+    }
+
+    #[test]
+    fn tasks_die_two_thirds_of_a_lease_after_the_last_heartbeat_that_got_through() {
+        let sent = Instant::now();
+        let ttl = Duration::from_secs(15);
+        assert!(!out_of_contact(sent, sent, ttl));
+        assert!(!out_of_contact(
+            sent,
+            sent + Duration::from_millis(9_999),
+            ttl
+        ));
+        assert!(out_of_contact(sent, sent + Duration::from_secs(10), ttl));
+        // A clock reading before the heartbeat (never in practice) is not a loss.
+        assert!(!out_of_contact(sent + Duration::from_secs(1), sent, ttl));
+    }
+
+    #[test]
+    fn a_lost_status_fails_the_running_steps_and_says_it_was_lost() {
+        let now = chrono::Utc::now();
+        let mut status = ExecutorTaskStatus {
+            phase: ExecutorTaskPhase::Running,
+            steps: vec![Default::default(); 3],
+            ..Default::default()
+        };
+        status.setup_step.phase = ExecutorTaskPhase::Success;
+        status.steps[0].phase = ExecutorTaskPhase::Success;
+        status.steps[1].phase = ExecutorTaskPhase::Running;
+        let lost = lost_status(status, "executor e1 was stopped", now);
+        assert_eq!(lost.phase, ExecutorTaskPhase::Failed);
+        assert!(lost.lost);
+        assert_eq!(lost.fail_error.as_deref(), Some("executor e1 was stopped"));
+        assert_eq!(lost.end_time, Some(now));
+        assert_eq!(lost.setup_step.phase, ExecutorTaskPhase::Success);
+        let phases: Vec<_> = lost.steps.iter().map(|s| s.phase).collect();
+        assert_eq!(
+            phases,
+            [
+                ExecutorTaskPhase::Success,
+                ExecutorTaskPhase::Failed,
+                ExecutorTaskPhase::NotStarted
+            ]
+        );
+        assert_eq!(lost.steps[1].end_time, Some(now));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! (`cairn_client::RunClient`), in-process in `cairn serve` or standalone as
 //! `cairn executor`; it only dials out.
 //!
-//! - [`agent`]: registration, heartbeats, the task long poll, runners, restart recovery.
+//! - [`agent`]: registration, heartbeats, the task long poll, runners, restart recovery,
+//!   hand-back on a clean stop.
+//! - [`lifeline`]: the watchdog process that kills a dead executor's steps.
 //! - [`task`]: one task: setup, steps in order, status reports, stop and timeout.
 //! - [`task_run`]: the task's status transitions, decided without I/O.
 //! - [`steps`]: clone, run, workspaces and caches over the driver's pod.
@@ -16,6 +18,7 @@ pub mod agent;
 pub mod archive;
 pub mod cache_key;
 pub mod driver;
+pub mod lifeline;
 pub mod log_upload;
 pub mod source;
 pub mod steps;

@@ -16,6 +16,7 @@
 //! - [`actions`]: user actions (start, cancel, stop, approve, task annotations).
 //! - [`task_status`]: executor status reports accepted (finished is final) and applied to
 //!   the run, lost executor tasks.
+//! - [`retry`]: a task lost with its executor queued again while it has retries left.
 //! - [`spec`]: the executor task spec data generated at every hand-out.
 //! - [`cache_namespace`]: the unambiguous id of a task's cache group.
 //! - [`placement`]: which executor gets a task, or why none can.
@@ -40,6 +41,7 @@ pub mod placement;
 pub mod reference;
 pub mod restart;
 pub mod retention;
+pub mod retry;
 pub mod spec;
 pub mod task_status;
 pub mod unplaceable;
@@ -56,6 +58,7 @@ pub use placement::{NoExecutor, choose_executor, never_placeable};
 pub use restart::{
     RestartFrom, can_restart_from_failed, can_restart_from_scratch, check_restart, restart,
 };
+pub use retry::{LostTask, retry_lost_task};
 pub use spec::spec_data;
 pub use task_status::{accept_report, apply_executor_status, fail_lost_task};
 pub use unplaceable::fail_unplaceable;

@@ -101,14 +101,15 @@ pub fn accept_report(
 }
 
 /// Marks an unfinished executor task failed because its executor is gone: phase failed with
-/// `reason`, end time `now`, and every running step (setup included) failed with end time
-/// `now`. Returns false, changing nothing, when the task had already finished.
+/// `reason`, lost (so it may run again, see [`super::retry`]), end time `now`, and every
+/// running step (setup included) failed with end time `now`. Returns false, changing nothing, when the task had already finished.
 pub fn fail_lost_task(et: &mut ExecutorTask, reason: &str, now: Time) -> bool {
     if et.status.phase.is_finished() {
         return false;
     }
     et.status.phase = ExecutorTaskPhase::Failed;
     et.status.fail_error = Some(reason.to_string());
+    et.status.lost = true;
     et.status.end_time = Some(now);
     let steps = std::iter::once(&mut et.status.setup_step).chain(et.status.steps.iter_mut());
     for step in steps.filter(|s| s.phase == ExecutorTaskPhase::Running) {

@@ -59,7 +59,13 @@ pub struct SchedulerConfig {
     pub fixed_executors: bool,
     /// When archived runs move out of the store into segments.
     pub segments: crate::runservice::archive::SegmentPolicy,
+    /// How many times a task lost with its executor runs again, unless its config says
+    /// (`--retry-lost-tasks`; see [`crate::runservice::retry`]).
+    pub retry_lost_tasks: u32,
 }
+
+/// How many times a task lost with its executor runs again by default.
+pub const DEFAULT_RETRY_LOST_TASKS: u32 = 2;
 
 /// The deadline of the context the scheduler queues for its lock and writes under: none
 /// in practice (a year). Holding the lock ends by cancellation, maintenance mode or a
@@ -83,6 +89,7 @@ impl Default for SchedulerConfig {
             session_ttl: 5,
             fixed_executors: false,
             segments: Default::default(),
+            retry_lost_tasks: DEFAULT_RETRY_LOST_TASKS,
         }
     }
 }

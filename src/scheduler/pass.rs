@@ -6,13 +6,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use cairn_client::executor::ExecutorTask;
-use cairn_client::run::RunPhase;
+use cairn_client::run::{Run, RunPhase};
 use cairn_client::runconfig::RunConfig;
 
 use super::SchedulerTask;
 use crate::datamanager::logs::LogId;
 use crate::datamanager::{Datamanager, DmError};
-use crate::runservice;
+use crate::runservice::{self, LostTask};
 
 /// What the scheduler remembers between passes.
 #[derive(Default)]
@@ -56,10 +56,29 @@ impl SchedulerTask {
             return Ok(false);
         }
         let config = state.config(dm, id).await?;
-        let ets = dm.executor_tasks_of_run(&prev.value).await?;
+        let mut ets = dm.executor_tasks_of_run(&prev.value).await?;
         let now = chrono::Utc::now();
 
         let mut run = prev.value.clone();
+        // Attempts lost with their executor run again while they have retries left: their
+        // executor tasks go (after the run is written) and the tasks are handed out anew.
+        let mut given_up = Vec::new();
+        for (task_id, et) in &ets {
+            let before = run.tasks.get(task_id).map(|t| t.lost_attempts.len());
+            let retries = self.config.retry_lost_tasks;
+            if runservice::retry_lost_task(&mut run, &config, &et.value, retries, now)
+                == LostTask::Retried
+            {
+                if run.tasks.get(task_id).map(|t| t.lost_attempts.len()) != before {
+                    tracing::info!(run_id = %id, task_id = %task_id, executor_id = %et.value.spec.executor_id, reason = ?et.value.status.fail_error, "task lost with its executor; it runs again");
+                }
+                given_up.push(task_id.clone());
+            }
+        }
+        let given_up: Vec<_> = given_up
+            .iter()
+            .filter_map(|task_id| ets.remove(task_id))
+            .collect();
         for et in ets.values() {
             if let Err(e) = runservice::apply_executor_status(&mut run, &et.value) {
                 tracing::debug!(run_id = %id, task_id = %et.value.id, error = %e, "ignoring an inconsistent executor report");
@@ -136,10 +155,19 @@ impl SchedulerTask {
                 dm.delete_executor_task(et).await?;
             }
         }
+        for et in &given_up {
+            // The lost attempt's logs go, so the next attempt's start from offset 0
+            // (again on the next pass if this one fails here).
+            if let Err(e) = self.logs.delete_task_logs(&et.value.id).await {
+                tracing::warn!(task_id = %et.value.id, error = %e, "deleting a lost attempt's logs failed; retrying later");
+                return Ok(false);
+            }
+            dm.delete_executor_task(et).await?;
+        }
 
         state.waiting_for_executor.remove(id);
         if !to_run.is_empty() && run.phase == RunPhase::Running {
-            self.hand_out(dm, state, &run.id, &config, &to_run).await?;
+            self.hand_out(dm, state, &run, &config, &to_run).await?;
         }
         // A failed task changes the run's result: advance it again at once.
         Ok(!done_ets.is_empty() || !failed.is_empty())
@@ -150,10 +178,11 @@ impl SchedulerTask {
         &self,
         dm: &Datamanager,
         state: &mut PassState,
-        run_id: &str,
+        run: &Run,
         config: &RunConfig,
         to_run: &[String],
     ) -> Result<(), DmError> {
+        let run_id = run.id.as_str();
         let executors = dm.executors().await?;
         let mut assigned = dm.assigned_counts().await?;
         for task_id in to_run {
@@ -162,7 +191,10 @@ impl SchedulerTask {
             };
             match runservice::choose_executor(task, &executors, &assigned) {
                 Ok(executor_id) => {
-                    let et = ExecutorTask::new(task_id, run_id, &executor_id, task.steps.len());
+                    let mut et = ExecutorTask::new(task_id, run_id, &executor_id, task.steps.len());
+                    et.spec.attempt = run.tasks.get(task_id).map_or(0, |t| {
+                        u32::try_from(t.lost_attempts.len()).unwrap_or(u32::MAX)
+                    });
                     if dm.create_executor_task(&et).await? {
                         *assigned.entry(executor_id.clone()).or_default() += 1;
                         tracing::debug!(run_id, task_id = %task_id, executor_id = %executor_id, "task handed out");

@@ -282,7 +282,11 @@ async fn the_sweep_fails_the_task_of_an_executor_that_went_while_no_scheduler_wa
     register(&dm, "e1", lease).await;
     let (id, tasks) = create(&dm, ONE_TASK).await;
     let build = tasks["build"].clone();
-    let config = SchedulerConfig::default();
+    // No retries: the lost task fails its run (lost tasks run again: see below).
+    let config = SchedulerConfig {
+        retry_lost_tasks: 0,
+        ..SchedulerConfig::default()
+    };
     let sweep = config.sweep_every;
     let s = spawn(kv.clone(), false, config);
     until(Duration::from_secs(10), "build handed out", || async {
@@ -358,7 +362,11 @@ async fn an_executor_deleted_while_the_scheduler_watches_fails_its_task_without_
     register(&dm, "e1", 0).await;
     let (id, tasks) = create(&dm, ONE_TASK).await;
     let build = tasks["build"].clone();
-    let config = SchedulerConfig::default();
+    // No retries: the lost task fails its run (lost tasks run again: see below).
+    let config = SchedulerConfig {
+        retry_lost_tasks: 0,
+        ..SchedulerConfig::default()
+    };
     let sweep = config.sweep_every;
     let s = spawn(st.node.kv(), false, config);
     until(Duration::from_secs(10), "build handed out", || async {
@@ -384,6 +392,62 @@ async fn an_executor_deleted_while_the_scheduler_watches_fails_its_task_without_
         done.tasks[&build].fail_error.as_deref(),
         Some("executor e1 is gone")
     );
+    s.scheduler.stop().await;
+}
+
+/// Issue 14: a task lost with its executor runs again on another one, its lost attempt
+/// recorded on the task; once the retries are spent, a loss fails it.
+#[tokio::test(start_paused = true)]
+async fn a_task_lost_with_its_executor_runs_again_elsewhere_until_its_retries_run_out() {
+    let st = TestStore::start().await;
+    let dm = st.dm();
+    register(&dm, "e1", 0).await;
+    let (id, tasks) = create(&dm, ONE_TASK).await;
+    let build = tasks["build"].clone();
+    let config = SchedulerConfig {
+        retry_lost_tasks: 1,
+        ..SchedulerConfig::default()
+    };
+    let s = spawn(st.node.kv(), false, config);
+    until(Duration::from_secs(10), "build handed to e1", || async {
+        Some(handed_to(&dm, "e1").await).filter(|h| h.contains(&build))
+    })
+    .await;
+
+    // e1 goes; e2 is there: the task is handed to e2 as attempt 1, the run still running.
+    register(&dm, "e2", 0).await;
+    dm.delete_executor("e1").await.expect("delete");
+    until(Duration::from_secs(10), "build handed to e2", || async {
+        Some(handed_to(&dm, "e2").await).filter(|h| h.contains(&build))
+    })
+    .await;
+    let et = dm
+        .executor_task(&build)
+        .await
+        .expect("read")
+        .expect("there");
+    assert_eq!(et.value.spec.executor_id, "e2");
+    assert_eq!(et.value.spec.attempt, 1);
+    assert_eq!(et.value.status.phase, ExecutorTaskPhase::NotStarted);
+    let r = run(&dm, &id).await;
+    assert_eq!(r.phase, RunPhase::Running);
+    assert_eq!(r.result, RunResult::Unknown);
+    let task = &r.tasks[&build];
+    assert_eq!(task.status, RunTaskStatus::NotStarted);
+    assert_eq!(task.lost_attempts.len(), 1);
+    assert_eq!(task.lost_attempts[0].executor_id, "e1");
+    assert_eq!(task.lost_attempts[0].reason, "executor e1 is gone");
+
+    // e2 goes too: the one retry is spent, so the run fails with the loss.
+    dm.delete_executor("e2").await.expect("delete");
+    let done = until(Duration::from_secs(10), "the run finished", || async {
+        Some(run(&dm, &id).await).filter(|r| r.phase.is_finished())
+    })
+    .await;
+    assert_eq!(done.result, RunResult::Failed);
+    let task = &done.tasks[&build];
+    assert_eq!(task.fail_error.as_deref(), Some("executor e2 is gone"));
+    assert_eq!(task.lost_attempts.len(), 1);
     s.scheduler.stop().await;
 }
 

@@ -326,7 +326,10 @@ async fn a_restarted_docker_executor_removes_the_containers_of_the_task_it_lost(
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let node = ServiceProc::single_with(&dir.path().join("n"), &["--executor-ttl", "60"]);
+    let node = ServiceProc::single_with(
+        &dir.path().join("n"),
+        &["--executor-ttl", "60", "--retry-lost-tasks", "0"],
+    );
     let client = node.client();
     let ex_dir = dir.path().join("ex");
     let _cleanup = Cleanup {
@@ -341,11 +344,13 @@ async fn a_restarted_docker_executor_removes_the_containers_of_the_task_it_lost(
 
     ex.kill9();
     let label = format!("cairn.task={tid}");
-    assert_eq!(
-        containers_labelled(&label).len(),
-        1,
-        "the pod outlives its killed executor"
-    );
+    // The executor's lifeline watchdog removes its pods as soon as it is dead.
+    crate::support::poll::wait_for(
+        std::time::Duration::from_secs(60),
+        "the killed executor's pod removed",
+        || async { containers_labelled(&label).is_empty().then_some(()) },
+    )
+    .await;
     ex.restart();
     let done = wait_finished(&client, &id).await;
     assert_eq!(done.run.result, RunResult::Failed, "{:?}", done.run);

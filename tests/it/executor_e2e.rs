@@ -617,7 +617,8 @@ impl Drop for GroupGuard {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_live_executor_kills_the_process_of_its_task() {
     let dir = tempfile::tempdir().unwrap();
-    let node = ServiceProc::with_executor(&dir.path().join("n"), &[]);
+    // No retries: the deletion fails the task (a lost task would run again).
+    let node = ServiceProc::with_executor(&dir.path().join("n"), &["--retry-lost-tasks", "0"]);
     let client = node.client();
     let pid_file = dir.path().join("step.pid");
     let marker = dir.path().join("ran-to-the-end");
@@ -808,7 +809,11 @@ const QUICK: &str = "echo quick";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_executor_killed_mid_task_fails_it_and_a_new_executor_takes_new_work() {
     let dir = tempfile::tempdir().unwrap();
-    let node = ServiceProc::single_with(&dir.path().join("n"), &["--executor-ttl", "3"]);
+    // No retries here: the lost task fails its run (see the next tests for retries).
+    let node = ServiceProc::single_with(
+        &dir.path().join("n"),
+        &["--executor-ttl", "3", "--retry-lost-tasks", "0"],
+    );
     let client = node.client();
     let mut ex1 = ExecutorProc::start(&node.url, &dir.path().join("ex1"), &[]);
     wait_registered(&client, &ex1.id).await;
@@ -822,6 +827,11 @@ async fn an_executor_killed_mid_task_fails_it_and_a_new_executor_takes_new_work(
     .await;
 
     ex1.kill9();
+    // Its lifeline watchdog kills the step at once, long before the lease expires.
+    wait_for(LONG, "the killed executor's step to die", || async {
+        (!process_alive(pid)).then_some(())
+    })
+    .await;
     let done = wait_finished(&client, &id).await;
     assert_eq!(done.run.result, RunResult::Failed, "{:?}", done.run);
     assert!(done.run.end_time.is_some());
@@ -853,20 +863,17 @@ async fn an_executor_killed_mid_task_fails_it_and_a_new_executor_takes_new_work(
         "quick\n"
     );
     assert!(registered(&client, &ex2.id).await);
-    // ex1's orphaned sleep (no executor of its data dir restarted to clean it up) is
-    // killed when ex1's handle drops.
     drop(ex1);
-    wait_for(LONG, "ex1's sleep to die", || async {
-        (!process_alive(pid)).then_some(())
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_executor_restarted_over_its_data_dir_fails_the_lost_task_and_kills_its_orphans() {
     let dir = tempfile::tempdir().unwrap();
     // A long lease: the restarted executor, not the lease expiry, reports the loss.
-    let node = ServiceProc::single_with(&dir.path().join("n"), &["--executor-ttl", "60"]);
+    let node = ServiceProc::single_with(
+        &dir.path().join("n"),
+        &["--executor-ttl", "60", "--retry-lost-tasks", "0"],
+    );
     let client = node.client();
     let mut ex = ExecutorProc::start(&node.url, &dir.path().join("ex"), &[]);
     wait_registered(&client, &ex.id).await;
@@ -880,7 +887,10 @@ async fn an_executor_restarted_over_its_data_dir_fails_the_lost_task_and_kills_i
     .await;
 
     ex.kill9();
-    assert!(process_alive(pid), "the step outlives its killed executor");
+    wait_for(LONG, "the lifeline to kill the step", || async {
+        (!process_alive(pid)).then_some(())
+    })
+    .await;
     let first_id = ex.id.clone();
     ex.restart();
     assert_eq!(ex.id, first_id, "the same executor, from its data dir");
@@ -909,4 +919,96 @@ async fn an_executor_restarted_over_its_data_dir_fails_the_lost_task_and_kills_i
     .await;
     let done = wait_finished(&client, &next).await;
     assert_eq!(done.run.result, RunResult::Success, "{:?}", done.run);
+}
+
+// --- 6. lost tasks run again (issue 14) -------------------------------------------------
+
+/// A step that sleeps on its first attempt (its pid in `marks/pid`), and on any later one
+/// checks that the first attempt's process is dead (gone, or a zombie) before it says so.
+/// (Steps run with `sh -e`: a failing command substitution would end it.)
+fn flaky_step(marks: &Path) -> String {
+    let m = marks.display();
+    format!(
+        "if mkdir {m}/first 2>/dev/null; then echo $$ > {m}/pid; exec sleep 600; fi; \
+         s=$(cut -d\" \" -f3 /proc/$(cat {m}/pid)/stat 2>/dev/null || true); \
+         if [ -n \"$s\" ] && [ \"$s\" != Z ]; then echo first attempt alive; exit 1; fi; \
+         echo second attempt"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_lost_with_a_killed_executor_runs_again_on_another_never_twice_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = ServiceProc::single_with(&dir.path().join("n"), &["--executor-ttl", "3"]);
+    let client = node.client();
+    let mut ex1 = ExecutorProc::start(&node.url, &dir.path().join("ex1"), &[]);
+    wait_registered(&client, &ex1.id).await;
+    let marks = dir.path().join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    let config = one_step("flaky", &flaky_step(&marks), "");
+    let id = create(&client, "/project/retry/branch/main", &config, None, None).await;
+    let pid = pid_in(&marks.join("pid")).await;
+    let _guard = SleepGuard(pid);
+    let ex2 = ExecutorProc::start(&node.url, &dir.path().join("ex2"), &[]);
+    wait_registered(&client, &ex2.id).await;
+
+    ex1.kill9();
+    let done = wait_finished(&client, &id).await;
+    let tid = task_id(&done, "flaky");
+    let log = step_log(&client, &id, &tid, LogStep::Step(0)).await;
+    assert_eq!(
+        log, "second attempt\n",
+        "the second attempt ran once the first was dead"
+    );
+    assert_eq!(done.run.result, RunResult::Success, "{:?}", done.run);
+    let t = task(&done, "flaky");
+    assert_eq!(t.lost_attempts.len(), 1, "{t:?}");
+    assert_eq!(t.lost_attempts[0].executor_id, ex1.id);
+    assert!(t.lost_attempts[0].reason.contains(&ex1.id), "{t:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_stopped_with_sigterm_hands_its_task_back_and_deregisters() {
+    let dir = tempfile::tempdir().unwrap();
+    // A long lease: only the hand-back can make the task run again within it.
+    let node = ServiceProc::single_with(&dir.path().join("n"), &["--executor-ttl", "60"]);
+    let client = node.client();
+    let mut ex1 = ExecutorProc::start(&node.url, &dir.path().join("ex1"), &[]);
+    wait_registered(&client, &ex1.id).await;
+    let marks = dir.path().join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    let config = one_step("flaky", &flaky_step(&marks), "");
+    let id = create(
+        &client,
+        "/project/handback/branch/main",
+        &config,
+        None,
+        None,
+    )
+    .await;
+    let pid = pid_in(&marks.join("pid")).await;
+    let _guard = SleepGuard(pid);
+    let ex2 = ExecutorProc::start(&node.url, &dir.path().join("ex2"), &[]);
+    wait_registered(&client, &ex2.id).await;
+
+    let stopping = std::time::Instant::now();
+    let took = ex1.terminate();
+    assert!(took < Duration::from_secs(20), "the stop took {took:?}");
+    assert!(!process_alive(pid), "the step died with the clean stop");
+    assert!(!registered(&client, &ex1.id).await, "ex1 deregistered");
+    let done = wait_finished(&client, &id).await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(50),
+        "run again before ex1's 60 s lease could expire: {:?}",
+        stopping.elapsed()
+    );
+    assert_eq!(done.run.result, RunResult::Success, "{:?}", done.run);
+    let t = task(&done, "flaky");
+    assert_eq!(t.lost_attempts.len(), 1, "{t:?}");
+    assert_eq!(t.lost_attempts[0].executor_id, ex1.id);
+    let tid = task_id(&done, "flaky");
+    assert_eq!(
+        step_log(&client, &id, &tid, LogStep::Step(0)).await,
+        "second attempt\n"
+    );
 }

@@ -271,12 +271,23 @@ impl ExecutorProc {
         self.child = Some(child);
     }
 
-    /// SIGKILL, no cleanup: its step processes keep running.
+    /// SIGKILL, no cleanup by the executor (its lifeline watchdog kills its steps).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// SIGTERM (a clean stop), then waits for the process to exit; how long it took.
+    pub fn terminate(&mut self) -> std::time::Duration {
+        let started = std::time::Instant::now();
+        if let Some(mut c) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = c.wait();
+        }
+        started.elapsed()
     }
 
     /// Restarts a killed executor over its data dir (same id).
