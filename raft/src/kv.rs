@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::concurrency::Fence;
 use crate::error::KvError;
+use crate::lessor::Renewal;
 use crate::node::{NodeInner, metrics};
 use crate::rpc::{PeerRequest, PeerResponse};
 use crate::types::{NodeAddr, NodeId};
@@ -317,7 +318,7 @@ impl Kv {
 
     /// Refreshes a lease on the leader; returns its TTL.
     pub async fn lease_keepalive(&self, id: i64) -> Result<i64, KvError> {
-        if let Ok(ttl) = self.keepalive_local(id) {
+        if let Ok(ttl) = self.keepalive_local(id).await {
             return Ok(ttl);
         }
         let timeout = self.n.timing.request_timeout;
@@ -375,23 +376,40 @@ impl Kv {
         Ok(self.n.mvcc.leases().into_iter().map(|(id, _)| id).collect())
     }
 
-    pub(crate) fn keepalive_local(&self, id: i64) -> Result<i64, KvError> {
+    /// Renews a lease on this node, the primary. When a checkpoint of the lease may be
+    /// replicated, the renewal is acknowledged only once a checkpoint of its whole TTL
+    /// (which clears it) is applied, so a new leader never starts the renewed lease from
+    /// the old checkpoint (see [`crate::lessor`]).
+    pub(crate) async fn keepalive_local(&self, id: i64) -> Result<i64, KvError> {
+        let not_leader = || KvError::NotLeader {
+            leader: metrics(&self.n).current_leader,
+        };
         if !self.n.lessor.is_primary() {
-            return Err(KvError::NotLeader {
-                leader: metrics(&self.n).current_leader,
-            });
+            return Err(not_leader());
         }
-        let lease = self.n.mvcc.lease(id).ok_or(StoreError::LeaseNotFound(id))?;
-        if !self
+        let ttl = self
             .n
-            .lessor
-            .keepalive(id, lease.granted_ttl, Instant::now())
-        {
-            return Err(KvError::NotLeader {
-                leader: metrics(&self.n).current_leader,
-            });
+            .mvcc
+            .lease(id)
+            .ok_or(StoreError::LeaseNotFound(id))?
+            .granted_ttl;
+        match self.n.lessor.keepalive(id, ttl, Instant::now()) {
+            Renewal::NotPrimary => Err(not_leader()),
+            Renewal::Renewed => Ok(ttl),
+            Renewal::ResetCheckpoint => {
+                let _gate = self.n.lessor.checkpoint_gate().lock().await;
+                let reset = Command::LeaseCheckpoint {
+                    checkpoints: vec![(id, ttl)],
+                };
+                match self.propose_local(reset).await? {
+                    CommandResult::Error(e) => Err(KvError::Store(e)),
+                    _ => {
+                        self.n.lessor.checkpoint_reset(id);
+                        Ok(ttl)
+                    }
+                }
+            }
         }
-        Ok(lease.granted_ttl)
     }
 
     pub(crate) fn remaining_local(&self, id: i64) -> Result<i64, KvError> {

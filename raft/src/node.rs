@@ -495,7 +495,9 @@ impl Node {
                     Err(RaftError::Fatal(f)) => Err(KvError::Stopped(f.to_string())),
                 })
             }
-            PeerRequest::KeepAlive(id) => PeerResponse::KeepAlive(self.kv().keepalive_local(id)),
+            PeerRequest::KeepAlive(id) => {
+                PeerResponse::KeepAlive(self.kv().keepalive_local(id).await)
+            }
             PeerRequest::LeaseRemaining(id) => {
                 PeerResponse::LeaseRemaining(self.kv().remaining_local(id))
             }
@@ -693,7 +695,8 @@ where
 }
 
 /// Follows leadership: promotes/demotes the lessor and, while leader, proposes the expiry
-/// of leases whose deadline passed.
+/// of leases whose deadline passed and the checkpoints of their remaining TTLs (see
+/// [`crate::lessor`]).
 async fn lessor_loop(inner: Arc<NodeInner>) {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -704,19 +707,19 @@ async fn lessor_loop(inner: Arc<NodeInner>) {
         let leader = m.state == ServerState::Leader && m.current_leader == Some(inner.id);
         if leader && !was_leader {
             // Wait until this leader's term is applied locally, so the lease table it
-            // extends is complete.
+            // extends (with every checkpoint of the previous leaders) is complete.
             if inner.raft.ensure_linearizable().await.is_err() {
                 continue;
             }
-            inner.lessor.promote(
-                &inner.mvcc.leases(),
-                Instant::now(),
-                inner.timing.election_max,
-            );
+            let leases = inner.mvcc.lease_records();
+            inner
+                .lessor
+                .promote(&leases, Instant::now(), inner.timing.election_max);
             tracing::info!(
                 node = inner.id,
-                leases = inner.mvcc.leases().len(),
-                "became leader: lease deadlines refreshed"
+                leases = leases.len(),
+                checkpointed = leases.iter().filter(|l| l.remaining_ttl.is_some()).count(),
+                "became leader: lease deadlines restored from their checkpoints"
             );
         } else if !leader && was_leader {
             inner.lessor.demote();
@@ -725,20 +728,48 @@ async fn lessor_loop(inner: Arc<NodeInner>) {
         if !leader {
             continue;
         }
-        let expired = inner
-            .lessor
-            .take_expired(&inner.mvcc.leases(), Instant::now());
-        if expired.is_empty() {
-            continue;
-        }
-        tracing::info!(leases = ?expired, "expiring leases");
-        if let Err(e) = inner
-            .raft
-            .client_write(Command::LeaseExpire { ids: expired })
-            .await
-        {
-            tracing::warn!(error = %e, "lease expiry proposal failed; retried after another TTL");
-        }
+        expire_leases(&inner).await;
+        checkpoint_leases(&inner).await;
+    }
+}
+
+/// Proposes the expiry of the leases whose deadline passed (one bounded batch).
+async fn expire_leases(inner: &NodeInner) {
+    let expired = inner
+        .lessor
+        .take_expired(&inner.mvcc.lease_records(), Instant::now());
+    if expired.is_empty() {
+        return;
+    }
+    tracing::info!(leases = ?expired, "expiring leases");
+    if let Err(e) = inner
+        .raft
+        .client_write(Command::LeaseExpire { ids: expired })
+        .await
+    {
+        tracing::warn!(error = %e, "lease expiry proposal failed; retried after another TTL");
+    }
+}
+
+/// Proposes the lease checkpoints that are due (one bounded batch), holding the lessor's
+/// checkpoint gate from the decision until the entry is applied, so a keepalive's reset
+/// of a checkpoint is never overtaken by a checkpoint taken before it.
+async fn checkpoint_leases(inner: &NodeInner) {
+    let _gate = inner.lessor.checkpoint_gate().lock().await;
+    let due = inner
+        .lessor
+        .take_checkpoints(&inner.mvcc.lease_records(), Instant::now());
+    if due.is_empty() {
+        return;
+    }
+    tracing::debug!(checkpoints = ?due, "checkpointing lease TTLs");
+    let cmd = Command::LeaseCheckpoint { checkpoints: due };
+    if let Err(e) = inner
+        .proposer
+        .propose(cmd, inner.timing.request_timeout)
+        .await
+    {
+        tracing::warn!(error = %e, "lease checkpoint proposal failed; retried at the next tick");
     }
 }
 

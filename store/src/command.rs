@@ -46,6 +46,17 @@ pub enum Command {
     /// Batches do not nest, and decoding refuses a nested one: a peer could otherwise
     /// nest thousands in a few KiB, each level a stack frame and a preallocated vector.
     Batch(#[serde(deserialize_with = "flat_batch")] Vec<Command>),
+    /// The leader's lease checkpoints (etcd's `LeaseCheckpoint`): each `(lease id,
+    /// remaining TTL in seconds)` is recorded on the lease, so a later leader starts the
+    /// lease from what remained rather than from its whole TTL. A remaining TTL at or
+    /// above the granted one clears the checkpoint (a renewal). Unknown ids are skipped;
+    /// no revision is created (a checkpoint is not a key-value change).
+    ///
+    /// Added after every older variant, so logs and snapshots written before it decode
+    /// unchanged.
+    LeaseCheckpoint {
+        checkpoints: Vec<(i64, i64)>,
+    },
 }
 
 thread_local! {
@@ -101,6 +112,10 @@ pub enum CommandResult {
     Error(StoreError),
     /// One result per command of a [`Command::Batch`].
     Batch(Vec<CommandResult>),
+    /// A [`Command::LeaseCheckpoint`] was recorded; `revision` is unchanged by it.
+    LeaseCheckpoint {
+        revision: i64,
+    },
 }
 
 impl CommandResult {
@@ -115,9 +130,43 @@ impl CommandResult {
             | CommandResult::LeaseRevoke { revision }
             | CommandResult::LeaseExpire { revision, .. }
             | CommandResult::Incr { revision, .. }
-            | CommandResult::None { revision } => Some(*revision),
+            | CommandResult::None { revision }
+            | CommandResult::LeaseCheckpoint { revision } => Some(*revision),
             CommandResult::Error(_) => None,
             CommandResult::Batch(rs) => rs.iter().rev().find_map(CommandResult::revision),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode, encode};
+
+    /// Lease checkpoints came after the other commands: entries written before them (these
+    /// are bincode bytes as the older code wrote them) decode to the same commands.
+    #[test]
+    fn commands_encoded_before_lease_checkpoints_still_decode() {
+        // Variant 4 (LeaseGrant), id 5 and ttl 10 as zigzag varints.
+        assert_eq!(
+            decode::<Command>(&[4, 10, 20]).unwrap(),
+            Command::LeaseGrant { id: 5, ttl: 10 }
+        );
+        // Variant 6 (LeaseExpire) with ids [1, 2].
+        assert_eq!(
+            decode::<Command>(&[6, 2, 2, 4]).unwrap(),
+            Command::LeaseExpire { ids: vec![1, 2] }
+        );
+        // Variant 8 (Batch) holding one LeaseRevoke (variant 5) of lease 3.
+        assert_eq!(
+            decode::<Command>(&[8, 1, 5, 6]).unwrap(),
+            Command::Batch(vec![Command::LeaseRevoke { id: 3 }])
+        );
+        let cp = Command::LeaseCheckpoint {
+            checkpoints: vec![(1, 7)],
+        };
+        assert_eq!(encode(&cp), vec![9, 1, 2, 14]);
+        assert_eq!(decode::<Command>(&encode(&cp)).unwrap(), cp);
     }
 }

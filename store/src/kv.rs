@@ -273,11 +273,20 @@ pub struct TxnResponse {
 }
 
 /// A lease as stored (its keys are derived from the current index on load).
+///
+/// Records written before lease checkpoints have no `remaining_ttl`; bincode does not
+/// apply serde defaults to a missing trailing field, so the store decodes those through
+/// its own fallback (`mvcc::decode_lease`). The default serves self-describing formats.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseRecord {
     pub id: i64,
     /// Granted TTL in seconds.
     pub ttl: i64,
+    /// The remaining TTL (seconds) of the last checkpoint the leader replicated
+    /// ([`crate::Command::LeaseCheckpoint`]), below `ttl`; `None` when the lease has none
+    /// or was renewed since: a new leader then gives it its whole TTL.
+    #[serde(default)]
+    pub remaining_ttl: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,10 +1,12 @@
 //! Crate tests of the replication layer: openraft's storage conformance suite over every
 //! engine, and an in-process cluster over the simulated network (elections, partitions,
-//! crash/restart, snapshots, leases, the fenced mutex, watches and seeded fault schedules),
-//! snapshots sent as files, and (ignored) the memory an install takes.
+//! crash/restart, snapshots, leases and their checkpoints across leader changes, the fenced
+//! mutex, watches and seeded fault schedules), snapshots sent as files, and (ignored) the
+//! memory an install takes.
 
 mod cluster;
 mod harness;
+mod lease_checkpoint;
 mod snapshot_memory;
 mod snapshot_transfer;
 mod storage_suite;

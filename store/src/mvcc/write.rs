@@ -1,6 +1,6 @@
 //! The write path: one command's revision ([`Rev`] records each put and deletion in the
 //! current index, the history family and the revision's events), txns with etcd's
-//! validation rules, and lease grant, revoke and expiry.
+//! validation rules, and lease grant, revoke, expiry and checkpoints.
 
 use std::collections::BTreeSet;
 
@@ -222,11 +222,16 @@ impl Mvcc {
                     id,
                     LeaseState {
                         ttl,
+                        remaining_ttl: None,
                         keys: BTreeSet::new(),
                     },
                 );
-                b.writes
-                    .put(Cf::Lease, be(id).to_vec(), encode(&LeaseRecord { id, ttl }));
+                let rec = LeaseRecord {
+                    id,
+                    ttl,
+                    remaining_ttl: None,
+                };
+                b.writes.put(Cf::Lease, be(id).to_vec(), encode(&rec));
                 CommandResult::LeaseGrant {
                     id,
                     ttl,
@@ -253,6 +258,14 @@ impl Mvcc {
                 CommandResult::LeaseExpire {
                     revision: st.revision,
                     expired,
+                }
+            }
+            Command::LeaseCheckpoint { checkpoints } => {
+                for (id, remaining) in checkpoints {
+                    checkpoint(st, b, id, remaining);
+                }
+                CommandResult::LeaseCheckpoint {
+                    revision: st.revision,
                 }
             }
             Command::Batch(_) => {
@@ -336,6 +349,27 @@ impl Mvcc {
             revision,
         })
     }
+}
+
+/// Records a lease's checkpointed remaining TTL, in memory and in the lease family (so a
+/// restart or a snapshot keeps it). A remaining TTL at or above the granted one (a
+/// renewal) clears it; a negative one counts as 0; an unknown lease is skipped. No
+/// revision: the key-value state does not change.
+fn checkpoint(st: &mut State, b: &mut Batch, id: i64, remaining: i64) {
+    let Some(lease) = st.leases.get_mut(&id) else {
+        return;
+    };
+    let remaining_ttl = (remaining < lease.ttl).then_some(remaining.max(0));
+    if lease.remaining_ttl == remaining_ttl {
+        return;
+    }
+    lease.remaining_ttl = remaining_ttl;
+    let rec = LeaseRecord {
+        id,
+        ttl: lease.ttl,
+        remaining_ttl,
+    };
+    b.writes.put(Cf::Lease, be(id).to_vec(), encode(&rec));
 }
 
 fn revoke(st: &mut State, b: &mut Batch, id: i64) -> Result<(), StoreError> {

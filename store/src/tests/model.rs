@@ -41,6 +41,8 @@ struct Model {
     kv: State,
     /// Lease id -> granted TTL. A lease's keys are the live keys that name it.
     leases: BTreeMap<i64, i64>,
+    /// Lease id -> checkpointed remaining TTL (below the granted TTL).
+    checkpoints: BTreeMap<i64, i64>,
     next_lease: i64,
     /// `history[r]` is the key space right after revision `r` (index 0 unused).
     history: Vec<State>,
@@ -118,6 +120,7 @@ impl Model {
             compact: 0,
             kv: State::new(),
             leases: BTreeMap::new(),
+            checkpoints: BTreeMap::new(),
             next_lease: 1,
             history: vec![State::new(), State::new()],
             events: Vec::new(),
@@ -234,6 +237,7 @@ impl Model {
         }
         self.commit(events);
         self.leases.remove(&id);
+        self.checkpoints.remove(&id);
     }
 
     /// etcd's applyCompare: over every key of the range; an empty range is an absent key.
@@ -446,6 +450,19 @@ impl Model {
                 self.revoke(*id);
                 CommandResult::LeaseRevoke { revision: self.rev }
             }
+            Command::LeaseCheckpoint { checkpoints } => {
+                for &(id, remaining) in checkpoints {
+                    let Some(&ttl) = self.leases.get(&id) else {
+                        continue;
+                    };
+                    if remaining < ttl {
+                        self.checkpoints.insert(id, remaining.max(0));
+                    } else {
+                        self.checkpoints.remove(&id);
+                    }
+                }
+                CommandResult::LeaseCheckpoint { revision: self.rev }
+            }
             Command::LeaseExpire { ids } => {
                 let mut expired = Vec::new();
                 for id in ids {
@@ -654,6 +671,7 @@ enum Step {
     Grant(i64, i64),
     Revoke(i64),
     Expire(Vec<i64>),
+    Checkpoint(Vec<(i64, i64)>),
     Compact(CompactGen),
     Incr(usize, u64),
     /// A group commit of these steps (resolved together, as concurrent requests would be),
@@ -696,6 +714,9 @@ impl Step {
             Step::Grant(id, ttl) => Command::LeaseGrant { id: *id, ttl: *ttl },
             Step::Revoke(id) => Command::LeaseRevoke { id: *id },
             Step::Expire(ids) => Command::LeaseExpire { ids: ids.clone() },
+            Step::Checkpoint(cps) => Command::LeaseCheckpoint {
+                checkpoints: cps.clone(),
+            },
             Step::Compact(c) => Command::Compact {
                 revision: match c {
                     CompactGen::Valid(f) if m.rev > m.compact => {
@@ -837,6 +858,7 @@ fn single_step_gen() -> impl Strategy<Value = Step> {
         6 => (0i64..=4, 0i64..4).prop_map(|(id, ttl)| Step::Grant(id, ttl)),
         4 => (1i64..=5).prop_map(Step::Revoke),
         2 => vec(1i64..=5, 0..4).prop_map(Step::Expire),
+        3 => vec((1i64..=5, -1i64..5), 0..4).prop_map(Step::Checkpoint),
         7 => prop_oneof![
             6 => any::<u8>().prop_map(CompactGen::Valid),
             1 => Just(CompactGen::AtCompactionPoint),
@@ -899,6 +921,17 @@ fn check_state(m: &Mvcc, model: &Model, what: &str) -> Result<(), TestCaseError>
 fn check_leases(m: &Mvcc, model: &Model, what: &str) -> Result<(), TestCaseError> {
     let expected: Vec<(i64, i64)> = model.leases.iter().map(|(id, ttl)| (*id, *ttl)).collect();
     prop_assert_eq!(m.leases(), expected, "{}: leases", what);
+    let checkpoints: BTreeMap<i64, i64> = m
+        .lease_records()
+        .into_iter()
+        .filter_map(|r| Some((r.id, r.remaining_ttl?)))
+        .collect();
+    prop_assert_eq!(
+        &checkpoints,
+        &model.checkpoints,
+        "{}: lease checkpoints",
+        what
+    );
     for id in model.leases.keys() {
         let keys = m.lease(*id).map(|l| l.keys);
         prop_assert_eq!(

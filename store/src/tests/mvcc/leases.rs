@@ -1,5 +1,5 @@
 //! Leases: unknown leases refused, the TTL cap, grant/revoke deleting every attached key in
-//! one revision, and expiry.
+//! one revision, expiry, and checkpoints of the remaining TTL.
 
 use super::*;
 
@@ -183,5 +183,109 @@ fn lease_expire_revokes_known_leases_and_skips_unknown_ones() {
             },
             "{name}"
         );
+    }
+}
+
+fn checkpoints_of(m: &Mvcc) -> Vec<(i64, Option<i64>)> {
+    m.lease_records()
+        .into_iter()
+        .map(|r| (r.id, r.remaining_ttl))
+        .collect()
+}
+
+/// A checkpoint records the remaining TTL on known leases (skipping unknown ones) without
+/// a revision or an event; a value at or above the TTL clears it; it survives a reopen
+/// and a dump/restore (the snapshot path), and goes away with its lease.
+#[test]
+fn lease_checkpoints_are_stored_without_a_revision_and_kept_by_reopen_and_restore() {
+    for (mut t, m) in stores() {
+        let name = t.kind.as_str();
+        grant(&m, 1, 30);
+        grant(&m, 2, 30);
+        grant(&m, 3, 30);
+        put_lease(&m, "a", "1", 1); // 2
+        let r = apply(
+            &m,
+            Command::LeaseCheckpoint {
+                checkpoints: vec![(1, 12), (99, 5), (2, -4), (3, 30)],
+            },
+        );
+        assert_eq!(r, CommandResult::LeaseCheckpoint { revision: 2 }, "{name}");
+        assert_eq!(r.revision(), Some(2), "{name}");
+        assert_eq!(m.revision(), 2, "{name}: a checkpoint is not a revision");
+        assert_eq!(
+            checkpoints_of(&m),
+            vec![(1, Some(12)), (2, Some(0)), (3, None)],
+            "{name}: unknown ids skipped, negative as 0, a whole TTL is no checkpoint"
+        );
+        assert_eq!(
+            event_revisions(t.engine.as_ref()),
+            vec![2],
+            "{name}: a checkpoint stores no event"
+        );
+
+        // Also inside a group commit, and a renewal (remaining = TTL) clears it.
+        let r = apply(
+            &m,
+            Command::Batch(vec![Command::LeaseCheckpoint {
+                checkpoints: vec![(2, 30), (3, 7)],
+            }]),
+        );
+        assert_eq!(r.revision(), Some(2), "{name}");
+        let expected = vec![(1, Some(12)), (2, None), (3, Some(7))];
+        assert_eq!(checkpoints_of(&m), expected, "{name}");
+        let bytes = dump(&m);
+        drop(m);
+
+        let m = open(&t);
+        assert_eq!(checkpoints_of(&m), expected, "{name}: after reopen");
+        drop(m);
+        if t.on_disk() {
+            t.reopen();
+            let m = open(&t);
+            assert_eq!(checkpoints_of(&m), expected, "{name}: reopened engine");
+        }
+
+        for kind in EngineKind::all() {
+            let dst = open(&open_engine(kind));
+            dst.restore(&mut Cursor::new(&bytes), WriteBatch::new())
+                .unwrap();
+            assert_eq!(
+                checkpoints_of(&dst),
+                expected,
+                "{name} -> {}: after restore",
+                kind.as_str()
+            );
+            assert_eq!(dst.revision(), 2);
+            apply(&dst, Command::LeaseRevoke { id: 1 });
+            grant(&dst, 1, 30);
+            assert_eq!(
+                checkpoints_of(&dst)[0],
+                (1, None),
+                "a lease granted again under the same id has no checkpoint"
+            );
+        }
+    }
+}
+
+/// A lease stored before checkpoints existed (no `remaining_ttl` in its record, in the
+/// engine or in a snapshot) still loads, with no checkpoint.
+#[test]
+fn a_lease_stored_before_checkpoints_loads_without_one() {
+    for (t, m) in stores() {
+        let name = t.kind.as_str();
+        drop(m);
+        // LeaseRecord { id: 4, ttl: 30 } as the older code encoded it.
+        let mut b = WriteBatch::new();
+        b.put(Cf::Lease, be(4).to_vec(), vec![8, 60]);
+        t.engine.write(b, crate::engine::Durability::Sync).unwrap();
+        let m = open(&t);
+        assert_eq!(m.leases(), vec![(4, 30)], "{name}");
+        assert_eq!(checkpoints_of(&m), vec![(4, None)], "{name}");
+        let bytes = dump(&m);
+        let dst = open(&open_engine(t.kind));
+        dst.restore(&mut Cursor::new(&bytes), WriteBatch::new())
+            .unwrap();
+        assert_eq!(checkpoints_of(&dst), vec![(4, None)], "{name}: restored");
     }
 }
