@@ -34,6 +34,8 @@ pub struct ServiceOptions {
     pub advertise: Option<String>,
     pub engine: store::EngineKind,
     pub timing: raft::Timing,
+    /// Storage quota in bytes on disk, 0 = none (`raft::alarms`).
+    pub quota_bytes: u64,
     pub init: bool,
     pub join: Option<String>,
     /// The admin token (API, `/v3`); `None` = the one kept in the data dir (made on
@@ -451,6 +453,7 @@ impl Service {
             advertise: opts.advertise.clone(),
             engine: opts.engine,
             timing: opts.timing.clone(),
+            quota_bytes: opts.quota_bytes,
             init: opts.init,
             // A fresh single node initializes itself; a joining node never does.
             init_if_new: opts.join.is_none(),

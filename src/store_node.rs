@@ -32,6 +32,8 @@ pub struct StoreOptions {
     pub advertise: Option<String>,
     pub engine: EngineKind,
     pub timing: Timing,
+    /// Storage quota in bytes on disk, 0 = none (`raft::alarms`).
+    pub quota_bytes: u64,
     pub init: bool,
     /// Initialize a new single-node cluster when the data dir holds none (and no join
     /// is asked); restart otherwise.
@@ -219,6 +221,7 @@ impl StoreServer {
         let node = Node::open(cfg, transport)
             .await
             .with_context(|| format!("opening data dir {}", opts.data_dir.display()))?;
+        node.set_quota_bytes(opts.quota_bytes);
         let app = extra(&node).merge(crate::api::server::router(
             node.clone(),
             &opts.cluster_token,

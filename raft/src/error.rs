@@ -39,6 +39,9 @@ pub enum KvError {
     /// The local Raft node stopped (shutdown or a fatal storage error).
     #[error("raft node stopped: {0}")]
     Stopped(String),
+    /// An alarm was not disarmed: what raised it is still true (`crate::alarms`).
+    #[error("alarm not disarmed: {0}")]
+    AlarmCause(String),
 }
 
 /// A boxed underlying error, kept as the source of a [`NodeError`].

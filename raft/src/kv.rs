@@ -532,6 +532,13 @@ impl Kv {
 
     /// Proposes a command and returns its result, forwarding to the leader when needed.
     pub(crate) async fn propose(&self, cmd: Command) -> Result<CommandResult, KvError> {
+        self.check_space(&cmd).await?;
+        self.propose_unchecked(cmd).await
+    }
+
+    /// [`Kv::propose`] without the space check (`crate::alarms`: an alarm change, which
+    /// never grows the store).
+    pub(crate) async fn propose_unchecked(&self, cmd: Command) -> Result<CommandResult, KvError> {
         let result = if self.is_leader() {
             match self.propose_local(cmd.clone()).await {
                 Err(KvError::NotLeader { .. }) => self.forward(cmd).await,

@@ -12,11 +12,13 @@
 //!   answers to peer requests; [`lessor`] keeps lease deadlines on the leader.
 //! - [`kv`]: the [`Kv`] client handle with etcd's API (linearizable reads, forwarding);
 //!   [`concurrency`]: sessions and a fenced mutex. [`backup`]: snapshot save and restore.
+//! - [`alarms`]: the storage quota and etcd's `NOSPACE` alarm (raise, refuse, disarm).
 
 // openraft's storage traits fix `StorageError` (224 bytes) as the error type; boxing it
 // at every private helper would only add allocations on the error path.
 #![allow(clippy::result_large_err)]
 
+pub mod alarms;
 pub mod backup;
 pub mod concurrency;
 pub mod error;
@@ -29,6 +31,7 @@ pub mod proposer;
 pub mod rpc;
 pub mod snapshot_file;
 pub mod snapshot_intake;
+pub mod space;
 pub mod state_machine;
 pub mod timing;
 pub mod types;

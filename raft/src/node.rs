@@ -52,7 +52,7 @@ pub struct NodeConfig {
 pub(crate) struct NodeInner {
     pub(crate) id: NodeId,
     pub(crate) addr: String,
-    data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     pub(crate) raft: Raft,
     pub(crate) mvcc: Arc<Mvcc>,
     pub(crate) engine: Arc<dyn Engine>,
@@ -66,6 +66,10 @@ pub(crate) struct NodeInner {
     snapshot_intake: AsyncMutex<SnapshotIntake>,
     cancel: CancellationToken,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// Storage quota in bytes on disk, 0 = none (`crate::alarms`).
+    pub(crate) quota_bytes: AtomicU64,
+    /// Set once the engine failed a write for lack of space (`crate::space`).
+    pub(crate) disk_full: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A running replica. Clones share it.
@@ -89,6 +93,9 @@ impl Node {
         engine: Arc<dyn Engine>,
         transport: Arc<dyn Transport>,
     ) -> Result<Node, NodeError> {
+        let watch = crate::space::SpaceWatch::new(engine);
+        let disk_full = watch.full();
+        let engine: Arc<dyn Engine> = Arc::new(watch);
         let id = match engine.get(Cf::RaftMeta, NODE_ID)? {
             Some(b) => decode::<u64>(&b)?,
             None => {
@@ -133,6 +140,8 @@ impl Node {
             proposer,
             cancel: CancellationToken::new(),
             tasks: std::sync::Mutex::new(Vec::new()),
+            quota_bytes: AtomicU64::new(0),
+            disk_full,
         });
         let node = Node { inner };
         node.spawn(
@@ -153,6 +162,13 @@ impl Node {
             "watch-progress",
             supervised("watch-progress", RESTART_PAUSE, move || {
                 progress_loop(inner.clone())
+            }),
+        );
+        let inner = node.inner.clone();
+        node.spawn(
+            "alarm-check",
+            supervised("alarm-check", RESTART_PAUSE, move || {
+                crate::alarms::alarm_loop(inner.clone())
             }),
         );
         let inner = node.inner.clone();

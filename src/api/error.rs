@@ -119,6 +119,7 @@ fn kv_code(e: &raft::KvError) -> ErrorCode {
         K::Membership(_) => ErrorCode::BadRequest,
         K::LockLost { .. } => ErrorCode::Conflict,
         K::Unauthorized => ErrorCode::Unauthorized,
+        K::AlarmCause(_) => ErrorCode::BadRequest,
     }
 }
 
@@ -137,6 +138,10 @@ fn store_code(e: &store::StoreError) -> ErrorCode {
         | S::NotANumber { .. } => ErrorCode::BadRequest,
         S::TooLarge { .. } => ErrorCode::TooLarge,
         S::Storage(_) => ErrorCode::Internal,
+        // A NOSPACE alarm: the store takes no write that may grow it until the alarm is
+        // disarmed, on any node; a 503 like the other "store cannot take this now" errors
+        // (the etcd gateway too, with etcd's ResourceExhausted code and message).
+        S::NoSpace => ErrorCode::Unavailable,
     }
 }
 
@@ -275,6 +280,7 @@ mod tests {
             StoreError::NotANumber { key: "k".into() },
             StoreError::TooLarge { size: 2, limit: 1 },
             StoreError::Storage("disk".into()),
+            StoreError::NoSpace,
         ];
         let mut all: Vec<KvError> = store.into_iter().map(KvError::Store).collect();
         all.extend([
@@ -291,6 +297,7 @@ mod tests {
                 token: 1,
             },
             KvError::Stopped("shutdown".into()),
+            KvError::AlarmCause("over quota".into()),
         ]);
         all
     }

@@ -1,5 +1,5 @@
 //! etcd v3's JSON HTTP API over [`raft::Kv`]: `/v3/kv/*`, `/v3/lease/*`, `/v3/watch`,
-//! `/v3/maintenance/status`, `/v3/cluster/member/*`. Request and response shapes are
+//! `/v3/maintenance/status`, `/v3/maintenance/alarm`, `/v3/cluster/member/*`. Request and response shapes are
 //! [`cairn_client::etcd`]'s; this module converts them to the store's types and maps
 //! errors to etcd's error body and gRPC codes with the matching HTTP status.
 
@@ -44,6 +44,7 @@ pub fn router(node: Node, streams: super::streams::StreamCaps) -> Router {
         .route("/v3/watch", post(watch))
         .route("/v3/maintenance/status", post(status))
         .route("/v3/maintenance/snapshot", post(snapshot))
+        .route("/v3/maintenance/alarm", post(alarm))
         .route("/v3/cluster/member/list", post(member_list))
         .route("/v3/cluster/member/remove", post(member_remove))
         .with_state(EtcdState { node, streams })
@@ -156,6 +157,13 @@ impl From<KvError> for EtcdError {
                     INTERNAL,
                     format!("etcdserver: {m}"),
                 ),
+                // etcd's ErrGRPCNoSpace: code and text as etcd's; the status is /api/v1's
+                // 503 (etcd's gateway says 429), a node that cannot take the write now.
+                StoreError::NoSpace => Self::new(
+                    S::SERVICE_UNAVAILABLE,
+                    RESOURCE_EXHAUSTED,
+                    "etcdserver: mvcc: database space exceeded",
+                ),
             },
             KvError::Unavailable(m) => Self::new(
                 S::SERVICE_UNAVAILABLE,
@@ -193,6 +201,11 @@ impl From<KvError> for EtcdError {
                 S::SERVICE_UNAVAILABLE,
                 UNAVAILABLE,
                 format!("etcdserver: server stopped ({m})"),
+            ),
+            KvError::AlarmCause(m) => Self::new(
+                S::BAD_REQUEST,
+                FAILED_PRECONDITION,
+                format!("etcdserver: alarm not disarmed: {m}"),
             ),
         }
     }
@@ -673,7 +686,82 @@ async fn status(State(s): State<EtcdState>) -> Reply<wire::StatusResponse> {
         raft_term: I64(st.term as i64),
         raft_applied_index: I64(st.applied.unwrap_or(0) as i64),
         is_learner: st.state == raft::NodeState::Learner,
-        errors: Vec::new(),
+        // etcd lists the active alarms here, one `memberID:… alarm:…` each.
+        errors: s
+            .node
+            .mvcc()
+            .alarms()
+            .into_iter()
+            .map(|a| format!("memberID:{} alarm:{}", a.member_id, a.alarm.as_str()))
+            .collect(),
+    }))
+}
+
+/// The kind named by an `AlarmRequest`'s `alarm`: `None` for `NONE` (every kind, in a
+/// `GET`). Cairn raises `NOSPACE` only; `CORRUPT` lists as none and is refused otherwise.
+fn alarm_type_in(name: &str) -> Result<Option<store::AlarmType>, EtcdError> {
+    match name {
+        "" | "NONE" => Ok(None),
+        "NOSPACE" => Ok(Some(store::AlarmType::NoSpace)),
+        other => Err(EtcdError::bad_request(format!(
+            "etcdserver: unsupported alarm type {other:?} (cairn raises NOSPACE only)"
+        ))),
+    }
+}
+
+fn alarm_out(a: store::AlarmMember) -> wire::AlarmMember {
+    wire::AlarmMember {
+        member_id: I64(a.member_id as i64),
+        alarm: a.alarm.as_str().to_string(),
+    }
+}
+
+/// etcd's `Maintenance.Alarm`: `GET` lists the active alarms (of one kind, or all),
+/// `ACTIVATE` raises one for a member on every member, `DEACTIVATE` clears it once its
+/// cause is gone (`raft::alarms`; else a FailedPrecondition error saying why).
+async fn alarm(State(s): State<EtcdState>, b: Bytes) -> Reply<wire::AlarmResponse> {
+    let r: wire::AlarmRequest = body(b)?;
+    let kind = match alarm_type_in(&r.alarm) {
+        Err(_) if r.alarm == "CORRUPT" && matches!(r.action.as_str(), "" | "GET") => {
+            let _ = s.node.kv().alarms().await?;
+            return Ok(Json(wire::AlarmResponse {
+                header: header(&s.node),
+                alarms: Vec::new(),
+            }));
+        }
+        k => k?,
+    };
+    let kv = s.node.kv();
+    let member = |kind: Option<store::AlarmType>| -> Result<store::AlarmMember, EtcdError> {
+        let alarm = kind.ok_or_else(|| {
+            EtcdError::bad_request("etcdserver: an alarm type is required (NOSPACE)")
+        })?;
+        if r.member_id.0 == 0 {
+            return Err(EtcdError::bad_request("etcdserver: memberID is required"));
+        }
+        Ok(store::AlarmMember {
+            member_id: r.member_id.0 as u64,
+            alarm,
+        })
+    };
+    let alarms = match r.action.as_str() {
+        "" | "GET" => kv
+            .alarms()
+            .await?
+            .into_iter()
+            .filter(|a| kind.is_none_or(|k| a.alarm == k))
+            .collect(),
+        "ACTIVATE" => kv.alarm_activate(member(kind)?).await?,
+        "DEACTIVATE" => kv.alarm_disarm(member(kind)?).await?,
+        other => {
+            return Err(EtcdError::bad_request(format!(
+                "etcdserver: unknown alarm action {other:?} (GET, ACTIVATE or DEACTIVATE)"
+            )));
+        }
+    };
+    Ok(Json(wire::AlarmResponse {
+        header: header(&s.node),
+        alarms: alarms.into_iter().map(alarm_out).collect(),
     }))
 }
 

@@ -196,6 +196,13 @@ pub struct NodeArgs {
     /// Join the cluster of the node at URL.
     #[arg(long)]
     pub join: Option<String>,
+    /// Storage quota in bytes of the store's size on disk (etcd's --quota-backend-bytes;
+    /// 0 = none). A write that would go over it raises the NOSPACE alarm: every member
+    /// then refuses writes that may grow the store (reads, deletes and compaction go on)
+    /// until `cairn store alarm disarm`, which needs the size under the quota. The node
+    /// raises the same alarm when its data dir's file system has under 32 MiB free.
+    #[arg(long, default_value_t = raft::alarms::DEFAULT_QUOTA_BYTES)]
+    pub quota_bytes: u64,
 }
 
 /// A token given by `--token` (or `CAIRN_TOKEN`) or read from `--token-file` (trimmed).

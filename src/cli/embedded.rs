@@ -45,6 +45,7 @@ pub(crate) fn embedded_options(
         advertise: None,
         engine: store::EngineKind::Redb,
         timing: raft::Timing::solo(),
+        quota_bytes: raft::alarms::DEFAULT_QUOTA_BYTES,
         init: false,
         join: None,
         token: None,

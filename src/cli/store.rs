@@ -1,4 +1,4 @@
-//! `cairn store serve|get|put|range|del|watch|cluster|snapshot`: the embedded key-value
+//! `cairn store serve|get|put|range|del|watch|cluster|snapshot|alarm`: the embedded key-value
 //! store's commands. `serve` runs a store node (`main` starts it from [`ServeArgs`]); the
 //! client commands ([`StoreClientCommand`]) talk to a node's etcd JSON API through
 //! [`cairn_client::etcd`] only, one function each, their output on stdout.
@@ -141,6 +141,29 @@ pub enum StoreClientCommand {
         #[command(subcommand)]
         command: SnapshotCommand,
     },
+    /// Store alarms (etcd's `alarm list|disarm`). While a NOSPACE alarm is active (a
+    /// member over its --quota-bytes, or its disk full) every member refuses writes that
+    /// may grow the store: puts, txns that put, lease grants. Reads, deletes, compaction
+    /// and lease revocation go on. Free space, then disarm.
+    Alarm {
+        #[command(subcommand)]
+        command: AlarmCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AlarmCommand {
+    /// Print the active alarms, one `memberID:<hex> alarm:<kind>` line each.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Clear every active alarm whose cause is gone (a member's quota alarm stays while
+    /// its data is over its quota: raise --quota-bytes and restart it first).
+    Disarm {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -226,7 +249,56 @@ pub async fn run(cmd: StoreClientCommand) -> anyhow::Result<()> {
                     engine,
                 },
         } => snapshot_restore(&file, &data_dir, engine),
+        StoreClientCommand::Alarm {
+            command: AlarmCommand::List { client },
+        } => alarm_list(&client).await,
+        StoreClientCommand::Alarm {
+            command: AlarmCommand::Disarm { client },
+        } => alarm_disarm(&client).await,
     }
+}
+
+fn alarm_line(a: &wire::AlarmMember) -> String {
+    format!("memberID:{:x} alarm:{}", a.member_id.0, a.alarm)
+}
+
+/// `cairn store alarm list`.
+async fn alarm_list(client: &ClientArgs) -> anyhow::Result<()> {
+    let resp = client
+        .client()?
+        .alarm(&wire::AlarmRequest::default())
+        .await
+        .map_err(remote)?;
+    for a in &resp.alarms {
+        outln!("{}", alarm_line(a))?;
+    }
+    Ok(())
+}
+
+/// `cairn store alarm disarm`: deactivates each active alarm (as etcdctl does), printing
+/// each one cleared; fails naming those whose cause remains.
+async fn alarm_disarm(client: &ClientArgs) -> anyhow::Result<()> {
+    let c = client.client()?;
+    let active = c
+        .alarm(&wire::AlarmRequest::default())
+        .await
+        .map_err(remote)?;
+    let mut refused = Vec::new();
+    for a in &active.alarms {
+        let req = wire::AlarmRequest {
+            action: "DEACTIVATE".into(),
+            member_id: a.member_id,
+            alarm: a.alarm.clone(),
+        };
+        match c.alarm(&req).await {
+            Ok(_) => outln!("{}", alarm_line(a))?,
+            Err(e) => refused.push(format!("{}: {e}", alarm_line(a))),
+        }
+    }
+    if !refused.is_empty() {
+        bail!("not disarmed:\n{}", refused.join("\n"));
+    }
+    Ok(())
 }
 
 /// `cairn store get`: the key, or every key under it with `--prefix`.

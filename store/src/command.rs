@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::alarm::{AlarmAction, AlarmMember};
 use crate::error::StoreError;
 use crate::kv::{
     DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
@@ -56,6 +57,14 @@ pub enum Command {
     /// unchanged.
     LeaseCheckpoint {
         checkpoints: Vec<(i64, i64)>,
+    },
+
+    // ---- alarms (crate::alarm); appended, so older log entries decode unchanged ----
+    /// Raise or clear a member's alarm (etcd's `AlarmRequest` through Raft): while a
+    /// `NOSPACE` alarm is active every replica refuses what may grow the database.
+    Alarm {
+        action: AlarmAction,
+        member: AlarmMember,
     },
 }
 
@@ -116,6 +125,13 @@ pub enum CommandResult {
     LeaseCheckpoint {
         revision: i64,
     },
+
+    // ---- alarms ----
+    /// The alarms active after a [`Command::Alarm`].
+    Alarm {
+        alarms: Vec<AlarmMember>,
+        revision: i64,
+    },
 }
 
 impl CommandResult {
@@ -131,7 +147,8 @@ impl CommandResult {
             | CommandResult::LeaseExpire { revision, .. }
             | CommandResult::Incr { revision, .. }
             | CommandResult::None { revision }
-            | CommandResult::LeaseCheckpoint { revision } => Some(*revision),
+            | CommandResult::LeaseCheckpoint { revision }
+            | CommandResult::Alarm { revision, .. } => Some(*revision),
             CommandResult::Error(_) => None,
             CommandResult::Batch(rs) => rs.iter().rev().find_map(CommandResult::revision),
         }

@@ -39,6 +39,12 @@ pub enum StoreError {
     TooLarge { size: usize, limit: usize },
     #[error("storage error: {0}")]
     Storage(String),
+    /// A `NOSPACE` alarm is active (etcd's `ErrNoSpace`): the request may grow the
+    /// database and is refused until the alarm is disarmed (see [`crate::alarm`]).
+    #[error(
+        "database space exceeded: a NOSPACE alarm is active; free space (delete keys, compact), then `cairn store alarm disarm`"
+    )]
+    NoSpace,
 }
 
 impl From<EngineError> for StoreError {

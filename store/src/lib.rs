@@ -6,6 +6,7 @@
 //! deterministic and local: it never sees openraft, the network or HTTP. The `raft` crate
 //! replicates [`Command`]s and calls [`Mvcc::apply`] with them on every node.
 
+pub mod alarm;
 pub mod codec;
 pub mod command;
 pub mod engine;
@@ -16,6 +17,7 @@ pub mod mvcc;
 pub mod snapshot;
 pub mod watch;
 
+pub use alarm::{AlarmAction, AlarmMember, AlarmType};
 pub use command::{Command, CommandResult, MAX_LEASE_TTL};
 pub use engine::{Cf, Durability, Engine, EngineError, EngineKind, Scan, WriteBatch};
 pub use error::StoreError;

@@ -17,6 +17,7 @@ mod failover;
 mod leases;
 mod lifecycle;
 mod maintenance;
+mod nospace;
 mod peer_reads;
 mod run_references;
 mod runs_api;

@@ -142,6 +142,11 @@ impl EtcdClient {
         self.call("/v3/cluster/member/remove", req).await
     }
 
+    /// Lists, raises or clears alarms (`/v3/maintenance/alarm`).
+    pub async fn alarm(&self, req: &AlarmRequest) -> Result<AlarmResponse, EtcdError> {
+        self.call("/v3/maintenance/alarm", req).await
+    }
+
     /// Streams a backup of the first endpoint's store (`/v3/maintenance/snapshot`) into
     /// `out` as it arrives, without a deadline; returns the number of bytes written.
     pub async fn snapshot<W>(&self, out: &mut W) -> Result<u64, EtcdError>

@@ -509,6 +509,74 @@ pub struct MemberRemoveRequest {
     pub id: I64,
 }
 
+/// `POST /v3/maintenance/alarm`: etcd's `AlarmRequest`. `action` is `GET` (the default),
+/// `ACTIVATE` or `DEACTIVATE`; `alarm` is `NONE` (the default: with `GET`, every kind),
+/// `NOSPACE` or `CORRUPT`. Enums are names on the wire, their numbers are accepted too.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmRequest {
+    #[serde(
+        default,
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "enum_name_alarm_action"
+    )]
+    pub action: String,
+    #[serde(rename = "memberID", default, skip_serializing_if = "I64::is_zero")]
+    pub member_id: I64,
+    #[serde(
+        default,
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "enum_name_alarm_type"
+    )]
+    pub alarm: String,
+}
+
+/// One raised alarm: etcd's `AlarmMember` (`alarm` is `NOSPACE` or `CORRUPT`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlarmMember {
+    #[serde(rename = "memberID", default)]
+    pub member_id: I64,
+    #[serde(default, deserialize_with = "enum_name_alarm_type")]
+    pub alarm: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlarmResponse {
+    #[serde(default)]
+    pub header: ResponseHeader,
+    #[serde(default)]
+    pub alarms: Vec<AlarmMember>,
+}
+
+/// The names of etcd's `AlarmRequest.AlarmAction`, by number.
+pub const ALARM_ACTIONS: [&str; 3] = ["GET", "ACTIVATE", "DEACTIVATE"];
+/// The names of etcd's `AlarmType`, by number.
+pub const ALARM_TYPES: [&str; 3] = ["NONE", "NOSPACE", "CORRUPT"];
+
+fn enum_name<'de, D: Deserializer<'de>>(d: D, names: &[&str]) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NameOrNumber {
+        Name(String),
+        Number(u64),
+    }
+    match NameOrNumber::deserialize(d)? {
+        NameOrNumber::Name(n) => Ok(n),
+        NameOrNumber::Number(i) => names
+            .get(i as usize)
+            .map(|n| n.to_string())
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown enum value {i}"))),
+    }
+}
+
+fn enum_name_alarm_action<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    enum_name(d, &ALARM_ACTIONS)
+}
+
+fn enum_name_alarm_type<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    enum_name(d, &ALARM_TYPES)
+}
+
 /// The gateway's error body: `{"error", "code", "message"}` with a gRPC status code.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{message}")]

@@ -4,6 +4,7 @@
 //! mutex, watches and seeded fault schedules), snapshots sent as files, and (ignored) the
 //! memory an install takes.
 
+mod alarms;
 mod cluster;
 mod harness;
 mod lease_checkpoint;

@@ -18,7 +18,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::codec::{be, decode, from_be};
+use crate::alarm::{self, AlarmMember};
+use crate::codec::{be, decode, encode, from_be};
 use crate::command::{Command, CommandResult};
 use crate::engine::{Cf, Durability, Engine, Scan, WriteBatch};
 use crate::error::StoreError;
@@ -39,6 +40,8 @@ use live::Live;
 const META_REVISION: &[u8] = b"revision";
 const META_COMPACT: &[u8] = b"compact_revision";
 const META_NEXT_LEASE: &[u8] = b"next_lease_id";
+/// The active alarms (`crate::alarm`), absent while none was ever raised.
+const META_ALARMS: &[u8] = b"alarms";
 const SCAN_PAGE: usize = 1024;
 
 #[derive(Clone, Debug, Default)]
@@ -56,6 +59,8 @@ struct State {
     compact_revision: i64,
     next_lease_id: i64,
     leases: BTreeMap<i64, LeaseState>,
+    /// Active alarms, replicated (see `crate::alarm`).
+    alarms: BTreeSet<AlarmMember>,
 }
 
 /// The state machine. Cheap to share behind an `Arc`; reads take a shared lock, `apply`
@@ -124,6 +129,11 @@ impl Mvcc {
         self.read().current.len()
     }
 
+    /// The active alarms, in (member, kind) order.
+    pub fn alarms(&self) -> Vec<AlarmMember> {
+        self.read().alarms.iter().copied().collect()
+    }
+
     /// Bytes of live values held in memory (the small ones; larger ones are read from the
     /// engine when asked for).
     pub fn held_value_bytes(&self) -> usize {
@@ -189,6 +199,12 @@ impl Mvcc {
         b: &mut Batch,
         cmd: Command,
     ) -> Result<CommandResult, StoreError> {
+        if !st.alarms.is_empty() {
+            let active: Vec<AlarmMember> = st.alarms.iter().copied().collect();
+            if alarm::blocked_by(&active, &cmd) {
+                return Ok(CommandResult::Error(StoreError::NoSpace));
+            }
+        }
         match self.apply_one(st, b, cmd) {
             Ok(result) => Ok(result),
             Err(e @ StoreError::Storage(_)) => Err(e),
@@ -234,6 +250,26 @@ impl Mvcc {
     }
 }
 
+/// Records an alarm change in `st` and in the batch `b` will write (the whole set, under
+/// one metadata key). Alarms do not move the revision.
+fn set_alarm(
+    st: &mut State,
+    b: &mut Batch,
+    action: alarm::AlarmAction,
+    member: AlarmMember,
+) -> CommandResult {
+    match action {
+        alarm::AlarmAction::Activate => st.alarms.insert(member),
+        alarm::AlarmAction::Deactivate => st.alarms.remove(&member),
+    };
+    let alarms: Vec<AlarmMember> = st.alarms.iter().copied().collect();
+    b.writes.put(Cf::Meta, META_ALARMS, encode(&alarms));
+    CommandResult::Alarm {
+        alarms,
+        revision: st.revision,
+    }
+}
+
 fn load_state(engine: &dyn Engine) -> Result<State, StoreError> {
     let meta = |k: &[u8]| -> Result<Option<i64>, StoreError> {
         engine.get(Cf::Meta, k)?.map(|v| from_be(&v)).transpose()
@@ -242,6 +278,10 @@ fn load_state(engine: &dyn Engine) -> Result<State, StoreError> {
         revision: meta(META_REVISION)?.unwrap_or(1),
         compact_revision: meta(META_COMPACT)?.unwrap_or(0),
         next_lease_id: meta(META_NEXT_LEASE)?.unwrap_or(1),
+        alarms: match engine.get(Cf::Meta, META_ALARMS)? {
+            Some(v) => decode::<Vec<AlarmMember>>(&v)?.into_iter().collect(),
+            None => BTreeSet::new(),
+        },
         ..State::default()
     };
     for_each_pair(engine, Cf::Lease, Vec::new(), None, |_, v| {

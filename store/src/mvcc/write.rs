@@ -184,6 +184,7 @@ impl Mvcc {
                 CommandResult::DeleteRange(resp)
             }
             Command::Txn(req) => CommandResult::Txn(self.txn(st, b, req)?),
+            Command::Alarm { action, member } => super::set_alarm(st, b, action, member),
             Command::Compact { revision } => {
                 self.compact(st, b, revision)?;
                 CommandResult::Compact {

@@ -22,6 +22,7 @@ use crate::watch::{CancelReason, WATCH_BUFFER, WatchMessage, WatchRequest, Watch
 
 use super::{TestEngine, all_engines, open_engine};
 
+mod alarms;
 mod compaction;
 mod leases;
 mod live_values;
