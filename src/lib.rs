@@ -19,6 +19,7 @@
 //! - [`cli`]: the command line (clap tree, `cairn run`, run and store commands); it talks
 //!   to servers only through `cairn-client`.
 //! - [`crash_point`]: points where the kill -9 tests make the process abort.
+//! - [`log_limit`]: openraft's repeated warnings and errors, rate-limited.
 //! - [`mode_switch`]: each node's maintenance switch, [`mode_switch::ModeSwitch`] (follows
 //!   the store's maintenance key; the scheduler stops while it is on).
 
@@ -30,6 +31,7 @@ pub mod crash_point;
 pub mod datamanager;
 pub mod executor;
 pub mod history;
+pub mod log_limit;
 pub mod mode_switch;
 pub mod runservice;
 pub mod scheduler;

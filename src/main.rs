@@ -46,14 +46,27 @@ fn main() -> ExitCode {
         Command::Run(_) | Command::Runs { .. } | Command::Executors { .. } => "error,openraft=off",
         _ => "info,openraft=warn",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("CAIRN_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter)),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only for a person at a terminal.
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .init();
+    {
+        use tracing_subscriber::prelude::*;
+        tracing_subscriber::registry()
+            .with(
+                EnvFilter::try_from_env("CAIRN_LOG")
+                    .unwrap_or_else(|_| EnvFilter::new(default_filter)),
+            )
+            // openraft repeats its warnings on every retry while a peer is down.
+            .with(cairn::log_limit::RepeatLimit::new(
+                cairn::log_limit::DEFAULT_PERIOD,
+            ))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    // Colours only for a person at a terminal.
+                    .with_ansi(
+                        std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+                    ),
+            )
+            .init();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

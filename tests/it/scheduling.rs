@@ -208,7 +208,11 @@ fn assert_each_task_handed_out_once(done: &RunResponse, executor: &ScriptedExecu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_executors_task_fails_when_its_lease_expires_and_new_work_goes_to_a_live_one() {
     let dir = tempfile::tempdir().unwrap();
-    let node = ServiceProc::single_with(&dir.path().join("n"), &["--executor-ttl", "3"]);
+    // No retries: the lost task fails its run (retries: tests/it/executor_e2e.rs).
+    let node = ServiceProc::single_with(
+        &dir.path().join("n"),
+        &["--executor-ttl", "3", "--retry-lost-tasks", "0"],
+    );
     let client = node.client();
     let urls = [node.url.clone()];
     let mut ex1 = ScriptedExecutor::start(
@@ -246,7 +250,11 @@ async fn a_dead_executors_task_fails_when_its_lease_expires_and_new_work_goes_to
 async fn deleting_an_executor_fails_its_running_task_and_a_second_delete_is_not_found() {
     let dir = tempfile::tempdir().unwrap();
     // A lease far longer than the test: only the delete can make the executor go.
-    let node = ServiceProc::single_with(&dir.path().join("n"), &["--executor-ttl", "3600"]);
+    // No retries: the lost task fails its run (retries: tests/it/executor_e2e.rs).
+    let node = ServiceProc::single_with(
+        &dir.path().join("n"),
+        &["--executor-ttl", "3600", "--retry-lost-tasks", "0"],
+    );
     let client = node.client();
     let mut ex1 = ScriptedExecutor::start(
         std::slice::from_ref(&node.url),
