@@ -15,6 +15,9 @@ use serde::de::DeserializeOwned;
 use super::RunClient;
 use crate::error::{ClientError, api_error_of, transport};
 
+/// How long [`RunClient::answering_node`] waits for each node's answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Turns a non-2xx reply into its error.
 pub(crate) async fn error_of(resp: reqwest::Response) -> ClientError {
     let status = resp.status();
@@ -197,12 +200,16 @@ impl RunClient {
     /// reply that is not a retried 503, whatever its status.
     pub(crate) async fn send(&self, mut call: Call) -> Result<reqwest::Response, ClientError> {
         let n = self.inner.bases.len();
-        let start = self.inner.preferred.load(Ordering::Relaxed) % n;
+        let mut start = self.inner.preferred.load(Ordering::Relaxed) % n;
         let (whole, mut stream) = match call.body.take() {
             Some(PayloadKind::Whole(b)) => (Some(b), None),
             Some(PayloadKind::Stream(s)) => (None, Some(s)),
             None => (None, None),
         };
+        if stream.is_some() && n > 1 {
+            // A stream is sent once: to a node that answers now, not to one that is down.
+            start = self.answering_node(start).await;
+        }
         // A streamed body is consumed by the first attempt.
         let attempts = if stream.is_some() { 1 } else { n };
         let mut last = None;
@@ -260,6 +267,27 @@ impl RunClient {
             }
         }
         Err(last.unwrap_or_else(|| ClientError::Transport("no server answered".into())))
+    }
+
+    /// The first node from `start` on that answers an HTTP request at all (any status), so
+    /// a body that can be sent only once goes to a live node; `start` when none answers
+    /// (the send then fails with that node's error).
+    async fn answering_node(&self, start: usize) -> usize {
+        let n = self.inner.bases.len();
+        for attempt in 0..n {
+            let base = (start + attempt) % n;
+            let probe = self
+                .inner
+                .http
+                .head(self.inner.bases[base].clone())
+                .timeout(PROBE_TIMEOUT)
+                .send()
+                .await;
+            if probe.is_ok() {
+                return base;
+            }
+        }
+        start
     }
 
     pub(crate) async fn call_json<T: DeserializeOwned>(
@@ -476,6 +504,31 @@ mod tests {
         let reqs = good.requests();
         assert_eq!(reqs[0].method, "POST");
         assert_eq!(reqs[0].path(), "/api/v1/executors/e1");
+    }
+
+    /// Issue 14: `cairn run --server URL1,URL2` with URL1 down uploaded its source to URL1
+    /// only (a stream is sent once) and failed; now it goes to the node that answers.
+    #[tokio::test]
+    async fn a_streamed_upload_goes_to_a_node_that_answers_when_the_first_is_down() {
+        let down = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let url = format!("http://{}", l.local_addr().expect("addr"));
+            drop(l);
+            url
+        };
+        let good = serve(|_, _| json(201, r#"{"source":{"type":"snapshot","object":"s1"}}"#)).await;
+        let chunks: Vec<Result<Bytes, std::io::Error>> = vec![Ok(Bytes::from_static(b"tar"))];
+        let body = Payload::stream(futures::stream::iter(chunks));
+        let created = client(&[&down, &good.url]).upload_source(body).await;
+        assert!(created.is_ok(), "{created:?}");
+        let reqs: Vec<_> = good
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "POST")
+            .collect();
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(reqs[0].path(), "/api/v1/sources");
+        assert_eq!(reqs[0].body, b"tar");
     }
 
     #[tokio::test]
