@@ -77,7 +77,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    let result = rt.block_on(run(cli));
+    // Blocking work still running (a store read, a file being written) is not waited for
+    // beyond this: a stop takes seconds, not a blocking task's whole run.
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+    match result {
         Ok(code) => ExitCode::from(code),
         // The reader of stdout went away (`cairn … | head`): nothing more to say.
         Err(e) if broken_pipe(&e) => ExitCode::SUCCESS,

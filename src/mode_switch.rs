@@ -71,7 +71,15 @@ async fn follow(
 ) {
     let dm = Datamanager::new(kv.clone());
     while !cancel.is_cancelled() {
-        if let Err(e) = follow_once(&kv, &dm, node_id, &tx, &mut quiet, &cancel).await {
+        // The store calls of a new round (a lease grant, a read) wait up to a request
+        // timeout for a quorum: a stop must not (the issue 14 probe's last node took
+        // ~30 s to stop). Cancelled there, the round's session ends with its lease.
+        let round = follow_once(&kv, &dm, node_id, &tx, &mut quiet, &cancel);
+        let result = tokio::select! {
+            r = round => r,
+            _ = cancel.cancelled() => return,
+        };
+        if let Err(e) = result {
             tracing::debug!(error = %e, "maintenance watch failed; retrying");
             tokio::select! {
                 _ = cancel.cancelled() => return,

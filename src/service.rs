@@ -563,15 +563,35 @@ impl Service {
         self.agent.as_ref().map(|a| a.id.as_str())
     }
 
-    /// Stops the executor, the scheduler, then the API and the node.
+    /// Stops the executor (handing its tasks back), the scheduler (handing its lock on),
+    /// the maintenance switch and the index follower at once, each bounded in time so a
+    /// node whose peers are gone still stops in seconds; then the API and the node.
     pub async fn stop(self) {
-        if let Some(a) = self.agent {
-            a.stop().await;
-        }
-        self.scheduler.stop().await;
-        self.switch.stop().await;
-        self.follower.stop().await;
+        let started = std::time::Instant::now();
+        let timed = |part: &'static str| {
+            move || tracing::debug!(part, ms = started.elapsed().as_millis(), "stopped")
+        };
+        let agent = async {
+            if let Some(a) = self.agent {
+                a.stop().await;
+            }
+            timed("executor")();
+        };
+        let scheduler = async {
+            self.scheduler.stop().await;
+            timed("scheduler")();
+        };
+        let switch = async {
+            self.switch.stop().await;
+            timed("maintenance switch")();
+        };
+        let follower = async {
+            self.follower.stop().await;
+            timed("index follower")();
+        };
+        tokio::join!(agent, scheduler, switch, follower);
         self.store.stop().await;
+        timed("store")();
     }
 }
 

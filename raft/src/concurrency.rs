@@ -16,6 +16,11 @@ use tokio_util::sync::CancellationToken;
 use crate::error::KvError;
 use crate::kv::{Ctx, Kv};
 
+/// How long [`Session::close`] and [`Mutex::unlock`] wait for the store: both are
+/// courtesies (the lease's TTL ends the session anyway), and a node stopping after its
+/// peers must not wait a request timeout for a quorum that is gone.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// A lease kept alive by a background task until the session is closed or dropped.
 pub struct Session {
     kv: Kv,
@@ -76,15 +81,21 @@ impl Session {
         self.lost.clone()
     }
 
-    /// Stops the keepalive and revokes the lease (deleting every key on it).
+    /// Stops the keepalive and revokes the lease (deleting every key on it), giving up
+    /// after [`CLOSE_TIMEOUT`]: a node stopping without a quorum (its peers gone) stops
+    /// at once, and the lease then ends with its TTL.
     pub async fn close(mut self) -> Result<(), KvError> {
         self.cancel.cancel();
         if let Some(t) = self.keepalive.take() {
             let _ = t.await;
         }
-        match self.kv.lease_revoke(self.lease).await {
-            Ok(_) | Err(KvError::Store(store::StoreError::LeaseNotFound(_))) => Ok(()),
-            Err(e) => Err(e),
+        match tokio::time::timeout(CLOSE_TIMEOUT, self.kv.lease_revoke(self.lease)).await {
+            Ok(Ok(_) | Err(KvError::Store(store::StoreError::LeaseNotFound(_)))) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(KvError::DeadlineExceeded(format!(
+                "revoking session lease {} took over {CLOSE_TIMEOUT:?}; it ends with its TTL",
+                self.lease
+            ))),
         }
     }
 }
@@ -240,25 +251,28 @@ impl Mutex {
         Ok(())
     }
 
-    /// Gives the lock up.
+    /// Gives the lock up, waiting at most [`CLOSE_TIMEOUT`] for the store (the lock then
+    /// goes with the session's lease).
     pub async fn unlock(&self, session: &Session, fence: &Fence) -> Result<(), KvError> {
         let _ = self;
-        session
-            .kv
-            .txn(TxnRequest {
-                compare: vec![Compare::new(
-                    fence.key.clone(),
-                    CompareOp::Equal,
-                    CompareTarget::Create(fence.token),
-                )],
-                success: vec![RequestOp::DeleteRange(DeleteRangeRequest {
-                    range: KeyRange::key(fence.key.clone()),
-                    prev_kv: false,
-                })],
-                failure: vec![],
-            })
-            .await?;
-        Ok(())
+        let delete = session.kv.txn(TxnRequest {
+            compare: vec![Compare::new(
+                fence.key.clone(),
+                CompareOp::Equal,
+                CompareTarget::Create(fence.token),
+            )],
+            success: vec![RequestOp::DeleteRange(DeleteRangeRequest {
+                range: KeyRange::key(fence.key.clone()),
+                prev_kv: false,
+            })],
+            failure: vec![],
+        });
+        match tokio::time::timeout(CLOSE_TIMEOUT, delete).await {
+            Ok(r) => r.map(|_| ()),
+            Err(_) => Err(KvError::DeadlineExceeded(format!(
+                "unlocking took over {CLOSE_TIMEOUT:?}; the lock goes with its session"
+            ))),
+        }
     }
 }
 

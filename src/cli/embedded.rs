@@ -82,7 +82,7 @@ impl Embedded {
             .with_context(|| format!("creating {}", data_dir.display()))?;
         let executor = executor.map(|e| ExecutorOptions {
             allow_privileged: e.allow_privileged,
-            lifeline: std::env::current_exe().ok(),
+            lifeline: crate::executor::lifeline::this_program(),
             ..ExecutorOptions::new(data_dir.join("executor"), e.driver)
         });
         let started = chrono::Utc::now();

@@ -323,7 +323,7 @@ impl ExecutorTuning {
             pod_limits,
             tasks_dir: Some(self.tasks_dir.clone().unwrap_or(tasks_default)),
             run_as: self.run_as.clone(),
-            lifeline: std::env::current_exe().ok(),
+            lifeline: crate::executor::lifeline::this_program(),
             ..crate::service::ExecutorOptions::new(data_dir, driver)
         })
     }

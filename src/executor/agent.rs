@@ -168,9 +168,9 @@ impl Agent {
     }
 
     /// A clean stop: stops polling, kills every running task (their pods are removed) and
-    /// reports it lost so it runs again elsewhere, deregisters, then returns. Reaching the
-    /// servers is bounded by [`HAND_BACK_TIME`]: what does not get through, the server
-    /// learns when the executor's lease expires.
+    /// reports it lost so it runs again elsewhere, deregisters, then returns. Waiting is
+    /// bounded by [`TASKS_DIE_TIME`] and [`HAND_BACK_TIME`]: what does not get through, the
+    /// server learns when the executor's lease expires.
     pub async fn stop(self) {
         self.cancel.cancel();
         if let Err(e) = self.task.await
@@ -201,9 +201,12 @@ struct State {
     reports: JoinSet<()>,
 }
 
-/// How long a clean stop waits for its tasks to die, and then for the servers to take
-/// their lost reports and the deregistration.
-pub const HAND_BACK_TIME: Duration = Duration::from_secs(5);
+/// How long a clean stop waits for the servers to take its tasks' lost reports and its
+/// deregistration (a healthy cluster answers in milliseconds; one without a quorum never).
+pub const HAND_BACK_TIME: Duration = Duration::from_secs(1);
+
+/// How long a clean stop waits for its killed tasks to end (a pod's removal included).
+pub const TASKS_DIE_TIME: Duration = Duration::from_secs(5);
 
 /// Whether an executor whose last answered heartbeat was sent at `last_contact` must kill
 /// its tasks at `now`, its lease being `ttl`: after two thirds of it. The server deems the
@@ -397,7 +400,7 @@ impl State {
         let reason = format!("executor {} was stopped", self.env.executor_id);
         let lost = self.kill_all(&reason);
         let running = std::mem::take(&mut self.running);
-        let dead = tokio::time::timeout(HAND_BACK_TIME, async {
+        let dead = tokio::time::timeout(TASKS_DIE_TIME, async {
             for (_, h) in running {
                 let _ = h.join.await;
             }
@@ -406,7 +409,7 @@ impl State {
         if dead.is_err() {
             // Its processes may live on: the server must not run them again before the
             // lease expires.
-            tracing::warn!("tasks still dying after {HAND_BACK_TIME:?}; not handed back");
+            tracing::warn!("tasks still dying after {TASKS_DIE_TIME:?}; not handed back");
             return;
         }
         let (client, me) = (&self.env.client, &self.env.executor_id);

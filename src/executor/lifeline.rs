@@ -52,6 +52,16 @@ pub struct Lifeline {
     _child: tokio::process::Child,
 }
 
+/// This binary, to start as the watchdog: `/proc/self/exe`, which names the running
+/// binary even after an upgrade replaced or deleted its file, else its path.
+pub fn this_program() -> Option<PathBuf> {
+    let proc_exe = Path::new("/proc/self/exe");
+    if proc_exe.exists() {
+        return Some(proc_exe.to_path_buf());
+    }
+    std::env::current_exe().ok()
+}
+
 /// Starts the watchdog `program` (this binary) for `watch`.
 pub fn start(program: &Path, watch: &Watch) -> std::io::Result<Lifeline> {
     let arg = serde_json::to_string(watch).map_err(std::io::Error::other)?;

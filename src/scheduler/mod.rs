@@ -248,7 +248,8 @@ impl SchedulerTask {
             r = self.background(&dm) => r,
         };
         self.active.store(false, Ordering::Relaxed);
-        let _ = mutex.unlock(&session, &fence).await;
+        // Revoking the session's lease deletes the lock key on it: the next contender
+        // holds the lock at once (bounded: without a quorum, the lease's TTL ends it).
         let _ = session.close().await;
         result
     }
