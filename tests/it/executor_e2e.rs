@@ -936,21 +936,44 @@ fn flaky_step(marks: &Path) -> String {
     )
 }
 
+/// A flaky run started on executor `ex1` (its first attempt sleeping, pid known), with a
+/// second executor `ex2` registered beside it: the run id, the pid and both executors.
+struct FlakyRun {
+    id: String,
+    pid: i32,
+    _guard: SleepGuard,
+    ex1: ExecutorProc,
+    _ex2: ExecutorProc,
+}
+
+async fn start_flaky(node: &ServiceProc, dir: &Path, group: &str) -> FlakyRun {
+    let client = node.client();
+    let ex1 = ExecutorProc::start(&node.url, &dir.join("ex1"), &[]);
+    wait_registered(&client, &ex1.id).await;
+    let marks = dir.join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    let config = one_step("flaky", &flaky_step(&marks), "");
+    let id = create(&client, group, &config, None, None).await;
+    let pid = pid_in(&marks.join("pid")).await;
+    let ex2 = ExecutorProc::start(&node.url, &dir.join("ex2"), &[]);
+    wait_registered(&client, &ex2.id).await;
+    FlakyRun {
+        id,
+        pid,
+        _guard: SleepGuard(pid),
+        ex1,
+        _ex2: ex2,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_lost_with_a_killed_executor_runs_again_on_another_never_twice_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let node = ServiceProc::single_with(&dir.path().join("n"), &["--executor-ttl", "3"]);
     let client = node.client();
-    let mut ex1 = ExecutorProc::start(&node.url, &dir.path().join("ex1"), &[]);
-    wait_registered(&client, &ex1.id).await;
-    let marks = dir.path().join("marks");
-    std::fs::create_dir(&marks).unwrap();
-    let config = one_step("flaky", &flaky_step(&marks), "");
-    let id = create(&client, "/project/retry/branch/main", &config, None, None).await;
-    let pid = pid_in(&marks.join("pid")).await;
-    let _guard = SleepGuard(pid);
-    let ex2 = ExecutorProc::start(&node.url, &dir.path().join("ex2"), &[]);
-    wait_registered(&client, &ex2.id).await;
+    // Bound whole: ex2 and the sleeper's guard must live to the end of the test.
+    let mut run = start_flaky(&node, dir.path(), "/project/retry/branch/main").await;
+    let (id, ex1) = (run.id.clone(), &mut run.ex1);
 
     ex1.kill9();
     let done = wait_finished(&client, &id).await;
@@ -973,23 +996,8 @@ async fn an_executor_stopped_with_sigterm_hands_its_task_back_and_deregisters() 
     // A long lease: only the hand-back can make the task run again within it.
     let node = ServiceProc::single_with(&dir.path().join("n"), &["--executor-ttl", "60"]);
     let client = node.client();
-    let mut ex1 = ExecutorProc::start(&node.url, &dir.path().join("ex1"), &[]);
-    wait_registered(&client, &ex1.id).await;
-    let marks = dir.path().join("marks");
-    std::fs::create_dir(&marks).unwrap();
-    let config = one_step("flaky", &flaky_step(&marks), "");
-    let id = create(
-        &client,
-        "/project/handback/branch/main",
-        &config,
-        None,
-        None,
-    )
-    .await;
-    let pid = pid_in(&marks.join("pid")).await;
-    let _guard = SleepGuard(pid);
-    let ex2 = ExecutorProc::start(&node.url, &dir.path().join("ex2"), &[]);
-    wait_registered(&client, &ex2.id).await;
+    let mut run = start_flaky(&node, dir.path(), "/project/handback/branch/main").await;
+    let (id, pid, ex1) = (run.id.clone(), run.pid, &mut run.ex1);
 
     let stopping = std::time::Instant::now();
     let took = ex1.terminate();
