@@ -351,6 +351,37 @@ fn waiting_note(pending: &PendingReasons) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join("; "))
 }
 
+/// Why a task ended as it did, for the summary's NOTE column: the failure the executor or
+/// scheduler gave, else the first failed step and its exit status; and the attempts lost
+/// with their executor before it ran again. Pure.
+fn task_note(t: &RunTask) -> String {
+    let mut parts = Vec::new();
+    if let Some(why) = &t.fail_error {
+        parts.push(why.clone());
+    } else if t.status == RunTaskStatus::Failed
+        && let Some((i, step)) = t
+            .steps
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.phase == ExecutorTaskPhase::Failed)
+    {
+        parts.push(match step.exit_status {
+            Some(code) => format!("step {} exited with {code}", i + 1),
+            None => format!("step {} failed", i + 1),
+        });
+    }
+    match t.lost_attempts.as_slice() {
+        [] => {}
+        [one] => parts.push(format!("ran again after: {}", one.reason)),
+        many => parts.push(format!(
+            "ran again {} times, last after: {}",
+            many.len(),
+            many[many.len() - 1].reason
+        )),
+    }
+    parts.join("; ")
+}
+
 fn summary(term: &mut Terminal, r: &RunResponse, rows: &[TaskRow]) {
     let table: Vec<Vec<String>> = rows
         .iter()
@@ -364,8 +395,7 @@ fn summary(term: &mut Terminal, r: &RunResponse, rows: &[TaskRow]) {
             if t.timedout {
                 word.push_str(" (timed out)");
             }
-            let note = t.fail_error.clone().unwrap_or_default();
-            Some(vec![row.name.clone(), word, took, note])
+            Some(vec![row.name.clone(), word, took, task_note(t)])
         })
         .collect();
     let _ = outln!();
@@ -460,6 +490,61 @@ impl TaskFollower {
         if let Some(text) = lines.finish() {
             let _ = self.out.send(line(text)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod note_tests {
+    use super::*;
+    use cairn_client::run::{LostAttempt, RunTaskStep};
+
+    fn failed_at_step_2(code: Option<i32>) -> RunTask {
+        let step = |phase| RunTaskStep {
+            phase,
+            exit_status: None,
+            ..RunTaskStep::default()
+        };
+        let mut t = RunTask {
+            status: RunTaskStatus::Failed,
+            steps: vec![
+                step(ExecutorTaskPhase::Success),
+                step(ExecutorTaskPhase::Failed),
+            ],
+            ..RunTask::default()
+        };
+        t.steps[1].exit_status = code;
+        t
+    }
+
+    #[test]
+    fn the_note_says_why_a_task_failed_and_that_it_ran_again() {
+        assert_eq!(
+            task_note(&failed_at_step_2(Some(2))),
+            "step 2 exited with 2"
+        );
+        assert_eq!(task_note(&failed_at_step_2(None)), "step 2 failed");
+        let mut lost = failed_at_step_2(None);
+        lost.fail_error = Some("executor e2 is gone".into());
+        assert_eq!(task_note(&lost), "executor e2 is gone");
+        let attempt = |reason: &str| LostAttempt {
+            executor_id: "e1".into(),
+            reason: reason.into(),
+            time: chrono::Utc::now(),
+        };
+        let mut retried = RunTask {
+            status: RunTaskStatus::Success,
+            lost_attempts: vec![attempt("executor e1 is gone")],
+            ..RunTask::default()
+        };
+        assert_eq!(task_note(&retried), "ran again after: executor e1 is gone");
+        retried
+            .lost_attempts
+            .push(attempt("executor e1 was stopped"));
+        assert_eq!(
+            task_note(&retried),
+            "ran again 2 times, last after: executor e1 was stopped"
+        );
+        assert_eq!(task_note(&RunTask::default()), "");
     }
 }
 
