@@ -100,6 +100,24 @@ pub struct ExecutorTaskStatus {
     pub end_time: Option<Time>,
 }
 
+impl ExecutorTaskStatus {
+    /// Marks the task lost with its executor: failed with `reason`, [`lost`](Self::lost)
+    /// (so the server may run it again), its running steps (setup included) failed, all
+    /// ended at `now`. The one definition of a lost task, for the server (executor gone)
+    /// and the executor (restarted, stopped, out of contact).
+    pub fn mark_lost(&mut self, reason: &str, now: Time) {
+        self.phase = ExecutorTaskPhase::Failed;
+        self.fail_error = Some(reason.to_string());
+        self.lost = true;
+        self.end_time = Some(now);
+        let steps = std::iter::once(&mut self.setup_step).chain(self.steps.iter_mut());
+        for step in steps.filter(|s| s.phase == ExecutorTaskPhase::Running) {
+            step.phase = ExecutorTaskPhase::Failed;
+            step.end_time = Some(now);
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepStatus {
     pub phase: ExecutorTaskPhase,

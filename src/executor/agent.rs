@@ -217,23 +217,14 @@ pub fn out_of_contact(last_contact: Instant, now: Instant, ttl: Duration) -> boo
     now.saturating_duration_since(last_contact) >= ttl * 2 / 3
 }
 
-/// `status` as the report of a task lost with its executor: failed with `reason`, lost (so
-/// the server may run it again), its running steps failed, all at `now`. Pure.
+/// `status` as the report of a task lost with its executor (see
+/// [`ExecutorTaskStatus::mark_lost`]). Pure.
 pub fn lost_status(
     mut status: ExecutorTaskStatus,
     reason: &str,
     now: cairn_client::run::Time,
 ) -> ExecutorTaskStatus {
-    status.phase = ExecutorTaskPhase::Failed;
-    status.fail_error = Some(reason.to_string());
-    status.lost = true;
-    status.end_time = Some(now);
-    for s in std::iter::once(&mut status.setup_step).chain(status.steps.iter_mut()) {
-        if s.phase == ExecutorTaskPhase::Running {
-            s.phase = ExecutorTaskPhase::Failed;
-            s.end_time = Some(now);
-        }
-    }
+    status.mark_lost(reason, now);
     status
 }
 

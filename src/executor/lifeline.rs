@@ -125,11 +125,8 @@ pub async fn clean_up(watch: &Watch) -> Result<usize, super::driver::DriverError
         }
         WatchedDriver::Docker { host } => {
             let driver = DockerDriver::connect(DockerOptions {
-                allow_privileged: false,
-                network: None,
                 host: host.clone(),
-                limits: Default::default(),
-                private_images: None,
+                ..DockerOptions::default()
             })
             .await?;
             driver.remove_orphans(&watch.executor_id, &[]).await

@@ -31,9 +31,12 @@ use super::create::new_run_task;
 pub enum LostTask {
     /// Not a lost attempt that can run again: apply its status as usual.
     Keep,
-    /// The attempt was given up and the run task queued again (now or by an earlier pass):
-    /// delete the executor task; the task is handed out again.
+    /// The attempt was given up now and the run task queued again: delete the executor
+    /// task; the task is handed out again.
     Retried,
+    /// An earlier pass gave this attempt up (and died before deleting its executor task):
+    /// only delete the executor task.
+    AlreadyRetried,
 }
 
 /// Decides on `et`, an executor task of `run` (of `config`), given the server's
@@ -54,8 +57,7 @@ pub fn retry_lost_task(
     };
     let attempt = et.spec.attempt as usize;
     if rt.lost_attempts.len() > attempt {
-        // An earlier pass gave this attempt up already.
-        return LostTask::Retried;
+        return LostTask::AlreadyRetried;
     }
     let retries = task.retry_lost.unwrap_or(default_retries) as usize;
     let can_rerun = run.phase == RunPhase::Running
@@ -139,7 +141,7 @@ mod tests {
         // The scheduler died before deleting the executor task: the next pass sees it.
         assert_eq!(
             retry_lost_task(&mut run, &cfg, &e, 2, at(11)),
-            LostTask::Retried
+            LostTask::AlreadyRetried
         );
         assert_eq!(run, once, "nothing recorded twice");
     }

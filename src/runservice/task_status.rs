@@ -107,15 +107,7 @@ pub fn fail_lost_task(et: &mut ExecutorTask, reason: &str, now: Time) -> bool {
     if et.status.phase.is_finished() {
         return false;
     }
-    et.status.phase = ExecutorTaskPhase::Failed;
-    et.status.fail_error = Some(reason.to_string());
-    et.status.lost = true;
-    et.status.end_time = Some(now);
-    let steps = std::iter::once(&mut et.status.setup_step).chain(et.status.steps.iter_mut());
-    for step in steps.filter(|s| s.phase == ExecutorTaskPhase::Running) {
-        step.phase = ExecutorTaskPhase::Failed;
-        step.end_time = Some(now);
-    }
+    et.status.mark_lost(reason, now);
     true
 }
 

@@ -69,16 +69,15 @@ impl SchedulerTask {
         // executor tasks go (after the run is written) and the tasks are handed out anew.
         let mut given_up = Vec::new();
         for (task_id, et) in &ets {
-            let before = run.tasks.get(task_id).map(|t| t.lost_attempts.len());
             let retries = self.config.retry_lost_tasks;
-            if runservice::retry_lost_task(&mut run, &config, &et.value, retries, now)
-                == LostTask::Retried
-            {
-                if run.tasks.get(task_id).map(|t| t.lost_attempts.len()) != before {
+            match runservice::retry_lost_task(&mut run, &config, &et.value, retries, now) {
+                LostTask::Keep => continue,
+                LostTask::Retried => {
                     tracing::info!(run_id = %id, task_id = %task_id, executor_id = %et.value.spec.executor_id, reason = ?et.value.status.fail_error, "task lost with its executor; it runs again");
                 }
-                given_up.push(task_id.clone());
+                LostTask::AlreadyRetried => {}
             }
+            given_up.push(task_id.clone());
         }
         let given_up: Vec<_> = given_up
             .iter()
