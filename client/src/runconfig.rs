@@ -53,6 +53,10 @@ pub enum SourceRef {
     },
 }
 
+/// The most times a task lost with its executor runs again, however it is asked (a
+/// config's `retry_lost_tasks`, `--retry-lost-tasks`, or a run config from an import).
+pub const MAX_RETRY_LOST: u32 = 10;
+
 /// One task of a run config.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunConfigTask {
@@ -92,7 +96,8 @@ pub struct RunConfigTask {
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub secret_environment: BTreeSet<String>,
     /// How many times the task runs again when an attempt is lost with its executor
-    /// (Cairn's `retry_lost_tasks`); `None`: the server's `--retry-lost-tasks`.
+    /// (Cairn's `retry_lost_tasks`, at most [`MAX_RETRY_LOST`]); `None`: the server's
+    /// `--retry-lost-tasks`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_lost: Option<u32>,
 }

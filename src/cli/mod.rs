@@ -201,7 +201,7 @@ pub struct RunServeArgs {
     /// How many times a task lost with its executor (killed, restarted, stopped, out of
     /// contact) runs again on another executor, unless its config's `retry_lost_tasks`
     /// says; 0 fails it at once. A task whose steps failed is never run again.
-    #[arg(long, default_value_t = crate::scheduler::DEFAULT_RETRY_LOST_TASKS, value_parser = clap::value_parser!(u32).range(0..=10))]
+    #[arg(long, default_value_t = crate::scheduler::DEFAULT_RETRY_LOST_TASKS, value_parser = clap::value_parser!(u32).range(0..=cairn_client::runconfig::MAX_RETRY_LOST as i64))]
     pub retry_lost_tasks: u32,
     #[command(flatten)]
     pub net: NetArgs,

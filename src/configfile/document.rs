@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use cairn_client::runconfig::{Arch, RegistryAuthType, RuntimeType, TmpfsVolume, Volume};
+use cairn_client::runconfig::{
+    Arch, MAX_RETRY_LOST, RegistryAuthType, RuntimeType, TmpfsVolume, Volume,
+};
 use saphyr::MarkedYamlOwned;
 
 use super::decode::{Decoder, Fields};
@@ -84,9 +86,6 @@ fn decode_run(dec: &mut Decoder<'_>, node: &Node<'_>) -> Option<ConfigRun> {
     }
     Some(run)
 }
-
-/// The most a task's `retry_lost_tasks` may ask for.
-pub const MAX_RETRY_LOST: u32 = 10;
 
 const TASK_KEYS: [&str; 15] = [
     "name",

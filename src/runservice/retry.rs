@@ -22,7 +22,7 @@
 
 use cairn_client::executor::ExecutorTask;
 use cairn_client::run::{ExecutorTaskPhase, LostAttempt, Run, RunPhase, RunTaskStatus, Time};
-use cairn_client::runconfig::RunConfig;
+use cairn_client::runconfig::{MAX_RETRY_LOST, RunConfig};
 
 use super::create::new_run_task;
 
@@ -59,7 +59,11 @@ pub fn retry_lost_task(
     if rt.lost_attempts.len() > attempt {
         return LostTask::AlreadyRetried;
     }
-    let retries = task.retry_lost.unwrap_or(default_retries) as usize;
+    // Capped here too: a run config may come from an import, not through the parser.
+    let retries = task
+        .retry_lost
+        .unwrap_or(default_retries)
+        .min(MAX_RETRY_LOST) as usize;
     let can_rerun = run.phase == RunPhase::Running
         && !run.stop
         && matches!(
@@ -186,6 +190,28 @@ mod tests {
         assert_eq!(
             retry_lost_task(&mut run, &cfg, &lost("a", "e1", 0), 0, at(9)),
             LostTask::Retried
+        );
+    }
+
+    /// A run config that did not come through the parser (an import) asking for billions
+    /// of retries gets [`MAX_RETRY_LOST`].
+    #[test]
+    fn retries_are_capped_whatever_the_run_config_asks() {
+        let mut greedy = task("a", &[]);
+        greedy.retry_lost = Some(u32::MAX);
+        let cfg = config(vec![greedy]);
+        let mut run = running(&cfg);
+        for attempt in 0..MAX_RETRY_LOST {
+            let e = lost("a", "e1", attempt);
+            assert_eq!(
+                retry_lost_task(&mut run, &cfg, &e, 2, at(9)),
+                LostTask::Retried
+            );
+        }
+        let last = lost("a", "e1", MAX_RETRY_LOST);
+        assert_eq!(
+            retry_lost_task(&mut run, &cfg, &last, 2, at(9)),
+            LostTask::Keep
         );
     }
 
