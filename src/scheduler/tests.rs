@@ -70,6 +70,14 @@ fn scheduler(kv: Kv, maintenance: bool) -> (Scheduler, tokio::sync::watch::Sende
     (s.scheduler, s.mode)
 }
 
+/// The default config, but a task lost with its executor fails at once.
+fn without_retries() -> SchedulerConfig {
+    SchedulerConfig {
+        retry_lost_tasks: 0,
+        ..SchedulerConfig::default()
+    }
+}
+
 /// Creates the run `ci` of the YAML `config` in [`GROUP`], as the API does; its id and
 /// its task ids by name.
 async fn create(dm: &Datamanager, config: &str) -> (String, BTreeMap<String, String>) {
@@ -283,10 +291,7 @@ async fn the_sweep_fails_the_task_of_an_executor_that_went_while_no_scheduler_wa
     let (id, tasks) = create(&dm, ONE_TASK).await;
     let build = tasks["build"].clone();
     // No retries: the lost task fails its run (lost tasks run again: see below).
-    let config = SchedulerConfig {
-        retry_lost_tasks: 0,
-        ..SchedulerConfig::default()
-    };
+    let config = without_retries();
     let sweep = config.sweep_every;
     let s = spawn(kv.clone(), false, config);
     until(Duration::from_secs(10), "build handed out", || async {
@@ -363,10 +368,7 @@ async fn an_executor_deleted_while_the_scheduler_watches_fails_its_task_without_
     let (id, tasks) = create(&dm, ONE_TASK).await;
     let build = tasks["build"].clone();
     // No retries: the lost task fails its run (lost tasks run again: see below).
-    let config = SchedulerConfig {
-        retry_lost_tasks: 0,
-        ..SchedulerConfig::default()
-    };
+    let config = without_retries();
     let sweep = config.sweep_every;
     let s = spawn(st.node.kv(), false, config);
     until(Duration::from_secs(10), "build handed out", || async {
