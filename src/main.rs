@@ -5,11 +5,11 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::anyhow;
+use cairn::cli::settings::ParseError;
 use cairn::cli::store::{ServeArgs, StoreCommand};
 use cairn::cli::{Cli, Command, ExecutorArgs, RunServeArgs};
 use cairn::service::{DriverKind, Service, ServiceOptions, default_tasks_dir};
 use cairn::store_node::{StoreOptions, StoreServer};
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc, not glibc's allocator: glibc keeps the freed pages of each thread's arena
@@ -29,9 +29,13 @@ fn main() -> ExitCode {
     if let Some(code) = cairn::executor::lifeline::child_main() {
         return ExitCode::from(code);
     }
-    let cli = match Cli::try_parse() {
+    let cli = match cairn::cli::settings::parse() {
         Ok(cli) => cli,
-        Err(e) => return bad_value(e),
+        Err(ParseError::Clap(e)) => return bad_value(e),
+        Err(ParseError::Settings(e)) => {
+            let _ = writeln!(std::io::stderr(), "cairn: {e}");
+            return ExitCode::from(2);
+        }
     };
     // Commands that keep data (a store, objects, an executor's task dirs) create it
     // private to this user: directories 0700, files 0600.
@@ -157,6 +161,16 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Serve(args) => serve_service(*args).await.map(|()| 0),
         Command::Executor(args) => run_executor(args).await.map(|()| 0),
         Command::Cert { command } => cairn::cli::cert::run(command).map(|()| 0),
+        Command::Completions { shell } => {
+            std::io::stdout().write_all(&cairn::cli::manual::completions(shell))?;
+            Ok(0)
+        }
+        Command::Man { dir } => {
+            for page in cairn::cli::manual::man_pages(&dir)? {
+                writeln!(std::io::stdout(), "{}", page.display())?;
+            }
+            Ok(0)
+        }
         Command::Store { command } => match command {
             StoreCommand::Serve(args) => serve(args).await.map(|()| 0),
             StoreCommand::Client(command) => cairn::cli::store::run(command).await.map(|()| 0),

@@ -1,7 +1,8 @@
 //! The arguments several commands share, and what they open: [`ServerArgs`] (where the
 //! run-service client commands find a server) and its `Connection`, [`TlsClientArgs`]
 //! (how a client reaches `https://` servers), [`NodeArgs`] and [`NetArgs`] (the node and
-//! HTTP port options of `cairn serve` and `cairn store serve`), and [`token_from`].
+//! HTTP port options of `cairn serve` and `cairn store serve`), [`ConfigArgs`] (their
+//! `--config FILE`), and [`token_from`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -133,17 +134,17 @@ pub struct NetArgs {
     pub tls_client_ca: Option<PathBuf>,
     /// Serve plain HTTP on a non-loopback address (the token and secrets cross the
     /// network in clear).
-    #[arg(long, conflicts_with = "tls_cert")]
+    #[arg(long, env = "CAIRN_INSECURE_PLAINTEXT", conflicts_with = "tls_cert")]
     pub insecure_plaintext: bool,
     /// Milliseconds a TLS handshake may take.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, env = "CAIRN_TLS_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
     pub tls_handshake_timeout_ms: u64,
     /// Most connections served at once (kept below the open-file limit; more wait).
-    #[arg(long, default_value_t = crate::store_node::DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, env = "CAIRN_MAX_CONNECTIONS", default_value_t = crate::store_node::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
     /// Milliseconds a connection may take to send a request head, and may stay idle
     /// between requests.
-    #[arg(long, default_value_t = crate::store_node::DEFAULT_HEADER_READ_TIMEOUT.as_millis() as u64)]
+    #[arg(long, env = "CAIRN_HEADER_READ_TIMEOUT_MS", default_value_t = crate::store_node::DEFAULT_HEADER_READ_TIMEOUT.as_millis() as u64)]
     pub header_read_timeout_ms: u64,
 }
 
@@ -176,33 +177,44 @@ fn timing_profile(s: &str) -> Result<raft::Timing, String> {
 #[derive(Args, Debug, Clone)]
 pub struct NodeArgs {
     /// Data directory (Raft log and state machine).
-    #[arg(long, default_value = "cairn-data")]
+    #[arg(long, env = "CAIRN_DATA_DIR", default_value = "cairn-data")]
     pub data_dir: PathBuf,
     /// Address of the HTTP port (clients and peers).
-    #[arg(long, default_value = "127.0.0.1:2379")]
+    #[arg(long, env = "CAIRN_LISTEN", default_value = "127.0.0.1:2379")]
     pub listen: SocketAddr,
     /// URL other nodes reach this node at (default: http://LISTEN).
-    #[arg(long)]
+    #[arg(long, env = "CAIRN_ADVERTISE")]
     pub advertise: Option<String>,
     /// Storage engine: redb (default), sled, mem, rocksdb (with the rocksdb feature).
-    #[arg(long, default_value = "redb")]
+    #[arg(long, env = "CAIRN_ENGINE", default_value = "redb")]
     pub engine: store::EngineKind,
     /// Timing profile: lan or edge.
-    #[arg(long, default_value = "lan", value_parser = timing_profile)]
+    #[arg(long, env = "CAIRN_TIMING", default_value = "lan", value_parser = timing_profile)]
     pub timing: raft::Timing,
     /// Start a new cluster with this node as its only member.
-    #[arg(long, conflicts_with = "join")]
+    #[arg(long, env = "CAIRN_INIT", conflicts_with = "join")]
     pub init: bool,
     /// Join the cluster of the node at URL.
-    #[arg(long)]
+    #[arg(long, env = "CAIRN_JOIN")]
     pub join: Option<String>,
     /// Storage quota in bytes of the store's size on disk (etcd's --quota-backend-bytes;
     /// 0 = none). A write that would go over it raises the NOSPACE alarm: every member
     /// then refuses writes that may grow the store (reads, deletes and compaction go on)
     /// until `cairn store alarm disarm`, which needs the size under the quota. The node
     /// raises the same alarm when its data dir's file system has under 32 MiB free.
-    #[arg(long, default_value_t = raft::alarms::DEFAULT_QUOTA_BYTES)]
+    #[arg(long, env = "CAIRN_QUOTA_BYTES", default_value_t = raft::alarms::DEFAULT_QUOTA_BYTES)]
     pub quota_bytes: u64,
+}
+
+/// The `--config FILE` of the long-running commands (`cairn serve`, `cairn executor`,
+/// `cairn store serve`); [`super::settings`] reads it.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ConfigArgs {
+    /// A TOML file of settings, its keys the long flag names (data-dir = "/var/lib/cairn",
+    /// label = ["os=linux"], no-executor = true); the command line and each flag's
+    /// CAIRN_* variable override it.
+    #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// A token given by `--token` (or `CAIRN_TOKEN`) or read from `--token-file` (trimmed).

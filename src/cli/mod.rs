@@ -2,7 +2,9 @@
 //! long-running commands, `cairn serve` ([`RunServeArgs`]) and `cairn executor`
 //! ([`ExecutorArgs`]). Each other command lives in its own file: `direct` (`cairn run`),
 //! `runs`, `executors`, `validate`, `admin` (maintenance, export, import), `token`,
-//! `cert` and `store` (`cairn store …`); the arguments several share are in `args`.
+//! `cert`, `store` (`cairn store …`) and `manual` (completions and man pages); the
+//! arguments several share are in `args`, and `settings` reads the `--config FILE` of
+//! the long-running commands.
 
 use std::path::PathBuf;
 
@@ -29,8 +31,10 @@ pub mod cert;
 pub mod direct;
 pub mod embedded;
 pub mod executors;
+pub mod manual;
 pub mod retention;
 pub mod runs;
+pub mod settings;
 pub mod snapshot;
 pub mod store;
 pub mod terminal;
@@ -38,7 +42,7 @@ pub mod token;
 mod user;
 pub mod validate;
 
-pub use args::{NetArgs, NodeArgs, Output, ServerArgs, TlsClientArgs, token_from};
+pub use args::{ConfigArgs, NetArgs, NodeArgs, Output, ServerArgs, TlsClientArgs, token_from};
 
 use crate::service::DriverKind;
 use anyhow::anyhow;
@@ -123,6 +127,14 @@ pub enum Command {
         #[command(subcommand)]
         command: store::StoreCommand,
     },
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
+    Completions { shell: clap_complete::Shell },
+    /// Write a man page for cairn and each of its subcommands (cairn-serve.1, …) into
+    /// DIR.
+    Man {
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 /// `cairn serve`: a [`NodeArgs`] node (its help reworded for the service, its port
@@ -142,6 +154,8 @@ pub enum Command {
 )]
 pub struct RunServeArgs {
     #[command(flatten)]
+    pub config: ConfigArgs,
+    #[command(flatten)]
     pub node: NodeArgs,
     /// The admin token (default: the one in DATA_DIR/token, made on first start). Prefer
     /// --token-file or CAIRN_TOKEN: the command line is visible to every local user.
@@ -157,25 +171,28 @@ pub struct RunServeArgs {
     /// Object storage: a directory, file:///dir, memory:, or s3://bucket/prefix (with the
     /// s3 feature). Default: DATA_DIR/objects; a cluster's nodes must share one (required
     /// with --join).
-    #[arg(long)]
+    #[arg(long, env = "CAIRN_OBJECTS")]
     pub objects: Option<String>,
     /// An option of the object store, KEY=VALUE (repeatable), for s3:// the endpoint,
     /// region and credentials (aws_endpoint, aws_region, aws_access_key_id,
     /// aws_secret_access_key, aws_allow_http, …) and the request bounds (timeout,
     /// max_retries, retry_timeout). The command line is visible to every local user.
-    #[arg(long = "objects-option", value_name = "KEY=VALUE", value_parser = parse_option)]
+    #[arg(long = "objects-option", env = "CAIRN_OBJECTS_OPTION", hide_env_values = true, value_name = "KEY=VALUE", value_parser = parse_option)]
     pub objects_options: Vec<(String, String)>,
     /// Seconds an executor stays registered without a heartbeat; its unfinished tasks
     /// are failed once it is gone.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, env = "CAIRN_EXECUTOR_TTL", default_value_t = 15)]
     pub executor_ttl: i64,
     /// Do not run the in-process executor (tasks then wait for remote executors).
-    #[arg(long)]
+    #[arg(long, env = "CAIRN_NO_EXECUTOR")]
     pub no_executor: bool,
     /// A regular expression of pull-request refs, its first group the pull request id
     /// (repeatable; default Agola's refs/pull/(\d+)/head and
     /// refs/merge-requests/(\d+)/head), for run requests that bring none.
-    #[arg(long = "pull-request-ref-regexes")]
+    #[arg(
+        long = "pull-request-ref-regexes",
+        env = "CAIRN_PULL_REQUEST_REF_REGEXES"
+    )]
     pub pull_request_ref_regexes: Vec<String>,
     #[command(flatten)]
     pub executor: ExecutorTuning,
@@ -184,24 +201,24 @@ pub struct RunServeArgs {
     /// Caches, workspace archives and source snapshots (once no run still to be
     /// archived uses them) older than this many seconds are deleted, unless
     /// --cache-ttl, --archive-ttl or --source-ttl says otherwise.
-    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    #[arg(long, env = "CAIRN_BLOB_TTL_SECS", default_value_t = 7 * 24 * 3600)]
     pub blob_ttl_secs: u64,
     #[command(flatten)]
     pub retention: retention::RetentionArgs,
     /// How often expiry and compaction run, in seconds.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, env = "CAIRN_HOUSEKEEPING_SECS", default_value_t = 60)]
     pub housekeeping_secs: u64,
     /// Archived runs move out of the store into a segment in object storage in batches
     /// of this many (1 to 1000)...
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    #[arg(long, env = "CAIRN_SEGMENT_RUNS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub segment_runs: u64,
     /// ... or once the oldest of them finished this many seconds ago.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, env = "CAIRN_SEGMENT_WAIT_SECS", default_value_t = 600)]
     pub segment_wait_secs: u64,
     /// How many times a task lost with its executor (killed, restarted, stopped, out of
     /// contact) runs again on another executor, unless its config's `retry_lost_tasks`
     /// says; 0 fails it at once. A task whose steps failed is never run again.
-    #[arg(long, default_value_t = crate::scheduler::DEFAULT_RETRY_LOST_TASKS, value_parser = clap::value_parser!(u32).range(0..=cairn_client::runconfig::MAX_RETRY_LOST as i64))]
+    #[arg(long, env = "CAIRN_RETRY_LOST_TASKS", default_value_t = crate::scheduler::DEFAULT_RETRY_LOST_TASKS, value_parser = clap::value_parser!(u32).range(0..=cairn_client::runconfig::MAX_RETRY_LOST as i64))]
     pub retry_lost_tasks: u32,
     #[command(flatten)]
     pub net: NetArgs,
@@ -219,13 +236,13 @@ fn parse_option(text: &str) -> Result<(String, String), String> {
 #[derive(Args, Debug, Clone)]
 pub struct StreamTuning {
     /// Concurrent requests of each long-lived kind one credential may hold (beyond: 429).
-    #[arg(long, default_value_t = crate::api::streams::DEFAULT_PER_CREDENTIAL)]
+    #[arg(long, env = "CAIRN_MAX_STREAMS_PER_CREDENTIAL", default_value_t = crate::api::streams::DEFAULT_PER_CREDENTIAL)]
     pub max_streams_per_credential: usize,
     /// Concurrent requests of each long-lived kind on this node (beyond: 429).
-    #[arg(long, default_value_t = crate::api::streams::DEFAULT_GLOBAL)]
+    #[arg(long, env = "CAIRN_MAX_STREAMS", default_value_t = crate::api::streams::DEFAULT_GLOBAL)]
     pub max_streams: usize,
     /// Longest log follow, in seconds; the client resumes a cut follow where it was.
-    #[arg(long, default_value_t = crate::api::streams::DEFAULT_MAX_FOLLOW.as_secs())]
+    #[arg(long, env = "CAIRN_MAX_FOLLOW_SECS", default_value_t = crate::api::streams::DEFAULT_MAX_FOLLOW.as_secs())]
     pub max_follow_secs: u64,
 }
 
@@ -244,7 +261,7 @@ impl StreamTuning {
 pub struct ExecutorTuning {
     /// Where tasks run: docker (containers; the default when a Docker Engine answers) or
     /// local (host processes as this user: trusted code only).
-    #[arg(long)]
+    #[arg(long, env = "CAIRN_DRIVER")]
     pub driver: Option<DriverKind>,
     /// The Docker (or Podman) Engine's socket, unix:///path (default: DOCKER_HOST, else
     /// unix:///var/run/docker.sock).
@@ -252,30 +269,30 @@ pub struct ExecutorTuning {
     pub docker_host: Option<String>,
     /// Docker: each container's memory limit in bytes, or with a k, m or g suffix
     /// (0 = none).
-    #[arg(long, default_value = "4g")]
+    #[arg(long, env = "CAIRN_POD_MEMORY", default_value = "4g")]
     pub pod_memory: String,
     /// Docker: each container's CPU limit in CPUs (0 = none; default: 2, or the host's
     /// count if smaller).
-    #[arg(long)]
+    #[arg(long, env = "CAIRN_POD_CPUS")]
     pub pod_cpus: Option<f64>,
     /// Docker: each container's limit on processes and threads (0 = none).
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, env = "CAIRN_POD_PIDS_LIMIT", default_value_t = 4096)]
     pub pod_pids_limit: i64,
     /// Local driver: where task directories go (default: DATA_DIR-tasks, beside the data
     /// dir, never inside it).
-    #[arg(long)]
+    #[arg(long, env = "CAIRN_TASKS_DIR")]
     pub tasks_dir: Option<PathBuf>,
     /// Local driver: run steps as this user (the executor must run as root).
-    #[arg(long)]
+    #[arg(long, env = "CAIRN_RUN_AS")]
     pub run_as: Option<String>,
     /// Labels tasks can require (k=v, repeatable or comma separated).
-    #[arg(long = "label", value_delimiter = ',')]
+    #[arg(long = "label", env = "CAIRN_LABEL", value_delimiter = ',')]
     pub labels: Vec<String>,
     /// Most tasks run at once (0 = no limit).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, env = "CAIRN_ACTIVE_TASKS_LIMIT", default_value_t = 2)]
     pub active_tasks_limit: u32,
     /// Allow tasks with privileged containers.
-    #[arg(long)]
+    #[arg(long, env = "CAIRN_ALLOW_PRIVILEGED")]
     pub allow_privileged: bool,
 }
 
@@ -344,6 +361,8 @@ impl ExecutorTuning {
 
 #[derive(Args, Debug, Clone)]
 pub struct ExecutorArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
     /// Server URLs (comma separated; the executor fails over between them).
     #[arg(long, env = "CAIRN_SERVER", value_delimiter = ',', required = true)]
     pub server: Vec<String>,
@@ -356,7 +375,7 @@ pub struct ExecutorArgs {
     #[arg(long, env = "CAIRN_TOKEN_FILE", conflicts_with = "token")]
     pub token_file: Option<PathBuf>,
     /// Data directory (executor id, credential, task directories).
-    #[arg(long, default_value = "cairn-executor")]
+    #[arg(long, env = "CAIRN_DATA_DIR", default_value = "cairn-executor")]
     pub data_dir: PathBuf,
     #[command(flatten)]
     pub executor: ExecutorTuning,

@@ -19,34 +19,34 @@ pub struct RetentionArgs {
     /// Delete archived runs (with their logs and workspace archives) archived longer ago
     /// than this, e.g. 90d (default: keep forever). Agola's runLogExpireInterval comes
     /// closest: here a run's logs go with the run.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, env = "CAIRN_KEEP_RUNS_FOR", value_name = "DURATION", value_parser = parse_duration)]
     pub keep_runs_for: Option<Duration>,
     /// Keep only the newest N archived runs of each run group, deleting older ones with
     /// their logs and workspace archives (default: all).
-    #[arg(long, value_name = "N", value_parser = parse_count)]
+    #[arg(long, env = "CAIRN_KEEP_RUNS", value_name = "N", value_parser = parse_count)]
     pub keep_runs: Option<usize>,
     /// Override the two limits above for the groups under a prefix, e.g.
     /// /project/a=30d,100; one or both of a duration (or `forever`) and a run count (or
     /// `all`); a limit left out is inherited. Repeatable; the longest matching prefix
     /// wins.
-    #[arg(long = "retention", value_name = "PREFIX=LIMITS", value_parser = parse_rule)]
+    #[arg(long = "retention", env = "CAIRN_RETENTION", value_name = "PREFIX=LIMITS", value_parser = parse_rule)]
     pub rules: Vec<RetentionRule>,
     /// How often the scheduler looks for archived runs past their limits.
-    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, env = "CAIRN_RETENTION_INTERVAL", value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
     pub retention_interval: Duration,
     /// Delete caches saved longer ago than this (Agola: runCacheExpireInterval; default:
     /// --blob-ttl-secs, 7 days).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration,
+    #[arg(long, env = "CAIRN_CACHE_TTL", value_name = "DURATION", value_parser = parse_duration,
         alias = "run-cache-expire-interval")]
     pub cache_ttl: Option<Duration>,
     /// Delete workspace archives saved longer ago than this (Agola:
     /// runWorkspaceExpireInterval; default: --blob-ttl-secs, 7 days).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration,
+    #[arg(long, env = "CAIRN_ARCHIVE_TTL", value_name = "DURATION", value_parser = parse_duration,
         alias = "run-workspace-expire-interval")]
     pub archive_ttl: Option<Duration>,
     /// Delete uploaded source snapshots (of `cairn run`) older than this once no run
     /// still to be archived uses them (default: --blob-ttl-secs, 7 days).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, env = "CAIRN_SOURCE_TTL", value_name = "DURATION", value_parser = parse_duration)]
     pub source_ttl: Option<Duration>,
 }
 

@@ -24,6 +24,8 @@ pub enum StoreCommand {
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
     #[command(flatten)]
+    pub config: super::ConfigArgs,
+    #[command(flatten)]
     pub node: NodeArgs,
     /// Cluster token: authenticates clients (unless --no-client-auth). Peers present the
     /// peer secret instead, derived from this token unless --peer-token-file.
@@ -34,7 +36,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CAIRN_PEER_TOKEN_FILE")]
     pub peer_token_file: Option<PathBuf>,
     /// Serve clients without a token (loopback addresses only).
-    #[arg(long)]
+    #[arg(long, env = "CAIRN_NO_CLIENT_AUTH")]
     pub no_client_auth: bool,
     #[command(flatten)]
     pub net: NetArgs,
