@@ -479,6 +479,35 @@ mod tests {
     }
 
     #[test]
+    fn every_flag_of_the_long_running_commands_has_its_cairn_variable() {
+        let tree = built();
+        for path in [&["serve"][..], &["executor"], &["store", "serve"]] {
+            let names: Vec<String> = path.iter().map(|n| n.to_string()).collect();
+            let cmd = find_command(&tree, &names).expect("the command");
+            let flags = cmd.get_arguments().filter(|a| {
+                matches!(
+                    a.get_action(),
+                    ArgAction::Set | ArgAction::Append | ArgAction::SetTrue
+                )
+            });
+            for arg in flags {
+                let long = arg.get_long().expect("a long flag");
+                // The Docker Engine's own variable, as docker and podman read it.
+                let want = match long {
+                    "docker-host" => "DOCKER_HOST".to_string(),
+                    _ => format!("CAIRN_{}", long.to_uppercase().replace('-', "_")),
+                };
+                assert_eq!(
+                    arg.get_env().and_then(|e| e.to_str()),
+                    Some(want.as_str()),
+                    "--{long} of cairn {}",
+                    names.join(" ")
+                );
+            }
+        }
+    }
+
+    #[test]
     fn keys_become_flags_in_file_order() {
         let args = merged(
             "data-dir = \"/var/lib/cairn\"\nlisten = \"0.0.0.0:7070\"\nexecutor-ttl = 30\npod-cpus = 1.5\n",
