@@ -172,7 +172,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Store { command } => match command {
-            StoreCommand::Serve(args) => serve(args).await.map(|()| 0),
+            StoreCommand::Serve(args) => serve(*args).await.map(|()| 0),
             StoreCommand::Client(command) => cairn::cli::store::run(command).await.map(|()| 0),
         },
     }

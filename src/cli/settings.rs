@@ -513,7 +513,7 @@ mod tests {
             "data-dir = \"/var/lib/cairn\"\nlisten = \"0.0.0.0:7070\"\nexecutor-ttl = 30\npod-cpus = 1.5\n",
             &[],
         )
-        .unwrap();
+        .expect("accepted");
         assert_eq!(
             args,
             [
@@ -531,16 +531,16 @@ mod tests {
             "data-dir = \"/a\"\nlisten = \"0.0.0.0:7070\"\n",
             &["data_dir"],
         )
-        .unwrap();
+        .expect("accepted");
         assert_eq!(args, ["--listen=0.0.0.0:7070"]);
     }
 
     #[test]
     fn a_key_whose_flag_excludes_a_given_flag_gives_way() {
         // The file's token, the command line's --token-file: the token file is used.
-        let args = merged("token = \"t\"\nengine = \"redb\"\n", &["token_file"]).unwrap();
+        let args = merged("token = \"t\"\nengine = \"redb\"\n", &["token_file"]).expect("accepted");
         assert_eq!(args, ["--engine=redb"]);
-        let args = merged("init = true\n", &["join"]).unwrap();
+        let args = merged("init = true\n", &["join"]).expect("accepted");
         assert!(args.is_empty());
     }
 
@@ -550,7 +550,7 @@ mod tests {
             "label = [\"os=linux\", \"arch=x86_64\"]\nobjects-option = \"aws_region=eu-west-1\"\n",
             &[],
         )
-        .unwrap();
+        .expect("accepted");
         assert_eq!(
             args,
             [
@@ -564,20 +564,25 @@ mod tests {
     #[test]
     fn booleans_set_a_flag_or_leave_it_unset() {
         assert_eq!(
-            merged("no-executor = true\n", &[]).unwrap(),
+            merged("no-executor = true\n", &[]).expect("accepted"),
             ["--no-executor"]
         );
-        assert!(merged("no-executor = false\n", &[]).unwrap().is_empty());
+        assert!(
+            merged("no-executor = false\n", &[])
+                .expect("accepted")
+                .is_empty()
+        );
     }
 
     #[test]
     fn an_unknown_key_is_refused_with_file_line_and_key() {
-        let e = merged("listen = \"127.0.0.1:7070\"\n\ndata_dir = \"/x\"\n", &[]).unwrap_err();
+        let e =
+            merged("listen = \"127.0.0.1:7070\"\n\ndata_dir = \"/x\"\n", &[]).expect_err("refused");
         assert_eq!(
             e.to_string(),
             "config file /etc/cairn/cairn.toml:3: unknown key `data_dir`: `cairn serve` has no flag --data_dir (did you mean `data-dir`?)"
         );
-        let e = merged("server = \"https://x\"\n", &[]).unwrap_err();
+        let e = merged("server = \"https://x\"\n", &[]).expect_err("refused");
         assert!(
             matches!(e, SettingsError::UnknownKey { line: 1, .. }),
             "{e}"
@@ -587,7 +592,7 @@ mod tests {
     #[test]
     fn the_config_key_and_help_cannot_be_set() {
         for text in ["config = \"/x\"\n", "help = true\n"] {
-            let e = merged(text, &[]).unwrap_err();
+            let e = merged(text, &[]).expect_err("refused");
             assert!(matches!(e, SettingsError::NotSettable { .. }), "{e}");
         }
     }
@@ -617,7 +622,7 @@ mod tests {
             ),
         ];
         for (text, want) in cases {
-            let e = merged(text, &[]).unwrap_err().to_string();
+            let e = merged(text, &[]).expect_err("refused").to_string();
             assert_eq!(e, format!("config file /etc/cairn/cairn.toml:1: {want}"));
         }
     }
@@ -628,14 +633,14 @@ mod tests {
             "cache-ttl = \"1d\"\nrun-cache-expire-interval = \"2d\"\n",
             &[],
         )
-        .unwrap_err();
+        .expect_err("refused");
         assert!(
             e.to_string().ends_with(
                 ":2: `run-cache-expire-interval` and `cache-ttl` (line 1) set the same flag"
             ),
             "{e}"
         );
-        let e = merged("token = \"t\"\ntoken-file = \"/f\"\n", &[]).unwrap_err();
+        let e = merged("token = \"t\"\ntoken-file = \"/f\"\n", &[]).expect_err("refused");
         assert!(
             e.to_string()
                 .ends_with(":2: `token-file` and `token` (line 1) exclude each other"),
@@ -645,10 +650,10 @@ mod tests {
 
     #[test]
     fn a_syntax_error_names_its_line() {
-        let e =
-            SettingsFile::parse(Path::new("c.toml"), "listen = \"a\"\nengine = \n").unwrap_err();
+        let e = SettingsFile::parse(Path::new("c.toml"), "listen = \"a\"\nengine = \n")
+            .expect_err("refused");
         assert!(e.to_string().starts_with("config file c.toml:2: "), "{e}");
-        let e = SettingsFile::parse(Path::new("c.toml"), "a = 1\na = 2\n").unwrap_err();
+        let e = SettingsFile::parse(Path::new("c.toml"), "a = 1\na = 2\n").expect_err("refused");
         assert!(e.to_string().starts_with("config file c.toml:2: "), "{e}");
     }
 
@@ -668,7 +673,7 @@ mod tests {
             ],
             text,
         )
-        .unwrap();
+        .expect("accepted");
         assert_eq!(args.node.data_dir, Path::new("/from-file"));
         assert_eq!(args.node.listen.to_string(), "127.0.0.1:1");
         assert!(args.no_executor);
@@ -686,7 +691,7 @@ mod tests {
             &["cairn", "serve", "--config", "c.toml"],
             "\nengine = \"leveldb\"\n",
         )
-        .unwrap_err()
+        .expect_err("refused")
         .to_string();
         assert!(
             e.starts_with("config file c.toml:2: `engine`: invalid value 'leveldb'"),
@@ -696,7 +701,7 @@ mod tests {
             &["cairn", "serve", "--config", "c.toml"],
             "segment-runs = 5000\n",
         )
-        .unwrap_err()
+        .expect_err("refused")
         .to_string();
         assert!(
             e.starts_with("config file c.toml:1: `segment-runs`: invalid value '5000'"),
@@ -712,7 +717,7 @@ mod tests {
             ],
             "",
         )
-        .unwrap_err();
+        .expect_err("refused");
         assert!(matches!(e, ParseError::Clap(_)), "{e}");
     }
 
@@ -722,7 +727,7 @@ mod tests {
             &["cairn", "serve", "--listen", "127.0.0.1:9"],
             "engine = 1\n",
         )
-        .unwrap();
+        .expect("accepted");
         assert_eq!(args.node.listen.to_string(), "127.0.0.1:9");
     }
 
@@ -736,7 +741,7 @@ mod tests {
                 .to_vec(),
             |p| SettingsFile::parse(p, text),
         )
-        .unwrap();
+        .expect("accepted");
         let Cmd::Executor(x) = cli.command else {
             panic!("not executor")
         };
@@ -748,7 +753,7 @@ mod tests {
                 .to_vec(),
             |p| SettingsFile::parse(p, "token = \"t\"\nlisten = \"127.0.0.1:2400\"\n"),
         )
-        .unwrap();
+        .expect("accepted");
         let Cmd::Store {
             command: crate::cli::store::StoreCommand::Serve(s),
         } = cli.command

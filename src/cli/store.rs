@@ -15,7 +15,7 @@ use super::args::{NetArgs, NodeArgs, TlsClientArgs};
 #[derive(Subcommand, Debug)]
 pub enum StoreCommand {
     /// Run a store node.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     #[command(flatten)]
     Client(StoreClientCommand),
 }
