@@ -180,7 +180,7 @@ pub fn merge(
     file: &SettingsFile,
     given: &dyn Fn(&str) -> bool,
 ) -> Result<Vec<Setting>, SettingsError> {
-    let mut settings: Vec<(Setting, &Arg)> = Vec::new();
+    let mut settings: Vec<Setting> = Vec::new();
     for entry in &file.entries {
         let arg = find_flag(cmd, name, file, entry)?;
         let setting = Setting {
@@ -190,21 +190,20 @@ pub fn merge(
             long: arg.get_long().unwrap_or_default().to_string(),
             args: arguments(arg, file, entry)?,
         };
-        if let Some((earlier, _)) = settings.iter().find(|(s, _)| s.id == setting.id) {
+        if let Some(earlier) = settings.iter().find(|s| s.id == setting.id) {
             return Err(clash(file, &setting, earlier, "set the same flag"));
         }
-        settings.push((setting, arg));
+        settings.push(setting);
     }
     let excludes = exclusions(cmd);
     let excluded = |a: &str, b: &str| excludes.contains(&(a.to_string(), b.to_string()));
-    for (i, (s, _)) in settings.iter().enumerate() {
-        if let Some((earlier, _)) = settings[..i].iter().find(|(e, _)| excluded(&s.id, &e.id)) {
+    for (i, s) in settings.iter().enumerate() {
+        if let Some(earlier) = settings[..i].iter().find(|e| excluded(&s.id, &e.id)) {
             return Err(clash(file, s, earlier, "exclude each other"));
         }
     }
     Ok(settings
         .into_iter()
-        .map(|(s, _)| s)
         .filter(|s| {
             !given(&s.id)
                 && !cmd
