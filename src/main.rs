@@ -152,6 +152,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Maintenance { command, server } => {
             cairn::cli::admin::maintenance(command, server).await
         }
+        Command::Cluster { command, server } => cairn::cli::cluster::cluster(command, server).await,
         Command::Token { command, server } => cairn::cli::token::token(command, server).await,
         Command::Export {
             include_secrets,
@@ -196,6 +197,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         init: args.node.init,
         init_if_new: false,
         join: args.node.join,
+        learner: args.node.learner,
         client_token: if args.no_client_auth {
             None
         } else {
@@ -237,6 +239,7 @@ async fn serve_service(args: RunServeArgs) -> anyhow::Result<()> {
         quota_bytes: args.node.quota_bytes,
         init: args.node.init,
         join: args.node.join,
+        learner: args.node.learner,
         token,
         peer_token,
         objects: args.objects,

@@ -38,6 +38,8 @@ pub struct ServiceOptions {
     pub quota_bytes: u64,
     pub init: bool,
     pub join: Option<String>,
+    /// Join as a learner (with `join`).
+    pub learner: bool,
     /// The admin token (API, `/v3`); `None` = the one kept in the data dir (made on
     /// first start).
     pub token: Option<String>,
@@ -458,6 +460,7 @@ impl Service {
             // A fresh single node initializes itself; a joining node never does.
             init_if_new: opts.join.is_none(),
             join: opts.join.clone(),
+            learner: opts.learner,
             // Separate credentials (security review H1, H2): peers present the peer secret
             // on /raft/rpc only; /v3 takes the admin token only.
             cluster_token: peer_token,

@@ -39,6 +39,8 @@ pub struct StoreOptions {
     /// is asked); restart otherwise.
     pub init_if_new: bool,
     pub join: Option<String>,
+    /// Join as a learner (with `join`).
+    pub learner: bool,
     pub cluster_token: String,
     /// `None` turns client auth off (allowed on loopback only).
     pub client_token: Option<String>,
@@ -62,6 +64,16 @@ pub struct ServeNet {
     pub tls_handshake_timeout: Duration,
     /// Allow plain HTTP on a non-loopback address.
     pub insecure_plaintext: bool,
+}
+
+/// The peer protocol this node speaks: this build's ([`raft::rpc::PEER_PROTOCOL`]), or
+/// `CAIRN_TEST_PEER_PROTOCOL`, a test hook that makes a node of this build announce and
+/// answer another version (the version-skew tests start such a node).
+fn peer_protocol() -> u32 {
+    std::env::var("CAIRN_TEST_PEER_PROTOCOL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(raft::rpc::PEER_PROTOCOL)
 }
 
 /// The default connection cap of the HTTP port.
@@ -211,7 +223,9 @@ impl StoreServer {
             .peer_client_builder()?
             .build()
             .context("the peer client")?;
-        let transport = Arc::new(HttpTransport::with_client(&opts.cluster_token, client));
+        let protocol = peer_protocol();
+        let transport =
+            Arc::new(HttpTransport::with_client(&opts.cluster_token, client).speaking(protocol));
         let cfg = NodeConfig {
             data_dir: opts.data_dir.clone(),
             engine: opts.engine,
@@ -227,6 +241,7 @@ impl StoreServer {
             &opts.cluster_token,
             opts.client_token.clone(),
             opts.streams.clone(),
+            protocol,
         ));
         let shutdown = CancellationToken::new();
         let cap = connection_cap(opts.net.max_connections, raise_nofile_limit());
@@ -274,11 +289,18 @@ impl StoreServer {
                 let mut attempt = 0;
                 loop {
                     attempt += 1;
-                    match node.join(seed, opts.timing.request_timeout * 6).await {
+                    let timeout = opts.timing.request_timeout * 6;
+                    let joined = if opts.learner {
+                        node.join_as_learner(seed, timeout).await
+                    } else {
+                        node.join(seed, timeout).await
+                    };
+                    match joined {
                         Ok(j) => {
                             tracing::info!(cluster_id = j.cluster_id, voters = ?j.voters, "joined the cluster");
                             break;
                         }
+                        Err(e @ raft::NodeError::Incompatible(_)) => return Err(e.into()),
                         Err(e) if attempt < 5 => {
                             tracing::warn!(error = %e, attempt, "join failed; retrying");
                             tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
@@ -302,6 +324,8 @@ impl StoreServer {
                         opts.data_dir.display()
                     );
                 }
+                node.check_peer_protocols(opts.timing.request_timeout)
+                    .await?;
                 tracing::info!(node_id = node.id(), "restarted from the data dir");
             }
         }

@@ -342,13 +342,58 @@ pub struct SourceUploadResponse {
     pub source: SourceRef,
 }
 
-/// `GET /readyz` and `GET /api/v1/cluster`.
+/// `GET /api/v1/cluster`: the answering node's view of itself and of the cluster.
+/// `cairn cluster status` asks every member for it. The fields after `revision` came
+/// later: a node that does not send them reads as their defaults.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
     pub node_id: u64,
     pub leader_id: Option<u64>,
+    /// Whether this node's scheduler holds the scheduler lock.
     pub scheduler_active: bool,
+    /// The store revision this node has applied.
     pub revision: i64,
+    /// Cairn's version (`CARGO_PKG_VERSION`) on this node.
+    #[serde(default)]
+    pub version: String,
+    /// The peer protocol version this node speaks.
+    #[serde(default)]
+    pub peer_protocol: u32,
+    #[serde(default)]
+    pub cluster_id: u64,
+    /// The URL this node is reached at (its address in the membership).
+    #[serde(default)]
+    pub addr: String,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub term: u64,
+    /// The highest log index this node knows committed (exact on the leader).
+    #[serde(default)]
+    pub committed: Option<u64>,
+    #[serde(default)]
+    pub applied: Option<u64>,
+    #[serde(default)]
+    pub voters: Vec<ClusterMember>,
+    #[serde(default)]
+    pub learners: Vec<ClusterMember>,
+    /// Whether this node has switched to maintenance mode.
+    #[serde(default)]
+    pub maintenance: bool,
+    /// The store's active alarms, e.g. `memberID:1f alarm:NOSPACE`.
+    #[serde(default)]
+    pub alarms: Vec<String>,
+    /// The store's size on this node's disk.
+    #[serde(default)]
+    pub db_size: u64,
+}
+
+/// A member of the store's Raft membership.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMember {
+    pub id: u64,
+    pub addr: String,
 }
 
 /// One node's view of maintenance mode (`GET /api/v1/maintenance`).

@@ -61,6 +61,9 @@ pub enum NodeError {
     NotInitialized(String),
     #[error("join failed: {0}")]
     Join(String),
+    /// A peer speaks a peer protocol this build does not (see [`crate::rpc::speaks`]).
+    #[error("{0}")]
+    Incompatible(String),
     /// openraft refused or failed (its error is the source).
     #[error("raft: {0}")]
     Raft(#[source] BoxError),

@@ -28,6 +28,7 @@ pub mod log_store;
 pub mod network;
 pub mod node;
 pub mod proposer;
+pub mod recover;
 pub mod rpc;
 pub mod snapshot_file;
 pub mod snapshot_intake;

@@ -274,13 +274,88 @@ impl Node {
             .initialize(members)
             .await
             .map_err(NodeError::raft)?;
+        if self.inner.mvcc.revision() > 1 {
+            self.seal_existing_state().await?;
+        }
         Ok(cluster_id)
+    }
+
+    /// A cluster initialized over a state machine that already holds data (a restored
+    /// backup, a survivor of `cairn store recover`) has a log that starts after that data:
+    /// replayed from index 0, it would give a joining node the new cluster's entries
+    /// without the data under them. So the state is snapshotted and the log purged up to
+    /// it at once; a joiner then starts from the snapshot.
+    async fn seal_existing_state(&self) -> Result<(), NodeError> {
+        const SEAL_WAIT: Duration = Duration::from_secs(30);
+        let raft = &self.inner.raft;
+        let m = raft
+            .wait(Some(SEAL_WAIT))
+            .metrics(
+                |m| m.current_leader == Some(self.inner.id) && m.last_applied.is_some(),
+                "this node leading and applying",
+            )
+            .await
+            .map_err(NodeError::raft)?;
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        let deadline = Instant::now() + SEAL_WAIT;
+        let snapshot = loop {
+            // An automatic build may be under way: trigger again until one covers it.
+            raft.trigger().snapshot().await.map_err(NodeError::raft)?;
+            let built = raft
+                .wait(Some(Duration::from_secs(2)))
+                .metrics(
+                    |m| m.snapshot.is_some_and(|s| s.index >= applied),
+                    "a snapshot of the existing state",
+                )
+                .await;
+            match built {
+                Ok(m) => break m.snapshot.map_or(applied, |s| s.index),
+                Err(e) if Instant::now() >= deadline => return Err(NodeError::raft(e)),
+                Err(_) => {}
+            }
+        };
+        raft.trigger()
+            .purge_log(snapshot)
+            .await
+            .map_err(NodeError::raft)?;
+        raft.wait(Some(SEAL_WAIT))
+            .metrics(
+                |m| m.purged.is_some_and(|p| p.index >= snapshot),
+                "the log purged up to the snapshot",
+            )
+            .await
+            .map_err(NodeError::raft)?;
+        tracing::info!(
+            snapshot,
+            revision = self.inner.mvcc.revision(),
+            "the existing state is snapshotted; joining nodes start from it"
+        );
+        Ok(())
     }
 
     /// Joins the cluster that `seed` (any member's address) belongs to: the leader adds
     /// this node as a learner, waits for it to catch up, then makes it a voter. A node
     /// that is already a member returns at once.
     pub async fn join(&self, seed: &str, timeout: Duration) -> Result<JoinResponse, NodeError> {
+        self.join_with(seed, timeout, false).await
+    }
+
+    /// Joins as a learner (`--join --learner`): a non-voting member that replicates the
+    /// log and serves reads but never counts toward quorum, until promoted.
+    pub async fn join_as_learner(
+        &self,
+        seed: &str,
+        timeout: Duration,
+    ) -> Result<JoinResponse, NodeError> {
+        self.join_with(seed, timeout, true).await
+    }
+
+    async fn join_with(
+        &self,
+        seed: &str,
+        timeout: Duration,
+        learner: bool,
+    ) -> Result<JoinResponse, NodeError> {
         if self.cluster_id() != 0 {
             return Err(NodeError::Join(
                 "this data dir already belongs to a cluster; restart without --join".into(),
@@ -291,6 +366,7 @@ impl Node {
             addr: NodeAddr {
                 addr: self.inner.addr.clone(),
             },
+            learner,
         };
         let resp = self
             .inner
@@ -303,7 +379,12 @@ impl Node {
                 timeout,
             )
             .await
-            .map_err(|e| NodeError::Join(format!("{seed}: {e}")))?;
+            .map_err(|e| match e {
+                TransportError::Incompatible(why) => {
+                    NodeError::Incompatible(format!("joining through {seed}: {why}"))
+                }
+                e => NodeError::Join(format!("{seed}: {e}")),
+            })?;
         match resp {
             PeerResponse::Join(Ok(j)) => {
                 self.set_cluster_id(j.cluster_id)?;
@@ -312,6 +393,60 @@ impl Node {
             PeerResponse::Join(Err(e)) => Err(NodeError::Join(e.to_string())),
             other => Err(NodeError::Join(format!("unexpected answer {other:?}"))),
         }
+    }
+
+    /// Asks every other member for its status, at once: refused when one answers that
+    /// it speaks another peer protocol, so a restarted node of an incompatible build
+    /// stops with the reason instead of running beside peers that refuse it. A member
+    /// that refuses the connection is not waited for (it may be down); one that does not
+    /// answer in `timeout` is asked again, for up to five rounds.
+    pub async fn check_peer_protocols(&self, timeout: Duration) -> Result<(), NodeError> {
+        // The applied membership, read from the state machine: right after opening,
+        // openraft may not have published its metrics (and their membership) yet.
+        let applied =
+            crate::state_machine::applied_membership(&self.inner.mvcc).map_err(NodeError::raft)?;
+        let mut pending: Vec<(NodeId, String)> = applied
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .chain(self.members().voters)
+            .chain(self.members().learners)
+            .filter(|(id, _)| *id != self.inner.id)
+            .collect::<BTreeMap<_, _>>()
+            .into_iter()
+            .collect();
+        for _round in 0..5 {
+            if pending.is_empty() {
+                break;
+            }
+            let asks = pending.iter().cloned().map(|(id, addr)| {
+                let transport = self.inner.transport.clone();
+                async move {
+                    let r = transport
+                        .send(
+                            &NodeAddr { addr: addr.clone() },
+                            PeerRequest::Status,
+                            timeout,
+                        )
+                        .await;
+                    (id, addr, r)
+                }
+            });
+            let mut again = Vec::new();
+            for (id, addr, r) in futures::future::join_all(asks).await {
+                match r {
+                    Err(TransportError::Incompatible(why)) => {
+                        return Err(NodeError::Incompatible(format!(
+                            "member {id:x} at {addr}: {why}"
+                        )));
+                    }
+                    Err(TransportError::Timeout(_)) => again.push((id, addr)),
+                    _ => {}
+                }
+            }
+            pending = again;
+        }
+        Ok(())
     }
 
     /// Waits until some node is leader, up to `timeout`.
@@ -334,6 +469,34 @@ impl Node {
     /// part of [`Node::status`] a per-request caller needs, without its storage reads.
     pub fn members(&self) -> Members {
         members_of(&metrics(&self.inner))
+    }
+
+    /// Makes learner `node_id` a voter (through the leader).
+    pub async fn promote(&self, node_id: NodeId) -> Result<(), KvError> {
+        self.kv()
+            .call_leader(
+                |_| PeerRequest::Promote { node_id },
+                |r| match r {
+                    PeerResponse::Promote(r) => Some(r),
+                    _ => None,
+                },
+                self.inner.timing.request_timeout * 6,
+            )
+            .await
+    }
+
+    /// Makes voter `node_id` a learner (through the leader).
+    pub async fn demote(&self, node_id: NodeId) -> Result<(), KvError> {
+        self.kv()
+            .call_leader(
+                |_| PeerRequest::Demote { node_id },
+                |r| match r {
+                    PeerResponse::Demote(r) => Some(r),
+                    _ => None,
+                },
+                self.inner.timing.request_timeout * 3,
+            )
+            .await
     }
 
     /// Removes a node from the cluster (through the leader).
@@ -517,8 +680,16 @@ impl Node {
             PeerRequest::LeaseRemaining(id) => {
                 PeerResponse::LeaseRemaining(self.kv().remaining_local(id))
             }
-            PeerRequest::Join { node_id, addr } => {
-                PeerResponse::Join(self.join_local(node_id, addr).await)
+            PeerRequest::Join {
+                node_id,
+                addr,
+                learner,
+            } => PeerResponse::Join(self.join_local(node_id, addr, learner).await),
+            PeerRequest::Promote { node_id } => {
+                PeerResponse::Promote(self.promote_local(node_id).await)
+            }
+            PeerRequest::Demote { node_id } => {
+                PeerResponse::Demote(self.demote_local(node_id).await)
             }
             PeerRequest::Remove { node_id } => {
                 PeerResponse::Remove(self.remove_local(node_id).await)
@@ -527,7 +698,12 @@ impl Node {
         }
     }
 
-    async fn join_local(&self, node_id: NodeId, addr: NodeAddr) -> Result<JoinResponse, KvError> {
+    async fn join_local(
+        &self,
+        node_id: NodeId,
+        addr: NodeAddr,
+        learner: bool,
+    ) -> Result<JoinResponse, KvError> {
         let inner = &self.inner;
         let m = metrics(inner);
         if m.current_leader != Some(inner.id) {
@@ -539,6 +715,7 @@ impl Node {
                     move |_| PeerRequest::Join {
                         node_id,
                         addr: addr.clone(),
+                        learner,
                     },
                     |r| match r {
                         PeerResponse::Join(r) => Some(r),
@@ -569,18 +746,83 @@ impl Node {
             .add_learner(node_id, addr, true)
             .await
             .map_err(membership_err)?;
-        tracing::info!(node_id, "learner caught up; promoting to voter");
-        inner
-            .raft
-            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false)
-            .await
-            .map_err(membership_err)?;
+        if learner {
+            tracing::info!(node_id, "learner caught up; it stays a learner");
+        } else {
+            tracing::info!(node_id, "learner caught up; promoting to voter");
+            inner
+                .raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false)
+                .await
+                .map_err(membership_err)?;
+        }
         let m = metrics(inner);
         Ok(JoinResponse {
             cluster_id: inner.cluster_id.load(Ordering::SeqCst),
             leader: inner.id,
             voters: m.membership_config.membership().voter_ids().collect(),
         })
+    }
+
+    /// The leader's side of [`Node::promote`]: waits (within the change's own timeout)
+    /// for the learner to catch up, as a join does, then makes it a voter.
+    async fn promote_local(&self, node_id: NodeId) -> Result<(), KvError> {
+        let inner = &self.inner;
+        let _guard = inner.membership_lock.lock().await;
+        let mem = metrics(inner).membership_config.membership().clone();
+        match membership_role(&mem, node_id) {
+            None => return Err(KvError::UnknownNode(node_id)),
+            Some(true) => {
+                return Err(KvError::Membership(format!(
+                    "node {node_id:x} is already a voter"
+                )));
+            }
+            Some(false) => {}
+        }
+        let addr = mem
+            .get_node(&node_id)
+            .cloned()
+            .ok_or(KvError::UnknownNode(node_id))?;
+        // Blocks until the learner's log is close to the leader's.
+        inner
+            .raft
+            .add_learner(node_id, addr, true)
+            .await
+            .map_err(membership_err)?;
+        tracing::info!(node_id, "promoting a learner to voter");
+        inner
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false)
+            .await
+            .map_err(membership_err)?;
+        Ok(())
+    }
+
+    /// The leader's side of [`Node::demote`]: the voter becomes a learner. The last
+    /// voter cannot be demoted.
+    async fn demote_local(&self, node_id: NodeId) -> Result<(), KvError> {
+        let inner = &self.inner;
+        let _guard = inner.membership_lock.lock().await;
+        let mem = metrics(inner).membership_config.membership().clone();
+        match membership_role(&mem, node_id) {
+            None => return Err(KvError::UnknownNode(node_id)),
+            Some(false) => {
+                return Err(KvError::Membership(format!(
+                    "node {node_id:x} is a learner, not a voter"
+                )));
+            }
+            Some(true) => {}
+        }
+        if mem.voter_ids().count() == 1 {
+            return Err(KvError::Membership("cannot demote the last voter".into()));
+        }
+        tracing::info!(node_id, "demoting a voter to learner");
+        inner
+            .raft
+            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node_id])), true)
+            .await
+            .map_err(membership_err)?;
+        Ok(())
     }
 
     async fn remove_local(&self, node_id: NodeId) -> Result<(), KvError> {
@@ -636,6 +878,18 @@ impl Node {
     }
 }
 
+/// Whether `id` is a voter (`Some(true)`), a learner (`Some(false)`) or no member of
+/// `mem`.
+fn membership_role(mem: &openraft::Membership<NodeId, NodeAddr>, id: NodeId) -> Option<bool> {
+    if mem.voter_ids().any(|v| v == id) {
+        Some(true)
+    } else if mem.nodes().any(|(n, _)| *n == id) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
 /// A refused or failed membership change (`add_learner`, `change_membership`) as the
 /// caller sees it.
 fn membership_err(e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>) -> KvError {
@@ -675,7 +929,9 @@ fn quorum_matched(
 impl From<TransportError> for KvError {
     fn from(e: TransportError) -> Self {
         match e {
-            TransportError::Unreachable(s) => KvError::Unavailable(s),
+            TransportError::Unreachable(s) | TransportError::Incompatible(s) => {
+                KvError::Unavailable(s)
+            }
             TransportError::Unauthorized => KvError::Unauthorized,
             TransportError::Timeout(s) | TransportError::Protocol(s) => KvError::OutcomeUnknown(s),
         }

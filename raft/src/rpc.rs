@@ -14,6 +14,34 @@ use store::{Command, CommandResult};
 use crate::error::KvError;
 use crate::types::{LogId, NodeAddr, NodeId, TypeConfig};
 
+/// The version of the peer protocol: [`PeerRequest`] and [`PeerResponse`] as bincode.
+/// Bump it whenever their encoding changes. Every transport carries the sender's version
+/// and a node answers only a version it [`speaks`]; anything else is refused before a
+/// byte of the body is decoded, so nodes of incompatible builds never exchange Raft
+/// state (a rolling upgrade between them stops at the first node, with
+/// [`incompatible`]'s message, and nothing is corrupted).
+pub const PEER_PROTOCOL: u32 = 1;
+/// The oldest peer protocol this build still speaks.
+pub const MIN_PEER_PROTOCOL: u32 = 1;
+
+/// Whether a node of this build answers a peer speaking `version`.
+pub fn speaks(version: u32) -> bool {
+    (MIN_PEER_PROTOCOL..=PEER_PROTOCOL).contains(&version)
+}
+
+/// Why a node refuses a peer speaking `theirs` when it speaks `ours` (0: the peer sent
+/// no version, a build from before versions were exchanged).
+pub fn incompatible(theirs: u32, ours: u32) -> String {
+    let theirs = match theirs {
+        0 => "no peer protocol version (an older build)".to_string(),
+        v => format!("peer protocol {v}"),
+    };
+    format!(
+        "incompatible peer: it speaks {theirs}, this node speaks peer protocol {ours}; \
+         run Cairn builds of the same peer protocol on every node (OPERATIONS.md: rolling upgrade)"
+    )
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub enum PeerRequest {
     Append(AppendEntriesRequest<TypeConfig>),
@@ -30,10 +58,21 @@ pub enum PeerRequest {
     KeepAlive(i64),
     /// Remaining seconds of a lease, measured by the leader.
     LeaseRemaining(i64),
-    /// Add a node (as learner, then voter) to the cluster.
+    /// Add a node to the cluster: as a learner, then (unless `learner`) as a voter once
+    /// it caught up.
     Join {
         node_id: NodeId,
         addr: NodeAddr,
+        learner: bool,
+    },
+    /// Make a caught-up learner a voter.
+    Promote {
+        node_id: NodeId,
+    },
+    /// Make a voter a learner (it keeps replicating but no longer votes or counts
+    /// toward quorum).
+    Demote {
+        node_id: NodeId,
     },
     /// Remove a node from the cluster.
     Remove {
@@ -53,6 +92,8 @@ pub enum PeerResponse {
     LeaseRemaining(Result<i64, KvError>),
     Join(Result<JoinResponse, KvError>),
     Remove(Result<(), KvError>),
+    Promote(Result<(), KvError>),
+    Demote(Result<(), KvError>),
     Status(NodeStatus),
     /// The request was not handled ([`admit`] refused it).
     Refused(Refusal),
@@ -303,6 +344,7 @@ mod tests {
         let join = PeerRequest::Join {
             node_id: 9,
             addr: NodeAddr::default(),
+            learner: false,
         };
         assert_eq!(admit(&join, 7, members), Ok(()));
     }

@@ -52,6 +52,7 @@ fn the_peer_decoder_never_panics_nor_allocates_beyond_its_limit() {
         addr: raft::types::NodeAddr {
             addr: "http://127.0.0.1:1".into(),
         },
+        learner: false,
     };
     assert!(decode_within_budget(&raft::types::encode(&join)));
 

@@ -47,6 +47,8 @@ pub fn router(node: Node, streams: super::streams::StreamCaps) -> Router {
         .route("/v3/maintenance/alarm", post(alarm))
         .route("/v3/cluster/member/list", post(member_list))
         .route("/v3/cluster/member/remove", post(member_remove))
+        .route("/v3/cluster/member/promote", post(member_promote))
+        .route("/v3/cluster/member/demote", post(member_demote))
         .with_state(EtcdState { node, streams })
 }
 
@@ -795,5 +797,19 @@ async fn member_list(State(s): State<EtcdState>) -> Reply<wire::MemberListRespon
 async fn member_remove(State(s): State<EtcdState>, b: Bytes) -> Reply<wire::MemberListResponse> {
     let r: wire::MemberRemoveRequest = body(b)?;
     s.node.remove(r.id.0 as u64).await?;
+    member_list(State(s)).await
+}
+
+/// etcd's MemberPromote: `{"ID": …}`, answered with the new member list.
+async fn member_promote(State(s): State<EtcdState>, b: Bytes) -> Reply<wire::MemberListResponse> {
+    let r: wire::MemberRemoveRequest = body(b)?;
+    s.node.promote(r.id.0 as u64).await?;
+    member_list(State(s)).await
+}
+
+/// Cairn's MemberDemote (etcd has none): a voter becomes a learner.
+async fn member_demote(State(s): State<EtcdState>, b: Bytes) -> Reply<wire::MemberListResponse> {
+    let r: wire::MemberRemoveRequest = body(b)?;
+    s.node.demote(r.id.0 as u64).await?;
     member_list(State(s)).await
 }

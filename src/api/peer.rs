@@ -5,6 +5,12 @@
 //! node that keeps connections alive (no per-call handshake, `TCP_NODELAY` on) and, over
 //! `https://`, trusts the cluster CA and presents the node's certificate (mutual TLS), as
 //! the node's composition root sets it up.
+//!
+//! Every request carries the sender's peer protocol version in [`PROTOCOL_HEADER`]; a node
+//! answers only versions it speaks ([`raft::rpc::speaks`]) and refuses the others with a
+//! 409 and the reason, before reading the body. The sender turns that into
+//! [`TransportError::Incompatible`]: a join fails with the message, and a node whose
+//! peers all refuse it stops at start (`store_node.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +30,8 @@ use super::auth;
 
 /// Path of the peer endpoint on every node's HTTP port.
 pub const RPC_PATH: &str = "/raft/rpc";
+/// The header carrying the sender's peer protocol version ([`raft::rpc::PEER_PROTOCOL`]).
+pub const PROTOCOL_HEADER: &str = "cairn-peer-protocol";
 /// Largest peer request accepted (snapshot chunks are 3 MiB by default).
 pub const MAX_RPC_BODY: usize = 64 << 20;
 
@@ -32,6 +40,7 @@ pub const MAX_RPC_BODY: usize = 64 << 20;
 pub struct HttpTransport {
     client: reqwest::Client,
     secret: Arc<str>,
+    protocol: u32,
 }
 
 impl HttpTransport {
@@ -58,7 +67,15 @@ impl HttpTransport {
         Self {
             client,
             secret: secret.into(),
+            protocol: raft::rpc::PEER_PROTOCOL,
         }
+    }
+
+    /// The same transport announcing peer protocol `version` instead of this build's
+    /// (tests of version skew).
+    pub fn speaking(mut self, version: u32) -> Self {
+        self.protocol = version;
+        self
     }
 }
 
@@ -75,6 +92,7 @@ impl Transport for HttpTransport {
             .client
             .post(url)
             .bearer_auth(&*self.secret)
+            .header(PROTOCOL_HEADER, self.protocol)
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .body(body)
             .timeout(timeout);
@@ -89,6 +107,10 @@ impl Transport for HttpTransport {
             match resp.status() {
                 StatusCode::OK => {}
                 StatusCode::UNAUTHORIZED => return Err(TransportError::Unauthorized),
+                StatusCode::CONFLICT => {
+                    let why = resp.text().await.unwrap_or_default();
+                    return Err(TransportError::Incompatible(why));
+                }
                 s => return Err(TransportError::Protocol(format!("HTTP {s}"))),
             }
             let bytes = resp
@@ -105,18 +127,45 @@ impl Transport for HttpTransport {
 struct PeerState {
     handler: Arc<dyn PeerHandler>,
     secret: Arc<str>,
+    protocol: u32,
 }
 
 /// The receiving end: the route of the peer endpoint, to merge into the node's HTTP
 /// server. Only `secret` (the peer secret) opens it.
 pub fn router(handler: Arc<dyn PeerHandler>, secret: &str) -> Router {
+    router_speaking(handler, secret, raft::rpc::PEER_PROTOCOL)
+}
+
+/// [`router`] for a node that speaks only peer protocol `version` (tests of version
+/// skew; [`raft::rpc::speaks`] decides for a real build).
+pub fn router_speaking(handler: Arc<dyn PeerHandler>, secret: &str, version: u32) -> Router {
     Router::new()
         .route(RPC_PATH, post(rpc))
         .layer(DefaultBodyLimit::max(MAX_RPC_BODY))
         .with_state(PeerState {
             handler,
             secret: secret.into(),
+            protocol: version,
         })
+}
+
+/// The peer protocol version a request announces (0: none, or not a number).
+fn announced_protocol(headers: &axum::http::HeaderMap) -> u32 {
+    headers
+        .get(PROTOCOL_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Whether a node speaking `ours` answers a peer announcing `theirs`: this build's range
+/// when `ours` is this build's version, else exactly `ours`.
+fn answers(ours: u32, theirs: u32) -> bool {
+    if ours == raft::rpc::PEER_PROTOCOL {
+        raft::rpc::speaks(theirs)
+    } else {
+        theirs == ours
+    }
 }
 
 /// The peer endpoint. The secret is checked (with [`auth::same_secret`]) before a byte of
@@ -130,6 +179,12 @@ async fn rpc(State(st): State<PeerState>, req: Request) -> Response {
         .is_some_and(|t| auth::same_secret(t.as_bytes(), st.secret.as_bytes()));
     if !ok {
         return (StatusCode::UNAUTHORIZED, "wrong cluster token").into_response();
+    }
+    let theirs = announced_protocol(req.headers());
+    if !answers(st.protocol, theirs) {
+        let why = raft::rpc::incompatible(theirs, st.protocol);
+        tracing::error!(peer_protocol = theirs, "refused a peer request: {why}");
+        return (StatusCode::CONFLICT, why).into_response();
     }
     let declared = req
         .headers()

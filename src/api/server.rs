@@ -91,19 +91,21 @@ fn etcd_error_body(status: StatusCode, _text: &str) -> Response {
     EtcdError::new(status, code, message).into_response()
 }
 
-/// The whole router of a store node. `client_token = None` turns client auth off.
+/// The whole router of a store node. `client_token = None` turns client auth off; the
+/// peer route answers peers of `peer_protocol` ([`raft::rpc::PEER_PROTOCOL`] but in tests).
 pub fn router(
     node: Node,
     cluster_token: &str,
     client_token: Option<String>,
     streams: super::streams::StreamCaps,
+    peer_protocol: u32,
 ) -> Router {
     let client = client_port(etcd::router(node.clone(), streams), client_token);
     let health = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(node.clone());
-    super::peer::router(node.handler(), cluster_token)
+    super::peer::router_speaking(node.handler(), cluster_token, peer_protocol)
         .merge(client)
         .merge(health)
         .fallback(|| async {

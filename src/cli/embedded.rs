@@ -48,6 +48,7 @@ pub(crate) fn embedded_options(
         quota_bytes: raft::alarms::DEFAULT_QUOTA_BYTES,
         init: false,
         join: None,
+        learner: false,
         token: None,
         peer_token: None,
         objects: None,

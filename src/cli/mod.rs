@@ -28,6 +28,7 @@ macro_rules! errln {
 pub mod admin;
 pub mod args;
 pub mod cert;
+pub mod cluster;
 pub mod direct;
 pub mod embedded;
 pub mod executors;
@@ -82,6 +83,14 @@ pub enum Command {
     Maintenance {
         #[command(subcommand)]
         command: admin::MaintenanceCommand,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// The whole cluster at a glance: nodes, roles, leader, lag, scheduler, executors,
+    /// alarms, versions.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
         #[command(flatten)]
         server: ServerArgs,
     },

@@ -151,6 +151,11 @@ pub enum StoreClientCommand {
         #[command(subcommand)]
         command: AlarmCommand,
     },
+    /// Quorum-loss recovery (offline; the node must be stopped): make this surviving
+    /// node's data the single member of a NEW cluster, keeping everything it had
+    /// committed. The other members are dropped and must rejoin with empty data dirs
+    /// (`--join`). Only for a cluster that lost its majority for good: see OPERATIONS.md.
+    Recover(RecoverArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -181,6 +186,19 @@ pub enum ClusterCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Make a learner (`--join --learner`) a voter, once it has caught up.
+    Promote {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Make a voter a learner: it keeps its data and replicates, but no longer votes or
+    /// counts toward quorum.
+    Demote {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -199,6 +217,19 @@ pub enum SnapshotCommand {
         #[arg(long, default_value = "redb")]
         engine: store::EngineKind,
     },
+}
+
+/// `cairn store recover`: quorum-loss recovery, offline (etcd's `--force-new-cluster`).
+#[derive(Args, Debug, Clone)]
+pub struct RecoverArgs {
+    /// The stopped survivor's data dir (of `cairn serve` or `cairn store serve`).
+    #[arg(long, env = "CAIRN_DATA_DIR")]
+    pub data_dir: PathBuf,
+    #[arg(long, env = "CAIRN_ENGINE", default_value = "redb")]
+    pub engine: store::EngineKind,
+    /// The node's address in the new cluster (default: its address in the old one).
+    #[arg(long)]
+    pub advertise: Option<String>,
 }
 
 /// Runs a client command; output goes to stdout.
@@ -240,6 +271,12 @@ pub async fn run(cmd: StoreClientCommand) -> anyhow::Result<()> {
         StoreClientCommand::Cluster {
             command: ClusterCommand::Remove { id, client },
         } => cluster_remove(&id, &client).await,
+        StoreClientCommand::Cluster {
+            command: ClusterCommand::Promote { id, client },
+        } => cluster_role(&id, true, &client).await,
+        StoreClientCommand::Cluster {
+            command: ClusterCommand::Demote { id, client },
+        } => cluster_role(&id, false, &client).await,
         StoreClientCommand::Snapshot {
             command: SnapshotCommand::Save { file, client },
         } => snapshot_save(&file, &client).await,
@@ -257,6 +294,7 @@ pub async fn run(cmd: StoreClientCommand) -> anyhow::Result<()> {
         StoreClientCommand::Alarm {
             command: AlarmCommand::Disarm { client },
         } => alarm_disarm(&client).await,
+        StoreClientCommand::Recover(args) => recover(&args).await,
     }
 }
 
@@ -439,6 +477,27 @@ async fn cluster_remove(id: &str, client: &ClientArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `cairn store cluster promote|demote ID`.
+async fn cluster_role(id: &str, voter: bool, client: &ClientArgs) -> anyhow::Result<()> {
+    let parsed = member_id(id)?;
+    let req = wire::MemberRemoveRequest {
+        id: I64(parsed as i64),
+    };
+    // Promotion waits for the learner to catch up: give it time.
+    let c = client.client_to(
+        client.endpoints.clone(),
+        Duration::from_secs(client.timeout.max(60)),
+    )?;
+    if voter {
+        c.member_promote(&req).await.map_err(remote)?;
+        outln!("promoted member {parsed:x} to voter")?;
+    } else {
+        c.member_demote(&req).await.map_err(remote)?;
+        outln!("demoted member {parsed:x} to learner")?;
+    }
+    Ok(())
+}
+
 /// `cairn store snapshot save FILE`: written to `FILE.part`, checked, then renamed.
 async fn snapshot_save(file: &Path, client: &ClientArgs) -> anyhow::Result<()> {
     let tmp = file.with_extension("part");
@@ -467,6 +526,46 @@ fn snapshot_restore(file: &Path, data_dir: &Path, engine: store::EngineKind) -> 
         data_dir.display(),
         data_dir.display()
     )?;
+    Ok(())
+}
+
+/// `cairn store recover --data-dir DIR`: warns on stderr, recovers, says what it kept,
+/// what it dropped and what to do next.
+async fn recover(args: &RecoverArgs) -> anyhow::Result<()> {
+    eprintln!(
+        "WARNING: recovering {} as the only member of a NEW cluster. Use this only when the \
+         cluster lost its majority for good: writes the other members committed and this \
+         one never received are lost, and the old members must rejoin with empty data dirs.",
+        args.data_dir.display()
+    );
+    let r = raft::recover::recover(
+        &args.data_dir,
+        args.engine,
+        args.advertise.clone(),
+        raft::Timing::lan(),
+    )
+    .await
+    .with_context(|| format!("recovering {}", args.data_dir.display()))?;
+    outln!(
+        "recovered node {:x} at {} as the only member of cluster {:x} (was {:x}), at revision {}",
+        r.node_id,
+        r.addr,
+        r.new_cluster_id,
+        r.old_cluster_id,
+        r.revision
+    )?;
+    outln!(
+        "committed log entries applied now: {}; uncommitted entries dropped: {}",
+        r.applied_from_log,
+        r.dropped_uncommitted
+    )?;
+    for (id, addr) in &r.dropped_members {
+        outln!(
+            "dropped member {id:x} ({addr}): wipe its data dir and start it with --join {}",
+            r.addr
+        )?;
+    }
+    outln!("next: start this node as before, without --init or --join")?;
     Ok(())
 }
 

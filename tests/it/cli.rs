@@ -327,4 +327,37 @@ fn snapshot_save_and_offline_restore_make_a_new_cluster_with_the_same_data() {
     );
     let new_cluster = rt.block_on(r.client().status()).unwrap().header.cluster_id;
     assert_ne!(new_cluster, old_cluster, "a restore makes a new cluster id");
+
+    // A node joining the restored one gets the restored data, not only the entries of
+    // the new log (which starts after it): it starts from a snapshot.
+    let joined = StoreProc::start(
+        &dir.path().join("joined"),
+        free_port(),
+        "redb",
+        false,
+        Some(&r.url),
+    );
+    let jc = joined.client();
+    let synced = rt.block_on(async {
+        for _ in 0..600 {
+            let req = cairn_client::etcd::RangeRequest {
+                key: "s/".into(),
+                range_end: "s0".into(),
+                serializable: true,
+                ..Default::default()
+            };
+            if let Ok(resp) = jc.range(&req).await
+                && resp.kvs.len() == 20
+                && resp.header.revision.0 == 22
+            {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        false
+    });
+    assert!(
+        synced,
+        "the joined node has the restored keys at revision 22"
+    );
 }

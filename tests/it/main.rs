@@ -15,6 +15,7 @@ mod etcd_api;
 mod executor_docker;
 mod executor_e2e;
 mod failover;
+mod ha_ops;
 mod leases;
 mod lifecycle;
 mod maintenance;

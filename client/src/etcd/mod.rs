@@ -142,6 +142,22 @@ impl EtcdClient {
         self.call("/v3/cluster/member/remove", req).await
     }
 
+    /// Makes a learner a voter (`/v3/cluster/member/promote`, etcd's MemberPromote).
+    pub async fn member_promote(
+        &self,
+        req: &MemberRemoveRequest,
+    ) -> Result<MemberListResponse, EtcdError> {
+        self.call("/v3/cluster/member/promote", req).await
+    }
+
+    /// Makes a voter a learner (`/v3/cluster/member/demote`: Cairn's, etcd has none).
+    pub async fn member_demote(
+        &self,
+        req: &MemberRemoveRequest,
+    ) -> Result<MemberListResponse, EtcdError> {
+        self.call("/v3/cluster/member/demote", req).await
+    }
+
     /// Lists, raises or clears alarms (`/v3/maintenance/alarm`).
     pub async fn alarm(&self, req: &AlarmRequest) -> Result<AlarmResponse, EtcdError> {
         self.call("/v3/maintenance/alarm", req).await

@@ -89,16 +89,7 @@ impl RunClient {
         }
         let bases = urls
             .iter()
-            .map(|u| {
-                let url = Url::parse(u.trim())
-                    .map_err(|e| ClientError::Config(format!("bad server URL {u:?}: {e}")))?;
-                if url.cannot_be_a_base() || !matches!(url.scheme(), "http" | "https") {
-                    return Err(ClientError::Config(format!(
-                        "bad server URL {u:?}: not an http(s) URL"
-                    )));
-                }
-                Ok(url)
-            })
+            .map(|u| parse_base(u))
             .collect::<Result<Vec<_>, _>>()?;
         // Idle connections are dropped before a server's default idle timeout (10 s).
         let builder = reqwest::Client::builder()
@@ -133,6 +124,22 @@ impl RunClient {
         RunClient {
             inner: Arc::new(inner),
         }
+    }
+
+    /// A client of the one node at `url` with this client's connections settings, TLS
+    /// roots, token and deadline (`cairn cluster status` asks each member itself).
+    pub fn to_node(&self, url: &str) -> Result<RunClient, ClientError> {
+        let base = parse_base(url)?;
+        let inner = Inner {
+            http: self.inner.http.clone(),
+            bases: vec![base],
+            token: Arc::new(std::sync::RwLock::new(self.token())),
+            preferred: AtomicUsize::new(0),
+            request_timeout: self.inner.request_timeout,
+        };
+        Ok(RunClient {
+            inner: Arc::new(inner),
+        })
     }
 
     /// Replaces the bearer token of this client and of every clone of it.
@@ -515,6 +522,18 @@ impl RunClient {
         }
         success(resp).await.map(|_| true)
     }
+}
+
+/// A server's base URL, checked: `http(s)://` and able to have paths.
+fn parse_base(u: &str) -> Result<Url, ClientError> {
+    let url = Url::parse(u.trim())
+        .map_err(|e| ClientError::Config(format!("bad server URL {u:?}: {e}")))?;
+    if url.cannot_be_a_base() || !matches!(url.scheme(), "http" | "https") {
+        return Err(ClientError::Config(format!(
+            "bad server URL {u:?}: not an http(s) URL"
+        )));
+    }
+    Ok(url)
 }
 
 fn probe_call(path: &str) -> Call {

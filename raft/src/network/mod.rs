@@ -44,6 +44,10 @@ pub enum TransportError {
     /// The peer answered something that is not a peer response.
     #[error("bad peer response: {0}")]
     Protocol(String),
+    /// The peer speaks another peer protocol version
+    /// ([`PEER_PROTOCOL`](crate::rpc::PEER_PROTOCOL)): it refused the request unread.
+    #[error("{0}")]
+    Incompatible(String),
 }
 
 /// Delivers peer requests. Object-safe so nodes hold an `Arc<dyn Transport>`.
@@ -129,7 +133,7 @@ impl Connection {
             .send(&self.addr, req, ttl)
             .await
             .map_err(|e| match e {
-                TransportError::Unreachable(_) => {
+                TransportError::Unreachable(_) | TransportError::Incompatible(_) => {
                     RPCError::Unreachable(Unreachable::new(&AnyError::error(e.to_string())))
                 }
                 other => RPCError::Network(NetworkError::new(&AnyError::error(other.to_string()))),

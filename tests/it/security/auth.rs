@@ -49,6 +49,9 @@ async fn raw(
     let resp = reqwest::Client::new()
         .request(method, url)
         .bearer_auth(token)
+        // The peer route's protocol version (ignored elsewhere), so a peer request with
+        // the peer secret reaches the route's own checks.
+        .header("cairn-peer-protocol", "1")
         .body(body)
         .send()
         .await

@@ -30,6 +30,7 @@ async fn peer_rpc_as(url: &str, token: &str, body: Vec<u8>) -> (u16, String) {
     let resp = reqwest::Client::new()
         .post(format!("{url}/raft/rpc"))
         .bearer_auth(token)
+        .header("cairn-peer-protocol", "1")
         .body(body)
         .send()
         .await

@@ -63,10 +63,33 @@ pub struct StoreProc {
     pub data_dir: PathBuf,
     pub engine: String,
     pub url: String,
+    /// Extra `cairn store serve` arguments of the first start (not of restarts).
+    first_start: Vec<String>,
     child: Option<Child>,
 }
 
 impl StoreProc {
+    /// Like [`StoreProc::start`] with extra arguments for this first start only.
+    pub fn start_with(
+        data_dir: &Path,
+        port: u16,
+        engine: &str,
+        join: Option<&str>,
+        first_start: &[&str],
+    ) -> StoreProc {
+        let mut p = StoreProc {
+            port,
+            data_dir: data_dir.to_path_buf(),
+            engine: engine.to_string(),
+            url: format!("http://127.0.0.1:{port}"),
+            first_start: first_start.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        p.spawn(false, join);
+        p.first_start.clear();
+        p
+    }
+
     /// Starts a node: `init` for the first node, `join` for the others, neither for a restart.
     pub fn start(
         data_dir: &Path,
@@ -80,6 +103,7 @@ impl StoreProc {
             data_dir: data_dir.to_path_buf(),
             engine: engine.to_string(),
             url: format!("http://127.0.0.1:{port}"),
+            first_start: Vec::new(),
             child: None,
         };
         p.spawn(init, join);
@@ -92,6 +116,7 @@ impl StoreProc {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(&self.first_start)
             .env("CAIRN_LOG", "error,openraft=off")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
