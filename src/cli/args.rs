@@ -200,7 +200,7 @@ pub struct NodeArgs {
     /// With --join: join as a learner, a non-voting member that replicates everything
     /// and serves reads but never counts toward quorum (edge sites, read scaling, a safe
     /// catch-up before `cairn store cluster promote`).
-    #[arg(long, requires = "join")]
+    #[arg(long, env = "CAIRN_LEARNER", requires = "join")]
     pub learner: bool,
     /// Storage quota in bytes of the store's size on disk (etcd's --quota-backend-bytes;
     /// 0 = none). A write that would go over it raises the NOSPACE alarm: every member

@@ -350,7 +350,11 @@ mod tests {
         assert!(r.text.contains("scheduler active on 1\n"), "{}", r.text);
         assert!(r.text.contains("executors 2\n"), "{}", r.text);
         assert!(r.text.contains("3.0 MiB"), "{}", r.text);
-        let row3 = r.text.lines().find(|l| l.starts_with("3 ")).unwrap();
+        let row3 = r
+            .text
+            .lines()
+            .find(|l| l.starts_with("3 "))
+            .expect("a row for node 3");
         assert!(row3.contains(" 1 "), "lag of 1 entry: {row3}");
     }
 

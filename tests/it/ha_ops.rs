@@ -99,7 +99,7 @@ async fn after_quorum_loss_the_survivor_is_recovered_others_rejoin_and_runs_go_o
     let out = run(recover, Duration::from_secs(120));
     let stdout = out.stdout.clone();
     let stderr = out.stderr.clone();
-    assert!((out.code == 0), "recover failed: {stdout}{stderr}");
+    assert!(out.code == 0, "recover failed: {stdout}{stderr}");
     assert!(stderr.contains("WARNING"), "a loud warning: {stderr}");
     assert!(stdout.contains("recovered node"), "{stdout}");
     assert_eq!(
@@ -113,7 +113,7 @@ async fn after_quorum_loss_the_survivor_is_recovered_others_rejoin_and_runs_go_o
     let mut recover = cairn(["store", "recover", "--data-dir"]);
     recover.arg(&empty);
     let out = run(recover, Duration::from_secs(60));
-    assert!(!(out.code == 0));
+    assert!(out.code != 0);
     assert!(
         out.stderr.clone().contains("holds no cluster"),
         "{}",
@@ -261,7 +261,7 @@ async fn a_learner_joins_replicates_serves_reads_and_is_promoted() {
         ]),
         Duration::from_secs(90),
     );
-    assert!((out.code == 0), "{}", out.stderr.clone());
+    assert!(out.code == 0, "{}", out.stderr.clone());
     let members = cluster.client().member_list().await.unwrap().members;
     assert!(members.iter().all(|m| !m.is_learner), "{members:?}");
     let out = run(
@@ -277,7 +277,7 @@ async fn a_learner_joins_replicates_serves_reads_and_is_promoted() {
         ]),
         Duration::from_secs(60),
     );
-    assert!(!(out.code == 0));
+    assert!(out.code != 0);
     assert!(
         out.stderr.clone().contains("already a voter"),
         "{}",
@@ -309,7 +309,7 @@ async fn a_node_speaking_another_peer_protocol_is_refused_with_a_clear_message()
     bumped(&mut join);
     let out = crate::support::cli::run(join, Duration::from_secs(60));
     let err = out.stderr.clone();
-    assert!(!(out.code == 0), "{err}");
+    assert!(out.code != 0, "{err}");
     assert!(err.contains("incompatible peer"), "{err}");
     assert!(err.contains("peer protocol 999"), "{err}");
 
@@ -328,7 +328,7 @@ async fn a_node_speaking_another_peer_protocol_is_refused_with_a_clear_message()
     bumped(&mut restart);
     let out = crate::support::cli::run(restart, Duration::from_secs(60));
     let err = out.stderr.clone();
-    assert!(!(out.code == 0), "{err}");
+    assert!(out.code != 0, "{err}");
     assert!(err.contains("incompatible peer"), "{err}");
 
     // Nothing was corrupted: the cluster serves, the member comes back on its build.
