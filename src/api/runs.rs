@@ -187,6 +187,10 @@ async fn respond(
     Ok((resp, run.mod_revision))
 }
 
+/// The reason a queued or running run gives while no node's scheduler holds the lock.
+pub const NO_SCHEDULER: &str =
+    "no scheduler is active (a node is taking over, or every node is in maintenance)";
+
 async fn pending(
     dm: &Datamanager,
     run: &Run,
@@ -214,6 +218,9 @@ async fn pending(
         }
         RunPhase::Running => {}
         _ => return Ok(None),
+    }
+    if !dm.scheduler_held().await? {
+        reasons.run = Some(NO_SCHEDULER.to_string());
     }
     let ets: BTreeMap<_, _> = dm
         .executor_tasks_of_run(run)

@@ -175,7 +175,7 @@ async fn list(client: &RunClient, q: &ListRunsQuery, output: Output) -> anyhow::
                 r.name.clone(),
                 r.group.clone(),
                 r.phase.as_str().to_string(),
-                term.result_word(r.result.as_str()),
+                term.result_word(outcome(r.phase, r.result)),
                 took,
             ]
         })
@@ -190,6 +190,16 @@ async fn list(client: &RunClient, q: &ListRunsQuery, output: Output) -> anyhow::
     Ok(0)
 }
 
+/// The result word of a run as listed: `-` while it is undecided and the run is not
+/// finished (a queued or running run is not "unknown", it is not done yet).
+pub fn outcome(phase: RunPhase, result: RunResult) -> &'static str {
+    if result == RunResult::Unknown && !phase.is_finished() {
+        "-"
+    } else {
+        result.as_str()
+    }
+}
+
 /// `cairn runs show RUN`: the run, why it waits, its setup errors and a table of its
 /// tasks in level order.
 async fn show(client: &RunClient, run: &str, output: Output) -> anyhow::Result<u8> {
@@ -199,14 +209,19 @@ async fn show(client: &RunClient, run: &str, output: Output) -> anyhow::Result<u
         return Ok(0);
     }
     let mut term = Terminal::new();
+    let result = outcome(r.run.phase, r.run.result);
     outln!(
-        "run {} #{} {} in {}: {} {}",
+        "run {} #{} {} in {}: {}{}",
         r.run.id,
         r.run.counter,
         r.run.name,
         r.run.group,
         r.run.phase.as_str(),
-        term.result_word(r.run.result.as_str())
+        if result == "-" {
+            String::new()
+        } else {
+            format!(" {}", term.result_word(result))
+        }
     )?;
     if let Some(why) = r.pending.as_ref().and_then(|p| p.run.clone()) {
         outln!("waiting: {why}")?;
@@ -364,5 +379,20 @@ async fn wait_step_started(
             return Ok(false);
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_undecided_run_that_is_not_finished_shows_no_result_word() {
+        assert_eq!(outcome(RunPhase::Running, RunResult::Unknown), "-");
+        assert_eq!(outcome(RunPhase::Queued, RunResult::Unknown), "-");
+        // A failure is known before the run finishes (a task failed, others run on).
+        assert_eq!(outcome(RunPhase::Running, RunResult::Failed), "failed");
+        assert_eq!(outcome(RunPhase::Finished, RunResult::Success), "success");
+        assert_eq!(outcome(RunPhase::Cancelled, RunResult::Unknown), "unknown");
     }
 }

@@ -218,6 +218,22 @@ impl Datamanager {
             .next())
     }
 
+    /// Whether some node's scheduler holds (or is queued for) the scheduler lock: its
+    /// lock prefix has a key. No key: no scheduler is active (every node in maintenance,
+    /// or the holder's session just ended and no other has taken over yet).
+    pub async fn scheduler_held(&self) -> Result<bool, DmError> {
+        let ctx = self.ctx();
+        let mut req = store::RangeRequest::new(store::KeyRange::prefix(
+            keys::SCHEDULER_LOCK.as_bytes().to_vec(),
+        ));
+        req.count_only = true;
+        let resp = ctx
+            .read(self.kv.range(req))
+            .await
+            .map_err(|e| Self::kv_error(&ctx, "reading the scheduler lock", e))?;
+        Ok(resp.count > 0)
+    }
+
     /// Running runs under exactly this group (at most `limit`).
     pub async fn running_in(&self, group: &str, limit: usize) -> Result<Vec<String>, DmError> {
         self.index_page(group, Selector::Phase(RunPhase::Running), None, true, limit)

@@ -342,3 +342,78 @@ async fn a_node_speaking_another_peer_protocol_is_refused_with_a_clear_message()
     })
     .await;
 }
+
+/// A run of two chained tasks whose steps write `start` and `end` lines to a marker
+/// file per task under `marks`, named by `mark`: a task that ran twice has two lines of
+/// each.
+fn marked_pipeline(marks: &std::path::Path, mark: &str) -> String {
+    let step = |task: &str| {
+        let file = marks.join(format!("{mark}-{task}"));
+        format!(
+            "echo start >> {f}; sleep 1; echo end >> {f}",
+            f = file.display()
+        )
+    };
+    format!(
+        r#"runs:
+  - name: ci
+    tasks:
+      - name: a
+        runtime: {{ containers: [ {{ image: busybox }} ] }}
+        steps: [ {{ run: "{a}" }} ]
+      - name: b
+        runtime: {{ containers: [ {{ image: busybox }} ] }}
+        steps: [ {{ run: "{b}" }} ]
+        depends: [ a ]
+"#,
+        a = step("a"),
+        b = step("b"),
+    )
+}
+
+/// Rolling restart: each node in turn is stopped cleanly (SIGTERM) and started again
+/// while runs flow through two standalone executors. Every run succeeds and every task
+/// ran exactly once (its marker file has one start and one end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_under_load_fails_no_run_and_runs_no_task_twice() {
+    let mut cluster = ServiceCluster::start_sharing_objects(3);
+    let dir = tempfile::tempdir().unwrap();
+    let marks = dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let urls = cluster.urls().join(",");
+    let _ex1 = ExecutorProc::start(&urls, &dir.path().join("ex1"), &[]);
+    let _ex2 = ExecutorProc::start(&urls, &dir.path().join("ex2"), &[]);
+    let client = cluster.client();
+    let mut runs = Vec::new();
+    let mut next = 0;
+    let mut submit = async |runs: &mut Vec<(String, String)>, n: usize| {
+        for _ in 0..n {
+            let mark = format!("m{next}");
+            next += 1;
+            let id = create(&client, GROUP, &marked_pipeline(&marks, &mark))
+                .await
+                .run
+                .id;
+            runs.push((id, mark));
+        }
+    };
+    submit(&mut runs, 4).await;
+    for i in 0..3 {
+        assert!(
+            cluster.nodes[i].terminate(Duration::from_secs(30)),
+            "node {i} did not stop on SIGTERM"
+        );
+        submit(&mut runs, 2).await;
+        cluster.nodes[i].restart();
+        cluster.leader(LONG).await;
+        submit(&mut runs, 2).await;
+    }
+    for (id, mark) in &runs {
+        let run = wait_finished(&client, id).await;
+        assert_eq!(run.run.result, RunResult::Success, "run {id}");
+        for task in ["a", "b"] {
+            let lines = std::fs::read_to_string(marks.join(format!("{mark}-{task}"))).unwrap();
+            assert_eq!(lines, "start\nend\n", "run {id} task {task} ran once");
+        }
+    }
+}

@@ -87,27 +87,41 @@ async fn a_run_created_from_a_config_reads_back_as_created() {
         Some("main")
     );
 
-    // `GET /runs/{id}`: the same run and config, with why it waits (no scheduler here).
-    let reply = api
-        .call(
-            Method::GET,
-            &format!("/runs/{}", made.run.id),
-            Some(ADMIN),
-            None,
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-    let got: RunResponse = reply.parse();
-    assert_eq!(got.run, made.run);
-    assert_eq!(got.run_config, made.run_config);
-    assert_eq!(
-        got.pending,
+    // `GET /runs/{id}`: the same run and config, with why it waits: no scheduler here.
+    let get = || async {
+        let reply = api
+            .call(
+                Method::GET,
+                &format!("/runs/{}", made.run.id),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        reply.parse::<RunResponse>()
+    };
+    let waiting = |why: &str| {
         Some(PendingReasons {
-            run: Some("queued; starting as soon as the scheduler sees it".into()),
+            run: Some(why.into()),
             tasks: [("a", "run is queued"), ("b", "run is queued")]
                 .map(|(t, why)| (t.to_string(), why.to_string()))
                 .into(),
         })
+    };
+    let got = get().await;
+    assert_eq!(got.run, made.run);
+    assert_eq!(got.run_config, made.run_config);
+    assert_eq!(got.pending, waiting(crate::api::runs::NO_SCHEDULER));
+    // Once a scheduler holds the lock, the run waits for it to see the run.
+    let holder = format!("{}7f", crate::datamanager::keys::SCHEDULER_LOCK);
+    api.dm()
+        .kv()
+        .put(store::PutRequest::new(holder, ""))
+        .await
+        .unwrap();
+    assert_eq!(
+        get().await.pending,
+        waiting("queued; starting as soon as the scheduler sees it")
     );
 
     // Listed, alone.

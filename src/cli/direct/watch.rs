@@ -405,15 +405,13 @@ fn summary(term: &mut Terminal, r: &RunResponse, rows: &[TaskRow]) {
         _ => String::new(),
     };
     let result = match r.run.phase {
-        RunPhase::Cancelled => "cancelled",
-        _ => r.run.result.as_str(),
+        RunPhase::Cancelled => term.result_word("cancelled"),
+        // Left while the run goes on (detached, or the server gone): say so, never
+        // "unknown".
+        phase if !phase.is_finished() => format!("still {}", phase.as_str()),
+        _ => term.result_word(r.run.result.as_str()),
     };
-    let _ = outln!(
-        "\nrun {} #{}: {}{total}",
-        r.run.id,
-        r.run.counter,
-        term.result_word(result)
-    );
+    let _ = outln!("\nrun {} #{}: {result}{total}", r.run.id, r.run.counter);
 }
 
 /// Prints one task's step logs, in order, each from its start to its end.

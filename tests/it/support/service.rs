@@ -141,6 +141,13 @@ impl ServiceProc {
         false
     }
 
+    /// SIGTERM (a clean stop), then waits up to `timeout` for the process to exit;
+    /// whether it did (then it can be restarted).
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        self.signal("-TERM");
+        self.wait_exit(timeout)
+    }
+
     /// SIGSTOP: the process freezes (its sockets stay open) until [`ServiceProc::resume`].
     pub fn pause(&self) {
         self.signal("-STOP");
