@@ -118,7 +118,7 @@ async fn a_run_created_from_a_config_reads_back_as_created() {
         .kv()
         .put(store::PutRequest::new(holder, ""))
         .await
-        .unwrap();
+        .expect("a lock key");
     assert_eq!(
         get().await.pending,
         waiting("queued; starting as soon as the scheduler sees it")
