@@ -309,6 +309,22 @@ impl Kv {
     }
 
     /// Revokes a lease, deleting its keys in one revision.
+    /// Whether the node at `addr` refuses a connection (its process is gone): a peer
+    /// status request that fails as unreachable within `timeout`. A node that answers, or
+    /// does not answer in time, is not refusing.
+    pub async fn peer_refuses(&self, addr: &str, timeout: Duration) -> bool {
+        let target = NodeAddr {
+            addr: addr.to_string(),
+        };
+        matches!(
+            self.n
+                .transport
+                .send(&target, crate::rpc::PeerRequest::Status, timeout)
+                .await,
+            Err(crate::network::TransportError::Unreachable(_))
+        )
+    }
+
     pub async fn lease_revoke(&self, id: i64) -> Result<i64, KvError> {
         match self.propose(Command::LeaseRevoke { id }).await? {
             CommandResult::LeaseRevoke { revision } => Ok(revision),

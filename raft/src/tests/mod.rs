@@ -9,6 +9,7 @@ mod cluster;
 mod harness;
 mod learners;
 mod lease_checkpoint;
+mod lock_preemption;
 mod snapshot_memory;
 mod snapshot_transfer;
 mod storage_suite;

@@ -1,0 +1,78 @@
+//! The fenced mutex hands a dead holder's lock on at once: the next in line probes the
+//! holder's node and, when it refuses connections, revokes the holder's session instead
+//! of waiting out its lease. A live holder is never preempted.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use store::{PutRequest, RequestOp};
+
+use super::harness::{Cluster, WAIT, fast_timing};
+use crate::concurrency::{Mutex, Session};
+use crate::error::KvError;
+use crate::kv::Ctx;
+
+/// Far longer than [`WAIT`]: a lock that moves within `WAIT` did not wait for the lease.
+const LONG_TTL: i64 = 600;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_holders_lock_moves_on_long_before_its_lease_would_end() {
+    let c = Cluster::start(3, fast_timing()).await;
+    let l = c.wait_leader(&c.all(), WAIT).await;
+    let (a, b) = ((l + 1) % 3, (l + 2) % 3);
+    let s1 = Session::new(&c.kv(a), LONG_TTL).await.unwrap();
+    let s2 = Session::new(&c.kv(b), LONG_TTL).await.unwrap();
+    let ctx = Ctx::timeout(WAIT * 3);
+    let f1 = Mutex::new("locks/sched").lock(&ctx, &s1).await.unwrap();
+    let second = tokio::spawn(async move {
+        let f2 = Mutex::new("locks/sched").lock(&ctx, &s2).await;
+        (f2, s2)
+    });
+
+    // The holder's process dies: its node refuses every connection from now on.
+    c.crash(a).await;
+    let (f2, s2) = tokio::time::timeout(WAIT * 2, second)
+        .await
+        .expect("the lock moved on before the holder's 600 s lease ended")
+        .unwrap();
+    let f2 = f2.unwrap();
+    assert!(f2.token > f1.token);
+    // The dead holder's fence is void: a write it had queued is refused.
+    let stale = vec![RequestOp::Put(PutRequest::new("guarded", "stale"))];
+    match c.kv(l).txn_if_lock_held(&f1, vec![], stale).await {
+        Err(KvError::LockLost { token, .. }) => assert_eq!(token, f1.token),
+        other => panic!("a write fenced by the dead holder's lock: {other:?}"),
+    }
+    drop(s1);
+    s2.close().await.unwrap();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_holder_keeps_its_lock_while_others_wait() {
+    let c = Cluster::start(3, fast_timing()).await;
+    let l = c.wait_leader(&c.all(), WAIT).await;
+    let (a, b) = ((l + 1) % 3, (l + 2) % 3);
+    let s1 = Session::new(&c.kv(a), LONG_TTL).await.unwrap();
+    let s2 = Session::new(&c.kv(b), LONG_TTL).await.unwrap();
+    let m = Mutex::new("locks/sched");
+    let ctx = Ctx::timeout(WAIT * 3);
+    let f1 = m.lock(&ctx, &s1).await.unwrap();
+    let mut second = tokio::spawn(async move {
+        let f2 = Mutex::new("locks/sched").lock(&ctx, &s2).await;
+        (f2, s2)
+    });
+    // Many probe rounds: the holder's node answers every one.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), &mut second)
+            .await
+            .is_err(),
+        "the second contender took the lock of a live holder"
+    );
+    m.unlock(&s1, &f1).await.unwrap();
+    let (f2, s2) = tokio::time::timeout(WAIT, second).await.unwrap().unwrap();
+    assert!(f2.unwrap().token > f1.token);
+    s1.close().await.unwrap();
+    s2.close().await.unwrap();
+    c.shutdown().await;
+}
