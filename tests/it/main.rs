@@ -21,6 +21,7 @@ mod lifecycle;
 mod maintenance;
 mod nospace;
 mod operations;
+mod partition;
 mod peer_reads;
 mod run_references;
 mod runs_api;
