@@ -386,14 +386,22 @@ async fn a_rolling_restart_under_load_fails_no_run_and_runs_no_task_twice() {
     let client = cluster.client();
     let mut runs = Vec::new();
     let mut next = 0;
+    // A create refused while a node stops is sent again with a new mark: a create that
+    // did land but whose answer was lost makes a run nobody checks, with marks of its own.
     let mut submit = async |runs: &mut Vec<(String, String)>, n: usize| {
         for _ in 0..n {
-            let mark = format!("m{next}");
-            next += 1;
-            let id = create(&client, GROUP, &marked_pipeline(&marks, &mark))
-                .await
-                .run
-                .id;
+            let (id, mark) = wait_for(LONG, "a run created", || {
+                let mark = format!("m{next}");
+                next += 1;
+                let req =
+                    crate::support::request::create_request(GROUP, &marked_pipeline(&marks, &mark));
+                let client = &client;
+                async move {
+                    let created = client.create_run(&req).await.ok()?;
+                    Some((created.runs.first()?.run.id.clone(), mark))
+                }
+            })
+            .await;
             runs.push((id, mark));
         }
     };
