@@ -20,6 +20,8 @@
 //!   to servers only through `cairn-client`.
 //! - [`crash_point`]: points where the kill -9 tests make the process abort.
 //! - [`log_limit`]: openraft's repeated warnings and errors, rate-limited.
+//! - [`metrics`]: the node's Prometheus metrics (event counters and histograms, gauges
+//!   read at the scrape), served as `GET /metrics` by `api::metrics`.
 //! - [`mode_switch`]: each node's maintenance switch, [`mode_switch::ModeSwitch`] (follows
 //!   the store's maintenance key; the scheduler stops while it is on).
 
@@ -32,6 +34,7 @@ pub mod datamanager;
 pub mod executor;
 pub mod history;
 pub mod log_limit;
+pub mod metrics;
 pub mod mode_switch;
 pub mod runservice;
 pub mod scheduler;

@@ -206,6 +206,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cluster_token: peer_token,
         streams: cairn::api::streams::StreamCaps::default(),
         net: args.net.serve_net(),
+        // The bare store serves no /metrics.
+        http_metrics: None,
     };
     let server = StoreServer::start(opts).await?;
     // One line on stdout, so scripts and tests learn the bound address and identity.

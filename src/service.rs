@@ -449,6 +449,9 @@ impl Service {
             .with_context(|| format!("opening the archive index {}", index_path.display()))?;
         let (publisher, indexed) = crate::history::IndexedRevision::channel();
         let record_cache = crate::history::RecordCache::new(crate::history::cache::DEFAULT_BUDGET);
+        // One registry per node, handed to what counts (HTTP, scheduler, log appends).
+        let metrics = crate::metrics::Metrics::new();
+        let api_metrics = metrics.clone();
         let store_opts = StoreOptions {
             data_dir: opts.data_dir.clone(),
             listen: opts.listen,
@@ -467,6 +470,7 @@ impl Service {
             client_token: Some(token.clone()),
             streams: crate::api::streams::StreamCaps::new(opts.streams),
             net: opts.net.clone(),
+            http_metrics: Some(metrics.http().clone()),
         };
         let streams = store_opts.streams.clone();
         let export_key: Arc<[u8]> =
@@ -506,9 +510,16 @@ impl Service {
                 pull_request_refs: pull_request_refs.clone(),
                 streams: streams.clone(),
                 export_key: export_key.clone(),
+                metrics: api_metrics.clone(),
             };
             let auth = crate::api::auth::Authenticator::new(&api_token, state.dm.clone());
-            crate::api::v1::router(state, auth)
+            let scrapes = crate::api::metrics::router(
+                node.clone(),
+                state.dm.clone(),
+                api_metrics,
+                auth.clone(),
+            );
+            crate::api::v1::router(state, auth).merge(scrapes)
         })
         .await?;
         let follower = crate::history::IndexFollower::spawn(
@@ -530,6 +541,7 @@ impl Service {
                 mode: mode_rx,
                 quiet: quiet_tx,
             },
+            metrics.scheduler().clone(),
             CancellationToken::new(),
         );
         let agent = match start_executor(&opts, &store, in_process_executor.as_deref()).await {

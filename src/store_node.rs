@@ -48,6 +48,8 @@ pub struct StoreOptions {
     pub streams: crate::api::streams::StreamCaps,
     /// Connection limits and TLS of the HTTP port.
     pub net: ServeNet,
+    /// Every request of the port is counted here (`None`: not counted).
+    pub http_metrics: Option<crate::metrics::HttpMetrics>,
 }
 
 /// How the HTTP port accepts and keeps connections.
@@ -236,13 +238,16 @@ impl StoreServer {
             .await
             .with_context(|| format!("opening data dir {}", opts.data_dir.display()))?;
         node.set_quota_bytes(opts.quota_bytes);
-        let app = extra(&node).merge(crate::api::server::router(
+        let mut app = extra(&node).merge(crate::api::server::router(
             node.clone(),
             &opts.cluster_token,
             opts.client_token.clone(),
             opts.streams.clone(),
             protocol,
         ));
+        if let Some(m) = &opts.http_metrics {
+            app = crate::api::metrics::tracked(app, m.clone());
+        }
         let shutdown = CancellationToken::new();
         let cap = connection_cap(opts.net.max_connections, raise_nofile_limit());
         tracing::info!(

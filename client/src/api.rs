@@ -261,6 +261,8 @@ pub enum TokenRole {
     ReadOnly,
     /// Only registers executors (exchanged for a per-executor credential).
     Registration,
+    /// Only reads `GET /metrics` (a Prometheus scraper).
+    Metrics,
 }
 
 impl TokenRole {
@@ -270,6 +272,7 @@ impl TokenRole {
             TokenRole::User => "user",
             TokenRole::ReadOnly => "read-only",
             TokenRole::Registration => "registration",
+            TokenRole::Metrics => "metrics",
         }
     }
 
@@ -279,6 +282,7 @@ impl TokenRole {
             "user" => Some(TokenRole::User),
             "read-only" | "readonly" | "read" => Some(TokenRole::ReadOnly),
             "registration" | "executor" => Some(TokenRole::Registration),
+            "metrics" => Some(TokenRole::Metrics),
             _ => None,
         }
     }

@@ -13,6 +13,7 @@
 //! - [`kv`]: the [`Kv`] client handle with etcd's API (linearizable reads, forwarding);
 //!   [`concurrency`]: sessions and a fenced mutex. [`backup`]: snapshot save and restore.
 //! - [`alarms`]: the storage quota and etcd's `NOSPACE` alarm (raise, refuse, disarm).
+//! - [`stats`]: a node's counters and duration histograms (plain atomics, no metrics format).
 
 // openraft's storage traits fix `StorageError` (224 bytes) as the error type; boxing it
 // at every private helper would only add allocations on the error path.
@@ -34,6 +35,7 @@ pub mod snapshot_file;
 pub mod snapshot_intake;
 pub mod space;
 pub mod state_machine;
+pub mod stats;
 pub mod timing;
 pub mod types;
 

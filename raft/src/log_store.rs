@@ -43,11 +43,21 @@ fn write_err(subject: ErrorSubject<u64>, e: impl std::fmt::Display) -> StorageEr
 #[derive(Clone)]
 pub struct LogStore {
     engine: Arc<dyn Engine>,
+    stats: Arc<crate::stats::RaftStats>,
 }
 
 impl LogStore {
     pub fn new(engine: Arc<dyn Engine>) -> Self {
-        Self { engine }
+        Self {
+            engine,
+            stats: Arc::default(),
+        }
+    }
+
+    /// Times its synced writes into `stats`.
+    pub fn with_stats(mut self, stats: Arc<crate::stats::RaftStats>) -> Self {
+        self.stats = stats;
+        self
     }
 
     fn meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -63,10 +73,13 @@ impl LogStore {
         subject: ErrorSubject<u64>,
     ) -> Result<(), StorageError> {
         let engine = self.engine.clone();
+        let started = std::time::Instant::now();
         tokio::task::spawn_blocking(move || engine.write(batch, Durability::Sync))
             .await
             .map_err(|e| write_err(subject.clone(), e))?
-            .map_err(|e| write_err(subject, e))
+            .map_err(|e| write_err(subject, e))?;
+        self.stats.fsync.observe(started.elapsed());
+        Ok(())
     }
 
     fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {

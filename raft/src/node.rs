@@ -32,6 +32,7 @@ use crate::proposer::{ProposerHandle, proposer_loop};
 use crate::rpc::{JoinResponse, NodeStatus, PeerRequest, PeerResponse};
 use crate::snapshot_intake::SnapshotIntake;
 use crate::state_machine::StateMachine;
+use crate::stats::RaftStats;
 use crate::timing::Timing;
 use crate::types::{NodeAddr, NodeId, Raft, RaftMetrics, decode, encode};
 
@@ -70,6 +71,8 @@ pub(crate) struct NodeInner {
     pub(crate) quota_bytes: AtomicU64,
     /// Set once the engine failed a write for lack of space (`crate::space`).
     pub(crate) disk_full: Arc<std::sync::atomic::AtomicBool>,
+    /// Counters and durations for the binary's metrics.
+    stats: Arc<RaftStats>,
 }
 
 /// A running replica. Clones share it.
@@ -111,9 +114,11 @@ impl Node {
             None => 0,
         };
         let mvcc = Arc::new(Mvcc::open(engine.clone())?);
+        let stats = Arc::new(RaftStats::default());
         let sm = StateMachine::open(mvcc.clone(), cfg.data_dir.join("snapshot"))
-            .map_err(NodeError::raft)?;
-        let log = LogStore::new(engine.clone());
+            .map_err(NodeError::raft)?
+            .with_stats(stats.clone());
+        let log = LogStore::new(engine.clone()).with_stats(stats.clone());
         let config = Arc::new(
             cfg.timing
                 .raft_config("cairn")
@@ -142,6 +147,7 @@ impl Node {
             tasks: std::sync::Mutex::new(Vec::new()),
             quota_bytes: AtomicU64::new(0),
             disk_full,
+            stats: stats.clone(),
         });
         let node = Node { inner };
         node.spawn(
@@ -150,7 +156,12 @@ impl Node {
                 node.inner.raft.clone(),
                 proposals,
                 cfg.timing.request_timeout,
+                stats.clone(),
             ),
+        );
+        node.spawn(
+            "leader-changes",
+            count_leader_changes(node.inner.raft.clone(), stats),
         );
         let inner = node.inner.clone();
         node.spawn(
@@ -230,6 +241,12 @@ impl Node {
 
     pub fn raft(&self) -> &Raft {
         &self.inner.raft
+    }
+
+    /// This node's counters (failed proposals, leader changes, fsync and apply
+    /// durations, snapshots built); openraft's own metrics are [`Node::raft`]'s.
+    pub fn stats(&self) -> &RaftStats {
+        &self.inner.stats
     }
 
     pub fn mvcc(&self) -> &Arc<Mvcc> {
@@ -1100,6 +1117,24 @@ async fn compaction_loop(inner: Arc<NodeInner>) {
                 break;
             }
         }
+    }
+}
+
+/// Counts every leader this node learns of (etcd's `leader_changes_seen`): openraft's
+/// `current_leader` becoming a node other than the one before (none, during an election,
+/// is not counted; the same leader again after one is).
+async fn count_leader_changes(raft: crate::types::Raft, stats: Arc<RaftStats>) {
+    let mut metrics = raft.metrics();
+    let mut last = metrics.borrow_and_update().current_leader;
+    if last.is_some() {
+        RaftStats::add(&stats.leader_changes, 1);
+    }
+    while metrics.changed().await.is_ok() {
+        let now = metrics.borrow_and_update().current_leader;
+        if now.is_some() && now != last {
+            RaftStats::add(&stats.leader_changes, 1);
+        }
+        last = now;
     }
 }
 

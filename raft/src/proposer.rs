@@ -60,7 +60,12 @@ impl ProposerHandle {
 
 /// Gathers queued writes into groups and proposes them, at most [`MAX_IN_FLIGHT`] at a time.
 /// Owned by the node; in-flight proposals end with it.
-pub(crate) async fn proposer_loop(raft: Raft, mut rx: mpsc::Receiver<Proposal>, timeout: Duration) {
+pub(crate) async fn proposer_loop(
+    raft: Raft,
+    mut rx: mpsc::Receiver<Proposal>,
+    timeout: Duration,
+    stats: Arc<crate::stats::RaftStats>,
+) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut in_flight = JoinSet::new();
     loop {
@@ -77,8 +82,9 @@ pub(crate) async fn proposer_loop(raft: Raft, mut rx: mpsc::Receiver<Proposal>, 
             }
         }
         let raft = raft.clone();
+        let stats = stats.clone();
         in_flight.spawn(async move {
-            submit(&raft, group, timeout).await;
+            submit(&raft, group, timeout, &stats).await;
             drop(slot);
         });
         while in_flight.try_join_next().is_some() {}
@@ -99,7 +105,12 @@ fn write_error(e: RaftError<u64, ClientWriteError<u64, crate::types::NodeAddr>>)
     }
 }
 
-async fn submit(raft: &Raft, group: Vec<Proposal>, timeout: Duration) {
+async fn submit(
+    raft: &Raft,
+    group: Vec<Proposal>,
+    timeout: Duration,
+    stats: &crate::stats::RaftStats,
+) {
     let (mut cmds, replies): (Vec<Command>, Vec<_>) =
         group.into_iter().map(|p| (p.cmd, p.reply)).unzip();
     let batched = cmds.len() > 1;
@@ -135,6 +146,7 @@ async fn submit(raft: &Raft, group: Vec<Proposal>, timeout: Duration) {
             }
         }
         Err(e) => {
+            crate::stats::RaftStats::add(&stats.proposals_failed, replies.len() as u64);
             for reply in replies {
                 let _ = reply.send(Err(e.clone()));
             }

@@ -65,6 +65,7 @@ pub struct StateMachine {
     membership: StoredMembership,
     snapshot_dir: PathBuf,
     snapshot_seq: u64,
+    stats: Arc<crate::stats::RaftStats>,
 }
 
 impl StateMachine {
@@ -79,7 +80,14 @@ impl StateMachine {
             membership,
             snapshot_dir,
             snapshot_seq: 0,
+            stats: Arc::default(),
         })
+    }
+
+    /// Times its applies and counts the snapshots it builds into `stats`.
+    pub fn with_stats(mut self, stats: Arc<crate::stats::RaftStats>) -> Self {
+        self.stats = stats;
+        self
     }
 
     pub fn mvcc(&self) -> &Arc<Mvcc> {
@@ -268,6 +276,7 @@ pub struct SnapshotBuilder {
     /// The fixed state, or why it could not be taken (then building fails).
     data: Result<StateSnapshot, String>,
     sm_dir: PathBuf,
+    stats: Arc<crate::stats::RaftStats>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -299,6 +308,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let current = open_snapshot(&self.sm_dir.join("current"))
             .await?
             .ok_or_else(|| snap_err(ErrorVerb::Read, "the saved snapshot is gone"))?;
+        use crate::stats::RaftStats;
+        RaftStats::add(&self.stats.snapshots_built, 1);
+        if let Ok(m) = current.snapshot.metadata().await {
+            self.stats
+                .last_snapshot_bytes
+                .store(m.len(), std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(Snapshot {
             meta,
             snapshot: current.snapshot,
@@ -335,10 +351,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let mvcc = self.mvcc.clone();
         let extra = pointers(&self.applied, &self.membership);
-        tokio::task::spawn_blocking(move || mvcc.apply(commands, extra))
+        let started = std::time::Instant::now();
+        let results = tokio::task::spawn_blocking(move || mvcc.apply(commands, extra))
             .await
             .map_err(|e| sm_err(ErrorVerb::Write, e))?
-            .map_err(|e| sm_err(ErrorVerb::Write, e))
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        self.stats.apply.observe(started.elapsed());
+        Ok(results)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -367,6 +386,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta,
             data: taken,
             sm_dir: self.snapshot_dir.clone(),
+            stats: self.stats.clone(),
         }
     }
 

@@ -9,6 +9,7 @@
 //! | read-only | `cairn token create --role read-only` | `GET` of runs, logs, executors, cluster |
 //! | registration | `cairn token create --role registration` | `POST /executors/{id}` once, for its credential |
 //! | executor | issued at registration, bound to one executor id | its own registration, tasks, logs, status, archives; archives, caches and sources of its tasks' runs |
+//! | metrics | `cairn token create --role metrics` | `GET /metrics` only (admin may read it too) |
 //!
 //! The peer secret is not an API credential: it is accepted only on `/raft/rpc`, and
 //! none of the above is accepted there.
@@ -61,6 +62,8 @@ pub enum Caller {
     User,
     ReadOnly,
     Registration,
+    /// A scraper: `GET /metrics` only.
+    Metrics,
     /// An executor, by its own credential.
     Executor(String),
 }
@@ -72,6 +75,7 @@ impl Caller {
             TokenRole::User => Caller::User,
             TokenRole::ReadOnly => Caller::ReadOnly,
             TokenRole::Registration => Caller::Registration,
+            TokenRole::Metrics => Caller::Metrics,
         }
     }
 
@@ -93,6 +97,7 @@ impl Caller {
             Caller::User => "a user token".into(),
             Caller::ReadOnly => "a read-only token".into(),
             Caller::Registration => "a registration token".into(),
+            Caller::Metrics => "a metrics token".into(),
             Caller::Executor(id) => format!("executor {id}'s credential"),
         }
     }
@@ -113,6 +118,8 @@ pub enum Need<'a> {
     Executor(&'a str),
     /// Any executor; the handler checks the blob is of one of its tasks' runs.
     ExecutorBlobs,
+    /// `GET /metrics` (outside `/api/v1`, so never the result of [`need`]).
+    Metrics,
 }
 
 /// What `method path` (relative to `/api/v1`) needs; pure. An unknown route needs only
@@ -147,6 +154,7 @@ pub fn permits(caller: &Caller, need: &Need<'_>) -> bool {
         (Caller::Registration, Need::Register(_)) => true,
         (Caller::Executor(me), Need::Register(id) | Need::Executor(id)) => me == id,
         (Caller::Executor(_), Need::ExecutorBlobs) => true,
+        (Caller::Metrics, Need::Metrics) => true,
         _ => false,
     }
 }
@@ -358,5 +366,14 @@ mod tests {
         assert!(permits(&Caller::Registration, &Need::Register("e9")));
         assert!(!permits(&Caller::Registration, &Need::Read));
         assert!(permits(&Caller::Admin, &Need::Admin));
+        // A scraper reads /metrics and nothing else; of the others, only the admin does.
+        assert!(permits(&Caller::Metrics, &Need::Metrics));
+        assert!(permits(&Caller::Admin, &Need::Metrics));
+        for need in [Need::Read, Need::Write, Need::Admin, Need::ExecutorBlobs] {
+            assert!(!permits(&Caller::Metrics, &need), "{need:?}");
+        }
+        for other in [Caller::User, Caller::ReadOnly, Caller::Registration, ex] {
+            assert!(!permits(&other, &Need::Metrics), "{other:?}");
+        }
     }
 }

@@ -174,10 +174,12 @@ pub async fn append_log(
     let body = read_limited(body, MAX_LOG_CHUNK_BYTES).await?;
     let log = LogId { task_id, step };
     if !body.is_empty() {
+        let bytes = body.len() as u64;
         st.logs
             .append(&log, p.offset, body)
             .await
             .map_err(log_failure)?;
+        st.metrics.log_appended(bytes);
     }
     if p.end {
         // The step's log is complete: archive it now (one object; followers switch to it

@@ -10,6 +10,8 @@
 //! - [`streams`]: per-credential and global caps on watches, SSE streams, log follows
 //!   and long polls.
 //! - [`forward`]: run reads answered by a peer while this node's archive index is behind.
+//! - [`metrics`]: `GET /metrics` (metrics or admin token) and the request-counting
+//!   middleware of the whole port.
 
 pub mod auth;
 pub mod blobs;
@@ -19,6 +21,7 @@ pub mod etcd;
 pub mod executors;
 pub mod forward;
 pub mod maintenance;
+pub mod metrics;
 pub mod peer;
 pub mod run_watch;
 pub mod runs;

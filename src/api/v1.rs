@@ -54,6 +54,8 @@ pub struct ApiState {
     pub streams: super::streams::StreamCaps,
     /// The HMAC key of exports (derived from the admin secret).
     pub export_key: Arc<[u8]>,
+    /// The node's metrics (log bytes appended are counted here).
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Whether `method path` (relative to `/api/v1`) answers in maintenance mode: the

@@ -11,7 +11,8 @@ use super::args::{Connection, Output, ServerArgs};
 pub enum TokenCommand {
     /// Make a token and print it (only this once).
     Create {
-        /// admin, user (runs), read-only (GET only) or registration (executors).
+        /// admin, user (runs), read-only (GET only), registration (executors) or metrics
+        /// (`GET /metrics` only).
         #[arg(long)]
         role: String,
         /// A name to recognize it by in `cairn token list`.
@@ -27,7 +28,7 @@ pub enum TokenCommand {
 pub async fn token(cmd: TokenCommand, args: ServerArgs) -> anyhow::Result<u8> {
     let role = match &cmd {
         TokenCommand::Create { role, .. } => Some(TokenRole::parse(role).ok_or_else(|| {
-            anyhow!("unknown role {role:?} (admin, user, read-only or registration)")
+            anyhow!("unknown role {role:?} (admin, user, read-only, registration or metrics)")
         })?),
         _ => None,
     };

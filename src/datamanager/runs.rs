@@ -209,6 +209,23 @@ impl Datamanager {
             .collect())
     }
 
+    /// How many runs the store holds in `phase` (every group; runs moved into segments
+    /// are not counted). Counts the root's index stream in memory without copying it:
+    /// O(runs in that phase still in the store), for `/metrics`.
+    pub async fn count_runs(&self, phase: RunPhase) -> Result<u64, DmError> {
+        let prefix = keys::index_prefix("/", Selector::Phase(phase));
+        let mut req = RangeRequest::new(KeyRange::prefix(prefix.into_bytes()));
+        // A limit with keys only takes the store's fast path: the rest is counted, not copied.
+        req.limit = 1;
+        req.keys_only = true;
+        let ctx = self.ctx();
+        let resp = ctx
+            .read(self.kv().range(req))
+            .await
+            .map_err(|e| Self::kv_error(&ctx, "counting runs", e))?;
+        Ok(u64::try_from(resp.count).unwrap_or(0))
+    }
+
     /// The oldest queued run of exactly this group, if any.
     pub async fn first_queued(&self, group: &str) -> Result<Option<String>, DmError> {
         Ok(self

@@ -119,6 +119,7 @@ impl Scheduler {
         config: SchedulerConfig,
         active: Arc<AtomicBool>,
         signals: ModeSignals,
+        metrics: crate::metrics::SchedulerMetrics,
         cancel: CancellationToken,
     ) -> Scheduler {
         let core = SchedulerTask {
@@ -126,6 +127,7 @@ impl Scheduler {
             logs,
             blobs,
             config,
+            metrics,
             active: active.clone(),
             mode: signals.mode,
             quiet: signals.quiet,
@@ -165,6 +167,8 @@ struct SchedulerTask {
     logs: LogStore,
     blobs: crate::datamanager::blobs::Blobs,
     config: SchedulerConfig,
+    /// Hand-out latency, waiting tasks, runs ended.
+    metrics: crate::metrics::SchedulerMetrics,
     active: Arc<AtomicBool>,
     /// The node's maintenance mode: while on, this node's scheduler stops and does not
     /// compete.
@@ -248,6 +252,7 @@ impl SchedulerTask {
             r = self.background(&dm) => r,
         };
         self.active.store(false, Ordering::Relaxed);
+        self.metrics.set_waiting(0);
         // Revoking the session's lease deletes the lock key on it: the next contender
         // holds the lock at once (bounded: without a quorum, the lease's TTL ends it).
         let _ = session.close().await;

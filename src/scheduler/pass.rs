@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use cairn_client::executor::ExecutorTask;
 use cairn_client::run::{Run, RunPhase};
@@ -25,12 +26,48 @@ pub(super) struct PassState {
     /// [`MAX_CONFIGS`]). heaptrack at 20k runs made through the scheduler found this map at
     /// its old cap of 4,096 configs (~12 MB of decoded configs of long-finished runs).
     configs: HashMap<String, Arc<RunConfig>>,
+    /// When a pass first found each (run, task) ready and not yet handed out: the start
+    /// of its hand-out latency (on a takeover, the new scheduler's first pass).
+    ready_since: BTreeMap<(String, String), Instant>,
 }
 
 /// The most run configs [`PassState`] keeps (cleared when full).
 const MAX_CONFIGS: usize = 1024;
+/// The most ready tasks [`PassState`] times (cleared when full: a bound, never reached
+/// in practice, as entries go at hand-out and when their run ends).
+const MAX_READY: usize = 100_000;
 
 impl PassState {
+    /// `to_run` of run `run_id` are ready now: start their clocks (those already
+    /// running keep theirs).
+    fn note_ready(&mut self, run_id: &str, to_run: &[String], now: Instant) {
+        if self.ready_since.len() + to_run.len() > MAX_READY {
+            self.ready_since.clear();
+        }
+        for task in to_run {
+            self.ready_since
+                .entry((run_id.to_string(), task.clone()))
+                .or_insert(now);
+        }
+    }
+
+    /// How long `task` of `run_id` waited since it was noted ready; forgets it.
+    fn handed(&mut self, run_id: &str, task: &str, now: Instant) -> Option<Duration> {
+        self.ready_since
+            .remove(&(run_id.to_string(), task.to_string()))
+            .map(|t| now.saturating_duration_since(t))
+    }
+
+    /// Forgets the ready tasks of a run that will hand out no more.
+    fn forget_run(&mut self, run_id: &str) {
+        self.ready_since.retain(|(r, _), _| r != run_id);
+    }
+
+    /// Ready tasks not handed out yet.
+    pub fn waiting(&self) -> usize {
+        self.ready_since.len()
+    }
+
     async fn config(&mut self, dm: &Datamanager, id: &str) -> Result<Arc<RunConfig>, DmError> {
         if let Some(c) = self.configs.get(id) {
             return Ok(c.clone());
@@ -143,6 +180,9 @@ impl SchedulerTask {
             dm.update_run(&prev, &run).await?;
             if run.phase.is_finished() && !prev.value.phase.is_finished() {
                 state.groups_to_check.insert(run.group.clone());
+                let took = run_time(&run);
+                self.metrics
+                    .run_finished(run.phase.as_str(), run.result.as_str(), took);
             }
             if run.archived {
                 tracing::debug!(run_id = %id, "run archived");
@@ -175,8 +215,12 @@ impl SchedulerTask {
 
         state.waiting_for_executor.remove(id);
         if !to_run.is_empty() && run.phase == RunPhase::Running {
+            state.note_ready(id, &to_run, Instant::now());
             self.hand_out(dm, state, &run, &config, &to_run).await?;
+        } else if run.phase != RunPhase::Running {
+            state.forget_run(id);
         }
+        self.metrics.set_waiting(state.waiting());
         // A failed task changes the run's result: advance it again at once.
         Ok(!done_ets.is_empty() || !failed.is_empty())
     }
@@ -204,6 +248,9 @@ impl SchedulerTask {
                         u32::try_from(t.lost_attempts.len()).unwrap_or(u32::MAX)
                     });
                     if dm.create_executor_task(&et).await? {
+                        if let Some(waited) = state.handed(run_id, task_id, Instant::now()) {
+                            self.metrics.handed_out(waited);
+                        }
                         *assigned.entry(executor_id.clone()).or_default() += 1;
                         tracing::debug!(run_id, task_id = %task_id, executor_id = %executor_id, "task handed out");
                     }
@@ -243,4 +290,10 @@ impl SchedulerTask {
         }
         Ok(())
     }
+}
+
+/// How long a run ran: start to end, `None` if it never started; pure.
+fn run_time(run: &Run) -> Option<Duration> {
+    let (start, end) = (run.start_time?, run.end_time?);
+    (end - start).to_std().ok()
 }

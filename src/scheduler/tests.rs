@@ -48,6 +48,7 @@ fn spawn_with(kv: Kv, blobs: Blobs, maintenance: bool, config: SchedulerConfig) 
             mode: mode_rx,
             quiet: quiet_tx,
         },
+        Default::default(),
         CancellationToken::new(),
     );
     Running {

@@ -119,6 +119,7 @@ impl Api {
             pull_request_refs: crate::runservice::reference::PullRequestRefs::agola_default(),
             streams: Default::default(),
             export_key: Arc::from(&b"the-export-key-of-the-api-tests"[..]),
+            metrics: Default::default(),
         };
         let auth = Authenticator::new(ADMIN, state.dm.clone());
         Api {
