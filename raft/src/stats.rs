@@ -10,8 +10,8 @@ use std::time::Duration;
 /// The upper bounds, in seconds, of [`DurationHistogram`]'s buckets (an overflow bucket
 /// follows): 100 µs to ~6.5 s, doubling.
 pub const DURATION_BOUNDS: [f64; 17] = [
-    0.0001, 0.0002, 0.0004, 0.0008, 0.0016, 0.0032, 0.0064, 0.0128, 0.0256, 0.0512, 0.1024,
-    0.2048, 0.4096, 0.8192, 1.6384, 3.2768, 6.5536,
+    0.0001, 0.0002, 0.0004, 0.0008, 0.0016, 0.0032, 0.0064, 0.0128, 0.0256, 0.0512, 0.1024, 0.2048,
+    0.4096, 0.8192, 1.6384, 3.2768, 6.5536,
 ];
 
 /// A histogram of durations over fixed buckets, lock-free.

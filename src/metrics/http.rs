@@ -1,6 +1,7 @@
 //! HTTP requests by route template, method and status, with their latency. The route
-//! is the router's template (`/api/v1/runs/{id}`), never the raw path, so a client
-//! cannot grow the label set; requests no route matched share `unmatched`.
+//! is the router's template, never the raw path, so a client cannot grow the label set;
+//! requests no route matched share `unmatched`. Parameters are written `:id` rather than
+//! axum's `{id}` (braces in label values trip up simple parsers of the text format).
 
 use std::time::Duration;
 
@@ -36,6 +37,28 @@ pub fn method_label(method: &str) -> &'static str {
         .unwrap_or("other")
 }
 
+/// The label of a route template: `/runs/{id}` → `/runs/:id`, `/{*rest}` → `/*rest`;
+/// pure.
+pub fn route_label(template: &str) -> String {
+    let mut out = String::with_capacity(template.len());
+    for seg in template.split_inclusive('/') {
+        let (body, slash) = match seg.strip_suffix('/') {
+            Some(b) => (b, "/"),
+            None => (seg, ""),
+        };
+        match body.strip_prefix('{').and_then(|b| b.strip_suffix('}')) {
+            Some(name) if name.starts_with('*') => out.push_str(name),
+            Some(name) => {
+                out.push(':');
+                out.push_str(name);
+            }
+            None => out.push_str(body),
+        }
+        out.push_str(slash);
+    }
+    out
+}
+
 impl HttpMetrics {
     pub(super) fn register(registry: &mut Registry) -> HttpMetrics {
         let m = HttpMetrics {
@@ -58,7 +81,7 @@ impl HttpMetrics {
     /// One request answered: `route` is the matched route template (`None`: no route).
     pub fn observe(&self, method: &str, route: Option<&str>, status: u16, took: Duration) {
         let method = method_label(method).to_string();
-        let route = route.unwrap_or("unmatched").to_string();
+        let route = route.map_or_else(|| "unmatched".to_string(), route_label);
         self.requests
             .get_or_create(&[
                 ("method", method.clone()),
@@ -82,5 +105,16 @@ mod tests {
         assert_eq!(method_label("delete"), "delete");
         assert_eq!(method_label("PROPFIND"), "other");
         assert_eq!(method_label(""), "other");
+    }
+
+    #[test]
+    fn route_parameters_are_written_with_a_colon() {
+        assert_eq!(
+            route_label("/api/v1/executors/{id}/tasks/{task_id}/status"),
+            "/api/v1/executors/:id/tasks/:task_id/status"
+        );
+        assert_eq!(route_label("/metrics"), "/metrics");
+        assert_eq!(route_label("/a/{*rest}"), "/a/*rest");
+        assert_eq!(route_label("/"), "/");
     }
 }

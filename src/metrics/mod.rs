@@ -115,10 +115,7 @@ mod tests {
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let (name, kind) = rest.split_once(' ').expect("a name and a type");
-                assert!(
-                    ["counter", "gauge", "histogram"].contains(&kind),
-                    "{line}"
-                );
+                assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
                 typed.insert(name.to_string());
             } else if !line.starts_with("# HELP ") {
                 let name = line.split(['{', ' ']).next().expect("a name");
@@ -132,10 +129,17 @@ mod tests {
     #[test]
     fn the_exposition_is_prometheus_text_with_conventional_names() {
         let m = Metrics::new();
-        m.http().observe("GET", Some("/api/v1/runs/{id}"), 200, Duration::from_millis(3));
-        m.http().observe("BREW", None, 404, Duration::from_millis(1));
+        m.http().observe(
+            "GET",
+            Some("/api/v1/runs/{id}"),
+            200,
+            Duration::from_millis(3),
+        );
+        m.http()
+            .observe("BREW", None, 404, Duration::from_millis(1));
         m.scheduler().handed_out(Duration::from_millis(20));
-        m.scheduler().run_finished("finished", "success", Some(Duration::from_secs(5)));
+        m.scheduler()
+            .run_finished("finished", "success", Some(Duration::from_secs(5)));
         m.log_appended(42);
         let text = m.encode(scrape::tests::sample());
         let (typed, samples) = families(&text);
@@ -146,22 +150,30 @@ mod tests {
                 .unwrap_or(s);
             assert!(typed.contains(family), "{s} has no # TYPE");
         }
-        for counter in typed.iter().filter(|f| {
-            text.contains(&format!("# TYPE {f} counter"))
-        }) {
+        for counter in typed
+            .iter()
+            .filter(|f| text.contains(&format!("# TYPE {f} counter")))
+        {
             assert!(counter.ends_with("_total"), "{counter}");
         }
         assert!(text.contains(
-            "cairn_http_requests_total{method=\"get\",route=\"/api/v1/runs/{id}\",status=\"200\"} 1"
+            "cairn_http_requests_total{method=\"get\",route=\"/api/v1/runs/:id\",status=\"200\"} 1"
         ), "{text}");
-        assert!(text.contains(
-            "cairn_http_requests_total{method=\"other\",route=\"unmatched\",status=\"404\"} 1"
-        ), "{text}");
+        assert!(
+            text.contains(
+                "cairn_http_requests_total{method=\"other\",route=\"unmatched\",status=\"404\"} 1"
+            ),
+            "{text}"
+        );
         assert!(text.contains("cairn_log_bytes_total 42"), "{text}");
-        assert!(text.contains("cairn_scheduler_handout_latency_seconds_count 1"), "{text}");
-        assert!(text.contains(
-            "cairn_runs_finished_total{phase=\"finished\",result=\"success\"} 1"
-        ), "{text}");
+        assert!(
+            text.contains("cairn_scheduler_handout_latency_seconds_count 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cairn_runs_finished_total{phase=\"finished\",result=\"success\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("cairn_raft_term 3"), "{text}");
         let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
             .expect("parses");

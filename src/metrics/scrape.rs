@@ -209,12 +209,42 @@ impl Collector for Scrape {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let r = &self.raft;
         let e = &mut enc;
-        gauge(e, "cairn_raft_term", "The node's current Raft term", int(r.term))?;
-        gauge(e, "cairn_raft_is_leader", "1 if this node is the Raft leader", i64::from(r.is_leader))?;
-        gauge(e, "cairn_raft_has_leader", "1 if this node knows a Raft leader", i64::from(r.has_leader))?;
-        gauge(e, "cairn_raft_last_log_index", "Index of the node's last Raft log entry", int(r.last_log_index))?;
-        gauge(e, "cairn_raft_applied_index", "Index of the last entry applied to the node's state machine", int(r.applied_index))?;
-        gauge(e, "cairn_raft_snapshot_index", "Last log index of the node's current snapshot", int(r.snapshot_index))?;
+        gauge(
+            e,
+            "cairn_raft_term",
+            "The node's current Raft term",
+            int(r.term),
+        )?;
+        gauge(
+            e,
+            "cairn_raft_is_leader",
+            "1 if this node is the Raft leader",
+            i64::from(r.is_leader),
+        )?;
+        gauge(
+            e,
+            "cairn_raft_has_leader",
+            "1 if this node knows a Raft leader",
+            i64::from(r.has_leader),
+        )?;
+        gauge(
+            e,
+            "cairn_raft_last_log_index",
+            "Index of the node's last Raft log entry",
+            int(r.last_log_index),
+        )?;
+        gauge(
+            e,
+            "cairn_raft_applied_index",
+            "Index of the last entry applied to the node's state machine",
+            int(r.applied_index),
+        )?;
+        gauge(
+            e,
+            "cairn_raft_snapshot_index",
+            "Last log index of the node's current snapshot",
+            int(r.snapshot_index),
+        )?;
         labelled_gauges(
             e,
             "cairn_raft_members",
@@ -222,15 +252,60 @@ impl Collector for Scrape {
             "role",
             [("voter", r.voters), ("learner", r.learners)],
         )?;
-        counter(e, "cairn_raft_leader_changes_seen", "Times this node saw a new Raft leader", r.leader_changes)?;
-        counter(e, "cairn_raft_proposals_failed", "Writes whose Raft proposal failed (not leader, timed out, stopped)", r.proposals_failed)?;
-        histogram(e, "cairn_raft_fsync_duration_seconds", "Synced writes of the Raft log and vote", &r.fsync)?;
-        histogram(e, "cairn_raft_apply_duration_seconds", "Applies of committed entries to the state machine, per batch", &r.apply)?;
-        counter(e, "cairn_raft_snapshots_built", "Snapshots this node built", r.snapshots_built)?;
-        gauge(e, "cairn_raft_snapshot_size_bytes", "Size of the snapshot this node built last (0: none since start)", int(r.last_snapshot_bytes))?;
-        gauge(e, "cairn_store_revision", "The store's current revision on this node", r.revision)?;
-        gauge(e, "cairn_store_watchers", "Open watches of this node's store", int(r.watchers))?;
-        gauge(e, "cairn_metrics_store_up", "1 if this scrape could read the store", i64::from(self.store.is_some()))?;
+        counter(
+            e,
+            "cairn_raft_leader_changes_seen",
+            "Times this node saw a new Raft leader",
+            r.leader_changes,
+        )?;
+        counter(
+            e,
+            "cairn_raft_proposals_failed",
+            "Writes whose Raft proposal failed (not leader, timed out, stopped)",
+            r.proposals_failed,
+        )?;
+        histogram(
+            e,
+            "cairn_raft_fsync_duration_seconds",
+            "Synced writes of the Raft log and vote",
+            &r.fsync,
+        )?;
+        histogram(
+            e,
+            "cairn_raft_apply_duration_seconds",
+            "Applies of committed entries to the state machine, per batch",
+            &r.apply,
+        )?;
+        counter(
+            e,
+            "cairn_raft_snapshots_built",
+            "Snapshots this node built",
+            r.snapshots_built,
+        )?;
+        gauge(
+            e,
+            "cairn_raft_snapshot_size_bytes",
+            "Size of the snapshot this node built last (0: none since start)",
+            int(r.last_snapshot_bytes),
+        )?;
+        gauge(
+            e,
+            "cairn_store_revision",
+            "The store's current revision on this node",
+            r.revision,
+        )?;
+        gauge(
+            e,
+            "cairn_store_watchers",
+            "Open watches of this node's store",
+            int(r.watchers),
+        )?;
+        gauge(
+            e,
+            "cairn_metrics_store_up",
+            "1 if this scrape could read the store",
+            i64::from(self.store.is_some()),
+        )?;
         let Some(s) = &self.store else {
             return Ok(());
         };
@@ -248,7 +323,12 @@ impl Collector for Scrape {
             "phase",
             s.tasks_by_phase.iter().map(|(p, n)| (p.as_str(), *n)),
         )?;
-        gauge(e, "cairn_executors", "Registered executors", s.executors.len() as i64)?;
+        gauge(
+            e,
+            "cairn_executors",
+            "Registered executors",
+            s.executors.len() as i64,
+        )?;
         labelled_gauges(
             e,
             "cairn_executor_active_tasks",

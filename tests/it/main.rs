@@ -19,6 +19,7 @@ mod ha_ops;
 mod leases;
 mod lifecycle;
 mod maintenance;
+mod metrics;
 mod nospace;
 mod operations;
 mod partition;
