@@ -112,6 +112,10 @@ pub struct ModeSignals {
 impl Scheduler {
     /// Starts the scheduler task: it competes for the lock and, once it holds it,
     /// schedules until `cancel` fires or the lock is lost (then competes again).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "what the composition root hands the scheduler, each once; a struct would only rename them"
+    )]
     pub fn spawn(
         kv: Kv,
         logs: LogStore,
