@@ -5,6 +5,7 @@
 mod support;
 
 mod archive;
+mod chaos;
 mod cli;
 mod cli_embedded;
 mod cli_run;

@@ -253,7 +253,7 @@ impl Certs {
         self.dir.join(file).display().to_string()
     }
 
-    fn ca(&self) -> String {
+    pub(crate) fn ca(&self) -> String {
         self.path("ca.pem")
     }
 

@@ -67,13 +67,29 @@ impl ServiceProc {
         join: Option<&str>,
         extra: &[&str],
     ) -> ServiceProc {
+        ServiceProc::start_with_env(data_dir, port, init, join, extra, &[])
+    }
+
+    /// Like [`ServiceProc::start_with`] with extra environment variables (kept on
+    /// restart; `CAIRN_LOG` among them replaces the harness's).
+    pub fn start_with_env(
+        data_dir: &Path,
+        port: u16,
+        init: bool,
+        join: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> ServiceProc {
         let mut p = ServiceProc {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             port,
             data_dir: data_dir.to_path_buf(),
             url: format!("http://127.0.0.1:{port}"),
             executor: false,
-            env: Vec::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
         };
         p.spawn(init, join);
@@ -234,6 +250,8 @@ pub struct ExecutorProc {
     pub id: String,
     pub data_dir: PathBuf,
     server: String,
+    /// The token it starts with (a registration token, or the admin one).
+    token: String,
     extra: Vec<String>,
     child: Option<Child>,
 }
@@ -242,10 +260,22 @@ impl ExecutorProc {
     /// Starts an executor of `server` with extra `cairn executor` arguments (kept on
     /// restart).
     pub fn start(server: &str, data_dir: &Path, extra: &[&str]) -> ExecutorProc {
+        ExecutorProc::start_with_token(server, data_dir, TOKEN, extra)
+    }
+
+    /// [`ExecutorProc::start`] with `token` (e.g. a registration token) instead of the
+    /// admin token.
+    pub fn start_with_token(
+        server: &str,
+        data_dir: &Path,
+        token: &str,
+        extra: &[&str],
+    ) -> ExecutorProc {
         let mut p = ExecutorProc {
             id: String::new(),
             data_dir: data_dir.to_path_buf(),
             server: server.to_string(),
+            token: token.to_string(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
@@ -255,7 +285,7 @@ impl ExecutorProc {
 
     fn spawn(&mut self) {
         let mut cmd = Command::new(cairn_bin());
-        cmd.args(["executor", "--server", &self.server, "--token", TOKEN])
+        cmd.args(["executor", "--server", &self.server, "--token", &self.token])
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.extra)
