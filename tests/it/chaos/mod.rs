@@ -27,11 +27,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_client::api::ListRunsQuery;
+use cairn_client::api::{ListRunsQuery, RunResponse};
 use cairn_client::run::{RunPhase, RunResult};
 use cairn_client::{LogStep, RunClient};
 
-use crate::support::runs::{step_log, task_id, wait_run_within};
+use crate::support::runs::{step_log, task_id};
 
 use faults::Applied;
 use markers::{STEP_SCRIPT, TaskMarks};
@@ -66,6 +66,63 @@ async fn runs_of(client: &RunClient, group: &str) -> Vec<String> {
     }
 }
 
+/// Polls every run of `ids` until all are finished or `within` has passed; the last
+/// state of each.
+async fn drain(
+    client: &RunClient,
+    ids: &[String],
+    within: Duration,
+) -> BTreeMap<String, RunResponse> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut last: BTreeMap<String, RunResponse> = BTreeMap::new();
+    loop {
+        for id in ids {
+            if last
+                .get(id)
+                .is_some_and(|r| r.run.phase == RunPhase::Finished)
+            {
+                continue;
+            }
+            if let Ok(r) = client.run(id).await {
+                last.insert(id.clone(), r);
+            }
+        }
+        let done = ids.iter().all(|id| {
+            last.get(id)
+                .is_some_and(|r| r.run.phase == RunPhase::Finished)
+        });
+        if done || tokio::time::Instant::now() > deadline {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A run's phase, result and each task's status, lost attempts and failure.
+fn summary(r: &RunResponse) -> String {
+    let tasks: Vec<String> = r
+        .run_config
+        .tasks
+        .values()
+        .map(|t| {
+            let rt = &r.run.tasks[&t.id];
+            format!(
+                "{} {}: {:?} steps {:?} lost {:?} {:?}",
+                t.name,
+                t.id,
+                rt.status,
+                rt.steps.iter().map(|s| s.phase).collect::<Vec<_>>(),
+                rt.lost_attempts,
+                rt.fail_error
+            )
+        })
+        .collect();
+    format!(
+        "{} {:?} {:?}: {tasks:#?}",
+        r.run.id, r.run.phase, r.run.result
+    )
+}
+
 /// The faults in effect at some point of `[from, to]` (a node's fault counted until it
 /// has been healed for 5 s: a restarted node rejoins, a thawed one steps down).
 fn faults_during(applied: &[Applied], from: Duration, to: Duration) -> Vec<String> {
@@ -90,6 +147,13 @@ async fn runs_succeed_once_each_through_kills_and_freezes_of_nodes_and_executors
     let runs = knob("CAIRN_CHAOS_RUNS", 30) as usize;
     let span = Duration::from_secs(knob("CAIRN_CHAOS_SECS", 40));
     let plan = schedule::plan(seed, span);
+    let began = tokio::time::Instant::now();
+    let phase = |name: &str| {
+        println!(
+            "chaos phase {name} at {:.1}s",
+            began.elapsed().as_secs_f64()
+        )
+    };
 
     let dir = tempfile::tempdir().unwrap();
     let marks = dir.path().join("marks");
@@ -104,6 +168,7 @@ async fn runs_succeed_once_each_through_kills_and_freezes_of_nodes_and_executors
             .collect(),
     );
     faults::wait_whole(&monitor, Duration::ZERO).await;
+    phase("cluster up");
 
     let group = format!("/project/chaos{seed}/branch/main");
     let load = Arc::new(Load {
@@ -117,7 +182,9 @@ async fn runs_succeed_once_each_through_kills_and_freezes_of_nodes_and_executors
     let clock = monitor.start;
     let submitting = tokio::spawn(load.run(client.clone(), clock, Duration::from_secs(180)));
     let applied = faults::drive(&mut rig, &monitor, &plan).await;
+    phase("faults over");
     let attempts: Vec<Attempt> = submitting.await.expect("the clients");
+    phase("creates acknowledged");
 
     // Every acknowledged create is a run, and every run of the group succeeds.
     let acked: Vec<String> = attempts
@@ -125,40 +192,28 @@ async fn runs_succeed_once_each_through_kills_and_freezes_of_nodes_and_executors
         .filter_map(|a| a.outcome.as_ref().ok().cloned())
         .collect();
     assert_eq!(acked.len(), runs, "one acknowledged create per run");
-    let drain = Duration::from_secs(300);
-    let mut finished = BTreeMap::new();
-    for id in &acked {
-        let done = wait_run_within(drain, &client, id, "finished", |r| {
-            r.run.phase == RunPhase::Finished
-        })
-        .await;
-        finished.insert(id.clone(), done);
-    }
-    let all = runs_of(&client, &group).await;
-    for id in &all {
-        if !finished.contains_key(id) {
-            let done = wait_run_within(drain, &client, id, "finished", |r| {
-                r.run.phase == RunPhase::Finished
-            })
-            .await;
-            finished.insert(id.clone(), done);
-        }
-    }
+    let mut ids = runs_of(&client, &group).await;
+    let all = ids.clone();
+    ids.extend(acked.iter().filter(|id| !all.contains(id)).cloned());
+    let finished = drain(&client, &ids, Duration::from_secs(240)).await;
     let rounds = monitor.stop().await;
-    for id in &acked {
-        assert!(all.contains(id), "acknowledged run {id} is not listed");
-    }
+    phase("every run finished");
+    let unlisted: Vec<&String> = acked.iter().filter(|id| !all.contains(id)).collect();
+    let unknown: Vec<&String> = ids
+        .iter()
+        .filter(|id| !finished.contains_key(*id))
+        .collect();
     let failed: Vec<String> = finished
         .values()
         .filter(|r| r.run.result != RunResult::Success)
-        .map(|r| format!("{} {:?}: {:?}", r.run.id, r.run.result, r.run.tasks))
+        .map(summary)
         .collect();
 
     // Markers: each task's marker step completed once, never beside a live attempt.
     let task_names = submit::task_names();
     let mut violations = Vec::new();
     let mut lost = 0;
-    for id in &all {
+    for id in &ids {
         for task in &task_names {
             let m = TaskMarks::read(&marks, id, task);
             lost += m.lost();
@@ -186,6 +241,8 @@ async fn runs_succeed_once_each_through_kills_and_freezes_of_nodes_and_executors
         }
     }
 
+    phase("checked");
+
     // Measured: client failures, scheduler overlaps, takeovers.
     let client_failures: Vec<String> = attempts
         .iter()
@@ -201,10 +258,16 @@ async fn runs_succeed_once_each_through_kills_and_freezes_of_nodes_and_executors
         })
         .collect();
     let overlaps = monitor::overlaps(&rounds);
+    // A takeover of a frozen holder counts only if it happened while it was frozen.
     let takeovers: Vec<(FaultKind, Option<Duration>)> = applied
         .iter()
         .filter(|f| f.hit_holder)
-        .map(|f| (f.kind, monitor::takeover(&rounds, f.victim, f.injected)))
+        .map(|f| {
+            let took = monitor::takeover(&rounds, f.victim, f.injected);
+            let frozen = matches!(f.kind, FaultKind::FreezeNode(_));
+            let took = took.filter(|t| !frozen || f.injected + *t <= f.healed);
+            (f.kind, took)
+        })
         .collect();
     let retried: usize = finished
         .values()
@@ -242,7 +305,7 @@ async fn runs_succeed_once_each_through_kills_and_freezes_of_nodes_and_executors
         "chaos result seed={seed} runs={} acked={} succeeded={} faults={} lost_attempts={} \
          retried_tasks={retried} double_executions={} bad_logs={} client_failures={} \
          scheduler_overlap_rounds={} holder_kills={} takeover_max_ms={} takeover_mean_ms={}",
-        all.len(),
+        ids.len(),
         acked.len(),
         finished.len() - failed.len(),
         applied.len(),
@@ -260,6 +323,10 @@ async fn runs_succeed_once_each_through_kills_and_freezes_of_nodes_and_executors
         },
     );
 
+    assert!(
+        unlisted.is_empty() && unknown.is_empty(),
+        "seed {seed}: acknowledged runs not listed {unlisted:?}, runs never read {unknown:?}"
+    );
     assert!(
         failed.is_empty(),
         "seed {seed}: runs that did not succeed: {failed:#?}"

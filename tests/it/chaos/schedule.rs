@@ -45,29 +45,35 @@ pub const NODES: usize = 3;
 pub const EXECUTORS: usize = 2;
 
 /// The faults of `seed` whose pauses and holds add up to at most `span`: a pause of
-/// 0.5–1.5 s, then a node kill (the scheduler holder, the leader or a random node), a
-/// node freeze or an executor kill, held 1–3 s (so about one fault every 3 s).
+/// 0.5–1.5 s, then a node kill held 1–3 s (the scheduler holder, the leader or a random
+/// node), a node freeze held 1–8 s or an executor kill held 0.5–3 s (about one fault
+/// every 3–4 s).
 pub fn plan(seed: u64, span: Duration) -> Vec<Fault> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut faults = Vec::new();
     let mut used = Duration::ZERO;
     loop {
         let pause = Duration::from_millis(rng.gen_range(500..=1500));
-        let hold = Duration::from_millis(rng.gen_range(1000..=3000));
-        if used + pause + hold > span {
-            return faults;
-        }
-        used += pause + hold;
         let target = match rng.gen_range(0..3) {
             0 => Target::SchedulerHolder,
             1 => Target::Leader,
             _ => Target::Node(rng.gen_range(0..NODES)),
         };
-        let kind = match rng.gen_range(0..10) {
-            0..=4 => FaultKind::KillNode(target),
-            5..=7 => FaultKind::FreezeNode(target),
-            _ => FaultKind::KillExecutor(rng.gen_range(0..EXECUTORS)),
+        let (kind, hold_ms) = match rng.gen_range(0..10) {
+            0..=3 => (FaultKind::KillNode(target), 1000..=3000),
+            // Up to past the scheduler's session TTL (5 s), so that a frozen holder
+            // sometimes wakes up after another node took the scheduler over.
+            4..=6 => (FaultKind::FreezeNode(target), 1000..=8000),
+            _ => (
+                FaultKind::KillExecutor(rng.gen_range(0..EXECUTORS)),
+                500..=3000,
+            ),
         };
+        let hold = Duration::from_millis(rng.gen_range(hold_ms));
+        if used + pause + hold > span {
+            return faults;
+        }
+        used += pause + hold;
         faults.push(Fault { pause, kind, hold });
     }
 }
@@ -94,7 +100,7 @@ mod tests {
         let total: Duration = a.iter().map(|f| f.pause + f.hold).sum();
         assert!(total <= span, "{total:?}");
         // About one fault every 3 s.
-        assert!((10..=20).contains(&a.len()), "{} faults", a.len());
+        assert!((8..=20).contains(&a.len()), "{} faults", a.len());
     }
 
     #[test]
