@@ -47,7 +47,7 @@ fn knob(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Every run of `group`, by id.
+/// Every run of `group` and its subgroups, by id.
 async fn runs_of(client: &RunClient, group: &str) -> Vec<String> {
     let mut ids = Vec::new();
     let mut query = ListRunsQuery {
@@ -170,9 +170,9 @@ async fn runs_succeed_once_each_through_kills_and_freezes_of_nodes_and_executors
     faults::wait_whole(&monitor, Duration::ZERO).await;
     phase("cluster up");
 
-    let group = format!("/project/chaos{seed}/branch/main");
+    let project = format!("/project/chaos{seed}");
     let load = Arc::new(Load {
-        group: group.clone(),
+        project: project.clone(),
         runs,
         clients: 4,
         window: span.mul_f64(0.9),
@@ -186,13 +186,13 @@ async fn runs_succeed_once_each_through_kills_and_freezes_of_nodes_and_executors
     let attempts: Vec<Attempt> = submitting.await.expect("the clients");
     phase("creates acknowledged");
 
-    // Every acknowledged create is a run, and every run of the group succeeds.
+    // Every acknowledged create is a run, and every run of the project succeeds.
     let acked: Vec<String> = attempts
         .iter()
         .filter_map(|a| a.outcome.as_ref().ok().cloned())
         .collect();
     assert_eq!(acked.len(), runs, "one acknowledged create per run");
-    let mut ids = runs_of(&client, &group).await;
+    let mut ids = runs_of(&client, &project).await;
     let all = ids.clone();
     ids.extend(acked.iter().filter(|id| !all.contains(id)).cloned());
     let finished = drain(&client, &ids, Duration::from_secs(240)).await;

@@ -69,6 +69,9 @@ pub fn pipeline(secs: [f64; 4]) -> String {
     )
 }
 
+/// How many run groups the runs are spread over.
+pub const BRANCHES: usize = 12;
+
 /// One create request and what came of it (times since the test's clock started).
 #[derive(Clone, Debug)]
 pub struct Attempt {
@@ -82,7 +85,9 @@ pub struct Attempt {
 
 /// What the clients do.
 pub struct Load {
-    pub group: String,
+    /// The project: run `n` goes to its branch `b<n % BRANCHES>` (one group runs one run
+    /// at a time, so the branches are how runs overlap).
+    pub project: String,
     pub runs: usize,
     pub clients: usize,
     /// The creates are spread evenly over this window.
@@ -94,7 +99,8 @@ pub struct Load {
 impl Load {
     fn request(&self, run_no: usize, try_no: usize, rng: &mut StdRng) -> CreateRunRequest {
         let secs = [(); 4].map(|_| rng.gen_range(0.2..=2.0));
-        let mut req = create_request(&self.group, &pipeline(secs));
+        let group = format!("{}/branch/b{}", self.project, run_no % BRANCHES);
+        let mut req = create_request(&group, &pipeline(secs));
         req.environment
             .insert("CHAOS_MARKS".into(), self.marks.clone());
         req.annotations
