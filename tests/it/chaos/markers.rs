@@ -1,8 +1,9 @@
 //! Executor-side markers: the step script every task of the chaos pipeline runs, and the
 //! pure check of what it wrote. Each execution of a task's marker step appends `start
-//! <run> <task> <token>` to `<marks>/<run>/<task>` before its work and `end <run> <task>
-//! <token>` after it (the token is the step's pid and the process's start time, unique on
-//! the host). An attempt killed with its executor shows as a start without an end. Before
+//! <run> <task> <token> <ns> <dir>` to `<marks>/<run>/<task>` before its work and `end
+//! <run> <task> <token> <ns>` after it (the token is the step's pid and the process's
+//! start time, unique on the host; `<ns>` the wall clock, `<dir>` its working directory,
+//! which names the executor, for the report of a violation). An attempt killed with its executor shows as a start without an end. Before
 //! it starts, an execution looks at every earlier unended attempt of the same task: if
 //! that process is still alive (same pid, same start time, not a zombie) the two run at
 //! once, and it appends `overlap <run> <task> <token> <other token>`.
@@ -21,21 +22,21 @@ me="$$-$(cut -d' ' -f22 /proc/$$/stat)"
 if [ -f "$f" ]; then
   while read -r kind run t tok rest; do
     [ "$kind" = start ] || continue
-    if grep -qx "end $run $t $tok" "$f"; then continue; fi
+    if grep -q "^end $run $t $tok " "$f"; then continue; fi
     set -- $(cat "/proc/${tok%%-*}/stat" 2>/dev/null || true)
     if [ $# -ge 22 ] && [ "$3" != Z ] && [ "${22}" = "${tok#*-}" ]; then
       echo "overlap $CAIRN_RUN_ID $task $me $tok" >> "$f"
     fi
   done < "$f"
 fi
-echo "start $CAIRN_RUN_ID $task $me" >> "$f"
+echo "start $CAIRN_RUN_ID $task $me $(date +%s%N) $PWD" >> "$f"
 echo "chaos $task begin $CAIRN_RUN_ID"
 if [ -n "$file" ]; then grep -qx "$want" "$file"; echo "chaos $task found $want"; fi
 i=1
 while [ $i -le 20 ]; do echo "chaos $task line $i"; i=$((i + 1)); done
 sleep "$secs"
 echo "chaos $task end $CAIRN_RUN_ID"
-echo "end $CAIRN_RUN_ID $task $me" >> "$f"
+echo "end $CAIRN_RUN_ID $task $me $(date +%s%N)" >> "$f"
 "#;
 
 /// The whole log of a marker step of `task` in run `run` (`found`: the line it checked).
@@ -71,10 +72,10 @@ impl TaskMarks {
         for line in text.lines() {
             let words: Vec<&str> = line.split(' ').collect();
             match words.as_slice() {
-                ["start", r, t, tok] if *r == run && *t == task => {
+                ["start", r, t, tok, ..] if *r == run && *t == task => {
                     marks.started.push(tok.to_string())
                 }
-                ["end", r, t, tok] if *r == run && *t == task => marks.ended.push(tok.to_string()),
+                ["end", r, t, tok, ..] if *r == run && *t == task => marks.ended.push(tok.to_string()),
                 ["overlap", r, t, tok, other] if *r == run && *t == task => {
                     marks.overlaps.push((tok.to_string(), other.to_string()))
                 }

@@ -167,6 +167,13 @@ async fn runs_succeed_once_each_through_kills_and_freezes_of_nodes_and_executors
             .map(|i| rig.node_client(i, Duration::from_secs(1)))
             .collect(),
     );
+    let epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    println!(
+        "chaos fault clock starts at {} ns since the epoch",
+        epoch.as_nanos()
+    );
     faults::wait_whole(&monitor, Duration::ZERO).await;
     phase("cluster up");
 
@@ -217,8 +224,14 @@ async fn runs_succeed_once_each_through_kills_and_freezes_of_nodes_and_executors
         for task in &task_names {
             let m = TaskMarks::read(&marks, id, task);
             lost += m.lost();
+            let found = m.violations();
+            if !found.is_empty() {
+                let text = std::fs::read_to_string(marks.join(id).join(task)).unwrap_or_default();
+                let run = finished.get(id).map(summary).unwrap_or_default();
+                println!("chaos violation in run {id} task {task}: markers:\n{text}run: {run}");
+            }
             violations.extend(
-                m.violations()
+                found
                     .into_iter()
                     .map(|v| format!("run {id} task {task}: {v}")),
             );
