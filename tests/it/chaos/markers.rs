@@ -52,16 +52,36 @@ pub fn expected_log(run: &str, task: &str, found: Option<&str>) -> String {
     log
 }
 
+/// One execution of a marker step, as its lines tell it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Execution {
+    pub token: String,
+    /// Wall clock of its start and end, ns since the epoch.
+    pub started_ns: u128,
+    pub ended_ns: Option<u128>,
+    /// Its working directory (under the executor's task directory).
+    pub dir: String,
+}
+
+impl Execution {
+    /// The index of the executor that ran it: `N` of the `exN-tasks` directory its
+    /// working directory is under.
+    pub fn executor(&self) -> Option<usize> {
+        self.dir
+            .split('/')
+            .find_map(|seg| seg.strip_prefix("ex")?.strip_suffix("-tasks")?.parse().ok())
+    }
+}
+
 /// What the markers of one task of one run say.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TaskMarks {
-    /// Tokens in the order their executions started.
-    pub started: Vec<String>,
-    /// Tokens of executions that ended.
-    pub ended: Vec<String>,
+    /// In the order they started.
+    pub executions: Vec<Execution>,
     /// (token, token of an earlier attempt that was still alive when it started).
     pub overlaps: Vec<(String, String)>,
-    /// Lines that are none of the above, or name another run or task.
+    /// Lines that are none of the above, name another run or task, or end an execution
+    /// that never started.
     pub malformed: Vec<String>,
 }
 
@@ -71,11 +91,22 @@ impl TaskMarks {
         let mut marks = TaskMarks::default();
         for line in text.lines() {
             let words: Vec<&str> = line.split(' ').collect();
+            let ns = |w: &str| w.parse::<u128>().ok();
             match words.as_slice() {
-                ["start", r, t, tok, ..] if *r == run && *t == task => {
-                    marks.started.push(tok.to_string())
+                ["start", r, t, tok, at, dir] if *r == run && *t == task && ns(at).is_some() => {
+                    marks.executions.push(Execution {
+                        token: tok.to_string(),
+                        started_ns: ns(at).unwrap_or_default(),
+                        ended_ns: None,
+                        dir: dir.to_string(),
+                    })
                 }
-                ["end", r, t, tok, ..] if *r == run && *t == task => marks.ended.push(tok.to_string()),
+                ["end", r, t, tok, at] if *r == run && *t == task && ns(at).is_some() => {
+                    match marks.executions.iter_mut().find(|e| e.token == *tok) {
+                        Some(e) if e.ended_ns.is_none() => e.ended_ns = ns(at),
+                        _ => marks.malformed.push(line.to_string()),
+                    }
+                }
                 ["overlap", r, t, tok, other] if *r == run && *t == task => {
                     marks.overlaps.push((tok.to_string(), other.to_string()))
                 }
@@ -93,13 +124,30 @@ impl TaskMarks {
 
     /// Attempts that started and never ended (killed with their executor).
     pub fn lost(&self) -> usize {
-        self.started.len() - self.ended.len().min(self.started.len())
+        self.executions
+            .iter()
+            .filter(|e| e.ended_ns.is_none())
+            .count()
     }
 
-    /// Why these markers are not those of a task that ran exactly once to its end
-    /// (earlier attempts killed before their end are allowed; two completed executions,
-    /// an execution after the completed one, or two alive at once are not).
-    pub fn violations(&self) -> Vec<String> {
+    /// Executions that completed and were nevertheless followed by another: the step
+    /// ended but the server never learned it (see [`TaskMarks::violations`]).
+    pub fn superseded(&self) -> Vec<&Execution> {
+        let n = self.executions.len().saturating_sub(1);
+        self.executions[..n]
+            .iter()
+            .filter(|e| e.ended_ns.is_some())
+            .collect()
+    }
+
+    /// Why these markers are not those of a task that ran to its end once, after
+    /// attempts that were lost. Allowed: earlier attempts that never ended (killed with
+    /// their executor), and an earlier attempt that completed when `unreported(it, the
+    /// next execution's start)` says the server cannot have known it completed (its
+    /// executor was killed before it could report, and the server recorded the attempt
+    /// as lost). Not allowed: two executions alive at once, a last execution that never
+    /// completed, any other completed execution followed by another.
+    pub fn violations(&self, unreported: impl Fn(&Execution, u128) -> bool) -> Vec<String> {
         let mut why = Vec::new();
         if !self.malformed.is_empty() {
             why.push(format!("malformed marker lines {:?}", self.malformed));
@@ -107,22 +155,23 @@ impl TaskMarks {
         for (tok, other) in &self.overlaps {
             why.push(format!("{tok} started while {other} was still running"));
         }
-        match self.ended.as_slice() {
-            [] => why.push(format!(
-                "no execution completed (started: {:?})",
-                self.started
-            )),
-            [done] => {
-                if !self.started.contains(done) {
-                    why.push(format!("{done} ended without a start"));
-                } else if self.started.last() != Some(done) {
-                    why.push(format!(
-                        "an execution started after {done} had completed: {:?}",
-                        self.started
-                    ));
-                }
+        match self.executions.last() {
+            None => why.push("never ran".to_string()),
+            Some(last) if last.ended_ns.is_none() => {
+                why.push(format!("its last execution {} never completed", last.token))
             }
-            many => why.push(format!("{} completed executions: {many:?}", many.len())),
+            Some(_) => {}
+        }
+        for (i, e) in self.executions.iter().enumerate() {
+            let Some(next) = self.executions.get(i + 1) else {
+                break;
+            };
+            if e.ended_ns.is_some() && !unreported(e, next.started_ns) {
+                why.push(format!(
+                    "{} completed, then {} ran the task again",
+                    e.token, next.token
+                ));
+            }
         }
         why
     }
@@ -136,39 +185,72 @@ mod tests {
         TaskMarks::parse("r1", "a", &lines.join("\n"))
     }
 
+    fn never(_: &Execution, _: u128) -> bool {
+        false
+    }
+
     #[test]
     fn one_completed_execution_after_killed_attempts_is_clean() {
-        let m = marks(&["start r1 a 10-1", "start r1 a 11-2", "end r1 a 11-2"]);
-        assert!(m.violations().is_empty(), "{:?}", m.violations());
+        let m = marks(&[
+            "start r1 a 10-1 100 /x/ex0-tasks/t/home",
+            "start r1 a 11-2 200 /x/ex1-tasks/t/home",
+            "end r1 a 11-2 300",
+        ]);
+        assert!(m.violations(never).is_empty(), "{:?}", m.violations(never));
         assert_eq!(m.lost(), 1);
+        assert_eq!(m.executions[0].executor(), Some(0));
+        assert_eq!(m.executions[1].executor(), Some(1));
     }
 
     #[test]
-    fn two_completions_a_start_after_completion_and_an_overlap_are_violations() {
+    fn a_second_completion_is_allowed_only_when_the_first_went_unreported() {
         let twice = marks(&[
-            "start r1 a 1-1",
-            "end r1 a 1-1",
-            "start r1 a 2-2",
-            "end r1 a 2-2",
+            "start r1 a 1-1 100 /x/ex1-tasks/t",
+            "end r1 a 1-1 150",
+            "start r1 a 2-2 400 /x/ex0-tasks/t",
+            "end r1 a 2-2 500",
         ]);
-        assert_eq!(twice.violations().len(), 1, "{:?}", twice.violations());
-        let again = marks(&["start r1 a 1-1", "end r1 a 1-1", "start r1 a 2-2"]);
-        assert_eq!(again.violations().len(), 1, "{:?}", again.violations());
-        let overlap = marks(&[
-            "start r1 a 1-1",
-            "overlap r1 a 2-2 1-1",
-            "start r1 a 2-2",
-            "end r1 a 2-2",
+        assert_eq!(twice.violations(never).len(), 1);
+        assert_eq!(twice.superseded().len(), 1);
+        let killed = |e: &Execution, next: u128| e.executor() == Some(1) && next == 400;
+        assert!(twice.violations(killed).is_empty());
+        let again = marks(&[
+            "start r1 a 1-1 1 /d",
+            "end r1 a 1-1 2",
+            "start r1 a 2-2 3 /d",
         ]);
-        assert_eq!(overlap.violations().len(), 1, "{:?}", overlap.violations());
+        assert_eq!(
+            again.violations(never).len(),
+            2,
+            "{:?}",
+            again.violations(never)
+        );
     }
 
     #[test]
-    fn a_missing_completion_or_another_runs_line_is_a_violation() {
-        assert_eq!(marks(&["start r1 a 1-1"]).violations().len(), 1);
-        assert_eq!(marks(&[]).violations().len(), 1);
-        let foreign = marks(&["start r2 a 1-1", "start r1 a 2-2", "end r1 a 2-2"]);
-        assert_eq!(foreign.violations().len(), 1, "{:?}", foreign.violations());
+    fn an_overlap_a_missing_completion_or_another_runs_line_is_a_violation() {
+        let overlap = marks(&[
+            "start r1 a 1-1 1 /d",
+            "overlap r1 a 2-2 1-1",
+            "start r1 a 2-2 2 /d",
+            "end r1 a 2-2 3",
+        ]);
+        assert_eq!(
+            overlap.violations(never).len(),
+            1,
+            "{:?}",
+            overlap.violations(never)
+        );
+        assert_eq!(marks(&["start r1 a 1-1 1 /d"]).violations(never).len(), 1);
+        assert_eq!(marks(&[]).violations(never).len(), 1);
+        let foreign = marks(&[
+            "start r2 a 1-1 1 /d",
+            "start r1 a 2-2 2 /d",
+            "end r1 a 2-2 3",
+        ]);
+        assert_eq!(foreign.violations(never).len(), 1);
+        let orphan_end = marks(&["start r1 a 2-2 2 /d", "end r1 a 2-2 3", "end r1 a 3-3 4"]);
+        assert_eq!(orphan_end.violations(never).len(), 1);
     }
 
     #[test]
@@ -196,12 +278,12 @@ mod tests {
             expected_log("r1", "d", Some("from-a"))
         );
         let m = TaskMarks::read(dir.path(), "r1", "d");
-        assert!(m.violations().is_empty(), "{m:?}");
+        assert!(m.violations(never).is_empty(), "{m:?}");
         // A second execution is seen as one.
         run("d");
         let m = TaskMarks::read(dir.path(), "r1", "d");
-        assert_eq!(m.ended.len(), 2);
-        assert!(!m.violations().is_empty());
+        assert_eq!(m.superseded().len(), 1);
+        assert!(!m.violations(never).is_empty());
     }
 
     #[test]

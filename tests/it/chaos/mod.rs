@@ -216,15 +216,42 @@ async fn runs_succeed_once_each_through_kills_and_freezes_of_nodes_and_executors
         .map(summary)
         .collect();
 
-    // Markers: each task's marker step completed once, never beside a live attempt.
+    // Markers: each task's marker step completed once, never beside a live attempt. A
+    // completed execution may be followed by another only if its executor was killed
+    // after it started and before the next one started, and the server recorded an
+    // attempt of that executor as lost: the step ended, but its executor died before it
+    // could report the end (at-least-once: see the report of `unreported_reruns`).
+    let executor_kills: Vec<(usize, u128)> = applied
+        .iter()
+        .filter(|f| matches!(f.kind, FaultKind::KillExecutor(_)))
+        .map(|f| (f.victim, epoch.as_nanos() + f.injected.as_nanos()))
+        .collect();
+    let executor_ids: Vec<String> = rig.executors.iter().map(|e| e.id.clone()).collect();
     let task_names = submit::task_names();
     let mut violations = Vec::new();
     let mut lost = 0;
+    let mut unreported_reruns = 0;
     for id in &ids {
         for task in &task_names {
             let m = TaskMarks::read(&marks, id, task);
             lost += m.lost();
-            let found = m.violations();
+            unreported_reruns += m.superseded().len();
+            let lost_by: Vec<String> = finished
+                .get(id)
+                .map(|r| r.run.tasks[&task_id(r, task)].lost_attempts.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|a| a.executor_id)
+                .collect();
+            let unreported = |e: &markers::Execution, next: u128| {
+                e.executor().is_some_and(|i| {
+                    executor_kills
+                        .iter()
+                        .any(|&(k, at)| k == i && e.started_ns <= at && at <= next)
+                        && lost_by.contains(&executor_ids[i])
+                })
+            };
+            let found = m.violations(unreported);
             if !found.is_empty() {
                 let text = std::fs::read_to_string(marks.join(id).join(task)).unwrap_or_default();
                 let run = finished.get(id).map(summary).unwrap_or_default();
@@ -316,7 +343,8 @@ async fn runs_succeed_once_each_through_kills_and_freezes_of_nodes_and_executors
         .collect();
     println!(
         "chaos result seed={seed} runs={} acked={} succeeded={} faults={} lost_attempts={} \
-         retried_tasks={retried} double_executions={} bad_logs={} client_failures={} \
+         retried_tasks={retried} unreported_reruns={unreported_reruns} double_executions={} \
+         bad_logs={} client_failures={} \
          scheduler_overlap_rounds={} holder_kills={} takeover_max_ms={} takeover_mean_ms={}",
         ids.len(),
         acked.len(),
