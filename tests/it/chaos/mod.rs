@@ -14,7 +14,9 @@
 //! `CAIRN_CHAOS_RUNS`, `CAIRN_CHAOS_SECS` (the fault window), `CAIRN_CHAOS_LOG` (the
 //! nodes' `CAIRN_LOG`, e.g. `info`).
 //!
-//! Partitions are not among the faults yet (the network-namespace harness is not there).
+//! Partitions are not among the faults yet: the network-namespace harness
+//! (`support/netns.rs`) places `cairn store serve` nodes; placing TLS `cairn serve` nodes
+//! (certificates for the namespace addresses) is still to do.
 
 mod faults;
 mod markers;

@@ -156,8 +156,10 @@ impl Load {
         while let Some(done) = clients.join_next().await {
             done.expect("a client task");
         }
-        let attempts = attempts.lock().unwrap().clone();
-        attempts
+        Arc::try_unwrap(attempts)
+            .expect("the clients are done")
+            .into_inner()
+            .unwrap()
     }
 }
 

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The service-level chaos figures of BENCHMARKS.md "Service chaos": the chaos test of
+# tests/it/chaos/ at full size (100 runs, 90 s of faults by default) once per seed, each
+# in its own test process; prints each seed's result line and takeovers, then the totals.
+# Usage: scripts/bench-chaos.sh [SEED ...]   (default: CAIRN_SIM_SEEDS random seeds, 5)
+# Knobs: CAIRN_CHAOS_RUNS (100), CAIRN_CHAOS_SECS (90), CARGO_TARGET_DIR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CAIRN_CHAOS_RUNS=${CAIRN_CHAOS_RUNS:-100}
+export CAIRN_CHAOS_SECS=${CAIRN_CHAOS_SECS:-90}
+seeds=("$@")
+if [ ${#seeds[@]} -eq 0 ]; then
+    for _ in $(seq "${CAIRN_SIM_SEEDS:-5}"); do seeds+=("$(od -An -N8 -tu8 /dev/urandom | tr -d ' ')"); done
+fi
+# The test binary, built once (later edits of the tree do not change a bench under way).
+bin=$(cargo test --test it --no-run 2>&1 | sed -n 's/.*Executable.*(\(.*\))$/\1/p' | tail -n 1)
+out=$(mktemp -d)
+status=0
+for seed in "${seeds[@]}"; do
+    log="$out/$seed.log"
+    if ! CAIRN_CHAOS_SEED=$seed "$bin" chaos::runs_succeed --nocapture >"$log" 2>&1; then
+        status=1
+        echo "seed $seed FAILED (log: $log)"
+        grep -A12 "panicked at" "$log" | head -20 || true
+    fi
+    grep -E '^chaos (result|takeover|client failure)' "$log" || true
+done
+echo "== totals over ${#seeds[@]} seeds (logs in $out)"
+cat "$out"/*.log | python3 -c '
+import re, sys
+results = [dict(kv.split("=", 1) for kv in l.split()[2:]) for l in sys.stdin if l.startswith("chaos result ")]
+total = lambda k: sum(int(r[k]) for r in results)
+print(f"seeds {len(results)}: runs {total(\"runs\")} acknowledged {total(\"acked\")} succeeded {total(\"succeeded\")}; "
+      f"faults {total(\"faults\")}; lost attempts {total(\"lost_attempts\")}, tasks run again {total(\"retried_tasks\")}, "
+      f"of which after an unreported completion {total(\"unreported_reruns\")}; double executions {total(\"double_executions\")}; "
+      f"incomplete logs {total(\"bad_logs\")}; client failures {total(\"client_failures\")}; "
+      f"rounds with two active schedulers {total(\"scheduler_overlap_rounds\")}")
+kills = [r for r in results if int(r["holder_kills"]) > 0]
+if kills:
+    print(f"scheduler takeover after a holder kill: {total(\"holder_kills\")} kills, max "
+          f"{max(int(r[\"takeover_max_ms\"]) for r in kills)} ms, mean of seed means "
+          f"{sum(int(r[\"takeover_mean_ms\"]) for r in kills) // len(kills)} ms")
+'
+exit $status
