@@ -67,6 +67,7 @@ pub struct BadLogStep {
 /// (`refs/pull/N/head`, `refs/merge-requests/N/head`, or the request's
 /// `pull_request_ref_regexes`) a pull-request run.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RefSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub branch: Option<String>,
@@ -79,6 +80,7 @@ pub struct RefSpec {
 /// A config file as sent by the client: its repository-relative path (for error
 /// messages and to pick the format) and its text.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConfigFile {
     pub path: String,
     pub content: String,
@@ -88,6 +90,7 @@ pub struct ConfigFile {
 /// cannot be parsed still records one run, in phase `setuperror`, whose config's
 /// `setup_errors` say why (`201` like any other; Agola's gateway does the same).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateRunRequest {
     /// `/project/<id>/branch/<b>`, `/user/<id>/branch/<b>`, …
     pub group: String,
@@ -101,6 +104,7 @@ pub struct CreateRunRequest {
     pub variables: BTreeMap<String, String>,
     /// Run-level environment (wins over task environment).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, String>))]
     pub environment: Env,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_group: Option<String>,
@@ -129,6 +133,7 @@ pub struct CreateRunRequest {
 /// The runs a `POST /api/v1/runs` created; for a config that cannot be parsed, the one run
 /// in phase `setuperror` that records why (see [`CreateRunResponse::setup_errors`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateRunResponse {
     pub runs: Vec<RunResponse>,
 }
@@ -147,12 +152,14 @@ impl CreateRunResponse {
 
 /// `POST /api/v1/runs/{id}/restart`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RestartRunRequest {
     /// Re-run every task; otherwise only failed tasks and their descendants.
     #[serde(default)]
     pub from_start: bool,
     /// Replaces the run-level environment when given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<BTreeMap<String, String>>))]
     pub environment: Option<Env>,
     /// Re-run these tasks (by name or id) and everything that depends on them, keeping
     /// the others; not with `from_start`. Empty: as `from_start` says.
@@ -162,6 +169,7 @@ pub struct RestartRunRequest {
 
 /// A run with its config and, while it waits, why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunResponse {
     pub run: Run,
     pub run_config: RunConfig,
@@ -171,6 +179,7 @@ pub struct RunResponse {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PendingReasons {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
@@ -180,6 +189,7 @@ pub struct PendingReasons {
 
 /// `GET /api/v1/runs` query.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ListRunsQuery {
     /// Group path prefix on segment boundaries (`/project/p1` matches `/project/p1/…`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -202,6 +212,7 @@ pub struct ListRunsQuery {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunsPage {
     pub runs: Vec<Run>,
     /// Cursor of the next page, absent on the last one.
@@ -210,6 +221,7 @@ pub struct RunsPage {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RunAction {
     /// Running runs: stop their tasks; result becomes stopped.
@@ -219,11 +231,13 @@ pub enum RunAction {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunActionRequest {
     pub action: RunAction,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum TaskActionRequest {
     Approve {
@@ -238,6 +252,7 @@ pub enum TaskActionRequest {
 /// `POST /api/v1/executors/{id}` reply: how long the registration lives without a
 /// heartbeat.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeartbeatResponse {
     pub lease_ttl_secs: i64,
     pub executor: Executor,
@@ -251,6 +266,7 @@ pub struct HeartbeatResponse {
 /// The role of a token made with `cairn token create` (the admin token of the data dir
 /// and the per-executor credentials are not made that way).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum TokenRole {
     /// Everything, as the data dir's token.
@@ -290,6 +306,7 @@ impl TokenRole {
 
 /// `POST /api/v1/tokens` body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateTokenRequest {
     pub role: TokenRole,
     #[serde(default)]
@@ -298,6 +315,7 @@ pub struct CreateTokenRequest {
 
 /// A stored token, without its secret.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenInfo {
     pub id: String,
     pub name: String,
@@ -307,6 +325,7 @@ pub struct TokenInfo {
 
 /// `POST /api/v1/tokens` reply: the token itself, shown only this once.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateTokenResponse {
     pub token: String,
     #[serde(flatten)]
@@ -315,6 +334,7 @@ pub struct CreateTokenResponse {
 
 /// `GET /api/v1/tokens` reply.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokensResponse {
     pub tokens: Vec<TokenInfo>,
 }
@@ -322,12 +342,14 @@ pub struct TokensResponse {
 /// `GET /api/v1/executors/{id}/tasks?after=R&wait=S`: the executor's tasks as of
 /// `revision`; a long poll returns early when one of them changes after `after`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExecutorTasksResponse {
     pub revision: i64,
     pub tasks: Vec<AssignedTask>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExecutorsResponse {
     pub executors: Vec<Executor>,
     /// Unfinished executor tasks per executor id.
@@ -336,12 +358,14 @@ pub struct ExecutorsResponse {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExecutorTaskResponse {
     pub task: ExecutorTask,
 }
 
 /// `POST /api/v1/sources`: where an uploaded working-tree snapshot was stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SourceUploadResponse {
     pub source: SourceRef,
 }
@@ -350,6 +374,7 @@ pub struct SourceUploadResponse {
 /// `cairn cluster status` asks every member for it. The fields after `revision` came
 /// later: a node that does not send them reads as their defaults.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeInfo {
     pub node_id: u64,
     pub leader_id: Option<u64>,
@@ -395,6 +420,7 @@ pub struct NodeInfo {
 
 /// A member of the store's Raft membership.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClusterMember {
     pub id: u64,
     pub addr: String,
@@ -402,14 +428,17 @@ pub struct ClusterMember {
 
 /// One node's view of maintenance mode (`GET /api/v1/maintenance`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeMode {
     pub node_id: u64,
     /// Whether this node has switched to maintenance.
     pub maintenance: bool,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub since: crate::run::Time,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MaintenanceStatus {
     /// Whether maintenance is requested (the key exists).
     pub requested: bool,
@@ -419,6 +448,7 @@ pub struct MaintenanceStatus {
 
 /// `POST /api/v1/import` reply.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImportResponse {
     pub entries: u64,
     pub runs: u64,

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// Stable error kinds; the server maps each to one HTTP status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     NotFound,
@@ -28,6 +29,7 @@ pub enum ErrorCode {
 
 /// `{code, message, details}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[error("{code:?}: {message}")]
 pub struct ApiError {
     pub code: ErrorCode,

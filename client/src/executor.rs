@@ -11,6 +11,7 @@ use crate::runconfig::{Arch, Container, Env, RegistryAuth, SourceRef, Step};
 
 /// What an executor reports about itself on registration and every heartbeat.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Executor {
     pub id: String,
     #[serde(default)]
@@ -27,6 +28,7 @@ pub struct Executor {
     pub active_tasks: u32,
     /// Stamped by the server on each heartbeat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub last_heartbeat: Option<Time>,
     /// The store lease the executor's key is attached to (set by the server).
     #[serde(default)]
@@ -36,6 +38,7 @@ pub struct Executor {
 /// The stored part of a task handed to an executor. Its id is the run task's id, so a
 /// run task is scheduled at most once.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExecutorTask {
     pub id: String,
     pub spec: ExecutorTaskSpec,
@@ -62,6 +65,7 @@ impl ExecutorTask {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExecutorTaskSpec {
     pub executor_id: String,
     pub run_id: String,
@@ -80,6 +84,7 @@ fn is_zero(n: &u32) -> bool {
 
 /// What the executor reports.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExecutorTaskStatus {
     pub phase: ExecutorTaskPhase,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -95,8 +100,10 @@ pub struct ExecutorTaskStatus {
     #[serde(default)]
     pub steps: Vec<StepStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub end_time: Option<Time>,
 }
 
@@ -119,19 +126,23 @@ impl ExecutorTaskStatus {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StepStatus {
     pub phase: ExecutorTaskPhase,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_status: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub end_time: Option<Time>,
 }
 
 /// Everything an executor needs to run a task, derived from the run and its config when
 /// the task is handed out.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExecutorTaskSpecData {
     pub task_name: String,
     pub run_id: String,
@@ -139,6 +150,7 @@ pub struct ExecutorTaskSpecData {
     pub arch: Option<Arch>,
     pub containers: Vec<Container>,
     /// Task environment overlaid by the run's static, then the run's own environment.
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, String>))]
     pub environment: Env,
     pub working_dir: String,
     pub shell: String,
@@ -163,6 +175,7 @@ pub struct ExecutorTaskSpecData {
 
 /// One workspace archive of an ancestor task.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkspaceOperation {
     pub task_id: String,
     /// Index of the save_to_workspace step in that task.
@@ -174,6 +187,7 @@ pub struct WorkspaceOperation {
 /// A task as handed to its executor: the stored part, its store revision (for status
 /// reports) and the generated spec data.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AssignedTask {
     pub task: ExecutorTask,
     pub data: ExecutorTaskSpecData,

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 pub type Time = DateTime<Utc>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum RunPhase {
     /// The config could not be turned into tasks; the run never starts.
@@ -84,6 +85,7 @@ impl std::str::FromStr for RunPhase {
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum RunResult {
     /// Not decided yet.
@@ -131,6 +133,7 @@ impl std::str::FromStr for RunResult {
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum RunTaskStatus {
     #[default]
@@ -166,6 +169,7 @@ impl RunTaskStatus {
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ExecutorTaskPhase {
     #[default]
@@ -200,6 +204,7 @@ impl ExecutorTaskPhase {
 
 /// Whether a step's log or a workspace archive has been moved to object storage.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum FetchPhase {
     #[default]
@@ -210,6 +215,7 @@ pub enum FetchPhase {
 
 /// A run: the small mutable state the scheduler advances.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Run {
     /// Sortable: later runs have greater ids.
     pub id: String,
@@ -232,10 +238,13 @@ pub struct Run {
     #[serde(default)]
     pub tasks: BTreeMap<String, RunTask>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub enqueue_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub end_time: Option<Time>,
     /// Finished and every log and archive moved to object storage.
     #[serde(default)]
@@ -266,6 +275,7 @@ pub fn root_group(group: &str) -> &str {
 
 /// The state of one task within a run.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunTask {
     pub id: String,
     pub status: RunTaskStatus,
@@ -294,8 +304,10 @@ pub struct RunTask {
     #[serde(default)]
     pub timedout: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub end_time: Option<Time>,
     /// Earlier attempts of this task lost with their executor and run again
     /// (`--retry-lost-tasks`, a task's `retry_lost_tasks`), oldest first.
@@ -306,11 +318,13 @@ pub struct RunTask {
 /// An attempt of a run task lost with its executor, after which the task ran again (its
 /// logs are discarded: the task's logs are those of its last attempt).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LostAttempt {
     pub executor_id: String,
     /// Why it was lost ("executor … is gone", "the executor restarted and lost the task").
     pub reason: String,
     /// When the scheduler gave it up and queued the task again.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub time: Time,
 }
 
@@ -338,6 +352,7 @@ impl RunTask {
 
 /// One step (or the setup) of a run task.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunTaskStep {
     pub phase: ExecutorTaskPhase,
     #[serde(default)]
@@ -345,19 +360,23 @@ pub struct RunTaskStep {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_status: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub end_time: Option<Time>,
 }
 
 /// A change of a run's phase or result, numbered by a cluster-wide sequence.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunEvent {
     pub sequence: u64,
     pub run_id: String,
     pub group: String,
     pub phase: RunPhase,
     pub result: RunResult,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub time: Time,
 }
 

@@ -10,6 +10,7 @@ pub type Env = BTreeMap<String, String>;
 
 /// Everything about a run that never changes once it is created.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunConfig {
     /// Same as the run's id.
     pub id: String,
@@ -21,9 +22,11 @@ pub struct RunConfig {
     pub annotations: BTreeMap<String, String>,
     /// Values identical across re-creations of the run (CI=true, repository data…).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, String>))]
     pub static_environment: Env,
     /// Per-run values (user variables); replaced on restart. Wins over everything.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, String>))]
     pub environment: Env,
     /// Tasks by id.
     #[serde(default)]
@@ -38,6 +41,7 @@ pub struct RunConfig {
 
 /// The code a run checks out in its `clone` steps.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SourceRef {
     /// A working-tree snapshot uploaded to the server (direct runs); `object` is its
@@ -59,6 +63,7 @@ pub const MAX_RETRY_LOST: u32 = 10;
 
 /// One task of a run config.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunConfigTask {
     /// Fresh for every creation or re-run of the task.
     pub id: String,
@@ -70,6 +75,7 @@ pub struct RunConfigTask {
     pub depends: BTreeMap<String, Depend>,
     pub runtime: Runtime,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, String>))]
     pub environment: Env,
     #[serde(default)]
     pub working_dir: String,
@@ -104,6 +110,7 @@ pub struct RunConfigTask {
 
 /// An edge of the DAG: the parent and the parent outcomes that let the child run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Depend {
     pub task_id: String,
     /// Empty means `[on_success]`.
@@ -112,6 +119,7 @@ pub struct Depend {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DependCondition {
     OnSuccess,
@@ -121,6 +129,7 @@ pub enum DependCondition {
 
 /// Where a task runs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Runtime {
     #[serde(default, rename = "type")]
     pub kind: RuntimeType,
@@ -134,6 +143,7 @@ pub struct Runtime {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RuntimeType {
     #[default]
@@ -142,6 +152,7 @@ pub enum RuntimeType {
 
 /// CPU architectures, named as Go (and Agola) name them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Arch {
     #[serde(rename = "386")]
     I386,
@@ -190,9 +201,11 @@ impl std::str::FromStr for Arch {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Container {
     pub image: String,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, String>))]
     pub environment: Env,
     #[serde(default)]
     pub user: String,
@@ -207,6 +220,7 @@ pub struct Container {
 
 /// A volume of a container: today only tmpfs, as in Agola.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Volume {
     /// The absolute path inside the container.
     pub path: String,
@@ -217,6 +231,7 @@ pub struct Volume {
 
 /// A tmpfs volume; `size_bytes` limits it (`None`: the engine's default).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TmpfsVolume {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_bytes: Option<u64>,
@@ -224,6 +239,7 @@ pub struct TmpfsVolume {
 
 /// Credentials for one registry host.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegistryAuth {
     #[serde(default, rename = "type")]
     pub kind: RegistryAuthType,
@@ -236,6 +252,7 @@ pub struct RegistryAuth {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RegistryAuthType {
     #[default]
@@ -245,6 +262,7 @@ pub enum RegistryAuthType {
 
 /// A task step, discriminated by `type`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Step {
     Clone(CloneStep),
@@ -269,6 +287,7 @@ impl Step {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CloneStep {
     #[serde(default)]
     pub name: String,
@@ -281,11 +300,13 @@ pub struct CloneStep {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunStep {
     #[serde(default)]
     pub name: String,
     pub command: String,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, String>))]
     pub environment: Env,
     #[serde(default)]
     pub working_dir: String,
@@ -297,6 +318,7 @@ pub struct RunStep {
 
 /// Files to archive: globs relative to `source_dir`, stored under `dest_dir`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SaveContent {
     #[serde(default)]
     pub source_dir: String,
@@ -307,6 +329,7 @@ pub struct SaveContent {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SaveToWorkspaceStep {
     #[serde(default)]
     pub name: String,
@@ -315,6 +338,7 @@ pub struct SaveToWorkspaceStep {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RestoreWorkspaceStep {
     #[serde(default)]
     pub name: String,
@@ -323,6 +347,7 @@ pub struct RestoreWorkspaceStep {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SaveCacheStep {
     #[serde(default)]
     pub name: String,
@@ -332,6 +357,7 @@ pub struct SaveCacheStep {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RestoreCacheStep {
     #[serde(default)]
     pub name: String,

@@ -20,6 +20,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use cairn_client::ErrorCode;
+use cairn_client::ApiError;
 use cairn_client::api::{
     CreateTokenRequest, CreateTokenResponse, TokenInfo, TokenRole, TokensResponse,
 };
@@ -264,6 +265,19 @@ pub fn run_response_for(
 }
 
 /// `POST /tokens`: a new stored token (admin).
+#[utoipa::path(
+    post,
+    path = "/tokens",
+    operation_id = "create_token",
+    tag = "tokens",
+    summary = "A new stored token (its secret is shown only in this reply)",
+    request_body = CreateTokenRequest,
+    responses(
+        (status = 201, description = "The token", body = CreateTokenResponse),
+        (status = 400, description = "A bad name or role", body = ApiError),
+    ),
+    security(("bearer" = ["admin"])),
+)]
 pub async fn create_token(
     State(st): State<ApiState>,
     Json(req): Json<CreateTokenRequest>,
@@ -289,12 +303,35 @@ pub async fn create_token(
 }
 
 /// `GET /tokens`: the stored tokens, without secrets (admin).
+#[utoipa::path(
+    get,
+    path = "/tokens",
+    operation_id = "list_tokens",
+    tag = "tokens",
+    summary = "The stored tokens, without secrets",
+    responses((status = 200, description = "The tokens", body = TokensResponse)),
+    security(("bearer" = ["admin"])),
+)]
 pub async fn list_tokens(State(st): State<ApiState>) -> ApiResult<Json<TokensResponse>> {
     let tokens: Vec<TokenInfo> = st.dm.tokens().await?.iter().map(|t| t.info()).collect();
     Ok(Json(TokensResponse { tokens }))
 }
 
 /// `DELETE /tokens/{id}` (admin).
+#[utoipa::path(
+    delete,
+    path = "/tokens/{id}",
+    operation_id = "revoke_token",
+    tag = "tokens",
+    summary = "Revoke a stored token",
+    params(("id" = String, Path, description = "The token's id (hex)")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 400, description = "Not a token id", body = ApiError),
+        (status = 404, description = "No such token", body = ApiError),
+    ),
+    security(("bearer" = ["admin"])),
+)]
 pub async fn revoke_token(
     State(st): State<ApiState>,
     Path(id): Path<String>,

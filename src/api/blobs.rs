@@ -7,6 +7,7 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cairn_client::ErrorCode;
+use cairn_client::ApiError;
 use cairn_client::api::MAX_LOG_CHUNK_BYTES;
 use cairn_client::api::SourceUploadResponse;
 use cairn_client::api::{LOG_COMPLETE_HEADER, LogStep};
@@ -47,6 +48,29 @@ fn log_step(step: &Option<String>) -> Result<LogStep, Failure> {
 /// `GET /runs/{id}/tasks/{task_id}/logs?step=&offset=&follow=`. A read without `follow`
 /// is answered by a peer while this node's index cannot read an archived run
 /// (`super::forward`); a follow is a stream, never forwarded.
+#[utoipa::path(
+    get,
+    path = "/runs/{id}/tasks/{task_id}/logs",
+    operation_id = "read_log",
+    tag = "logs",
+    summary = "A step's log from a byte offset, or followed while it grows",
+    params(
+        ("id" = String, Path, description = "The run's id"),
+        ("task_id" = String, Path, description = "The task's id or name"),
+        ("step" = String, Query, description = "`setup` or the step's index (0-based)"),
+        ("offset" = Option<u64>, Query, description = "Start at this byte"),
+        ("follow" = Option<bool>, Query, description = "Keep the body open and send the log as it grows, until it is complete (or the node's follow limit cuts it: resume from the offset reached)"),
+    ),
+    responses(
+        (status = 200, description = "The log's bytes from `offset`", content_type = "text/plain; charset=utf-8", body = String,
+            headers(("x-cairn-log-complete" = String, description = "`true` when the log was complete when the request arrived"))),
+        (status = 400, description = "No or a bad `step`, not a run id", body = ApiError),
+        (status = 404, description = "No such run, task or step", body = ApiError),
+        (status = 416, description = "`offset` past the end of the log; `details.length` is its length", body = ApiError),
+        (status = 429, description = "Too many follows for this credential or this node", body = ApiError),
+    ),
+    security(("bearer" = ["admin", "user", "read-only"])),
+)]
 pub async fn logs(
     State(st): State<ApiState>,
     credential: CredentialKey,
@@ -163,6 +187,30 @@ fn log_failure(e: LogError) -> Failure {
 /// most [`MAX_LOG_CHUNK_BYTES`]. The body is taken unread: the caller's ownership of the
 /// task is checked first, then a declared length over the limit is refused (413) before
 /// reading, and a chunked body is refused as soon as it passes the limit.
+#[utoipa::path(
+    post,
+    path = "/executors/{id}/tasks/{task_id}/logs",
+    operation_id = "append_log",
+    tag = "logs",
+    summary = "Append a chunk to a step's log (the executor of the task)",
+    params(
+        ("id" = String, Path, description = "The executor's id"),
+        ("task_id" = String, Path, description = "The executor task's id"),
+        ("step" = String, Query, description = "`setup` or the step's index (0-based)"),
+        ("offset" = Option<u64>, Query, description = "The log's length before this chunk (the append is refused otherwise)"),
+        ("end" = Option<bool>, Query, description = "The step's log is complete after this chunk"),
+    ),
+    request_body(content(("application/octet-stream")), description = "At most `MAX_LOG_CHUNK_BYTES` (4 MiB) of log"),
+    responses(
+        (status = 204, description = "Appended"),
+        (status = 400, description = "No or a bad `step`, bad ids", body = ApiError),
+        (status = 404, description = "No such task", body = ApiError),
+        (status = 409, description = "`offset` is not the log's length (`details.length` is), or the log is complete", body = ApiError),
+        (status = 413, description = "The chunk is over the limit; `details.limit` is it", body = ApiError),
+        (status = 416, description = "`offset` past the end of the log", body = ApiError),
+    ),
+    security(("bearer" = ["admin", "executor"])),
+)]
 pub async fn append_log(
     State(st): State<ApiState>,
     Path((id, task_id)): Path<(String, String)>,
@@ -217,6 +265,26 @@ async fn read_limited(body: Body, limit: usize) -> Result<Bytes, Failure> {
     Ok(out.freeze())
 }
 
+/// `PUT /executors/{id}/tasks/{task_id}/archives/{step}`: a step's workspace archive.
+#[utoipa::path(
+    put,
+    path = "/executors/{id}/tasks/{task_id}/archives/{step}",
+    operation_id = "upload_archive",
+    tag = "blobs",
+    summary = "Store the workspace archive of a task's step (the executor of the task)",
+    params(
+        ("id" = String, Path, description = "The executor's id"),
+        ("task_id" = String, Path, description = "The executor task's id"),
+        ("step" = u32, Path, description = "The index of the `save_to_workspace` step"),
+    ),
+    request_body(content(("application/octet-stream")), description = "The archive (a tar)"),
+    responses(
+        (status = 204, description = "Stored"),
+        (status = 400, description = "Bad ids", body = ApiError),
+        (status = 404, description = "No such task", body = ApiError),
+    ),
+    security(("bearer" = ["admin", "executor"])),
+)]
 pub async fn upload_archive(
     State(st): State<ApiState>,
     Path((id, task_id, step)): Path<(String, String, usize)>,
@@ -306,6 +374,24 @@ async fn check_scope(
     }
 }
 
+/// `GET /archives/{task_id}/{step}`: a workspace archive (an executor: of its tasks' runs).
+#[utoipa::path(
+    get,
+    path = "/archives/{task_id}/{step}",
+    operation_id = "download_archive",
+    tag = "blobs",
+    summary = "A step's workspace archive",
+    params(
+        ("task_id" = String, Path, description = "The task's id"),
+        ("step" = u32, Path, description = "The index of the `save_to_workspace` step"),
+    ),
+    responses(
+        (status = 200, description = "The archive (a tar)", content(("application/octet-stream"))),
+        (status = 400, description = "Not a task id", body = ApiError),
+        (status = 404, description = "No such archive", body = ApiError),
+    ),
+    security(("bearer" = ["admin", "executor"])),
+)]
 pub async fn download_archive(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -336,6 +422,23 @@ pub struct CacheParams {
     prefix: bool,
 }
 
+/// `HEAD /caches/{key}`: whether a cache exists.
+#[utoipa::path(
+    head,
+    path = "/caches/{key}",
+    operation_id = "cache_exists",
+    tag = "blobs",
+    summary = "Whether a cache exists",
+    params(
+        ("key" = String, Path, description = "The cache key (under a cache namespace of the caller's runs, for an executor)"),
+        ("prefix" = Option<bool>, Query, description = "Any key that starts with `key`"),
+    ),
+    responses(
+        (status = 200, description = "It exists"),
+        (status = 404, description = "It does not (no body: a HEAD)"),
+    ),
+    security(("bearer" = ["admin", "executor"])),
+)]
 pub async fn head_cache(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -356,6 +459,25 @@ pub async fn head_cache(
     }
 }
 
+/// `GET /caches/{key}`: a cache (with `prefix`, the newest whose key starts with `key`).
+#[utoipa::path(
+    get,
+    path = "/caches/{key}",
+    operation_id = "download_cache",
+    tag = "blobs",
+    summary = "A cache",
+    params(
+        ("key" = String, Path, description = "The cache key (under a cache namespace of the caller's runs, for an executor)"),
+        ("prefix" = Option<bool>, Query, description = "The newest cache whose key starts with `key`"),
+    ),
+    responses(
+        (status = 200, description = "The cache (a tar)", content(("application/octet-stream")),
+            headers(("x-cairn-cache-key" = String, description = "The key of the cache sent"))),
+        (status = 400, description = "A bad key", body = ApiError),
+        (status = 404, description = "No such cache", body = ApiError),
+    ),
+    security(("bearer" = ["admin", "executor"])),
+)]
 pub async fn get_cache(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -381,6 +503,22 @@ pub async fn get_cache(
     }
 }
 
+/// `POST /caches/{key}`: stores a cache; the first writer of a key wins.
+#[utoipa::path(
+    post,
+    path = "/caches/{key}",
+    operation_id = "upload_cache",
+    tag = "blobs",
+    summary = "Store a cache (the first writer of a key wins)",
+    params(("key" = String, Path, description = "The cache key (under a cache namespace of the caller's runs, for an executor)")),
+    request_body(content(("application/octet-stream")), description = "The cache (a tar)"),
+    responses(
+        (status = 201, description = "Stored"),
+        (status = 304, description = "A cache of this key exists already; this one was not kept"),
+        (status = 400, description = "A bad key", body = ApiError),
+    ),
+    security(("bearer" = ["admin", "executor"])),
+)]
 pub async fn put_cache(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -402,6 +540,19 @@ pub async fn put_cache(
     }
 }
 
+/// `POST /sources`: a working-tree snapshot for a direct run.
+#[utoipa::path(
+    post,
+    path = "/sources",
+    operation_id = "upload_source",
+    tag = "blobs",
+    summary = "Store a working-tree snapshot for a run's `source`",
+    request_body(content(("application/octet-stream")), description = "The snapshot (a tar)"),
+    responses(
+        (status = 201, description = "Where it was stored: give it as the run request's `source`", body = SourceUploadResponse),
+    ),
+    security(("bearer" = ["admin", "user"])),
+)]
 pub async fn upload_source(
     State(st): State<ApiState>,
     body: Body,
@@ -417,6 +568,21 @@ pub async fn upload_source(
     ))
 }
 
+/// `GET /sources/{object}`: a working-tree snapshot (an executor: of its tasks' runs).
+#[utoipa::path(
+    get,
+    path = "/sources/{object}",
+    operation_id = "download_source",
+    tag = "blobs",
+    summary = "A working-tree snapshot",
+    params(("object" = String, Path, description = "The snapshot's object (`sources/<uuid>.tar`, or its name within `sources/`)")),
+    responses(
+        (status = 200, description = "The snapshot (a tar)", content(("application/octet-stream"))),
+        (status = 400, description = "A bad object name", body = ApiError),
+        (status = 404, description = "No such snapshot", body = ApiError),
+    ),
+    security(("bearer" = ["admin", "executor"])),
+)]
 pub async fn download_source(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,

@@ -12,6 +12,15 @@ use cairn_client::api::{ClusterMember, NodeInfo};
 use super::error::ApiResult;
 use super::v1::ApiState;
 
+#[utoipa::path(
+    get,
+    path = "/cluster",
+    operation_id = "cluster",
+    tag = "cluster",
+    summary = "This node's view of itself and of the cluster",
+    responses((status = 200, description = "The answering node's view", body = NodeInfo)),
+    security(("bearer" = ["admin", "user", "read-only"])),
+)]
 pub async fn cluster(State(st): State<ApiState>) -> ApiResult<Json<NodeInfo>> {
     let s = st.node.status();
     let members = |m: Vec<(u64, String)>| {

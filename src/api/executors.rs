@@ -8,6 +8,7 @@ use axum::Json;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use cairn_client::ErrorCode;
+use cairn_client::ApiError;
 use cairn_client::api::{ExecutorTasksResponse, ExecutorsResponse, HeartbeatResponse};
 use cairn_client::executor::{AssignedTask, Executor, ExecutorTask, ExecutorTaskStatus};
 use serde::Deserialize;
@@ -38,6 +39,24 @@ pub(super) fn check_task_id(task_id: &str) -> Result<(), Failure> {
 /// heartbeats. A registration token registers an executor that is not registered (a
 /// live registration is its holder's: 409) and gets its credential in the reply; the
 /// admin token does too when the executor is not registered, and otherwise heartbeats.
+#[utoipa::path(
+    post,
+    path = "/executors/{id}",
+    operation_id = "executor_heartbeat",
+    tag = "executors",
+    summary = "Register an executor, or keep its registration alive",
+    description = "A registration token (or the admin token) registers an executor that is not \
+        registered and gets its own credential in the reply, once; the executor's credential \
+        heartbeats it from then on.",
+    params(("id" = String, Path, description = "The executor's id")),
+    request_body = Executor,
+    responses(
+        (status = 200, description = "Registered or kept alive", body = HeartbeatResponse),
+        (status = 400, description = "A bad id, or the body's id is not the path's", body = ApiError),
+        (status = 409, description = "A registration token for an executor that is registered and alive", body = ApiError),
+    ),
+    security(("bearer" = ["admin", "registration", "executor"])),
+)]
 pub async fn heartbeat(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -100,6 +119,16 @@ pub async fn heartbeat(
 /// registration (its unfinished tasks are failed as lost, and run again elsewhere).
 /// The executor keeps its credential and may register again, as before roles; a
 /// credential is revoked with `DELETE /executors/{id}/credential`.
+#[utoipa::path(
+    delete,
+    path = "/executors/{id}",
+    operation_id = "delete_executor",
+    tag = "executors",
+    summary = "Delete an executor's registration (its unfinished tasks are lost)",
+    params(("id" = String, Path, description = "The executor's id")),
+    responses((status = 204, description = "Deleted")),
+    security(("bearer" = ["admin", "executor"])),
+)]
 pub async fn delete(State(st): State<ApiState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     st.dm
         .with_ctx(super::request_ctx())
@@ -111,6 +140,19 @@ pub async fn delete(State(st): State<ApiState>, Path(id): Path<String>) -> ApiRe
 
 /// `DELETE /executors/{id}/credential` (admin): the executor's credential is refused
 /// from then on (its registration stays until it expires or is deleted).
+#[utoipa::path(
+    delete,
+    path = "/executors/{id}/credential",
+    operation_id = "revoke_executor_credential",
+    tag = "executors",
+    summary = "Revoke an executor's credential",
+    params(("id" = String, Path, description = "The executor's id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 400, description = "Not an executor id", body = ApiError),
+    ),
+    security(("bearer" = ["admin"])),
+)]
 pub async fn revoke_credential(
     State(st): State<ApiState>,
     Path(id): Path<String>,
@@ -124,6 +166,16 @@ pub async fn revoke_credential(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `GET /executors`: the registered executors and their unfinished task counts.
+#[utoipa::path(
+    get,
+    path = "/executors",
+    operation_id = "list_executors",
+    tag = "executors",
+    summary = "The registered executors",
+    responses((status = 200, description = "The executors and their unfinished tasks", body = ExecutorsResponse)),
+    security(("bearer" = ["admin", "user", "read-only"])),
+)]
 pub async fn list(State(st): State<ApiState>) -> ApiResult<Json<ExecutorsResponse>> {
     let executors = st.dm.executors().await?;
     let assigned = st.dm.assigned_counts().await?;
@@ -144,6 +196,24 @@ pub struct TasksParams {
 
 /// `GET /executors/{id}/tasks?after=R&wait=S`: the executor's tasks; with `after`, waits
 /// up to `S` seconds for one of them to change after revision `R`.
+#[utoipa::path(
+    get,
+    path = "/executors/{id}/tasks",
+    operation_id = "executor_tasks",
+    tag = "executors",
+    summary = "An executor's tasks, or a long poll for a change of them",
+    params(
+        ("id" = String, Path, description = "The executor's id"),
+        ("after" = Option<i64>, Query, description = "With `wait`: wait for a change after this revision"),
+        ("wait" = Option<u64>, Query, description = "Seconds to wait (at most 60)"),
+    ),
+    responses(
+        (status = 200, description = "The tasks, with their spec data, as of `revision`", body = ExecutorTasksResponse),
+        (status = 400, description = "Not an executor id", body = ApiError),
+        (status = 429, description = "Too many long polls for this credential or this node", body = ApiError),
+    ),
+    security(("bearer" = ["admin", "executor"])),
+)]
 pub async fn tasks(
     State(st): State<ApiState>,
     credential: super::streams::CredentialKey,
@@ -191,6 +261,21 @@ async fn assigned(st: &ApiState, task: ExecutorTask) -> Result<Option<AssignedTa
     Ok(runservice::spec_data(&run, &config, &task.id).map(|data| AssignedTask { task, data }))
 }
 
+/// `GET /executors/{id}/tasks/{task_id}`: one of the executor's tasks.
+#[utoipa::path(
+    get,
+    path = "/executors/{id}/tasks/{task_id}",
+    operation_id = "executor_task",
+    tag = "executors",
+    summary = "One of an executor's tasks, with its spec data",
+    params(("id" = String, Path, description = "The executor's id"), ("task_id" = String, Path, description = "The executor task's id")),
+    responses(
+        (status = 200, description = "The task", body = AssignedTask),
+        (status = 400, description = "Bad ids", body = ApiError),
+        (status = 404, description = "No such task", body = ApiError),
+    ),
+    security(("bearer" = ["admin", "executor"])),
+)]
 pub async fn task(
     State(st): State<ApiState>,
     Path((id, task_id)): Path<(String, String)>,
@@ -226,6 +311,22 @@ pub(super) async fn owned_task(
 }
 
 /// `PUT /executors/{id}/tasks/{task_id}/status`: replaces the task's status.
+#[utoipa::path(
+    put,
+    path = "/executors/{id}/tasks/{task_id}/status",
+    operation_id = "report_task_status",
+    tag = "executors",
+    summary = "Report an executor task's status",
+    params(("id" = String, Path, description = "The executor's id"), ("task_id" = String, Path, description = "The executor task's id")),
+    request_body = ExecutorTaskStatus,
+    responses(
+        (status = 204, description = "Accepted"),
+        (status = 400, description = "Bad ids, or a report that is not acceptable", body = ApiError),
+        (status = 404, description = "No such task", body = ApiError),
+        (status = 409, description = "A report the task's state refuses", body = ApiError),
+    ),
+    security(("bearer" = ["admin", "executor"])),
+)]
 pub async fn status(
     State(st): State<ApiState>,
     Path((id, task_id)): Path<(String, String)>,

@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use cairn_client::ErrorCode;
+use cairn_client::ApiError;
 use cairn_client::api::{ImportResponse, MaintenanceStatus};
 use futures::StreamExt;
 
@@ -16,10 +17,28 @@ use super::v1::ApiState;
 use crate::datamanager::exchange::{ExchangeError, Validator};
 use crate::datamanager::segments::SegmentLimits;
 
+#[utoipa::path(
+    get,
+    path = "/maintenance",
+    operation_id = "maintenance_status",
+    tag = "maintenance",
+    summary = "Whether maintenance is requested, and each live node's mode",
+    responses((status = 200, description = "The status", body = MaintenanceStatus)),
+    security(("bearer" = ["admin", "user", "read-only"])),
+)]
 pub async fn status(State(st): State<ApiState>) -> ApiResult<Json<MaintenanceStatus>> {
     Ok(Json(st.dm.maintenance_status().await?))
 }
 
+#[utoipa::path(
+    put,
+    path = "/maintenance",
+    operation_id = "enable_maintenance",
+    tag = "maintenance",
+    summary = "Request maintenance mode (every node follows on its own)",
+    responses((status = 204, description = "Requested")),
+    security(("bearer" = ["admin"])),
+)]
 pub async fn enable(State(st): State<ApiState>) -> ApiResult<StatusCode> {
     st.dm
         .with_ctx(super::request_ctx())
@@ -29,6 +48,15 @@ pub async fn enable(State(st): State<ApiState>) -> ApiResult<StatusCode> {
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/maintenance",
+    operation_id = "disable_maintenance",
+    tag = "maintenance",
+    summary = "End maintenance mode",
+    responses((status = 204, description = "Ended")),
+    security(("bearer" = ["admin"])),
+)]
 pub async fn disable(State(st): State<ApiState>) -> ApiResult<StatusCode> {
     st.dm
         .with_ctx(super::request_ctx())
@@ -48,6 +76,16 @@ pub struct ExportParams {
 /// `GET /export?include_secrets=`: the datamanager's contents, streamed, secrets redacted
 /// unless asked for; a failure mid-way aborts the body, so the client sees a truncated
 /// (and therefore refused) export.
+#[utoipa::path(
+    get,
+    path = "/export",
+    operation_id = "export",
+    tag = "maintenance",
+    summary = "The datamanager's contents, streamed (answers in maintenance too)",
+    params(("include_secrets" = Option<bool>, Query, description = "Keep the run configs' secrets (environment values, registry credentials)")),
+    responses((status = 200, description = "One JSON object a line, signed; a failure mid-way truncates it", content(("application/x-ndjson")))),
+    security(("bearer" = ["admin"])),
+)]
 pub async fn export(
     State(st): State<ApiState>,
     axum::extract::Query(p): axum::extract::Query<ExportParams>,
@@ -78,6 +116,20 @@ fn import_failure(e: ExchangeError) -> Failure {
 
 /// `POST /import`: only in maintenance. The whole stream is validated (while spooled to
 /// a temporary file) before anything changes; archived runs go into new segments.
+#[utoipa::path(
+    post,
+    path = "/import",
+    operation_id = "import",
+    tag = "maintenance",
+    summary = "Replace the contents with an export (only in maintenance)",
+    request_body(content(("application/x-ndjson")), description = "An export of `GET /export`"),
+    responses(
+        (status = 200, description = "Imported", body = ImportResponse),
+        (status = 400, description = "Not a valid export (bad line, signature, order)", body = ApiError),
+        (status = 409, description = "Not in maintenance mode", body = ApiError),
+    ),
+    security(("bearer" = ["admin"])),
+)]
 pub async fn import(State(st): State<ApiState>, body: Body) -> ApiResult<Json<ImportResponse>> {
     let not_in_maintenance = || {
         Failure::new(

@@ -4,6 +4,8 @@
 //! - [`v1`]: the run-service API router (`/api/v1`), with [`runs`], [`run_watch`],
 //!   [`executors`], [`blobs`] and [`cluster`] handlers and [`error`], the mapping of every failure to
 //!   `{code, message, details}`.
+//! - [`openapi`]: the OpenAPI 3.1 document of `/api/v1`, generated from the wire types and
+//!   the handlers, served at `/api/v1/openapi.json`.
 //! - [`etcd`]: the store's client port, etcd v3's JSON API (etcd 3.4 gateway shapes).
 //! - [`server`]: the node's HTTP server: the etcd API, the Raft peer endpoint and health.
 //! - [`peer`]: the Raft peer wire over HTTP, both ends (the route and the transport).
@@ -22,6 +24,7 @@ pub mod executors;
 pub mod forward;
 pub mod maintenance;
 pub mod metrics;
+pub mod openapi;
 pub mod peer;
 pub mod run_watch;
 pub mod runs;

@@ -16,6 +16,7 @@ use std::time::Duration;
 use axum::extract::{Extension, Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use cairn_client::api::RunResponse;
+use cairn_client::ApiError;
 use futures::Stream;
 use store::WatchMessage;
 use tokio::sync::mpsc::Sender;
@@ -30,6 +31,25 @@ use super::v1::ApiState;
 pub const PENDING_REFRESH: Duration = Duration::from_secs(1);
 
 /// `GET /runs/{id}/watch`.
+#[utoipa::path(
+    get,
+    path = "/runs/{id}/watch",
+    operation_id = "watch_run",
+    tag = "runs",
+    summary = "One run as server-sent events, until it finishes",
+    description = "Each event's `data` is the whole `RunResponse` (as `GET /runs/{id}`), its `id` the \
+        run's mod revision: the run as it is now first, then one per change of the run or of its \
+        pending reasons. The stream ends after the event that shows the run finished, or at the \
+        node's follow limit (reopen it: the current state comes first).",
+    params(("id" = String, Path, description = "The run's id")),
+    responses(
+        (status = 200, description = "The stream; each `data` is a `RunResponse`", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Not a run id", body = ApiError),
+        (status = 404, description = "No such run", body = ApiError),
+        (status = 429, description = "Too many streams for this credential or this node", body = ApiError),
+    ),
+    security(("bearer" = ["admin", "user", "read-only"])),
+)]
 pub async fn watch(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,

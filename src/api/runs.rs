@@ -22,12 +22,30 @@ use store::WatchMessage;
 
 use super::auth::{self, Caller};
 use super::error::{ApiResult, Failure};
+use cairn_client::ApiError;
+use cairn_client::api::RunsPage;
 use super::forward::PeerRead;
 use super::v1::ApiState;
 use crate::configfile;
 use crate::datamanager::{Datamanager, Versioned};
 use crate::runservice;
 
+#[utoipa::path(
+    post,
+    path = "/runs",
+    operation_id = "create_runs",
+    tag = "runs",
+    summary = "Create the runs of a config",
+    description = "One run per config run whose `when` matches the reference. A config that cannot be \
+        parsed still records one run, in phase `setuperror` (201 too); a config over Cairn's limits \
+        is a 400 whose `details` are the config's errors.",
+    request_body = CreateRunRequest,
+    responses(
+        (status = 201, description = "The runs created (secrets redacted unless admin)", body = CreateRunResponse),
+        (status = 400, description = "A bad request or a config over the limits", body = ApiError),
+    ),
+    security(("bearer" = ["admin", "user"])),
+)]
 pub async fn create(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -134,6 +152,20 @@ pub(super) fn check_run_id(id: &str) -> Result<(), Failure> {
 /// `GET /runs/{id}`: secrets of the run config are redacted unless the caller is admin.
 /// Answered by a peer while this node's index cannot read an archived run
 /// (`super::forward`).
+#[utoipa::path(
+    get,
+    path = "/runs/{id}",
+    operation_id = "get_run",
+    tag = "runs",
+    summary = "A run, its config and why it is pending",
+    params(("id" = String, Path, description = "The run's id (16 to 20 digits)")),
+    responses(
+        (status = 200, description = "The run (secrets redacted unless admin)", body = RunResponse),
+        (status = 400, description = "Not a run id", body = ApiError),
+        (status = 404, description = "No such run", body = ApiError),
+    ),
+    security(("bearer" = ["admin", "user", "read-only"])),
+)]
 pub async fn get(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -269,6 +301,27 @@ fn parse_list<T>(
 
 /// `GET /runs`; answered by a peer while this node's index is behind
 /// (`super::forward`).
+#[utoipa::path(
+    get,
+    path = "/runs",
+    operation_id = "list_runs",
+    tag = "runs",
+    summary = "A page of runs, newest first",
+    params(
+        ("group" = Option<String>, Query, description = "Group path prefix on segment boundaries (`/project/p1` matches `/project/p1/...`)"),
+        ("phase" = Option<String>, Query, description = "Comma-separated phases: `setuperror`, `queued`, `cancelled`, `running`, `finished`"),
+        ("result" = Option<String>, Query, description = "Comma-separated results: `unknown`, `stopped`, `success`, `failed`"),
+        ("last_run" = Option<bool>, Query, description = "Only the last run of each group"),
+        ("cursor" = Option<String>, Query, description = "The `next` of the previous page"),
+        ("limit" = Option<u32>, Query, description = "At most this many runs (at least 1)", minimum = 1),
+        ("asc" = Option<bool>, Query, description = "Oldest first"),
+    ),
+    responses(
+        (status = 200, description = "One page; `next` is absent on the last", body = RunsPage),
+        (status = 400, description = "An unknown phase or result, a bad cursor, a zero limit", body = ApiError),
+    ),
+    security(("bearer" = ["admin", "user", "read-only"])),
+)]
 pub async fn list(
     State(st): State<ApiState>,
     read: PeerRead,
@@ -298,6 +351,24 @@ pub async fn list(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/runs/{id}/restart",
+    operation_id = "restart_run",
+    tag = "runs",
+    summary = "A new run from a finished one",
+    description = "From its failed tasks (and their descendants), from the start, or from named tasks. \
+        The body may be omitted (from the failed tasks).",
+    params(("id" = String, Path, description = "The run's id")),
+    request_body(content = Option<RestartRunRequest>, description = "How to restart (optional)"),
+    responses(
+        (status = 201, description = "The new run", body = RunResponse),
+        (status = 400, description = "A bad request (unknown task, tasks with from_start)", body = ApiError),
+        (status = 404, description = "No such run", body = ApiError),
+        (status = 409, description = "The run cannot be restarted that way in its phase", body = ApiError),
+    ),
+    security(("bearer" = ["admin", "user"])),
+)]
 pub async fn restart(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -407,6 +478,23 @@ where
     }
 }
 
+/// `PUT /runs/{id}/actions`: stop a running run, cancel a queued one.
+#[utoipa::path(
+    put,
+    path = "/runs/{id}/actions",
+    operation_id = "run_action",
+    tag = "runs",
+    summary = "Stop or cancel a run",
+    params(("id" = String, Path, description = "The run's id")),
+    request_body = RunActionRequest,
+    responses(
+        (status = 200, description = "The run after the action", body = RunResponse),
+        (status = 400, description = "Not a run id, or a bad body", body = ApiError),
+        (status = 404, description = "No such run", body = ApiError),
+        (status = 409, description = "Not possible in the run's phase, or the run is archived", body = ApiError),
+    ),
+    security(("bearer" = ["admin", "user"])),
+)]
 pub async fn action(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -426,6 +514,26 @@ pub async fn action(
     )))
 }
 
+/// `PUT /runs/{id}/tasks/{task_id}/actions`: approve a task, or set its annotations.
+#[utoipa::path(
+    put,
+    path = "/runs/{id}/tasks/{task_id}/actions",
+    operation_id = "task_action",
+    tag = "runs",
+    summary = "Approve a task or set its annotations",
+    params(
+        ("id" = String, Path, description = "The run's id"),
+        ("task_id" = String, Path, description = "The task's id or name"),
+    ),
+    request_body = TaskActionRequest,
+    responses(
+        (status = 200, description = "The run after the action", body = RunResponse),
+        (status = 400, description = "Not a run id, or a bad body", body = ApiError),
+        (status = 404, description = "No such run or task", body = ApiError),
+        (status = 409, description = "Not possible in the task's state, or the run is archived", body = ApiError),
+    ),
+    security(("bearer" = ["admin", "user"])),
+)]
 pub async fn task_action(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -474,6 +582,25 @@ pub struct EventParams {
 
 /// `GET /runs/events?after=SEQ`: every run event after `SEQ` (or `Last-Event-ID`),
 /// then live ones, as server-sent events whose id is the sequence.
+#[utoipa::path(
+    get,
+    path = "/runs/events",
+    operation_id = "run_events",
+    tag = "runs",
+    summary = "Run events as server-sent events",
+    description = "Every run event after `after` (or `Last-Event-ID`), then live ones. Each event's \
+        `data` is a `RunEvent` as JSON and its `id` the event's sequence; a comment every 15 s keeps \
+        the stream alive.",
+    params(
+        ("after" = Option<u64>, Query, description = "Send the events after this sequence first"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "As `after`, when `after` is not given (an SSE client's resume)"),
+    ),
+    responses(
+        (status = 200, description = "The stream; each `data` is a `RunEvent`", content_type = "text/event-stream", body = String),
+        (status = 429, description = "Too many streams for this credential or this node", body = ApiError),
+    ),
+    security(("bearer" = ["admin", "user", "read-only"])),
+)]
 pub async fn events(
     State(st): State<ApiState>,
     credential: super::streams::CredentialKey,

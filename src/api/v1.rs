@@ -1,5 +1,5 @@
-//! The run-service API router (`/api/v1`): shared state, authentication and roles
-//! (`super::auth`), the maintenance gate, body limits.
+//! The run-service API router (`/api/v1`): its routes (listed: [`routes`]), shared state,
+//! authentication and roles (`super::auth`), the maintenance gate, body limits.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -10,7 +10,8 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::handler::Handler;
+use axum::routing::{MethodFilter, get, on};
 use cairn_client::ErrorCode;
 use raft::Node;
 
@@ -113,72 +114,133 @@ async fn authenticate(State(auth): State<Authenticator>, mut req: Request, next:
     next.run(req).await
 }
 
-/// `/api/v1/*`, authenticated by `auth` (see [`super::auth`] for the roles).
-pub fn router(state: ApiState, auth: Authenticator) -> Router {
-    let json = Router::new()
-        .route("/runs", post(runs::create).get(runs::list))
-        .route("/runs/events", get(runs::events))
-        .route("/runs/{id}", get(runs::get))
-        .route("/runs/{id}/watch", get(run_watch::watch))
-        .route("/runs/{id}/restart", post(runs::restart))
-        .route("/runs/{id}/actions", put(runs::action))
-        .route("/runs/{id}/tasks/{task_id}/actions", put(runs::task_action))
-        .route("/runs/{id}/tasks/{task_id}/logs", get(blobs::logs))
-        .route("/executors", get(executors::list))
-        .route(
-            "/executors/{id}",
-            post(executors::heartbeat).delete(executors::delete),
-        )
-        .route(
+/// One route of `/api/v1`: its method and its path relative to [`PREFIX`], in axum's
+/// `{param}` syntax (a `GET` route answers `HEAD` too).
+pub type Route = (Method, &'static str);
+
+/// A router that lists the routes it is given, so that the list is the router's own: the
+/// OpenAPI document is checked against it (`super::openapi`), and a test sends each of
+/// them to the real router. Every `/api/v1` route is added through [`Listed::at`].
+struct Listed {
+    router: Router<ApiState>,
+    routes: Vec<Route>,
+}
+
+impl Listed {
+    fn new() -> Listed {
+        Listed {
+            router: Router::new(),
+            routes: Vec::new(),
+        }
+    }
+
+    /// Routes `method path` to `handler`.
+    fn at<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Listed
+    where
+        H: Handler<T, ApiState>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone())
+            .expect("every method of the table is one axum routes");
+        self.router = self.router.route(path, on(filter, handler));
+        self.routes.push((method, path));
+        self
+    }
+
+    /// The routes of `self` and `other`, each behind its own layers.
+    fn merge(mut self, other: Listed) -> Listed {
+        self.router = self.router.merge(other.router);
+        self.routes.extend(other.routes);
+        self
+    }
+}
+
+/// The routes of `/api/v1` (relative to [`PREFIX`]) and their handlers, behind their body
+/// limits: JSON bodies up to [`MAX_JSON_BYTES`], uploads up to [`MAX_BLOB_BYTES`].
+fn listed() -> Listed {
+    use Method as M;
+    let mut json = Listed::new()
+        .at(M::POST, "/runs", runs::create)
+        .at(M::GET, "/runs", runs::list)
+        .at(M::GET, "/runs/events", runs::events)
+        .at(M::GET, "/runs/{id}", runs::get)
+        .at(M::GET, "/runs/{id}/watch", run_watch::watch)
+        .at(M::POST, "/runs/{id}/restart", runs::restart)
+        .at(M::PUT, "/runs/{id}/actions", runs::action)
+        .at(M::PUT, "/runs/{id}/tasks/{task_id}/actions", runs::task_action)
+        .at(M::GET, "/runs/{id}/tasks/{task_id}/logs", blobs::logs)
+        .at(M::GET, "/executors", executors::list)
+        .at(M::POST, "/executors/{id}", executors::heartbeat)
+        .at(M::DELETE, "/executors/{id}", executors::delete)
+        .at(
+            M::DELETE,
             "/executors/{id}/credential",
-            delete(executors::revoke_credential),
+            executors::revoke_credential,
         )
-        .route("/executors/{id}/tasks", get(executors::tasks))
-        .route("/executors/{id}/tasks/{task_id}", get(executors::task))
-        .route(
+        .at(M::GET, "/executors/{id}/tasks", executors::tasks)
+        .at(M::GET, "/executors/{id}/tasks/{task_id}", executors::task)
+        .at(
+            M::PUT,
             "/executors/{id}/tasks/{task_id}/status",
-            put(executors::status),
+            executors::status,
         )
-        .route("/cluster", get(cluster::cluster))
-        .route(
-            "/maintenance",
-            get(maintenance::status)
-                .put(maintenance::enable)
-                .delete(maintenance::disable),
-        )
-        .route("/export", get(maintenance::export))
-        .route("/tokens", post(auth::create_token).get(auth::list_tokens))
-        .route("/tokens/{id}", delete(auth::revoke_token))
-        .layer(DefaultBodyLimit::max(MAX_JSON_BYTES));
-    let uploads = Router::new()
-        .route(
+        .at(M::GET, "/cluster", cluster::cluster)
+        .at(M::GET, "/maintenance", maintenance::status)
+        .at(M::PUT, "/maintenance", maintenance::enable)
+        .at(M::DELETE, "/maintenance", maintenance::disable)
+        .at(M::GET, "/export", maintenance::export)
+        .at(M::POST, "/tokens", auth::create_token)
+        .at(M::GET, "/tokens", auth::list_tokens)
+        .at(M::DELETE, "/tokens/{id}", auth::revoke_token);
+    json.router = json.router.layer(DefaultBodyLimit::max(MAX_JSON_BYTES));
+    let mut uploads = Listed::new()
+        .at(
+            M::POST,
             "/executors/{id}/tasks/{task_id}/logs",
-            post(blobs::append_log),
+            blobs::append_log,
         )
-        .route(
+        .at(
+            M::PUT,
             "/executors/{id}/tasks/{task_id}/archives/{step}",
-            put(blobs::upload_archive),
+            blobs::upload_archive,
         )
-        .route("/archives/{task_id}/{step}", get(blobs::download_archive))
-        .route(
-            "/caches/{key}",
-            get(blobs::get_cache)
-                .head(blobs::head_cache)
-                .post(blobs::put_cache),
-        )
-        .route("/sources", post(blobs::upload_source))
-        .route("/import", post(maintenance::import))
-        .route("/sources/{object}", get(blobs::download_source))
-        .layer(DefaultBodyLimit::max(MAX_BLOB_BYTES));
+        .at(M::GET, "/archives/{task_id}/{step}", blobs::download_archive)
+        .at(M::GET, "/caches/{key}", blobs::get_cache)
+        .at(M::HEAD, "/caches/{key}", blobs::head_cache)
+        .at(M::POST, "/caches/{key}", blobs::put_cache)
+        .at(M::POST, "/sources", blobs::upload_source)
+        .at(M::POST, "/import", maintenance::import)
+        .at(M::GET, "/sources/{object}", blobs::download_source);
+    uploads.router = uploads.router.layer(DefaultBodyLimit::max(MAX_BLOB_BYTES));
+    json.merge(uploads)
+}
+
+/// Every route [`router`] serves, relative to [`PREFIX`]: those of the authenticated API
+/// and the public OpenAPI document ([`super::openapi::OPENAPI_PATH`]).
+pub fn routes() -> Vec<Route> {
+    let mut routes = listed().routes;
+    routes.push((Method::GET, super::openapi::OPENAPI_PATH));
+    routes
+}
+
+/// `/api/v1/*`, authenticated by `auth` (see [`super::auth`] for the roles), and the
+/// OpenAPI document `/api/v1/openapi.json`, which needs no token.
+pub fn router(state: ApiState, auth: Authenticator) -> Router {
     let mode = state.maintenance.clone();
-    let api = json
-        .merge(uploads)
+    let api = listed()
+        .router
         .fallback(|| async { Failure::not_found("no such endpoint") })
         .with_state(state)
         .layer(middleware::from_fn_with_state(mode, gate))
         .layer(middleware::from_fn_with_state(auth, authenticate))
         .layer(middleware::map_response(|r| json_errors(r, api_error_body)));
-    Router::new().nest(PREFIX, api)
+    let document = Router::new()
+        .route(
+            &format!("{PREFIX}{}", super::openapi::OPENAPI_PATH),
+            get(super::openapi::serve),
+        )
+        .layer(middleware::map_response(|r| json_errors(r, api_error_body)));
+    document.nest(PREFIX, api)
 }
 
 #[cfg(test)]
