@@ -19,8 +19,8 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
-use cairn_client::ErrorCode;
 use cairn_client::ApiError;
+use cairn_client::ErrorCode;
 use cairn_client::api::{
     CreateTokenRequest, CreateTokenResponse, TokenInfo, TokenRole, TokensResponse,
 };

@@ -7,8 +7,8 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use cairn_client::ErrorCode;
 use cairn_client::ApiError;
+use cairn_client::ErrorCode;
 use cairn_client::api::{ImportResponse, MaintenanceStatus};
 use futures::StreamExt;
 

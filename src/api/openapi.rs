@@ -176,10 +176,7 @@ fn add_common_errors(method: &str, op: &mut Operation) {
         .security
         .as_ref()
         .is_some_and(|s| s.iter().any(|r| *r != SecurityRequirement::default()));
-    let mut common = vec![(
-        "500",
-        "An internal failure (storage), logged by the server",
-    )];
+    let mut common = vec![("500", "An internal failure (storage), logged by the server")];
     if authenticated {
         common.extend([
             ("401", "No bearer token, or one no one has"),
@@ -300,7 +297,10 @@ mod tests {
             assert!(!id.is_empty(), "{method} {path}: no operationId");
             assert!(ids.insert(id.clone()), "{method} {path}: {id} twice");
             assert!(op["tags"].as_array().is_some_and(|t| t.len() == 1), "{id}");
-            assert!(op["summary"].as_str().is_some_and(|s| !s.is_empty()), "{id}");
+            assert!(
+                op["summary"].as_str().is_some_and(|s| !s.is_empty()),
+                "{id}"
+            );
         }
     }
 
@@ -331,8 +331,13 @@ mod tests {
         ];
         let mut public = Vec::new();
         for ((method, path), op) in operations(&doc()) {
-            let reqs = op["security"].as_array().expect("every operation has security");
-            if reqs.iter().any(|r| r.as_object().is_some_and(|o| o.is_empty())) {
+            let reqs = op["security"]
+                .as_array()
+                .expect("every operation has security");
+            if reqs
+                .iter()
+                .any(|r| r.as_object().is_some_and(|o| o.is_empty()))
+            {
                 public.push(path);
                 continue;
             }

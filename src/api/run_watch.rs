@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use axum::extract::{Extension, Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use cairn_client::api::RunResponse;
 use cairn_client::ApiError;
+use cairn_client::api::RunResponse;
 use futures::Stream;
 use store::WatchMessage;
 use tokio::sync::mpsc::Sender;

@@ -22,13 +22,13 @@ use store::WatchMessage;
 
 use super::auth::{self, Caller};
 use super::error::{ApiResult, Failure};
-use cairn_client::ApiError;
-use cairn_client::api::RunsPage;
 use super::forward::PeerRead;
 use super::v1::ApiState;
 use crate::configfile;
 use crate::datamanager::{Datamanager, Versioned};
 use crate::runservice;
+use cairn_client::ApiError;
+use cairn_client::api::RunsPage;
 
 #[utoipa::path(
     post,

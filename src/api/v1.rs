@@ -8,9 +8,9 @@ use axum::http::Method;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::handler::Handler;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::handler::Handler;
 use axum::routing::{MethodFilter, get, on};
 use cairn_client::ErrorCode;
 use raft::Node;
@@ -167,7 +167,11 @@ fn listed() -> Listed {
         .at(M::GET, "/runs/{id}/watch", run_watch::watch)
         .at(M::POST, "/runs/{id}/restart", runs::restart)
         .at(M::PUT, "/runs/{id}/actions", runs::action)
-        .at(M::PUT, "/runs/{id}/tasks/{task_id}/actions", runs::task_action)
+        .at(
+            M::PUT,
+            "/runs/{id}/tasks/{task_id}/actions",
+            runs::task_action,
+        )
         .at(M::GET, "/runs/{id}/tasks/{task_id}/logs", blobs::logs)
         .at(M::GET, "/executors", executors::list)
         .at(M::POST, "/executors/{id}", executors::heartbeat)
@@ -204,7 +208,11 @@ fn listed() -> Listed {
             "/executors/{id}/tasks/{task_id}/archives/{step}",
             blobs::upload_archive,
         )
-        .at(M::GET, "/archives/{task_id}/{step}", blobs::download_archive)
+        .at(
+            M::GET,
+            "/archives/{task_id}/{step}",
+            blobs::download_archive,
+        )
         .at(M::GET, "/caches/{key}", blobs::get_cache)
         .at(M::HEAD, "/caches/{key}", blobs::head_cache)
         .at(M::POST, "/caches/{key}", blobs::put_cache)

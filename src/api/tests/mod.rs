@@ -7,6 +7,7 @@
 mod archived;
 mod executors;
 mod limits;
+mod openapi;
 mod roles;
 mod run_watch;
 mod runs;
