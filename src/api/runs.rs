@@ -360,7 +360,12 @@ pub async fn list(
     description = "From its failed tasks (and their descendants), from the start, or from named tasks. \
         The body may be omitted (from the failed tasks).",
     params(("id" = String, Path, description = "The run's id")),
-    request_body(content = Option<RestartRunRequest>, description = "How to restart (optional)"),
+    // A `ref`, not `Option<_>`: the body may be absent (not required), never `null`.
+    request_body(
+        content = ref("#/components/schemas/RestartRunRequest"),
+        content_type = "application/json",
+        description = "How to restart; without a body, from the failed tasks"
+    ),
     responses(
         (status = 201, description = "The new run", body = RunResponse),
         (status = 400, description = "A bad request (unknown task, tasks with from_start)", body = ApiError),
