@@ -26,19 +26,20 @@ for seed in "${seeds[@]}"; do
     grep -E '^chaos (result|takeover|client failure)' "$log" || true
 done
 echo "== totals over ${#seeds[@]} seeds (logs in $out)"
-cat "$out"/*.log | python3 -c '
-import re, sys
-results = [dict(kv.split("=", 1) for kv in l.split()[2:]) for l in sys.stdin if l.startswith("chaos result ")]
-total = lambda k: sum(int(r[k]) for r in results)
-print(f"seeds {len(results)}: runs {total(\"runs\")} acknowledged {total(\"acked\")} succeeded {total(\"succeeded\")}; "
-      f"faults {total(\"faults\")}; lost attempts {total(\"lost_attempts\")}, tasks run again {total(\"retried_tasks\")}, "
-      f"of which after an unreported completion {total(\"unreported_reruns\")}; double executions {total(\"double_executions\")}; "
-      f"incomplete logs {total(\"bad_logs\")}; client failures {total(\"client_failures\")}; "
-      f"rounds with two active schedulers {total(\"scheduler_overlap_rounds\")}")
+python3 - "$out" <<'PY'
+import glob, sys
+lines = [l for f in glob.glob(sys.argv[1] + "/*.log") for l in open(f) if l.startswith("chaos result ")]
+results = [dict(kv.split("=", 1) for kv in l.split()[2:]) for l in lines]
+t = lambda k: sum(int(r[k]) for r in results)
+print(f"seeds {len(results)}: runs {t('runs')} acknowledged {t('acked')} succeeded {t('succeeded')}; "
+      f"faults {t('faults')}; lost attempts {t('lost_attempts')}, tasks run again {t('retried_tasks')}, "
+      f"of which after an unreported completion {t('unreported_reruns')}; marker violations {t('double_executions')}; "
+      f"incomplete logs {t('bad_logs')}; client failures {t('client_failures')}; "
+      f"rounds with two active schedulers {t('scheduler_overlap_rounds')}")
 kills = [r for r in results if int(r["holder_kills"]) > 0]
 if kills:
-    print(f"scheduler takeover after a holder kill: {total(\"holder_kills\")} kills, max "
-          f"{max(int(r[\"takeover_max_ms\"]) for r in kills)} ms, mean of seed means "
-          f"{sum(int(r[\"takeover_mean_ms\"]) for r in kills) // len(kills)} ms")
-'
+    print(f"scheduler takeover after a holder kill: {t('holder_kills')} kills, max "
+          f"{max(int(r['takeover_max_ms']) for r in kills)} ms, seed means "
+          f"{sorted(int(r['takeover_mean_ms']) for r in kills)} ms")
+PY
 exit $status
