@@ -190,8 +190,10 @@ struct State {
     handed_at: BTreeMap<String, i64>,
     /// Tasks this process ran to the end (a poll answered before their last report
     /// landed may still show them running; they are not lost), or killed when it lost
-    /// contact (never started again: they are reported lost).
-    finished: std::collections::BTreeSet<String>,
+    /// contact (never started again: they are reported lost), by task id and attempt: the
+    /// server hands a lost task out again as the next attempt under the same id, maybe to
+    /// this executor, which must then run it.
+    finished: std::collections::BTreeSet<(String, u32)>,
     /// When the last heartbeat that got an answer was sent.
     last_contact: Option<Instant>,
     /// The task count the last heartbeat reported.
@@ -350,7 +352,9 @@ impl State {
             for (id, status) in self.kill_all(&reason) {
                 let (env, handle) = (self.env.clone(), self.running.remove(&id));
                 self.handed_at.remove(&id);
-                self.finished.insert(id.clone());
+                if let Some(h) = &handle {
+                    self.finished.insert((id.clone(), h.attempt));
+                }
                 self.reports.spawn(async move {
                     if let Some(h) = handle {
                         let _ = h.join.await;
@@ -479,7 +483,7 @@ impl State {
             if self.running.contains_key(&id) {
                 continue;
             }
-            if self.finished.contains(&id) {
+            if ran_here(&self.finished, &t.task) {
                 continue;
             }
             match t.task.status.phase {
@@ -510,16 +514,16 @@ impl State {
 
     /// Forgets finished runners (remembering their ids).
     fn reap(&mut self) {
-        let done: Vec<String> = self
+        let done: Vec<(String, u32)> = self
             .running
             .iter()
             .filter(|(_, h)| h.join.is_finished())
-            .map(|(id, _)| id.clone())
+            .map(|(id, h)| (id.clone(), h.attempt))
             .collect();
-        for id in done {
+        for (id, attempt) in done {
             self.running.remove(&id);
             self.handed_at.remove(&id);
-            self.finished.insert(id);
+            self.finished.insert((id, attempt));
         }
         // Bounded memory: the server deletes finished tasks soon after they end.
         if self.finished.len() > 10_000 {
@@ -598,6 +602,15 @@ async fn poll(
         .await
 }
 
+/// Whether this process already ran (or killed) this attempt of the task. A task lost
+/// here comes back under the same id as the next attempt, and that one must run.
+fn ran_here(
+    finished: &std::collections::BTreeSet<(String, u32)>,
+    task: &cairn_client::executor::ExecutorTask,
+) -> bool {
+    finished.contains(&(task.id.clone(), task.spec.attempt))
+}
+
 async fn known_task_dirs(root: &std::path::Path) -> Vec<String> {
     let mut out = Vec::new();
     if let Ok(mut d) = tokio::fs::read_dir(root).await {
@@ -625,6 +638,19 @@ mod tests {
 
     fn handed(ids: &[(&str, i64)]) -> BTreeMap<String, i64> {
         ids.iter().map(|(id, r)| (id.to_string(), *r)).collect()
+    }
+
+    /// Chaos seed 2014455005334509019: an executor out of contact killed its tasks and
+    /// reported them lost; the retries, handed to it again under the same task ids, were
+    /// skipped as already run, and their runs never finished.
+    #[test]
+    fn a_lost_task_handed_back_as_its_next_attempt_runs_again_here() {
+        let mut finished = std::collections::BTreeSet::new();
+        let mut first = assigned("t1", ExecutorTaskPhase::NotStarted, false).task;
+        finished.insert((first.id.clone(), first.spec.attempt));
+        assert!(ran_here(&finished, &first));
+        first.spec.attempt = 1;
+        assert!(!ran_here(&finished, &first), "the next attempt is new work");
     }
 
     #[test]

@@ -285,6 +285,35 @@ async fn file_stream(path: &PathBuf) -> Result<cairn_client::http::Payload, Step
     Ok(cairn_client::http::Payload::stream(stream))
 }
 
+/// How long a workspace archive or cache upload is sent again after failures that may be
+/// passing (the node receiving it killed mid-upload, no leader for a moment): the spooled
+/// file is still there, and both uploads may be repeated (an archive overwrites its own
+/// object; a cache that did land reads as saved by another task).
+const UPLOAD_GIVE_UP_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Sends the file at `path` with `send`, from its start again after each transient
+/// failure, until [`UPLOAD_GIVE_UP_AFTER`]. A streamed body is sent once per attempt, so
+/// the client cannot retry it itself.
+async fn upload_file<T, F, Fut>(path: &PathBuf, what: &str, mut send: F) -> Result<T, StepError>
+where
+    F: FnMut(cairn_client::http::Payload) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(200);
+    loop {
+        match send(file_stream(path).await?).await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_transient() && started.elapsed() < UPLOAD_GIVE_UP_AFTER => {
+                tracing::info!(error = %e, what, "upload failed; sending it again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(2));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 pub async fn save_to_workspace(
     ctx: &StepCtx<'_>,
     index: usize,
@@ -298,11 +327,11 @@ pub async fn save_to_workspace(
         format!("saving {entries} entries ({size} bytes) to the workspace"),
     )
     .await;
-    let payload = file_stream(&spool).await?;
-    let r = ctx
-        .client
-        .upload_archive(ctx.executor_id, ctx.task_id, index, payload)
-        .await;
+    let r = upload_file(&spool, "workspace archive", |payload| {
+        ctx.client
+            .upload_archive(ctx.executor_id, ctx.task_id, index, payload)
+    })
+    .await;
     let _ = tokio::fs::remove_file(&spool).await;
     r?;
     Ok(Some(0))
@@ -446,8 +475,10 @@ pub async fn save_cache(
     }
     let (spool, entries) = build_archive(ctx, &step.contents).await?;
     let size = tokio::fs::metadata(&spool).await?.len();
-    let payload = file_stream(&spool).await?;
-    let created = ctx.client.upload_cache(&full, payload).await;
+    let created = upload_file(&spool, "cache", |payload| {
+        ctx.client.upload_cache(&full, payload)
+    })
+    .await;
     let _ = tokio::fs::remove_file(&spool).await;
     if created? {
         ctx.log(
@@ -512,6 +543,51 @@ mod tests {
         assert_eq!(resolve("/h", "/h/project", "/abs"), "/abs");
         assert_eq!(resolve("/h", "/h/project", "~/x"), "/h/x");
         assert_eq!(expand_tilde("/h", "~"), "/h");
+    }
+
+    #[tokio::test]
+    async fn an_upload_is_sent_again_after_transient_failures_and_not_after_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool.tar");
+        std::fs::write(&spool, b"archive").unwrap();
+        // A node killed mid-upload, then no leader for a moment, then it lands.
+        let mut calls = 0;
+        let r = upload_file(&spool, "test", |_payload| {
+            calls += 1;
+            let n = calls;
+            async move {
+                match n {
+                    1 => Err(ClientError::Transport("connection reset".into())),
+                    2 => Err(ClientError::Api(cairn_client::ApiError {
+                        code: cairn_client::ErrorCode::Unavailable,
+                        message: "no leader".into(),
+                        details: None,
+                    })),
+                    _ => Ok(n),
+                }
+            }
+        })
+        .await;
+        assert_eq!(r.unwrap(), 3);
+        // A refusal is final: sent once.
+        let mut calls = 0;
+        let r: Result<(), _> = upload_file(&spool, "test", |_payload| {
+            calls += 1;
+            async {
+                Err(ClientError::Api(cairn_client::ApiError {
+                    code: cairn_client::ErrorCode::BadRequest,
+                    message: "no".into(),
+                    details: None,
+                }))
+            }
+        })
+        .await;
+        assert!(r.is_err());
+        assert_eq!(calls, 1);
+        // A spool that is gone is an error, not a retry.
+        std::fs::remove_file(&spool).unwrap();
+        let r: Result<(), _> = upload_file(&spool, "test", |_payload| async { Ok(()) }).await;
+        assert!(r.is_err());
     }
 
     #[test]

@@ -89,6 +89,9 @@ pub struct TaskHandle {
     /// The latest status this runner reported (or tried to).
     pub status: watch::Receiver<ExecutorTaskStatus>,
     pub join: tokio::task::JoinHandle<()>,
+    /// The attempt it runs (`ExecutorTaskSpec::attempt`): a task lost here may come back
+    /// to this executor as the next attempt, under the same id.
+    pub attempt: u32,
 }
 
 impl TaskHandle {
@@ -137,6 +140,7 @@ pub async fn report(
 pub fn spawn(env: TaskEnv, task: AssignedTask) -> TaskHandle {
     let stop = CancellationToken::new();
     let initial = task.task.status.clone();
+    let attempt = task.task.spec.attempt;
     let (tx, rx) = watch::channel(initial);
     let s = stop.clone();
     let abandoned = Arc::new(AtomicBool::new(false));
@@ -151,6 +155,7 @@ pub fn spawn(env: TaskEnv, task: AssignedTask) -> TaskHandle {
         abandoned,
         status: rx,
         join,
+        attempt,
     }
 }
 

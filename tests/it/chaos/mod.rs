@@ -219,15 +219,10 @@ async fn runs_succeed_once_each_through_kills_and_freezes_of_nodes_and_executors
         .collect();
 
     // Markers: each task's marker step completed once, never beside a live attempt. A
-    // completed execution may be followed by another only if its executor was killed
-    // after it started and before the next one started, and the server recorded an
-    // attempt of that executor as lost: the step ended, but its executor died before it
-    // could report the end (at-least-once: see the report of `unreported_reruns`).
-    let executor_kills: Vec<(usize, u128)> = applied
-        .iter()
-        .filter(|f| matches!(f.kind, FaultKind::KillExecutor(_)))
-        .map(|f| (f.victim, epoch.as_nanos() + f.injected.as_nanos()))
-        .collect();
+    // completed execution may be followed by another only if the server recorded an
+    // attempt of its executor as lost: the step ended, but the executor was killed or
+    // out of contact before the end reached a server (at-least-once: see the report of
+    // `unreported_reruns`).
     let executor_ids: Vec<String> = rig.executors.iter().map(|e| e.id.clone()).collect();
     let task_names = submit::task_names();
     let mut violations = Vec::new();
@@ -245,13 +240,13 @@ async fn runs_succeed_once_each_through_kills_and_freezes_of_nodes_and_executors
                 .into_iter()
                 .map(|a| a.executor_id)
                 .collect();
-            let unreported = |e: &markers::Execution, next: u128| {
-                e.executor().is_some_and(|i| {
-                    executor_kills
-                        .iter()
-                        .any(|&(k, at)| k == i && e.started_ns <= at && at <= next)
-                        && lost_by.contains(&executor_ids[i])
-                })
+            // A completed execution may be followed by another only when the server
+            // recorded that attempt as lost by its executor: killed before it could
+            // report, or out of contact with every server (it then kills its tasks and
+            // reports them lost, a finished one whose end was not delivered included).
+            let unreported = |e: &markers::Execution, _next: u128| {
+                e.executor()
+                    .is_some_and(|i| lost_by.contains(&executor_ids[i]))
             };
             let found = m.violations(unreported);
             if !found.is_empty() {
