@@ -547,9 +547,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_upload_is_sent_again_after_transient_failures_and_not_after_others() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("a temp dir");
         let spool = dir.path().join("spool.tar");
-        std::fs::write(&spool, b"archive").unwrap();
+        std::fs::write(&spool, b"archive").expect("the spool");
         // A node killed mid-upload, then no leader for a moment, then it lands.
         let mut calls = 0;
         let r = upload_file(&spool, "test", |_payload| {
@@ -568,7 +568,7 @@ mod tests {
             }
         })
         .await;
-        assert_eq!(r.unwrap(), 3);
+        assert_eq!(r.expect("sent at the third attempt"), 3);
         // A refusal is final: sent once.
         let mut calls = 0;
         let r: Result<(), _> = upload_file(&spool, "test", |_payload| {
@@ -585,7 +585,7 @@ mod tests {
         assert!(r.is_err());
         assert_eq!(calls, 1);
         // A spool that is gone is an error, not a retry.
-        std::fs::remove_file(&spool).unwrap();
+        std::fs::remove_file(&spool).expect("removed");
         let r: Result<(), _> = upload_file(&spool, "test", |_payload| async { Ok(()) }).await;
         assert!(r.is_err());
     }
