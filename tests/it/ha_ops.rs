@@ -125,7 +125,23 @@ async fn after_quorum_loss_the_survivor_is_recovered_others_rejoin_and_runs_go_o
     cluster.nodes[leader].restart();
     let client = cluster.nodes[leader].client();
     for id in &acked {
-        let run = wait_finished(&client, id).await;
+        // On a timeout, say where the run stands and why it waits (the flake of the
+        // ignore reason above has shown a run still queued).
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let run = loop {
+            let got = client.run(id).await;
+            if let Ok(r) = &got
+                && r.run.phase.is_finished()
+            {
+                break got.unwrap();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "acknowledged run {id} unfinished after 120 s: {:?}",
+                got.map(|r| (r.run.phase, r.pending))
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         assert_eq!(run.run.result, RunResult::Success, "acknowledged run {id}");
     }
 
