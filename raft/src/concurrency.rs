@@ -341,8 +341,9 @@ fn lease_of(prefix: &[u8], key: &[u8]) -> Option<i64> {
 
 /// Probes the node at `addr` (the predecessor's key's value) every [`PROBE_EVERY`]; once it
 /// refused [`REFUSALS_TO_PREEMPT`] probes in a row, revokes the predecessor's lease and
-/// returns. Never returns for a key without an address or a node that answers (or is
-/// merely silent): the lock then moves when the key goes.
+/// returns. Never returns for a key without an address, with an address that is no
+/// member's, or of a node that answers (or is merely silent): the lock then moves when
+/// the key goes.
 async fn preempt_if_dead(kv: &Kv, prefix: &[u8], key: &[u8], addr: &[u8]) {
     let (Some(lease), Ok(addr)) = (lease_of(prefix, key), std::str::from_utf8(addr)) else {
         return std::future::pending().await;
@@ -353,6 +354,11 @@ async fn preempt_if_dead(kv: &Kv, prefix: &[u8], key: &[u8], addr: &[u8]) {
     let mut refusals = 0;
     loop {
         tokio::time::sleep(PROBE_EVERY).await;
+        // The key's value is whatever its writer put there: only a member's address is
+        // probed (a probe carries the peer secret), and a stranger's key is waited out.
+        if !kv.is_member_addr(addr) {
+            return std::future::pending().await;
+        }
         if kv.peer_refuses(addr, PROBE_EVERY * 2).await {
             refusals += 1;
         } else {

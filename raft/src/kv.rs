@@ -325,6 +325,17 @@ impl Kv {
         )
     }
 
+    /// Whether `addr` is the address of a member (voter or learner) of this node's
+    /// membership. Addresses read from the store are probed only when they are: any
+    /// client may write a key, and a probe carries the peer secret.
+    pub fn is_member_addr(&self, addr: &str) -> bool {
+        crate::node::metrics(&self.n)
+            .membership_config
+            .membership()
+            .nodes()
+            .any(|(_, n)| n.addr == addr)
+    }
+
     pub async fn lease_revoke(&self, id: i64) -> Result<i64, KvError> {
         match self.propose(Command::LeaseRevoke { id }).await? {
             CommandResult::LeaseRevoke { revision } => Ok(revision),

@@ -1,11 +1,14 @@
 //! The fenced mutex hands a dead holder's lock on at once: the next in line probes the
 //! holder's node and, when it refuses connections, revokes the holder's session instead
-//! of waiting out its lease. A live holder is never preempted.
+//! of waiting out its lease. A live holder is never preempted, and a key whose address is
+//! no member's (anyone may write one) is never probed.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
 use store::{PutRequest, RequestOp};
+
+use crate::kv::Kv;
 
 use super::harness::{Cluster, WAIT, fast_timing};
 use crate::concurrency::{Mutex, Session};
@@ -73,6 +76,43 @@ async fn a_live_holder_keeps_its_lock_while_others_wait() {
     let (f2, s2) = tokio::time::timeout(WAIT, second).await.unwrap().unwrap();
     assert!(f2.unwrap().token > f1.token);
     s1.close().await.unwrap();
+    s2.close().await.unwrap();
+    c.shutdown().await;
+}
+
+/// A client writes a contender key by hand, its value an address outside the cluster:
+/// were it probed, the probe would carry the peer secret to that address (and, refused,
+/// revoke the writer's lease). It is not probed: the lock waits for the key to go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_naming_an_address_outside_the_cluster_is_never_probed() {
+    let c = Cluster::start(3, fast_timing()).await;
+    let l = c.wait_leader(&c.all(), WAIT).await;
+    let (a, b) = ((l + 1) % 3, (l + 2) % 3);
+    let planted = Session::new(&c.kv(a), LONG_TTL).await.unwrap();
+    let kv: Kv = c.kv(a);
+    let mut put = PutRequest::new(
+        format!("locks/sched/{:x}", planted.lease()),
+        "sim://outside-the-cluster",
+    );
+    put.lease = planted.lease();
+    kv.put(put).await.unwrap();
+    let s2 = Session::new(&c.kv(b), LONG_TTL).await.unwrap();
+    let ctx = Ctx::timeout(WAIT * 3);
+    let mut second = tokio::spawn(async move {
+        let f2 = Mutex::new("locks/sched").lock(&ctx, &s2).await;
+        (f2, s2)
+    });
+    // The stranger's address refuses every connection in the simulated network: probed,
+    // it would be preempted within two probe rounds.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), &mut second)
+            .await
+            .is_err(),
+        "the lock moved on after probing an address outside the cluster"
+    );
+    c.kv(a).lease_revoke(planted.lease()).await.unwrap();
+    let (f2, s2) = tokio::time::timeout(WAIT, second).await.unwrap().unwrap();
+    assert!(f2.is_ok());
     s2.close().await.unwrap();
     c.shutdown().await;
 }
