@@ -15,9 +15,9 @@ use store::{Cf, Durability, Engine, WriteBatch};
 
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote, decode, encode};
 
-const VOTE: &[u8] = b"vote";
-const PURGED: &[u8] = b"last_purged";
-const COMMITTED: &[u8] = b"committed";
+pub(crate) const VOTE: &[u8] = b"vote";
+pub(crate) const PURGED: &[u8] = b"last_purged";
+pub(crate) const COMMITTED: &[u8] = b"committed";
 
 fn idx(i: u64) -> [u8; 8] {
     i.to_be_bytes()
@@ -82,7 +82,7 @@ impl LogStore {
         Ok(())
     }
 
-    fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
+    pub(crate) fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
         let last = self
             .engine
             .scan(Cf::RaftLog, &[], None, 1, true)

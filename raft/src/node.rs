@@ -36,9 +36,9 @@ use crate::stats::RaftStats;
 use crate::timing::Timing;
 use crate::types::{NodeAddr, NodeId, Raft, RaftMetrics, decode, encode};
 
-const NODE_ID: &[u8] = b"node_id";
-const CLUSTER_ID: &[u8] = b"cluster_id";
-const VOTE: &[u8] = b"vote";
+pub(crate) const NODE_ID: &[u8] = b"node_id";
+pub(crate) const CLUSTER_ID: &[u8] = b"cluster_id";
+use crate::log_store::VOTE;
 
 /// What a node needs to start.
 #[derive(Clone, Debug)]

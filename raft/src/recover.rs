@@ -26,11 +26,11 @@ use openraft::storage::{RaftLogReader, RaftStateMachine};
 use store::{Cf, Durability, EngineKind, Mvcc, WriteBatch};
 
 use crate::error::NodeError;
-use crate::log_store::LogStore;
+use crate::log_store::{self as log_keys, LogStore};
 use crate::network::{Transport, TransportError};
-use crate::node::{Node, NodeConfig};
+use crate::node::{self as node_keys, Node, NodeConfig};
 use crate::rpc::{PeerRequest, PeerResponse};
-use crate::state_machine::{StateMachine, applied_membership};
+use crate::state_machine::{self as sm_keys, StateMachine, applied_membership};
 use crate::timing::Timing;
 use crate::types::{LogId, NodeAddr, NodeId, decode};
 
@@ -142,18 +142,18 @@ async fn reset_raft_state(data_dir: &Path, engine_kind: EngineKind) -> Result<Re
     let engine = store::engine::open(engine_kind, data_dir)?;
     let meta =
         |key: &[u8]| -> Result<Option<Vec<u8>>, NodeError> { Ok(engine.get(Cf::RaftMeta, key)?) };
-    let node_id: NodeId = match meta(keys::NODE_ID)? {
+    let node_id: NodeId = match meta(node_keys::NODE_ID)? {
         Some(b) => decode(&b)?,
         None => return Err(NodeError::NotInitialized(data_dir.display().to_string())),
     };
-    let old_cluster_id: u64 = match meta(keys::CLUSTER_ID)? {
+    let old_cluster_id: u64 = match meta(node_keys::CLUSTER_ID)? {
         Some(b) => decode(&b)?,
         None => 0,
     };
     if old_cluster_id == 0 {
         return Err(NodeError::NotInitialized(data_dir.display().to_string()));
     }
-    let committed: Option<LogId> = match meta(keys::COMMITTED)? {
+    let committed: Option<LogId> = match meta(log_keys::COMMITTED)? {
         Some(b) => decode::<Option<LogId>>(&b)?,
         None => None,
     };
@@ -163,7 +163,7 @@ async fn reset_raft_state(data_dir: &Path, engine_kind: EngineKind) -> Result<Re
         StateMachine::open(mvcc.clone(), snapshot_dir(data_dir)).map_err(NodeError::storage)?;
     let (applied, _) = sm.applied_state().await.map_err(NodeError::storage)?;
     let mut log = LogStore::new(engine.clone());
-    let last = last_log_id(&engine)?;
+    let last = log.last_entry_id().map_err(NodeError::storage)?;
     let (range, dropped_uncommitted) = entries_to_keep(applied, committed, last);
     let mut applied_from_log = 0;
     if let Some(range) = range {
@@ -196,10 +196,15 @@ async fn reset_raft_state(data_dir: &Path, engine_kind: EngineKind) -> Result<Re
     drop((sm, mvcc, log));
     let mut b = WriteBatch::new();
     b.delete_range(Cf::RaftLog, Vec::new(), None);
-    for key in [keys::VOTE, keys::PURGED, keys::COMMITTED, keys::CLUSTER_ID] {
+    for key in [
+        log_keys::VOTE,
+        log_keys::PURGED,
+        log_keys::COMMITTED,
+        node_keys::CLUSTER_ID,
+    ] {
         b.delete(Cf::RaftMeta, key.to_vec());
     }
-    for key in [keys::APPLIED, keys::MEMBERSHIP] {
+    for key in [sm_keys::APPLIED, sm_keys::MEMBERSHIP] {
         b.delete(Cf::Meta, key.to_vec());
     }
     engine.write(b, Durability::Sync)?;
@@ -219,14 +224,6 @@ fn snapshot_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("snapshot")
 }
 
-fn last_log_id(engine: &Arc<dyn store::Engine>) -> Result<Option<LogId>, NodeError> {
-    let last = engine.scan(Cf::RaftLog, &[], None, 1, true)?;
-    match last.first() {
-        None => Ok(None),
-        Some((_, v)) => Ok(Some(decode::<crate::types::Entry>(v)?.log_id)),
-    }
-}
-
 fn remove_snapshots(dir: &Path) -> Result<(), NodeError> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
@@ -236,18 +233,6 @@ fn remove_snapshots(dir: &Path) -> Result<(), NodeError> {
             dir.display()
         ))),
     }
-}
-
-/// The keys of the Raft state a recovery removes (as `node.rs`, `log_store.rs` and
-/// `state_machine.rs` write them).
-mod keys {
-    pub const NODE_ID: &[u8] = b"node_id";
-    pub const CLUSTER_ID: &[u8] = b"cluster_id";
-    pub const VOTE: &[u8] = b"vote";
-    pub const PURGED: &[u8] = b"last_purged";
-    pub const COMMITTED: &[u8] = b"committed";
-    pub const APPLIED: &[u8] = b"raft/applied";
-    pub const MEMBERSHIP: &[u8] = b"raft/membership";
 }
 
 /// The transport of a node that must not talk to anyone while it is recovered.

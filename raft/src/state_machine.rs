@@ -39,8 +39,8 @@ use crate::types::{
 /// Bytes buffered when a snapshot file is written or read.
 const FILE_BUFFER: usize = 1 << 20;
 
-const APPLIED: &[u8] = b"raft/applied";
-const MEMBERSHIP: &[u8] = b"raft/membership";
+pub(crate) const APPLIED: &[u8] = b"raft/applied";
+pub(crate) const MEMBERSHIP: &[u8] = b"raft/membership";
 
 fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
     StorageError::from_io_error(
