@@ -304,8 +304,8 @@ impl Node {
     /// it at once; a joiner then starts from the snapshot.
     async fn seal_existing_state(&self) -> Result<(), NodeError> {
         const SEAL_WAIT: Duration = Duration::from_secs(30);
-        let raft = &self.inner.raft;
-        let m = raft
+        self.inner
+            .raft
             .wait(Some(SEAL_WAIT))
             .metrics(
                 |m| m.current_leader == Some(self.inner.id) && m.last_applied.is_some(),
@@ -313,35 +313,7 @@ impl Node {
             )
             .await
             .map_err(NodeError::raft)?;
-        let applied = m.last_applied.map_or(0, |l| l.index);
-        let deadline = Instant::now() + SEAL_WAIT;
-        let snapshot = loop {
-            // An automatic build may be under way: trigger again until one covers it.
-            raft.trigger().snapshot().await.map_err(NodeError::raft)?;
-            let built = raft
-                .wait(Some(Duration::from_secs(2)))
-                .metrics(
-                    |m| m.snapshot.is_some_and(|s| s.index >= applied),
-                    "a snapshot of the existing state",
-                )
-                .await;
-            match built {
-                Ok(m) => break m.snapshot.map_or(applied, |s| s.index),
-                Err(e) if Instant::now() >= deadline => return Err(NodeError::raft(e)),
-                Err(_) => {}
-            }
-        };
-        raft.trigger()
-            .purge_log(snapshot)
-            .await
-            .map_err(NodeError::raft)?;
-        raft.wait(Some(SEAL_WAIT))
-            .metrics(
-                |m| m.purged.is_some_and(|p| p.index >= snapshot),
-                "the log purged up to the snapshot",
-            )
-            .await
-            .map_err(NodeError::raft)?;
+        let snapshot = self.snapshot_and_purge(SEAL_WAIT).await?.index;
         tracing::info!(
             snapshot,
             revision = self.inner.mvcc.revision(),
@@ -464,6 +436,46 @@ impl Node {
             pending = again;
         }
         Ok(())
+    }
+
+    /// Builds a snapshot of everything this node has applied and purges its log up to it,
+    /// within `timeout`; the snapshot's last log id.
+    pub(crate) async fn snapshot_and_purge(
+        &self,
+        timeout: Duration,
+    ) -> Result<crate::types::LogId, NodeError> {
+        let raft = &self.inner.raft;
+        let applied = metrics(&self.inner).last_applied.map_or(0, |l| l.index);
+        let deadline = Instant::now() + timeout;
+        let snapshot = loop {
+            // An automatic build may be under way: trigger again until one covers it.
+            raft.trigger().snapshot().await.map_err(NodeError::raft)?;
+            let built = raft
+                .wait(Some(Duration::from_secs(2)))
+                .metrics(
+                    |m| m.snapshot.is_some_and(|s| s.index >= applied),
+                    "a snapshot of everything applied",
+                )
+                .await;
+            match built.map(|m| m.snapshot) {
+                Ok(Some(s)) => break s,
+                Ok(None) => {}
+                Err(e) if Instant::now() >= deadline => return Err(NodeError::raft(e)),
+                Err(_) => {}
+            }
+        };
+        raft.trigger()
+            .purge_log(snapshot.index)
+            .await
+            .map_err(NodeError::raft)?;
+        raft.wait(Some(timeout))
+            .metrics(
+                |m| m.purged.is_some_and(|p| p.index >= snapshot.index),
+                "the log purged up to the snapshot",
+            )
+            .await
+            .map_err(NodeError::raft)?;
+        Ok(snapshot)
     }
 
     /// Waits until some node is leader, up to `timeout`.

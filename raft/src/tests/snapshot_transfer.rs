@@ -42,35 +42,10 @@ fn value(n: usize) -> Vec<u8> {
 
 /// Builds a snapshot of everything the leader applied and purges its log up to it.
 async fn snapshot_and_purge(leader: &Node) -> LogId {
-    let applied = metrics(leader).last_applied.unwrap().index;
-    let deadline = Instant::now() + WAIT;
-    let snap = loop {
-        // An automatic build may be running: retry the trigger.
-        leader.raft().trigger().snapshot().await.unwrap();
-        let m = leader
-            .raft()
-            .wait(Some(Duration::from_secs(2)))
-            .metrics(
-                |m| m.snapshot.is_some_and(|s| s.index >= applied),
-                "snapshot",
-            )
-            .await;
-        if let Ok(m) = m {
-            break m.snapshot.unwrap();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the leader never built a snapshot"
-        );
-    };
-    leader.raft().trigger().purge_log(snap.index).await.unwrap();
     leader
-        .raft()
-        .wait(Some(WAIT))
-        .metrics(|m| m.purged.is_some_and(|p| p.index >= snap.index), "purge")
+        .snapshot_and_purge(WAIT)
         .await
-        .unwrap();
-    snap
+        .expect("a snapshot and a purge")
 }
 
 async fn wait_installed(node: &Node, at_least: u64, what: &str) -> LogId {
