@@ -12,6 +12,7 @@ use cairn_client::api::{ClusterMember, NodeInfo};
 use clap::Subcommand;
 
 use super::args::{Connection, Output, ServerArgs};
+use super::terminal::escape_controls;
 
 /// How long one member may take to answer.
 const MEMBER_TIMEOUT: Duration = Duration::from_secs(3);
@@ -47,7 +48,7 @@ pub async fn cluster(cmd: ClusterCommand, args: ServerArgs) -> anyhow::Result<u8
     let ClusterCommand::Status = cmd;
     let conn = Connection::open(&args).await?;
     let result = async {
-        let first = conn.client.cluster().await?;
+        let first = printable(conn.client.cluster().await?);
         let executors = conn.client.executors().await.map(|e| e.executors.len());
         let views = ask_members(&conn.client, &first).await;
         let executors = executors.map_err(|e| e.to_string());
@@ -87,8 +88,9 @@ async fn ask_members(client: &cairn_client::RunClient, first: &NodeInfo) -> Vec<
                     .with_request_timeout(MEMBER_TIMEOUT)
                     .cluster()
                     .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
+                    .map(printable)
+                    .map_err(|e| shown(&e.to_string())),
+                Err(e) => Err(shown(&e.to_string())),
             }
         };
         MemberView {
@@ -98,6 +100,25 @@ async fn ask_members(client: &cairn_client::RunClient, first: &NodeInfo) -> Vec<
         }
     });
     futures::future::join_all(asks).await
+}
+
+/// `s` with its control characters shown, not obeyed ([`escape_controls`]): what a node
+/// answers reaches the operator's terminal.
+fn shown(s: &str) -> String {
+    escape_controls(s).into_owned()
+}
+
+/// A node's answer with every text it carries made safe to print, as it enters.
+fn printable(mut info: NodeInfo) -> NodeInfo {
+    for s in [&mut info.version, &mut info.addr, &mut info.state]
+        .into_iter()
+        .chain(info.alarms.iter_mut())
+        .chain(info.voters.iter_mut().map(|m| &mut m.addr))
+        .chain(info.learners.iter_mut().map(|m| &mut m.addr))
+    {
+        *s = shown(s);
+    }
+    info
 }
 
 /// What `cairn cluster status` prints for the answers, and its warnings.
@@ -334,6 +355,17 @@ mod tests {
             voter: true,
             info,
         }
+    }
+
+    #[test]
+    fn what_a_node_answers_cannot_drive_the_terminal() {
+        let mut hostile = node(2, "follower\x1b[2J", 10, false);
+        hostile.version = "0.1.0\x1b]0;pwned\x07".into();
+        hostile.voters[0].addr = "http://x\nwarning: none".into();
+        let clean = printable(hostile);
+        assert_eq!(clean.state, "follower^[[2J");
+        assert_eq!(clean.version, "0.1.0^[]0;pwned^G");
+        assert_eq!(clean.voters[0].addr, "http://x^Jwarning: none");
     }
 
     #[test]
