@@ -266,35 +266,18 @@ async fn a_learner_joins_replicates_serves_reads_and_is_promoted() {
 
     let id = format!("{:x}", l.id.0);
     let endpoint = cluster.nodes[0].url.clone();
-    let out = run(
-        cairn([
-            "store",
-            "cluster",
-            "promote",
-            &id,
-            "--endpoints",
-            &endpoint,
-            "--token",
-            TOKEN,
-        ]),
-        Duration::from_secs(90),
-    );
+    let promote = || {
+        let args = ["store", "cluster", "promote", &id, "--endpoints", &endpoint];
+        run(
+            cairn(args.into_iter().chain(["--token", TOKEN])),
+            Duration::from_secs(90),
+        )
+    };
+    let out = promote();
     assert!(out.code == 0, "{}", out.stderr.clone());
     let members = cluster.client().member_list().await.unwrap().members;
     assert!(members.iter().all(|m| !m.is_learner), "{members:?}");
-    let out = run(
-        cairn([
-            "store",
-            "cluster",
-            "promote",
-            &id,
-            "--endpoints",
-            &endpoint,
-            "--token",
-            TOKEN,
-        ]),
-        Duration::from_secs(60),
-    );
+    let out = promote();
     assert!(out.code != 0);
     assert!(
         out.stderr.clone().contains("already a voter"),
