@@ -78,6 +78,11 @@ fn peer_protocol() -> u32 {
         .unwrap_or(raft::rpc::PEER_PROTOCOL)
 }
 
+/// How long a restarting node waits for each peer's answer when it checks their peer
+/// protocol (five rounds at most): a status answer is small, and a silent peer (frozen,
+/// cut off) must not hold the start up for five request timeouts.
+const PEER_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The default connection cap of the HTTP port.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// The default header-read (and keep-alive idle) timeout.
@@ -329,8 +334,7 @@ impl StoreServer {
                         opts.data_dir.display()
                     );
                 }
-                node.check_peer_protocols(opts.timing.request_timeout)
-                    .await?;
+                node.check_peer_protocols(PEER_CHECK_TIMEOUT).await?;
                 tracing::info!(node_id = node.id(), "restarted from the data dir");
             }
         }

@@ -244,6 +244,9 @@ impl Datamanager {
             keys::SCHEDULER_LOCK.as_bytes().to_vec(),
         ));
         req.count_only = true;
+        // Local and possibly a little stale, without a quorum round: this only words a
+        // pending reason, asked on every read of a queued or running run.
+        req.serializable = true;
         let resp = ctx
             .read(self.kv.range(req))
             .await
