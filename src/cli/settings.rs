@@ -25,6 +25,9 @@ use super::Cli;
 /// The id of the flag naming the file (every command that takes one calls it so).
 const CONFIG_ID: &str = "config";
 
+/// The largest config file read (a settings file is a few hundred bytes).
+pub const MAX_SETTINGS_BYTES: u64 = 1 << 20;
+
 /// What is wrong with a config file.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -33,6 +36,8 @@ pub enum SettingsError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("config file {}: larger than {MAX_SETTINGS_BYTES} bytes", path.display())]
+    TooLarge { path: PathBuf },
     #[error("config file {}:{line}: {message}", path.display())]
     Syntax {
         path: PathBuf,
@@ -107,10 +112,22 @@ struct Entry {
 impl SettingsFile {
     /// Reads and parses the file at `path`.
     pub fn read(path: &Path) -> Result<SettingsFile, SettingsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+        use std::io::Read as _;
+        let read_err = |source| SettingsError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        // At most one byte past the cap is read: a path to a device or a huge file is an
+        // error, not a process that fills its memory.
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_SETTINGS_BYTES + 1).read_to_string(&mut text))
+            .map_err(read_err)?;
+        if text.len() as u64 > MAX_SETTINGS_BYTES {
+            return Err(SettingsError::TooLarge {
+                path: path.to_path_buf(),
+            });
+        }
         SettingsFile::parse(path, &text)
     }
 
@@ -475,6 +492,30 @@ mod tests {
             Cmd::Serve(args) => Ok(*args),
             other => panic!("not serve: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_config_path_to_an_endless_device_or_a_huge_file_is_refused_unread() {
+        // /dev/zero never ends: read whole, it would fill the memory.
+        match SettingsFile::read(Path::new("/dev/zero")) {
+            Err(SettingsError::TooLarge { path }) => assert_eq!(path, Path::new("/dev/zero")),
+            other => panic!("/dev/zero as a config file: {other:?}"),
+        }
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let big = dir.path().join("big.toml");
+        let line = "# padding padding padding padding padding padding padding padding\n";
+        std::fs::write(
+            &big,
+            line.repeat((MAX_SETTINGS_BYTES as usize) / line.len() + 1),
+        )
+        .expect("a big file");
+        assert!(matches!(
+            SettingsFile::read(&big),
+            Err(SettingsError::TooLarge { .. })
+        ));
+        let small = dir.path().join("small.toml");
+        std::fs::write(&small, "data-dir = \"/var/lib/cairn\"\n").expect("a small file");
+        assert!(SettingsFile::read(&small).is_ok());
     }
 
     #[test]
