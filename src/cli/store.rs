@@ -228,8 +228,25 @@ pub struct RecoverArgs {
     #[arg(long, env = "CAIRN_ENGINE", default_value = "redb")]
     pub engine: store::EngineKind,
     /// The node's address in the new cluster (default: its address in the old one).
-    #[arg(long)]
+    #[arg(long, value_parser = member_url)]
     pub advertise: Option<String>,
+}
+
+/// A member's address as it goes into the membership: an `http://` or `https://` URL with
+/// a host and nothing after the authority but an optional `/`.
+fn member_url(s: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(s).map_err(|e| format!("not a URL: {e}"))?;
+    let plain = matches!(url.scheme(), "http" | "https")
+        && url.host().is_some()
+        && url.path() == "/"
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && url.username().is_empty()
+        && url.password().is_none();
+    if !plain {
+        return Err("expected http(s)://HOST[:PORT], as a node is reached at".into());
+    }
+    Ok(s.trim_end_matches('/').to_string())
 }
 
 /// Runs a client command; output goes to stdout.
@@ -643,6 +660,28 @@ async fn save_snapshot(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recovered_nodes_new_address_is_a_plain_http_url() {
+        assert_eq!(
+            member_url("https://n1.example:7070/").as_deref(),
+            Ok("https://n1.example:7070")
+        );
+        assert_eq!(
+            member_url("http://10.0.0.1:7070").as_deref(),
+            Ok("http://10.0.0.1:7070")
+        );
+        for hostile in [
+            "file:///etc/passwd",
+            "http://u:p@n1:7070",
+            "http://n1:7070/raft/rpc",
+            "http://n1:7070/?x=1",
+            "n1:7070",
+            "",
+        ] {
+            assert!(member_url(hostile).is_err(), "{hostile:?} accepted");
+        }
+    }
 
     #[test]
     fn member_ids_are_hex_as_printed_else_decimal() {
