@@ -87,6 +87,8 @@ async fn an_alarm_raised_on_one_node_refuses_writes_on_every_node_until_disarmed
             .await
             .unwrap();
     }
+    // The last put is acknowledged once the leader applied it: wait for the others.
+    c.wait_converged(WAIT).await;
     c.assert_replicas_equal().await;
     c.shutdown().await;
 }
