@@ -20,6 +20,40 @@ pub const MAX_LOG_CHUNK_BYTES: usize = 4 << 20;
 /// already complete when the request arrived; its value is `true`.
 pub const LOG_COMPLETE_HEADER: &str = "x-cairn-log-complete";
 
+/// The request header of `POST /runs` naming one logical creation: sent again with the
+/// same request (after a lost answer, to any node), it answers with the runs the first
+/// sending made instead of making more. Kept for [`IDEMPOTENCY_KEY_TTL_SECS`].
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+/// The response header set (`true`) when `POST /runs` answered with runs made earlier
+/// under the same idempotency key.
+pub const IDEMPOTENT_REPLAYED_HEADER: &str = "idempotent-replayed";
+/// The longest idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+/// How long the server remembers an idempotency key (a day).
+pub const IDEMPOTENCY_KEY_TTL_SECS: u64 = 24 * 3600;
+
+/// Why `key` is not a valid idempotency key (1 to [`MAX_IDEMPOTENCY_KEY_LEN`] visible
+/// ASCII characters), or `None`.
+pub fn idempotency_key_error(key: &str) -> Option<String> {
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+        return Some(format!(
+            "the {IDEMPOTENCY_KEY_HEADER} header must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes long, got {}",
+            key.len()
+        ));
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Some(format!(
+            "the {IDEMPOTENCY_KEY_HEADER} header must be visible ASCII characters (no spaces or control characters)"
+        ));
+    }
+    None
+}
+
+/// A fresh random idempotency key (a UUID).
+pub fn new_idempotency_key() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
 /// Which log of a task: its setup (pod creation, image pulls, clone…) or one of its steps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum LogStep {

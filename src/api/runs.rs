@@ -25,6 +25,8 @@ use super::error::{ApiResult, Failure};
 use super::forward::PeerRead;
 use super::v1::ApiState;
 use crate::configfile;
+use crate::datamanager::create_once::CreateOnce;
+use crate::datamanager::runs::Creation;
 use crate::datamanager::{Datamanager, Versioned};
 use crate::runservice;
 use cairn_client::ApiError;
@@ -40,30 +42,77 @@ use cairn_client::api::RunsPage;
         parsed still records one run, in phase `setuperror` (201 too); a config over Cairn's limits \
         is a 400 whose `details` are the config's errors.",
     request_body = CreateRunRequest,
+    params(
+        ("idempotency-key" = Option<String>, Header, description = "Names this creation (1 to 255 visible \
+            ASCII characters): the same key with the same request, sent again within a day (after a lost \
+            answer, to any node), answers with the runs made the first time, marked by the header \
+            `idempotent-replayed: true`; the same key with another request is a 409. `cairn-client` sends a \
+            new key with every create and sends it again when the answer is lost."),
+    ),
     responses(
         (status = 201, description = "The runs created (secrets redacted unless admin)", body = CreateRunResponse),
-        (status = 400, description = "A bad request or a config over the limits", body = ApiError),
+        (status = 400, description = "A bad request, a bad idempotency key or a config over the limits", body = ApiError),
+        (status = 409, description = "The idempotency key was used for another request", body = ApiError),
     ),
     security(("bearer" = ["admin", "user"])),
 )]
 pub async fn create(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     Json(req): Json<CreateRunRequest>,
-) -> ApiResult<(StatusCode, Json<CreateRunResponse>)> {
-    let (status, Json(mut made)) = create_runs(st, req).await?;
+) -> ApiResult<Response> {
+    let once = create_once(&headers, &req)?;
+    let (mut made, replayed) = create_runs(st, req, once.as_ref()).await?;
     made.runs = made
         .runs
         .into_iter()
         .map(|r| auth::run_response_for(&caller, r))
         .collect();
-    Ok((status, Json(made)))
+    let mut resp = (StatusCode::CREATED, Json(made)).into_response();
+    if replayed {
+        resp.headers_mut().insert(
+            cairn_client::api::IDEMPOTENT_REPLAYED_HEADER,
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
+    Ok(resp)
 }
 
+/// The request's idempotency key, validated, with the request's digest; `None` without
+/// the header.
+fn create_once(headers: &HeaderMap, req: &CreateRunRequest) -> ApiResult<Option<CreateOnce>> {
+    use cairn_client::api::{IDEMPOTENCY_KEY_HEADER, idempotency_key_error};
+    let Some(value) = headers.get(IDEMPOTENCY_KEY_HEADER) else {
+        return Ok(None);
+    };
+    let bad = |why: String| Failure::new(cairn_client::ErrorCode::BadRequest, why);
+    let key = value.to_str().map_err(|_| {
+        bad(format!(
+            "the {IDEMPOTENCY_KEY_HEADER} header must be visible ASCII characters"
+        ))
+    })?;
+    if let Some(why) = idempotency_key_error(key) {
+        return Err(bad(why));
+    }
+    // The request as parsed, written back: the same request gives the same bytes
+    // whatever its JSON's spacing or key order.
+    let canonical = serde_json::to_vec(req).map_err(|e| {
+        Failure::new(
+            cairn_client::ErrorCode::Internal,
+            format!("encoding the request: {e}"),
+        )
+    })?;
+    Ok(Some(CreateOnce::new(key, &canonical, chrono::Utc::now())))
+}
+
+/// Makes the request's runs; with a key, a run the same request made before is read
+/// instead (`true`: at least one was).
 async fn create_runs(
     st: ApiState,
     req: CreateRunRequest,
-) -> ApiResult<(StatusCode, Json<CreateRunResponse>)> {
+    once: Option<&CreateOnce>,
+) -> ApiResult<(CreateRunResponse, bool)> {
     let resolved =
         runservice::create::resolve_request(&req, &st.pull_request_refs).map_err(create_failure)?;
     let loaded = load_config(&req, resolved.config_context.clone()).await?;
@@ -71,12 +120,13 @@ async fn create_runs(
         runservice::create::run_configs(&req, &resolved, loaded).map_err(create_failure)?;
     let group = &resolved.group;
     let mut runs = Vec::new();
-    for template in configs {
+    let mut replayed = false;
+    for (n, template) in configs.into_iter().enumerate() {
         let now = chrono::Utc::now();
-        let created = st
+        let creation = st
             .dm
             .with_ctx(super::request_ctx())
-            .create_run(group, |id, counter| {
+            .create_run_once(group, once.map(|o| (o, n)), |id, counter| {
                 let mut config = template.clone();
                 config.id = id.to_string();
                 // The run's id and counter reach its tasks at hand-out (runservice::spec_data).
@@ -84,6 +134,15 @@ async fn create_runs(
                 (config, run)
             })
             .await?;
+        let created = match creation {
+            Creation::Made(created) => *created,
+            Creation::Earlier(id) => {
+                tracing::info!(run_id = %id, group = %group, "run creation sent again: answered with the earlier run");
+                replayed = true;
+                runs.push(run_response(&st, &id).await?);
+                continue;
+            }
+        };
         if created.config.setup_errors.is_empty() {
             tracing::info!(run_id = %created.run.value.id, group = %group, "run created");
         } else {
@@ -95,7 +154,7 @@ async fn create_runs(
             pending: None,
         });
     }
-    Ok((StatusCode::CREATED, Json(CreateRunResponse { runs })))
+    Ok((CreateRunResponse { runs }, replayed))
 }
 
 /// A refused creation request: a config's errors travel as details.

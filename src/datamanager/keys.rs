@@ -22,6 +22,7 @@
 //! rs/nodemode/<node id>            NodeMode (JSON): the mode a node is in, on the node's lease
 //! rs/importing                     marker: an import is being applied (maintenance cannot end)
 //! rs/segment/<segment id>          SegmentMeta (JSON): a segment of archived runs in object storage
+//! rs/once/<sha256 of key>/<n>      CreateRecord (JSON): the n-th run made under an idempotency key
 //! ```
 
 use cairn_client::run::{Run, RunPhase, RunResult};
@@ -50,6 +51,8 @@ pub const NODE_MODE: &str = "rs/nodemode/";
 pub const IMPORTING: &str = "rs/importing";
 /// Segments of archived runs, by segment id.
 pub const SEGMENT: &str = "rs/segment/";
+/// Runs made under an idempotency key (`POST /runs` with `Idempotency-Key`).
+pub const CREATE_ONCE: &str = "rs/once/";
 /// Everything the run service owns.
 pub const ALL: &str = "rs/";
 

@@ -23,6 +23,7 @@ pub mod archives;
 pub mod blobs;
 pub mod caches;
 pub mod changegroup;
+pub mod create_once;
 pub mod events;
 pub mod exchange;
 pub mod executors;

@@ -9,6 +9,7 @@ use cairn_client::run::{Run, RunEvent, RunPhase, root_group};
 use cairn_client::runconfig::RunConfig;
 use store::{KeyRange, RangeRequest, RequestOp, SortOrder, WatchRequest, WatchStream};
 
+use super::create_once::{CreateOnce, CreateRecord, earlier_run};
 use super::keys::{self, Selector};
 use raft::Write;
 
@@ -24,52 +25,93 @@ pub struct Created {
     pub config: RunConfig,
 }
 
+/// What a creation under an idempotency key did.
+pub enum Creation {
+    Made(Box<Created>),
+    /// The request was made before: the id of the run it made.
+    Earlier(String),
+}
+
 impl Datamanager {
     /// Creates a run: allocates the next run id and the next counter of the group's
     /// root, then `make(id, counter)` builds the config and run, and everything (run,
     /// config, indexes, counter, sequence, creation event) is written in one
     /// transaction. Concurrent creations conflict on the sequence and are retried within
     /// the handle's context, so ids and counters of one root both follow creation order.
-    pub async fn create_run<F>(&self, group: &str, mut make: F) -> Result<Created, DmError>
+    pub async fn create_run<F>(&self, group: &str, make: F) -> Result<Created, DmError>
+    where
+        F: FnMut(&str, u64) -> (RunConfig, Run),
+    {
+        match self.create_run_once(group, None, make).await? {
+            Creation::Made(created) => Ok(*created),
+            Creation::Earlier(id) => unreachable!("no record without a key: {id}"),
+        }
+    }
+
+    /// [`Datamanager::create_run`] as the `n`-th run of a request under an idempotency
+    /// key (`once`): its record is read in the same transaction, so the request sent again,
+    /// or twice at once, makes the run once and then gets [`Creation::Earlier`]; the same
+    /// key with another request is [`DmError::Refused`].
+    pub async fn create_run_once<F>(
+        &self,
+        group: &str,
+        once: Option<(&CreateOnce, usize)>,
+        mut make: F,
+    ) -> Result<Creation, DmError>
     where
         F: FnMut(&str, u64) -> (RunConfig, Run),
     {
         let root = root_group(group).to_string();
         let counter_key = keys::counter(&root);
+        let record_key = once.map(|(once, n)| once.record_key(n));
+        let mut read = vec![keys::RUN_SEQ.to_string(), counter_key.clone()];
+        read.extend(record_key.clone());
+        let mut earlier = None;
         let created = self
-            .update_keys(
-                "creating a run",
-                vec![keys::RUN_SEQ.to_string(), counter_key.clone()],
-                |current| {
-                    let next_seq =
-                        parse_u64(current[0].as_ref().map(|kv| kv.value.as_slice()))? + 1;
-                    let next_counter =
-                        parse_u64(current[1].as_ref().map(|kv| kv.value.as_slice()))? + 1;
-                    let id = keys::run_id(next_seq);
-                    let (config, run) = make(&id, next_counter);
-                    let mut ops = vec![
-                        put(keys::RUN_SEQ, next_seq.to_string().into_bytes()),
-                        put(counter_key.clone(), next_counter.to_string().into_bytes()),
-                        put(keys::run_config(&id), encode(&config)),
-                    ];
-                    ops.extend(run_write_ops(None, &run));
-                    let write = Write {
-                        compare: vec![absent(keys::run(&id))],
-                        ops,
+            .update_keys("creating a run", read, |current| {
+                if let (Some((once, _)), Some(key), Some(Some(kv))) =
+                    (once, &record_key, current.get(2))
+                {
+                    earlier = Some(earlier_run(once, key, &kv.value)?);
+                    return Ok(None);
+                }
+                let next_seq = parse_u64(current[0].as_ref().map(|kv| kv.value.as_slice()))? + 1;
+                let next_counter =
+                    parse_u64(current[1].as_ref().map(|kv| kv.value.as_slice()))? + 1;
+                let id = keys::run_id(next_seq);
+                let (config, run) = make(&id, next_counter);
+                let mut ops = vec![
+                    put(keys::RUN_SEQ, next_seq.to_string().into_bytes()),
+                    put(counter_key.clone(), next_counter.to_string().into_bytes()),
+                    put(keys::run_config(&id), encode(&config)),
+                ];
+                if let (Some((once, _)), Some(key)) = (once, &record_key) {
+                    let record = CreateRecord {
+                        fingerprint: once.fingerprint.clone(),
+                        run_id: id.clone(),
+                        created_at: once.at,
                     };
-                    Ok::<_, DmError>(Some((write, (config, run))))
-                },
-            )
+                    ops.push(put(key.clone(), encode(&record)));
+                }
+                ops.extend(run_write_ops(None, &run));
+                let write = Write {
+                    compare: vec![absent(keys::run(&id))],
+                    ops,
+                };
+                Ok::<_, DmError>(Some((write, (config, run))))
+            })
             .await?;
-        let ((config, run), revision) =
-            created.expect("the creation function always asks for a write");
-        Ok(Created {
+        let Some(((config, run), revision)) = created else {
+            let id = earlier.expect("no write only when an earlier run was found");
+            return Ok(Creation::Earlier(id));
+        };
+        Ok(Creation::Made(Box::new(Created {
             run: Versioned {
                 value: run,
                 mod_revision: revision,
             },
             config,
-        })
+        })))
     }
 
     /// Applies `f` to run `id` and writes the result back (with its index, event and

@@ -1,5 +1,5 @@
 //! Slow periodic chores of the active scheduler: change-group compaction, run-event
-//! retention, expiry of old caches, workspace archives and source snapshots, each after
+//! retention, expiry of idempotency records of run creations after a day, expiry of old caches, workspace archives and source snapshots, each after
 //! its own TTL (a snapshot once also used by no run still to be archived), and the
 //! retention pass of archived runs (`retention.rs`).
 
@@ -52,6 +52,12 @@ impl SchedulerTask {
             Ok(n) if n > 0 => tracing::info!(deleted = n, "expired source snapshots deleted"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "source snapshot expiry failed"),
+        }
+        let once_ttl = std::time::Duration::from_secs(cairn_client::api::IDEMPOTENCY_KEY_TTL_SECS);
+        match dm.expire_create_records(cutoff(once_ttl)).await {
+            Ok(n) if n > 0 => tracing::debug!(deleted = n, "old idempotency records deleted"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "idempotency record expiry failed"),
         }
         self.retention(dm).await;
         // Uploads abandoned by writers that died an hour ago or more.

@@ -1,7 +1,10 @@
 //! The transport of [`RunClient`]: a request before it is bound to a node ([`Call`]), its
 //! body ([`Payload`]), whether it may reach the server twice ([`Retry`]) and its deadline
 //! ([`Deadline`]); [`RunClient::send`] moves from node to node as the call allows and
-//! remembers the node that answered.
+//! remembers the node that answered. A call that is safe to repeat goes round the nodes
+//! again, with a growing pause, while the cluster is there but cannot answer yet (a 503,
+//! a timeout, a dropped connection: an election after a leader's death or freeze), for
+//! the client's failover window; when every node refuses connections it fails at once.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -17,6 +20,9 @@ use crate::error::{ClientError, api_error_of, transport};
 
 /// How long [`RunClient::answering_node`] waits for each node's answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The pause before the second round of the nodes; it doubles up to [`MAX_ROUND_PAUSE`].
+const FIRST_ROUND_PAUSE: Duration = Duration::from_millis(200);
+const MAX_ROUND_PAUSE: Duration = Duration::from_secs(2);
 
 /// Turns a non-2xx reply into its error.
 pub(crate) async fn error_of(resp: reqwest::Response) -> ClientError {
@@ -89,10 +95,16 @@ impl From<&'static [u8]> for Payload {
     }
 }
 
+/// Whether a reply says the node cannot serve the request now (no leader, a forward to a
+/// frozen leader timed out, the request's deadline passed in an election): 503 or 504.
+fn not_now(status: StatusCode) -> bool {
+    status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::GATEWAY_TIMEOUT
+}
+
 /// Whether a request may reach the server twice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Retry {
-    /// Idempotent: any other node may be asked after a transport error or a 503.
+    /// Idempotent: any other node may be asked after a transport error, a 503 or a 504.
     Safe,
     /// Not idempotent: another node is asked only if the connection never opened.
     Unsent,
@@ -120,6 +132,7 @@ pub(crate) struct Call {
     pub(crate) retry: Retry,
     pub(crate) deadline: Deadline,
     pub(crate) auth: bool,
+    pub(crate) headers: Vec<(&'static str, String)>,
 }
 
 impl Call {
@@ -142,7 +155,13 @@ impl Call {
             retry,
             deadline: Deadline::Default,
             auth: true,
+            headers: Vec::new(),
         }
+    }
+
+    pub(crate) fn header(mut self, name: &'static str, value: impl ToString) -> Call {
+        self.headers.push((name, value.to_string()));
+        self
     }
 
     pub(crate) fn get(path: &[&str]) -> Call {
@@ -197,7 +216,7 @@ impl RunClient {
     }
 
     /// Sends `call`, moving from node to node as its [`Retry`] allows. Returns the first
-    /// reply that is not a retried 503, whatever its status.
+    /// reply that is not a retried 503 or 504, whatever its status.
     pub(crate) async fn send(&self, mut call: Call) -> Result<reqwest::Response, ClientError> {
         let n = self.inner.bases.len();
         let mut start = self.inner.preferred.load(Ordering::Relaxed) % n;
@@ -210,63 +229,94 @@ impl RunClient {
             // A stream is sent once: to a node that answers now, not to one that is down.
             start = self.answering_node(start).await;
         }
-        // A streamed body is consumed by the first attempt.
-        let attempts = if stream.is_some() { 1 } else { n };
-        let mut last = None;
-        for attempt in 0..attempts {
-            let base = (start + attempt) % n;
-            let mut req = self
-                .inner
-                .http
-                .request(call.method.clone(), self.url(base, &call));
-            if call.auth
-                && let Some(token) = self.token()
-            {
-                req = req.bearer_auth(token);
-            }
-            if let Some(body) = whole
-                .clone()
-                .map(reqwest::Body::from)
-                .or_else(|| stream.take())
-            {
-                req = req.body(body);
-            }
-            if call.json {
-                req = req.header(reqwest::header::CONTENT_TYPE, "application/json");
-            }
-            match call.deadline {
-                Deadline::Default => req = req.timeout(self.inner.request_timeout),
-                Deadline::Within(timeout) => req = req.timeout(timeout),
-                Deadline::Streamed => {}
-            }
-            match req.send().await {
-                Ok(resp)
-                    if resp.status() == StatusCode::SERVICE_UNAVAILABLE
-                        && call.retry == Retry::Safe
-                        && attempt + 1 < attempts =>
-                {
-                    last = Some(error_of(resp).await);
-                }
-                Ok(resp) => {
-                    if resp.status() != StatusCode::SERVICE_UNAVAILABLE {
-                        self.inner.preferred.store(base, Ordering::Relaxed);
+        // A streamed body is consumed by the first attempt; a call that is not safe to
+        // repeat gets one round.
+        let rounds_allowed = stream.is_none() && call.retry == Retry::Safe;
+        let window_end = tokio::time::Instant::now() + self.inner.failover_window;
+        let mut pause = FIRST_ROUND_PAUSE;
+        loop {
+            let attempts = if stream.is_some() { 1 } else { n };
+            let mut last = None;
+            // Whether some node was reached this round (a reply or a broken exchange),
+            // rather than every one refusing the connection.
+            let mut reached = false;
+            for attempt in 0..attempts {
+                let base = (start + attempt) % n;
+                let req = self.request(&call, base, whole.clone(), stream.take());
+                let final_attempt = attempt + 1 == attempts
+                    && !(rounds_allowed && tokio::time::Instant::now() < window_end);
+                match req.send().await {
+                    Ok(resp)
+                        if not_now(resp.status())
+                            && call.retry == Retry::Safe
+                            && !final_attempt =>
+                    {
+                        reached = true;
+                        last = Some(error_of(resp).await);
                     }
-                    return Ok(resp);
-                }
-                Err(e) => {
-                    let again = match call.retry {
-                        Retry::Safe => true,
-                        Retry::Unsent => e.is_connect(),
-                    };
-                    let err = transport(e);
-                    if !again {
-                        return Err(err);
+                    Ok(resp) => {
+                        if !not_now(resp.status()) {
+                            self.inner.preferred.store(base, Ordering::Relaxed);
+                        }
+                        return Ok(resp);
                     }
-                    last = Some(err);
+                    Err(e) => {
+                        let refused = e.is_connect();
+                        // A connection that timed out may be a frozen node's.
+                        reached |= !refused || e.is_timeout();
+                        let again = match call.retry {
+                            Retry::Safe => true,
+                            Retry::Unsent => refused,
+                        };
+                        let err = transport(e);
+                        if !again {
+                            return Err(err);
+                        }
+                        last = Some(err);
+                    }
                 }
             }
+            let err = last.unwrap_or_else(|| ClientError::Transport("no server answered".into()));
+            let now = tokio::time::Instant::now();
+            if !rounds_allowed || !reached || now + pause > window_end {
+                return Err(err);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_ROUND_PAUSE);
         }
-        Err(last.unwrap_or_else(|| ClientError::Transport("no server answered".into())))
+    }
+
+    /// One attempt of `call` at node `base`.
+    fn request(
+        &self,
+        call: &Call,
+        base: usize,
+        whole: Option<Bytes>,
+        stream: Option<reqwest::Body>,
+    ) -> reqwest::RequestBuilder {
+        let mut req = self
+            .inner
+            .http
+            .request(call.method.clone(), self.url(base, call));
+        if call.auth
+            && let Some(token) = self.token()
+        {
+            req = req.bearer_auth(token);
+        }
+        for (name, value) in &call.headers {
+            req = req.header(*name, value);
+        }
+        if let Some(body) = whole.map(reqwest::Body::from).or(stream) {
+            req = req.body(body);
+        }
+        if call.json {
+            req = req.header(reqwest::header::CONTENT_TYPE, "application/json");
+        }
+        match call.deadline {
+            Deadline::Default => req.timeout(self.inner.request_timeout),
+            Deadline::Within(timeout) => req.timeout(timeout),
+            Deadline::Streamed => req,
+        }
     }
 
     /// The first node from `start` on that answers an HTTP request at all (any status), so
@@ -315,7 +365,9 @@ mod tests {
 
     use super::super::test_server::{Reply, json, refused_url, reply, serve};
     use super::*;
-    use crate::api::{ConfigFile, CreateRunRequest, ListRunsQuery};
+    use crate::api::{
+        ConfigFile, CreateRunRequest, IDEMPOTENCY_KEY_HEADER, ListRunsQuery, idempotency_key_error,
+    };
     use crate::error::ErrorCode;
     use crate::executor::Executor;
 
@@ -443,6 +495,7 @@ mod tests {
         let busy = serve(|_, _| json(503, r#"{"code":"unavailable","message":"no leader"}"#)).await;
         let down = refused_url().await;
         let e = client(&[&down, &busy.url])
+            .with_failover_window(Duration::from_millis(500))
             .executors()
             .await
             .expect_err("nobody serves");
@@ -467,25 +520,94 @@ mod tests {
         assert_eq!(sent, create_request());
     }
 
+    /// Issue 14: a create whose answer was lost (the node was killed mid-request) failed
+    /// the client although two nodes were up; it is now sent again under the same key.
     #[tokio::test]
-    async fn create_run_is_not_resent_after_the_connection_drops() {
+    async fn create_run_is_sent_again_under_the_same_key_after_the_connection_drops() {
         let flaky = serve(|_, _| Reply::Hangup).await;
         let other = serve(|_, _| json(201, r#"{"runs":[]}"#)).await;
-        let e = client(&[&flaky.url, &other.url])
+        client(&[&flaky.url, &other.url])
             .create_run(&create_request())
             .await
-            .expect_err("the outcome is unknown");
-        assert!(matches!(e, ClientError::Transport(_)), "{e:?}");
-        assert_eq!(flaky.requests().len(), 1);
-        assert!(other.requests().is_empty(), "never sent twice");
+            .expect("created on the second node");
+        let first = flaky.requests()[0].clone();
+        let second = other.requests()[0].clone();
+        let key = first.header(IDEMPOTENCY_KEY_HEADER).expect("a key");
+        assert!(idempotency_key_error(key).is_none(), "{key:?}");
+        assert_eq!(second.header(IDEMPOTENCY_KEY_HEADER), Some(key));
+        assert_eq!(first.body, second.body);
     }
 
     #[tokio::test]
-    async fn create_run_is_not_resent_after_a_503() {
+    async fn each_create_has_its_own_key_unless_the_caller_gives_one() {
+        let server = serve(|_, _| json(201, r#"{"runs":[]}"#)).await;
+        let c = client(&[&server.url]);
+        c.create_run(&create_request()).await.expect("created");
+        c.create_run(&create_request()).await.expect("created");
+        c.create_run_with_key(&create_request(), "deploy-42")
+            .await
+            .expect("created");
+        let keys: Vec<String> = server
+            .requests()
+            .iter()
+            .map(|r| r.header(IDEMPOTENCY_KEY_HEADER).expect("a key").to_string())
+            .collect();
+        assert_ne!(keys[0], keys[1]);
+        assert_eq!(keys[2], "deploy-42");
+    }
+
+    /// A leader frozen or killed: every node answers 503 until the election ends. A call
+    /// that is safe to repeat goes round the nodes again instead of failing.
+    #[tokio::test]
+    async fn a_safe_call_goes_round_the_nodes_again_until_the_cluster_answers() {
         let busy = serve(|_, _| json(503, r#"{"code":"unavailable","message":"no leader"}"#)).await;
-        let other = serve(|_, _| json(201, r#"{"runs":[]}"#)).await;
-        let e = client(&[&busy.url, &other.url])
+        let electing = serve(|_, i| {
+            if i < 2 {
+                json(503, r#"{"code":"unavailable","message":"no leader"}"#)
+            } else {
+                json(201, r#"{"runs":[]}"#)
+            }
+        })
+        .await;
+        client(&[&busy.url, &electing.url])
             .create_run(&create_request())
+            .await
+            .expect("created in the third round");
+        assert_eq!(electing.requests().len(), 3);
+        assert_eq!(busy.requests().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_zero_failover_window_asks_each_node_once() {
+        let busy = serve(|_, _| json(503, r#"{"code":"unavailable","message":"no leader"}"#)).await;
+        let e = client(&[&busy.url])
+            .with_failover_window(Duration::ZERO)
+            .executors()
+            .await
+            .expect_err("unavailable");
+        assert_eq!(e.code(), Some(ErrorCode::Unavailable));
+        assert_eq!(busy.requests().len(), 1);
+    }
+
+    /// Nothing listens anywhere: a wrong URL or a stopped cluster fails at once rather
+    /// than after the window (an hour here: the test would hang).
+    #[tokio::test]
+    async fn when_every_node_refuses_connections_the_call_fails_after_one_round() {
+        let (a, b) = (refused_url().await, refused_url().await);
+        let e = client(&[&a, &b])
+            .with_failover_window(Duration::from_secs(3600))
+            .run("r1")
+            .await
+            .expect_err("nobody listens");
+        assert!(matches!(e, ClientError::Transport(_)), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn restart_run_is_not_resent_after_a_503() {
+        let busy = serve(|_, _| json(503, r#"{"code":"unavailable","message":"no leader"}"#)).await;
+        let other = serve(|_, _| json(200, r#"{}"#)).await;
+        let e = client(&[&busy.url, &other.url])
+            .restart_run("r1", &crate::api::RestartRunRequest::default())
             .await
             .expect_err("unavailable");
         assert_eq!(e.code(), Some(ErrorCode::Unavailable));

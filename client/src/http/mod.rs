@@ -3,12 +3,14 @@
 //! [`ClientError`].
 //!
 //! A client knows several base URLs (the nodes of a cluster). A request that is safe to
-//! repeat (GET, HEAD, PUT, DELETE and the idempotent executor POSTs) moves on to the next
-//! URL after a transport error or a 503; one that is not (creating a run, restarting a
-//! run, uploading a source) moves on only when the connection could not be opened, so it
-//! is never sent twice. The URL that last answered is tried first next time. Streaming
-//! request bodies can be sent only once, so they go to that URL alone. That transport
-//! lives in `call.rs` ([`Payload`] is its request body).
+//! repeat (GET, HEAD, PUT, DELETE, the idempotent executor POSTs, and creating runs, which
+//! carries an idempotency key) moves on to the next URL after a transport error or a 503,
+//! and goes round the nodes again while the cluster is there but cannot answer (for the
+//! failover window, 30 s by default); one that is not (restarting a run, uploading a
+//! source) moves on only when the connection could not be opened, so it is never sent
+//! twice. The URL that last answered is tried first next time. Streaming request bodies
+//! can be sent only once, so they go to one URL that answers. That transport lives in
+//! `call.rs` ([`Payload`] is its request body).
 //!
 //! It owns the wire format (paths, query strings, status codes, error bodies); the bodies
 //! themselves are the types of [`crate::api`] and friends. The resumable streams add
@@ -43,6 +45,10 @@ use call::{Retry, byte_stream};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default overall deadline of a request whose reply is not a stream.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long, by default, a request that is safe to repeat goes round the nodes while the
+/// cluster cannot answer (an election takes a few seconds; a frozen leader is voted out
+/// after its election timeout).
+const FAILOVER_WINDOW: Duration = Duration::from_secs(30);
 
 struct Inner {
     http: reqwest::Client,
@@ -53,6 +59,8 @@ struct Inner {
     /// Index into `bases` of the node that answered last.
     preferred: AtomicUsize,
     request_timeout: Duration,
+    /// How long a call that is safe to repeat goes round the nodes again (see `call.rs`).
+    failover_window: Duration,
 }
 
 /// The run-service API client. Cheap to clone; clones share connections and the
@@ -107,6 +115,7 @@ impl RunClient {
                 token: Arc::new(std::sync::RwLock::new(token)),
                 preferred: AtomicUsize::new(0),
                 request_timeout: REQUEST_TIMEOUT,
+                failover_window: FAILOVER_WINDOW,
             }),
         })
     }
@@ -114,20 +123,35 @@ impl RunClient {
     /// The same client with another overall deadline for requests whose reply is not a
     /// stream (long polls get theirs on top of the wait).
     pub fn with_request_timeout(self, timeout: Duration) -> RunClient {
-        let inner = Inner {
+        self.with(|inner| inner.request_timeout = timeout)
+    }
+
+    /// The same client going round the nodes for at most `window` while the cluster
+    /// cannot answer a request that is safe to repeat (30 s by default; zero: one round,
+    /// for a probe of one node).
+    pub fn with_failover_window(self, window: Duration) -> RunClient {
+        self.with(|inner| inner.failover_window = window)
+    }
+
+    /// A copy of this client's settings (sharing its token) changed by `f`.
+    fn with(&self, f: impl FnOnce(&mut Inner)) -> RunClient {
+        let mut inner = Inner {
             http: self.inner.http.clone(),
             bases: self.inner.bases.clone(),
             token: self.inner.token.clone(),
             preferred: AtomicUsize::new(self.inner.preferred.load(Ordering::Relaxed)),
-            request_timeout: timeout,
+            request_timeout: self.inner.request_timeout,
+            failover_window: self.inner.failover_window,
         };
+        f(&mut inner);
         RunClient {
             inner: Arc::new(inner),
         }
     }
 
     /// A client of the one node at `url` with this client's connections settings, TLS
-    /// roots, token and deadline (`cairn cluster status` asks each member itself).
+    /// roots, token and deadline, asking it once (`cairn cluster status` asks each member
+    /// itself).
     pub fn to_node(&self, url: &str) -> Result<RunClient, ClientError> {
         let base = parse_base(url)?;
         let inner = Inner {
@@ -136,6 +160,7 @@ impl RunClient {
             token: Arc::new(std::sync::RwLock::new(self.token())),
             preferred: AtomicUsize::new(0),
             request_timeout: self.inner.request_timeout,
+            failover_window: Duration::ZERO,
         };
         Ok(RunClient {
             inner: Arc::new(inner),
@@ -167,13 +192,32 @@ impl RunClient {
 
     // --- runs -------------------------------------------------------------------------
 
-    /// `POST /runs`: one run per matching config run. Never sent twice.
+    /// `POST /runs`: one run per matching config run, under a new idempotency key, so
+    /// it is sent again (to any node, within the failover window) when its outcome is
+    /// unknown and still makes its runs once.
     pub async fn create_run(
         &self,
         req: &CreateRunRequest,
     ) -> Result<CreateRunResponse, ClientError> {
-        self.call_json(Call::api(Method::POST, &["runs"]).json(req)?)
-            .await
+        let key = crate::api::new_idempotency_key();
+        self.create_run_with_key(req, &key).await
+    }
+
+    /// `POST /runs` under the caller's idempotency key ([`IDEMPOTENCY_KEY_HEADER`]): the
+    /// same key and request sent again within a day (by this process or another) answer
+    /// with the runs made the first time; the same key with another request is a 409.
+    ///
+    /// [`IDEMPOTENCY_KEY_HEADER`]: crate::api::IDEMPOTENCY_KEY_HEADER
+    pub async fn create_run_with_key(
+        &self,
+        req: &CreateRunRequest,
+        key: &str,
+    ) -> Result<CreateRunResponse, ClientError> {
+        let call = Call::api(Method::POST, &["runs"])
+            .json(req)?
+            .header(crate::api::IDEMPOTENCY_KEY_HEADER, key)
+            .idempotent();
+        self.call_json(call).await
     }
 
     /// `GET /runs`: a page of runs.

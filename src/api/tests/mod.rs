@@ -5,6 +5,7 @@
 //! Statuses and JSON bodies are asserted as the integration tests (`tests/it`) see them.
 
 mod archived;
+mod create_once;
 mod executors;
 mod limits;
 mod openapi;
@@ -51,6 +52,7 @@ struct Api {
 /// A reply: status, whether its body is JSON, and the body.
 struct Reply {
     status: StatusCode,
+    headers: axum::http::HeaderMap,
     is_json: bool,
     body: Bytes,
 }
@@ -144,6 +146,7 @@ impl Api {
             .await
             .expect("the router's errors are responses");
         let status = resp.status();
+        let headers = resp.headers().clone();
         let is_json = resp
             .headers()
             .get(header::CONTENT_TYPE)
@@ -153,6 +156,7 @@ impl Api {
             .expect("a body");
         Reply {
             status,
+            headers,
             is_json,
             body,
         }

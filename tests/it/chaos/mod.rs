@@ -203,6 +203,7 @@ async fn runs_succeed_once_each_through_kills_and_freezes_of_nodes_and_executors
     assert_eq!(acked.len(), runs, "one acknowledged create per run");
     let mut ids = runs_of(&client, &project).await;
     let all = ids.clone();
+    let made_twice = all.len().saturating_sub(runs);
     ids.extend(acked.iter().filter(|id| !all.contains(id)).cloned());
     let finished = drain(&client, &ids, Duration::from_secs(240)).await;
     let rounds = monitor.stop().await;
@@ -341,7 +342,7 @@ async fn runs_succeed_once_each_through_kills_and_freezes_of_nodes_and_executors
     println!(
         "chaos result seed={seed} runs={} acked={} succeeded={} faults={} lost_attempts={} \
          retried_tasks={retried} unreported_reruns={unreported_reruns} double_executions={} \
-         bad_logs={} client_failures={} \
+         bad_logs={} client_failures={} runs_made_twice={made_twice} \
          scheduler_overlap_rounds={} holder_kills={} takeover_max_ms={} takeover_mean_ms={}",
         ids.len(),
         acked.len(),
@@ -364,6 +365,12 @@ async fn runs_succeed_once_each_through_kills_and_freezes_of_nodes_and_executors
     assert!(
         unlisted.is_empty() && unknown.is_empty(),
         "seed {seed}: acknowledged runs not listed {unlisted:?}, runs never read {unknown:?}"
+    );
+    assert_eq!(
+        made_twice,
+        0,
+        "seed {seed}: {} runs listed for {runs} creates: a create sent again made a second run",
+        all.len()
     );
     assert!(
         failed.is_empty(),

@@ -117,7 +117,7 @@ impl Rig {
             .with_request_timeout(Duration::from_secs(10))
     }
 
-    /// A user's client of node `i` alone, for the monitor's polls.
+    /// A user's client of node `i` alone, asking once, for the monitor's polls.
     pub fn node_client(&self, i: usize, timeout: Duration) -> RunClient {
         RunClient::with_tls(
             std::slice::from_ref(&self.urls[i]),
@@ -126,6 +126,7 @@ impl Rig {
         )
         .expect("client")
         .with_request_timeout(timeout)
+        .with_failover_window(Duration::ZERO)
     }
 
     /// kill -9 node `i`.

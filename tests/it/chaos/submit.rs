@@ -1,8 +1,10 @@
 //! The load: the chaos pipeline (a → b, a → c, {b, c} → d; `a` hands a file to `d`
 //! through the workspace; every task ends with the marker step of [`super::markers`],
 //! sleeping 0.2–2 s) and the clients that create its runs through the API, paced over
-//! the fault window, each create recorded with its outcome. A failed create is tried
-//! again (a new request: it may make a second run if the first reached the store).
+//! the fault window, each create recorded with its outcome. The client sends a create
+//! again itself while the cluster cannot answer (its failover window); a create that
+//! still fails is tried again by the test under the same idempotency key, so no run is
+//! ever made twice.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -97,14 +99,14 @@ pub struct Load {
 }
 
 impl Load {
-    fn request(&self, run_no: usize, try_no: usize, rng: &mut StdRng) -> CreateRunRequest {
+    fn request(&self, run_no: usize, rng: &mut StdRng) -> CreateRunRequest {
         let secs = [(); 4].map(|_| rng.gen_range(0.2..=2.0));
         let group = format!("{}/branch/b{}", self.project, run_no % BRANCHES);
         let mut req = create_request(&group, &pipeline(secs));
         req.environment
             .insert("CHAOS_MARKS".into(), self.marks.clone());
         req.annotations
-            .insert("chaos-run".into(), format!("{run_no}-{try_no}"));
+            .insert("chaos-run".into(), run_no.to_string());
         req
     }
 
@@ -126,11 +128,12 @@ impl Load {
                     let due = load.window.mul_f64(run_no as f64 / load.runs as f64);
                     tokio::time::sleep_until(start + due).await;
                     let first = Instant::now();
-                    for try_no in 0.. {
-                        let req = load.request(run_no, try_no, &mut rng);
+                    let req = load.request(run_no, &mut rng);
+                    let key = format!("chaos-{}-{run_no}", load.seed);
+                    loop {
                         let sent = start.elapsed();
                         let outcome = client
-                            .create_run(&req)
+                            .create_run_with_key(&req, &key)
                             .await
                             .map(|r| r.runs[0].run.id.clone())
                             .map_err(|e| e.to_string());
