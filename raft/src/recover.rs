@@ -1,10 +1,16 @@
 //! Quorum-loss recovery (`cairn store recover`, etcd's `--force-new-cluster`): turns the
 //! data dir of one surviving node into the only member of a new cluster, offline.
 //!
-//! What the survivor keeps: everything its state machine applied, plus the entries its
-//! log holds up to the commit index it had recorded (committed by the old cluster, so
-//! possibly acknowledged to a client), applied here first. Entries past that index were
-//! never known to be committed and are dropped, as etcd drops them. Then the old
+//! What the survivor keeps: everything its state machine applied, plus every entry its
+//! log holds after that, applied here first. etcd keeps only the entries up to the
+//! commit index it recorded; Cairn's commit pointer (like its applied state) is written
+//! without an fsync, made durable by the next log append, so after a kill -9 it lags:
+//! the last entries a leader committed, applied and acknowledged before it died are past
+//! it (issue 14: the recovery drill lost an acknowledged run that way). Keeping the whole
+//! log keeps everything acknowledged; an entry that was never committed was never
+//! acknowledged either (its client got an error whose outcome is unknown), so applying it
+//! breaks no promise. The count of entries past the recorded commit point is reported.
+//! Then the old
 //! cluster's Raft state goes: the log, the vote, the commit and purge pointers, the
 //! applied membership, the cluster id and the snapshots (a snapshot of the old cluster
 //! carries its membership and log ids and must never reach a new member). Last, the node
@@ -44,35 +50,28 @@ pub struct Recovered {
     pub addr: String,
     /// The members of the old cluster that are gone (id, address).
     pub dropped_members: Vec<(NodeId, String)>,
-    /// Log entries the node had committed but not applied: applied now.
+    /// Log entries the node held but had not applied: applied now.
     pub applied_from_log: u64,
-    /// Log entries past the recorded commit index: dropped.
-    pub dropped_uncommitted: u64,
+    /// Of those, the entries past the commit index the node had recorded (perhaps
+    /// committed and acknowledged after the pointer's last durable write).
+    pub past_recorded_commit: u64,
     /// The store revision the new cluster starts from.
     pub revision: i64,
 }
 
-/// The log entries to apply before the log goes: those after `applied` up to
-/// `committed` (both as the node recorded them), and how many of the `last` log's
-/// entries lie past the commit point and are dropped.
-pub fn entries_to_keep(
+/// The log entries to apply before the log goes: every one after `applied` up to the
+/// `last` the log holds, and how many of them lie past the recorded `committed` index.
+pub fn entries_to_apply(
     applied: Option<LogId>,
     committed: Option<LogId>,
     last: Option<LogId>,
 ) -> (Option<RangeInclusive<u64>>, u64) {
-    let applied = applied.map(|l| l.index);
-    let kept_end = match (committed.map(|l| l.index), applied) {
-        (Some(c), Some(a)) => Some(c.max(a)),
-        (c, a) => c.or(a),
+    let start = applied.map_or(0, |a| a.index + 1);
+    let Some(end) = last.map(|l| l.index).filter(|end| *end >= start) else {
+        return (None, 0);
     };
-    let dropped = match (last.map(|l| l.index), kept_end) {
-        (Some(l), Some(k)) => l.saturating_sub(k),
-        (Some(l), None) => l + 1,
-        (None, _) => 0,
-    };
-    let start = applied.map_or(0, |a| a + 1);
-    let range = kept_end.filter(|end| *end >= start).map(|end| start..=end);
-    (range, dropped)
+    let known = committed.map(|c| c.index + 1).unwrap_or(0).max(start);
+    (Some(start..=end), (end + 1).saturating_sub(known))
 }
 
 /// Turns the stopped node in `data_dir` into the single voter of a new cluster. `addr`
@@ -116,7 +115,7 @@ pub async fn recover(
         addr,
         dropped_members: reset.dropped_members,
         applied_from_log: reset.applied_from_log,
-        dropped_uncommitted: reset.dropped_uncommitted,
+        past_recorded_commit: reset.past_recorded_commit,
         revision,
     })
 }
@@ -128,7 +127,7 @@ struct Reset {
     old_addr: Option<String>,
     dropped_members: Vec<(NodeId, String)>,
     applied_from_log: u64,
-    dropped_uncommitted: u64,
+    past_recorded_commit: u64,
 }
 
 /// Applies the committed tail of the log, then removes the old cluster's Raft state.
@@ -164,7 +163,7 @@ async fn reset_raft_state(data_dir: &Path, engine_kind: EngineKind) -> Result<Re
     let (applied, _) = sm.applied_state().await.map_err(NodeError::storage)?;
     let mut log = LogStore::new(engine.clone());
     let last = log.last_entry_id().map_err(NodeError::storage)?;
-    let (range, dropped_uncommitted) = entries_to_keep(applied, committed, last);
+    let (range, past_recorded_commit) = entries_to_apply(applied, committed, last);
     let mut applied_from_log = 0;
     if let Some(range) = range {
         let entries = log
@@ -174,7 +173,7 @@ async fn reset_raft_state(data_dir: &Path, engine_kind: EngineKind) -> Result<Re
         let expected = range.end() - range.start() + 1;
         if entries.len() as u64 != expected {
             return Err(NodeError::storage(format!(
-                "the log should hold the committed entries {}..={} but has {} of them",
+                "the log should hold the entries {}..={} but has {} of them",
                 range.start(),
                 range.end(),
                 entries.len()
@@ -216,7 +215,7 @@ async fn reset_raft_state(data_dir: &Path, engine_kind: EngineKind) -> Result<Re
         old_addr,
         dropped_members,
         applied_from_log,
-        dropped_uncommitted,
+        past_recorded_commit,
     })
 }
 
@@ -265,21 +264,24 @@ mod tests {
     }
 
     #[test]
-    fn the_committed_tail_after_the_applied_entry_is_kept_and_the_rest_dropped() {
-        assert_eq!(entries_to_keep(id(10), id(14), id(20)), (Some(11..=14), 6));
+    fn every_entry_after_the_applied_one_is_kept_and_those_past_the_commit_are_counted() {
+        assert_eq!(entries_to_apply(id(10), id(14), id(20)), (Some(11..=20), 6));
+        assert_eq!(entries_to_apply(id(10), id(20), id(20)), (Some(11..=20), 0));
+    }
+
+    /// The drill's case: the commit pointer and the applied state are written without a
+    /// sync, so after a kill -9 both lag the log, whose appends are synced.
+    #[test]
+    fn a_lagging_commit_pointer_loses_nothing_the_log_holds() {
+        assert_eq!(entries_to_apply(id(10), id(7), id(12)), (Some(11..=12), 2));
+        assert_eq!(entries_to_apply(id(10), None, id(10)), (None, 0));
+        assert_eq!(entries_to_apply(id(10), id(10), id(10)), (None, 0));
     }
 
     #[test]
-    fn nothing_is_applied_again_when_the_state_machine_is_ahead_of_the_recorded_commit() {
-        // The commit pointer is written without a sync: it may lag what was applied.
-        assert_eq!(entries_to_keep(id(10), id(7), id(12)), (None, 2));
-        assert_eq!(entries_to_keep(id(10), None, id(10)), (None, 0));
-    }
-
-    #[test]
-    fn a_node_that_applied_nothing_keeps_its_committed_entries_from_the_first() {
-        assert_eq!(entries_to_keep(None, id(3), id(5)), (Some(0..=3), 2));
-        assert_eq!(entries_to_keep(None, None, id(5)), (None, 6));
-        assert_eq!(entries_to_keep(None, None, None), (None, 0));
+    fn a_node_that_applied_nothing_applies_its_whole_log() {
+        assert_eq!(entries_to_apply(None, id(3), id(5)), (Some(0..=5), 2));
+        assert_eq!(entries_to_apply(None, None, id(5)), (Some(0..=5), 6));
+        assert_eq!(entries_to_apply(None, None, None), (None, 0));
     }
 }

@@ -572,9 +572,9 @@ async fn recover(args: &RecoverArgs) -> anyhow::Result<()> {
         r.revision
     )?;
     outln!(
-        "committed log entries applied now: {}; uncommitted entries dropped: {}",
+        "log entries applied now: {} ({} of them past the commit index last recorded on disk)",
         r.applied_from_log,
-        r.dropped_uncommitted
+        r.past_recorded_commit
     )?;
     for (id, addr) in &r.dropped_members {
         outln!(

@@ -6,8 +6,6 @@
 
 use std::time::Duration;
 
-use crate::support::poll::wait_for;
-
 use super::monitor::Monitor;
 use super::rig::Rig;
 use super::schedule::{Fault, FaultKind, Target};
@@ -27,12 +25,22 @@ pub struct Applied {
     pub healed: Duration,
 }
 
-/// Waits until a round that started after `after` shows the cluster whole.
+/// Waits until a round that started after `after` shows the cluster whole; on a timeout
+/// the test fails with the last round (what each node said).
 pub async fn wait_whole(monitor: &Monitor, after: Duration) -> super::monitor::Round {
-    wait_for(WHOLE_WAIT, "the cluster whole again", || async {
-        monitor.rounds.last().filter(|r| r.at > after && r.whole())
-    })
-    .await
+    let deadline = tokio::time::Instant::now() + WHOLE_WAIT;
+    loop {
+        let last = monitor.rounds.last();
+        if let Some(round) = last.clone().filter(|r| r.at > after && r.whole()) {
+            return round;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cluster was not whole again {WHOLE_WAIT:?} after {:.1}s; last round: {last:?}",
+            after.as_secs_f64()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Applies `plan` to `rig`; returns the faults as applied.
@@ -67,6 +75,12 @@ pub async fn drive(rig: &mut Rig, monitor: &Monitor, plan: &[Fault]) -> Vec<Appl
             FaultKind::KillExecutor(_) => rig.restart_executor(victim),
         }
         healed = monitor.now();
+        println!(
+            "chaos fault {:?} on {victim} (holder: {hit_holder}) from {:.1}s to {:.1}s",
+            fault.kind,
+            injected.as_secs_f64(),
+            healed.as_secs_f64()
+        );
         applied.push(Applied {
             kind: fault.kind,
             victim,
