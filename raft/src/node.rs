@@ -125,9 +125,15 @@ impl Node {
                 .validate()
                 .map_err(NodeError::raft)?,
         );
-        let raft = Raft::new(id, config, NetworkFactory::new(transport.clone()), log, sm)
-            .await
-            .map_err(NodeError::raft)?;
+        let raft = Raft::new(
+            id,
+            config,
+            NetworkFactory::new(transport.clone(), cfg.timing.append_patience()),
+            log,
+            sm,
+        )
+        .await
+        .map_err(NodeError::raft)?;
         let (proposer, proposals) = ProposerHandle::new();
         let inner = Arc::new(NodeInner {
             id,

@@ -99,6 +99,14 @@ impl Timing {
         (self.election_max + self.election_min, self.election_max * 2)
     }
 
+    /// How long a leader still waits for an `AppendEntries` carrying entries after
+    /// openraft's own deadline (the heartbeat interval) has passed, before it may send
+    /// those entries again (see `network`): three longest election timeouts (3 s under
+    /// `lan`).
+    pub fn append_patience(&self) -> Duration {
+        self.election_max * 3
+    }
+
     /// The smallest lease TTL granted: ceil(1.5 × the earliest election), as etcd does
     /// with its election timeout, so a lease always outlives a leader change.
     pub fn min_lease_ttl(&self) -> i64 {
