@@ -78,6 +78,22 @@ pub async fn drive(rig: &mut Rig, monitor: &Monitor, plan: &[Fault]) -> Vec<Appl
         };
         let peer = fault.kind.peer(victim);
         let injected = monitor.now();
+        let mut done = Applied {
+            kind: fault.kind,
+            victim,
+            peer,
+            hit_holder,
+            injected,
+            healed: injected,
+        };
+        // Printed as it happens too: the last one names the fault a failed wait was after.
+        println!(
+            "chaos inject {:?} on {} at {:.1}s for {:.1}s",
+            fault.kind,
+            done.what(),
+            injected.as_secs_f64(),
+            fault.hold.as_secs_f64()
+        );
         match (fault.kind, peer) {
             (FaultKind::KillNode(_), _) => rig.kill_node(victim),
             (FaultKind::FreezeNode(_), _) => rig.freeze_node(victim),
@@ -97,20 +113,15 @@ pub async fn drive(rig: &mut Rig, monitor: &Monitor, plan: &[Fault]) -> Vec<Appl
             }
         }
         healed = monitor.now();
+        done.healed = healed;
         println!(
-            "chaos fault {:?} on {victim} (holder: {hit_holder}) from {:.1}s to {:.1}s",
+            "chaos fault {:?} on {} (holder: {hit_holder}) from {:.1}s to {:.1}s",
             fault.kind,
+            done.what(),
             injected.as_secs_f64(),
             healed.as_secs_f64()
         );
-        applied.push(Applied {
-            kind: fault.kind,
-            victim,
-            peer,
-            hit_holder,
-            injected,
-            healed,
-        });
+        applied.push(done);
     }
     wait_whole(monitor, healed).await;
     applied
