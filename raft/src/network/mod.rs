@@ -10,6 +10,15 @@
 //! so a transport holds one chunk at a time, never a whole snapshot. A request the peer
 //! refused ([`PeerResponse::Refused`], e.g. a snapshot chunk that failed its checks) is a
 //! network error naming the refusal.
+//!
+//! An `AppendEntries` of several entries that gets no answer in time is reported to
+//! openraft as too large (half as many entries next time), not as a plain timeout.
+//! openraft gives an `AppendEntries` one heartbeat interval (100 ms on `lan`) and, not
+//! knowing a new leader's match on a follower, first sends from the middle of its log to
+//! the end (up to `max_payload_entries`); on a loaded machine such a batch of a few
+//! hundred entries cannot make it in 100 ms, and openraft would resend the same batch
+//! forever while every late delivery refreshes the followers' leader lease, so no
+//! election ends it either: the leader commits nothing (issue 14's partition chaos).
 
 pub mod sim;
 
@@ -19,7 +28,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use openraft::AnyError;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork};
 use openraft::raft::{
@@ -127,17 +137,24 @@ impl Connection {
         req: PeerRequest,
         option: &RPCOption,
     ) -> Result<PeerResponse, RpcErr<E>> {
-        let ttl = option.soft_ttl();
-        let resp = self
+        let sent = self
             .transport
-            .send(&self.addr, req, ttl)
-            .await
-            .map_err(|e| match e {
-                TransportError::Unreachable(_) | TransportError::Incompatible(_) => {
-                    RPCError::Unreachable(Unreachable::new(&AnyError::error(e.to_string())))
-                }
-                other => RPCError::Network(NetworkError::new(&AnyError::error(other.to_string()))),
-            })?;
+            .send(&self.addr, req, option.soft_ttl())
+            .await;
+        self.checked(sent)
+    }
+
+    /// openraft's view of what the transport returned.
+    fn checked<E: std::error::Error>(
+        &self,
+        sent: Result<PeerResponse, TransportError>,
+    ) -> Result<PeerResponse, RpcErr<E>> {
+        let resp = sent.map_err(|e| match e {
+            TransportError::Unreachable(_) | TransportError::Incompatible(_) => {
+                RPCError::Unreachable(Unreachable::new(&AnyError::error(e.to_string())))
+            }
+            other => RPCError::Network(NetworkError::new(&AnyError::error(other.to_string()))),
+        })?;
         match resp {
             PeerResponse::Refused(why) => Err(RPCError::Network(NetworkError::new(
                 &AnyError::error(format!("node {} refused the request: {why}", self.target)),
@@ -167,7 +184,28 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
-        match self.call(PeerRequest::Append(rpc), &option).await? {
+        let entries = rpc.entries.len() as u64;
+        let ttl = option.soft_ttl();
+        // The whole call, encoding included, within the soft TTL: openraft's own timeout
+        // (the hard TTL, from before this call) would otherwise end it first, as a plain
+        // timeout.
+        let deadline = tokio::time::Instant::now() + ttl;
+        let send = async {
+            self.transport
+                .send(&self.addr, PeerRequest::Append(rpc), ttl)
+                .await
+        };
+        let sent = tokio::time::timeout_at(deadline, send)
+            .await
+            .unwrap_or_else(|_| Err(TransportError::Timeout(format!("no answer in {ttl:?}"))));
+        if let (Err(TransportError::Timeout(_)), 2..) = (&sent, entries) {
+            // Too many entries for the time openraft gives an append (see the module
+            // docs): half as many next time, down to one.
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(entries / 2),
+            ));
+        }
+        match self.checked(sent)? {
             PeerResponse::Append(r) => r.map_err(|e| self.remote(e)),
             _ => Err(self.unexpected("append")),
         }
@@ -215,6 +253,82 @@ mod tests {
                 _ => PeerResponse::KeepAlive(Ok(7)),
             };
             async move { resp }.boxed()
+        }
+    }
+
+    /// Answers nothing in time.
+    struct Silent;
+
+    impl Transport for Silent {
+        fn send(
+            &self,
+            _target: &NodeAddr,
+            _req: PeerRequest,
+            timeout: Duration,
+        ) -> BoxFuture<'static, Result<PeerResponse, TransportError>> {
+            async move { Err(TransportError::Timeout(format!("no answer in {timeout:?}"))) }.boxed()
+        }
+    }
+
+    /// Never answers (a peer too slow for the request's time).
+    struct Hanging;
+
+    impl Transport for Hanging {
+        fn send(
+            &self,
+            _target: &NodeAddr,
+            _req: PeerRequest,
+            _timeout: Duration,
+        ) -> BoxFuture<'static, Result<PeerResponse, TransportError>> {
+            futures::future::pending().boxed()
+        }
+    }
+
+    fn append_of(entries: u64) -> AppendEntriesRequest<TypeConfig> {
+        let leader = openraft::CommittedLeaderId::new(1, 1);
+        AppendEntriesRequest {
+            vote: openraft::Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: (1..=entries)
+                .map(|i| openraft::Entry {
+                    log_id: openraft::LogId::new(leader, i),
+                    payload: openraft::EntryPayload::Blank,
+                })
+                .collect(),
+        }
+    }
+
+    /// Issue 14: a new leader's first append to a follower can carry hundreds of entries;
+    /// when it gets no answer within the heartbeat interval, openraft must be told to
+    /// send fewer (it resent the same batch forever otherwise), down to one entry, which
+    /// times out as any other request. The connection's own deadline is the soft TTL,
+    /// so its answer comes before openraft's timeout (the hard TTL) would end the call.
+    #[tokio::test]
+    async fn an_append_of_several_entries_that_times_out_asks_for_half_as_many() {
+        let transports: [Arc<dyn Transport>; 2] = [Arc::new(Silent), Arc::new(Hanging)];
+        for transport in transports {
+            let mut conn = Connection {
+                target: 2,
+                addr: NodeAddr {
+                    addr: "http://n2".into(),
+                },
+                transport,
+            };
+            let option = RPCOption::new(Duration::from_millis(100));
+            for (sent, hint) in [(300, 150), (3, 1), (2, 1)] {
+                let call = conn.append_entries(append_of(sent), option.clone());
+                match tokio::time::timeout(option.hard_ttl(), call).await {
+                    Ok(Err(RPCError::PayloadTooLarge(too_large))) => {
+                        assert_eq!(too_large.entries_hint(), hint, "{sent} entries")
+                    }
+                    other => panic!("{sent} entries: {other:?}"),
+                }
+            }
+            for sent in [1, 0] {
+                let got = conn.append_entries(append_of(sent), option.clone()).await;
+                assert!(matches!(got, Err(RPCError::Network(_))), "{sent}: {got:?}");
+            }
         }
     }
 
