@@ -4,6 +4,10 @@
 # in its own test process; prints each seed's result line and takeovers, then the totals.
 # Usage: scripts/bench-chaos.sh [SEED ...]   (default: CAIRN_SIM_SEEDS random seeds, 5)
 # Knobs: CAIRN_CHAOS_RUNS (100), CAIRN_CHAOS_SECS (90), CARGO_TARGET_DIR.
+# Run it as root (with ip and iptables): the nodes then run in network namespaces and the
+# schedule partitions them. Without root it runs the nodes on loopback without partitions
+# (each result line says net=netns or net=loopback); CAIRN_REQUIRE_ROOT_TESTS=1 makes that
+# a failure instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CAIRN_CHAOS_RUNS=${CAIRN_CHAOS_RUNS:-100}
@@ -35,7 +39,9 @@ print(f"seeds {len(results)}: runs {t('runs')} acknowledged {t('acked')} succeed
       f"faults {t('faults')}; lost attempts {t('lost_attempts')}, tasks run again {t('retried_tasks')}, "
       f"of which after an unreported completion {t('unreported_reruns')}; marker violations {t('double_executions')}; "
       f"incomplete logs {t('bad_logs')}; client failures {t('client_failures')}; "
-      f"rounds with two active schedulers {t('scheduler_overlap_rounds')}")
+      f"rounds with two active schedulers {t('scheduler_overlap_rounds')}; "
+      f"partitions {sum(int(r.get('partitions', 0)) for r in results)} "
+      f"(net: {sorted(set(r.get('net', '?') for r in results))})")
 kills = [r for r in results if int(r["holder_kills"]) > 0]
 if kills:
     print(f"scheduler takeover after a holder kill: {t('holder_kills')} kills, max "

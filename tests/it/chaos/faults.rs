@@ -1,14 +1,16 @@
 //! The fault driver: applies a [`schedule::plan`](super::schedule::plan) to the rig, one
-//! fault at a time. Before a node fault it waits until the monitor sees the cluster whole
-//! again (every node answers, one leader, one active scheduler), so a restarted node has
-//! rejoined before another goes down: never two nodes down or frozen at once. Each fault
-//! is recorded with the node or executor it hit and when.
+//! fault at a time. Before a node fault (a kill, a freeze, a partition) it waits until
+//! the monitor sees the cluster whole again (every node answers, one leader, one active
+//! scheduler), so a restarted or reconnected node has rejoined before another is hit:
+//! never two nodes down, frozen or cut off at once. Each fault is recorded with the node
+//! or executor it hit and when; a partition is healed (every cut removed) before the
+//! next fault, and the rig's network removes whatever a panic left.
 
 use std::time::Duration;
 
 use super::monitor::Monitor;
 use super::rig::Rig;
-use super::schedule::{Fault, FaultKind, Target};
+use super::schedule::{Fault, FaultKind};
 
 /// How long the cluster is given to become whole again after a fault.
 const WHOLE_WAIT: Duration = Duration::from_secs(90);
@@ -19,10 +21,24 @@ pub struct Applied {
     pub kind: FaultKind,
     /// The node or executor it hit.
     pub victim: usize,
+    /// The other end of a cut link (a node).
+    pub peer: Option<usize>,
     /// Whether the victim (a node) held the scheduler when it was hit.
     pub hit_holder: bool,
     pub injected: Duration,
     pub healed: Duration,
+}
+
+impl Applied {
+    /// What was hit, for the printed lines: `node 0`, `node 0 -> node 2` (one way), `node 0 <-> node 2`, `executor 1`.
+    pub fn what(&self) -> String {
+        match (self.kind, self.peer) {
+            (FaultKind::KillExecutor(_), _) => format!("executor {}", self.victim),
+            (FaultKind::CutOneWay { .. }, Some(p)) => format!("node {} -> node {p}", self.victim),
+            (_, Some(p)) => format!("node {} <-> node {p}", self.victim),
+            (_, None) => format!("node {}", self.victim),
+        }
+    }
 }
 
 /// Waits until a round that started after `after` shows the cluster whole; on a timeout
@@ -49,45 +65,63 @@ pub async fn drive(rig: &mut Rig, monitor: &Monitor, plan: &[Fault]) -> Vec<Appl
     let mut healed = monitor.now();
     for fault in plan {
         tokio::time::sleep(fault.pause).await;
-        let (victim, hit_holder) = match fault.kind {
-            FaultKind::KillNode(target) | FaultKind::FreezeNode(target) => {
+        let (victim, hit_holder) = match (fault.kind, fault.kind.target()) {
+            (_, Some(target)) => {
                 let round = wait_whole(monitor, healed).await;
                 let holder = round.active()[0];
-                let victim = match target {
-                    Target::SchedulerHolder => holder,
-                    Target::Leader => round.leader().expect("a whole round has a leader"),
-                    Target::Node(i) => i,
-                };
+                let leader = round.leader().expect("a whole round has a leader");
+                let victim = target.resolve(holder, leader);
                 (victim, victim == holder)
             }
-            FaultKind::KillExecutor(i) => (i, false),
+            (FaultKind::KillExecutor(i), None) => (i, false),
+            (kind, None) => unreachable!("{kind:?} has a target"),
         };
+        let peer = fault.kind.peer(victim);
         let injected = monitor.now();
-        match fault.kind {
-            FaultKind::KillNode(_) => rig.kill_node(victim),
-            FaultKind::FreezeNode(_) => rig.freeze_node(victim),
-            FaultKind::KillExecutor(_) => rig.kill_executor(victim),
+        let mut done = Applied {
+            kind: fault.kind,
+            victim,
+            peer,
+            hit_holder,
+            injected,
+            healed: injected,
+        };
+        // Printed as it happens too: the last one names the fault a failed wait was after.
+        println!(
+            "chaos inject {:?} on {} at {:.1}s for {:.1}s",
+            fault.kind,
+            done.what(),
+            injected.as_secs_f64(),
+            fault.hold.as_secs_f64()
+        );
+        match (fault.kind, peer) {
+            (FaultKind::KillNode(_), _) => rig.kill_node(victim),
+            (FaultKind::FreezeNode(_), _) => rig.freeze_node(victim),
+            (FaultKind::KillExecutor(_), _) => rig.kill_executor(victim),
+            (FaultKind::IsolateNode(_), _) => rig.net().isolate(victim),
+            (FaultKind::CutLink { .. }, Some(p)) => rig.net().cut(victim, p),
+            (FaultKind::CutOneWay { .. }, Some(p)) => rig.net().cut_one_way(victim, p),
+            (kind, None) => unreachable!("{kind:?} has a second node"),
         }
         tokio::time::sleep(fault.hold).await;
         match fault.kind {
             FaultKind::KillNode(_) => rig.restart_node(victim),
             FaultKind::FreezeNode(_) => rig.thaw_node(victim),
             FaultKind::KillExecutor(_) => rig.restart_executor(victim),
+            FaultKind::IsolateNode(_) | FaultKind::CutLink { .. } | FaultKind::CutOneWay { .. } => {
+                rig.net().heal_all()
+            }
         }
         healed = monitor.now();
+        done.healed = healed;
         println!(
-            "chaos fault {:?} on {victim} (holder: {hit_holder}) from {:.1}s to {:.1}s",
+            "chaos fault {:?} on {} (holder: {hit_holder}) from {:.1}s to {:.1}s",
             fault.kind,
+            done.what(),
             injected.as_secs_f64(),
             healed.as_secs_f64()
         );
-        applied.push(Applied {
-            kind: fault.kind,
-            victim,
-            hit_holder,
-            injected,
-            healed,
-        });
+        applied.push(done);
     }
     wait_whole(monitor, healed).await;
     applied

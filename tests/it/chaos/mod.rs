@@ -1,8 +1,12 @@
-//! Service-level chaos (issue 14): three `cairn serve` nodes over mutual TLS and two
-//! standalone executors with their own credentials, runs of a 4-task DAG created by
-//! several clients with a user token, while a seeded schedule kills (the scheduler
-//! holder, the leader, a random node) and freezes nodes and kills executors, about one
-//! fault every 3 s, never two nodes at once. Then: every run, acknowledged or not, ends in
+//! Service-level chaos (issue 14): three `cairn serve` nodes over mutual TLS, each in its
+//! own network namespace (`support::netns`), and two standalone executors with their own
+//! credentials, runs of a 4-task DAG created by several clients with a user token, while
+//! a seeded schedule kills (the scheduler holder, the leader, a random node), freezes and
+//! partitions nodes (isolates one, which with three nodes is the minority/majority
+//! split; cuts a link both ways; cuts one direction of a link) and kills executors, about
+//! one fault every 3 s, never two nodes at once (a majority is always up and connected).
+//! A partition cuts links between nodes only: the executors and the clients run in the
+//! test's namespace and reach every node throughout. Then: every run, acknowledged or not, ends in
 //! success (lost tasks run again: `--retry-lost-tasks 10`); every task's marker step
 //! completed exactly once, never beside a live earlier attempt (executor-side markers,
 //! [`markers`]); every marker step's log is whole; every acknowledged create is a run.
@@ -14,9 +18,12 @@
 //! `CAIRN_CHAOS_RUNS`, `CAIRN_CHAOS_SECS` (the fault window), `CAIRN_CHAOS_LOG` (the
 //! nodes' `CAIRN_LOG`, e.g. `info`).
 //!
-//! Partitions are not among the faults yet: the network-namespace harness
-//! (`support/netns.rs`) places `cairn store serve` nodes; placing TLS `cairn serve` nodes
-//! (certificates for the namespace addresses) is still to do.
+//! Namespaces need root (and `ip`, `iptables`). Where they cannot be made the test fails
+//! if root tests are required (`CI` or `CAIRN_REQUIRE_ROOT_TESTS`, as `.ci/run` sets);
+//! elsewhere it runs the nodes on loopback with the same schedule minus its partitions,
+//! and says so (`chaos network: loopback` and `net=loopback` on the result line). A
+//! seed's kills, freezes and executor faults are not the same with and without
+//! partitions.
 
 mod faults;
 mod markers;
@@ -33,6 +40,7 @@ use cairn_client::api::{ListRunsQuery, RunResponse};
 use cairn_client::run::{RunPhase, RunResult};
 use cairn_client::{LogStep, RunClient};
 
+use crate::support::netns::{Net, root_tests_required};
 use crate::support::runs::{step_log, task_id};
 
 use faults::Applied;
@@ -126,7 +134,8 @@ fn summary(r: &RunResponse) -> String {
 }
 
 /// The faults in effect at some point of `[from, to]` (a node's fault counted until it
-/// has been healed for 5 s: a restarted node rejoins, a thawed one steps down).
+/// has been healed for 5 s: a restarted node rejoins, a thawed or reconnected one steps
+/// down).
 fn faults_during(applied: &[Applied], from: Duration, to: Duration) -> Vec<String> {
     applied
         .iter()
@@ -135,20 +144,48 @@ fn faults_during(applied: &[Applied], from: Duration, to: Duration) -> Vec<Strin
             format!(
                 "{:?} on {} at {:.1}s",
                 f.kind,
-                f.victim,
+                f.what(),
                 f.injected.as_secs_f64()
             )
         })
         .collect()
 }
 
+/// The nodes' namespaces, or `None` (printed) where they cannot be made and root tests
+/// are not required; panics with the reason where they are.
+fn network() -> Option<Net> {
+    match Net::try_new(schedule::NODES) {
+        Ok(net) => {
+            let ips: Vec<String> = (0..schedule::NODES)
+                .map(|i| net.ip(i).to_string())
+                .collect();
+            println!(
+                "chaos network: one namespace per node at {ips:?}, test and executors at {}",
+                net.host_ip()
+            );
+            Some(net)
+        }
+        Err(e) => {
+            assert!(
+                !root_tests_required(),
+                "the chaos test needs network namespaces here (CI or CAIRN_REQUIRE_ROOT_TESTS) \
+                 but cannot make them: {e}"
+            );
+            println!("chaos network: loopback, WITHOUT partitions (no namespaces: {e})");
+            None
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn runs_succeed_once_each_through_kills_and_freezes_of_nodes_and_executors() {
+async fn runs_succeed_once_each_through_kills_freezes_and_partitions() {
     let seed = schedule::seed();
     println!("chaos seed={seed} (rerun: CAIRN_CHAOS_SEED={seed})");
     let runs = knob("CAIRN_CHAOS_RUNS", 30) as usize;
     let span = Duration::from_secs(knob("CAIRN_CHAOS_SECS", 40));
-    let plan = schedule::plan(seed, span);
+    let net = network();
+    let partitions = net.is_some();
+    let plan = schedule::plan(seed, span, partitions);
     let began = tokio::time::Instant::now();
     let phase = |name: &str| {
         println!(
@@ -162,7 +199,7 @@ async fn runs_succeed_once_each_through_kills_and_freezes_of_nodes_and_executors
     std::fs::create_dir(&marks).unwrap();
     std::fs::write(marks.join("step.sh"), STEP_SCRIPT).unwrap();
     let log = std::env::var("CAIRN_CHAOS_LOG").unwrap_or_else(|_| "error,openraft=off".into());
-    let mut rig = Rig::start(dir.path(), &[("CAIRN_LOG", &log)]).await;
+    let mut rig = Rig::start(dir.path(), &[("CAIRN_LOG", &log)], net).await;
     let client = rig.client();
     let monitor = Monitor::start(
         (0..rig.nodes.len())
@@ -296,14 +333,15 @@ async fn runs_succeed_once_each_through_kills_and_freezes_of_nodes_and_executors
         })
         .collect();
     let overlaps = monitor::overlaps(&rounds);
-    // A takeover of a frozen holder counts only if it happened while it was frozen.
+    // A takeover from a frozen or cut-off holder counts only if it happened while the
+    // fault held.
     let takeovers: Vec<(FaultKind, Option<Duration>)> = applied
         .iter()
         .filter(|f| f.hit_holder)
         .map(|f| {
             let took = monitor::takeover(&rounds, f.victim, f.injected);
-            let frozen = matches!(f.kind, FaultKind::FreezeNode(_));
-            let took = took.filter(|t| !frozen || f.injected + *t <= f.healed);
+            let killed = matches!(f.kind, FaultKind::KillNode(_));
+            let took = took.filter(|t| killed || f.injected + *t <= f.healed);
             (f.kind, took)
         })
         .collect();
@@ -314,9 +352,9 @@ async fn runs_succeed_once_each_through_kills_and_freezes_of_nodes_and_executors
         .sum();
     for f in &applied {
         println!(
-            "chaos fault {:?} victim={} holder={} at {:.1}s healed {:.1}s",
+            "chaos fault {:?} on {} holder={} at {:.1}s healed {:.1}s",
             f.kind,
-            f.victim,
+            f.what(),
             f.hit_holder,
             f.injected.as_secs_f64(),
             f.healed.as_secs_f64()
@@ -343,7 +381,8 @@ async fn runs_succeed_once_each_through_kills_and_freezes_of_nodes_and_executors
         "chaos result seed={seed} runs={} acked={} succeeded={} faults={} lost_attempts={} \
          retried_tasks={retried} unreported_reruns={unreported_reruns} double_executions={} \
          bad_logs={} client_failures={} runs_made_twice={made_twice} \
-         scheduler_overlap_rounds={} holder_kills={} takeover_max_ms={} takeover_mean_ms={}",
+         scheduler_overlap_rounds={} holder_kills={} takeover_max_ms={} takeover_mean_ms={} \
+         net={} partitions={}",
         ids.len(),
         acked.len(),
         finished.len() - failed.len(),
@@ -360,6 +399,8 @@ async fn runs_succeed_once_each_through_kills_and_freezes_of_nodes_and_executors
         } else {
             kill_takeovers.iter().sum::<Duration>().as_millis() / kill_takeovers.len() as u128
         },
+        if partitions { "netns" } else { "loopback" },
+        applied.iter().filter(|f| f.kind.is_partition()).count(),
     );
 
     assert!(

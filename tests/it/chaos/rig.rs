@@ -1,7 +1,14 @@
 //! The cluster under test: three `cairn serve` nodes over mutual TLS (certificates from
 //! `cairn cert`, the admin token on the nodes only), two standalone executors that
 //! register with a registration token, and a user token for the clients; and the faults
-//! of [`super::schedule`] applied to its processes.
+//! of [`super::schedule`] applied to its processes and links.
+//!
+//! Given a [`Net`], each node runs in its own namespace and listens and advertises on
+//! its namespace address (its certificate carries that address too), so the links
+//! between nodes can be cut; the executors and the clients stay in the test's namespace
+//! and reach every node over the host veth, which no cut drops. Without one, the nodes
+//! listen on loopback and the rig has no partitions. The object storage directory is a
+//! local path either way (every process shares the file system).
 
 use std::path::Path;
 use std::time::Duration;
@@ -10,8 +17,9 @@ use cairn_client::api::{CreateTokenRequest, TokenRole};
 use cairn_client::{ClientTls, RunClient};
 
 use crate::security::tls::Certs;
+use crate::support::netns::Net;
 use crate::support::poll::wait_for;
-use crate::support::process::{TOKEN, free_port};
+use crate::support::process::{Place, TOKEN};
 use crate::support::service::{ExecutorProc, ServiceProc};
 
 use super::schedule::{EXECUTORS, NODES};
@@ -29,15 +37,26 @@ pub struct Rig {
     pub user_token: String,
     pub urls: Vec<String>,
     _certs: Certs,
+    /// The nodes' namespaces, when they have them. Declared after the processes: they
+    /// are killed before it goes (its drop removes the namespaces and every cut).
+    net: Option<Net>,
 }
 
 impl Rig {
-    /// Starts the nodes (n1 with `--init`, the others joining it), makes the tokens and
-    /// starts the executors; `node_env` is extra environment of the nodes (`CAIRN_LOG`).
-    pub async fn start(dir: &Path, node_env: &[(&str, &str)]) -> Rig {
+    /// Starts the nodes (n1 with `--init`, the others joining it), node `i` in `net`'s
+    /// namespace `i` when given, on loopback otherwise; makes the tokens and starts the
+    /// executors. `node_env` is extra environment of the nodes (`CAIRN_LOG`).
+    pub async fn start(dir: &Path, node_env: &[(&str, &str)], net: Option<Net>) -> Rig {
         let names: Vec<String> = (1..=NODES).map(|i| format!("n{i}")).collect();
         let issued: Vec<(&str, &str)> = names.iter().map(|n| ("node", n.as_str())).collect();
-        let certs = Certs::make(&dir.join("certs"), &issued);
+        let places: Vec<Place> = match &net {
+            Some(net) => net.places(),
+            None => (0..NODES).map(|_| Place::loopback()).collect(),
+        };
+        let certs = Certs::make_with_sans(&dir.join("certs"), &issued, |name| {
+            let i = names.iter().position(|n| n == name).expect("a node's name");
+            vec![places[i].ip.to_string()]
+        });
         let objects = dir.join("objects").display().to_string();
         let mut nodes: Vec<ServiceProc> = Vec::new();
         for (i, name) in names.iter().enumerate() {
@@ -54,16 +73,16 @@ impl Rig {
             let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
             let join = nodes.first().map(|n| n.url.clone());
             let mut node = tokio::task::block_in_place(|| {
-                ServiceProc::start_with_env(
+                ServiceProc::start_at(
                     &dir.join(name),
-                    free_port(),
+                    places[i].clone(),
                     i == 0,
                     join.as_deref(),
                     &extra,
                     node_env,
                 )
             });
-            node.url = format!("https://127.0.0.1:{}", node.port);
+            node.url = format!("https://{}:{}", places[i].ip, places[i].port);
             nodes.push(node);
         }
         let urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
@@ -106,7 +125,16 @@ impl Rig {
             user_token,
             urls,
             _certs: certs,
+            net,
         }
+    }
+
+    /// The nodes' network (a partition fault on a rig without one is a bug of the
+    /// schedule).
+    pub fn net(&self) -> &Net {
+        self.net
+            .as_ref()
+            .expect("partitions are scheduled only when the nodes have namespaces")
     }
 
     /// A user's client over every node (the request timeout short enough that a frozen

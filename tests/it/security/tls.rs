@@ -230,19 +230,35 @@ pub(crate) struct Certs {
 impl Certs {
     /// `cairn cert init`, then a certificate per `(kind, name)`, all for 127.0.0.1.
     pub(crate) fn make(dir: &std::path::Path, certs: &[(&str, &str)]) -> Certs {
-        cert_cli(&["init", "--dir", &dir.display().to_string()]);
+        Certs::make_with_sans(dir, certs, |_| Vec::new())
+    }
+
+    /// [`Certs::make`], each certificate also valid for the addresses `sans` gives for
+    /// its name (a node's address in a network namespace).
+    pub(crate) fn make_with_sans(
+        dir: &std::path::Path,
+        certs: &[(&str, &str)],
+        sans: impl Fn(&str) -> Vec<String>,
+    ) -> Certs {
+        let ca_dir = dir.display().to_string();
+        cert_cli(&["init", "--dir", &ca_dir]);
         for (kind, name) in certs {
-            cert_cli(&[
+            let mut args = vec![
                 "issue",
                 "--ca-dir",
-                &dir.display().to_string(),
+                &ca_dir,
                 "--kind",
                 kind,
                 "--name",
                 name,
                 "--san",
                 "127.0.0.1",
-            ]);
+            ];
+            let extra = sans(name);
+            for san in &extra {
+                args.extend(["--san", san.as_str()]);
+            }
+            cert_cli(&args);
         }
         Certs {
             dir: dir.to_path_buf(),

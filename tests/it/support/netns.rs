@@ -92,7 +92,9 @@ impl Net {
         }
     }
 
-    fn try_new(nodes: usize) -> Result<Net, NetError> {
+    /// A network of `nodes` namespaces, or why this machine cannot make one (for a test
+    /// that has a fallback without namespaces; [`Net::new`] for one that has none).
+    pub fn try_new(nodes: usize) -> Result<Net, NetError> {
         assert!(nodes < 254, "a /24 holds the nodes and the host");
         let euid = nix::unistd::geteuid().as_raw();
         if euid != 0 {

@@ -1,5 +1,6 @@
 //! Real `cairn serve` processes: start (ready once it prints its URL), kill -9, restart
-//! over the same data dir and port, and 3-node clusters; `cairn serve` with its
+//! over the same data dir and port, on loopback or, placed by [`Place`], in a network
+//! namespace of `support::netns`, and 3-node clusters; `cairn serve` with its
 //! in-process executor, and standalone `cairn executor` processes. Every child is killed
 //! when its handle drops.
 
@@ -10,13 +11,15 @@ use std::time::{Duration, Instant};
 use cairn_client::RunClient;
 use cairn_client::api::NodeInfo;
 
-use super::process::{TOKEN, cairn_bin, free_port, spawn_until_ready};
+use super::process::{Place, TOKEN, cairn_bin, free_port, spawn_until_ready};
 
 /// One `cairn serve` process.
 pub struct ServiceProc {
     pub port: u16,
     pub data_dir: PathBuf,
     pub url: String,
+    /// Where it listens (and, in a namespace, runs).
+    place: Place,
     extra: Vec<String>,
     /// Runs its in-process executor (the harness passes `--no-executor` otherwise).
     executor: bool,
@@ -31,16 +34,17 @@ impl ServiceProc {
     /// arguments (kept on restart). When the handle drops, step processes the executor
     /// left behind are killed too.
     pub fn with_executor(data_dir: &Path, extra: &[&str]) -> ServiceProc {
+        let place = Place::loopback();
         let mut p = ServiceProc {
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            port: free_port(),
+            port: place.port,
             data_dir: data_dir.to_path_buf(),
-            url: String::new(),
+            url: format!("http://{}:{}", place.ip, place.port),
+            place,
             executor: true,
             env: Vec::new(),
             child: None,
         };
-        p.url = format!("http://127.0.0.1:{}", p.port);
         p.spawn(false, None);
         p
     }
@@ -80,11 +84,29 @@ impl ServiceProc {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> ServiceProc {
+        let place = Place {
+            port,
+            ..Place::loopback()
+        };
+        ServiceProc::start_at(data_dir, place, init, join, extra, env)
+    }
+
+    /// [`ServiceProc::start_with_env`] at `place`: in its namespace (through `ip netns
+    /// exec`, which execs, so the child is the node itself), listening on its address.
+    pub fn start_at(
+        data_dir: &Path,
+        place: Place,
+        init: bool,
+        join: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> ServiceProc {
         let mut p = ServiceProc {
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            port,
+            port: place.port,
             data_dir: data_dir.to_path_buf(),
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("http://{}:{}", place.ip, place.port),
+            place,
             executor: false,
             env: env
                 .iter()
@@ -97,7 +119,14 @@ impl ServiceProc {
     }
 
     fn spawn(&mut self, init: bool, join: Option<&str>) {
-        let mut cmd = Command::new(cairn_bin());
+        let mut cmd = match &self.place.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, cairn_bin()]);
+                c
+            }
+            None => Command::new(cairn_bin()),
+        };
         cmd.args(["serve", "--token", TOKEN]);
         if !self.executor {
             cmd.arg("--no-executor");
@@ -107,7 +136,7 @@ impl ServiceProc {
         }
         cmd.arg("--data-dir")
             .arg(&self.data_dir)
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--listen", &format!("{}:{}", self.place.ip, self.port)])
             .args(&self.extra)
             .env("CAIRN_LOG", "error,openraft=off")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -119,7 +148,7 @@ impl ServiceProc {
         if let Some(j) = join {
             cmd.args(["--join", j]);
         }
-        let what = format!("cairn serve on port {}", self.port);
+        let what = format!("cairn serve on {}:{}", self.place.ip, self.port);
         let (child, _) = spawn_until_ready(cmd, &what, |l| l.contains("serving on"));
         self.child = Some(child);
     }
