@@ -5,10 +5,11 @@
 //! [`Kv::txn_if_lock_held`], which commits only while the lock key with that token exists.
 //!
 //! A contender's key holds its node's address. The next in line probes its predecessor's
-//! node while it waits: when that node refuses connections twice in a row (its process
-//! is gone), it revokes the predecessor's lease at once instead of waiting out the TTL, so
-//! a killed holder hands the lock on in well under a second. A false positive (a live
-//! holder that only refused this probe) costs the holder its lock, never exclusion: its
+//! node while it waits: when that node twice in a row refuses connections (its process
+//! is gone) or answers that no session of its process holds the predecessor's lease (it
+//! was killed and restarted), it revokes the predecessor's lease at once instead of
+//! waiting out the TTL, so a killed holder hands the lock on in well under a second,
+//! restarted or not. A false positive costs the holder its lock, never exclusion: its
 //! fenced writes fail from the revocation on. A node that is frozen or cut off (no
 //! refusal, only silence) is waited out by its lease as before.
 
@@ -31,7 +32,8 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How often the next in line probes its predecessor's node.
 const PROBE_EVERY: Duration = Duration::from_millis(250);
-/// Consecutive refused probes after which the predecessor counts as dead.
+/// Consecutive probes finding the predecessor's session gone after which it counts as
+/// dead.
 const REFUSALS_TO_PREEMPT: u32 = 2;
 
 /// A lease kept alive by a background task until the session is closed or dropped.
@@ -48,6 +50,8 @@ impl Session {
     /// Grants a lease of `ttl` seconds and keeps it alive every `ttl / 3`.
     pub async fn new(kv: &Kv, ttl: i64) -> Result<Session, KvError> {
         let (lease, ttl) = kv.lease_grant(ttl, 0).await?;
+        // Known as this process's before any key is put on it.
+        kv.own_session(lease, true);
         let cancel = CancellationToken::new();
         let lost = CancellationToken::new();
         let task = {
@@ -116,6 +120,7 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.cancel.cancel();
+        self.kv.own_session(self.lease, false);
     }
 }
 
@@ -339,9 +344,10 @@ fn lease_of(prefix: &[u8], key: &[u8]) -> Option<i64> {
     i64::from_str_radix(hex, 16).ok()
 }
 
-/// Probes the node at `addr` (the predecessor's key's value) every [`PROBE_EVERY`]; once it
-/// refused [`REFUSALS_TO_PREEMPT`] probes in a row, revokes the predecessor's lease and
-/// returns. Never returns for a key without an address, with an address that is no
+/// Probes the node at `addr` (the predecessor's key's value) every [`PROBE_EVERY`]; once
+/// [`REFUSALS_TO_PREEMPT`] probes in a row found the predecessor's session gone (the node
+/// refused the connection, or answered that its process holds no such session), revokes
+/// the predecessor's lease and returns. Never returns for a key without an address, with an address that is no
 /// member's, or of a node that answers (or is merely silent): the lock then moves when
 /// the key goes.
 async fn preempt_if_dead(kv: &Kv, prefix: &[u8], key: &[u8], addr: &[u8]) {
@@ -359,7 +365,7 @@ async fn preempt_if_dead(kv: &Kv, prefix: &[u8], key: &[u8], addr: &[u8]) {
         if !kv.is_member_addr(addr) {
             return std::future::pending().await;
         }
-        if kv.peer_refuses(addr, PROBE_EVERY * 2).await {
+        if kv.peer_lost_session(addr, lease, PROBE_EVERY * 2).await {
             refusals += 1;
         } else {
             refusals = 0;
@@ -368,7 +374,7 @@ async fn preempt_if_dead(kv: &Kv, prefix: &[u8], key: &[u8], addr: &[u8]) {
             tracing::info!(
                 holder = addr,
                 lease,
-                "the lock's holder refuses connections: revoking its session"
+                "the lock's holder is gone (refused, or restarted without its session): revoking its session"
             );
             match kv.lease_revoke(lease).await {
                 Ok(_) | Err(KvError::Store(store::StoreError::LeaseNotFound(_))) => return,

@@ -308,21 +308,41 @@ impl Kv {
         }
     }
 
-    /// Revokes a lease, deleting its keys in one revision.
-    /// Whether the node at `addr` refuses a connection (its process is gone): a peer
-    /// status request that fails as unreachable within `timeout`. A node that answers, or
-    /// does not answer in time, is not refusing.
-    pub async fn peer_refuses(&self, addr: &str, timeout: Duration) -> bool {
+    /// Whether the node at `addr` no longer keeps session lease `lease` alive: it refuses
+    /// connections (its process is gone) or answers that no session of its process holds
+    /// that lease (it was restarted). `false` when it is silent, errs, or is too old to
+    /// know.
+    pub async fn peer_lost_session(&self, addr: &str, lease: i64, timeout: Duration) -> bool {
         let target = NodeAddr {
             addr: addr.to_string(),
         };
         matches!(
             self.n
                 .transport
-                .send(&target, crate::rpc::PeerRequest::Status, timeout)
+                .send(
+                    &target,
+                    crate::rpc::PeerRequest::HoldsSession(lease),
+                    timeout
+                )
                 .await,
             Err(crate::network::TransportError::Unreachable(_))
+                | Ok(crate::rpc::PeerResponse::HoldsSession(false))
         )
+    }
+
+    /// Registers or forgets a session lease of this process (see
+    /// [`Kv::peer_lost_session`]).
+    pub(crate) fn own_session(&self, lease: i64, live: bool) {
+        let mut sessions = self
+            .n
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if live {
+            sessions.insert(lease);
+        } else {
+            sessions.remove(&lease);
+        }
     }
 
     /// Whether `addr` is the address of a member (voter or learner) of this node's
@@ -336,6 +356,7 @@ impl Kv {
             .any(|(_, n)| n.addr == addr)
     }
 
+    /// Revokes a lease, deleting its keys in one revision.
     pub async fn lease_revoke(&self, id: i64) -> Result<i64, KvError> {
         match self.propose(Command::LeaseRevoke { id }).await? {
             CommandResult::LeaseRevoke { revision } => Ok(revision),

@@ -73,6 +73,8 @@ pub(crate) struct NodeInner {
     pub(crate) disk_full: Arc<std::sync::atomic::AtomicBool>,
     /// Counters and durations for the binary's metrics.
     stats: Arc<RaftStats>,
+    /// The leases of this process's live [`crate::concurrency::Session`]s.
+    pub(crate) sessions: std::sync::Mutex<std::collections::BTreeSet<i64>>,
 }
 
 /// A running replica. Clones share it.
@@ -154,6 +156,7 @@ impl Node {
             quota_bytes: AtomicU64::new(0),
             disk_full,
             stats: stats.clone(),
+            sessions: Default::default(),
         });
         let node = Node { inner };
         node.spawn(
@@ -730,6 +733,13 @@ impl Node {
                 PeerResponse::Remove(self.remove_local(node_id).await)
             }
             PeerRequest::Status => PeerResponse::Status(status(inner)),
+            PeerRequest::HoldsSession(lease) => PeerResponse::HoldsSession(
+                inner
+                    .sessions
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .contains(&lease),
+            ),
         }
     }
 

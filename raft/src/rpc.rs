@@ -79,6 +79,13 @@ pub enum PeerRequest {
         node_id: NodeId,
     },
     Status,
+    /// Whether the node's process keeps session lease `0` alive (a [`Session`] of its
+    /// own): a lock contender asks its predecessor's node, so a holder that was killed
+    /// and restarted (answering, but without the session) loses the lock at once.
+    /// Appended last: an older node cannot decode it and answers 400, a "don't know".
+    ///
+    /// [`Session`]: crate::concurrency::Session
+    HoldsSession(i64),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -97,6 +104,7 @@ pub enum PeerResponse {
     Status(NodeStatus),
     /// The request was not handled ([`admit`] refused it).
     Refused(Refusal),
+    HoldsSession(bool),
 }
 
 /// How far above this node's current term a vote request's term may be. An honest

@@ -1,6 +1,7 @@
 //! The fenced mutex hands a dead holder's lock on at once: the next in line probes the
-//! holder's node and, when it refuses connections, revokes the holder's session instead
-//! of waiting out its lease. A live holder is never preempted, and a key whose address is
+//! holder's node and, when it refuses connections or was restarted (it answers, but its
+//! process holds no such session), revokes the holder's session instead of waiting out
+//! its lease. A live holder is never preempted, and a key whose address is
 //! no member's (anyone may write one) is never probed.
 #![allow(clippy::unwrap_used)]
 
@@ -47,6 +48,42 @@ async fn a_dead_holders_lock_moves_on_long_before_its_lease_would_end() {
         other => panic!("a write fenced by the dead holder's lock: {other:?}"),
     }
     drop(s1);
+    s2.close().await.unwrap();
+    c.shutdown().await;
+}
+
+/// Issue 14's chaos test: a scheduler holder killed and restarted within a second or
+/// two answered the probes again, so its lock waited out the session's TTL (takeover
+/// 4.4 s). The restarted process holds no session: the lock moves on at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_killed_and_restarted_loses_its_lock_at_once() {
+    let c = Cluster::start(3, fast_timing()).await;
+    let l = c.wait_leader(&c.all(), WAIT).await;
+    let (a, b) = ((l + 1) % 3, (l + 2) % 3);
+    let s1 = Session::new(&c.kv(a), LONG_TTL).await.unwrap();
+    let s2 = Session::new(&c.kv(b), LONG_TTL).await.unwrap();
+    let ctx = Ctx::timeout(WAIT * 3);
+    let f1 = Mutex::new("locks/sched").lock(&ctx, &s1).await.unwrap();
+    let second = tokio::spawn(async move {
+        let f2 = Mutex::new("locks/sched").lock(&ctx, &s2).await;
+        (f2, s2)
+    });
+    // The holder's node goes down and comes back at once: it answers again, but the
+    // process that kept the session is gone.
+    std::mem::forget(s1);
+    c.crash(a).await;
+    c.restart(a).await;
+    let (f2, s2) = tokio::time::timeout(WAIT * 2, second)
+        .await
+        .expect("the lock moved on before the holder's 600 s lease ended")
+        .unwrap();
+    assert!(f2.unwrap().token > f1.token);
+    assert!(
+        !c.kv(a)
+            .peer_lost_session(&c.kv(b).n.addr, s2.lease(), WAIT)
+            .await,
+        "the new holder's node still keeps its session"
+    );
     s2.close().await.unwrap();
     c.shutdown().await;
 }
