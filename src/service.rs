@@ -519,7 +519,9 @@ impl Service {
                 api_metrics,
                 auth.clone(),
             );
-            crate::api::v1::router(state, auth).merge(scrapes)
+            crate::api::v1::router(state, auth)
+                .merge(scrapes)
+                .merge(crate::api::ui::router())
         })
         .await?;
         let follower = crate::history::IndexFollower::spawn(

@@ -14,6 +14,7 @@
 //! - [`forward`]: run reads answered by a peer while this node's archive index is behind.
 //! - [`metrics`]: `GET /metrics` (metrics or admin token) and the request-counting
 //!   middleware of the whole port.
+//! - [`ui`]: the web page at `/` and its embedded assets under `/ui/` (no token).
 
 pub mod auth;
 pub mod blobs;
@@ -30,6 +31,7 @@ pub mod run_watch;
 pub mod runs;
 pub mod server;
 pub mod streams;
+pub mod ui;
 pub mod v1;
 
 /// How long a request's datamanager writes may take, conflicts retried included, before

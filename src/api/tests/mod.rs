@@ -12,6 +12,7 @@ mod openapi;
 mod roles;
 mod run_watch;
 mod runs;
+mod ui;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
