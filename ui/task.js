@@ -153,7 +153,7 @@ export function taskView(root, runId, taskId, params, ctx) {
 
 function stepName(s) {
   if (!s) return "";
-  if (s.name) return s.name;
-  if (s.type === "run" && s.command) return s.command.split("\n")[0];
-  return s.type || "";
+  let name = s.name || (s.type === "run" && s.command ? s.command.split("\n")[0] : s.type || "");
+  if (name.length > 60) name = `${name.slice(0, 59)}…`;
+  return name;
 }

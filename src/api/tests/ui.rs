@@ -40,7 +40,7 @@ async fn get(app: &Router, path: &str, headers: &[(header::HeaderName, &str)]) -
     }
 }
 
-fn header_of<'a>(r: &'a Reply, name: header::HeaderName) -> &'a str {
+fn header_of(r: &Reply, name: header::HeaderName) -> &str {
     r.headers
         .get(&name)
         .and_then(|v| v.to_str().ok())
@@ -49,7 +49,11 @@ fn header_of<'a>(r: &'a Reply, name: header::HeaderName) -> &'a str {
 
 fn assert_strict(r: &Reply, what: &str) {
     assert_eq!(header_of(r, header::CONTENT_SECURITY_POLICY), CSP, "{what}");
-    assert_eq!(header_of(r, header::X_CONTENT_TYPE_OPTIONS), "nosniff", "{what}");
+    assert_eq!(
+        header_of(r, header::X_CONTENT_TYPE_OPTIONS),
+        "nosniff",
+        "{what}"
+    );
     assert_eq!(header_of(r, header::X_FRAME_OPTIONS), "DENY", "{what}");
     assert_eq!(header_of(r, header::CACHE_CONTROL), "no-cache", "{what}");
 }
@@ -135,7 +139,10 @@ async fn unknown_assets_are_not_found() {
         let r = get(&app, path, &[]).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
         assert_strict(&r, path);
-        assert_eq!(header_of(&r, header::CONTENT_TYPE), "text/plain; charset=utf-8");
+        assert_eq!(
+            header_of(&r, header::CONTENT_TYPE),
+            "text/plain; charset=utf-8"
+        );
     }
 }
 
@@ -183,7 +190,10 @@ fn every_file_the_page_refers_to_is_embedded() {
         .map(|a| a.name)
         .filter(|n| *n != "index.html" && !seen.contains(*n))
         .collect();
-    assert!(unused.is_empty(), "embedded but never referred to: {unused:?}");
+    assert!(
+        unused.is_empty(),
+        "embedded but never referred to: {unused:?}"
+    );
 }
 
 #[test]
@@ -191,7 +201,12 @@ fn every_file_of_the_ui_directory_is_embedded() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ui");
     let on_disk: BTreeSet<String> = std::fs::read_dir(&dir)
         .expect("the ui directory")
-        .map(|e| e.expect("an entry").file_name().to_string_lossy().into_owned())
+        .map(|e| {
+            e.expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     let embedded: BTreeSet<String> = ASSETS.iter().map(|a| a.name.to_string()).collect();
     assert_eq!(on_disk, embedded);
@@ -203,7 +218,11 @@ fn the_page_has_no_inline_script_or_style() {
         let html = std::str::from_utf8(a.bytes).expect("UTF-8");
         for (at, _) in html.match_indices("<script") {
             let tag = &html[at..at + html[at..].find('>').expect("a closed tag")];
-            assert!(tag.contains(" src=\""), "{}: an inline script: {tag}", a.name);
+            assert!(
+                tag.contains(" src=\""),
+                "{}: an inline script: {tag}",
+                a.name
+            );
         }
         assert!(!html.contains(" style="), "{}: an inline style", a.name);
         assert!(!html.contains("<style"), "{}: an inline style", a.name);
@@ -235,7 +254,12 @@ async fn the_pages_role_probe_tells_read_only_from_user() {
     let read_only = api.token("read-only").await;
     let user = api.token("user").await;
     let r = api
-        .call(Method::PUT, "/runs/0/actions", Some(&read_only), Some(&probe))
+        .call(
+            Method::PUT,
+            "/runs/0/actions",
+            Some(&read_only),
+            Some(&probe),
+        )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
     for token in [user.as_str(), ADMIN] {

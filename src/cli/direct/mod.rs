@@ -86,6 +86,10 @@ pub struct RunArgs {
     /// without one, `cairn run` waits for `cairn runs approve` from elsewhere).
     #[arg(long)]
     pub approve: bool,
+    /// Print the URL of the web page that shows the run (the embedded node's page, which
+    /// serves while the run goes on; or the first --server's).
+    #[arg(long)]
+    pub ui: bool,
 }
 
 /// Where `cairn run` keeps its embedded node: `$XDG_DATA_HOME/cairn` or
@@ -162,7 +166,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     };
     // The server: a remote one, or the embedded node.
     let (client, embedded) = connect(&args).await?;
-    let result = run_on(&client, &mut term, &args, &pipeline).await;
+    let page = args
+        .ui
+        .then(|| page_url(&args, embedded.as_ref(), &mut term));
+    let result = run_on(&client, &mut term, &args, &pipeline, page.as_deref()).await;
     if let Some(node) = embedded {
         node.stop().await;
     }
@@ -374,12 +381,36 @@ async fn connect(args: &RunArgs) -> anyhow::Result<(RunClient, Option<Embedded>)
     Ok((client, Some(node)))
 }
 
+/// The web page's URL (`--ui`): the embedded node's, or the first server's; noted on the
+/// terminal with where its token is. The token itself is never put in a URL.
+fn page_url(args: &RunArgs, embedded: Option<&Embedded>, term: &mut Terminal) -> String {
+    let (base, sign_in) = match embedded {
+        Some(node) => {
+            let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+            let file = crate::service::token_file(&data_dir);
+            (
+                node.url().to_string(),
+                format!("sign in with the token in {}", file.display()),
+            )
+        }
+        None => (
+            args.server.first().cloned().unwrap_or_default(),
+            "sign in with your API token".to_string(),
+        ),
+    };
+    let base = base.trim_end_matches('/').to_string();
+    term.note(&format!("cairn: web page: {base}/ ({sign_in})"));
+    base
+}
+
 /// Sends the tree, creates the runs and follows each to its end; the worst exit code.
+/// With `page` (the web page's base URL), each run's page is noted.
 async fn run_on(
     client: &RunClient,
     term: &mut Terminal,
     args: &RunArgs,
     pipeline: &Pipeline,
+    page: Option<&str>,
 ) -> anyhow::Result<u8> {
     let source = pipeline.send_tree(client, term).await?;
     let req = pipeline.request(args, source);
@@ -394,6 +425,14 @@ async fn run_on(
     let setup_errors = recorded_setup_errors(term, &created.runs);
     if !setup_errors.is_empty() {
         return Err(setup(setup_errors.join("\n")));
+    }
+    if let Some(base) = page {
+        for r in &created.runs {
+            term.note(&format!(
+                "cairn: run {} on the web page: {base}/#/runs/{}",
+                r.run.id, r.run.id
+            ));
+        }
     }
     let mut worst = 0u8;
     for r in created.runs {
