@@ -76,20 +76,10 @@ export function withQuery(path, params) {
   return s ? `${path}?${s}` : path;
 }
 
-/**
- * Whether the token may act on runs. The API has no "who am I": the page asks for an
- * action that cannot succeed (`PUT /runs/0/actions` with an unknown action, refused by
- * the handler before it reads anything) and reads the answer: 403 means the role may
- * not write (read-only), anything else past authentication means it may.
- */
+/** Whether the token may act on runs (`GET /whoami`). */
 export async function probeCanWrite() {
-  try {
-    await call("/api/v1/runs/0/actions", { method: "PUT", body: { action: "probe" } });
-    return true;
-  } catch (e) {
-    if (e.status === 403 || e.status === 401) return false;
-    return true;
-  }
+  const me = await call("/api/v1/whoami");
+  return Boolean(me && me.can_act);
 }
 
 /**

@@ -184,6 +184,16 @@ impl CreateRunResponse {
     }
 }
 
+/// `GET /api/v1/whoami`: the role of the caller's token and whether it may act on runs
+/// (create, restart, stop, cancel, approve). The web page shows action buttons by it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WhoAmI {
+    /// `admin`, `user` or `read-only`.
+    pub role: String,
+    pub can_act: bool,
+}
+
 /// `POST /api/v1/runs/{id}/restart`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use cairn_client::ApiError;
 use cairn_client::ErrorCode;
@@ -300,6 +300,28 @@ pub async fn create_token(
             info: stored.info(),
         }),
     ))
+}
+
+/// `GET /whoami`: the caller's role, for the web page (read-only tokens see no actions).
+#[utoipa::path(
+    get,
+    path = "/whoami",
+    operation_id = "whoami",
+    tag = "tokens",
+    summary = "The role of the caller's token and whether it may act on runs",
+    responses((status = 200, description = "The caller's role", body = cairn_client::api::WhoAmI)),
+    security(("bearer" = ["admin", "user", "read-only"])),
+)]
+pub async fn whoami(Extension(caller): Extension<Caller>) -> Json<cairn_client::api::WhoAmI> {
+    let role = match caller {
+        Caller::Admin => "admin",
+        Caller::User => "user",
+        _ => "read-only",
+    };
+    Json(cairn_client::api::WhoAmI {
+        role: role.to_string(),
+        can_act: permits(&caller, &Need::Write),
+    })
 }
 
 /// `GET /tokens`: the stored tokens, without secrets (admin).

@@ -67,6 +67,7 @@ const BEARER: &str = "bearer";
         auth::create_token,
         auth::list_tokens,
         auth::revoke_token,
+        auth::whoami,
         blobs::append_log,
         blobs::upload_archive,
         blobs::download_archive,

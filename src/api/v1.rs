@@ -195,7 +195,8 @@ fn listed() -> Listed {
         .at(M::GET, "/export", maintenance::export)
         .at(M::POST, "/tokens", auth::create_token)
         .at(M::GET, "/tokens", auth::list_tokens)
-        .at(M::DELETE, "/tokens/{id}", auth::revoke_token);
+        .at(M::DELETE, "/tokens/{id}", auth::revoke_token)
+        .at(M::GET, "/whoami", auth::whoami);
     json.router = json.router.layer(DefaultBodyLimit::max(MAX_JSON_BYTES));
     let mut uploads = Listed::new()
         .at(

@@ -33,3 +33,4 @@ mod s3;
 mod scheduling;
 mod security;
 mod settings;
+mod ui;

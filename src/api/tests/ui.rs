@@ -2,7 +2,7 @@
 //! the Content-Security-Policy and the other strict headers, without a token while the
 //! API beside it still asks for one; unknown assets are 404; every file the page refers
 //! to is embedded and every embedded file is in `ui/`; the assets stay within 500 KB; and
-//! the probe the page uses to tell a read-only token from one that may act.
+//! `GET /whoami`, which the page uses to tell a read-only token from one that may act.
 
 use std::collections::BTreeSet;
 
@@ -244,35 +244,21 @@ fn the_assets_stay_within_500_kb() {
     );
 }
 
-/// The page shows action buttons only to a token that may act, and finds out by asking
-/// for an action no run can take: a read-only token is refused (403) before the handler,
-/// a user token reaches the handler, which refuses the body (400) and changes nothing.
+/// The page shows action buttons only to a token that may act: `GET /whoami` says.
 #[tokio::test]
-async fn the_pages_role_probe_tells_read_only_from_user() {
+async fn whoami_tells_read_only_from_user_and_admin() {
     let api = Api::start().await;
-    let probe = json!({ "action": "probe" });
     let read_only = api.token("read-only").await;
     let user = api.token("user").await;
-    let r = api
-        .call(
-            Method::PUT,
-            "/runs/0/actions",
-            Some(&read_only),
-            Some(&probe),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
-    for token in [user.as_str(), ADMIN] {
-        let r = api
-            .call(Method::PUT, "/runs/0/actions", Some(token), Some(&probe))
-            .await;
-        assert!(
-            r.status.is_client_error()
-                && r.status != StatusCode::FORBIDDEN
-                && r.status != StatusCode::UNAUTHORIZED,
-            "{}: {:?}",
-            r.status,
-            r.body
-        );
+    for (token, role, can_act) in [
+        (read_only.as_str(), "read-only", false),
+        (user.as_str(), "user", true),
+        (ADMIN, "admin", true),
+    ] {
+        let r = api.call(Method::GET, "/whoami", Some(token), None).await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        assert_eq!(r.json(), json!({ "role": role, "can_act": can_act }));
     }
+    let r = api.call(Method::GET, "/whoami", None, None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }

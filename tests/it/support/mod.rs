@@ -21,3 +21,4 @@ pub mod runs;
 pub mod s3;
 pub mod scripted;
 pub mod service;
+pub mod webdriver;
