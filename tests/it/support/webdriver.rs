@@ -230,10 +230,6 @@ impl Browser {
         Ok(v.as_str().unwrap_or_default().to_string())
     }
 
-    pub async fn text(&self, e: &Element) -> String {
-        self.try_text(e).await.expect("an element's text")
-    }
-
     /// Runs `script` (a function body; `arguments` are `args`) in the page; its return.
     pub async fn script(&self, script: &str, args: Value) -> Value {
         self.command(
