@@ -17,7 +17,7 @@ use futures::StreamExt;
 
 use crate::support::poll::wait_for;
 use crate::support::runs::{
-    create_request, create_run, step_log, task_id, wait_finished, wait_run,
+    create_request, create_run, one_step, step_log, task_id, wait_finished, wait_run,
 };
 use crate::support::service::{ExecutorProc, ServiceProc, process_alive};
 
@@ -100,20 +100,6 @@ impl Drop for SleepGuard {
             );
         }
     }
-}
-
-/// A one-task config whose single step is `command`, with extra task lines.
-fn one_step(name: &str, command: &str, extra: &str) -> String {
-    format!(
-        r#"runs:
-  - name: ci
-    tasks:
-      - name: {name}
-        runtime: {{ containers: [ {{ image: busybox }} ] }}
-{extra}        steps:
-          - run: '{command}'
-"#
-    )
 }
 
 // --- 1. a DAG with workspaces and an on_failure branch ---------------------------------

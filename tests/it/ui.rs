@@ -11,7 +11,7 @@ use cairn_client::api::{CreateTokenRequest, TokenRole};
 use cairn_client::run::RunResult;
 
 use crate::support::process::TOKEN;
-use crate::support::runs::{GROUP, create, task_id, wait_finished, wait_run};
+use crate::support::runs::{GROUP, create, one_step, task_id, wait_finished, wait_run};
 use crate::support::service::ServiceProc;
 use crate::support::webdriver::Browser;
 
@@ -19,17 +19,27 @@ use crate::support::webdriver::Browser;
 /// loaded machine).
 const SHOWN: Duration = Duration::from_secs(60);
 
-fn one_step(name: &str, command: &str, extra: &str) -> String {
-    format!(
-        r#"runs:
-  - name: ci
-    tasks:
-      - name: {name}
-        runtime: {{ containers: [ {{ image: busybox }} ] }}
-{extra}        steps:
-          - run: '{command}'
-"#
-    )
+/// A browser and a `cairn serve` with its executor (in a temporary dir).
+struct Rig {
+    browser: Browser,
+    node: ServiceProc,
+    client: cairn_client::RunClient,
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    async fn start() -> Option<Rig> {
+        let browser = Browser::start(1280, 900).await?;
+        let dir = tempfile::tempdir().unwrap();
+        let node = ServiceProc::with_executor(&dir.path().join("n"), &[]);
+        let client = node.client();
+        Some(Rig {
+            browser,
+            node,
+            client,
+            _dir: dir,
+        })
+    }
 }
 
 /// Opens the page and signs in with `token`.
@@ -57,12 +67,15 @@ fn row(run_id: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_in_user_sees_a_run_appear_and_finish_in_the_runs_list() {
-    let Some(browser) = Browser::start(1280, 900).await else {
+    let Some(Rig {
+        browser,
+        node,
+        client,
+        _dir,
+    }) = Rig::start().await
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let node = ServiceProc::with_executor(&dir.path().join("n"), &[]);
-    let client = node.client();
     sign_in(&browser, &node.url, TOKEN).await;
     browser.wait_for("#runs-table", SHOWN).await;
 
@@ -124,12 +137,15 @@ async fn a_bad_token_is_refused_on_the_sign_in_form() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_log_is_followed_while_it_grows() {
-    let Some(browser) = Browser::start(1280, 900).await else {
+    let Some(Rig {
+        browser,
+        node,
+        client,
+        _dir,
+    }) = Rig::start().await
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let node = ServiceProc::with_executor(&dir.path().join("n"), &[]);
-    let client = node.client();
     let run = create(
         &client,
         GROUP,
@@ -167,12 +183,15 @@ async fn a_step_log_is_followed_while_it_grows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_task_is_approved_from_the_run_page() {
-    let Some(browser) = Browser::start(1280, 900).await else {
+    let Some(Rig {
+        browser,
+        node,
+        client,
+        _dir,
+    }) = Rig::start().await
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let node = ServiceProc::with_executor(&dir.path().join("n"), &[]);
-    let client = node.client();
     let run = create(
         &client,
         GROUP,
@@ -209,12 +228,15 @@ async fn a_waiting_task_is_approved_from_the_run_page() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_run_is_restarted_from_the_run_page_and_a_read_only_token_cannot() {
-    let Some(browser) = Browser::start(1280, 900).await else {
+    let Some(Rig {
+        browser,
+        node,
+        client,
+        _dir,
+    }) = Rig::start().await
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let node = ServiceProc::with_executor(&dir.path().join("n"), &[]);
-    let client = node.client();
     let run = create(
         &client,
         GROUP,
@@ -294,12 +316,15 @@ async fn a_failed_run_is_restarted_from_the_run_page_and_a_read_only_token_canno
 /// line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fifty_thousand_line_log_opens_and_jumps_to_its_end() {
-    let Some(browser) = Browser::start(1280, 900).await else {
+    let Some(Rig {
+        browser,
+        node,
+        client,
+        _dir,
+    }) = Rig::start().await
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let node = ServiceProc::with_executor(&dir.path().join("n"), &[]);
-    let client = node.client();
     let run = create(
         &client,
         GROUP,

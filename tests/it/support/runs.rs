@@ -31,6 +31,21 @@ pub fn one_task(task: &str) -> String {
     )
 }
 
+/// A one-task config whose single step is `command`, with extra task lines (e.g.
+/// `approval: true`, indented as a task's).
+pub fn one_step(name: &str, command: &str, extra: &str) -> String {
+    format!(
+        r#"runs:
+  - name: ci
+    tasks:
+      - name: {name}
+        runtime: {{ containers: [ {{ image: busybox }} ] }}
+{extra}        steps:
+          - run: '{command}'
+"#
+    )
+}
+
 /// Creates the runs of `req`, asserting there is exactly one, and returns it.
 pub async fn create_run(client: &RunClient, req: &CreateRunRequest) -> RunResponse {
     let mut created = client.create_run(req).await.unwrap();
