@@ -19,7 +19,7 @@
 //! behind ever more duplicates: a livelock that no election ends (the chaos test saw a
 //! leader that could commit nothing for minutes). So a [`Connection`] keeps sending an
 //! `AppendEntries` that carries entries in the background after its caller gave up
-//! ([`InFlight`], bounded by [`crate::timing::Timing::append_patience`]), sends no other
+//! (`InFlight`, bounded by [`crate::timing::Timing::append_patience`]), sends no other
 //! entries to that peer until it is answered, and gives its answer to the next request it
 //! covers (same vote and previous entry, no entries past what it carried). Heartbeats
 //! (no entries) are cheap and go at once, as before, so a slow batch never keeps a
