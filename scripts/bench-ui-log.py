@@ -83,25 +83,7 @@ def main():
         run = made["runs"][0]
         rid = run["run"]["id"]
         tid = next(iter(run["run_config"]["tasks"]))
-        port = ba.free_port()
-        driver = subprocess.Popen(["chromedriver", "--port=%d" % port],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        base = "http://127.0.0.1:%d" % port
-        for _ in range(300):
-            try:
-                wd(base, "GET", "/status")
-                break
-            except OSError:
-                time.sleep(0.05)
-        caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
-            "binary": "/usr/bin/chromium",
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1280,900"]}}}}
-        sid = wd(base, "POST", "/session", caps)["sessionId"]
-        wd(base, "POST", "/session/%s/url" % sid, {"url": url + "/"})
-        wd(base, "POST", "/session/%s/execute/sync" % sid, {
-            "script": "sessionStorage.setItem(arguments[0], arguments[1]);",
-            "args": [bu.token_key(), ba.TOKEN]})
+        driver, base, sid = bu.signed_in_browser(url)
         wd(base, "POST", "/session/%s/url" % sid, {"url": "%s/#/runs/%s/tasks/%s?step=0" % (url, rid, tid)})
         last = "%010d" % lines
         t0 = time.monotonic()

@@ -39,6 +39,31 @@ def wd(base, method, path, body=None):
         return json.loads(r.read())["value"]
 
 
+def signed_in_browser(url):
+    """A chromedriver on a free port and a headless Chromium session in it, holding the
+    bench's token in the page's sessionStorage at `url`: (driver process, base, session)."""
+    port = ba.free_port()
+    driver = subprocess.Popen(["chromedriver", "--port=%d" % port],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = "http://127.0.0.1:%d" % port
+    for _ in range(300):
+        try:
+            wd(base, "GET", "/status")
+            break
+        except OSError:
+            time.sleep(0.05)
+    caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
+        "binary": "/usr/bin/chromium",
+        "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1280,900"]}}}}
+    sid = wd(base, "POST", "/session", caps)["sessionId"]
+    wd(base, "POST", "/session/%s/url" % sid, {"url": url + "/"})
+    wd(base, "POST", "/session/%s/execute/sync" % sid, {
+        "script": "sessionStorage.setItem(arguments[0], arguments[1]);",
+        "args": [token_key(), ba.TOKEN]})
+    return driver, base, sid
+
+
 def first_page_ms(base, sid, url):
     wd(base, "POST", "/session/%s/url" % sid, {"url": url + "/#/runs"})
     script = """
@@ -65,25 +90,7 @@ def bench(n):
         ba.cli("import", export, *server)
         ba.cli("maintenance", "off", *server)
         ba.wait_indexed(node, "%016d" % n, time.monotonic())
-        port = ba.free_port()
-        driver = subprocess.Popen(["chromedriver", "--port=%d" % port],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        base = "http://127.0.0.1:%d" % port
-        for _ in range(300):
-            try:
-                wd(base, "GET", "/status")
-                break
-            except OSError:
-                time.sleep(0.05)
-        caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
-            "binary": "/usr/bin/chromium",
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1280,900"]}}}}
-        sid = wd(base, "POST", "/session", caps)["sessionId"]
-        wd(base, "POST", "/session/%s/url" % sid, {"url": node.url + "/"})
-        wd(base, "POST", "/session/%s/execute/sync" % sid, {
-            "script": "sessionStorage.setItem(arguments[0], arguments[1]);",
-            "args": [token_key(), ba.TOKEN]})
+        driver, base, sid = signed_in_browser(node.url)
         times = []
         for _ in range(LOADS):
             # A fresh document each time (the same hash would not reload).
