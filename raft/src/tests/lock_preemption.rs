@@ -12,33 +12,77 @@ use store::{PutRequest, RequestOp};
 use crate::kv::Kv;
 
 use super::harness::{Cluster, WAIT, fast_timing};
-use crate::concurrency::{Mutex, Session};
+use crate::concurrency::{Fence, Mutex, Session};
 use crate::error::KvError;
 use crate::kv::Ctx;
+use tokio::task::JoinHandle;
 
 /// Far longer than [`WAIT`]: a lock that moves within `WAIT` did not wait for the lease.
 const LONG_TTL: i64 = 600;
 
+/// A 3-node cluster with the lock held by a session on follower `a` and a session on
+/// follower `b` waiting for it (`second` ends with its lock and its session).
+struct Contest {
+    c: Cluster,
+    /// The leader.
+    l: usize,
+    a: usize,
+    b: usize,
+    s1: Session,
+    f1: Fence,
+    second: JoinHandle<(Result<Fence, KvError>, Session)>,
+}
+
+impl Contest {
+    async fn start() -> Contest {
+        let c = Cluster::start(3, fast_timing()).await;
+        let l = c.wait_leader(&c.all(), WAIT).await;
+        let (a, b) = ((l + 1) % 3, (l + 2) % 3);
+        let s1 = Session::new(&c.kv(a), LONG_TTL).await.unwrap();
+        let s2 = Session::new(&c.kv(b), LONG_TTL).await.unwrap();
+        let ctx = Ctx::timeout(WAIT * 3);
+        let f1 = Mutex::new("locks/sched").lock(&ctx, &s1).await.unwrap();
+        let second = tokio::spawn(async move {
+            let f2 = Mutex::new("locks/sched").lock(&ctx, &s2).await;
+            (f2, s2)
+        });
+        Contest {
+            c,
+            l,
+            a,
+            b,
+            s1,
+            f1,
+            second,
+        }
+    }
+}
+
+/// The waiting contender's lock, which must come long before the holder's lease ends.
+async fn moved_on(
+    second: JoinHandle<(Result<Fence, KvError>, Session)>,
+) -> (Result<Fence, KvError>, Session) {
+    tokio::time::timeout(WAIT * 2, second)
+        .await
+        .expect("the lock moved on before the holder's 600 s lease ended")
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_holders_lock_moves_on_long_before_its_lease_would_end() {
-    let c = Cluster::start(3, fast_timing()).await;
-    let l = c.wait_leader(&c.all(), WAIT).await;
-    let (a, b) = ((l + 1) % 3, (l + 2) % 3);
-    let s1 = Session::new(&c.kv(a), LONG_TTL).await.unwrap();
-    let s2 = Session::new(&c.kv(b), LONG_TTL).await.unwrap();
-    let ctx = Ctx::timeout(WAIT * 3);
-    let f1 = Mutex::new("locks/sched").lock(&ctx, &s1).await.unwrap();
-    let second = tokio::spawn(async move {
-        let f2 = Mutex::new("locks/sched").lock(&ctx, &s2).await;
-        (f2, s2)
-    });
+    let Contest {
+        c,
+        l,
+        a,
+        b: _,
+        s1,
+        f1,
+        second,
+    } = Contest::start().await;
 
     // The holder's process dies: its node refuses every connection from now on.
     c.crash(a).await;
-    let (f2, s2) = tokio::time::timeout(WAIT * 2, second)
-        .await
-        .expect("the lock moved on before the holder's 600 s lease ended")
-        .unwrap();
+    let (f2, s2) = moved_on(second).await;
     let f2 = f2.unwrap();
     assert!(f2.token > f1.token);
     // The dead holder's fence is void: a write it had queued is refused.
@@ -57,26 +101,21 @@ async fn a_dead_holders_lock_moves_on_long_before_its_lease_would_end() {
 /// 4.4 s). The restarted process holds no session: the lock moves on at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_killed_and_restarted_loses_its_lock_at_once() {
-    let c = Cluster::start(3, fast_timing()).await;
-    let l = c.wait_leader(&c.all(), WAIT).await;
-    let (a, b) = ((l + 1) % 3, (l + 2) % 3);
-    let s1 = Session::new(&c.kv(a), LONG_TTL).await.unwrap();
-    let s2 = Session::new(&c.kv(b), LONG_TTL).await.unwrap();
-    let ctx = Ctx::timeout(WAIT * 3);
-    let f1 = Mutex::new("locks/sched").lock(&ctx, &s1).await.unwrap();
-    let second = tokio::spawn(async move {
-        let f2 = Mutex::new("locks/sched").lock(&ctx, &s2).await;
-        (f2, s2)
-    });
+    let Contest {
+        c,
+        l: _,
+        a,
+        b,
+        s1,
+        f1,
+        second,
+    } = Contest::start().await;
     // The holder's node goes down and comes back at once: it answers again, but the
     // process that kept the session is gone.
-    std::mem::forget(s1);
     c.crash(a).await;
     c.restart(a).await;
-    let (f2, s2) = tokio::time::timeout(WAIT * 2, second)
-        .await
-        .expect("the lock moved on before the holder's 600 s lease ended")
-        .unwrap();
+    drop(s1);
+    let (f2, s2) = moved_on(second).await;
     assert!(f2.unwrap().token > f1.token);
     assert!(
         !c.kv(a)
