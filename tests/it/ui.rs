@@ -47,8 +47,7 @@ async fn sign_in(browser: &Browser, url: &str, token: &str) {
     browser.goto(&format!("{url}/")).await;
     let input = browser.wait_for("#signin-token", SHOWN).await;
     browser.type_into(&input, token).await;
-    let submit = browser.wait_for("#signin-submit", SHOWN).await;
-    browser.click(&submit).await;
+    browser.click_on("#signin-submit", SHOWN).await;
     browser.wait_for("#nav-runs", SHOWN).await;
 }
 
@@ -67,24 +66,14 @@ fn row(run_id: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_in_user_sees_a_run_appear_and_finish_in_the_runs_list() {
-    let Some(Rig {
-        browser,
-        node,
-        client,
-        _dir,
-    }) = Rig::start().await
-    else {
+    let Some(rig) = Rig::start().await else {
         return;
     };
-    sign_in(&browser, &node.url, TOKEN).await;
+    let (browser, node, client) = (&rig.browser, &rig.node, &rig.client);
+    sign_in(browser, &node.url, TOKEN).await;
     browser.wait_for("#runs-table", SHOWN).await;
 
-    let run = create(
-        &client,
-        GROUP,
-        &one_step("build", "sleep 1; echo built", ""),
-    )
-    .await;
+    let run = create(client, GROUP, &one_step("build", "sleep 1; echo built", "")).await;
     let id = run.run.id;
     // The list follows the run-event stream: the run shows up, then finishes.
     browser.wait_for(&row(&id), SHOWN).await;
@@ -96,11 +85,11 @@ async fn a_signed_in_user_sees_a_run_appear_and_finish_in_the_runs_list() {
         )
         .await;
     assert_eq!(
-        wait_finished(&client, &id).await.run.result,
+        wait_finished(client, &id).await.run.result,
         RunResult::Success
     );
     browser.screenshot("runs-list").await;
-    no_console_errors(&browser).await;
+    no_console_errors(browser).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,9 +102,7 @@ async fn a_bad_token_is_refused_on_the_sign_in_form() {
     browser.goto(&format!("{}/", node.url)).await;
     let input = browser.wait_for("#signin-token", SHOWN).await;
     browser.type_into(&input, "not-the-token").await;
-    browser
-        .click(&browser.wait_for("#signin-submit", SHOWN).await)
-        .await;
+    browser.click_on("#signin-submit", SHOWN).await;
     let error = browser
         .wait_for_text("#signin-error", SHOWN, |t| !t.is_empty())
         .await;
@@ -137,17 +124,12 @@ async fn a_bad_token_is_refused_on_the_sign_in_form() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_log_is_followed_while_it_grows() {
-    let Some(Rig {
-        browser,
-        node,
-        client,
-        _dir,
-    }) = Rig::start().await
-    else {
+    let Some(rig) = Rig::start().await else {
         return;
     };
+    let (browser, node, client) = (&rig.browser, &rig.node, &rig.client);
     let run = create(
-        &client,
+        client,
         GROUP,
         &one_step(
             "grow",
@@ -158,7 +140,7 @@ async fn a_step_log_is_followed_while_it_grows() {
     .await;
     let id = run.run.id.clone();
     let tid = task_id(&run, "grow");
-    sign_in(&browser, &node.url, TOKEN).await;
+    sign_in(browser, &node.url, TOKEN).await;
     browser
         .goto(&format!("{}/#/runs/{id}/tasks/{tid}?step=0", node.url))
         .await;
@@ -174,44 +156,35 @@ async fn a_step_log_is_followed_while_it_grows() {
         .wait_for_text("#log-view", SHOWN, |t| t.contains("growing-line-40"))
         .await;
     assert_eq!(
-        wait_finished(&client, &id).await.run.result,
+        wait_finished(client, &id).await.run.result,
         RunResult::Success
     );
     browser.screenshot("log-followed").await;
-    no_console_errors(&browser).await;
+    no_console_errors(browser).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_task_is_approved_from_the_run_page() {
-    let Some(Rig {
-        browser,
-        node,
-        client,
-        _dir,
-    }) = Rig::start().await
-    else {
+    let Some(rig) = Rig::start().await else {
         return;
     };
+    let (browser, node, client) = (&rig.browser, &rig.node, &rig.client);
     let run = create(
-        &client,
+        client,
         GROUP,
         &one_step("deploy", "echo deployed", "        approval: true\n"),
     )
     .await;
     let id = run.run.id.clone();
     let tid = task_id(&run, "deploy");
-    sign_in(&browser, &node.url, TOKEN).await;
+    sign_in(browser, &node.url, TOKEN).await;
     browser.goto(&format!("{}/#/runs/{id}", node.url)).await;
     browser.wait_for("[data-testid=task-graph]", SHOWN).await;
-    let approve = browser
-        .wait_for(
-            &format!("[data-testid=approve-task][data-task-id=\"{tid}\"]"),
-            SHOWN,
-        )
-        .await;
+    let approve = format!("[data-testid=approve-task][data-task-id=\"{tid}\"]");
+    browser.wait_for(&approve, SHOWN).await;
     browser.screenshot("approval-waiting").await;
-    browser.click(&approve).await;
-    let done = wait_run(&client, &id, "the approved run to finish", |r| {
+    browser.click_on(&approve, SHOWN).await;
+    let done = wait_run(client, &id, "the approved run to finish", |r| {
         r.run.phase.is_finished()
     })
     .await;
@@ -223,29 +196,19 @@ async fn a_waiting_task_is_approved_from_the_run_page() {
         )
         .await;
     browser.screenshot("approval-done").await;
-    no_console_errors(&browser).await;
+    no_console_errors(browser).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_run_is_restarted_from_the_run_page_and_a_read_only_token_cannot() {
-    let Some(Rig {
-        browser,
-        node,
-        client,
-        _dir,
-    }) = Rig::start().await
-    else {
+    let Some(rig) = Rig::start().await else {
         return;
     };
-    let run = create(
-        &client,
-        GROUP,
-        &one_step("flaky", "echo trying; exit 3", ""),
-    )
-    .await;
+    let (browser, node, client) = (&rig.browser, &rig.node, &rig.client);
+    let run = create(client, GROUP, &one_step("flaky", "echo trying; exit 3", "")).await;
     let id = run.run.id.clone();
     assert_eq!(
-        wait_finished(&client, &id).await.run.result,
+        wait_finished(client, &id).await.run.result,
         RunResult::Failed
     );
 
@@ -258,7 +221,7 @@ async fn a_failed_run_is_restarted_from_the_run_page_and_a_read_only_token_canno
         .await
         .unwrap()
         .token;
-    sign_in(&browser, &node.url, &read_only).await;
+    sign_in(browser, &node.url, &read_only).await;
     browser.goto(&format!("{}/#/runs/{id}", node.url)).await;
     browser.wait_for("[data-testid=task-graph]", SHOWN).await;
     for action in [
@@ -273,15 +236,12 @@ async fn a_failed_run_is_restarted_from_the_run_page_and_a_read_only_token_canno
         );
     }
     browser.screenshot("read-only-run").await;
-    browser
-        .click(&browser.wait_for("#signout", SHOWN).await)
-        .await;
+    browser.click_on("#signout", SHOWN).await;
 
     // The admin restarts it from its failed tasks: a new run of the same group.
-    sign_in(&browser, &node.url, TOKEN).await;
+    sign_in(browser, &node.url, TOKEN).await;
     browser.goto(&format!("{}/#/runs/{id}", node.url)).await;
-    let restart = browser.wait_for("#action-restart-failed", SHOWN).await;
-    browser.click(&restart).await;
+    browser.click_on("#action-restart-failed", SHOWN).await;
     let deadline = std::time::Instant::now() + SHOWN;
     let new_id = loop {
         let hash = browser
@@ -304,29 +264,24 @@ async fn a_failed_run_is_restarted_from_the_run_page_and_a_read_only_token_canno
     let restarted = client.run(&new_id).await.unwrap();
     assert_eq!(restarted.run.group, GROUP);
     assert_eq!(
-        wait_finished(&client, &new_id).await.run.result,
+        wait_finished(client, &new_id).await.run.result,
         RunResult::Failed,
         "the same failing step ran again"
     );
     browser.screenshot("restarted-run").await;
-    no_console_errors(&browser).await;
+    no_console_errors(browser).await;
 }
 
 /// A 50k-line log opens without the DOM holding it all, and "jump to end" shows its last
 /// line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fifty_thousand_line_log_opens_and_jumps_to_its_end() {
-    let Some(Rig {
-        browser,
-        node,
-        client,
-        _dir,
-    }) = Rig::start().await
-    else {
+    let Some(rig) = Rig::start().await else {
         return;
     };
+    let (browser, node, client) = (&rig.browser, &rig.node, &rig.client);
     let run = create(
-        &client,
+        client,
         GROUP,
         &one_step("big", "seq -f \"big-log-line-%g\" 1 50000", ""),
     )
@@ -334,10 +289,10 @@ async fn a_fifty_thousand_line_log_opens_and_jumps_to_its_end() {
     let id = run.run.id.clone();
     let tid = task_id(&run, "big");
     assert_eq!(
-        wait_finished(&client, &id).await.run.result,
+        wait_finished(client, &id).await.run.result,
         RunResult::Success
     );
-    sign_in(&browser, &node.url, TOKEN).await;
+    sign_in(browser, &node.url, TOKEN).await;
     browser
         .goto(&format!("{}/#/runs/{id}/tasks/{tid}?step=0", node.url))
         .await;
@@ -371,9 +326,7 @@ async fn a_fifty_thousand_line_log_opens_and_jumps_to_its_end() {
         .wait_for_text("#log-view", SHOWN, |t| t.contains("big-log-line-2\n"))
         .await;
     assert!(!top.contains("big-log-line-50000"), "{top}");
-    browser
-        .click(&browser.wait_for("#log-jump-end", SHOWN).await)
-        .await;
+    browser.click_on("#log-jump-end", SHOWN).await;
     browser
         .wait_for_text("#log-view", SHOWN, |t| t.contains("big-log-line-50000"))
         .await;
@@ -383,5 +336,5 @@ async fn a_fifty_thousand_line_log_opens_and_jumps_to_its_end() {
         "{in_dom} log lines in the DOM after the jump"
     );
     browser.screenshot("big-log-end").await;
-    no_console_errors(&browser).await;
+    no_console_errors(browser).await;
 }

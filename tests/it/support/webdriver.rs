@@ -201,13 +201,22 @@ impl Browser {
         }
     }
 
-    pub async fn click(&self, e: &Element) {
-        self.command(
-            "POST",
-            &self.at(&format!("/element/{}/click", e.0)),
-            json!({}),
-        )
-        .await;
+    /// Clicks the element at `selector`, finding it again while the page re-renders it
+    /// (a live view replaces its nodes; a reference to a replaced one is stale).
+    pub async fn click_on(&self, selector: &str, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let e = self.wait_for(selector, timeout).await;
+            let path = self.at(&format!("/element/{}/click", e.0));
+            match self.try_command("POST", &path, json!({})).await {
+                Ok(_) => return,
+                Err(why) => assert!(
+                    std::time::Instant::now() < deadline,
+                    "clicking {selector:?}: {why}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub async fn type_into(&self, e: &Element, text: &str) {
