@@ -8,6 +8,8 @@
 
 use std::time::Duration;
 
+use crate::support::poll::wait_for_saying;
+
 use super::monitor::Monitor;
 use super::rig::Rig;
 use super::schedule::{Fault, FaultKind};
@@ -44,19 +46,18 @@ impl Applied {
 /// Waits until a round that started after `after` shows the cluster whole; on a timeout
 /// the test fails with the last round (what each node said).
 pub async fn wait_whole(monitor: &Monitor, after: Duration) -> super::monitor::Round {
-    let deadline = tokio::time::Instant::now() + WHOLE_WAIT;
-    loop {
-        let last = monitor.rounds.last();
-        if let Some(round) = last.clone().filter(|r| r.at > after && r.whole()) {
-            return round;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the cluster was not whole again {WHOLE_WAIT:?} after {:.1}s; last round: {last:?}",
-            after.as_secs_f64()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_saying(
+        WHOLE_WAIT,
+        || async { monitor.rounds.last().filter(|r| r.at > after && r.whole()) },
+        || {
+            format!(
+                "the cluster was not whole again {WHOLE_WAIT:?} after {:.1}s; last round: {:?}",
+                after.as_secs_f64(),
+                monitor.rounds.last()
+            )
+        },
+    )
+    .await
 }
 
 /// Applies `plan` to `rig`; returns the faults as applied.

@@ -10,7 +10,21 @@ use tokio::time::Instant;
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Polls `f` until it returns `Some`, failing the test after `timeout`.
-pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    wait_for_saying(timeout, f, || format!("timed out waiting for {what}")).await
+}
+
+/// [`wait_for`], failing with what `failure` says at the timeout (e.g. the last state
+/// seen).
+pub async fn wait_for_saying<T, F, Fut>(
+    timeout: Duration,
+    mut f: F,
+    failure: impl Fn() -> String,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -20,7 +34,7 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(Instant::now() < deadline, "{}", failure());
         tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
