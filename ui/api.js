@@ -77,7 +77,7 @@ export function withQuery(path, params) {
 }
 
 /** Whether the token may act on runs (`GET /whoami`). */
-export async function probeCanWrite() {
+export async function canAct() {
   const me = await call("/api/v1/whoami");
   return Boolean(me && me.can_act);
 }

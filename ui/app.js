@@ -24,7 +24,7 @@
 //   cluster:    #cluster-facts, #members-table, data-testid="member-row"
 // Action buttons are not rendered for a token that may not act (read-only).
 
-import { token, setToken, call, probeCanWrite, onUnauthorized } from "./api.js";
+import { token, setToken, call, canAct, onUnauthorized } from "./api.js";
 import { h, fill } from "./dom.js";
 import { runsView } from "./runs.js";
 import { runView } from "./run.js";
@@ -90,7 +90,7 @@ async function checkToken() {
   checking = true;
   try {
     await call("/api/v1/runs?limit=1");
-    canWrite = await probeCanWrite();
+    canWrite = await canAct();
   } catch (e) {
     if (e.status === 401) return "The server does not know this token.";
     if (e.status === 403) return "This token may not read runs (use a user, read-only or admin token).";
